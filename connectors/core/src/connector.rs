@@ -1,0 +1,214 @@
+//! The [`Connector`] trait: what the sidecar asks of a CRM, in the domain's terms.
+//!
+//! Listing is streamed: each call returns one [`Page`] and an opaque [`Cursor`] for the next.
+//! The sidecar commits a page's records together with the cursor that follows it, so a sync
+//! killed at any point resumes from the last committed page with no gap and no duplicate, and
+//! memory never holds more than a page. What one page is belongs to the connector: an amoCRM
+//! page is one request of up to 250 records; a Bitrix24 page is one `batch` request of up to 50
+//! chained list calls (up to 2,500 records).
+use crate::error::ConnectorError;
+use crate::ids::*;
+use crate::model::*;
+use async_trait::async_trait;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Opaque position in a listing, defined by the connector and stored by the sidecar.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor(pub String);
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    /// The records of this page.
+    pub items: Vec<T>,
+    /// Where the next page starts; `None` at the end.
+    pub next: Option<Cursor>,
+}
+
+/// Filter of a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListQuery {
+    /// Only records modified at or after this instant (incremental sync).
+    pub updated_from: Option<Timestamp>,
+    /// Only records modified before or at this instant.
+    pub updated_to: Option<Timestamp>,
+}
+
+/// The kind of a task for a manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// Phone call (amoCRM task type 1).
+    Call,
+    /// Meeting (amoCRM task type 2).
+    Meeting,
+    /// Letter / message.
+    Letter,
+}
+
+/// The CRM entity a task or field update is attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", content = "id", rename_all = "lowercase")]
+pub enum EntityRef {
+    /// A deal (amoCRM lead).
+    Deal(DealId),
+    /// A contact.
+    Contact(ContactId),
+    /// A company.
+    Company(CompanyId),
+}
+
+/// A value written to a custom field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldWrite {
+    /// Field id (amoCRM numeric id as text; Bitrix24 `UF_CRM_...`).
+    pub field_id: String,
+    /// The value as text; `None` clears the field.
+    pub value: Option<String>,
+}
+
+/// One write the sidecar asks a CRM to make. Connectors pack several into one request where
+/// the CRM allows (amoCRM bulk arrays, Bitrix24 `batch`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum WriteOp {
+    /// Move a deal to another pipeline/category and stage.
+    MoveDeal {
+        /// The deal.
+        deal: DealId,
+        /// Target pipeline (amoCRM) or category (Bitrix24).
+        pipeline: PipelineId,
+        /// Target stage.
+        stage: StageId,
+    },
+    /// Create a task for a manager.
+    CreateTask {
+        /// What the task is about.
+        entity: EntityRef,
+        /// Who does it.
+        responsible: UserId,
+        /// The task text (includes the idempotency marker).
+        text: String,
+        /// When it is due.
+        due: Timestamp,
+        /// Call, meeting or letter.
+        kind: TaskKind,
+    },
+    /// Write custom field values.
+    UpdateFields {
+        /// The entity.
+        entity: EntityRef,
+        /// The values.
+        fields: Vec<FieldWrite>,
+    },
+    /// Mark a deal as a repeat sale (Bitrix24 `IS_RETURN_CUSTOMER`, amoCRM a tag).
+    FlagRepeat {
+        /// The deal.
+        deal: DealId,
+    },
+}
+
+/// What a successful write produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteOutcome {
+    /// Id of the entity the CRM created (a task id), when it created one.
+    pub created_id: Option<u64>,
+}
+
+/// Counters a connector keeps of its traffic.
+#[derive(Debug, Default)]
+pub struct ConnectorStats {
+    /// HTTP requests sent.
+    pub requests: AtomicU64,
+    /// Answers that said "rate limited".
+    pub rate_limited: AtomicU64,
+    /// Retries performed.
+    pub retries: AtomicU64,
+    /// 5xx / connection failures seen.
+    pub transient: AtomicU64,
+}
+
+/// A point-in-time copy of [`ConnectorStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    /// HTTP requests sent.
+    pub requests: u64,
+    /// Rate-limit answers.
+    pub rate_limited: u64,
+    /// Retries.
+    pub retries: u64,
+    /// Transient failures.
+    pub transient: u64,
+}
+
+impl ConnectorStats {
+    /// Reads the counters.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            requests: self.requests.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            transient: self.transient.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A CRM, as the sidecar sees it.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    /// Which CRM this is.
+    fn kind(&self) -> CrmKind;
+
+    /// Traffic counters.
+    fn stats(&self) -> StatsSnapshot;
+
+    /// The account behind the portal.
+    async fn account(&self) -> Result<Account, ConnectorError>;
+
+    /// All users.
+    async fn users(&self) -> Result<Vec<User>, ConnectorError>;
+
+    /// All pipelines with their stages.
+    async fn pipelines(&self) -> Result<Vec<Pipeline>, ConnectorError>;
+
+    /// One page of contacts.
+    async fn contacts(&self, query: &ListQuery, cursor: Option<&Cursor>) -> Result<Page<Contact>, ConnectorError>;
+
+    /// One page of companies.
+    async fn companies(&self, query: &ListQuery, cursor: Option<&Cursor>) -> Result<Page<Company>, ConnectorError>;
+
+    /// One page of deals, with their contact links (and product rows where the CRM has them).
+    async fn deals(&self, query: &ListQuery, cursor: Option<&Cursor>) -> Result<Page<Deal>, ConnectorError>;
+
+    /// One deal by id; `Ok(None)` when it does not exist.
+    async fn deal(&self, id: DealId) -> Result<Option<Deal>, ConnectorError>;
+
+    /// One contact by id; `Ok(None)` when it does not exist.
+    async fn contact(&self, id: ContactId) -> Result<Option<Contact>, ConnectorError>;
+
+    /// Deletions recorded since `since` (amoCRM `/events`). CRMs without a deletion log return
+    /// [`ConnectorError::Unsupported`]; the sidecar then reconciles ids instead.
+    async fn deletions(&self, since: Timestamp, cursor: Option<&Cursor>) -> Result<Page<Deletion>, ConnectorError> {
+        let _ = (since, cursor);
+        Err(ConnectorError::Unsupported { what: "deletion log".into() })
+    }
+
+    /// One page of all deal ids in ascending order, for reconciliation of deletions.
+    async fn deal_ids(&self, cursor: Option<&Cursor>) -> Result<Page<DealId>, ConnectorError> {
+        let _ = cursor;
+        Err(ConnectorError::Unsupported { what: "id listing".into() })
+    }
+
+    /// How many writes [`Connector::apply`] packs into one request at most.
+    fn max_writes_per_request(&self) -> usize {
+        1
+    }
+
+    /// Carries out writes, packed into as few requests as the CRM allows. Returns one result
+    /// per op, in order; one op's failure does not fail the others.
+    async fn apply(&self, ops: &[WriteOp]) -> Vec<Result<WriteOutcome, ConnectorError>> {
+        ops.iter().map(|_| Err(ConnectorError::Unsupported { what: "writes".into() })).collect()
+    }
+}
