@@ -1,1 +1,27 @@
-//! rebuy
+//! rebuy: a sidecar that turns an amoCRM or Bitrix24 account into a repeat-sales machine.
+//!
+//! # Layout
+//! Data flows one way: **pull -> cache -> analyse -> plan -> outbox -> CRM**.
+//! - [`config`]: the TOML config (`[[portal]]` entries), layered with `REBUY_` env overrides,
+//!   validated with every problem reported at once.
+//! - [`portal`]: builds a portal's connector (auth, limiter) from its config and store.
+//! - [`store`]: the redb cache, one file per portal: entities, sync cursors, tokens.
+//! - [`sync`]: full and incremental pulls, streamed page by page into the store, resumable.
+//! - [`analytics`]: pure functions over the cache: identity, repeat detection, RFM, ABC/XYZ,
+//!   cycles, BG/NBD and Gamma-Gamma, business figures.
+//! - [`failpoint`]: named crash points for the crash-safety tests.
+//! - [`demo`], [`bench`]: the built-in demo and the benchmark commands.
+//! - [`cli`]: the command line (`rebuy sync`, `auth`, `status`, `demo`, `emulate`, `bench`, ...).
+//!
+//! The CRM connectors live in `connectors/` and know nothing of this crate.
+#![warn(missing_docs)]
+
+pub mod analytics;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod failpoint;
+pub mod portal;
+pub mod store;
+pub mod sync;

@@ -32,3 +32,4 @@ pub use error::ConnectorError;
 pub use ids::*;
 pub use model::*;
 pub use money::{Currency, Money};
+pub use phone::Phone;

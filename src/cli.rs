@@ -1,0 +1,420 @@
+//! The command line: raw arguments (clap) and the dispatch of each command.
+use crate::config::{self, Config, PortalConfig};
+use crate::portal;
+use crate::store::Store;
+use crate::sync::{self, Progress, SyncOptions};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use rebuy_core::{Connector, EntityKind};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// rebuy: repeat sales for amoCRM and Bitrix24.
+#[derive(Debug, Parser)]
+#[command(name = "rebuy", version, about)]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, global = true, env = "REBUY_CONFIG", default_value = "rebuy.toml")]
+    pub config: PathBuf,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "REBUY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the config file and list every problem.
+    Config {
+        /// What to do with the config.
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Pull a portal (or all) into the local cache.
+    Sync(SyncArgs),
+    /// Authorise rebuy for an OAuth portal.
+    Auth(AuthArgs),
+    /// Per portal: cached counts, last sync, token expiry, re-authorisation needs.
+    Status,
+    /// Run the whole product against built-in emulators and print what it did.
+    Demo(crate::demo::DemoArgs),
+    /// Run a CRM emulator.
+    Emulate {
+        /// Which CRM.
+        #[command(subcommand)]
+        crm: EmulateCrm,
+    },
+    /// Benchmarks that print their figures.
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        what: crate::bench::BenchCommand,
+    },
+}
+
+/// `rebuy config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate the config and print every problem (file, key, reason).
+    Check,
+    /// Print the commented example config.
+    Example,
+}
+
+/// `rebuy sync` arguments.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Portal id; all portals when omitted.
+    #[arg(long)]
+    pub portal: Option<String>,
+    /// List everything instead of the changes since the last sync.
+    #[arg(long)]
+    pub full: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `rebuy auth` arguments.
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    /// Portal id.
+    #[arg(long)]
+    pub portal: String,
+    /// The authorization code, if you already have it (otherwise it is asked for).
+    #[arg(long)]
+    pub code: Option<String>,
+}
+
+/// `rebuy emulate ...`
+#[derive(Debug, Subcommand)]
+pub enum EmulateCrm {
+    /// The amoCRM emulator.
+    Amocrm(EmulateArgs),
+}
+
+/// Emulator arguments.
+#[derive(Debug, Args)]
+pub struct EmulateArgs {
+    /// Port on 127.0.0.1 (0 = any free port).
+    #[arg(long, default_value_t = 8081)]
+    pub port: u16,
+    /// Data generator seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Contacts to generate.
+    #[arg(long, default_value_t = 2000)]
+    pub contacts: usize,
+    /// Leads / deals to generate.
+    #[arg(long, default_value_t = 6000)]
+    pub leads: usize,
+    /// Requests per second allowed (0 = unlimited).
+    #[arg(long)]
+    pub rate: Option<u32>,
+    /// Access token lifetime in seconds.
+    #[arg(long)]
+    pub token_ttl: Option<u64>,
+}
+
+/// Sets up logging: `RUST_LOG` filters (default `info`), text or JSON lines on stderr.
+pub fn init_tracing(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rebuy=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Config { action: ConfigAction::Check } => config_check(&cli.config),
+        Command::Config { action: ConfigAction::Example } => {
+            print!("{}", config::EXAMPLE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync(args) => {
+            let cfg = load_config(&cli.config)?;
+            cmd_sync(&cfg, &args).await
+        }
+        Command::Auth(args) => {
+            let cfg = load_config(&cli.config)?;
+            cmd_auth(&cfg, &args).await
+        }
+        Command::Status => {
+            let cfg = load_config(&cli.config)?;
+            cmd_status(&cfg)
+        }
+        Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Emulate { crm: EmulateCrm::Amocrm(a) } => crate::demo::emulate_amocrm(a).await.map(|()| ExitCode::SUCCESS),
+        Command::Bench { what } => crate::bench::run(what).await.map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn env_lookup(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+/// Loads and validates the config, turning problems into one error listing them all.
+pub fn load_config(path: &std::path::Path) -> Result<Config> {
+    config::load(path, &env_lookup).map_err(|p| anyhow::anyhow!("invalid config:\n{}", config::format_problems(&p).trim_end()))
+}
+
+fn config_check(path: &std::path::Path) -> Result<ExitCode> {
+    match config::load(path, &env_lookup) {
+        Ok(cfg) => {
+            println!("{}: ok ({} portals)", path.display(), cfg.portals.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(problems) => {
+            eprintln!("{} problem(s):", problems.len());
+            eprint!("{}", config::format_problems(&problems));
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn selected<'a>(cfg: &'a Config, portal: Option<&str>) -> Result<Vec<&'a PortalConfig>> {
+    match portal {
+        Some(id) => Ok(vec![cfg.portal(id).with_context(|| format!("unknown portal {id:?}: not in the config"))?]),
+        None => Ok(cfg.portals.iter().collect()),
+    }
+}
+
+/// Live progress of a sync: counts per kind, records/s and requests/s on one line.
+pub struct SyncProgress {
+    bar: ProgressBar,
+    counts: [AtomicU64; 5],
+    started: Instant,
+}
+
+impl SyncProgress {
+    /// A progress line (hidden when `quiet`).
+    pub fn new(quiet: bool, portal: &str) -> Arc<Self> {
+        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+        bar.set_style(ProgressStyle::with_template("{spinner} {prefix} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        bar.set_prefix(portal.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Arc::new(Self { bar, counts: Default::default(), started: Instant::now() })
+    }
+
+    fn idx(kind: EntityKind) -> usize {
+        EntityKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
+    }
+
+    /// Redraws the line with the connector's request count.
+    pub fn refresh(&self, requests: u64) {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let total: u64 = self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        let parts: Vec<String> = EntityKind::ALL
+            .iter()
+            .map(|k| format!("{} {}", k.as_str(), self.counts[Self::idx(*k)].load(Ordering::Relaxed)))
+            .collect();
+        self.bar.set_message(format!(
+            "{} | {:.0} records/s | {:.1} requests/s",
+            parts.join(", "),
+            total as f64 / secs,
+            requests as f64 / secs
+        ));
+    }
+
+    /// Ends the line.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl Progress for SyncProgress {
+    fn page(&self, kind: EntityKind, records: u64) {
+        self.counts[Self::idx(kind)].fetch_add(records, Ordering::Relaxed);
+    }
+}
+
+/// Syncs one portal with a live progress line; returns the report.
+pub async fn sync_with_progress(
+    conn: Arc<dyn Connector>,
+    store: Store,
+    opts: &SyncOptions,
+    quiet: bool,
+) -> Result<sync::SyncReport, sync::SyncError> {
+    let progress = SyncProgress::new(quiet, &store.portal().0);
+    let ticker = {
+        let progress = progress.clone();
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            loop {
+                progress.refresh(conn.stats().requests);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let result = sync::sync_portal(conn, store, opts, progress.clone()).await;
+    ticker.abort();
+    progress.finish();
+    result
+}
+
+/// Prints a sync report.
+pub fn print_sync_report(portal: &str, r: &sync::SyncReport, ceiling_rps: Option<u32>) {
+    let secs = r.elapsed.as_secs_f64().max(1e-3);
+    println!("portal {portal}: synced in {:.1} s", secs);
+    for (kind, k) in &r.kinds {
+        println!(
+            "  {:<10} {:>8} records {:>6} pages{}{}",
+            kind.as_str(),
+            k.records,
+            k.pages,
+            if k.deleted > 0 { format!(" {:>5} deleted", k.deleted) } else { String::new() },
+            if k.full { " (full)" } else { "" }
+        );
+    }
+    let rps = r.traffic.requests as f64 / secs;
+    print!(
+        "  {} requests ({:.2}/s), {} rate-limited, {} retries, {:.0} records/s",
+        r.traffic.requests,
+        rps,
+        r.traffic.rate_limited,
+        r.traffic.retries,
+        r.records() as f64 / secs
+    );
+    match ceiling_rps {
+        Some(c) => println!(", {:.0}% of the {c} req/s ceiling used", 100.0 * rps / f64::from(c)),
+        None => println!(),
+    }
+}
+
+async fn cmd_sync(cfg: &Config, args: &SyncArgs) -> Result<ExitCode> {
+    let portals = selected(cfg, args.portal.as_deref())?;
+    // Portals are independent: run them concurrently, and one failing never stops the others.
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in portals {
+        let p = p.clone();
+        let data_dir = cfg.data_dir.clone();
+        let opts = SyncOptions {
+            full: args.full,
+            overlap: Duration::from_secs(p.sync.overlap_secs),
+            concurrency: p.sync.concurrency,
+        };
+        let quiet = args.quiet;
+        tasks.spawn(async move {
+            let id = p.id.0.clone();
+            let res: Result<()> = async {
+                let store = Store::open(&data_dir, &p.id)?;
+                let handle = portal::open(&p, store.clone())?;
+                let ceiling = p.requests_per_sec.unwrap_or(portal::AMOCRM_DEFAULT_RPS);
+                let report = sync_with_progress(handle.connector, store, &opts, quiet).await?;
+                print_sync_report(&id, &report, Some(ceiling));
+                Ok(())
+            }
+            .await;
+            (id, res)
+        });
+    }
+    let mut failed = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (id, res) = joined.context("sync task panicked")?;
+        if let Err(e) = res {
+            failed += 1;
+            eprintln!("portal {id}: sync failed: {e:#}");
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn cmd_auth(cfg: &Config, args: &AuthArgs) -> Result<ExitCode> {
+    let p = cfg.portal(&args.portal).with_context(|| format!("unknown portal {:?}: not in the config", args.portal))?;
+    if !matches!(p.auth, config::AuthConfig::OAuth { .. }) {
+        bail!("portal {}: auth type is not oauth; nothing to authorise", p.id);
+    }
+    let store = Store::open(&cfg.data_dir, &p.id)?;
+    let state = random_state();
+    let url = portal::authorize_url(p, &state)?;
+    let code = match &args.code {
+        Some(c) => c.clone(),
+        None => match portal::try_automatic_code(&url, &state).await {
+            Some(code) => {
+                println!("authorised automatically (the CRM at {} is an emulator)", p.base_url);
+                code
+            }
+            None => {
+                println!("Open this URL, allow access, and paste the `code` parameter of the page you are sent to:\n\n  {url}\n");
+                print!("code: ");
+                use std::io::Write;
+                std::io::stdout().flush().ok();
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).context("reading the code from stdin")?;
+                line.trim().to_owned()
+            }
+        },
+    };
+    if code.is_empty() {
+        bail!("no authorization code given");
+    }
+    let tokens = portal::exchange_code(p, &store, &code).await?;
+    println!(
+        "portal {}: authorised; access token valid until {}",
+        p.id,
+        tokens.expires_at.map(|t| t.to_string()).unwrap_or_else(|| "unknown".into())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A random OAuth `state` value.
+pub fn random_state() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..24).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+}
+
+fn cmd_status(cfg: &Config) -> Result<ExitCode> {
+    for p in &cfg.portals {
+        println!("portal {} ({}, {})", p.id, p.kind.as_str(), p.base_url);
+        let store = match Store::open(&cfg.data_dir, &p.id) {
+            Ok(s) => s,
+            Err(e) => {
+                println!("  store: {e}");
+                continue;
+            }
+        };
+        for kind in EntityKind::ALL {
+            let n = store.count(kind)?;
+            let st = store.sync_state(kind)?;
+            println!(
+                "  {:<10} {:>8}  last sync {}{}",
+                kind.as_str(),
+                n,
+                st.last_sync_at.map(|t| t.to_string()).unwrap_or_else(|| "never".into()),
+                if st.in_progress.is_some() { "  (a listing is under way or was interrupted)" } else { "" }
+            );
+        }
+        match store.load_tokens()? {
+            Some(t) => println!(
+                "  token: expires {}",
+                t.expires_at.map(|e| e.to_string()).unwrap_or_else(|| "never (long-lived)".into())
+            ),
+            None => println!("  token: none stored{}", if matches!(p.auth, config::AuthConfig::OAuth { .. }) { " (run `rebuy auth`)" } else { "" }),
+        }
+        if let Some(r) = store.needs_reauth()? {
+            println!("  NEEDS RE-AUTHORIZATION since {}: {}", r.at, r.reason);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

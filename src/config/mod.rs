@@ -1,0 +1,33 @@
+//! Configuration: one TOML file with `[[portal]]` entries, overridable by `REBUY_` environment
+//! variables (`REBUY_DATA_DIR=/var/lib/rebuy`; nested keys with `__`).
+//!
+//! Loading has two steps (ripgrep's raw/validated split): [`raw`] merges the layers into one
+//! JSON document, then [`resolve`] checks every section and returns either a [`Config`] or the
+//! full list of problems, each naming the file, the key and the reason, so `rebuy config check`
+//! shows them all at once instead of one per run.
+//!
+//! Secrets are never written in the file: it names the environment variable that holds each
+//! one (`client_secret_env = "SHOP_CLIENT_SECRET"`), and resolved secrets are
+//! `secrecy::SecretString`s.
+mod raw;
+mod resolve;
+
+pub use raw::load_layers;
+pub use resolve::{AuthConfig, Config, ConfigProblem, PortalConfig, SyncSettings, resolve};
+
+use std::path::Path;
+
+/// The example configuration shipped in `config/rebuy.example.toml`.
+pub const EXAMPLE: &str = include_str!("../../config/rebuy.example.toml");
+
+/// Loads and validates a config file (with env overrides). `env` is the process environment
+/// or, in tests, a fixed map.
+pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigProblem>> {
+    let doc = load_layers(path).map_err(|p| vec![p])?;
+    resolve(&doc, &path.display().to_string(), env)
+}
+
+/// Formats problems one per line.
+pub fn format_problems(problems: &[ConfigProblem]) -> String {
+    problems.iter().map(|p| format!("{p}\n")).collect()
+}

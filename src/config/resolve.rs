@@ -1,0 +1,431 @@
+//! Validation of the merged document into a typed [`Config`], collecting every problem.
+use crate::analytics::Settings as AnalyticsSettings;
+use rebuy_core::{CrmKind, PortalId};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashSet;
+use std::fmt;
+use std::path::PathBuf;
+
+/// One problem of a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The file.
+    pub file: String,
+    /// The key path (`portal[1].auth.client_id`); empty for the whole file.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl ConfigProblem {
+    /// Builds a problem.
+    pub fn new(file: &str, key: &str, reason: &str) -> Self {
+        Self { file: file.to_owned(), key: key.to_owned(), reason: reason.to_owned() }
+    }
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigProblem {}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the portals' redb files live.
+    pub data_dir: PathBuf,
+    /// The portals.
+    pub portals: Vec<PortalConfig>,
+}
+
+impl Config {
+    /// A portal by id.
+    pub fn portal(&self, id: &str) -> Option<&PortalConfig> {
+        self.portals.iter().find(|p| p.id.0 == id)
+    }
+}
+
+/// How rebuy authenticates to a portal.
+#[derive(Debug, Clone)]
+pub enum AuthConfig {
+    /// OAuth 2.0 (amoCRM integrations, Bitrix24 local/marketplace apps).
+    OAuth {
+        /// Client (integration / app) id.
+        client_id: String,
+        /// Client secret, read from the env var named in the file.
+        client_secret: SecretString,
+        /// Redirect URI registered with the CRM.
+        redirect_uri: String,
+        /// Bitrix24 OAuth server base URL (`https://oauth.bitrix.info`); defaults to the portal.
+        oauth_server: Option<String>,
+    },
+    /// amoCRM long-lived token of a private integration.
+    LongLivedToken {
+        /// The token, read from the env var named in the file.
+        token: SecretString,
+    },
+    /// Bitrix24 inbound webhook URL (`https://x.bitrix24.ru/rest/1/secret/`).
+    Webhook {
+        /// The URL, read from the env var named in the file (it contains the secret).
+        url: SecretString,
+    },
+}
+
+/// Sync tunables of a portal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncSettings {
+    /// Incremental sync re-reads this many seconds before its cursor, to absorb clock skew and
+    /// same-second updates.
+    pub overlap_secs: u64,
+    /// Records per page requested (amoCRM caps at 250).
+    pub page_limit: u32,
+    /// Concurrent listings (entity kinds fetched at once; they share the rate limiter).
+    pub concurrency: usize,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self { overlap_secs: 300, page_limit: 250, concurrency: 3 }
+    }
+}
+
+/// One portal.
+#[derive(Debug, Clone)]
+pub struct PortalConfig {
+    /// Portal id (file name of its store; letters, digits, `-`, `_`).
+    pub id: PortalId,
+    /// Which CRM.
+    pub kind: CrmKind,
+    /// Base URL of the account (`https://shop.amocrm.ru`, `https://shop.bitrix24.ru`, or an
+    /// emulator's `http://127.0.0.1:PORT`).
+    pub base_url: url::Url,
+    /// The portal's IANA time zone (business hours, local dates).
+    pub time_zone: jiff::tz::TimeZone,
+    /// Name of that time zone.
+    pub time_zone_name: String,
+    /// Request rate ceiling override (requests/s); `None` = the CRM's documented limit.
+    pub requests_per_sec: Option<u32>,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Sync tunables.
+    pub sync: SyncSettings,
+    /// Analytics settings (sale definition, thresholds).
+    pub analytics: AnalyticsSettings,
+    /// The raw `[portal.mapping]` table, read by the playbooks and write-back.
+    pub mapping: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTop {
+    #[serde(default)]
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    portal: Vec<serde_json::Value>,
+    #[serde(default)]
+    server: Option<serde_json::Value>,
+}
+
+/// Keys a `[[portal]]` table may hold.
+const PORTAL_KEYS: &[&str] =
+    &["id", "kind", "base_url", "time_zone", "requests_per_sec", "auth", "sync", "analytics", "mapping"];
+
+#[derive(Deserialize)]
+struct RawPortal {
+    id: String,
+    kind: CrmKind,
+    base_url: String,
+    #[serde(default)]
+    time_zone: Option<String>,
+    #[serde(default)]
+    requests_per_sec: Option<u32>,
+    auth: serde_json::Value,
+    #[serde(default)]
+    sync: Option<serde_json::Value>,
+    #[serde(default)]
+    analytics: Option<serde_json::Value>,
+    #[serde(default)]
+    mapping: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum RawAuth {
+    #[serde(rename = "oauth")]
+    OAuth { client_id: String, client_secret_env: String, redirect_uri: String, oauth_server: Option<String> },
+    LongLivedToken { token_env: String },
+    Webhook { url_env: String },
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Ctx<'_> {
+    fn problem(&mut self, key: &str, reason: impl Into<String>) {
+        self.problems.push(ConfigProblem::new(self.file, key, &reason.into()));
+    }
+
+    /// Deserializes `value` into `T`, recording a problem naming the exact key on failure.
+    fn parse<T: DeserializeOwned>(&mut self, key: &str, value: &serde_json::Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let full = if inner == "." || inner.is_empty() { key.to_owned() } else { format!("{key}.{inner}") };
+                self.problem(&full, e.inner().to_string());
+                None
+            }
+        }
+    }
+}
+
+/// Validates a merged config document. `file` names it in problems; `env` reads secrets.
+pub fn resolve(
+    doc: &serde_json::Value,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigProblem>> {
+    let mut cx = Ctx { file, problems: Vec::new() };
+    let Some(top) = cx.parse::<RawTop>("", doc) else {
+        return Err(cx.problems);
+    };
+    let _ = top.server; // read by `rebuy serve`
+    let data_dir = top.data_dir.unwrap_or_else(|| PathBuf::from("data"));
+    if top.portal.is_empty() {
+        cx.problem("portal", "no [[portal]] entries: add at least one portal");
+    }
+    let mut ids = HashSet::new();
+    let mut portals = Vec::new();
+    for (i, value) in top.portal.iter().enumerate() {
+        let key = format!("portal[{i}]");
+        // Report unknown keys, then go on with the rest so their problems are listed too.
+        let mut value = value.clone();
+        if let Some(obj) = value.as_object_mut() {
+            let unknown: Vec<String> = obj.keys().filter(|k| !PORTAL_KEYS.contains(&k.as_str())).cloned().collect();
+            for k in unknown {
+                cx.problem(&format!("{key}.{k}"), format!("unknown key, expected one of {}", PORTAL_KEYS.join(", ")));
+                obj.remove(&k);
+            }
+        }
+        let Some(raw) = cx.parse::<RawPortal>(&key, &value) else { continue };
+        if let Some(p) = resolve_portal(&mut cx, &key, raw, env) {
+            if !ids.insert(p.id.0.clone()) {
+                cx.problem(&format!("{key}.id"), format!("duplicate portal id {:?}", p.id.0));
+            }
+            portals.push(p);
+        }
+    }
+    if cx.problems.is_empty() { Ok(Config { data_dir, portals }) } else { Err(cx.problems) }
+}
+
+fn secret_from_env(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    var: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<SecretString> {
+    match env(var) {
+        Some(v) if !v.trim().is_empty() => Some(SecretString::from(v)),
+        Some(_) => {
+            cx.problem(key, format!("environment variable {var} is empty"));
+            None
+        }
+        None => {
+            cx.problem(key, format!("environment variable {var} is not set"));
+            None
+        }
+    }
+}
+
+fn resolve_portal(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    raw: RawPortal,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<PortalConfig> {
+    let before = cx.problems.len();
+    if raw.id.is_empty() || !raw.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        cx.problem(&format!("{key}.id"), format!("{:?} is not a valid portal id: use letters, digits, '-' and '_'", raw.id));
+    }
+    let base_url = match url::Url::parse(&raw.base_url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+        Ok(u) => {
+            cx.problem(&format!("{key}.base_url"), format!("scheme {:?} is not http or https", u.scheme()));
+            None
+        }
+        Err(e) => {
+            cx.problem(&format!("{key}.base_url"), format!("{:?} is not a URL: {e}", raw.base_url));
+            None
+        }
+    };
+    let tz_name = raw.time_zone.unwrap_or_else(|| "Europe/Moscow".to_owned());
+    let time_zone = match jiff::tz::TimeZone::get(&tz_name) {
+        Ok(tz) => Some(tz),
+        Err(_) => {
+            cx.problem(&format!("{key}.time_zone"), format!("unknown time zone {tz_name:?} (use an IANA name such as Europe/Moscow)"));
+            None
+        }
+    };
+    if raw.requests_per_sec == Some(0) {
+        cx.problem(&format!("{key}.requests_per_sec"), "must be at least 1");
+    }
+    let auth = cx.parse::<RawAuth>(&format!("{key}.auth"), &raw.auth).and_then(|a| match a {
+        RawAuth::OAuth { client_id, client_secret_env, redirect_uri, oauth_server } => {
+            if client_id.trim().is_empty() {
+                cx.problem(&format!("{key}.auth.client_id"), "must not be empty");
+            }
+            if url::Url::parse(&redirect_uri).is_err() {
+                cx.problem(&format!("{key}.auth.redirect_uri"), format!("{redirect_uri:?} is not a URL"));
+            }
+            let secret = secret_from_env(cx, &format!("{key}.auth.client_secret_env"), &client_secret_env, env)?;
+            Some(AuthConfig::OAuth { client_id, client_secret: secret, redirect_uri, oauth_server })
+        }
+        RawAuth::LongLivedToken { token_env } => {
+            if raw.kind != CrmKind::Amocrm {
+                cx.problem(&format!("{key}.auth.type"), "long_lived_token is an amoCRM auth; Bitrix24 uses oauth or webhook");
+            }
+            let token = secret_from_env(cx, &format!("{key}.auth.token_env"), &token_env, env)?;
+            Some(AuthConfig::LongLivedToken { token })
+        }
+        RawAuth::Webhook { url_env } => {
+            if raw.kind != CrmKind::Bitrix24 {
+                cx.problem(&format!("{key}.auth.type"), "webhook is a Bitrix24 auth; amoCRM uses oauth or long_lived_token");
+            }
+            let url = secret_from_env(cx, &format!("{key}.auth.url_env"), &url_env, env)?;
+            Some(AuthConfig::Webhook { url })
+        }
+    });
+    let sync = match &raw.sync {
+        Some(v) => cx.parse::<SyncSettings>(&format!("{key}.sync"), v),
+        None => Some(SyncSettings::default()),
+    };
+    if let Some(s) = &sync {
+        if s.page_limit == 0 || s.page_limit > 250 {
+            cx.problem(&format!("{key}.sync.page_limit"), "must be between 1 and 250");
+        }
+        if s.concurrency == 0 {
+            cx.problem(&format!("{key}.sync.concurrency"), "must be at least 1");
+        }
+    }
+    let analytics = match &raw.analytics {
+        Some(v) => cx.parse::<AnalyticsSettings>(&format!("{key}.analytics"), v),
+        None => Some(AnalyticsSettings::default()),
+    };
+    if let Some(a) = &analytics {
+        for p in a.validate() {
+            cx.problem(&format!("{key}.analytics"), p);
+        }
+    }
+    if cx.problems.len() > before {
+        return None;
+    }
+    Some(PortalConfig {
+        id: PortalId(raw.id),
+        kind: raw.kind,
+        base_url: base_url?,
+        time_zone: time_zone?,
+        time_zone_name: tz_name,
+        requests_per_sec: raw.requests_per_sec,
+        auth: auth?,
+        sync: sync?,
+        analytics: analytics?,
+        mapping: raw.mapping.unwrap_or(serde_json::Value::Null),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        (k == "SHOP_SECRET").then(|| "s3cret".to_owned())
+    }
+
+    fn doc(toml_text: &str) -> serde_json::Value {
+        use figment::providers::Format;
+        figment::Figment::from(figment::providers::Toml::string(toml_text)).extract().unwrap()
+    }
+
+    #[test]
+    fn valid_config_resolves() {
+        let d = doc(r#"
+            data_dir = "/tmp/x"
+            [[portal]]
+            id = "shop"
+            kind = "amocrm"
+            base_url = "https://shop.amocrm.ru"
+            [portal.auth]
+            type = "oauth"
+            client_id = "abc"
+            client_secret_env = "SHOP_SECRET"
+            redirect_uri = "https://example.com/cb"
+        "#);
+        let c = resolve(&d, "rebuy.toml", &env).unwrap();
+        assert_eq!(c.portals[0].id.0, "shop");
+        assert_eq!(c.portals[0].sync.overlap_secs, 300);
+        assert_eq!(c.portals[0].time_zone_name, "Europe/Moscow");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_file_and_key() {
+        let d = doc(r#"
+            [[portal]]
+            id = "bad id"
+            kind = "amocrm"
+            base_url = "ftp://x"
+            time_zone = "Mars/Olympus"
+            [portal.auth]
+            type = "oauth"
+            client_id = "abc"
+            client_secret_env = "MISSING_VAR"
+            redirect_uri = "https://example.com/cb"
+            [portal.sync]
+            page_limit = 500
+
+            [[portal]]
+            id = "b24"
+            kind = "bitrix24"
+            base_url = "https://x.bitrix24.ru"
+            colour = "red"
+            [portal.auth]
+            type = "webhook"
+            url_env = "NOT_SET_EITHER"
+        "#);
+        let problems = resolve(&d, "rebuy.toml", &env).unwrap_err();
+        let text = format_problems(&problems);
+        for needle in [
+            "rebuy.toml: portal[0].id",
+            "portal[0].base_url: scheme \"ftp\"",
+            "portal[0].time_zone: unknown time zone",
+            "portal[0].auth.client_secret_env: environment variable MISSING_VAR is not set",
+            "portal[0].sync.page_limit",
+            "portal[1].colour: unknown key",
+            "portal[1].auth.url_env: environment variable NOT_SET_EITHER is not set",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    use super::super::format_problems;
+
+    #[test]
+    fn example_config_is_valid() {
+        let d = doc(super::super::EXAMPLE);
+        let env = |_: &str| Some("x".to_owned());
+        if let Err(p) = resolve(&d, "rebuy.example.toml", &env) {
+            panic!("{}", format_problems(&p));
+        }
+    }
+}

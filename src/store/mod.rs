@@ -1,0 +1,477 @@
+//! The local cache: one redb file per portal.
+//!
+//! Flow position: pull -> **cache** -> analyse -> plan -> outbox -> CRM. The sync writes pages
+//! here; the analytics, planner and server read from here.
+//!
+//! Why one file per portal: portals are isolated (one portal's long write never makes another
+//! wait: redb has one writer per file), and a portal moves to another machine by moving its file.
+//! Every value is written with a one-byte codec version ahead of its postcard body
+//! ([`codec`]), and the file carries a schema version checked at open, so an old binary never
+//! misreads a newer file. redb commits are durable (fsync) when `commit` returns: a `kill -9`
+//! loses nothing that was committed.
+pub mod codec;
+pub mod tables;
+pub mod tokens;
+
+use crate::store::codec::{decode, encode};
+use crate::store::tables::*;
+use jiff::Timestamp;
+use rebuy_core::{Company, Contact, Deal, EntityKind, Pipeline, PortalId, User};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The schema version this binary reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Errors of the store. Messages name the file, table and key involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file could not be opened or created.
+    #[error("cannot open store {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: redb::DatabaseError,
+    },
+    /// The file was written by a different schema version.
+    #[error(
+        "store {path} has schema version {found}, this rebuy reads version {expected}: {hint}"
+    )]
+    Schema {
+        /// The file.
+        path: PathBuf,
+        /// Version in the file.
+        found: u32,
+        /// Version this binary reads.
+        expected: u32,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// A database operation failed.
+    #[error("store {path}: {message}")]
+    Db {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// A stored value could not be decoded.
+    #[error("store {path}: cannot decode {table}[{key}]: {message}")]
+    Codec {
+        /// The file.
+        path: PathBuf,
+        /// Table name.
+        table: String,
+        /// Key.
+        key: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A record kind kept in its own table, keyed by CRM id.
+pub trait Record: Serialize + DeserializeOwned + Send + 'static {
+    /// Which entity this is.
+    const KIND: EntityKind;
+    /// The table it lives in.
+    const TABLE: TableDefinition<'static, u64, &'static [u8]>;
+    /// Its CRM id.
+    fn key(&self) -> u64;
+}
+
+macro_rules! record {
+    ($t:ty, $kind:expr, $table:expr) => {
+        impl Record for $t {
+            const KIND: EntityKind = $kind;
+            const TABLE: TableDefinition<'static, u64, &'static [u8]> = $table;
+            fn key(&self) -> u64 {
+                self.id.0
+            }
+        }
+    };
+}
+record!(Contact, EntityKind::Contacts, CONTACTS);
+record!(Company, EntityKind::Companies, COMPANIES);
+record!(Deal, EntityKind::Deals, DEALS);
+record!(User, EntityKind::Users, USERS);
+record!(Pipeline, EntityKind::Pipelines, PIPELINES);
+
+/// The table of an entity kind.
+pub fn table_of(kind: EntityKind) -> TableDefinition<'static, u64, &'static [u8]> {
+    match kind {
+        EntityKind::Contacts => CONTACTS,
+        EntityKind::Companies => COMPANIES,
+        EntityKind::Deals => DEALS,
+        EntityKind::Users => USERS,
+        EntityKind::Pipelines => PIPELINES,
+    }
+}
+
+/// Where a sync of one entity kind stands. Stored in the same transaction as the page it
+/// follows, so the cache and the cursor never disagree.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncState {
+    /// A listing under way: the cursor of the next page to fetch.
+    pub in_progress: Option<InProgress>,
+    /// Records changed at or after this instant still need fetching (the incremental cursor).
+    pub updated_from: Option<Timestamp>,
+    /// When the last complete full listing ended.
+    pub last_full_at: Option<Timestamp>,
+    /// When the last complete listing of any kind ended.
+    pub last_sync_at: Option<Timestamp>,
+    /// Deletions were applied up to this instant.
+    pub deletions_from: Option<Timestamp>,
+}
+
+/// A listing under way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InProgress {
+    /// Full listing (`true`) or incremental.
+    pub full: bool,
+    /// When the listing started (local clock).
+    pub started_at: Timestamp,
+    /// The query's lower bound for an incremental listing.
+    pub updated_from: Option<Timestamp>,
+    /// The cursor of the next page; `None` for the first page.
+    pub cursor: Option<rebuy_core::Cursor>,
+    /// Records written so far by this listing.
+    pub records: u64,
+    /// Latest `updated_at` seen so far.
+    pub max_updated: Option<Timestamp>,
+}
+
+/// A portal's cache. Cheap to clone; all clones share one database handle.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: Arc<PathBuf>,
+    portal: PortalId,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).field("portal", &self.portal).finish()
+    }
+}
+
+/// The file of a portal's store inside the data directory.
+pub fn portal_path(data_dir: &Path, portal: &PortalId) -> PathBuf {
+    data_dir.join(format!("{}.redb", portal.0))
+}
+
+impl Store {
+    /// Opens (or creates) the store of `portal` in `data_dir`.
+    pub fn open(data_dir: &Path, portal: &PortalId) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Db {
+            path: data_dir.to_owned(),
+            message: format!("cannot create data directory: {e}"),
+        })?;
+        Self::open_path(&portal_path(data_dir, portal), portal.clone())
+    }
+
+    /// Opens (or creates) a store at an explicit path.
+    pub fn open_path(path: &Path, portal: PortalId) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+        let store = Store { db: Arc::new(db), path: Arc::new(path.to_owned()), portal };
+        store.init_schema()?;
+        Ok(store)
+    }
+
+    /// The portal this store belongs to.
+    pub fn portal(&self) -> &PortalId {
+        &self.portal
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Db { path: (*self.path).clone(), message: e.to_string() }
+    }
+
+    fn init_schema(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            let found = meta
+                .get(KEY_SCHEMA_VERSION)
+                .map_err(|e| self.err(e))?
+                .map(|v| u32::from_le_bytes(v.value().try_into().unwrap_or([0; 4])));
+            match found {
+                Some(v) if v == SCHEMA_VERSION => {}
+                Some(v) => {
+                    return Err(StoreError::Schema {
+                        path: (*self.path).clone(),
+                        found: v,
+                        expected: SCHEMA_VERSION,
+                        hint: if v > SCHEMA_VERSION {
+                            "upgrade rebuy"
+                        } else {
+                            "no migration exists for this version: move the file away and run `rebuy sync --full`"
+                        },
+                    });
+                }
+                None => {
+                    meta.insert(KEY_SCHEMA_VERSION, SCHEMA_VERSION.to_le_bytes().as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            // Create every table up front so readers never meet a missing table.
+            for t in ALL_ID_TABLES {
+                txn.open_table(t).map_err(|e| self.err(e))?;
+            }
+            txn.open_table(SYNC).map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// Runs a write transaction; commits when `f` returns `Ok`.
+    pub fn write<R>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let r = {
+            let mut w = Writer { txn: &txn, store: self };
+            f(&mut w)?
+        };
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(r)
+    }
+
+    /// Writes a page of records and the sync state that follows it, in one transaction.
+    pub fn put_page<T: Record>(&self, items: &[T], state: &SyncState) -> Result<(), StoreError> {
+        self.write(|w| {
+            w.put_all(items)?;
+            w.set_sync_state(T::KIND, state)
+        })
+    }
+
+    /// One record by id.
+    pub fn get<T: Record>(&self, id: u64) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(T::TABLE).map_err(|e| self.err(e))?;
+        match table.get(id).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(self.decode_value(T::KIND.as_str(), id, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Calls `f` with every record of a kind in id order, decoding one at a time (memory stays
+    /// flat whatever the table's size). Reads a consistent snapshot.
+    pub fn for_each<T: Record>(&self, mut f: impl FnMut(T)) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(T::TABLE).map_err(|e| self.err(e))?;
+        for row in table.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            f(self.decode_value(T::KIND.as_str(), k.value(), v.value())?);
+        }
+        Ok(())
+    }
+
+    /// All records of a kind (for small tables: users, pipelines).
+    pub fn all<T: Record>(&self) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each(|r| out.push(r))?;
+        Ok(out)
+    }
+
+    /// Number of records of a kind.
+    pub fn count(&self, kind: EntityKind) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(table_of(kind)).map_err(|e| self.err(e))?;
+        table.len().map_err(|e| self.err(e))
+    }
+
+    /// The sync state of a kind.
+    pub fn sync_state(&self, kind: EntityKind) -> Result<SyncState, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(SYNC).map_err(|e| self.err(e))?;
+        match table.get(kind.as_str()).map_err(|e| self.err(e))? {
+            Some(v) => self.decode_value("sync", kind.as_str(), v.value()),
+            None => Ok(SyncState::default()),
+        }
+    }
+
+    /// A value from the meta table.
+    pub fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(META).map_err(|e| self.err(e))?;
+        match table.get(key).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(self.decode_json("meta", key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets a value in the meta table (committed durably).
+    pub fn set_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        self.write(|w| w.set_meta(key, value))
+    }
+
+    fn decode_value<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        key: impl std::fmt::Display,
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
+        decode(bytes).map_err(|message| StoreError::Codec {
+            path: (*self.path).clone(),
+            table: table.to_owned(),
+            key: key.to_string(),
+            message,
+        })
+    }
+
+    fn decode_json<T: DeserializeOwned>(&self, table: &str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Codec {
+            path: (*self.path).clone(),
+            table: table.to_owned(),
+            key: key.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Writes inside one transaction (see [`Store::write`]).
+pub struct Writer<'a> {
+    txn: &'a redb::WriteTransaction,
+    store: &'a Store,
+}
+
+impl Writer<'_> {
+    /// Inserts or replaces records.
+    pub fn put_all<T: Record>(&mut self, items: &[T]) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(T::TABLE).map_err(|e| self.store.err(e))?;
+        let mut buf = Vec::with_capacity(512);
+        for item in items {
+            buf.clear();
+            encode(item, &mut buf).map_err(|e| self.store.err(e))?;
+            table.insert(item.key(), buf.as_slice()).map_err(|e| self.store.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes records by id; returns how many existed.
+    pub fn remove(&mut self, kind: EntityKind, ids: &[u64]) -> Result<u64, StoreError> {
+        let mut table = self.txn.open_table(table_of(kind)).map_err(|e| self.store.err(e))?;
+        let mut n = 0;
+        for id in ids {
+            if table.remove(*id).map_err(|e| self.store.err(e))?.is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Replaces a whole small table (users, pipelines) with `items`.
+    pub fn replace_all<T: Record>(&mut self, items: &[T]) -> Result<(), StoreError> {
+        let existing: Vec<u64> = {
+            let table = self.txn.open_table(T::TABLE).map_err(|e| self.store.err(e))?;
+            let ids: Result<Vec<u64>, _> = table.iter().map_err(|e| self.store.err(e))?.map(|r| r.map(|(k, _)| k.value())).collect();
+            ids.map_err(|e| self.store.err(e))?
+        };
+        let keep: std::collections::HashSet<u64> = items.iter().map(Record::key).collect();
+        let gone: Vec<u64> = existing.into_iter().filter(|id| !keep.contains(id)).collect();
+        self.remove(T::KIND, &gone)?;
+        self.put_all(items)
+    }
+
+    /// Sets the sync state of a kind.
+    pub fn set_sync_state(&mut self, kind: EntityKind, state: &SyncState) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(SYNC).map_err(|e| self.store.err(e))?;
+        let mut buf = Vec::new();
+        encode(state, &mut buf).map_err(|e| self.store.err(e))?;
+        table.insert(kind.as_str(), buf.as_slice()).map_err(|e| self.store.err(e))?;
+        Ok(())
+    }
+
+    /// Sets a meta value (JSON, so operators can read it with any redb tool).
+    pub fn set_meta<T: Serialize>(&mut self, key: &str, value: &T) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(META).map_err(|e| self.store.err(e))?;
+        let bytes = serde_json::to_vec(value).map_err(|e| self.store.err(e))?;
+        table.insert(key, bytes.as_slice()).map_err(|e| self.store.err(e))?;
+        Ok(())
+    }
+
+    /// Removes a meta value.
+    pub fn remove_meta(&mut self, key: &str) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(META).map_err(|e| self.store.err(e))?;
+        table.remove(key).map_err(|e| self.store.err(e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rebuy_core::{ContactId, Phone};
+
+    fn contact(id: u64) -> Contact {
+        Contact {
+            id: ContactId(id),
+            name: format!("Иван {id}"),
+            phones: vec![Phone::parse("8 (912) 345-67-89")],
+            emails: vec!["ivan@example.ru".into()],
+            company_id: None,
+            responsible_user_id: None,
+            created_at: Timestamp::from_second(1_700_000_000).unwrap(),
+            updated_at: Timestamp::from_second(1_700_000_100).unwrap(),
+            custom_fields: vec![],
+        }
+    }
+
+    #[test]
+    fn pages_and_state_round_trip_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let portal = PortalId::from("p1");
+        {
+            let store = Store::open(dir.path(), &portal).unwrap();
+            let state = SyncState { updated_from: Some(Timestamp::from_second(5).unwrap()), ..Default::default() };
+            store.put_page(&[contact(1), contact(2)], &state).unwrap();
+        }
+        let store = Store::open(dir.path(), &portal).unwrap();
+        assert_eq!(store.count(EntityKind::Contacts).unwrap(), 2);
+        assert_eq!(store.get::<Contact>(2).unwrap().unwrap(), contact(2));
+        assert_eq!(store.sync_state(EntityKind::Contacts).unwrap().updated_from, Some(Timestamp::from_second(5).unwrap()));
+        let mut seen = vec![];
+        store.for_each::<Contact>(|c| seen.push(c.id.0)).unwrap();
+        assert_eq!(seen, vec![1, 2]);
+    }
+
+    #[test]
+    fn schema_mismatch_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let portal = PortalId::from("p1");
+        {
+            let store = Store::open(dir.path(), &portal).unwrap();
+            store
+                .write(|w| {
+                    let mut t = w.txn.open_table(META).map_err(|e| w.store.err(e))?;
+                    t.insert(KEY_SCHEMA_VERSION, 99u32.to_le_bytes().as_slice()).map_err(|e| w.store.err(e))?;
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let err = Store::open(dir.path(), &portal).unwrap_err().to_string();
+        assert!(err.contains("schema version 99") && err.contains("upgrade rebuy"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_value_names_table_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &PortalId::from("p")).unwrap();
+        store
+            .write(|w| {
+                let mut t = w.txn.open_table(CONTACTS).map_err(|e| w.store.err(e))?;
+                t.insert(7u64, [1u8, 255, 255].as_slice()).map_err(|e| w.store.err(e))?;
+                Ok(())
+            })
+            .unwrap();
+        let err = store.get::<Contact>(7).unwrap_err().to_string();
+        assert!(err.contains("contacts[7]"), "{err}");
+    }
+}

@@ -1,0 +1,29 @@
+//! Every table of a portal's redb file, as constants (redb style: one place to see the schema).
+use redb::TableDefinition;
+
+/// Store-level settings and small documents: schema version, account, tokens, auth state.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Sync state per entity kind (`contacts`, `deals`, ...).
+pub const SYNC: TableDefinition<&str, &[u8]> = TableDefinition::new("sync");
+/// Contacts by CRM id.
+pub const CONTACTS: TableDefinition<u64, &[u8]> = TableDefinition::new("contacts");
+/// Companies by CRM id.
+pub const COMPANIES: TableDefinition<u64, &[u8]> = TableDefinition::new("companies");
+/// Deals (amoCRM leads) by CRM id.
+pub const DEALS: TableDefinition<u64, &[u8]> = TableDefinition::new("deals");
+/// Users by CRM id.
+pub const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
+/// Pipelines (with stages) by CRM id.
+pub const PIPELINES: TableDefinition<u64, &[u8]> = TableDefinition::new("pipelines");
+
+/// The tables keyed by CRM id.
+pub const ALL_ID_TABLES: [TableDefinition<u64, &[u8]>; 5] = [CONTACTS, COMPANIES, DEALS, USERS, PIPELINES];
+
+/// Meta key of the schema version (u32 little endian).
+pub const KEY_SCHEMA_VERSION: &str = "schema_version";
+/// Meta key of the OAuth tokens.
+pub const KEY_TOKENS: &str = "tokens";
+/// Meta key of the "needs re-authorization" record.
+pub const KEY_NEEDS_REAUTH: &str = "needs_reauth";
+/// Meta key of the CRM account document.
+pub const KEY_ACCOUNT: &str = "account";

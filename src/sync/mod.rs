@@ -1,0 +1,386 @@
+//! Pulling a portal into its cache: full and incremental, streamed page by page, resumable.
+//!
+//! Flow position: **pull** -> cache -> analyse -> plan -> outbox -> CRM.
+//!
+//! Each entity kind is listed as a sequence of pages. A page's records are committed together
+//! with the cursor of the page that follows ([`crate::store::SyncState`]), so:
+//! - memory holds one page per listing (plus one being written), whatever the account's size;
+//! - a process killed at any point resumes from the last committed page: no gap (the cursor was
+//!   committed with the data before it) and no duplicate (records are keyed by CRM id);
+//! - fetching page N+1 overlaps with committing page N, so the rate limit, not the disk, sets
+//!   the pace.
+//!
+//! Incremental listings ask for records modified since the last cursor minus an overlap
+//! (`sync.overlap_secs`): CRM timestamps have one-second resolution and clocks drift, and
+//! re-reading a few records is cheap while missing one is not. Deletions come from the CRM's
+//! deletion log where it has one (amoCRM `/events`).
+use crate::failpoint;
+use crate::store::{InProgress, Record, Store, StoreError};
+use async_trait::async_trait;
+use jiff::{SignedDuration, Timestamp};
+use rebuy_core::connector::StatsSnapshot;
+use rebuy_core::{
+    Company, Connector, ConnectorError, Contact, Cursor, Deal, EntityKind, ListQuery, Page, Pipeline, User,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What went wrong in a sync.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The CRM failed.
+    #[error("portal {portal}: syncing {kind}: {source}")]
+    Connector {
+        /// Portal.
+        portal: String,
+        /// Entity kind.
+        kind: &'static str,
+        /// The connector error.
+        #[source]
+        source: ConnectorError,
+    },
+    /// The cache failed.
+    #[error("portal {portal}: {source}")]
+    Store {
+        /// Portal.
+        portal: String,
+        /// The store error.
+        #[source]
+        source: StoreError,
+    },
+}
+
+impl SyncError {
+    /// The connector error, when the CRM was the cause.
+    pub fn connector_error(&self) -> Option<&ConnectorError> {
+        match self {
+            SyncError::Connector { source, .. } => Some(source),
+            SyncError::Store { .. } => None,
+        }
+    }
+}
+
+/// How to sync.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// List everything (`true`) or only what changed since the last sync.
+    pub full: bool,
+    /// Re-read window of incremental listings.
+    pub overlap: Duration,
+    /// Listings run at once (they share the connector's rate limiter).
+    pub concurrency: usize,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        Self { full: false, overlap: Duration::from_secs(300), concurrency: 3 }
+    }
+}
+
+/// What one kind's listing did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KindReport {
+    /// Records written.
+    pub records: u64,
+    /// Pages fetched.
+    pub pages: u64,
+    /// Records removed because the CRM deleted them.
+    pub deleted: u64,
+    /// Whether this was a full listing.
+    pub full: bool,
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Default)]
+pub struct SyncReport {
+    /// Per entity kind.
+    pub kinds: BTreeMap<EntityKind, KindReport>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Connector traffic during this sync.
+    pub traffic: StatsSnapshot,
+}
+
+impl SyncReport {
+    /// Records written, all kinds.
+    pub fn records(&self) -> u64 {
+        self.kinds.values().map(|k| k.records).sum()
+    }
+}
+
+/// Receives progress as pages land (the CLI draws a bar; tests ignore it).
+pub trait Progress: Send + Sync {
+    /// A page of `records` records of `kind` was committed.
+    fn page(&self, kind: EntityKind, records: u64);
+}
+
+/// Progress that goes nowhere.
+pub struct NoProgress;
+impl Progress for NoProgress {
+    fn page(&self, _: EntityKind, _: u64) {}
+}
+
+/// An entity kind that is listed page by page.
+#[async_trait]
+trait Listable: Record + Clone + Sync {
+    async fn fetch(conn: &dyn Connector, q: &ListQuery, c: Option<&Cursor>) -> Result<Page<Self>, ConnectorError>;
+    fn updated_at(&self) -> Timestamp;
+}
+
+#[async_trait]
+impl Listable for Contact {
+    async fn fetch(conn: &dyn Connector, q: &ListQuery, c: Option<&Cursor>) -> Result<Page<Self>, ConnectorError> {
+        conn.contacts(q, c).await
+    }
+    fn updated_at(&self) -> Timestamp {
+        self.updated_at
+    }
+}
+
+#[async_trait]
+impl Listable for Company {
+    async fn fetch(conn: &dyn Connector, q: &ListQuery, c: Option<&Cursor>) -> Result<Page<Self>, ConnectorError> {
+        conn.companies(q, c).await
+    }
+    fn updated_at(&self) -> Timestamp {
+        self.updated_at
+    }
+}
+
+#[async_trait]
+impl Listable for Deal {
+    async fn fetch(conn: &dyn Connector, q: &ListQuery, c: Option<&Cursor>) -> Result<Page<Self>, ConnectorError> {
+        conn.deals(q, c).await
+    }
+    fn updated_at(&self) -> Timestamp {
+        self.updated_at
+    }
+}
+
+/// Syncs one portal: account, users, pipelines, then companies, contacts and deals (listed
+/// concurrently), then deletions.
+pub async fn sync_portal(
+    conn: Arc<dyn Connector>,
+    store: Store,
+    opts: &SyncOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<SyncReport, SyncError> {
+    let started = Instant::now();
+    let before = conn.stats();
+    let portal = store.portal().0.clone();
+    let cerr = |kind: &'static str| {
+        let portal = portal.clone();
+        move |source| SyncError::Connector { portal: portal.clone(), kind, source }
+    };
+    let serr = |source| SyncError::Store { portal: portal.clone(), source };
+    let mut report = SyncReport::default();
+
+    let account = conn.account().await.map_err(cerr("account"))?;
+    let users = conn.users().await.map_err(cerr("users"))?;
+    let pipelines = conn.pipelines().await.map_err(cerr("pipelines"))?;
+    let (nu, np) = (users.len() as u64, pipelines.len() as u64);
+    blocking(&store, move |s| {
+        s.write(|w| {
+            w.set_meta(crate::store::tables::KEY_ACCOUNT, &account)?;
+            w.replace_all::<User>(&users)?;
+            w.replace_all::<Pipeline>(&pipelines)
+        })
+    })
+    .await
+    .map_err(serr)?;
+    report.kinds.insert(EntityKind::Users, KindReport { records: nu, pages: 1, deleted: 0, full: true });
+    report.kinds.insert(EntityKind::Pipelines, KindReport { records: np, pages: 1, deleted: 0, full: true });
+    progress.page(EntityKind::Users, nu);
+    progress.page(EntityKind::Pipelines, np);
+
+    // The big listings run concurrently so the shared rate limiter always has a request ready.
+    let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
+    let (companies, contacts, deals) = tokio::join!(
+        guarded(&sem, list_kind::<Company>(&*conn, &store, opts, &*progress)),
+        guarded(&sem, list_kind::<Contact>(&*conn, &store, opts, &*progress)),
+        guarded(&sem, list_kind::<Deal>(&*conn, &store, opts, &*progress)),
+    );
+    report.kinds.insert(EntityKind::Companies, companies.map_err(|e| e.into_sync(&portal, "companies"))?);
+    report.kinds.insert(EntityKind::Contacts, contacts.map_err(|e| e.into_sync(&portal, "contacts"))?);
+    let mut deals = deals.map_err(|e| e.into_sync(&portal, "deals"))?;
+
+    if !deals.full {
+        match apply_deletions(&*conn, &store, opts).await {
+            Ok(counts) => {
+                deals.deleted = counts.get(&EntityKind::Deals).copied().unwrap_or(0);
+                for (kind, n) in counts {
+                    if kind != EntityKind::Deals {
+                        if let Some(r) = report.kinds.get_mut(&kind) {
+                            r.deleted += n;
+                        }
+                    }
+                }
+            }
+            Err(ListError::Connector(ConnectorError::Unsupported { .. })) => {}
+            Err(e) => return Err(e.into_sync(&portal, "deletions")),
+        }
+    }
+    report.kinds.insert(EntityKind::Deals, deals);
+    report.elapsed = started.elapsed();
+    let after = conn.stats();
+    report.traffic = StatsSnapshot {
+        requests: after.requests - before.requests,
+        rate_limited: after.rate_limited - before.rate_limited,
+        retries: after.retries - before.retries,
+        transient: after.transient - before.transient,
+    };
+    Ok(report)
+}
+
+async fn guarded<T>(sem: &tokio::sync::Semaphore, fut: impl std::future::Future<Output = T>) -> T {
+    let _permit = sem.acquire().await;
+    fut.await
+}
+
+enum ListError {
+    Connector(ConnectorError),
+    Store(StoreError),
+}
+
+impl ListError {
+    fn into_sync(self, portal: &str, kind: &'static str) -> SyncError {
+        match self {
+            ListError::Connector(source) => SyncError::Connector { portal: portal.to_owned(), kind, source },
+            ListError::Store(source) => SyncError::Store { portal: portal.to_owned(), source },
+        }
+    }
+}
+
+async fn blocking<R: Send + 'static>(
+    store: &Store,
+    f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, StoreError> {
+    let s = store.clone();
+    match tokio::task::spawn_blocking(move || f(&s)).await {
+        Ok(r) => r,
+        Err(e) => Err(store.err(format!("writer task failed: {e}"))),
+    }
+}
+
+fn minus(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_sub(SignedDuration::try_from(d).unwrap_or(SignedDuration::ZERO)).unwrap_or(t)
+}
+
+async fn list_kind<T: Listable>(
+    conn: &dyn Connector,
+    store: &Store,
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+) -> Result<KindReport, ListError> {
+    let mut state = store.sync_state(T::KIND).map_err(ListError::Store)?;
+    // Resume a listing under way; an interrupted full listing is finished before any
+    // incremental one (its records are not all there yet).
+    let resumable = state.in_progress.take().filter(|ip| ip.full || !opts.full);
+    let never_synced = state.updated_from.is_none();
+    let mut ip = resumable.unwrap_or_else(|| {
+        let full = opts.full || never_synced;
+        InProgress {
+            full,
+            started_at: Timestamp::now(),
+            updated_from: if full { None } else { state.updated_from.map(|t| minus(t, opts.overlap)) },
+            cursor: None,
+            records: 0,
+            max_updated: None,
+        }
+    });
+    let mut report = KindReport { full: ip.full, ..Default::default() };
+    let query = ListQuery { updated_from: ip.updated_from, updated_to: None };
+    let mut pending: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
+    loop {
+        let page = T::fetch(conn, &query, ip.cursor.as_ref()).await.map_err(ListError::Connector)?;
+        let n = page.items.len() as u64;
+        ip.records += n;
+        ip.max_updated = page.items.iter().map(T::updated_at).max().max(ip.max_updated);
+        ip.cursor = page.next.clone();
+        let done = page.next.is_none();
+        if done {
+            let now = Timestamp::now();
+            state.updated_from = Some(if ip.full {
+                ip.started_at
+            } else {
+                // Records modified while we listed have updated_at after started_at, so the
+                // next run starts no later than that.
+                match ip.max_updated {
+                    Some(m) => m.min(ip.started_at),
+                    None => state.updated_from.unwrap_or(ip.started_at),
+                }
+            });
+            state.last_sync_at = Some(now);
+            if ip.full {
+                state.last_full_at = Some(now);
+                state.deletions_from.get_or_insert(ip.started_at);
+            }
+            state.in_progress = None;
+        } else {
+            state.in_progress = Some(ip.clone());
+        }
+        // Commit in order: wait for the previous page's write, then hand this one over and
+        // fetch the next page while it is written.
+        if let Some(prev) = pending.take() {
+            prev.await.map_err(|e| ListError::Store(store.err(e)))?.map_err(ListError::Store)?;
+            failpoint::hit("sync.after_page");
+        }
+        let items = page.items;
+        let st = state.clone();
+        let s = store.clone();
+        pending = Some(tokio::task::spawn_blocking(move || s.put_page(&items, &st)));
+        report.records += n;
+        report.pages += 1;
+        progress.page(T::KIND, n);
+        if done {
+            break;
+        }
+    }
+    if let Some(prev) = pending.take() {
+        prev.await.map_err(|e| ListError::Store(store.err(e)))?.map_err(ListError::Store)?;
+        failpoint::hit("sync.after_page");
+    }
+    Ok(report)
+}
+
+async fn apply_deletions(
+    conn: &dyn Connector,
+    store: &Store,
+    opts: &SyncOptions,
+) -> Result<BTreeMap<EntityKind, u64>, ListError> {
+    let state = store.sync_state(EntityKind::Deals).map_err(ListError::Store)?;
+    let started = Timestamp::now();
+    let since = minus(state.deletions_from.unwrap_or(started), opts.overlap);
+    let mut cursor = None;
+    let mut counts = BTreeMap::new();
+    loop {
+        let page = conn.deletions(since, cursor.as_ref()).await.map_err(ListError::Connector)?;
+        let mut by_kind: BTreeMap<EntityKind, Vec<u64>> = BTreeMap::new();
+        for d in &page.items {
+            by_kind.entry(d.entity).or_default().push(d.id);
+        }
+        let removed = blocking(store, move |s| {
+            s.write(|w| {
+                let mut out = BTreeMap::new();
+                for (kind, ids) in &by_kind {
+                    out.insert(*kind, w.remove(*kind, ids)?);
+                }
+                Ok(out)
+            })
+        })
+        .await
+        .map_err(ListError::Store)?;
+        for (k, n) in removed {
+            *counts.entry(k).or_insert(0) += n;
+        }
+        cursor = page.next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let mut st = store.sync_state(EntityKind::Deals).map_err(ListError::Store)?;
+    st.deletions_from = Some(started);
+    blocking(store, move |s| s.write(|w| w.set_sync_state(EntityKind::Deals, &st))).await.map_err(ListError::Store)?;
+    Ok(counts)
+}
