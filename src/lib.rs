@@ -9,6 +9,8 @@
 //! - [`sync`]: full and incremental pulls, streamed page by page into the store, resumable.
 //! - [`analytics`]: pure functions over the cache: identity, repeat detection, RFM, ABC/XYZ,
 //!   cycles, BG/NBD and Gamma-Gamma, business figures.
+//! - [`outbox`]: the durable write-back queue: actions committed before they are sent, sent
+//!   once, marked done with the CRM's id.
 //! - [`failpoint`]: named crash points for the crash-safety tests.
 //! - [`demo`], [`bench`]: the built-in demo and the benchmark commands.
 //! - [`cli`]: the command line (`rebuy sync`, `auth`, `status`, `demo`, `emulate`, `bench`, ...).
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod failpoint;
+pub mod outbox;
 pub mod portal;
 pub mod store;
 pub mod sync;

@@ -192,6 +192,11 @@ impl Store {
         &self.path
     }
 
+    /// The database handle, for modules that keep their own tables (outbox, inbox).
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
     pub(crate) fn err(&self, e: impl std::fmt::Display) -> StoreError {
         StoreError::Db { path: (*self.path).clone(), message: e.to_string() }
     }
@@ -228,6 +233,8 @@ impl Store {
                 txn.open_table(t).map_err(|e| self.err(e))?;
             }
             txn.open_table(SYNC).map_err(|e| self.err(e))?;
+            txn.open_table(crate::outbox::queue_tables::OUTBOX).map_err(|e| self.err(e))?;
+            txn.open_table(crate::outbox::queue_tables::OUTBOX_PENDING).map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))
     }
@@ -343,6 +350,21 @@ pub struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// The underlying transaction, for modules that keep their own tables.
+    pub(crate) fn txn(&self) -> &redb::WriteTransaction {
+        self.txn
+    }
+
+    /// Reads a meta value inside the transaction.
+    pub fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let table = self.txn.open_table(META).map_err(|e| self.store.err(e))?;
+        let v = table.get(key).map_err(|e| self.store.err(e))?;
+        match v {
+            Some(v) => Ok(Some(self.store.decode_json("meta", key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
     /// Inserts or replaces records.
     pub fn put_all<T: Record>(&mut self, items: &[T]) -> Result<(), StoreError> {
         let mut table = self.txn.open_table(T::TABLE).map_err(|e| self.store.err(e))?;

@@ -201,6 +201,14 @@ pub trait Connector: Send + Sync {
         Err(ConnectorError::Unsupported { what: "id listing".into() })
     }
 
+    /// Looks for a task on `entity` whose text contains `marker` (the idempotency marker the
+    /// outbox puts in every task text). Used after a crash between sending a task and
+    /// recording it, so the task is never created twice. `Ok(None)` when there is none.
+    async fn find_task(&self, entity: EntityRef, marker: &str) -> Result<Option<u64>, ConnectorError> {
+        let _ = (entity, marker);
+        Err(ConnectorError::Unsupported { what: "task lookup".into() })
+    }
+
     /// How many writes [`Connector::apply`] packs into one request at most.
     fn max_writes_per_request(&self) -> usize {
         1

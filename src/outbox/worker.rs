@@ -1,0 +1,155 @@
+//! Sending the outbox: due entries are marked in flight, packed into the connector's bulk
+//! requests, and their outcomes committed. The retry decision is the pure
+//! [`rebuy_core::retry::decide`].
+use super::queue::{ActionState, Entry};
+use crate::failpoint;
+use crate::store::{Store, StoreError};
+use jiff::{SignedDuration, Timestamp};
+use rebuy_core::retry::{Decision, RetryPolicy, decide};
+use rebuy_core::{Connector, ConnectorError, WriteOp};
+
+/// How to drain.
+#[derive(Debug, Clone)]
+pub struct DrainOptions {
+    /// Retry policy of one action (attempts across drains).
+    pub retry: RetryPolicy,
+    /// Requests' worth of actions taken per round.
+    pub requests_per_round: usize,
+    /// Stop after this many actions (None = all due).
+    pub max_actions: Option<usize>,
+}
+
+impl Default for DrainOptions {
+    fn default() -> Self {
+        Self { retry: RetryPolicy { max_attempts: 5, ..RetryPolicy::default() }, requests_per_round: 4, max_actions: None }
+    }
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Actions done.
+    pub done: u64,
+    /// Actions found already done in the CRM after a crash (not sent again).
+    pub reconciled: u64,
+    /// Actions failed permanently.
+    pub failed: u64,
+    /// Actions put back for a later retry.
+    pub retried: u64,
+    /// Rounds (each one or more bulk requests).
+    pub rounds: u64,
+}
+
+fn blocking_err(store: &Store, e: tokio::task::JoinError) -> StoreError {
+    store.err(format!("outbox writer task failed: {e}"))
+}
+
+async fn update(store: &Store, entries: Vec<Entry>) -> Result<(), StoreError> {
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.outbox_update(&entries)).await.map_err(|e| blocking_err(store, e))?
+}
+
+/// Sends every due entry; returns when none is due (entries waiting on backoff stay).
+pub async fn drain(conn: &dyn Connector, store: &Store, opts: &DrainOptions) -> Result<DrainReport, StoreError> {
+    let mut report = DrainReport::default();
+    let per_request = conn.max_writes_per_request().max(1);
+    let mut sent_total = 0usize;
+    loop {
+        let mut limit = per_request * opts.requests_per_round.max(1);
+        if let Some(max) = opts.max_actions {
+            limit = limit.min(max.saturating_sub(sent_total));
+            if limit == 0 {
+                break;
+            }
+        }
+        let s = store.clone();
+        let now = Timestamp::now();
+        let due = tokio::task::spawn_blocking(move || s.outbox_due(now, limit)).await.map_err(|e| blocking_err(store, e))??;
+        if due.is_empty() {
+            break;
+        }
+        report.rounds += 1;
+        sent_total += due.len();
+
+        // Entries found in flight were sent by a run that died before recording the outcome.
+        // A task may exist already: look for its marker instead of creating it again.
+        let mut to_send = Vec::with_capacity(due.len());
+        let mut settled = Vec::new();
+        for mut e in due {
+            if matches!(e.state, ActionState::InFlight { .. }) {
+                if let WriteOp::CreateTask { entity, .. } = &e.action.op {
+                    match conn.find_task(*entity, &super::marker_for(&e.action.key)).await {
+                        Ok(Some(id)) => {
+                            e.state = ActionState::Done { crm_id: Some(id), at: Timestamp::now() };
+                            report.reconciled += 1;
+                            settled.push(e);
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(err) if err.is_retryable() => {
+                            e.last_error = Some(err.to_string());
+                            e.not_before = Some(Timestamp::now() + SignedDuration::from_secs(5));
+                            report.retried += 1;
+                            settled.push(e);
+                            continue;
+                        }
+                        // Unsupported or refused: sending again is the only way forward.
+                        Err(_) => {}
+                    }
+                }
+            }
+            e.state = ActionState::InFlight { since: Timestamp::now() };
+            e.attempts += 1;
+            to_send.push(e);
+        }
+        if !settled.is_empty() {
+            update(store, settled).await?;
+        }
+        if to_send.is_empty() {
+            continue;
+        }
+        // Committed before the send: a crash from here on leaves them in flight.
+        update(store, to_send.clone()).await?;
+        failpoint::hit("outbox.before_send");
+
+        let mut outcomes = Vec::with_capacity(to_send.len());
+        for chunk in to_send.chunks(per_request) {
+            let ops: Vec<WriteOp> = chunk.iter().map(|e| e.action.op.clone()).collect();
+            let results = conn.apply(&ops).await;
+            failpoint::hit("outbox.after_send");
+            for (e, r) in chunk.iter().cloned().zip(results) {
+                outcomes.push((e, r));
+            }
+        }
+        let now = Timestamp::now();
+        let mut finished = Vec::with_capacity(outcomes.len());
+        for (mut e, r) in outcomes {
+            match r {
+                Ok(out) => {
+                    e.state = ActionState::Done { crm_id: out.created_id, at: now };
+                    e.last_error = None;
+                    report.done += 1;
+                }
+                Err(err) => match decide(&err, e.attempts, &opts.retry, rand::random::<f64>()) {
+                    Decision::Retry(after) => {
+                        e.state = ActionState::Pending;
+                        e.last_error = Some(err.to_string());
+                        e.not_before = Some(now + SignedDuration::try_from(after).unwrap_or(SignedDuration::from_secs(1)));
+                        report.retried += 1;
+                    }
+                    Decision::GiveUp => {
+                        e.state = failed(&err, now);
+                        report.failed += 1;
+                    }
+                },
+            }
+            finished.push(e);
+        }
+        update(store, finished).await?;
+    }
+    Ok(report)
+}
+
+fn failed(err: &ConnectorError, at: Timestamp) -> ActionState {
+    ActionState::Failed { code: err.code().to_owned(), message: err.to_string(), at }
+}
