@@ -18,7 +18,12 @@ use std::time::{Duration, Instant};
 #[command(name = "rebuy", version, about)]
 pub struct Cli {
     /// Config file.
-    #[arg(long, global = true, env = "REBUY_CONFIG", default_value = "rebuy.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "REBUY_CONFIG",
+        default_value = "rebuy.toml"
+    )]
     pub config: PathBuf,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "REBUY_LOG_FORMAT")]
@@ -52,6 +57,10 @@ pub enum Command {
     Auth(AuthArgs),
     /// Per portal: cached counts, last sync, token expiry, re-authorisation needs.
     Status,
+    /// One row per customer with every score (RFM, ABC, XYZ, cycle, models).
+    Segments(SegmentsArgs),
+    /// Business figures, the RFM grid, ABC x XYZ and warnings as terminal tables.
+    Report(ReportArgs),
     /// Run the whole product against built-in emulators and print what it did.
     Demo(crate::demo::DemoArgs),
     /// Run a CRM emulator.
@@ -89,6 +98,37 @@ pub struct SyncArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `rebuy segments` arguments.
+#[derive(Debug, Args)]
+pub struct SegmentsArgs {
+    /// Portal id.
+    #[arg(long)]
+    pub portal: String,
+    /// Analysis date (`2026-11-23`, end of day in the portal's zone) or RFC 3339 instant.
+    #[arg(long)]
+    pub as_of: Option<String>,
+    /// Output format: table, csv or json.
+    #[arg(long, default_value = "table")]
+    pub format: crate::analytics::render::Format,
+    /// Only this RFM segment (`at_risk`, "can't lose them", ...).
+    #[arg(long)]
+    pub segment: Option<String>,
+    /// Write to this file instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `rebuy report` arguments.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Portal id.
+    #[arg(long)]
+    pub portal: String,
+    /// Analysis date or instant.
+    #[arg(long)]
+    pub as_of: Option<String>,
 }
 
 /// `rebuy auth` arguments.
@@ -136,7 +176,9 @@ pub struct EmulateArgs {
 pub fn init_tracing(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rebuy=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match cli.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -146,8 +188,12 @@ pub fn init_tracing(cli: &Cli) {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Config { action: ConfigAction::Check } => config_check(&cli.config),
-        Command::Config { action: ConfigAction::Example } => {
+        Command::Config {
+            action: ConfigAction::Check,
+        } => config_check(&cli.config),
+        Command::Config {
+            action: ConfigAction::Example,
+        } => {
             print!("{}", config::EXAMPLE);
             Ok(ExitCode::SUCCESS)
         }
@@ -163,8 +209,41 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = load_config(&cli.config)?;
             cmd_status(&cfg)
         }
+        Command::Segments(a) => {
+            let cfg = load_config(&cli.config)?;
+            let (p, store) = portal_store(&cfg, &a.portal)?;
+            let as_of = a
+                .as_of
+                .as_deref()
+                .map(|s| crate::analyse::parse_as_of(s, p))
+                .transpose()?;
+            crate::analyse::cmd_segments(
+                &store,
+                p,
+                as_of,
+                a.format,
+                a.segment.as_deref(),
+                a.out.as_ref(),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report(a) => {
+            let cfg = load_config(&cli.config)?;
+            let (p, store) = portal_store(&cfg, &a.portal)?;
+            let as_of = a
+                .as_of
+                .as_deref()
+                .map(|s| crate::analyse::parse_as_of(s, p))
+                .transpose()?;
+            crate::analyse::cmd_report(&store, p, as_of)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Emulate { crm: EmulateCrm::Amocrm(a) } => crate::demo::emulate_amocrm(a).await.map(|()| ExitCode::SUCCESS),
+        Command::Emulate {
+            crm: EmulateCrm::Amocrm(a),
+        } => crate::demo::emulate_amocrm(a)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Bench { what } => crate::bench::run(what).await.map(|()| ExitCode::SUCCESS),
     }
 }
@@ -175,7 +254,12 @@ fn env_lookup(k: &str) -> Option<String> {
 
 /// Loads and validates the config, turning problems into one error listing them all.
 pub fn load_config(path: &std::path::Path) -> Result<Config> {
-    config::load(path, &env_lookup).map_err(|p| anyhow::anyhow!("invalid config:\n{}", config::format_problems(&p).trim_end()))
+    config::load(path, &env_lookup).map_err(|p| {
+        anyhow::anyhow!(
+            "invalid config:\n{}",
+            config::format_problems(&p).trim_end()
+        )
+    })
 }
 
 fn config_check(path: &std::path::Path) -> Result<ExitCode> {
@@ -192,9 +276,20 @@ fn config_check(path: &std::path::Path) -> Result<ExitCode> {
     }
 }
 
+/// A configured portal and its opened store.
+pub fn portal_store<'a>(cfg: &'a Config, id: &str) -> Result<(&'a PortalConfig, Store)> {
+    let p = cfg
+        .portal(id)
+        .with_context(|| format!("unknown portal {id:?}: not in the config"))?;
+    let store = Store::open(&cfg.data_dir, &p.id)?;
+    Ok((p, store))
+}
+
 fn selected<'a>(cfg: &'a Config, portal: Option<&str>) -> Result<Vec<&'a PortalConfig>> {
     match portal {
-        Some(id) => Ok(vec![cfg.portal(id).with_context(|| format!("unknown portal {id:?}: not in the config"))?]),
+        Some(id) => Ok(vec![cfg.portal(id).with_context(|| {
+            format!("unknown portal {id:?}: not in the config")
+        })?]),
         None => Ok(cfg.portals.iter().collect()),
     }
 }
@@ -209,11 +304,22 @@ pub struct SyncProgress {
 impl SyncProgress {
     /// A progress line (hidden when `quiet`).
     pub fn new(quiet: bool, portal: &str) -> Arc<Self> {
-        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
-        bar.set_style(ProgressStyle::with_template("{spinner} {prefix} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new_spinner()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
         bar.set_prefix(portal.to_owned());
         bar.enable_steady_tick(Duration::from_millis(200));
-        Arc::new(Self { bar, counts: Default::default(), started: Instant::now() })
+        Arc::new(Self {
+            bar,
+            counts: Default::default(),
+            started: Instant::now(),
+        })
     }
 
     fn idx(kind: EntityKind) -> usize {
@@ -226,7 +332,13 @@ impl SyncProgress {
         let total: u64 = self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum();
         let parts: Vec<String> = EntityKind::ALL
             .iter()
-            .map(|k| format!("{} {}", k.as_str(), self.counts[Self::idx(*k)].load(Ordering::Relaxed)))
+            .map(|k| {
+                format!(
+                    "{} {}",
+                    k.as_str(),
+                    self.counts[Self::idx(*k)].load(Ordering::Relaxed)
+                )
+            })
             .collect();
         self.bar.set_message(format!(
             "{} | {:.0} records/s | {:.1} requests/s",
@@ -282,7 +394,11 @@ pub fn print_sync_report(portal: &str, r: &sync::SyncReport, ceiling_rps: Option
             kind.as_str(),
             k.records,
             k.pages,
-            if k.deleted > 0 { format!(" {:>5} deleted", k.deleted) } else { String::new() },
+            if k.deleted > 0 {
+                format!(" {:>5} deleted", k.deleted)
+            } else {
+                String::new()
+            },
             if k.full { " (full)" } else { "" }
         );
     }
@@ -296,7 +412,10 @@ pub fn print_sync_report(portal: &str, r: &sync::SyncReport, ceiling_rps: Option
         r.records() as f64 / secs
     );
     match ceiling_rps {
-        Some(c) => println!(", {:.0}% of the {c} req/s ceiling used", 100.0 * rps / f64::from(c)),
+        Some(c) => println!(
+            ", {:.0}% of the {c} req/s ceiling used",
+            100.0 * rps / f64::from(c)
+        ),
         None => println!(),
     }
 }
@@ -336,13 +455,22 @@ async fn cmd_sync(cfg: &Config, args: &SyncArgs) -> Result<ExitCode> {
             eprintln!("portal {id}: sync failed: {e:#}");
         }
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn cmd_auth(cfg: &Config, args: &AuthArgs) -> Result<ExitCode> {
-    let p = cfg.portal(&args.portal).with_context(|| format!("unknown portal {:?}: not in the config", args.portal))?;
+    let p = cfg
+        .portal(&args.portal)
+        .with_context(|| format!("unknown portal {:?}: not in the config", args.portal))?;
     if !matches!(p.auth, config::AuthConfig::OAuth { .. }) {
-        bail!("portal {}: auth type is not oauth; nothing to authorise", p.id);
+        bail!(
+            "portal {}: auth type is not oauth; nothing to authorise",
+            p.id
+        );
     }
     let store = Store::open(&cfg.data_dir, &p.id)?;
     let state = random_state();
@@ -351,16 +479,23 @@ async fn cmd_auth(cfg: &Config, args: &AuthArgs) -> Result<ExitCode> {
         Some(c) => c.clone(),
         None => match portal::try_automatic_code(&url, &state).await {
             Some(code) => {
-                println!("authorised automatically (the CRM at {} is an emulator)", p.base_url);
+                println!(
+                    "authorised automatically (the CRM at {} is an emulator)",
+                    p.base_url
+                );
                 code
             }
             None => {
-                println!("Open this URL, allow access, and paste the `code` parameter of the page you are sent to:\n\n  {url}\n");
+                println!(
+                    "Open this URL, allow access, and paste the `code` parameter of the page you are sent to:\n\n  {url}\n"
+                );
                 print!("code: ");
                 use std::io::Write;
                 std::io::stdout().flush().ok();
                 let mut line = String::new();
-                std::io::stdin().read_line(&mut line).context("reading the code from stdin")?;
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the code from stdin")?;
                 line.trim().to_owned()
             }
         },
@@ -372,7 +507,10 @@ async fn cmd_auth(cfg: &Config, args: &AuthArgs) -> Result<ExitCode> {
     println!(
         "portal {}: authorised; access token valid until {}",
         p.id,
-        tokens.expires_at.map(|t| t.to_string()).unwrap_or_else(|| "unknown".into())
+        tokens
+            .expires_at
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "unknown".into())
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -381,7 +519,9 @@ async fn cmd_auth(cfg: &Config, args: &AuthArgs) -> Result<ExitCode> {
 pub fn random_state() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..24).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+    (0..24)
+        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+        .collect()
 }
 
 fn cmd_status(cfg: &Config) -> Result<ExitCode> {
@@ -401,16 +541,31 @@ fn cmd_status(cfg: &Config) -> Result<ExitCode> {
                 "  {:<10} {:>8}  last sync {}{}",
                 kind.as_str(),
                 n,
-                st.last_sync_at.map(|t| t.to_string()).unwrap_or_else(|| "never".into()),
-                if st.in_progress.is_some() { "  (a listing is under way or was interrupted)" } else { "" }
+                st.last_sync_at
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "never".into()),
+                if st.in_progress.is_some() {
+                    "  (a listing is under way or was interrupted)"
+                } else {
+                    ""
+                }
             );
         }
         match store.load_tokens()? {
             Some(t) => println!(
                 "  token: expires {}",
-                t.expires_at.map(|e| e.to_string()).unwrap_or_else(|| "never (long-lived)".into())
+                t.expires_at
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "never (long-lived)".into())
             ),
-            None => println!("  token: none stored{}", if matches!(p.auth, config::AuthConfig::OAuth { .. }) { " (run `rebuy auth`)" } else { "" }),
+            None => println!(
+                "  token: none stored{}",
+                if matches!(p.auth, config::AuthConfig::OAuth { .. }) {
+                    " (run `rebuy auth`)"
+                } else {
+                    ""
+                }
+            ),
         }
         if let Some(r) = store.needs_reauth()? {
             println!("  NEEDS RE-AUTHORIZATION since {}: {}", r.at, r.reason);

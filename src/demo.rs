@@ -33,7 +33,13 @@ pub struct DemoArgs {
 }
 
 /// The config of a portal pointing at an emulator (built through the real config path).
-pub fn emulator_portal(id: &str, base_url: &str, client_id: &str, redirect_uri: &str, rps: u32) -> Result<PortalConfig> {
+pub fn emulator_portal(
+    id: &str,
+    base_url: &str,
+    client_id: &str,
+    redirect_uri: &str,
+    rps: u32,
+) -> Result<PortalConfig> {
     let text = format!(
         r#"
         [[portal]]
@@ -56,7 +62,10 @@ pub fn emulator_portal(id: &str, base_url: &str, client_id: &str, redirect_uri: 
     let env = move |k: &str| (k == "EMULATOR_CLIENT_SECRET").then(|| secret.clone());
     let cfg = config::resolve(&doc, "<demo>", &env)
         .map_err(|p| anyhow::anyhow!("demo config invalid:\n{}", config::format_problems(&p)))?;
-    cfg.portals.into_iter().next().context("demo config has no portal")
+    cfg.portals
+        .into_iter()
+        .next()
+        .context("demo config has no portal")
 }
 
 /// Authorises a portal against an emulator without a person.
@@ -64,7 +73,10 @@ pub async fn authorize_automatically(p: &PortalConfig, store: &Store) -> Result<
     let state = random_state();
     let url = portal::authorize_url(p, &state)?;
     let Some(code) = portal::try_automatic_code(&url, &state).await else {
-        bail!("portal {}: the CRM did not authorise automatically (not an emulator?)", p.id);
+        bail!(
+            "portal {}: the CRM did not authorise automatically (not an emulator?)",
+            p.id
+        );
     };
     portal::exchange_code(p, store, &code).await?;
     Ok(())
@@ -72,14 +84,23 @@ pub async fn authorize_automatically(p: &PortalConfig, store: &Store) -> Result<
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<()> {
-    println!("rebuy demo: an emulated amoCRM account with {} contacts and {} leads", args.contacts, args.leads);
+    println!(
+        "rebuy demo: an emulated amoCRM account with {} contacts and {} leads",
+        args.contacts, args.leads
+    );
     let mut emu_cfg = AmoConfig::default();
     emu_cfg.seed.seed = args.seed;
     emu_cfg.seed.contacts = args.contacts;
     emu_cfg.seed.deals = args.leads;
     let t0 = std::time::Instant::now();
-    let running = AmoEmulator::spawn(emu_cfg.clone()).await.context("starting the amoCRM emulator")?;
-    println!("  emulator at {} (data generated in {:.1} s)", running.base_url, t0.elapsed().as_secs_f64());
+    let running = AmoEmulator::spawn(emu_cfg.clone())
+        .await
+        .context("starting the amoCRM emulator")?;
+    println!(
+        "  emulator at {} (data generated in {:.1} s)",
+        running.base_url,
+        t0.elapsed().as_secs_f64()
+    );
 
     let tmp;
     let data_dir = match &args.data_dir {
@@ -89,16 +110,28 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             tmp.path().to_owned()
         }
     };
-    let p = emulator_portal("demo-amocrm", &running.base_url, &emu_cfg.client_id, &emu_cfg.redirect_uri, portal::AMOCRM_DEFAULT_RPS)?;
+    let p = emulator_portal(
+        "demo-amocrm",
+        &running.base_url,
+        &emu_cfg.client_id,
+        &emu_cfg.redirect_uri,
+        portal::AMOCRM_DEFAULT_RPS,
+    )?;
     let store = Store::open(&data_dir, &p.id)?;
     authorize_automatically(&p, &store).await?;
     println!("  authorised over OAuth (authorization code -> tokens committed to the cache)");
 
     let handle = portal::open(&p, store.clone())?;
-    let opts = SyncOptions { full: true, overlap: Duration::from_secs(p.sync.overlap_secs), concurrency: p.sync.concurrency };
-    let report = sync_with_progress(handle.connector.clone(), store.clone(), &opts, args.quiet).await?;
+    let opts = SyncOptions {
+        full: true,
+        overlap: Duration::from_secs(p.sync.overlap_secs),
+        concurrency: p.sync.concurrency,
+    };
+    let report =
+        sync_with_progress(handle.connector.clone(), store.clone(), &opts, args.quiet).await?;
     print_sync_report(&p.id.0, &report, Some(portal::AMOCRM_DEFAULT_RPS));
-    crate::analytics::demo_summary(&store, &p)?;
+    // The generated history ends at the emulator's "now": analyse as of that day.
+    crate::analyse::demo_summary(&store, &p, emu_cfg.seed.now)?;
     Ok(())
 }
 
@@ -114,5 +147,7 @@ pub async fn emulate_amocrm(a: crate::cli::EmulateArgs) -> Result<()> {
     if let Some(t) = a.token_ttl {
         cfg.access_token_ttl_secs = t;
     }
-    rebuy_emulator::amocrm::run_amocrm(cfg, a.port).await.context("running the amoCRM emulator")
+    rebuy_emulator::amocrm::run_amocrm(cfg, a.port)
+        .await
+        .context("running the amoCRM emulator")
 }

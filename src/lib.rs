@@ -7,10 +7,12 @@
 //! - [`portal`]: builds a portal's connector (auth, limiter) from its config and store.
 //! - [`store`]: the redb cache, one file per portal: entities, sync cursors, tokens.
 //! - [`sync`]: full and incremental pulls, streamed page by page into the store, resumable.
+//! - [`analyse`]: streams the cache into the analytics; `segments` and `report`.
 //! - [`analytics`]: pure functions over the cache: identity, repeat detection, RFM, ABC/XYZ,
 //!   cycles, BG/NBD and Gamma-Gamma, business figures.
 //! - [`outbox`]: the durable write-back queue: actions committed before they are sent, sent
 //!   once, marked done with the CRM's id.
+//! - [`server`]: `rebuy serve`: webhooks into a durable inbox, health and metrics.
 //! - [`failpoint`]: named crash points for the crash-safety tests.
 //! - [`demo`], [`bench`]: the built-in demo and the benchmark commands.
 //! - [`cli`]: the command line (`rebuy sync`, `auth`, `status`, `demo`, `emulate`, `bench`, ...).
@@ -18,6 +20,7 @@
 //! The CRM connectors live in `connectors/` and know nothing of this crate.
 #![warn(missing_docs)]
 
+pub mod analyse;
 pub mod analytics;
 pub mod bench;
 pub mod cli;
@@ -26,5 +29,6 @@ pub mod demo;
 pub mod failpoint;
 pub mod outbox;
 pub mod portal;
+pub mod server;
 pub mod store;
 pub mod sync;

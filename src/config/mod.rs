@@ -13,7 +13,9 @@ mod raw;
 mod resolve;
 
 pub use raw::load_layers;
-pub use resolve::{AuthConfig, Config, ConfigProblem, PortalConfig, SyncSettings, resolve};
+pub use resolve::{
+    AuthConfig, Config, ConfigProblem, PortalConfig, ServerSettings, SyncSettings, resolve,
+};
 
 use std::path::Path;
 
@@ -22,7 +24,10 @@ pub const EXAMPLE: &str = include_str!("../../config/rebuy.example.toml");
 
 /// Loads and validates a config file (with env overrides). `env` is the process environment
 /// or, in tests, a fixed map.
-pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigProblem>> {
+pub fn load(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigProblem>> {
     let doc = load_layers(path).map_err(|p| vec![p])?;
     resolve(&doc, &path.display().to_string(), env)
 }

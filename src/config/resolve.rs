@@ -22,7 +22,11 @@ pub struct ConfigProblem {
 impl ConfigProblem {
     /// Builds a problem.
     pub fn new(file: &str, key: &str, reason: &str) -> Self {
-        Self { file: file.to_owned(), key: key.to_owned(), reason: reason.to_owned() }
+        Self {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            reason: reason.to_owned(),
+        }
     }
 }
 
@@ -45,6 +49,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The portals.
     pub portals: Vec<PortalConfig>,
+    /// The server settings.
+    pub server: ServerSettings,
 }
 
 impl Config {
@@ -95,7 +101,11 @@ pub struct SyncSettings {
 
 impl Default for SyncSettings {
     fn default() -> Self {
-        Self { overlap_secs: 300, page_limit: 250, concurrency: 3 }
+        Self {
+            overlap_secs: 300,
+            page_limit: 250,
+            concurrency: 3,
+        }
     }
 }
 
@@ -123,6 +133,49 @@ pub struct PortalConfig {
     pub analytics: AnalyticsSettings,
     /// The raw `[portal.mapping]` table, read by the playbooks and write-back.
     pub mapping: serde_json::Value,
+    /// amoCRM: the secret path segment of this portal's webhook URL
+    /// (`/hooks/amocrm/{portal}/{secret}`).
+    pub webhook_secret: Option<SecretString>,
+    /// Bitrix24: the application token of an outgoing webhook configured by hand (apps receive
+    /// theirs at install instead).
+    pub application_token: Option<SecretString>,
+}
+
+/// `[server]`: the long-lived `rebuy serve` process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Listen address.
+    pub listen: String,
+    /// The URL the CRMs reach this server at (webhook and OAuth redirect URLs are built on it).
+    pub public_url: Option<String>,
+    /// Minutes between incremental syncs of a portal (jittered).
+    pub sync_interval_mins: u64,
+    /// Local hour (portal time zone) of the daily funnel moves and touch planning.
+    pub daily_hour: u8,
+    /// Seconds between outbox drains.
+    pub outbox_interval_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            public_url: None,
+            sync_interval_mins: 15,
+            daily_hour: 9,
+            outbox_interval_secs: 10,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    #[serde(default)]
+    secret_env: Option<String>,
+    #[serde(default)]
+    application_token_env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -137,8 +190,18 @@ struct RawTop {
 }
 
 /// Keys a `[[portal]]` table may hold.
-const PORTAL_KEYS: &[&str] =
-    &["id", "kind", "base_url", "time_zone", "requests_per_sec", "auth", "sync", "analytics", "mapping"];
+const PORTAL_KEYS: &[&str] = &[
+    "id",
+    "kind",
+    "base_url",
+    "time_zone",
+    "requests_per_sec",
+    "auth",
+    "sync",
+    "analytics",
+    "mapping",
+    "webhooks",
+];
 
 #[derive(Deserialize)]
 struct RawPortal {
@@ -156,15 +219,26 @@ struct RawPortal {
     analytics: Option<serde_json::Value>,
     #[serde(default)]
     mapping: Option<serde_json::Value>,
+    #[serde(default)]
+    webhooks: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 enum RawAuth {
     #[serde(rename = "oauth")]
-    OAuth { client_id: String, client_secret_env: String, redirect_uri: String, oauth_server: Option<String> },
-    LongLivedToken { token_env: String },
-    Webhook { url_env: String },
+    OAuth {
+        client_id: String,
+        client_secret_env: String,
+        redirect_uri: String,
+        oauth_server: Option<String>,
+    },
+    LongLivedToken {
+        token_env: String,
+    },
+    Webhook {
+        url_env: String,
+    },
 }
 
 struct Ctx<'a> {
@@ -174,7 +248,8 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn problem(&mut self, key: &str, reason: impl Into<String>) {
-        self.problems.push(ConfigProblem::new(self.file, key, &reason.into()));
+        self.problems
+            .push(ConfigProblem::new(self.file, key, &reason.into()));
     }
 
     /// Deserializes `value` into `T`, recording a problem naming the exact key on failure.
@@ -183,7 +258,11 @@ impl Ctx<'_> {
             Ok(v) => Some(v),
             Err(e) => {
                 let inner = e.path().to_string();
-                let full = if inner == "." || inner.is_empty() { key.to_owned() } else { format!("{key}.{inner}") };
+                let full = if inner == "." || inner.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{key}.{inner}")
+                };
                 self.problem(&full, e.inner().to_string());
                 None
             }
@@ -197,11 +276,29 @@ pub fn resolve(
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, Vec<ConfigProblem>> {
-    let mut cx = Ctx { file, problems: Vec::new() };
+    let mut cx = Ctx {
+        file,
+        problems: Vec::new(),
+    };
     let Some(top) = cx.parse::<RawTop>("", doc) else {
         return Err(cx.problems);
     };
-    let _ = top.server; // read by `rebuy serve`
+    let server = match &top.server {
+        Some(v) => cx.parse::<ServerSettings>("server", v).unwrap_or_default(),
+        None => ServerSettings::default(),
+    };
+    if server.daily_hour > 23 {
+        cx.problem("server.daily_hour", "must be between 0 and 23");
+    }
+    if server.listen.parse::<std::net::SocketAddr>().is_err() {
+        cx.problem(
+            "server.listen",
+            format!(
+                "{:?} is not an address such as 127.0.0.1:8080",
+                server.listen
+            ),
+        );
+    }
     let data_dir = top.data_dir.unwrap_or_else(|| PathBuf::from("data"));
     if top.portal.is_empty() {
         cx.problem("portal", "no [[portal]] entries: add at least one portal");
@@ -213,21 +310,41 @@ pub fn resolve(
         // Report unknown keys, then go on with the rest so their problems are listed too.
         let mut value = value.clone();
         if let Some(obj) = value.as_object_mut() {
-            let unknown: Vec<String> = obj.keys().filter(|k| !PORTAL_KEYS.contains(&k.as_str())).cloned().collect();
+            let unknown: Vec<String> = obj
+                .keys()
+                .filter(|k| !PORTAL_KEYS.contains(&k.as_str()))
+                .cloned()
+                .collect();
             for k in unknown {
-                cx.problem(&format!("{key}.{k}"), format!("unknown key, expected one of {}", PORTAL_KEYS.join(", ")));
+                cx.problem(
+                    &format!("{key}.{k}"),
+                    format!("unknown key, expected one of {}", PORTAL_KEYS.join(", ")),
+                );
                 obj.remove(&k);
             }
         }
-        let Some(raw) = cx.parse::<RawPortal>(&key, &value) else { continue };
+        let Some(raw) = cx.parse::<RawPortal>(&key, &value) else {
+            continue;
+        };
         if let Some(p) = resolve_portal(&mut cx, &key, raw, env) {
             if !ids.insert(p.id.0.clone()) {
-                cx.problem(&format!("{key}.id"), format!("duplicate portal id {:?}", p.id.0));
+                cx.problem(
+                    &format!("{key}.id"),
+                    format!("duplicate portal id {:?}", p.id.0),
+                );
             }
             portals.push(p);
         }
     }
-    if cx.problems.is_empty() { Ok(Config { data_dir, portals }) } else { Err(cx.problems) }
+    if cx.problems.is_empty() {
+        Ok(Config {
+            data_dir,
+            portals,
+            server,
+        })
+    } else {
+        Err(cx.problems)
+    }
 }
 
 fn secret_from_env(
@@ -256,17 +373,34 @@ fn resolve_portal(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<PortalConfig> {
     let before = cx.problems.len();
-    if raw.id.is_empty() || !raw.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        cx.problem(&format!("{key}.id"), format!("{:?} is not a valid portal id: use letters, digits, '-' and '_'", raw.id));
+    if raw.id.is_empty()
+        || !raw
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        cx.problem(
+            &format!("{key}.id"),
+            format!(
+                "{:?} is not a valid portal id: use letters, digits, '-' and '_'",
+                raw.id
+            ),
+        );
     }
     let base_url = match url::Url::parse(&raw.base_url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
         Ok(u) => {
-            cx.problem(&format!("{key}.base_url"), format!("scheme {:?} is not http or https", u.scheme()));
+            cx.problem(
+                &format!("{key}.base_url"),
+                format!("scheme {:?} is not http or https", u.scheme()),
+            );
             None
         }
         Err(e) => {
-            cx.problem(&format!("{key}.base_url"), format!("{:?} is not a URL: {e}", raw.base_url));
+            cx.problem(
+                &format!("{key}.base_url"),
+                format!("{:?} is not a URL: {e}", raw.base_url),
+            );
             None
         }
     };
@@ -274,46 +408,78 @@ fn resolve_portal(
     let time_zone = match jiff::tz::TimeZone::get(&tz_name) {
         Ok(tz) => Some(tz),
         Err(_) => {
-            cx.problem(&format!("{key}.time_zone"), format!("unknown time zone {tz_name:?} (use an IANA name such as Europe/Moscow)"));
+            cx.problem(
+                &format!("{key}.time_zone"),
+                format!("unknown time zone {tz_name:?} (use an IANA name such as Europe/Moscow)"),
+            );
             None
         }
     };
     if raw.requests_per_sec == Some(0) {
         cx.problem(&format!("{key}.requests_per_sec"), "must be at least 1");
     }
-    let auth = cx.parse::<RawAuth>(&format!("{key}.auth"), &raw.auth).and_then(|a| match a {
-        RawAuth::OAuth { client_id, client_secret_env, redirect_uri, oauth_server } => {
-            if client_id.trim().is_empty() {
-                cx.problem(&format!("{key}.auth.client_id"), "must not be empty");
+    let auth = cx
+        .parse::<RawAuth>(&format!("{key}.auth"), &raw.auth)
+        .and_then(|a| match a {
+            RawAuth::OAuth {
+                client_id,
+                client_secret_env,
+                redirect_uri,
+                oauth_server,
+            } => {
+                if client_id.trim().is_empty() {
+                    cx.problem(&format!("{key}.auth.client_id"), "must not be empty");
+                }
+                if url::Url::parse(&redirect_uri).is_err() {
+                    cx.problem(
+                        &format!("{key}.auth.redirect_uri"),
+                        format!("{redirect_uri:?} is not a URL"),
+                    );
+                }
+                let secret = secret_from_env(
+                    cx,
+                    &format!("{key}.auth.client_secret_env"),
+                    &client_secret_env,
+                    env,
+                )?;
+                Some(AuthConfig::OAuth {
+                    client_id,
+                    client_secret: secret,
+                    redirect_uri,
+                    oauth_server,
+                })
             }
-            if url::Url::parse(&redirect_uri).is_err() {
-                cx.problem(&format!("{key}.auth.redirect_uri"), format!("{redirect_uri:?} is not a URL"));
+            RawAuth::LongLivedToken { token_env } => {
+                if raw.kind != CrmKind::Amocrm {
+                    cx.problem(
+                        &format!("{key}.auth.type"),
+                        "long_lived_token is an amoCRM auth; Bitrix24 uses oauth or webhook",
+                    );
+                }
+                let token = secret_from_env(cx, &format!("{key}.auth.token_env"), &token_env, env)?;
+                Some(AuthConfig::LongLivedToken { token })
             }
-            let secret = secret_from_env(cx, &format!("{key}.auth.client_secret_env"), &client_secret_env, env)?;
-            Some(AuthConfig::OAuth { client_id, client_secret: secret, redirect_uri, oauth_server })
-        }
-        RawAuth::LongLivedToken { token_env } => {
-            if raw.kind != CrmKind::Amocrm {
-                cx.problem(&format!("{key}.auth.type"), "long_lived_token is an amoCRM auth; Bitrix24 uses oauth or webhook");
+            RawAuth::Webhook { url_env } => {
+                if raw.kind != CrmKind::Bitrix24 {
+                    cx.problem(
+                        &format!("{key}.auth.type"),
+                        "webhook is a Bitrix24 auth; amoCRM uses oauth or long_lived_token",
+                    );
+                }
+                let url = secret_from_env(cx, &format!("{key}.auth.url_env"), &url_env, env)?;
+                Some(AuthConfig::Webhook { url })
             }
-            let token = secret_from_env(cx, &format!("{key}.auth.token_env"), &token_env, env)?;
-            Some(AuthConfig::LongLivedToken { token })
-        }
-        RawAuth::Webhook { url_env } => {
-            if raw.kind != CrmKind::Bitrix24 {
-                cx.problem(&format!("{key}.auth.type"), "webhook is a Bitrix24 auth; amoCRM uses oauth or long_lived_token");
-            }
-            let url = secret_from_env(cx, &format!("{key}.auth.url_env"), &url_env, env)?;
-            Some(AuthConfig::Webhook { url })
-        }
-    });
+        });
     let sync = match &raw.sync {
         Some(v) => cx.parse::<SyncSettings>(&format!("{key}.sync"), v),
         None => Some(SyncSettings::default()),
     };
     if let Some(s) = &sync {
         if s.page_limit == 0 || s.page_limit > 250 {
-            cx.problem(&format!("{key}.sync.page_limit"), "must be between 1 and 250");
+            cx.problem(
+                &format!("{key}.sync.page_limit"),
+                "must be between 1 and 250",
+            );
         }
         if s.concurrency == 0 {
             cx.problem(&format!("{key}.sync.concurrency"), "must be at least 1");
@@ -326,6 +492,23 @@ fn resolve_portal(
     if let Some(a) = &analytics {
         for p in a.validate() {
             cx.problem(&format!("{key}.analytics"), p);
+        }
+    }
+    let (mut webhook_secret, mut application_token) = (None, None);
+    if let Some(v) = &raw.webhooks {
+        if let Some(w) = cx.parse::<RawWebhooks>(&format!("{key}.webhooks"), v) {
+            if let Some(var) = w.secret_env {
+                webhook_secret =
+                    secret_from_env(cx, &format!("{key}.webhooks.secret_env"), &var, env);
+            }
+            if let Some(var) = w.application_token_env {
+                application_token = secret_from_env(
+                    cx,
+                    &format!("{key}.webhooks.application_token_env"),
+                    &var,
+                    env,
+                );
+            }
         }
     }
     if cx.problems.len() > before {
@@ -342,6 +525,8 @@ fn resolve_portal(
         sync: sync?,
         analytics: analytics?,
         mapping: raw.mapping.unwrap_or(serde_json::Value::Null),
+        webhook_secret,
+        application_token,
     })
 }
 
@@ -355,7 +540,9 @@ mod tests {
 
     fn doc(toml_text: &str) -> serde_json::Value {
         use figment::providers::Format;
-        figment::Figment::from(figment::providers::Toml::string(toml_text)).extract().unwrap()
+        figment::Figment::from(figment::providers::Toml::string(toml_text))
+            .extract()
+            .unwrap()
     }
 
     #[test]

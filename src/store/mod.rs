@@ -39,9 +39,7 @@ pub enum StoreError {
         source: redb::DatabaseError,
     },
     /// The file was written by a different schema version.
-    #[error(
-        "store {path} has schema version {found}, this rebuy reads version {expected}: {hint}"
-    )]
+    #[error("store {path} has schema version {found}, this rebuy reads version {expected}: {hint}")]
     Schema {
         /// The file.
         path: PathBuf,
@@ -155,7 +153,10 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).field("portal", &self.portal).finish()
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("portal", &self.portal)
+            .finish()
     }
 }
 
@@ -176,8 +177,15 @@ impl Store {
 
     /// Opens (or creates) a store at an explicit path.
     pub fn open_path(path: &Path, portal: PortalId) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
-        let store = Store { db: Arc::new(db), path: Arc::new(path.to_owned()), portal };
+        let db = Database::create(path).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let store = Store {
+            db: Arc::new(db),
+            path: Arc::new(path.to_owned()),
+            portal,
+        };
         store.init_schema()?;
         Ok(store)
     }
@@ -198,7 +206,10 @@ impl Store {
     }
 
     pub(crate) fn err(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Db { path: (*self.path).clone(), message: e.to_string() }
+        StoreError::Db {
+            path: (*self.path).clone(),
+            message: e.to_string(),
+        }
     }
 
     fn init_schema(&self) -> Result<(), StoreError> {
@@ -233,17 +244,25 @@ impl Store {
                 txn.open_table(t).map_err(|e| self.err(e))?;
             }
             txn.open_table(SYNC).map_err(|e| self.err(e))?;
-            txn.open_table(crate::outbox::queue_tables::OUTBOX).map_err(|e| self.err(e))?;
-            txn.open_table(crate::outbox::queue_tables::OUTBOX_PENDING).map_err(|e| self.err(e))?;
+            txn.open_table(crate::outbox::queue_tables::OUTBOX)
+                .map_err(|e| self.err(e))?;
+            txn.open_table(crate::outbox::queue_tables::OUTBOX_PENDING)
+                .map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))
     }
 
     /// Runs a write transaction; commits when `f` returns `Ok`.
-    pub fn write<R>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    pub fn write<R>(
+        &self,
+        f: impl FnOnce(&mut Writer<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         let r = {
-            let mut w = Writer { txn: &txn, store: self };
+            let mut w = Writer {
+                txn: &txn,
+                store: self,
+            };
             f(&mut w)?
         };
         txn.commit().map_err(|e| self.err(e))?;
@@ -333,7 +352,12 @@ impl Store {
         })
     }
 
-    fn decode_json<T: DeserializeOwned>(&self, table: &str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    fn decode_json<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
         serde_json::from_slice(bytes).map_err(|e| StoreError::Codec {
             path: (*self.path).clone(),
             table: table.to_owned(),
@@ -367,19 +391,27 @@ impl Writer<'_> {
 
     /// Inserts or replaces records.
     pub fn put_all<T: Record>(&mut self, items: &[T]) -> Result<(), StoreError> {
-        let mut table = self.txn.open_table(T::TABLE).map_err(|e| self.store.err(e))?;
+        let mut table = self
+            .txn
+            .open_table(T::TABLE)
+            .map_err(|e| self.store.err(e))?;
         let mut buf = Vec::with_capacity(512);
         for item in items {
             buf.clear();
             encode(item, &mut buf).map_err(|e| self.store.err(e))?;
-            table.insert(item.key(), buf.as_slice()).map_err(|e| self.store.err(e))?;
+            table
+                .insert(item.key(), buf.as_slice())
+                .map_err(|e| self.store.err(e))?;
         }
         Ok(())
     }
 
     /// Removes records by id; returns how many existed.
     pub fn remove(&mut self, kind: EntityKind, ids: &[u64]) -> Result<u64, StoreError> {
-        let mut table = self.txn.open_table(table_of(kind)).map_err(|e| self.store.err(e))?;
+        let mut table = self
+            .txn
+            .open_table(table_of(kind))
+            .map_err(|e| self.store.err(e))?;
         let mut n = 0;
         for id in ids {
             if table.remove(*id).map_err(|e| self.store.err(e))?.is_some() {
@@ -392,22 +424,38 @@ impl Writer<'_> {
     /// Replaces a whole small table (users, pipelines) with `items`.
     pub fn replace_all<T: Record>(&mut self, items: &[T]) -> Result<(), StoreError> {
         let existing: Vec<u64> = {
-            let table = self.txn.open_table(T::TABLE).map_err(|e| self.store.err(e))?;
-            let ids: Result<Vec<u64>, _> = table.iter().map_err(|e| self.store.err(e))?.map(|r| r.map(|(k, _)| k.value())).collect();
+            let table = self
+                .txn
+                .open_table(T::TABLE)
+                .map_err(|e| self.store.err(e))?;
+            let ids: Result<Vec<u64>, _> = table
+                .iter()
+                .map_err(|e| self.store.err(e))?
+                .map(|r| r.map(|(k, _)| k.value()))
+                .collect();
             ids.map_err(|e| self.store.err(e))?
         };
         let keep: std::collections::HashSet<u64> = items.iter().map(Record::key).collect();
-        let gone: Vec<u64> = existing.into_iter().filter(|id| !keep.contains(id)).collect();
+        let gone: Vec<u64> = existing
+            .into_iter()
+            .filter(|id| !keep.contains(id))
+            .collect();
         self.remove(T::KIND, &gone)?;
         self.put_all(items)
     }
 
     /// Sets the sync state of a kind.
-    pub fn set_sync_state(&mut self, kind: EntityKind, state: &SyncState) -> Result<(), StoreError> {
+    pub fn set_sync_state(
+        &mut self,
+        kind: EntityKind,
+        state: &SyncState,
+    ) -> Result<(), StoreError> {
         let mut table = self.txn.open_table(SYNC).map_err(|e| self.store.err(e))?;
         let mut buf = Vec::new();
         encode(state, &mut buf).map_err(|e| self.store.err(e))?;
-        table.insert(kind.as_str(), buf.as_slice()).map_err(|e| self.store.err(e))?;
+        table
+            .insert(kind.as_str(), buf.as_slice())
+            .map_err(|e| self.store.err(e))?;
         Ok(())
     }
 
@@ -415,7 +463,9 @@ impl Writer<'_> {
     pub fn set_meta<T: Serialize>(&mut self, key: &str, value: &T) -> Result<(), StoreError> {
         let mut table = self.txn.open_table(META).map_err(|e| self.store.err(e))?;
         let bytes = serde_json::to_vec(value).map_err(|e| self.store.err(e))?;
-        table.insert(key, bytes.as_slice()).map_err(|e| self.store.err(e))?;
+        table
+            .insert(key, bytes.as_slice())
+            .map_err(|e| self.store.err(e))?;
         Ok(())
     }
 
@@ -452,13 +502,19 @@ mod tests {
         let portal = PortalId::from("p1");
         {
             let store = Store::open(dir.path(), &portal).unwrap();
-            let state = SyncState { updated_from: Some(Timestamp::from_second(5).unwrap()), ..Default::default() };
+            let state = SyncState {
+                updated_from: Some(Timestamp::from_second(5).unwrap()),
+                ..Default::default()
+            };
             store.put_page(&[contact(1), contact(2)], &state).unwrap();
         }
         let store = Store::open(dir.path(), &portal).unwrap();
         assert_eq!(store.count(EntityKind::Contacts).unwrap(), 2);
         assert_eq!(store.get::<Contact>(2).unwrap().unwrap(), contact(2));
-        assert_eq!(store.sync_state(EntityKind::Contacts).unwrap().updated_from, Some(Timestamp::from_second(5).unwrap()));
+        assert_eq!(
+            store.sync_state(EntityKind::Contacts).unwrap().updated_from,
+            Some(Timestamp::from_second(5).unwrap())
+        );
         let mut seen = vec![];
         store.for_each::<Contact>(|c| seen.push(c.id.0)).unwrap();
         assert_eq!(seen, vec![1, 2]);
@@ -473,13 +529,17 @@ mod tests {
             store
                 .write(|w| {
                     let mut t = w.txn.open_table(META).map_err(|e| w.store.err(e))?;
-                    t.insert(KEY_SCHEMA_VERSION, 99u32.to_le_bytes().as_slice()).map_err(|e| w.store.err(e))?;
+                    t.insert(KEY_SCHEMA_VERSION, 99u32.to_le_bytes().as_slice())
+                        .map_err(|e| w.store.err(e))?;
                     Ok(())
                 })
                 .unwrap();
         }
         let err = Store::open(dir.path(), &portal).unwrap_err().to_string();
-        assert!(err.contains("schema version 99") && err.contains("upgrade rebuy"), "{err}");
+        assert!(
+            err.contains("schema version 99") && err.contains("upgrade rebuy"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -489,7 +549,8 @@ mod tests {
         store
             .write(|w| {
                 let mut t = w.txn.open_table(CONTACTS).map_err(|e| w.store.err(e))?;
-                t.insert(7u64, [1u8, 255, 255].as_slice()).map_err(|e| w.store.err(e))?;
+                t.insert(7u64, [1u8, 255, 255].as_slice())
+                    .map_err(|e| w.store.err(e))?;
                 Ok(())
             })
             .unwrap();

@@ -17,7 +17,8 @@ pub const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
 pub const PIPELINES: TableDefinition<u64, &[u8]> = TableDefinition::new("pipelines");
 
 /// The tables keyed by CRM id.
-pub const ALL_ID_TABLES: [TableDefinition<u64, &[u8]>; 5] = [CONTACTS, COMPANIES, DEALS, USERS, PIPELINES];
+pub const ALL_ID_TABLES: [TableDefinition<u64, &[u8]>; 5] =
+    [CONTACTS, COMPANIES, DEALS, USERS, PIPELINES];
 
 /// Meta key of the schema version (u32 little endian).
 pub const KEY_SCHEMA_VERSION: &str = "schema_version";

@@ -46,7 +46,10 @@ impl Store {
     pub fn save_tokens(&self, t: &TokenSet) -> Result<(), StoreError> {
         let stored = StoredTokens {
             access_token: t.access_token.expose_secret().to_owned(),
-            refresh_token: t.refresh_token.as_ref().map(|r| r.expose_secret().to_owned()),
+            refresh_token: t
+                .refresh_token
+                .as_ref()
+                .map(|r| r.expose_secret().to_owned()),
             expires_at: t.expires_at,
             extra: t.extra.clone(),
             saved_at: Timestamp::now(),
@@ -64,7 +67,13 @@ impl Store {
 
     /// Sets the "needs re-authorization" mark.
     pub fn set_needs_reauth(&self, reason: &str) -> Result<(), StoreError> {
-        self.set_meta(KEY_NEEDS_REAUTH, &NeedsReauth { reason: reason.to_owned(), at: Timestamp::now() })
+        self.set_meta(
+            KEY_NEEDS_REAUTH,
+            &NeedsReauth {
+                reason: reason.to_owned(),
+                at: Timestamp::now(),
+            },
+        )
     }
 }
 
@@ -73,25 +82,36 @@ impl Store {
 pub struct StoreTokens(pub Store);
 
 fn store_err(e: impl std::fmt::Display) -> ConnectorError {
-    ConnectorError::Store { message: e.to_string() }
+    ConnectorError::Store {
+        message: e.to_string(),
+    }
 }
 
 #[async_trait]
 impl TokenStore for StoreTokens {
     async fn load(&self) -> Result<Option<TokenSet>, ConnectorError> {
         let s = self.0.clone();
-        tokio::task::spawn_blocking(move || s.load_tokens()).await.map_err(store_err)?.map_err(store_err)
+        tokio::task::spawn_blocking(move || s.load_tokens())
+            .await
+            .map_err(store_err)?
+            .map_err(store_err)
     }
 
     async fn save(&self, tokens: &TokenSet) -> Result<(), ConnectorError> {
         let s = self.0.clone();
         let t = tokens.clone();
-        tokio::task::spawn_blocking(move || s.save_tokens(&t)).await.map_err(store_err)?.map_err(store_err)
+        tokio::task::spawn_blocking(move || s.save_tokens(&t))
+            .await
+            .map_err(store_err)?
+            .map_err(store_err)
     }
 
     async fn mark_needs_reauth(&self, reason: &str) -> Result<(), ConnectorError> {
         let s = self.0.clone();
         let r = reason.to_owned();
-        tokio::task::spawn_blocking(move || s.set_needs_reauth(&r)).await.map_err(store_err)?.map_err(store_err)
+        tokio::task::spawn_blocking(move || s.set_needs_reauth(&r))
+            .await
+            .map_err(store_err)?
+            .map_err(store_err)
     }
 }

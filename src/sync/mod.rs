@@ -15,12 +15,13 @@
 //! re-reading a few records is cheap while missing one is not. Deletions come from the CRM's
 //! deletion log where it has one (amoCRM `/events`).
 use crate::failpoint;
-use crate::store::{InProgress, Record, Store, StoreError};
+use crate::store::{InProgress, Record, Store, StoreError, SyncState};
 use async_trait::async_trait;
 use jiff::{SignedDuration, Timestamp};
 use rebuy_core::connector::StatsSnapshot;
 use rebuy_core::{
-    Company, Connector, ConnectorError, Contact, Cursor, Deal, EntityKind, ListQuery, Page, Pipeline, User,
+    Company, Connector, ConnectorError, Contact, Cursor, Deal, EntityKind, ListQuery, Page,
+    Pipeline, User,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -74,7 +75,11 @@ pub struct SyncOptions {
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        Self { full: false, overlap: Duration::from_secs(300), concurrency: 3 }
+        Self {
+            full: false,
+            overlap: Duration::from_secs(300),
+            concurrency: 3,
+        }
     }
 }
 
@@ -124,13 +129,21 @@ impl Progress for NoProgress {
 /// An entity kind that is listed page by page.
 #[async_trait]
 trait Listable: Record + Clone + Sync {
-    async fn fetch(conn: &dyn Connector, q: &ListQuery, c: Option<&Cursor>) -> Result<Page<Self>, ConnectorError>;
+    async fn fetch(
+        conn: &dyn Connector,
+        q: &ListQuery,
+        c: Option<&Cursor>,
+    ) -> Result<Page<Self>, ConnectorError>;
     fn updated_at(&self) -> Timestamp;
 }
 
 #[async_trait]
 impl Listable for Contact {
-    async fn fetch(conn: &dyn Connector, q: &ListQuery, c: Option<&Cursor>) -> Result<Page<Self>, ConnectorError> {
+    async fn fetch(
+        conn: &dyn Connector,
+        q: &ListQuery,
+        c: Option<&Cursor>,
+    ) -> Result<Page<Self>, ConnectorError> {
         conn.contacts(q, c).await
     }
     fn updated_at(&self) -> Timestamp {
@@ -140,7 +153,11 @@ impl Listable for Contact {
 
 #[async_trait]
 impl Listable for Company {
-    async fn fetch(conn: &dyn Connector, q: &ListQuery, c: Option<&Cursor>) -> Result<Page<Self>, ConnectorError> {
+    async fn fetch(
+        conn: &dyn Connector,
+        q: &ListQuery,
+        c: Option<&Cursor>,
+    ) -> Result<Page<Self>, ConnectorError> {
         conn.companies(q, c).await
     }
     fn updated_at(&self) -> Timestamp {
@@ -150,7 +167,11 @@ impl Listable for Company {
 
 #[async_trait]
 impl Listable for Deal {
-    async fn fetch(conn: &dyn Connector, q: &ListQuery, c: Option<&Cursor>) -> Result<Page<Self>, ConnectorError> {
+    async fn fetch(
+        conn: &dyn Connector,
+        q: &ListQuery,
+        c: Option<&Cursor>,
+    ) -> Result<Page<Self>, ConnectorError> {
         conn.deals(q, c).await
     }
     fn updated_at(&self) -> Timestamp {
@@ -171,9 +192,16 @@ pub async fn sync_portal(
     let portal = store.portal().0.clone();
     let cerr = |kind: &'static str| {
         let portal = portal.clone();
-        move |source| SyncError::Connector { portal: portal.clone(), kind, source }
+        move |source| SyncError::Connector {
+            portal: portal.clone(),
+            kind,
+            source,
+        }
     };
-    let serr = |source| SyncError::Store { portal: portal.clone(), source };
+    let serr = |source| SyncError::Store {
+        portal: portal.clone(),
+        source,
+    };
     let mut report = SyncReport::default();
 
     let account = conn.account().await.map_err(cerr("account"))?;
@@ -184,13 +212,38 @@ pub async fn sync_portal(
         s.write(|w| {
             w.set_meta(crate::store::tables::KEY_ACCOUNT, &account)?;
             w.replace_all::<User>(&users)?;
-            w.replace_all::<Pipeline>(&pipelines)
+            w.replace_all::<Pipeline>(&pipelines)?;
+            // Small tables are listed whole every time: each run is a full one for them.
+            let now = Timestamp::now();
+            let state = SyncState {
+                last_sync_at: Some(now),
+                last_full_at: Some(now),
+                ..SyncState::default()
+            };
+            w.set_sync_state(EntityKind::Users, &state)?;
+            w.set_sync_state(EntityKind::Pipelines, &state)
         })
     })
     .await
     .map_err(serr)?;
-    report.kinds.insert(EntityKind::Users, KindReport { records: nu, pages: 1, deleted: 0, full: true });
-    report.kinds.insert(EntityKind::Pipelines, KindReport { records: np, pages: 1, deleted: 0, full: true });
+    report.kinds.insert(
+        EntityKind::Users,
+        KindReport {
+            records: nu,
+            pages: 1,
+            deleted: 0,
+            full: true,
+        },
+    );
+    report.kinds.insert(
+        EntityKind::Pipelines,
+        KindReport {
+            records: np,
+            pages: 1,
+            deleted: 0,
+            full: true,
+        },
+    );
     progress.page(EntityKind::Users, nu);
     progress.page(EntityKind::Pipelines, np);
 
@@ -201,8 +254,14 @@ pub async fn sync_portal(
         guarded(&sem, list_kind::<Contact>(&*conn, &store, opts, &*progress)),
         guarded(&sem, list_kind::<Deal>(&*conn, &store, opts, &*progress)),
     );
-    report.kinds.insert(EntityKind::Companies, companies.map_err(|e| e.into_sync(&portal, "companies"))?);
-    report.kinds.insert(EntityKind::Contacts, contacts.map_err(|e| e.into_sync(&portal, "contacts"))?);
+    report.kinds.insert(
+        EntityKind::Companies,
+        companies.map_err(|e| e.into_sync(&portal, "companies"))?,
+    );
+    report.kinds.insert(
+        EntityKind::Contacts,
+        contacts.map_err(|e| e.into_sync(&portal, "contacts"))?,
+    );
     let mut deals = deals.map_err(|e| e.into_sync(&portal, "deals"))?;
 
     if !deals.full {
@@ -246,8 +305,15 @@ enum ListError {
 impl ListError {
     fn into_sync(self, portal: &str, kind: &'static str) -> SyncError {
         match self {
-            ListError::Connector(source) => SyncError::Connector { portal: portal.to_owned(), kind, source },
-            ListError::Store(source) => SyncError::Store { portal: portal.to_owned(), source },
+            ListError::Connector(source) => SyncError::Connector {
+                portal: portal.to_owned(),
+                kind,
+                source,
+            },
+            ListError::Store(source) => SyncError::Store {
+                portal: portal.to_owned(),
+                source,
+            },
         }
     }
 }
@@ -264,7 +330,8 @@ async fn blocking<R: Send + 'static>(
 }
 
 fn minus(t: Timestamp, d: Duration) -> Timestamp {
-    t.checked_sub(SignedDuration::try_from(d).unwrap_or(SignedDuration::ZERO)).unwrap_or(t)
+    t.checked_sub(SignedDuration::try_from(d).unwrap_or(SignedDuration::ZERO))
+        .unwrap_or(t)
 }
 
 async fn list_kind<T: Listable>(
@@ -283,20 +350,37 @@ async fn list_kind<T: Listable>(
         InProgress {
             full,
             started_at: Timestamp::now(),
-            updated_from: if full { None } else { state.updated_from.map(|t| minus(t, opts.overlap)) },
+            updated_from: if full {
+                None
+            } else {
+                state.updated_from.map(|t| minus(t, opts.overlap))
+            },
             cursor: None,
             records: 0,
             max_updated: None,
         }
     });
-    let mut report = KindReport { full: ip.full, ..Default::default() };
-    let query = ListQuery { updated_from: ip.updated_from, updated_to: None };
+    let mut report = KindReport {
+        full: ip.full,
+        ..Default::default()
+    };
+    let query = ListQuery {
+        updated_from: ip.updated_from,
+        updated_to: None,
+    };
     let mut pending: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
     loop {
-        let page = T::fetch(conn, &query, ip.cursor.as_ref()).await.map_err(ListError::Connector)?;
+        let page = T::fetch(conn, &query, ip.cursor.as_ref())
+            .await
+            .map_err(ListError::Connector)?;
         let n = page.items.len() as u64;
         ip.records += n;
-        ip.max_updated = page.items.iter().map(T::updated_at).max().max(ip.max_updated);
+        ip.max_updated = page
+            .items
+            .iter()
+            .map(T::updated_at)
+            .max()
+            .max(ip.max_updated);
         ip.cursor = page.next.clone();
         let done = page.next.is_none();
         if done {
@@ -323,7 +407,9 @@ async fn list_kind<T: Listable>(
         // Commit in order: wait for the previous page's write, then hand this one over and
         // fetch the next page while it is written.
         if let Some(prev) = pending.take() {
-            prev.await.map_err(|e| ListError::Store(store.err(e)))?.map_err(ListError::Store)?;
+            prev.await
+                .map_err(|e| ListError::Store(store.err(e)))?
+                .map_err(ListError::Store)?;
             failpoint::hit("sync.after_page");
         }
         let items = page.items;
@@ -338,7 +424,9 @@ async fn list_kind<T: Listable>(
         }
     }
     if let Some(prev) = pending.take() {
-        prev.await.map_err(|e| ListError::Store(store.err(e)))?.map_err(ListError::Store)?;
+        prev.await
+            .map_err(|e| ListError::Store(store.err(e)))?
+            .map_err(ListError::Store)?;
         failpoint::hit("sync.after_page");
     }
     Ok(report)
@@ -349,13 +437,18 @@ async fn apply_deletions(
     store: &Store,
     opts: &SyncOptions,
 ) -> Result<BTreeMap<EntityKind, u64>, ListError> {
-    let state = store.sync_state(EntityKind::Deals).map_err(ListError::Store)?;
+    let state = store
+        .sync_state(EntityKind::Deals)
+        .map_err(ListError::Store)?;
     let started = Timestamp::now();
     let since = minus(state.deletions_from.unwrap_or(started), opts.overlap);
     let mut cursor = None;
     let mut counts = BTreeMap::new();
     loop {
-        let page = conn.deletions(since, cursor.as_ref()).await.map_err(ListError::Connector)?;
+        let page = conn
+            .deletions(since, cursor.as_ref())
+            .await
+            .map_err(ListError::Connector)?;
         let mut by_kind: BTreeMap<EntityKind, Vec<u64>> = BTreeMap::new();
         for d in &page.items {
             by_kind.entry(d.entity).or_default().push(d.id);
@@ -379,8 +472,14 @@ async fn apply_deletions(
             break;
         }
     }
-    let mut st = store.sync_state(EntityKind::Deals).map_err(ListError::Store)?;
+    let mut st = store
+        .sync_state(EntityKind::Deals)
+        .map_err(ListError::Store)?;
     st.deletions_from = Some(started);
-    blocking(store, move |s| s.write(|w| w.set_sync_state(EntityKind::Deals, &st))).await.map_err(ListError::Store)?;
+    blocking(store, move |s| {
+        s.write(|w| w.set_sync_state(EntityKind::Deals, &st))
+    })
+    .await
+    .map_err(ListError::Store)?;
     Ok(counts)
 }

@@ -30,7 +30,10 @@ fn config_check_lists_every_problem() {
         "#,
     )
     .unwrap();
-    let out = rebuy(&["--config", path.to_str().unwrap(), "config", "check"], &[]);
+    let out = rebuy(
+        &["--config", path.to_str().unwrap(), "config", "check"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in [
@@ -49,7 +52,16 @@ fn config_check_lists_every_problem() {
 fn unknown_portal_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &[("one", "http://127.0.0.1:9", 7)]);
-    let out = rebuy(&["--config", path.to_str().unwrap(), "sync", "--portal", "nope"], &[]);
+    let out = rebuy(
+        &[
+            "--config",
+            path.to_str().unwrap(),
+            "sync",
+            "--portal",
+            "nope",
+        ],
+        &[],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown portal \"nope\""));
 }
@@ -66,7 +78,11 @@ async fn killed_mid_sync_resumes_with_no_gap_and_no_duplicate() {
         a
     };
     let out = rebuy_async(args(&["auth", "--portal", "crash"]), vec![]).await;
-    assert!(out.status.success(), "auth: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "auth: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Abort (like kill -9) after the 6th committed page.
     let out = rebuy_async(
@@ -75,24 +91,40 @@ async fn killed_mid_sync_resumes_with_no_gap_and_no_duplicate() {
     )
     .await;
     assert!(!out.status.success(), "the failpoint aborts the process");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("failpoint sync.after_page"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("failpoint sync.after_page"), "{stderr}");
 
     let store = rebuy::store::Store::open(&dir.path().join("data"), &"crash".into()).unwrap();
-    let partial: u64 = [EntityKind::Contacts, EntityKind::Deals, EntityKind::Companies]
-        .iter()
-        .map(|k| store.count(*k).unwrap())
-        .sum();
+    let partial: u64 = [
+        EntityKind::Contacts,
+        EntityKind::Deals,
+        EntityKind::Companies,
+    ]
+    .iter()
+    .map(|k| store.count(*k).unwrap())
+    .sum();
     assert!(partial > 0, "pages committed before the crash survive");
-    let interrupted = [EntityKind::Contacts, EntityKind::Deals, EntityKind::Companies]
-        .iter()
-        .any(|k| store.sync_state(*k).unwrap().in_progress.is_some());
+    let interrupted = [
+        EntityKind::Contacts,
+        EntityKind::Deals,
+        EntityKind::Companies,
+    ]
+    .iter()
+    .any(|k| store.sync_state(*k).unwrap().in_progress.is_some());
     assert!(interrupted, "the interrupted listing's cursor is stored");
     drop(store);
 
     let out = rebuy_async(args(&["sync", "--portal", "crash", "--quiet"]), vec![]).await;
-    assert!(out.status.success(), "resume: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "resume: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("(full)"), "the resumed run finishes the full listing: {stdout}");
+    assert!(
+        stdout.contains("(full)"),
+        "the resumed run finishes the full listing: {stdout}"
+    );
 
     // Compare with the emulator through the shared helper on a store opened on the same file.
     let resumed = Env {
@@ -104,9 +136,17 @@ async fn killed_mid_sync_resumes_with_no_gap_and_no_duplicate() {
     let total_leads = resumed.emulator().with_data(|d| d.leads.len() as u64);
     let read: u64 = stdout
         .lines()
-        .find_map(|l| l.trim().strip_prefix("deals").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("deals")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
         .expect("report has a deals line");
-    assert!(read < total_leads, "resumed run read {read} deals of {total_leads}: it started over");
+    assert!(
+        read < total_leads,
+        "resumed run read {read} deals of {total_leads}: it started over"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,10 +154,26 @@ async fn one_failing_portal_does_not_stop_the_others_and_status_reports_it() {
     let good = amo_env(amo_config(31, 100, 300)).await;
     let bad = amo_env(amo_config(32, 100, 300)).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &[("good", &good.emu.base_url, TEST_RPS), ("bad", &bad.emu.base_url, TEST_RPS)]);
+    let config = write_config(
+        dir.path(),
+        &[
+            ("good", &good.emu.base_url, TEST_RPS),
+            ("bad", &bad.emu.base_url, TEST_RPS),
+        ],
+    );
     let cfg = config.to_str().unwrap().to_owned();
     for p in ["good", "bad"] {
-        let out = rebuy_async(vec!["--config".into(), cfg.clone(), "auth".into(), "--portal".into(), p.into()], vec![]).await;
+        let out = rebuy_async(
+            vec![
+                "--config".into(),
+                cfg.clone(),
+                "auth".into(),
+                "--portal".into(),
+                p.into(),
+            ],
+            vec![],
+        )
+        .await;
         assert!(out.status.success());
     }
     // Revoke the bad portal's refresh token at its CRM and expire its access token.
@@ -126,28 +182,52 @@ async fn one_failing_portal_does_not_stop_the_others_and_status_reports_it() {
         let stored = store.load_tokens().unwrap().unwrap();
         let settings = rebuy::portal::amo_settings(&bad.portal).unwrap();
         let refresher = rebuy_amocrm::auth::AmoRefresher::new(&settings);
-        rebuy_core::TokenRefresher::refresh(&refresher, &stored).await.unwrap();
+        rebuy_core::TokenRefresher::refresh(&refresher, &stored)
+            .await
+            .unwrap();
         bad.emulator().expire_access_tokens();
     }
-    let out = rebuy_async(vec!["--config".into(), cfg.clone(), "sync".into(), "--quiet".into()], vec![]).await;
+    let out = rebuy_async(
+        vec![
+            "--config".into(),
+            cfg.clone(),
+            "sync".into(),
+            "--quiet".into(),
+        ],
+        vec![],
+    )
+    .await;
     assert!(!out.status.success(), "a failed portal fails the run");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("portal good: synced"), "{stdout}");
-    assert!(stderr.contains("portal bad: sync failed") && stderr.contains("re-authorization"), "{stderr}");
+    assert!(
+        stderr.contains("portal bad: sync failed") && stderr.contains("re-authorization"),
+        "{stderr}"
+    );
 
     let out = rebuy_async(vec!["--config".into(), cfg, "status".into()], vec![]).await;
     let status = String::from_utf8_lossy(&out.stdout);
     assert!(status.contains("NEEDS RE-AUTHORIZATION"), "{status}");
     let good_contacts = good.emulator().with_data(|d| d.contacts.len());
-    assert!(status.contains(&format!("contacts {good_contacts:>8}")), "{status}");
+    assert!(
+        status.contains(&format!("{:<10} {good_contacts:>8}", "contacts")),
+        "{status}"
+    );
 }
 
 #[test]
 fn demo_runs_end_to_end() {
-    let out = rebuy(&["demo", "--contacts", "150", "--leads", "450", "--quiet"], &[]);
+    let out = rebuy(
+        &["demo", "--contacts", "150", "--leads", "450", "--quiet"],
+        &[],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("authorised over OAuth"), "{stdout}");
     assert!(stdout.contains("portal demo-amocrm: synced"), "{stdout}");
     assert!(stdout.contains("0 rate-limited"), "{stdout}");

@@ -2,7 +2,7 @@
 //! token expiry and refresh races, rejected refresh, faults, crash and resume.
 use crate::support::*;
 use rebuy::sync::Progress;
-use rebuy_core::{Connector, ConnectorError, Deal, EntityKind};
+use rebuy_core::{ConnectorError, Deal, EntityKind};
 use rebuy_emulator::faults::FaultConfig;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,12 +13,26 @@ async fn full_sync_equals_emulator_data_exactly() {
     let report = sync(&env, true).await.expect("full sync");
     assert!(report.kinds.values().all(|k| k.full));
     assert_cache_equals_emulator(&env);
-    assert_eq!(report.traffic.rate_limited, 0, "a healthy run never sees a 429");
+    assert_eq!(
+        report.traffic.rate_limited, 0,
+        "a healthy run never sees a 429"
+    );
     // The emulator's data has duplicate people and mixed phone formats: both must be there.
     let contacts = env.store.all::<rebuy_core::Contact>().unwrap();
-    let normalised = contacts.iter().flat_map(|c| &c.phones).filter(|p| p.e164.is_some()).count();
-    let raw_not_e164 = contacts.iter().flat_map(|c| &c.phones).filter(|p| p.e164.as_deref() != Some(p.raw.as_str())).count();
-    assert!(normalised > 0 && raw_not_e164 > 0, "phones are normalised and raw text is kept");
+    let normalised = contacts
+        .iter()
+        .flat_map(|c| &c.phones)
+        .filter(|p| p.e164.is_some())
+        .count();
+    let raw_not_e164 = contacts
+        .iter()
+        .flat_map(|c| &c.phones)
+        .filter(|p| p.e164.as_deref() != Some(p.raw.as_str()))
+        .count();
+    assert!(
+        normalised > 0 && raw_not_e164 > 0,
+        "phones are normalised and raw text is kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,16 +54,25 @@ async fn incremental_sync_picks_up_changes_and_deletions() {
         let l = &d.leads[&lead_c];
         (l.pipeline_id, l.status_id)
     });
-    let new_lead = emu.add_lead(contact, 777, pipeline, status).expect("lead added");
+    let new_lead = emu
+        .add_lead(contact, 777, pipeline, status)
+        .expect("lead added");
 
     let report = sync(&env, false).await.expect("incremental sync");
     let deals = report.kinds[&EntityKind::Deals];
     assert!(!deals.full, "second run is incremental");
-    assert!(deals.records < 50, "incremental reads only what changed (read {})", deals.records);
+    assert!(
+        deals.records < 50,
+        "incremental reads only what changed (read {})",
+        deals.records
+    );
     assert_eq!(deals.deleted, 1, "the deleted lead is removed");
     assert!(env.store.get::<Deal>(lead_b).unwrap().is_none());
     let a: Deal = env.store.get(lead_a).unwrap().unwrap();
-    assert_eq!(a.amount.unwrap().amount, rust_decimal::Decimal::from(123_456));
+    assert_eq!(
+        a.amount.unwrap().amount,
+        rust_decimal::Decimal::from(123_456)
+    );
     let n: Deal = env.store.get(new_lead).unwrap().expect("new lead cached");
     assert_eq!(n.main_contact_id.map(|c| c.0), Some(contact));
     let c: rebuy_core::Contact = env.store.get(contact).unwrap().unwrap();
@@ -74,17 +97,27 @@ impl Progress for ExpireAfterFirstPage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_token_expiring_mid_sync_is_refreshed_transparently() {
     let env = amo_env(amo_config(13, 800, 1600)).await;
-    let progress = Arc::new(ExpireAfterFirstPage { emu: env.emulator().clone(), done: AtomicBool::new(false) });
-    sync_with(&env, true, progress.clone()).await.expect("sync survives the expiry");
+    let progress = Arc::new(ExpireAfterFirstPage {
+        emu: env.emulator().clone(),
+        done: AtomicBool::new(false),
+    });
+    sync_with(&env, true, progress.clone())
+        .await
+        .expect("sync survives the expiry");
     assert!(progress.done.load(Ordering::SeqCst));
     let stats = env.emulator().stats();
     assert_eq!(stats.token_refreshes, 1, "exactly one refresh");
-    assert!(stats.unauthorized_401 >= 1, "the expired token was refused at least once");
+    assert!(
+        stats.unauthorized_401 >= 1,
+        "the expired token was refused at least once"
+    );
     assert_cache_equals_emulator(&env);
     // The rotated pair was committed: the stored refresh token is the new one and works.
     let stored = env.store.load_tokens().unwrap().unwrap();
     assert!(stored.refresh_token.is_some());
-    sync(&env, false).await.expect("a later run works with the stored tokens");
+    sync(&env, false)
+        .await
+        .expect("a later run works with the stored tokens");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,16 +147,25 @@ async fn rejected_refresh_marks_needs_reauthorization() {
     let stored = env.store.load_tokens().unwrap().unwrap();
     let settings = rebuy::portal::amo_settings(&env.portal).unwrap();
     let refresher = rebuy_amocrm::auth::AmoRefresher::new(&settings);
-    rebuy_core::TokenRefresher::refresh(&refresher, &stored).await.expect("first use works");
+    rebuy_core::TokenRefresher::refresh(&refresher, &stored)
+        .await
+        .expect("first use works");
     env.emulator().expire_access_tokens();
 
     let err = sync(&env, true).await.expect_err("sync must fail");
     assert!(
-        matches!(err.connector_error(), Some(ConnectorError::NeedsReauth { .. })),
+        matches!(
+            err.connector_error(),
+            Some(ConnectorError::NeedsReauth { .. })
+        ),
         "got {err:#}"
     );
     let mark = env.store.needs_reauth().unwrap().expect("portal marked");
-    assert!(mark.reason.contains("revoked"), "reason carries the CRM's hint: {}", mark.reason);
+    assert!(
+        mark.reason.contains("revoked"),
+        "reason carries the CRM's hint: {}",
+        mark.reason
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,19 +192,38 @@ async fn injected_faults_give_the_same_cache_as_a_fault_free_run() {
         malformed_rate: 0.05,
     });
     let report = sync(&faulty, true).await.expect("sync survives faults");
-    assert!(faulty.emulator().stats().faults_injected > 0, "faults were injected");
+    assert!(
+        faulty.emulator().stats().faults_injected > 0,
+        "faults were injected"
+    );
     assert!(report.traffic.retries > 0, "and retried");
-    assert_eq!(dump(&faulty.store), dump(&clean.store), "same cache as the fault-free run");
+    assert_eq!(
+        dump(&faulty.store),
+        dump(&clean.store),
+        "same cache as the fault-free run"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_answers_fail_cleanly_and_write_nothing() {
     let env = amo_env(amo_config(17, 300, 300)).await;
-    env.emulator().set_faults(FaultConfig { malformed_rate: 1.0, ..FaultConfig::default() });
-    let err = sync(&env, true).await.expect_err("every answer is malformed");
+    env.emulator().set_faults(FaultConfig {
+        malformed_rate: 1.0,
+        ..FaultConfig::default()
+    });
+    let err = sync(&env, true)
+        .await
+        .expect_err("every answer is malformed");
     let text = format!("{err:#}");
-    assert!(text.contains("account") || text.contains("invalid") || text.contains("transient"), "{text}");
-    for kind in [EntityKind::Contacts, EntityKind::Deals, EntityKind::Companies] {
+    assert!(
+        text.contains("account") || text.contains("invalid") || text.contains("transient"),
+        "{text}"
+    );
+    for kind in [
+        EntityKind::Contacts,
+        EntityKind::Deals,
+        EntityKind::Companies,
+    ] {
         assert_eq!(env.store.count(kind).unwrap(), 0, "nothing half-written");
     }
 }

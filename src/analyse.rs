@@ -1,0 +1,118 @@
+//! Runs the analytics on a portal's cache: streams the cached companies, contacts and deals
+//! into a [`DatasetBuilder`] (one record decoded at a time), then calls the pure
+//! [`analytics::analyse`]. Also the `rebuy segments` and `rebuy report` commands.
+//!
+//! Flow position: pull -> cache -> **analyse** -> plan -> outbox -> CRM.
+use crate::analytics::{self, Analysis, Dataset, DatasetBuilder, render};
+use crate::config::PortalConfig;
+use crate::store::{Store, StoreError};
+use anyhow::{Context, Result};
+use jiff::Timestamp;
+use rebuy_core::{Company, Contact, Deal};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Builds the analytics dataset of a portal from its cache.
+pub fn load_dataset(store: &Store, portal: &PortalConfig) -> Result<Dataset, StoreError> {
+    let mut b = DatasetBuilder::new(&portal.analytics);
+    store.for_each::<Company>(|c| b.add_company(&c))?;
+    store.for_each::<Contact>(|c| b.add_contact(&c))?;
+    store.for_each::<Deal>(|d| b.add_deal(&d))?;
+    Ok(b.build())
+}
+
+/// Analyses a portal's cache at `as_of` (now when `None`).
+pub fn analyse_portal(
+    store: &Store,
+    portal: &PortalConfig,
+    as_of: Option<Timestamp>,
+) -> Result<(Dataset, Analysis)> {
+    let data = load_dataset(store, portal)
+        .with_context(|| format!("portal {}: reading the cache", portal.id))?;
+    let as_of = as_of.unwrap_or_else(Timestamp::now);
+    let analysis = analytics::analyse(&data, &portal.analytics, as_of, portal.time_zone.clone());
+    Ok((data, analysis))
+}
+
+/// Parses `--as-of`: a date (`2026-11-23`, end of that day in the portal's zone) or an
+/// RFC 3339 instant.
+pub fn parse_as_of(s: &str, portal: &PortalConfig) -> Result<Timestamp> {
+    if let Ok(t) = s.parse::<Timestamp>() {
+        return Ok(t);
+    }
+    let date: jiff::civil::Date = s.parse().with_context(|| {
+        format!("--as-of {s:?}: expected a date (2026-11-23) or an RFC 3339 instant")
+    })?;
+    let end = date
+        .at(23, 59, 59, 0)
+        .to_zoned(portal.time_zone.clone())
+        .with_context(|| format!("--as-of {s:?}"))?;
+    Ok(end.timestamp())
+}
+
+/// `rebuy segments`.
+pub fn cmd_segments(
+    store: &Store,
+    portal: &PortalConfig,
+    as_of: Option<Timestamp>,
+    format: render::Format,
+    segment: Option<&str>,
+    out: Option<&PathBuf>,
+) -> Result<()> {
+    let (_, analysis) = analyse_portal(store, portal, as_of)?;
+    let wanted = match segment {
+        Some(name) => Some(analytics::RfmSegment::parse(name).with_context(|| {
+            let known: Vec<&str> = analytics::RfmSegment::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect();
+            format!(
+                "unknown segment {name:?}: expected one of {}",
+                known.join(", ")
+            )
+        })?),
+        None => None,
+    };
+    let rows = analysis
+        .customers
+        .iter()
+        .filter(|c| wanted.is_none_or(|w| c.rfm_segment == w));
+    match out {
+        Some(path) => {
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            );
+            render::write_segments(rows, format, &mut f)?;
+            f.flush()?;
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut lock = stdout.lock();
+            render::write_segments(rows, format, &mut lock)?;
+        }
+    }
+    Ok(())
+}
+
+/// `rebuy report`.
+pub fn cmd_report(store: &Store, portal: &PortalConfig, as_of: Option<Timestamp>) -> Result<()> {
+    let (_, analysis) = analyse_portal(store, portal, as_of)?;
+    println!("{}", render::render_report(&analysis));
+    Ok(())
+}
+
+/// The demo's closing page: the report of the synced portal.
+pub fn demo_summary(store: &Store, portal: &PortalConfig, as_of: Timestamp) -> Result<Analysis> {
+    let started = std::time::Instant::now();
+    let (data, analysis) = analyse_portal(store, portal, Some(as_of))?;
+    println!(
+        "\nanalysis of {} customers and {} deals in {:.2} s (as of {}):\n",
+        data.customer_count(),
+        data.deal_count(),
+        started.elapsed().as_secs_f64(),
+        analysis.as_of_date
+    );
+    println!("{}", render::render_report(&analysis));
+    Ok(analysis)
+}

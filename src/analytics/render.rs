@@ -1,0 +1,407 @@
+//! Output of the analysis: `rebuy segments` rows as an aligned table, CSV or JSON, and the
+//! `rebuy report` terminal tables (figures, RFM grid, segments, ABC x XYZ, models, warnings).
+//! The CLI (owned elsewhere) parses its flags and calls these.
+use super::{Analysis, CustomerRow};
+use rust_decimal::Decimal;
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::str::FromStr;
+
+/// Output format of `rebuy segments`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Aligned columns for a terminal.
+    #[default]
+    Table,
+    /// RFC 4180 CSV with a header row.
+    Csv,
+    /// A JSON array of row objects.
+    Json,
+}
+
+impl FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "table" => Ok(Format::Table),
+            "csv" => Ok(Format::Csv),
+            "json" => Ok(Format::Json),
+            other => Err(format!(
+                "unknown format {other:?}: expected table, csv or json"
+            )),
+        }
+    }
+}
+
+/// The columns of `rebuy segments`, in order.
+pub const COLUMNS: [&str; 28] = [
+    "customer",
+    "contact_ids",
+    "name",
+    "phones",
+    "emails",
+    "first_purchase",
+    "last_purchase",
+    "purchases",
+    "revenue",
+    "recency_days",
+    "r",
+    "f",
+    "m",
+    "rfm_segment",
+    "abc",
+    "xyz",
+    "tier",
+    "cycle_days",
+    "next_purchase",
+    "cycle_status",
+    "p_alive",
+    "expected_purchases_90d",
+    "clv",
+    "company_ids",
+    "deals",
+    "one_time",
+    "sleeping",
+    "expected_order_value",
+];
+
+fn join<T: ToString>(v: &[T]) -> String {
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+    v.map_or_else(String::new, f)
+}
+
+/// One row as the text cells of [`COLUMNS`].
+pub fn cells(c: &CustomerRow) -> Vec<String> {
+    vec![
+        c.key.to_string(),
+        join(&c.contact_ids),
+        c.name.clone(),
+        join(&c.phones),
+        join(&c.emails),
+        c.first_purchase.to_string(),
+        c.last_purchase.to_string(),
+        c.purchases.to_string(),
+        c.revenue.to_string(),
+        c.recency_days.to_string(),
+        c.r.to_string(),
+        c.f.to_string(),
+        c.m.to_string(),
+        c.rfm_segment.as_str().to_string(),
+        c.abc.as_str().to_string(),
+        c.xyz.as_str().to_string(),
+        c.tier.as_str().to_string(),
+        opt(c.cycle_days, |v| format!("{v:.1}")),
+        opt(c.next_purchase, |v| v.to_string()),
+        opt(c.cycle_status, |v| v.as_str().to_string()),
+        opt(c.p_alive, |v| format!("{v:.4}")),
+        opt(c.expected_purchases_90d, |v| format!("{v:.3}")),
+        opt(c.clv, |v| v.to_string()),
+        join(&c.company_ids),
+        c.deals.to_string(),
+        c.one_time.to_string(),
+        c.sleeping.to_string(),
+        opt(c.expected_order_value, |v| v.to_string()),
+    ]
+}
+
+/// Writes customer rows (e.g. `analysis.customers`, or one segment's) in `format`.
+pub fn write_segments<'a>(
+    rows: impl IntoIterator<Item = &'a CustomerRow>,
+    format: Format,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    match format {
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(out);
+            w.write_record(COLUMNS)?;
+            for r in rows {
+                w.write_record(cells(r))?;
+            }
+            w.flush()
+        }
+        Format::Json => {
+            out.write_all(b"[")?;
+            for (i, r) in rows.into_iter().enumerate() {
+                out.write_all(if i == 0 { b"\n" } else { b",\n" })?;
+                serde_json::to_writer(&mut *out, r)?;
+            }
+            out.write_all(b"\n]\n")
+        }
+        Format::Table => {
+            let body: Vec<Vec<String>> = rows.into_iter().map(cells).collect();
+            let header: Vec<String> = COLUMNS.iter().map(|s| s.to_string()).collect();
+            out.write_all(table(&header, &body).as_bytes())
+        }
+    }
+}
+
+/// An aligned text table; numbers right-aligned.
+pub fn table(header: &[String], rows: &[Vec<String>]) -> String {
+    let n = header.len();
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate().take(n) {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let numeric = |s: &str| !s.is_empty() && s.parse::<f64>().is_ok();
+    let mut out = String::new();
+    let line = |out: &mut String, r: &[String]| {
+        for (i, c) in r.iter().enumerate().take(n) {
+            let pad = width[i] - c.chars().count();
+            if i > 0 {
+                out.push_str("  ");
+            }
+            if numeric(c) {
+                out.extend(std::iter::repeat_n(' ', pad));
+                out.push_str(c);
+            } else {
+                out.push_str(c);
+                if i + 1 < n {
+                    out.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+        }
+        out.push('\n');
+    };
+    line(&mut out, header);
+    let total: usize = width.iter().sum::<usize>() + 2 * n.saturating_sub(1);
+    out.push_str(&"-".repeat(total));
+    out.push('\n');
+    for r in rows {
+        line(&mut out, r);
+    }
+    out
+}
+
+fn pct(v: Option<f64>) -> String {
+    opt(v, |x| format!("{:.1}%", x * 100.0))
+}
+
+fn money(v: Decimal) -> String {
+    // Thousands separated by spaces, as Russian users read amounts.
+    let s = v.round_dp(2).to_string();
+    let (int, frac) = s
+        .split_once('.')
+        .map_or((s.as_str(), None), |(a, b)| (a, Some(b)));
+    let (sign, digits) = int.strip_prefix('-').map_or(("", int), |d| ("-", d));
+    let mut grouped = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(' ');
+        }
+        grouped.push(ch);
+    }
+    match frac {
+        Some(f) => format!("{sign}{grouped}.{f}"),
+        None => format!("{sign}{grouped}"),
+    }
+}
+
+/// The `rebuy report` text: figures, concentration, RFM grid, segments, ABC x XYZ, models,
+/// merged identities and warnings.
+pub fn render_report(a: &Analysis) -> String {
+    let f = &a.figures;
+    let cur = &a.currency;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Analysis as of {} ({}); money in {cur}\n",
+        a.as_of_date, a.as_of
+    );
+    let _ = writeln!(s, "Figures for {} .. {}", f.period_start, f.period_end);
+    let m = |v: Decimal| money(v);
+    let figures: Vec<(&str, String)> = vec![
+        ("customers (bought in period)", f.customers.to_string()),
+        ("new customers", f.new_customers.to_string()),
+        ("repeat customers", f.repeat_customers.to_string()),
+        ("repeat-purchase rate", pct(f.repeat_purchase_rate)),
+        ("revenue", m(f.revenue)),
+        ("orders (won deals)", f.orders.to_string()),
+        ("AOV", opt(f.aov, m)),
+        ("revenue from repeat purchases", m(f.repeat_revenue)),
+        ("  share of revenue", pct(f.repeat_revenue_share)),
+        (
+            "active customers at start / end",
+            format!("{} / {}", f.active_at_start, f.active_at_end),
+        ),
+        ("CRR", pct(f.crr)),
+        ("customers (all time)", f.customers_total.to_string()),
+        ("revenue (all time)", m(f.revenue_total)),
+        ("historical LTV", opt(f.historical_ltv, m)),
+        ("predicted CLV, mean", opt(f.predicted_clv_mean, m)),
+        ("predicted CLV, total", opt(f.predicted_clv_total, m)),
+        ("marketing spend", opt(f.marketing_spend, m)),
+        ("CAC", opt(f.cac, m)),
+        (
+            "top 1 customer share",
+            pct(Some(f.concentration.top1_share)),
+        ),
+        (
+            "top 3 customers share",
+            pct(Some(f.concentration.top3_share)),
+        ),
+        (
+            "top 10 customers share",
+            pct(Some(f.concentration.top10_share)),
+        ),
+        (
+            "top 20% customers share",
+            format!(
+                "{} ({} customers)",
+                pct(Some(f.concentration.top20pct_share)),
+                f.concentration.top20pct_customers
+            ),
+        ),
+    ];
+    let rows: Vec<Vec<String>> = figures
+        .into_iter()
+        .map(|(k, v)| vec![k.to_string(), v])
+        .collect();
+    s.push_str(&table(&["figure".into(), "value".into()], &rows));
+    if let Some(w) = &f.concentration_warning {
+        let _ = writeln!(s, "\n!! {w}");
+    }
+
+    let _ = writeln!(s, "\nRFM grid: customers / revenue (rows R, columns F)");
+    let mut header = vec!["R \\ F".to_string()];
+    header.extend((1..=5).map(|f| format!("F{f}")));
+    let rows: Vec<Vec<String>> = (1..=5)
+        .rev()
+        .map(|r| {
+            let mut row = vec![format!("R{r}")];
+            row.extend((0..5).map(|f| {
+                let c = a.rfm_grid.cells[r - 1][f];
+                format!("{} / {}", c.customers, money(c.revenue))
+            }));
+            row
+        })
+        .collect();
+    s.push_str(&table(&header, &rows));
+
+    let _ = writeln!(s, "\nRFM segments");
+    let total_rev: Decimal = a.segments.iter().map(|x| x.revenue).sum();
+    let rows: Vec<Vec<String>> = a
+        .segments
+        .iter()
+        .map(|x| {
+            let share = if total_rev.is_zero() {
+                0.0
+            } else {
+                (x.revenue / total_rev).try_into().unwrap_or(0.0)
+            };
+            vec![
+                x.segment.as_str().to_string(),
+                x.customers.to_string(),
+                money(x.revenue),
+                pct(Some(share)),
+            ]
+        })
+        .collect();
+    s.push_str(&table(
+        &[
+            "segment".into(),
+            "customers".into(),
+            "revenue".into(),
+            "revenue share".into(),
+        ],
+        &rows,
+    ));
+
+    let _ = writeln!(s, "\nABC x XYZ: customers / revenue");
+    let rows: Vec<Vec<String>> = ["A", "B", "C"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut row = vec![name.to_string()];
+            row.extend(
+                a.abc_xyz.cells[i]
+                    .iter()
+                    .map(|c| format!("{} / {}", c.customers, money(c.revenue))),
+            );
+            row
+        })
+        .collect();
+    s.push_str(&table(
+        &["ABC \\ XYZ".into(), "X".into(), "Y".into(), "Z".into()],
+        &rows,
+    ));
+
+    let _ = writeln!(s, "\nModels");
+    match &a.models.bgnbd {
+        Some(p) => {
+            let _ = writeln!(
+                s,
+                "  BG/NBD (days): r={:.4} alpha={:.4} a={:.4} b={:.4} log-likelihood={:.1}{} ({} customers, {} distinct rows)",
+                p.r,
+                p.alpha,
+                p.a,
+                p.b,
+                p.log_likelihood,
+                if p.converged { "" } else { " NOT CONVERGED" },
+                a.models.customers,
+                a.models.distinct_rows
+            );
+        }
+        None => s.push_str("  BG/NBD: not fitted\n"),
+    }
+    match &a.models.gamma_gamma {
+        Some(p) => {
+            let _ = writeln!(
+                s,
+                "  Gamma-Gamma ({cur}): p={:.4} q={:.4} gamma={:.4}",
+                p.p, p.q, p.gamma
+            );
+        }
+        None => s.push_str("  Gamma-Gamma: not fitted\n"),
+    }
+    let _ = writeln!(
+        s,
+        "\nMerged identities: {} groups (see `rebuy segments` contact_ids)",
+        a.merged.len()
+    );
+    if !a.warnings.is_empty() {
+        let _ = writeln!(s, "\nWarnings");
+        for w in &a.warnings {
+            let _ = writeln!(s, "  - {w}");
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_groups_thousands() {
+        assert_eq!(money(Decimal::new(123456789, 2)), "1 234 567.89");
+        assert_eq!(money(Decimal::new(-1000, 0)), "-1 000");
+        assert_eq!(money(Decimal::new(999, 0)), "999");
+    }
+
+    #[test]
+    fn formats_parse() {
+        assert_eq!("CSV".parse::<Format>(), Ok(Format::Csv));
+        assert!("xml".parse::<Format>().is_err());
+    }
+
+    #[test]
+    fn table_aligns_unicode() {
+        let t = table(
+            &["name".into(), "n".into()],
+            &[
+                vec!["Вода".into(), "5".into()],
+                vec!["ab".into(), "10".into()],
+            ],
+        );
+        assert_eq!(t, "name  n\n--------\nВода   5\nab    10\n");
+    }
+}

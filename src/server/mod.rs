@@ -1,0 +1,109 @@
+//! `rebuy serve`: the long-lived sidecar. Webhook receivers with a durable inbox, OAuth
+//! endpoints, health and metrics.
+//!
+//! Flow position: the server feeds the same pipeline as the CLI: a webhook is committed to
+//! the portal's inbox ([`inbox`]) before the CRM gets its 2xx, then the [`worker`] fetches the
+//! entity, updates the cache and hands the change on.
+//!
+//! `router(state)` builds the whole app without a socket (tests call it directly); `serve`
+//! runs it on a listener until the shutdown future resolves, then finishes in-flight requests.
+pub mod error;
+pub mod inbox;
+pub mod metrics;
+mod webhooks;
+pub mod worker;
+
+use crate::config::{Config, PortalConfig};
+use crate::store::Store;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use inbox::InboxWriter;
+use rebuy_core::PortalId;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// Largest accepted webhook body (1 MiB); larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// One portal as the server runs it.
+#[derive(Clone)]
+pub struct PortalRuntime {
+    /// Its config.
+    pub cfg: PortalConfig,
+    /// Its store.
+    pub store: Store,
+    /// Its inbox writer.
+    pub inbox: InboxWriter,
+    /// Wakes its worker when events arrive.
+    pub notify: Arc<Notify>,
+}
+
+/// Shared state of the server.
+#[derive(Clone)]
+pub struct AppState {
+    /// Portals by id.
+    pub portals: Arc<HashMap<PortalId, PortalRuntime>>,
+    /// Prometheus rendering.
+    pub metrics: metrics::Metrics,
+}
+
+impl AppState {
+    /// Opens every portal's store and starts its inbox writer. `durable_inbox = false` is for
+    /// the benchmark's upper bound only.
+    pub fn new(cfg: &Config, durable_inbox: bool) -> Result<Self, crate::store::StoreError> {
+        let mut portals = HashMap::new();
+        for p in &cfg.portals {
+            let store = Store::open(&cfg.data_dir, &p.id)?;
+            let notify = Arc::new(Notify::new());
+            let inbox = InboxWriter::start(store.clone(), durable_inbox, notify.clone());
+            portals.insert(
+                p.id.clone(),
+                PortalRuntime {
+                    cfg: p.clone(),
+                    store,
+                    inbox,
+                    notify,
+                },
+            );
+        }
+        Ok(Self {
+            portals: Arc::new(portals),
+            metrics: metrics::Metrics::new(),
+        })
+    }
+
+    /// A portal by id.
+    pub fn portal(&self, id: &str) -> Option<&PortalRuntime> {
+        self.portals.get(&PortalId(id.to_owned()))
+    }
+}
+
+/// The whole HTTP app.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/hooks/amocrm/{portal}/{secret}", post(webhooks::amocrm))
+        .route(
+            "/hooks/amocrm/{portal}/disconnect",
+            get(webhooks::amocrm_disconnect),
+        )
+        .route("/hooks/bitrix24/{portal}", post(webhooks::bitrix24))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(webhooks::readyz))
+        .route("/metrics", get(metrics::render))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` resolves; in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
