@@ -35,7 +35,11 @@ pub enum BenchCommand {
 /// Runs a benchmark.
 pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Sync { contacts, leads, rates } => {
+        BenchCommand::Sync {
+            contacts,
+            leads,
+            rates,
+        } => {
             for rate in rates {
                 bench_sync(contacts, leads, rate).await?;
             }
@@ -53,7 +57,9 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A child `rebuy emulate` process, killed on drop.
@@ -68,7 +74,10 @@ impl Drop for ChildEmulator {
 async fn wait_listening(port: u16, limit: Duration) -> Result<()> {
     let start = Instant::now();
     while start.elapsed() < limit {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -80,7 +89,14 @@ async fn bench_sync(contacts: usize, leads: usize, rate: u32) -> Result<()> {
     let port = free_port()?;
     let exe = std::env::current_exe().context("locating the rebuy binary")?;
     let child = std::process::Command::new(exe)
-        .args(["emulate", "amocrm", "--port", &port.to_string(), "--contacts", &contacts.to_string()])
+        .args([
+            "emulate",
+            "amocrm",
+            "--port",
+            &port.to_string(),
+            "--contacts",
+            &contacts.to_string(),
+        ])
         .args(["--leads", &leads.to_string(), "--rate", &rate.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -95,7 +111,11 @@ async fn bench_sync(contacts: usize, leads: usize, rate: u32) -> Result<()> {
     let store = Store::open(dir.path(), &p.id)?;
     authorize_automatically(&p, &store).await?;
     let handle = portal::open(&p, store.clone())?;
-    let opts = SyncOptions { full: true, overlap: Duration::from_secs(300), concurrency: p.sync.concurrency };
+    let opts = SyncOptions {
+        full: true,
+        overlap: Duration::from_secs(300),
+        concurrency: p.sync.concurrency,
+    };
     let report = sync_with_progress(handle.connector, store, &opts, true).await?;
     let secs = report.elapsed.as_secs_f64();
     let records = report.records();
@@ -104,14 +124,24 @@ async fn bench_sync(contacts: usize, leads: usize, rate: u32) -> Result<()> {
     println!("bench sync: {contacts} contacts + {leads} leads at {rate} req/s");
     println!("  records          {records}");
     println!("  time             {secs:.2} s");
-    println!("  requests         {} ({:.2}/s)", report.traffic.requests, report.traffic.requests as f64 / secs);
+    println!(
+        "  requests         {} ({:.2}/s)",
+        report.traffic.requests,
+        report.traffic.requests as f64 / secs
+    );
     println!("  records/s        {per_sec:.0}");
-    println!("  ceiling          {ceiling:.0} records/s ({rate} x {})", p.sync.page_limit);
+    println!(
+        "  ceiling          {ceiling:.0} records/s ({rate} x {})",
+        p.sync.page_limit
+    );
     println!("  efficiency       {:.3}", per_sec / ceiling);
     println!("  429s seen        {}", report.traffic.rate_limited);
     println!("  retries          {}", report.traffic.retries);
     if let Some(rss) = peak_rss_bytes() {
-        println!("  peak RSS         {:.1} MB (this process; the emulator runs apart)", rss as f64 / 1e6);
+        println!(
+            "  peak RSS         {:.1} MB (this process; the emulator runs apart)",
+            rss as f64 / 1e6
+        );
     }
     Ok(())
 }

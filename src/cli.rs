@@ -61,6 +61,8 @@ pub enum Command {
     Segments(SegmentsArgs),
     /// Business figures, the RFM grid, ABC x XYZ and warnings as terminal tables.
     Report(ReportArgs),
+    /// Run the sidecar: webhooks, scheduled syncs, the outbox.
+    Serve,
     /// Run the whole product against built-in emulators and print what it did.
     Demo(crate::demo::DemoArgs),
     /// Run a CRM emulator.
@@ -237,6 +239,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 .transpose()?;
             crate::analyse::cmd_report(&store, p, as_of)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve => {
+            let cfg = load_config(&cli.config)?;
+            cmd_serve(cfg).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Emulate {
@@ -572,4 +578,48 @@ fn cmd_status(cfg: &Config) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_serve(cfg: Config) -> Result<()> {
+    let state = crate::server::AppState::new(&cfg, true)?;
+    let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.server.listen))?;
+    tracing::info!(listen = %cfg.server.listen, portals = cfg.portals.len(), "Serving.");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let tasks = crate::server::runtime::spawn_all(&state, &cfg.server, cancel.clone());
+    let shutdown = {
+        let cancel = cancel.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("Shutting down: finishing in-flight requests; the inbox keeps the rest.");
+            cancel.cancel();
+        }
+    };
+    crate::server::serve(listener, state, shutdown).await.context("serving")?;
+    cancel.cancel();
+    tasks.wait().await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }

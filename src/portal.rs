@@ -24,12 +24,25 @@ pub struct PortalHandle {
 /// amoCRM connector settings from a portal's config.
 pub fn amo_settings(p: &PortalConfig) -> Result<AmoSettings, ConnectorError> {
     let (client_id, client_secret, redirect_uri) = match &p.auth {
-        AuthConfig::OAuth { client_id, client_secret, redirect_uri, .. } => {
-            (client_id.clone(), client_secret.clone(), redirect_uri.clone())
-        }
-        AuthConfig::LongLivedToken { .. } => (String::new(), secrecy::SecretString::from(""), String::new()),
+        AuthConfig::OAuth {
+            client_id,
+            client_secret,
+            redirect_uri,
+            ..
+        } => (
+            client_id.clone(),
+            client_secret.clone(),
+            redirect_uri.clone(),
+        ),
+        AuthConfig::LongLivedToken { .. } => (
+            String::new(),
+            secrecy::SecretString::from(""),
+            String::new(),
+        ),
         AuthConfig::Webhook { .. } => {
-            return Err(ConnectorError::Unsupported { what: "webhook auth on an amoCRM portal".into() });
+            return Err(ConnectorError::Unsupported {
+                what: "webhook auth on an amoCRM portal".into(),
+            });
         }
     };
     Ok(AmoSettings {
@@ -58,9 +71,15 @@ pub fn open(p: &PortalConfig, store: Store) -> Result<PortalHandle, ConnectorErr
                 ),
             });
             let client = rebuy_amocrm::AmoClient::new(settings, tokens.clone())?;
-            Ok(PortalHandle { connector: Arc::new(client), tokens, store })
+            Ok(PortalHandle {
+                connector: Arc::new(client),
+                tokens,
+                store,
+            })
         }
-        CrmKind::Bitrix24 => Err(ConnectorError::Unsupported { what: "Bitrix24 portals (coming with the Bitrix24 connector)".into() }),
+        CrmKind::Bitrix24 => Err(ConnectorError::Unsupported {
+            what: "Bitrix24 portals (coming with the Bitrix24 connector)".into(),
+        }),
     }
 }
 
@@ -68,22 +87,34 @@ pub fn open(p: &PortalConfig, store: Store) -> Result<PortalHandle, ConnectorErr
 pub fn authorize_url(p: &PortalConfig, state: &str) -> Result<url::Url, ConnectorError> {
     match p.kind {
         CrmKind::Amocrm => Ok(rebuy_amocrm::auth::authorize_url(&amo_settings(p)?, state)),
-        CrmKind::Bitrix24 => Err(ConnectorError::Unsupported { what: "Bitrix24 OAuth".into() }),
+        CrmKind::Bitrix24 => Err(ConnectorError::Unsupported {
+            what: "Bitrix24 OAuth".into(),
+        }),
     }
 }
 
 /// Exchanges an authorization code and commits the tokens to the store.
-pub async fn exchange_code(p: &PortalConfig, store: &Store, code: &str) -> Result<TokenSet, ConnectorError> {
+pub async fn exchange_code(
+    p: &PortalConfig,
+    store: &Store,
+    code: &str,
+) -> Result<TokenSet, ConnectorError> {
     let tokens = match p.kind {
         CrmKind::Amocrm => rebuy_amocrm::auth::exchange_code(&amo_settings(p)?, code).await?,
-        CrmKind::Bitrix24 => return Err(ConnectorError::Unsupported { what: "Bitrix24 OAuth".into() }),
+        CrmKind::Bitrix24 => {
+            return Err(ConnectorError::Unsupported {
+                what: "Bitrix24 OAuth".into(),
+            });
+        }
     };
     let s = store.clone();
     let t = tokens.clone();
     tokio::task::spawn_blocking(move || s.save_tokens(&t))
         .await
         .map_err(ConnectorError::transient)?
-        .map_err(|e| ConnectorError::Store { message: e.to_string() })?;
+        .map_err(|e| ConnectorError::Store {
+            message: e.to_string(),
+        })?;
     Ok(tokens)
 }
 
@@ -91,12 +122,19 @@ pub async fn exchange_code(p: &PortalConfig, store: &Store, code: &str) -> Resul
 /// URL with an immediate redirect carrying the code. Returns `None` against a real CRM, which
 /// answers with a login page.
 pub async fn try_automatic_code(authorize: &url::Url, state: &str) -> Option<String> {
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().ok()?;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .ok()?;
     let resp = client.get(authorize.clone()).send().await.ok()?;
     if !resp.status().is_redirection() {
         return None;
     }
-    let location = resp.headers().get(reqwest::header::LOCATION)?.to_str().ok()?;
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)?
+        .to_str()
+        .ok()?;
     let loc = url::Url::parse(location).ok()?;
     let mut code = None;
     let mut got_state = None;
@@ -108,5 +146,7 @@ pub async fn try_automatic_code(authorize: &url::Url, state: &str) -> Option<Str
         }
     }
     // A redirect whose state is not ours is not our authorization.
-    (got_state.as_deref() == Some(state)).then_some(code).flatten()
+    (got_state.as_deref() == Some(state))
+        .then_some(code)
+        .flatten()
 }

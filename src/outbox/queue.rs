@@ -18,7 +18,8 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 /// Entries by idempotency key.
 pub(crate) const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
 /// Entries still to send (pending or in flight), by enqueue sequence -> key.
-pub(crate) const OUTBOX_PENDING: TableDefinition<u64, &str> = TableDefinition::new("outbox_pending");
+pub(crate) const OUTBOX_PENDING: TableDefinition<u64, &str> =
+    TableDefinition::new("outbox_pending");
 
 /// One planned write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,14 +135,22 @@ impl Store {
             let txn = w.txn();
             let mut entries = txn.open_table(OUTBOX).map_err(|e| self.err(e))?;
             let mut pending = txn.open_table(OUTBOX_PENDING).map_err(|e| self.err(e))?;
-            let mut seq = pending.last().map_err(|e| self.err(e))?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+            let mut seq = pending
+                .last()
+                .map_err(|e| self.err(e))?
+                .map(|(k, _)| k.value() + 1)
+                .unwrap_or(0);
             // The pending table may be empty while done entries exist: never reuse a sequence.
             let meta_seq: u64 = w.get_meta::<u64>("outbox_seq")?.unwrap_or(0);
             seq = seq.max(meta_seq);
             let mut report = EnqueueReport::default();
             let mut buf = Vec::new();
             for action in actions {
-                if entries.get(action.key.as_str()).map_err(|e| self.err(e))?.is_some() {
+                if entries
+                    .get(action.key.as_str())
+                    .map_err(|e| self.err(e))?
+                    .is_some()
+                {
                     report.already += 1;
                     continue;
                 }
@@ -157,8 +166,12 @@ impl Store {
                 };
                 buf.clear();
                 encode(&entry, &mut buf).map_err(|e| self.err(e))?;
-                entries.insert(entry.action.key.as_str(), buf.as_slice()).map_err(|e| self.err(e))?;
-                pending.insert(seq, entry.action.key.as_str()).map_err(|e| self.err(e))?;
+                entries
+                    .insert(entry.action.key.as_str(), buf.as_slice())
+                    .map_err(|e| self.err(e))?;
+                pending
+                    .insert(seq, entry.action.key.as_str())
+                    .map_err(|e| self.err(e))?;
                 seq += 1;
                 report.added += 1;
             }
@@ -177,8 +190,11 @@ impl Store {
         let mut out = Vec::new();
         for row in pending.iter().map_err(|e| self.err(e))? {
             let (_, key) = row.map_err(|e| self.err(e))?;
-            let Some(v) = entries.get(key.value()).map_err(|e| self.err(e))? else { continue };
-            let entry: Entry = decode(v.value()).map_err(|m| self.err(format!("outbox[{}]: {m}", key.value())))?;
+            let Some(v) = entries.get(key.value()).map_err(|e| self.err(e))? else {
+                continue;
+            };
+            let entry: Entry =
+                decode(v.value()).map_err(|m| self.err(format!("outbox[{}]: {m}", key.value())))?;
             if entry.not_before.is_some_and(|t| t > now) {
                 continue;
             }
@@ -211,8 +227,13 @@ impl Store {
             for e in updated {
                 buf.clear();
                 encode(e, &mut buf).map_err(|x| self.err(x))?;
-                entries.insert(e.action.key.as_str(), buf.as_slice()).map_err(|x| self.err(x))?;
-                if matches!(e.state, ActionState::Done { .. } | ActionState::Failed { .. }) {
+                entries
+                    .insert(e.action.key.as_str(), buf.as_slice())
+                    .map_err(|x| self.err(x))?;
+                if matches!(
+                    e.state,
+                    ActionState::Done { .. } | ActionState::Failed { .. }
+                ) {
                     pending.remove(e.seq).map_err(|x| self.err(x))?;
                 }
             }
@@ -225,7 +246,9 @@ impl Store {
         let txn = self.db().begin_read().map_err(|e| self.err(e))?;
         let entries = txn.open_table(OUTBOX).map_err(|e| self.err(e))?;
         match entries.get(key).map_err(|e| self.err(e))? {
-            Some(v) => Ok(Some(decode(v.value()).map_err(|m| self.err(format!("outbox[{key}]: {m}")))?)),
+            Some(v) => Ok(Some(
+                decode(v.value()).map_err(|m| self.err(format!("outbox[{key}]: {m}")))?,
+            )),
             None => Ok(None),
         }
     }
@@ -237,7 +260,9 @@ impl Store {
         let mut out = Vec::new();
         for row in entries.iter().map_err(|e| self.err(e))? {
             let (k, v) = row.map_err(|e| self.err(e))?;
-            out.push(decode(v.value()).map_err(|m| self.err(format!("outbox[{}]: {m}", k.value())))?);
+            out.push(
+                decode(v.value()).map_err(|m| self.err(format!("outbox[{}]: {m}", k.value())))?,
+            );
         }
         Ok(out)
     }
@@ -289,7 +314,9 @@ mod tests {
     fn enqueue_is_idempotent_and_ordered_and_done_leaves_the_queue() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &"p".into()).unwrap();
-        let r = store.outbox_enqueue(vec![task("a"), task("b"), task("a")]).unwrap();
+        let r = store
+            .outbox_enqueue(vec![task("a"), task("b"), task("a")])
+            .unwrap();
         assert_eq!((r.added, r.already), (2, 1));
         let r = store.outbox_enqueue(vec![task("b"), task("c")]).unwrap();
         assert_eq!((r.added, r.already), (1, 1));
@@ -297,10 +324,15 @@ mod tests {
         let keys: Vec<_> = due.iter().map(|e| e.action.key.as_str()).collect();
         assert_eq!(keys, ["a", "b", "c"]);
         // The marker is in the task text.
-        let WriteOp::CreateTask { text, .. } = &due[0].action.op else { unreachable!() };
+        let WriteOp::CreateTask { text, .. } = &due[0].action.op else {
+            unreachable!()
+        };
         assert!(text.ends_with(&marker_for("a")));
         let mut done = due[0].clone();
-        done.state = ActionState::Done { crm_id: Some(9), at: Timestamp::now() };
+        done.state = ActionState::Done {
+            crm_id: Some(9),
+            at: Timestamp::now(),
+        };
         store.outbox_update(&[done]).unwrap();
         assert_eq!(store.outbox_due(Timestamp::now(), 10).unwrap().len(), 2);
         // Re-planning a done action does not bring it back.
@@ -310,7 +342,11 @@ mod tests {
         // Sequence numbers are never reused after the pending index empties.
         let mut rest = store.outbox_due(Timestamp::now(), 10).unwrap();
         for e in &mut rest {
-            e.state = ActionState::Failed { code: "x".into(), message: "y".into(), at: Timestamp::now() };
+            e.state = ActionState::Failed {
+                code: "x".into(),
+                message: "y".into(),
+                at: Timestamp::now(),
+            };
         }
         store.outbox_update(&rest).unwrap();
         store.outbox_enqueue(vec![task("d")]).unwrap();
@@ -331,5 +367,4 @@ mod tests {
         assert_eq!(store.outbox_due(later, 10).unwrap().len(), 1);
         assert_eq!(store.outbox_next_due().unwrap(), Some(later));
     }
-
 }

@@ -21,7 +21,14 @@ pub struct DrainOptions {
 
 impl Default for DrainOptions {
     fn default() -> Self {
-        Self { retry: RetryPolicy { max_attempts: 5, ..RetryPolicy::default() }, requests_per_round: 4, max_actions: None }
+        Self {
+            retry: RetryPolicy {
+                max_attempts: 5,
+                ..RetryPolicy::default()
+            },
+            requests_per_round: 4,
+            max_actions: None,
+        }
     }
 }
 
@@ -46,11 +53,17 @@ fn blocking_err(store: &Store, e: tokio::task::JoinError) -> StoreError {
 
 async fn update(store: &Store, entries: Vec<Entry>) -> Result<(), StoreError> {
     let s = store.clone();
-    tokio::task::spawn_blocking(move || s.outbox_update(&entries)).await.map_err(|e| blocking_err(store, e))?
+    tokio::task::spawn_blocking(move || s.outbox_update(&entries))
+        .await
+        .map_err(|e| blocking_err(store, e))?
 }
 
 /// Sends every due entry; returns when none is due (entries waiting on backoff stay).
-pub async fn drain(conn: &dyn Connector, store: &Store, opts: &DrainOptions) -> Result<DrainReport, StoreError> {
+pub async fn drain(
+    conn: &dyn Connector,
+    store: &Store,
+    opts: &DrainOptions,
+) -> Result<DrainReport, StoreError> {
     let mut report = DrainReport::default();
     let per_request = conn.max_writes_per_request().max(1);
     let mut sent_total = 0usize;
@@ -64,7 +77,9 @@ pub async fn drain(conn: &dyn Connector, store: &Store, opts: &DrainOptions) -> 
         }
         let s = store.clone();
         let now = Timestamp::now();
-        let due = tokio::task::spawn_blocking(move || s.outbox_due(now, limit)).await.map_err(|e| blocking_err(store, e))??;
+        let due = tokio::task::spawn_blocking(move || s.outbox_due(now, limit))
+            .await
+            .map_err(|e| blocking_err(store, e))??;
         if due.is_empty() {
             break;
         }
@@ -78,9 +93,15 @@ pub async fn drain(conn: &dyn Connector, store: &Store, opts: &DrainOptions) -> 
         for mut e in due {
             if matches!(e.state, ActionState::InFlight { .. }) {
                 if let WriteOp::CreateTask { entity, .. } = &e.action.op {
-                    match conn.find_task(*entity, &super::marker_for(&e.action.key)).await {
+                    match conn
+                        .find_task(*entity, &super::marker_for(&e.action.key))
+                        .await
+                    {
                         Ok(Some(id)) => {
-                            e.state = ActionState::Done { crm_id: Some(id), at: Timestamp::now() };
+                            e.state = ActionState::Done {
+                                crm_id: Some(id),
+                                at: Timestamp::now(),
+                            };
                             report.reconciled += 1;
                             settled.push(e);
                             continue;
@@ -98,7 +119,9 @@ pub async fn drain(conn: &dyn Connector, store: &Store, opts: &DrainOptions) -> 
                     }
                 }
             }
-            e.state = ActionState::InFlight { since: Timestamp::now() };
+            e.state = ActionState::InFlight {
+                since: Timestamp::now(),
+            };
             e.attempts += 1;
             to_send.push(e);
         }
@@ -126,7 +149,10 @@ pub async fn drain(conn: &dyn Connector, store: &Store, opts: &DrainOptions) -> 
         for (mut e, r) in outcomes {
             match r {
                 Ok(out) => {
-                    e.state = ActionState::Done { crm_id: out.created_id, at: now };
+                    e.state = ActionState::Done {
+                        crm_id: out.created_id,
+                        at: now,
+                    };
                     e.last_error = None;
                     report.done += 1;
                 }
@@ -134,7 +160,10 @@ pub async fn drain(conn: &dyn Connector, store: &Store, opts: &DrainOptions) -> 
                     Decision::Retry(after) => {
                         e.state = ActionState::Pending;
                         e.last_error = Some(err.to_string());
-                        e.not_before = Some(now + SignedDuration::try_from(after).unwrap_or(SignedDuration::from_secs(1)));
+                        e.not_before = Some(
+                            now + SignedDuration::try_from(after)
+                                .unwrap_or(SignedDuration::from_secs(1)),
+                        );
                         report.retried += 1;
                     }
                     Decision::GiveUp => {
@@ -151,5 +180,9 @@ pub async fn drain(conn: &dyn Connector, store: &Store, opts: &DrainOptions) -> 
 }
 
 fn failed(err: &ConnectorError, at: Timestamp) -> ActionState {
-    ActionState::Failed { code: err.code().to_owned(), message: err.to_string(), at }
+    ActionState::Failed {
+        code: err.code().to_owned(),
+        message: err.to_string(),
+        at,
+    }
 }

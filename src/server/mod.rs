@@ -10,6 +10,7 @@
 pub mod error;
 pub mod inbox;
 pub mod metrics;
+pub mod runtime;
 mod webhooks;
 pub mod worker;
 

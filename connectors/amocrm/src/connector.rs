@@ -1,0 +1,313 @@
+//! [`Connector`] for [`AmoClient`]: the requests behind each method and their mapping.
+use crate::client::AmoClient;
+use crate::list::Position;
+use crate::{map, wire};
+use async_trait::async_trait;
+use jiff::Timestamp;
+use rebuy_core::connector::StatsSnapshot;
+use rebuy_core::{
+    Account, Company, Connector, ConnectorError, Contact, ContactId, CrmKind, Cursor, Deal, DealId,
+    Deletion, ListQuery, Page, Pipeline, User, WriteOp, WriteOutcome,
+};
+use rust_decimal::Decimal;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// `with` of lead requests: the linked contacts and products (companies come without asking).
+const LEADS_WITH: &str = "contacts,catalog_elements";
+/// The deletion events read from `/api/v4/events`.
+const DELETION_TYPES: &str = "lead_deleted,contact_deleted,company_deleted";
+/// amoCRM serves at most 100 events per page.
+const EVENTS_LIMIT: u32 = 100;
+
+#[async_trait]
+impl Connector for AmoClient {
+    fn kind(&self) -> CrmKind {
+        CrmKind::Amocrm
+    }
+
+    fn stats(&self) -> StatsSnapshot {
+        self.snapshot()
+    }
+
+    async fn account(&self) -> Result<Account, ConnectorError> {
+        let url = self.url("api/v4/account", &[("with", "datetime_settings")])?;
+        let acc: wire::Account =
+            self.get_json(url)
+                .await?
+                .ok_or_else(|| ConnectorError::Invalid {
+                    path: ".".into(),
+                    message: "empty answer from /api/v4/account".into(),
+                })?;
+        let account = map::account(acc);
+        // Keep the currency for lead prices; the first caller wins, the value is the same.
+        let _ = self.inner.currency.set(account.currency.clone());
+        Ok(account)
+    }
+
+    async fn users(&self) -> Result<Vec<User>, ConnectorError> {
+        let mut out = Vec::new();
+        self.list_all::<wire::Users>("api/v4/users", |e| {
+            out.extend(e.users.into_iter().map(map::user))
+        })
+        .await?;
+        Ok(out)
+    }
+
+    async fn pipelines(&self) -> Result<Vec<Pipeline>, ConnectorError> {
+        let url = self.url("api/v4/leads/pipelines", &[])?;
+        let Some(page) = self
+            .get_json::<wire::ListPage<wire::Pipelines>>(url)
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<Pipeline> = page
+            .embedded
+            .pipelines
+            .into_iter()
+            .map(map::pipeline)
+            .collect();
+        out.sort_by_key(|p| (p.sort, p.id));
+        Ok(out)
+    }
+
+    async fn contacts(
+        &self,
+        query: &ListQuery,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<Contact>, ConnectorError> {
+        let l = self
+            .list::<wire::Contacts>("api/v4/contacts", None, query, cursor)
+            .await?;
+        Ok(Page {
+            items: l.embedded.contacts.into_iter().map(map::contact).collect(),
+            next: l.next,
+        })
+    }
+
+    async fn companies(
+        &self,
+        query: &ListQuery,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<Company>, ConnectorError> {
+        let l = self
+            .list::<wire::Companies>("api/v4/companies", None, query, cursor)
+            .await?;
+        Ok(Page {
+            items: l.embedded.companies.into_iter().map(map::company).collect(),
+            next: l.next,
+        })
+    }
+
+    async fn deals(
+        &self,
+        query: &ListQuery,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<Deal>, ConnectorError> {
+        let currency = self.currency().await?;
+        let mut l = self
+            .list::<wire::Leads>("api/v4/leads", Some(LEADS_WITH), query, cursor)
+            .await?;
+        self.enrich_products(&mut l.embedded.leads).await?;
+        Ok(Page {
+            items: l
+                .embedded
+                .leads
+                .into_iter()
+                .map(|lead| map::deal(lead, &currency))
+                .collect(),
+            next: l.next,
+        })
+    }
+
+    async fn deal(&self, id: DealId) -> Result<Option<Deal>, ConnectorError> {
+        let currency = self.currency().await?;
+        let url = self.url(&format!("api/v4/leads/{id}"), &[("with", LEADS_WITH)])?;
+        match self.get_json::<wire::Lead>(url).await {
+            Ok(Some(mut lead)) => {
+                self.enrich_products(std::slice::from_mut(&mut lead))
+                    .await?;
+                Ok(Some(map::deal(lead, &currency)))
+            }
+            Ok(None) => Ok(None),
+            Err(ConnectorError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn contact(&self, id: ContactId) -> Result<Option<Contact>, ConnectorError> {
+        let url = self.url(&format!("api/v4/contacts/{id}"), &[])?;
+        match self.get_json::<wire::Contact>(url).await {
+            Ok(c) => Ok(c.map(map::contact)),
+            Err(ConnectorError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pages through `/api/v4/events` (newest first, as amoCRM serves them). Events recorded
+    /// while paging push older ones down, which can repeat an event but never skip one;
+    /// deletions are idempotent.
+    async fn deletions(
+        &self,
+        since: Timestamp,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<Deletion>, ConnectorError> {
+        let pos = Position::parse(cursor)?;
+        let (limit, page, from) = (
+            EVENTS_LIMIT.to_string(),
+            pos.page.to_string(),
+            since.as_second().to_string(),
+        );
+        let url = self.url(
+            "api/v4/events",
+            &[
+                ("filter[type]", DELETION_TYPES),
+                ("filter[created_at][from]", &from),
+                ("limit", &limit),
+                ("page", &page),
+            ],
+        )?;
+        let Some(body) = self.get_json::<wire::ListPage<wire::Events>>(url).await? else {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        };
+        let more = body.links.next.is_some() && !body.embedded.events.is_empty();
+        let items = body
+            .embedded
+            .events
+            .into_iter()
+            .filter_map(map::deletion)
+            .collect();
+        let next = more.then(|| {
+            Position {
+                page: pos.page + 1,
+                updated_from: None,
+            }
+            .to_cursor()
+        });
+        Ok(Page { items, next })
+    }
+
+    /// amoCRM has no id-only listing: this pages through the leads (id order, no `with`) and
+    /// keeps their ids.
+    async fn deal_ids(&self, cursor: Option<&Cursor>) -> Result<Page<DealId>, ConnectorError> {
+        let l = self
+            .list::<wire::Leads>("api/v4/leads", None, &ListQuery::default(), cursor)
+            .await?;
+        Ok(Page {
+            items: l.embedded.leads.iter().map(|l| DealId(l.id)).collect(),
+            next: l.next,
+        })
+    }
+
+    fn max_writes_per_request(&self) -> usize {
+        crate::write::MAX_BATCH
+    }
+
+    async fn apply(&self, ops: &[WriteOp]) -> Vec<Result<WriteOutcome, ConnectorError>> {
+        crate::write::apply(self, ops).await
+    }
+}
+
+impl AmoClient {
+    /// Fills in the name and unit price of the products linked to `leads`. A lead's
+    /// `_embedded.catalog_elements` carries only ids and quantities, so unknown elements are
+    /// fetched (`GET /api/v4/catalogs/{id}/elements?filter[id][]=..`, 250 at a time) and kept
+    /// for the life of the client; a sync fetches each product once.
+    async fn enrich_products(&self, leads: &mut [wire::Lead]) -> Result<(), ConnectorError> {
+        let mut missing: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+        {
+            let known = self
+                .inner
+                .products
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for e in leads.iter().flat_map(|l| &l.embedded.catalog_elements) {
+                if !known.contains_key(&e.id) {
+                    missing
+                        .entry(e.metadata.catalog_id.unwrap_or(0))
+                        .or_default()
+                        .insert(e.id);
+                }
+            }
+        }
+        for (catalog, ids) in missing {
+            let ids: Vec<u64> = ids.into_iter().collect();
+            for chunk in ids.chunks(250) {
+                match self.fetch_elements(catalog, chunk).await {
+                    Ok(found) => self
+                        .inner
+                        .products
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(found),
+                    // An account without catalogs (or a catalog gone): keep the rows unnamed.
+                    Err(
+                        e @ (ConnectorError::NotFound { .. } | ConnectorError::Rejected { .. }),
+                    ) => {
+                        tracing::warn!(catalog, error = %e, "Cannot read amoCRM catalog elements; product rows stay unnamed");
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let known = self
+            .inner
+            .products
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for e in leads
+            .iter_mut()
+            .flat_map(|l| &mut l.embedded.catalog_elements)
+        {
+            if let Some((name, price)) = known.get(&e.id) {
+                if e.name.is_none() {
+                    e.name = Some(name.clone());
+                }
+                if e.metadata.price.is_none() {
+                    e.metadata.price = Some(wire::Amount(*price));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn fetch_elements(
+        &self,
+        catalog: u64,
+        ids: &[u64],
+    ) -> Result<Vec<(u64, (String, Decimal))>, ConnectorError> {
+        let keys: Vec<String> = (0..ids.len()).map(|k| format!("filter[id][{k}]")).collect();
+        let values: Vec<String> = ids.iter().map(u64::to_string).collect();
+        let limit = ids.len().to_string();
+        let mut params: Vec<(&str, &str)> = vec![("limit", &limit)];
+        params.extend(
+            keys.iter()
+                .map(String::as_str)
+                .zip(values.iter().map(String::as_str)),
+        );
+        let url = self.url(&format!("api/v4/catalogs/{catalog}/elements"), &params)?;
+        let Some(page) = self.get_json::<wire::ListPage<wire::Elements>>(url).await? else {
+            return Ok(Vec::new());
+        };
+        Ok(page
+            .embedded
+            .elements
+            .into_iter()
+            .map(|el| {
+                let price = el
+                    .custom_fields_values
+                    .iter()
+                    .flatten()
+                    .find(|cf| cf.field_code.as_deref() == Some("PRICE"))
+                    .and_then(|cf| cf.values.as_ref()?.first())
+                    .and_then(|v| v.value.0.trim().parse::<Decimal>().ok())
+                    .unwrap_or(Decimal::ZERO);
+                (el.id, (el.name.unwrap_or_default(), price))
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,97 @@
+//! The background work of `rebuy serve`, per portal and isolated: a failing portal logs and
+//! retries on its own schedule, never stalling another.
+//! - the inbox worker: woken by each committed webhook, processes the inbox;
+//! - the scheduler: incremental sync every `sync_interval_mins` (jittered, so hundreds of
+//!   portals do not all start at once) and outbox drains every `outbox_interval_secs`.
+use super::{AppState, PortalRuntime, worker};
+use crate::config::ServerSettings;
+use crate::sync::{NoProgress, SyncOptions};
+use rebuy_core::Connector;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Starts every portal's background tasks; they stop when `cancel` fires.
+pub fn spawn_all(state: &AppState, settings: &ServerSettings, cancel: CancellationToken) -> TaskTracker {
+    let tracker = TaskTracker::new();
+    for p in state.portals.values() {
+        let conn = match crate::portal::open(&p.cfg, p.store.clone()) {
+            Ok(h) => h.connector,
+            Err(e) => {
+                tracing::error!(portal = %p.cfg.id, error = %e, "Portal cannot start; its webhooks are still stored.");
+                continue;
+            }
+        };
+        tracker.spawn(inbox_loop(p.clone(), conn.clone(), cancel.clone()));
+        tracker.spawn(schedule_loop(p.clone(), conn, settings.clone(), cancel.clone()));
+    }
+    tracker.close();
+    tracker
+}
+
+async fn inbox_loop(p: PortalRuntime, conn: Arc<dyn Connector>, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match worker::process_once(&p, &conn).await {
+            Ok(0) => {
+                backoff = Duration::from_millis(200);
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = p.notify.notified() => {}
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+            Ok(_) => backoff = Duration::from_millis(200),
+            Err(e) => {
+                tracing::warn!(portal = %p.cfg.id, error = %e, "Inbox processing failed; will retry.");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+        if cancel.is_cancelled() {
+            return;
+        }
+    }
+}
+
+fn jitter(base: Duration) -> Duration {
+    base.mul_f64(0.8 + 0.4 * rand::random::<f64>())
+}
+
+async fn schedule_loop(p: PortalRuntime, conn: Arc<dyn Connector>, s: ServerSettings, cancel: CancellationToken) {
+    let sync_every = Duration::from_secs(s.sync_interval_mins.max(1) * 60);
+    let drain_every = Duration::from_secs(s.outbox_interval_secs.max(1));
+    // First sync soon after start, spread over a minute.
+    let mut next_sync = tokio::time::Instant::now() + jitter(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(drain_every) => {}
+        }
+        let report = crate::outbox::drain(conn.as_ref(), &p.store, &crate::outbox::DrainOptions::default()).await;
+        if let Err(e) = report {
+            tracing::warn!(portal = %p.cfg.id, error = %e, "Outbox drain failed.");
+        }
+        if tokio::time::Instant::now() >= next_sync {
+            let opts = SyncOptions {
+                full: false,
+                overlap: Duration::from_secs(p.cfg.sync.overlap_secs),
+                concurrency: p.cfg.sync.concurrency,
+            };
+            let started = std::time::Instant::now();
+            match crate::sync::sync_portal(conn.clone(), p.store.clone(), &opts, Arc::new(NoProgress)).await {
+                Ok(r) => {
+                    metrics::histogram!("rebuy_sync_duration_seconds", "portal" => p.cfg.id.0.clone())
+                        .record(started.elapsed().as_secs_f64());
+                    tracing::info!(portal = %p.cfg.id, records = r.records(), "Incremental sync done.");
+                }
+                Err(e) => tracing::warn!(portal = %p.cfg.id, error = %e, "Scheduled sync failed."),
+            }
+            next_sync = tokio::time::Instant::now() + jitter(sync_every);
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! `rebuy serve`: webhook receivers, their answers to bad input, the durable inbox, and the
+//! worker that turns a webhook into a cache update.
+use crate::support::*;
+use rebuy::config::Config;
+use rebuy::server::{AppState, runtime};
+use rebuy_core::Deal;
+use rebuy_emulator::amocrm::AmoConfig;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const HOOK_SECRET: &str = "hook-secret-5f2c";
+
+/// A config with one amoCRM portal on `base_url` and one Bitrix24 portal (unused endpoint).
+fn config(data_dir: &std::path::Path, base_url: &str) -> Config {
+    config_with_id(data_dir, base_url, "shop")
+}
+
+fn config_with_id(data_dir: &std::path::Path, base_url: &str, id: &str) -> Config {
+    let emu = AmoConfig::default();
+    let text = format!(
+        r#"
+        data_dir = "{}"
+        [[portal]]
+        id = "{id}"
+        kind = "amocrm"
+        base_url = "{base_url}"
+        requests_per_sec = {TEST_RPS}
+        [portal.auth]
+        type = "oauth"
+        client_id = "{}"
+        client_secret_env = "EMULATOR_CLIENT_SECRET"
+        redirect_uri = "{}"
+        [portal.webhooks]
+        secret_env = "HOOK_SECRET"
+
+        [[portal]]
+        id = "b24"
+        kind = "bitrix24"
+        base_url = "https://b24.example.bitrix24.ru"
+        [portal.auth]
+        type = "webhook"
+        url_env = "B24_URL"
+        [portal.webhooks]
+        application_token_env = "B24_APP_TOKEN"
+        "#,
+        data_dir.display(),
+        emu.client_id,
+        emu.redirect_uri
+    );
+    use figment::providers::Format;
+    let doc: serde_json::Value = figment::Figment::from(figment::providers::Toml::string(&text)).extract().unwrap();
+    let secret = emu.client_secret.clone();
+    let env = move |k: &str| match k {
+        "EMULATOR_CLIENT_SECRET" => Some(secret.clone()),
+        "HOOK_SECRET" => Some(HOOK_SECRET.to_owned()),
+        "B24_URL" => Some("https://b24.example.bitrix24.ru/rest/1/abc/".to_owned()),
+        "B24_APP_TOKEN" => Some("app-token-1".to_owned()),
+        _ => None,
+    };
+    rebuy::config::resolve(&doc, "test.toml", &env).unwrap()
+}
+
+struct Server {
+    url: String,
+    cancel: CancellationToken,
+    state: AppState,
+}
+
+async fn start_server(cfg: &Config, background: bool) -> Server {
+    let state = AppState::new(cfg, true).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cancel = CancellationToken::new();
+    if background {
+        runtime::spawn_all(&state, &cfg.server, cancel.clone());
+    }
+    let st = state.clone();
+    let c = cancel.clone();
+    tokio::spawn(async move { rebuy::server::serve(listener, st, c.cancelled_owned()).await });
+    Server { url, cancel, state }
+}
+
+fn amo_body(account_id: u64, subdomain: &str, items: &str) -> String {
+    format!("{items}&account[subdomain]={subdomain}&account[id]={account_id}&account[_links][self]=https://{subdomain}.amocrm.ru")
+}
+
+async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
+    let r = reqwest::Client::new().post(url).header("content-type", content_type).body(body).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_their_documented_status_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "http://127.0.0.1:9");
+    let srv = start_server(&cfg, false).await;
+    let ok_body = amo_body(31_000_001, "rebuy-demo", "leads[add][0][id]=5&leads[add][0][status_id]=1");
+    let big = "x".repeat(rebuy::server::MAX_BODY_BYTES + 1);
+    let cases: Vec<(&str, String, &str, String, u16)> = vec![
+        ("unknown portal", format!("{}/hooks/amocrm/nope/{HOOK_SECRET}", srv.url), FORM, ok_body.clone(), 404),
+        ("amoCRM hook on a Bitrix24 portal", format!("{}/hooks/amocrm/b24/{HOOK_SECRET}", srv.url), FORM, ok_body.clone(), 404),
+        ("wrong secret", format!("{}/hooks/amocrm/shop/wrong", srv.url), FORM, ok_body.clone(), 401),
+        ("not a form", format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url), "application/json", "{}".into(), 400),
+        ("no account", format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url), FORM, "leads[add][0][id]=5".into(), 400),
+        ("malformed item", format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url), FORM, amo_body(31_000_001, "rebuy-demo", "leads[add][0][id]=abc"), 400),
+        ("over 1 MiB", format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url), FORM, big, 413),
+        ("bitrix24 without token", format!("{}/hooks/bitrix24/b24", srv.url), FORM, "event=ONCRMDEALADD&data[FIELDS][ID]=1".into(), 401),
+        ("bitrix24 wrong token", format!("{}/hooks/bitrix24/b24", srv.url), FORM, "event=ONCRMDEALADD&data[FIELDS][ID]=1&auth[application_token]=nope".into(), 403),
+        ("bitrix24 without event", format!("{}/hooks/bitrix24/b24", srv.url), FORM, "auth[application_token]=app-token-1".into(), 400),
+        ("bitrix24 unknown portal", format!("{}/hooks/bitrix24/nope", srv.url), FORM, "event=X".into(), 404),
+    ];
+    for (name, url, ct, body, want) in cases {
+        let (status, text) = post(&url, ct, body).await;
+        assert_eq!(status, want, "{name}: {text}");
+        if status != 413 {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{name}: JSON error body, got {text}"));
+            assert!(v["code"].is_string() && v["message"].is_string(), "{name}: {v}");
+        }
+    }
+    for p in srv.state.portals.values() {
+        assert_eq!(p.store.inbox_depth().unwrap(), 0, "nothing stored for {}", p.cfg.id);
+    }
+    // The same valid webhook is accepted once, then recognised as a duplicate.
+    let url = format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url);
+    let (s1, t1) = post(&url, FORM, ok_body.clone()).await;
+    let (s2, t2) = post(&url, FORM, ok_body.clone()).await;
+    assert_eq!((s1, s2), (200, 200));
+    assert!(t1.contains("stored") && t2.contains("duplicate"), "{t1} / {t2}");
+    let (s3, _) = post(&format!("{}/hooks/bitrix24/b24", srv.url), FORM, "event=ONCRMDEALADD&data[FIELDS][ID]=1&auth[application_token]=app-token-1".to_owned()).await;
+    assert_eq!(s3, 200);
+    let shop = srv.state.portal("shop").unwrap();
+    assert_eq!(shop.store.inbox_depth().unwrap(), 1);
+    srv.cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_updates_the_cache_within_seconds() {
+    let env = amo_env(amo_config(41, 80, 240)).await;
+    // The server's portal uses the store directory of the env's authorised portal.
+    let cfg = config_with_id(env.dir.path(), &env.emu.base_url, "test");
+    sync(&env, true).await.unwrap();
+    drop(env.store);
+    let srv = start_server(&cfg, true).await;
+    let emu = env.emu.emulator.clone();
+    let (contact, pipeline, status) = emu.with_data(|d| {
+        let l = d.leads.values().next().unwrap();
+        (l.contacts[0].id, l.pipeline_id, l.status_id)
+    });
+    let lead = emu.add_lead(contact, 4_500, pipeline, status).unwrap();
+    let body = amo_body(
+        emu.with_data(|d| d.account.id),
+        &emu.with_data(|d| d.account.subdomain.clone()),
+        &format!("leads[add][0][id]={lead}&leads[add][0][status_id]={status}&leads[add][0][pipeline_id]={pipeline}&leads[add][0][price]=4500"),
+    );
+    let started = std::time::Instant::now();
+    let (s, text) = post(&format!("{}/hooks/amocrm/test/{HOOK_SECRET}", srv.url), FORM, body).await;
+    assert_eq!(s, 200, "{text}");
+    let store = srv.state.portal("test").unwrap().store.clone();
+    loop {
+        if let Some(d) = store.get::<Deal>(lead).unwrap() {
+            assert_eq!(d.amount.unwrap().amount, rust_decimal::Decimal::from(4_500));
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "lead {lead} not cached within 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.inbox_depth().unwrap(), 0, "processed events leave the inbox");
+    srv.cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "http://127.0.0.1:9");
+    let srv = start_server(&cfg, false).await;
+    let h = reqwest::get(format!("{}/healthz", srv.url)).await.unwrap();
+    assert_eq!(h.status(), 200);
+    let r = reqwest::get(format!("{}/readyz", srv.url)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let url = format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url);
+    post(&url, FORM, amo_body(31_000_001, "rebuy-demo", "leads[update][0][id]=77")).await;
+    let m = reqwest::get(format!("{}/metrics", srv.url)).await.unwrap().text().await.unwrap();
+    assert!(m.contains("rebuy_webhooks_total"), "{m}");
+    assert!(m.contains("rebuy_inbox_depth"), "{m}");
+    srv.cancel.cancel();
+}
