@@ -10,6 +10,7 @@
 pub mod error;
 pub mod inbox;
 pub mod metrics;
+mod oauth;
 pub mod runtime;
 mod webhooks;
 pub mod worker;
@@ -91,6 +92,8 @@ pub fn router(state: AppState) -> Router {
             get(webhooks::amocrm_disconnect),
         )
         .route("/hooks/bitrix24/{portal}", post(webhooks::bitrix24))
+        .route("/oauth/{portal}/start", get(oauth::start))
+        .route("/oauth/{portal}/callback", get(oauth::callback))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(webhooks::readyz))
         .route("/metrics", get(metrics::render))

@@ -186,3 +186,203 @@ async fn metrics_and_health_answer() {
     assert!(m.contains("rebuy_inbox_depth"), "{m}");
     srv.cancel.cancel();
 }
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+fn query_param(url: &str, key: &str) -> Option<String> {
+    url::Url::parse(url).ok()?.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_flow_connects_a_portal_and_refuses_wrong_or_replayed_state() {
+    let emu = rebuy_emulator::amocrm::AmoEmulator::spawn(amo_config(51, 20, 40)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &emu.base_url);
+    let srv = start_server(&cfg, false).await;
+    let http = no_redirects();
+
+    let start = http.get(format!("{}/oauth/shop/start", srv.url)).send().await.unwrap();
+    assert_eq!(start.status(), 302);
+    let consent = start.headers()["location"].to_str().unwrap().to_owned();
+    assert!(consent.starts_with(&emu.base_url), "{consent}");
+    // The emulator consents at once and redirects to the integration's redirect URI.
+    let back = http.get(&consent).send().await.unwrap();
+    assert_eq!(back.status(), 302);
+    let redirect = back.headers()["location"].to_str().unwrap().to_owned();
+    let code = query_param(&redirect, "code").unwrap();
+    let state = query_param(&redirect, "state").unwrap();
+
+    let wrong = http.get(format!("{}/oauth/shop/callback?code={code}&state=forged", srv.url)).send().await.unwrap();
+    assert_eq!(wrong.status(), 403);
+    let ok = http.get(format!("{}/oauth/shop/callback?code={code}&state={state}", srv.url)).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.text().await.unwrap().contains("connected"));
+    let store = srv.state.portal("shop").unwrap().store.clone();
+    assert!(store.load_tokens().unwrap().is_some(), "tokens committed");
+    let replay = http.get(format!("{}/oauth/shop/callback?code={code}&state={state}", srv.url)).send().await.unwrap();
+    assert_eq!(replay.status(), 403, "a state works once");
+    let unknown = http.get(format!("{}/oauth/nope/start", srv.url)).send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    srv.cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_hook_checks_its_signature_and_marks_the_portal() {
+    use hmac::{KeyInit, Mac};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "http://127.0.0.1:9");
+    let srv = start_server(&cfg, false).await;
+    let emu = AmoConfig::default();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(emu.client_secret.as_bytes()).unwrap();
+    mac.update(format!("{}|{}", emu.client_id, 31_000_001).as_bytes());
+    let sig = hex::encode(mac.finalize().into_bytes());
+    let base = format!("{}/hooks/amocrm/shop/disconnect?account_id=31000001&client_uuid={}", srv.url, emu.client_id);
+    let bad = reqwest::get(format!("{base}&signature=00ff")).await.unwrap();
+    assert_eq!(bad.status(), 403);
+    let store = srv.state.portal("shop").unwrap().store.clone();
+    assert!(store.needs_reauth().unwrap().is_none());
+    let good = reqwest::get(format!("{base}&signature={sig}")).await.unwrap();
+    assert_eq!(good.status(), 200);
+    assert!(store.needs_reauth().unwrap().unwrap().reason.contains("disconnected"));
+    srv.cancel.cancel();
+}
+
+/// A `rebuy serve` child process; killed on drop.
+struct ServeProcess(std::process::Child);
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_serve(config: &std::path::Path, log: &std::path::Path) -> ServeProcess {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rebuy"))
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env("EMULATOR_CLIENT_SECRET", AmoConfig::default().client_secret)
+        .env("HOOK_SECRET", HOOK_SECRET)
+        .env("RUST_LOG", "debug")
+        .env_remove("REBUY_FAILPOINTS")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    ServeProcess(child)
+}
+
+async fn wait_ready(url: &str) {
+    for _ in 0..200 {
+        if let Ok(r) = reqwest::get(format!("{url}/readyz")).await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server at {url} not ready");
+}
+
+async fn inbox_depth(url: &str) -> Option<u64> {
+    let text = reqwest::get(format!("{url}/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find(|l| l.starts_with("rebuy_inbox_depth")).and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok()).map(|v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook_and_logs_no_secret() {
+    let emu = rebuy_emulator::amocrm::AmoEmulator::spawn(amo_config(61, 60, 120)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let emu_cfg = AmoConfig::default();
+    let config_path = dir.path().join("rebuy.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "data_dir = {:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\n[[portal]]\nid = \"shop\"\nkind = \"amocrm\"\nbase_url = \"{}\"\nrequests_per_sec = {TEST_RPS}\n\
+             [portal.auth]\ntype = \"oauth\"\nclient_id = \"{}\"\nclient_secret_env = \"EMULATOR_CLIENT_SECRET\"\nredirect_uri = \"{}\"\n\
+             [portal.webhooks]\nsecret_env = \"HOOK_SECRET\"\n",
+            dir.path().join("data").display().to_string(),
+            emu.base_url,
+            emu_cfg.client_id,
+            emu_cfg.redirect_uri
+        ),
+    )
+    .unwrap();
+    let cfg = config_path.to_str().unwrap().to_owned();
+    let out = rebuy_async(
+        vec!["--config".into(), cfg.clone(), "auth".into(), "--portal".into(), "shop".into()],
+        vec![("HOOK_SECRET".into(), HOOK_SECRET.into())],
+    )
+    .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = dir.path().join("serve.log");
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = spawn_serve(&config_path, &log);
+    wait_ready(&url).await;
+
+    // New leads, one webhook each, sent from 4 concurrent senders; the server is killed
+    // (SIGKILL) part-way through.
+    let (contact, pipeline, status) = emu.emulator.with_data(|d| {
+        let l = d.leads.values().next().unwrap();
+        (l.contacts[0].id, l.pipeline_id, l.status_id)
+    });
+    let leads: Vec<u64> = (0..400).map(|i| emu.emulator.add_lead(contact, 1000 + i, pipeline, status).unwrap()).collect();
+    let hook = format!("{url}/hooks/amocrm/shop/{HOOK_SECRET}");
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut senders = Vec::new();
+    for chunk in leads.chunks(100) {
+        let chunk = chunk.to_vec();
+        let hook = hook.clone();
+        let acked = acked.clone();
+        senders.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for id in chunk {
+                let body = amo_body(31_000_001, "rebuy-demo", &format!("leads[add][0][id]={id}&leads[add][0][status_id]={status}"));
+                if let Ok(r) = http.post(&hook).header("content-type", FORM).body(body).send().await {
+                    if r.status() == 200 {
+                        acked.lock().unwrap().push(id);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.0.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    server.0.wait().unwrap();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let acked: Vec<u64> = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty(), "some webhooks were acknowledged before the kill");
+    assert!(acked.len() < leads.len(), "the kill happened under load ({} of {} acknowledged)", acked.len(), leads.len());
+
+    // Restart: every acknowledged webhook is processed.
+    let server = spawn_serve(&config_path, &log);
+    wait_ready(&url).await;
+    let started = std::time::Instant::now();
+    while inbox_depth(&url).await != Some(0) {
+        assert!(started.elapsed() < Duration::from_secs(30), "inbox not drained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(server);
+    let store = rebuy::store::Store::open(&dir.path().join("data"), &"shop".into()).unwrap();
+    let missing: Vec<u64> = acked.iter().copied().filter(|id| store.get::<Deal>(*id).unwrap().is_none()).collect();
+    assert!(missing.is_empty(), "{} acknowledged webhooks lost: {:?}", missing.len(), &missing[..missing.len().min(10)]);
+
+    // No secret in any log line of either run.
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.len() > 100, "the server logged (debug level)");
+    let tokens = store.load_tokens().unwrap().unwrap();
+    use secrecy::ExposeSecret;
+    for secret in [
+        HOOK_SECRET.to_owned(),
+        emu_cfg.client_secret.clone(),
+        tokens.access_token.expose_secret().to_owned(),
+        tokens.refresh_token.unwrap().expose_secret().to_owned(),
+    ] {
+        assert!(!logs.contains(&secret), "a secret reached the log");
+    }
+}
