@@ -1,0 +1,1105 @@
+//! The emulated account's records, in amoCRM's own terms (ids, unix seconds, custom field
+//! values), with the indexes the list endpoints need.
+//!
+//! [`AmoData`] is built once from the neutral [`Dataset`](crate::seed::Dataset) and then
+//! changed only by API writes and by the test mutations of
+//! [`AmoEmulator`](super::AmoEmulator). Every change goes through a method here, so the
+//! `updated_at` index and the events stay consistent.
+use crate::rng::Rng;
+use crate::seed::{ContactKind, Dataset, StageKind};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// amoCRM's shared "won" status (every pipeline).
+pub const STATUS_WON: u64 = 142;
+/// amoCRM's shared "lost" status (every pipeline).
+pub const STATUS_LOST: u64 = 143;
+
+/// Field ids of the emulated account (stable across seeds so mappings can name them).
+pub mod field_ids {
+    /// Contact phone (multitext, `PHONE`).
+    pub const CONTACT_PHONE: u64 = 264_911;
+    /// Contact email (multitext, `EMAIL`).
+    pub const CONTACT_EMAIL: u64 = 264_913;
+    /// Contact position (text, `POSITION`).
+    pub const CONTACT_POSITION: u64 = 264_909;
+    /// Contact "Сегмент" (text): where rebuy may write the RFM segment.
+    pub const CONTACT_SEGMENT: u64 = 264_915;
+    /// Contact "Дата следующей покупки" (date).
+    pub const CONTACT_NEXT_PURCHASE: u64 = 264_917;
+    /// Company phone (multitext, `PHONE`).
+    pub const COMPANY_PHONE: u64 = 264_921;
+    /// Company email (multitext, `EMAIL`).
+    pub const COMPANY_EMAIL: u64 = 264_923;
+    /// Company web site (url, `WEB`).
+    pub const COMPANY_WEB: u64 = 264_925;
+    /// Lead "Источник" (select).
+    pub const LEAD_SOURCE: u64 = 270_001;
+    /// Lead "Дата следующей покупки" (date).
+    pub const LEAD_NEXT_PURCHASE: u64 = 270_003;
+    /// Lead "Сегмент" (text).
+    pub const LEAD_SEGMENT: u64 = 270_005;
+    /// Lead "Повторная продажа" (checkbox).
+    pub const LEAD_REPEAT: u64 = 270_007;
+    /// Catalog element price (`PRICE`); also the `price_id` of lead catalog links.
+    pub const CATALOG_PRICE: u64 = 280_001;
+    /// Catalog element SKU (`SKU`).
+    pub const CATALOG_SKU: u64 = 280_003;
+    /// Catalog element unit (`UNIT`).
+    pub const CATALOG_UNIT: u64 = 280_005;
+}
+use field_ids::*;
+
+/// The id of the products catalog.
+pub const PRODUCTS_CATALOG_ID: u64 = 5_001;
+
+/// The account.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoAccount {
+    /// Account id.
+    pub id: u64,
+    /// Display name.
+    pub name: String,
+    /// Subdomain (`{subdomain}.amocrm.ru`).
+    pub subdomain: String,
+    /// ISO currency (`RUB`).
+    pub currency: String,
+    /// Customers mode (`disabled`, `periodicity`, `segments`, `unavailable`).
+    pub customers_mode: String,
+    /// Created.
+    pub created_at: i64,
+    /// The user the API acts as (the administrator).
+    pub current_user_id: u64,
+}
+
+/// A user.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoUser {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Email (login).
+    pub email: String,
+    /// Administrator.
+    pub is_admin: bool,
+    /// Active.
+    pub is_active: bool,
+}
+
+/// A pipeline status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoStatus {
+    /// Id (142/143 for won/lost).
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Sort.
+    pub sort: i64,
+    /// Editable (false for unsorted, won, lost).
+    pub is_editable: bool,
+    /// Pipeline.
+    pub pipeline_id: u64,
+    /// Colour.
+    pub color: String,
+    /// `1` for the unsorted status, `0` otherwise.
+    pub status_type: i64,
+}
+
+/// A pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoPipeline {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Sort.
+    pub sort: i64,
+    /// Main pipeline.
+    pub is_main: bool,
+    /// Archived.
+    pub is_archive: bool,
+    /// Statuses in sort order (unsorted first, 142 and 143 last).
+    pub statuses: Vec<AmoStatus>,
+}
+
+impl AmoPipeline {
+    /// Whether `status_id` is a status of this pipeline.
+    pub fn has_status(&self, status_id: u64) -> bool {
+        self.statuses.iter().any(|s| s.id == status_id)
+    }
+
+    /// The first non-unsorted open status (where amoCRM puts a lead moved without a status).
+    pub fn first_open_status(&self) -> Option<u64> {
+        self.statuses
+            .iter()
+            .find(|s| s.status_type == 0 && s.id != STATUS_WON && s.id != STATUS_LOST)
+            .map(|s| s.id)
+    }
+}
+
+/// One value of a custom field.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoValue {
+    /// The value (string, number or bool as amoCRM sends it).
+    pub value: Value,
+    /// Enum id (multitext/select).
+    pub enum_id: Option<u64>,
+    /// Enum code (multitext: `WORK`, `MOB`...).
+    pub enum_code: Option<String>,
+}
+
+/// A custom field value of an entity.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoFieldValue {
+    /// Field id.
+    pub field_id: u64,
+    /// Field name.
+    pub field_name: String,
+    /// Field code (`PHONE`, `EMAIL`...).
+    pub field_code: Option<String>,
+    /// Field type (`multitext`, `text`, `select`, `date`...).
+    pub field_type: String,
+    /// Values.
+    pub values: Vec<AmoValue>,
+}
+
+/// A tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AmoTag {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+}
+
+/// A contact.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoContact {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// First name.
+    pub first_name: String,
+    /// Last name.
+    pub last_name: String,
+    /// Responsible user.
+    pub responsible_user_id: u64,
+    /// Created by (user id, 0 = robot).
+    pub created_by: u64,
+    /// Updated by.
+    pub updated_by: u64,
+    /// Created (unix s).
+    pub created_at: i64,
+    /// Updated (unix s).
+    pub updated_at: i64,
+    /// Custom field values (phones and emails included).
+    pub custom_fields: Vec<AmoFieldValue>,
+    /// Company.
+    pub company_id: Option<u64>,
+    /// Tags.
+    pub tags: Vec<AmoTag>,
+}
+
+/// A company.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoCompany {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Responsible user.
+    pub responsible_user_id: u64,
+    /// Created by.
+    pub created_by: u64,
+    /// Updated by.
+    pub updated_by: u64,
+    /// Created (unix s).
+    pub created_at: i64,
+    /// Updated (unix s).
+    pub updated_at: i64,
+    /// Custom field values.
+    pub custom_fields: Vec<AmoFieldValue>,
+    /// Tags.
+    pub tags: Vec<AmoTag>,
+}
+
+/// A contact linked to a lead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AmoLeadContact {
+    /// Contact id.
+    pub id: u64,
+    /// The main contact of the lead.
+    pub is_main: bool,
+}
+
+/// A catalog element linked to a lead (a product row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AmoLeadProduct {
+    /// Catalog element id.
+    pub element_id: u64,
+    /// Quantity.
+    pub quantity: u32,
+}
+
+/// A lead (deal).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoLead {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Amount in whole roubles.
+    pub price: i64,
+    /// Responsible user.
+    pub responsible_user_id: u64,
+    /// Status (142 won, 143 lost).
+    pub status_id: u64,
+    /// Pipeline.
+    pub pipeline_id: u64,
+    /// Created by.
+    pub created_by: u64,
+    /// Updated by.
+    pub updated_by: u64,
+    /// Created (unix s).
+    pub created_at: i64,
+    /// Updated (unix s).
+    pub updated_at: i64,
+    /// Closed (unix s), `None` while open.
+    pub closed_at: Option<i64>,
+    /// Custom field values.
+    pub custom_fields: Vec<AmoFieldValue>,
+    /// Tags.
+    pub tags: Vec<AmoTag>,
+    /// Linked contacts.
+    pub contacts: Vec<AmoLeadContact>,
+    /// Linked company.
+    pub company_id: Option<u64>,
+    /// Product rows (catalog links).
+    pub products: Vec<AmoLeadProduct>,
+}
+
+/// A catalog element (product).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoCatalogElement {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// SKU.
+    pub sku: String,
+    /// Unit price in whole roubles.
+    pub price: i64,
+    /// Unit.
+    pub unit: String,
+    /// Created.
+    pub created_at: i64,
+    /// Updated.
+    pub updated_at: i64,
+}
+
+/// The products catalog.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoCatalog {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Elements by id.
+    pub elements: BTreeMap<u64, AmoCatalogElement>,
+}
+
+/// An enum option of a field.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoEnum {
+    /// Id.
+    pub id: u64,
+    /// Value.
+    pub value: String,
+    /// Code (multitext enums).
+    pub code: Option<String>,
+}
+
+/// A custom field definition.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoFieldDef {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Code.
+    pub code: Option<String>,
+    /// Type.
+    pub field_type: String,
+    /// Sort.
+    pub sort: i64,
+    /// Options (select, multitext).
+    pub enums: Vec<AmoEnum>,
+}
+
+/// Field definitions per entity type.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoFields {
+    /// Lead fields.
+    pub leads: Vec<AmoFieldDef>,
+    /// Contact fields.
+    pub contacts: Vec<AmoFieldDef>,
+    /// Company fields.
+    pub companies: Vec<AmoFieldDef>,
+}
+
+impl AmoFields {
+    /// The definitions of an entity type (`leads`, `contacts`, `companies`).
+    pub fn of(&self, entity: &str) -> &[AmoFieldDef] {
+        match entity {
+            "leads" => &self.leads,
+            "contacts" => &self.contacts,
+            "companies" => &self.companies,
+            _ => &[],
+        }
+    }
+}
+
+/// A task.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoTask {
+    /// Id.
+    pub id: u64,
+    /// Created by.
+    pub created_by: u64,
+    /// Updated by.
+    pub updated_by: u64,
+    /// Created.
+    pub created_at: i64,
+    /// Updated.
+    pub updated_at: i64,
+    /// Responsible user.
+    pub responsible_user_id: u64,
+    /// Attached entity id.
+    pub entity_id: Option<u64>,
+    /// Attached entity type (`leads`, `contacts`, `companies`, `customers`).
+    pub entity_type: Option<String>,
+    /// Done.
+    pub is_completed: bool,
+    /// Type (1 call, 2 meeting).
+    pub task_type_id: u64,
+    /// Text.
+    pub text: String,
+    /// Result text when completed.
+    pub result_text: Option<String>,
+    /// Due (unix s).
+    pub complete_till: i64,
+    /// Duration in seconds.
+    pub duration: i64,
+}
+
+/// An event of the account's event log (`/api/v4/events`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoEvent {
+    /// ULID-like string id.
+    pub id: String,
+    /// Type (`lead_added`, `lead_deleted`, `lead_status_changed`...).
+    pub event_type: String,
+    /// Entity id.
+    pub entity_id: u64,
+    /// Entity type, singular (`lead`, `contact`, `company`, `task`).
+    pub entity_type: String,
+    /// Who (user id, 0 = robot/API).
+    pub created_by: u64,
+    /// When (unix s).
+    pub created_at: i64,
+    /// New value(s) in amoCRM's event value format.
+    pub value_after: Value,
+    /// Old value(s).
+    pub value_before: Value,
+}
+
+/// A registered webhook (kept for the webhooks issue; not delivered yet).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoWebhook {
+    /// Destination URL.
+    pub destination: String,
+    /// Settings (`add_lead`, `status_lead`...).
+    pub settings: Vec<String>,
+}
+
+/// Everything the emulated account holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct AmoData {
+    /// The account.
+    pub account: AmoAccount,
+    /// Users by id.
+    pub users: BTreeMap<u64, AmoUser>,
+    /// Pipelines by id.
+    pub pipelines: BTreeMap<u64, AmoPipeline>,
+    /// Contacts by id.
+    pub contacts: BTreeMap<u64, AmoContact>,
+    /// Companies by id.
+    pub companies: BTreeMap<u64, AmoCompany>,
+    /// Leads by id.
+    pub leads: BTreeMap<u64, AmoLead>,
+    /// The products catalog.
+    pub catalog: AmoCatalog,
+    /// Custom field definitions.
+    pub fields: AmoFields,
+    /// Tasks by id.
+    pub tasks: BTreeMap<u64, AmoTask>,
+    /// The event log, oldest first. The generated history has no events; every change made
+    /// through the emulator adds them.
+    pub events: Vec<AmoEvent>,
+    /// Registered webhooks.
+    pub webhooks: Vec<AmoWebhook>,
+    #[serde(skip)]
+    pub(crate) idx: Indexes,
+    #[serde(skip)]
+    next_id: u64,
+    #[serde(skip)]
+    next_tag_id: u64,
+    #[serde(skip)]
+    event_rng: Option<Rng>,
+}
+
+/// Secondary indexes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Indexes {
+    pub lead_updated: BTreeSet<(i64, u64)>,
+    pub contact_updated: BTreeSet<(i64, u64)>,
+    pub company_updated: BTreeSet<(i64, u64)>,
+    pub contact_leads: HashMap<u64, Vec<u64>>,
+    pub company_contacts: HashMap<u64, Vec<u64>>,
+    pub tags: HashMap<String, u64>,
+}
+
+fn phone_code(kind: ContactKind) -> &'static str {
+    match kind {
+        ContactKind::Work => "WORK",
+        ContactKind::Mobile => "MOB",
+        ContactKind::Home => "HOME",
+        ContactKind::Other => "OTHER",
+    }
+}
+
+fn email_code(kind: ContactKind) -> &'static str {
+    match kind {
+        ContactKind::Work => "WORK",
+        ContactKind::Home | ContactKind::Mobile => "PRIV",
+        ContactKind::Other => "OTHER",
+    }
+}
+
+fn enums(base: u64, codes: &[&str]) -> Vec<AmoEnum> {
+    codes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| AmoEnum {
+            id: base + 2 * i as u64,
+            value: (*c).to_owned(),
+            code: Some((*c).to_owned()),
+        })
+        .collect()
+}
+
+fn def(
+    id: u64,
+    name: &str,
+    code: Option<&str>,
+    ty: &str,
+    sort: i64,
+    enums: Vec<AmoEnum>,
+) -> AmoFieldDef {
+    AmoFieldDef {
+        id,
+        name: name.into(),
+        code: code.map(Into::into),
+        field_type: ty.into(),
+        sort,
+        enums,
+    }
+}
+
+fn field_defs() -> AmoFields {
+    const PHONE: &[&str] = &["WORK", "WORKDD", "MOB", "FAX", "HOME", "OTHER"];
+    const EMAIL: &[&str] = &["WORK", "PRIV", "OTHER"];
+    let source = ["сайт", "звонок", "рекомендация", "авито"]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| AmoEnum {
+            id: 541_001 + 2 * i as u64,
+            value: (*v).to_owned(),
+            code: None,
+        })
+        .collect();
+    AmoFields {
+        contacts: vec![
+            def(
+                CONTACT_POSITION,
+                "Должность",
+                Some("POSITION"),
+                "text",
+                2,
+                vec![],
+            ),
+            def(
+                CONTACT_PHONE,
+                "Телефон",
+                Some("PHONE"),
+                "multitext",
+                4,
+                enums(531_001, PHONE),
+            ),
+            def(
+                CONTACT_EMAIL,
+                "Email",
+                Some("EMAIL"),
+                "multitext",
+                6,
+                enums(531_101, EMAIL),
+            ),
+            def(CONTACT_SEGMENT, "Сегмент", None, "text", 8, vec![]),
+            def(
+                CONTACT_NEXT_PURCHASE,
+                "Дата следующей покупки",
+                None,
+                "date",
+                10,
+                vec![],
+            ),
+        ],
+        companies: vec![
+            def(
+                COMPANY_PHONE,
+                "Телефон",
+                Some("PHONE"),
+                "multitext",
+                4,
+                enums(531_201, PHONE),
+            ),
+            def(
+                COMPANY_EMAIL,
+                "Email",
+                Some("EMAIL"),
+                "multitext",
+                6,
+                enums(531_301, EMAIL),
+            ),
+            def(COMPANY_WEB, "Web", Some("WEB"), "url", 8, vec![]),
+        ],
+        leads: vec![
+            def(LEAD_SOURCE, "Источник", None, "select", 2, source),
+            def(
+                LEAD_NEXT_PURCHASE,
+                "Дата следующей покупки",
+                None,
+                "date",
+                4,
+                vec![],
+            ),
+            def(LEAD_SEGMENT, "Сегмент", None, "text", 6, vec![]),
+            def(
+                LEAD_REPEAT,
+                "Повторная продажа",
+                None,
+                "checkbox",
+                8,
+                vec![],
+            ),
+        ],
+    }
+}
+
+fn multitext(
+    defn: &AmoFieldDef,
+    items: impl Iterator<Item = (String, &'static str)>,
+) -> Option<AmoFieldValue> {
+    let values: Vec<AmoValue> = items
+        .map(|(value, code)| AmoValue {
+            value: Value::String(value),
+            enum_id: defn
+                .enums
+                .iter()
+                .find(|e| e.code.as_deref() == Some(code))
+                .map(|e| e.id),
+            enum_code: Some(code.to_owned()),
+        })
+        .collect();
+    (!values.is_empty()).then(|| value_of(defn, values))
+}
+
+/// A field value shell for a definition.
+pub(crate) fn value_of(defn: &AmoFieldDef, values: Vec<AmoValue>) -> AmoFieldValue {
+    AmoFieldValue {
+        field_id: defn.id,
+        field_name: defn.name.clone(),
+        field_code: defn.code.clone(),
+        field_type: defn.field_type.clone(),
+        values,
+    }
+}
+
+fn find_def(defs: &[AmoFieldDef], id: u64) -> &AmoFieldDef {
+    // The ids passed here are the constants above, always present.
+    defs.iter().find(|d| d.id == id).unwrap_or(&defs[0])
+}
+
+impl AmoData {
+    /// Maps a generated dataset into amoCRM records.
+    pub(crate) fn from_dataset(ds: &Dataset, account: AmoAccount, seed: u64) -> Self {
+        let fields = field_defs();
+        let users = ds
+            .users
+            .iter()
+            .map(|u| {
+                (
+                    u.id,
+                    AmoUser {
+                        id: u.id,
+                        name: u.name.clone(),
+                        email: u.email.clone(),
+                        is_admin: u.is_admin,
+                        is_active: u.active,
+                    },
+                )
+            })
+            .collect();
+        let mut stage_map: HashMap<u64, u64> = HashMap::new();
+        let pipelines = ds
+            .pipelines
+            .iter()
+            .map(|p| {
+                let statuses = p
+                    .stages
+                    .iter()
+                    .map(|s| {
+                        let id = match s.kind {
+                            StageKind::Won => STATUS_WON,
+                            StageKind::Lost => STATUS_LOST,
+                            _ => s.id,
+                        };
+                        stage_map.insert(s.id, id);
+                        AmoStatus {
+                            id,
+                            name: s.name.clone(),
+                            sort: s.sort,
+                            is_editable: s.kind == StageKind::Open,
+                            pipeline_id: p.id,
+                            color: s.color.clone(),
+                            status_type: if s.kind == StageKind::Unsorted { 1 } else { 0 },
+                        }
+                    })
+                    .collect();
+                (
+                    p.id,
+                    AmoPipeline {
+                        id: p.id,
+                        name: p.name.clone(),
+                        sort: p.sort,
+                        is_main: p.is_main,
+                        is_archive: false,
+                        statuses,
+                    },
+                )
+            })
+            .collect();
+
+        let cdefs = &fields.contacts;
+        let contacts: BTreeMap<u64, AmoContact> = ds
+            .contacts
+            .iter()
+            .map(|c| {
+                let mut cf = Vec::new();
+                cf.extend(multitext(
+                    find_def(cdefs, CONTACT_PHONE),
+                    c.phones.iter().map(|p| (p.raw.clone(), phone_code(p.kind))),
+                ));
+                cf.extend(multitext(
+                    find_def(cdefs, CONTACT_EMAIL),
+                    c.emails
+                        .iter()
+                        .map(|e| (e.value.clone(), email_code(e.kind))),
+                ));
+                let contact = AmoContact {
+                    id: c.id,
+                    name: c.name.clone(),
+                    first_name: c.first_name.clone(),
+                    last_name: c.last_name.clone(),
+                    responsible_user_id: c.responsible_user_id,
+                    created_by: c.responsible_user_id,
+                    updated_by: c.responsible_user_id,
+                    created_at: c.created_at.as_second(),
+                    updated_at: c.updated_at.as_second(),
+                    custom_fields: cf,
+                    company_id: c.company_id,
+                    tags: vec![],
+                };
+                (c.id, contact)
+            })
+            .collect();
+
+        let codefs = &fields.companies;
+        let companies: BTreeMap<u64, AmoCompany> = ds
+            .companies
+            .iter()
+            .map(|c| {
+                let mut cf = Vec::new();
+                cf.extend(multitext(
+                    find_def(codefs, COMPANY_PHONE),
+                    c.phones.iter().map(|p| (p.raw.clone(), phone_code(p.kind))),
+                ));
+                cf.extend(multitext(
+                    find_def(codefs, COMPANY_EMAIL),
+                    c.emails
+                        .iter()
+                        .map(|e| (e.value.clone(), email_code(e.kind))),
+                ));
+                if let Some(web) = &c.web {
+                    cf.push(value_of(
+                        find_def(codefs, COMPANY_WEB),
+                        vec![AmoValue {
+                            value: Value::String(web.clone()),
+                            enum_id: None,
+                            enum_code: None,
+                        }],
+                    ));
+                }
+                let company = AmoCompany {
+                    id: c.id,
+                    name: c.name.clone(),
+                    responsible_user_id: c.responsible_user_id,
+                    created_by: c.responsible_user_id,
+                    updated_by: c.responsible_user_id,
+                    created_at: c.created_at.as_second(),
+                    updated_at: c.updated_at.as_second(),
+                    custom_fields: cf,
+                    tags: vec![],
+                };
+                (c.id, company)
+            })
+            .collect();
+
+        let mut data = AmoData {
+            account,
+            users,
+            pipelines,
+            contacts,
+            companies,
+            leads: BTreeMap::new(),
+            catalog: AmoCatalog {
+                id: PRODUCTS_CATALOG_ID,
+                name: "Товары".into(),
+                elements: ds
+                    .products
+                    .iter()
+                    .map(|p| {
+                        let t = ds.contacts.first().map_or(0, |c| c.created_at.as_second());
+                        (
+                            p.id,
+                            AmoCatalogElement {
+                                id: p.id,
+                                name: p.name.clone(),
+                                sku: p.sku.clone(),
+                                price: p.price,
+                                unit: p.unit.clone(),
+                                created_at: t,
+                                updated_at: t,
+                            },
+                        )
+                    })
+                    .collect(),
+            },
+            fields,
+            tasks: BTreeMap::new(),
+            events: Vec::new(),
+            webhooks: Vec::new(),
+            idx: Indexes::default(),
+            next_id: 0,
+            next_tag_id: 110_001,
+            event_rng: Some(Rng::new(seed ^ 0xE7E7)),
+        };
+
+        let source_def = find_def(&data.fields.leads, LEAD_SOURCE).clone();
+        for d in &ds.deals {
+            let mut custom_fields = Vec::new();
+            if let Some(src) = &d.source
+                && let Some(e) = source_def.enums.iter().find(|e| &e.value == src)
+            {
+                custom_fields.push(value_of(
+                    &source_def,
+                    vec![AmoValue {
+                        value: Value::String(e.value.clone()),
+                        enum_id: Some(e.id),
+                        enum_code: None,
+                    }],
+                ));
+            }
+            let tags = d.tags.iter().map(|t| data.tag(t)).collect();
+            let lead = AmoLead {
+                id: d.id,
+                name: d.name.clone(),
+                price: d.amount,
+                responsible_user_id: d.responsible_user_id,
+                status_id: stage_map.get(&d.stage_id).copied().unwrap_or(d.stage_id),
+                pipeline_id: d.pipeline_id,
+                created_by: d.responsible_user_id,
+                updated_by: d.responsible_user_id,
+                created_at: d.created_at.as_second(),
+                updated_at: d.updated_at.as_second(),
+                closed_at: d.closed_at.map(|t| t.as_second()),
+                custom_fields,
+                tags,
+                contacts: vec![AmoLeadContact {
+                    id: d.contact_id,
+                    is_main: true,
+                }],
+                company_id: d.company_id,
+                products: d
+                    .products
+                    .iter()
+                    .map(|r| AmoLeadProduct {
+                        element_id: r.product_id,
+                        quantity: r.quantity,
+                    })
+                    .collect(),
+            };
+            data.leads.insert(d.id, lead);
+        }
+        data.rebuild_indexes();
+        let max_id = |m: Option<u64>| m.unwrap_or(0);
+        data.next_id = [
+            max_id(data.leads.keys().next_back().copied()),
+            max_id(data.contacts.keys().next_back().copied()),
+            max_id(data.companies.keys().next_back().copied()),
+            50_000_000,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(50_000_000)
+            + 1;
+        data
+    }
+
+    fn rebuild_indexes(&mut self) {
+        let mut idx = Indexes {
+            tags: std::mem::take(&mut self.idx.tags),
+            ..Indexes::default()
+        };
+        for l in self.leads.values() {
+            idx.lead_updated.insert((l.updated_at, l.id));
+            for c in &l.contacts {
+                idx.contact_leads.entry(c.id).or_default().push(l.id);
+            }
+        }
+        for c in self.contacts.values() {
+            idx.contact_updated.insert((c.updated_at, c.id));
+            if let Some(co) = c.company_id {
+                idx.company_contacts.entry(co).or_default().push(c.id);
+            }
+        }
+        for c in self.companies.values() {
+            idx.company_updated.insert((c.updated_at, c.id));
+        }
+        self.idx = idx;
+    }
+
+    /// The tag with this name, created when new.
+    pub(crate) fn tag(&mut self, name: &str) -> AmoTag {
+        if let Some(&id) = self.idx.tags.get(name) {
+            return AmoTag {
+                id,
+                name: name.to_owned(),
+            };
+        }
+        let id = self.next_tag_id;
+        self.next_tag_id += 2;
+        self.idx.tags.insert(name.to_owned(), id);
+        AmoTag {
+            id,
+            name: name.to_owned(),
+        }
+    }
+
+    /// A tag by id, when it exists.
+    pub(crate) fn tag_by_id(&self, id: u64) -> Option<AmoTag> {
+        self.idx
+            .tags
+            .iter()
+            .find(|(_, v)| **v == id)
+            .map(|(k, _)| AmoTag {
+                id,
+                name: k.clone(),
+            })
+    }
+
+    /// A fresh id for a new entity.
+    pub(crate) fn new_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Lead ids linked to a contact.
+    pub fn leads_of_contact(&self, contact_id: u64) -> &[u64] {
+        self.idx
+            .contact_leads
+            .get(&contact_id)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Contact ids of a company.
+    pub fn contacts_of_company(&self, company_id: u64) -> &[u64] {
+        self.idx
+            .company_contacts
+            .get(&company_id)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The pipeline holding `status_id` for a lead in `pipeline_id`: 142/143 belong to all.
+    pub fn status_valid(&self, pipeline_id: u64, status_id: u64) -> bool {
+        self.pipelines
+            .get(&pipeline_id)
+            .is_some_and(|p| p.has_status(status_id))
+    }
+
+    /// Sets a lead's `updated_at` (keeping the index right).
+    pub(crate) fn touch_lead(&mut self, id: u64, now: i64, by: u64) {
+        if let Some(l) = self.leads.get_mut(&id) {
+            self.idx.lead_updated.remove(&(l.updated_at, id));
+            l.updated_at = now.max(l.created_at);
+            l.updated_by = by;
+            self.idx.lead_updated.insert((l.updated_at, id));
+        }
+    }
+
+    /// Sets a contact's `updated_at`.
+    pub(crate) fn touch_contact(&mut self, id: u64, now: i64, by: u64) {
+        if let Some(c) = self.contacts.get_mut(&id) {
+            self.idx.contact_updated.remove(&(c.updated_at, id));
+            c.updated_at = now.max(c.created_at);
+            c.updated_by = by;
+            self.idx.contact_updated.insert((c.updated_at, id));
+        }
+    }
+
+    /// Inserts a new lead (ids and indexes kept right).
+    pub(crate) fn insert_lead(&mut self, lead: AmoLead) {
+        self.idx.lead_updated.insert((lead.updated_at, lead.id));
+        for c in &lead.contacts {
+            self.idx
+                .contact_leads
+                .entry(c.id)
+                .or_default()
+                .push(lead.id);
+        }
+        self.leads.insert(lead.id, lead);
+    }
+
+    /// Removes a lead; returns it.
+    pub(crate) fn remove_lead(&mut self, id: u64) -> Option<AmoLead> {
+        let lead = self.leads.remove(&id)?;
+        self.idx.lead_updated.remove(&(lead.updated_at, id));
+        for c in &lead.contacts {
+            if let Some(v) = self.idx.contact_leads.get_mut(&c.id) {
+                v.retain(|&l| l != id);
+            }
+        }
+        Some(lead)
+    }
+
+    /// Moves a lead to a status (closing/reopening it) and records `lead_status_changed`.
+    /// Returns the old (pipeline, status).
+    pub(crate) fn move_lead(
+        &mut self,
+        id: u64,
+        pipeline_id: u64,
+        status_id: u64,
+        now: i64,
+        by: u64,
+    ) -> Option<(u64, u64)> {
+        let lead = self.leads.get_mut(&id)?;
+        let old = (lead.pipeline_id, lead.status_id);
+        if old == (pipeline_id, status_id) {
+            return Some(old);
+        }
+        lead.pipeline_id = pipeline_id;
+        lead.status_id = status_id;
+        let closing = status_id == STATUS_WON || status_id == STATUS_LOST;
+        lead.closed_at = if closing { Some(now) } else { None };
+        self.event(
+            "lead_status_changed",
+            id,
+            "lead",
+            by,
+            now,
+            json!([{"lead_status": {"id": status_id, "pipeline_id": pipeline_id}}]),
+            json!([{"lead_status": {"id": old.1, "pipeline_id": old.0}}]),
+        );
+        Some(old)
+    }
+
+    /// Appends an event with a ULID-like id.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn event(
+        &mut self,
+        event_type: &str,
+        entity_id: u64,
+        entity_type: &str,
+        by: u64,
+        now: i64,
+        value_after: Value,
+        value_before: Value,
+    ) {
+        let rng = self.event_rng.get_or_insert_with(|| Rng::new(1));
+        let id = ulid_like(now, self.events.len() as u64, rng);
+        self.events.push(AmoEvent {
+            id,
+            event_type: event_type.to_owned(),
+            entity_id,
+            entity_type: entity_type.to_owned(),
+            created_by: by,
+            created_at: now,
+            value_after,
+            value_before,
+        });
+    }
+}
+
+/// A 26-character lower-case Crockford base32 id: 48 bits of milliseconds then 80 bits of
+/// randomness, like `01drbfj5a8k9zd60bgg907a6w9`.
+fn ulid_like(now_secs: i64, seq: u64, rng: &mut Rng) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    let ms = (now_secs.max(0) as u128) * 1000 + (seq % 1000) as u128;
+    let rand = ((rng.next_u64() as u128) << 16) | (rng.next_u64() as u128 & 0xFFFF);
+    let v: u128 = (ms << 80) | (rand & ((1u128 << 80) - 1));
+    (0..26)
+        .rev()
+        .map(|i| ALPHABET[((v >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+/// The neutral dataset's users as the account's users (for the account's `current_user_id`).
+pub(crate) fn admin_of(ds: &Dataset) -> u64 {
+    ds.users
+        .iter()
+        .find(|u| u.is_admin)
+        .or(ds.users.first())
+        .map_or(0, |u| u.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ulid_shape_and_order() {
+        let mut rng = Rng::new(1);
+        let a = ulid_like(1_700_000_000, 0, &mut rng);
+        let b = ulid_like(1_700_000_001, 1, &mut rng);
+        assert_eq!(a.len(), 26);
+        assert!(a < b);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! Fault injection: what a flaky CRM gateway does to an integration.
+//!
+//! A [`FaultConfig`] holds the share of requests that get each fault; a [`FaultPicker`] draws
+//! faults from a seeded generator, so a sequential client sees the same faults on every run.
+//! The emulators apply faults to API calls only (never to the inspection endpoints), and a
+//! faulted write is never applied: faults cost retries, never data.
+use crate::rng::Rng;
+use std::time::Duration;
+
+/// Shares of requests (each in `0.0..=1.0`) that get a fault. The default is no faults.
+///
+/// The shares are tried in this order on one uniform draw: 5xx, extra 429, dropped connection,
+/// malformed body, slow answer; so their sum should stay `<= 1.0`.
+#[derive(Clone, Default, Debug, PartialEq)]
+pub struct FaultConfig {
+    /// Answer 502, 503 or 504 (nginx HTML or a JSON problem) without running the request.
+    pub error_5xx_rate: f64,
+    /// Answer 429 (HTML, no `Retry-After`) although the rate limit was not exceeded. These do
+    /// not count as the client's violations (they never lead to a block).
+    pub extra_429_rate: f64,
+    /// Delay the answer by `slow_ms` (the request is then served normally).
+    pub slow_rate: f64,
+    /// The delay of a slow answer, in milliseconds.
+    pub slow_ms: u64,
+    /// Start a 200 answer and abort the connection in the middle of the body.
+    pub drop_rate: f64,
+    /// Answer 200 with a truncated JSON body (reads only; a malformed write answer is sent
+    /// without applying the write).
+    pub malformed_rate: f64,
+}
+
+impl FaultConfig {
+    /// No faults at all.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// The same mild mix on every kind: `rate` of 5xx, extra 429s, drops and malformed bodies
+    /// each, and `rate` of slow answers of 200 ms.
+    pub fn uniform(rate: f64) -> Self {
+        Self {
+            error_5xx_rate: rate,
+            extra_429_rate: rate,
+            slow_rate: rate,
+            slow_ms: 200,
+            drop_rate: rate,
+            malformed_rate: rate,
+        }
+    }
+
+    /// Whether any fault can happen.
+    pub fn is_active(&self) -> bool {
+        [
+            self.error_5xx_rate,
+            self.extra_429_rate,
+            self.slow_rate,
+            self.drop_rate,
+            self.malformed_rate,
+        ]
+        .iter()
+        .any(|r| *r > 0.0)
+    }
+}
+
+/// One drawn fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Serve normally.
+    None,
+    /// A gateway error with this status; `json` picks a JSON problem body over nginx HTML.
+    ServerError {
+        /// 502, 503 or 504.
+        status: u16,
+        /// JSON body instead of HTML.
+        json: bool,
+    },
+    /// A 429 not caused by the client's rate.
+    Extra429,
+    /// Serve after this delay.
+    Slow(Duration),
+    /// Abort the connection mid-body.
+    Drop,
+    /// Truncate the JSON body.
+    Malformed,
+}
+
+/// Draws faults deterministically from a seed.
+#[derive(Debug, Clone)]
+pub struct FaultPicker {
+    rng: Rng,
+}
+
+impl FaultPicker {
+    /// A picker seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: Rng::new(seed ^ 0xFA17),
+        }
+    }
+
+    /// Draws the fault of the next request.
+    pub fn pick(&mut self, cfg: &FaultConfig) -> Fault {
+        if !cfg.is_active() {
+            return Fault::None;
+        }
+        let x = self.rng.unit();
+        let mut edge = 0.0;
+        let mut hit = |rate: f64| {
+            edge += rate.clamp(0.0, 1.0);
+            x < edge
+        };
+        if hit(cfg.error_5xx_rate) {
+            let status = [502, 503, 504][self.rng.below(3) as usize];
+            return Fault::ServerError {
+                status,
+                json: self.rng.chance(0.3),
+            };
+        }
+        if hit(cfg.extra_429_rate) {
+            return Fault::Extra429;
+        }
+        if hit(cfg.drop_rate) {
+            return Fault::Drop;
+        }
+        if hit(cfg.malformed_rate) {
+            return Fault::Malformed;
+        }
+        if hit(cfg.slow_rate) {
+            return Fault::Slow(Duration::from_millis(cfg.slow_ms));
+        }
+        Fault::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_config_no_faults() {
+        let mut p = FaultPicker::new(1);
+        assert!((0..1000).all(|_| p.pick(&FaultConfig::none()) == Fault::None));
+    }
+
+    #[test]
+    fn shares_are_respected_and_deterministic() {
+        let cfg = FaultConfig {
+            error_5xx_rate: 0.2,
+            drop_rate: 0.1,
+            ..Default::default()
+        };
+        let draw = || {
+            let mut p = FaultPicker::new(9);
+            (0..10_000).map(|_| p.pick(&cfg)).collect::<Vec<_>>()
+        };
+        let a = draw();
+        assert_eq!(a, draw());
+        let errors = a
+            .iter()
+            .filter(|f| matches!(f, Fault::ServerError { .. }))
+            .count();
+        let drops = a.iter().filter(|f| **f == Fault::Drop).count();
+        assert!((1_700..2_300).contains(&errors), "{errors}");
+        assert!((800..1_200).contains(&drops), "{drops}");
+    }
+}
