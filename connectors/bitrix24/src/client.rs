@@ -1,0 +1,653 @@
+//! [`B24Settings`] and [`B24Client`]: one portal's HTTP client with its limiter, the retry loop
+//! and the two ways to authenticate.
+//!
+//! Every request is a `POST` with a JSON body to `{portal}/rest/{method}` (OAuth: the token goes
+//! in the body's `auth`) or to `{webhook}/{method}` (inbound webhook: the secret is in the
+//! path). One attempt is: operating-time pause of the methods involved -> token (refreshed
+//! first when known to be expired) -> a slot of the portal's leaky bucket -> send -> classify:
+//!
+//! | answer | meaning | what happens |
+//! |---|---|---|
+//! | 200 | success | decoded (a truncated body is `Transient` and fetched again) |
+//! | 401 `expired_token` / `invalid_token` | OAuth token refused | one single-flight refresh, then the same request again |
+//! | 401 other (`NO_AUTH_FOUND`) | bad webhook / no auth | `Auth` |
+//! | 503 `QUERY_LIMIT_EXCEEDED` | bucket full | shared growing pause, `RateLimited` (retried) |
+//! | 429 `OPERATION_TIME_LIMIT` | method over its budget | method paused until `operating_reset_at`, retried |
+//! | other 5xx, network | passing fault | `Transient` (retried with backoff) |
+//! | 400 `Not found` | no such entity | `NotFound` |
+//! | other 4xx | refusal | `Rejected` |
+//!
+//! Retries follow [`rebuy_core::retry::decide`]. Redirects are never followed (a moved portal
+//! answers 302; following it would turn the POST into a GET and lose the body).
+use crate::batch::{self, Command};
+use crate::limits::{Limiter, OperatingBudget};
+use crate::wire::{ApiError, BatchResult, Envelope};
+use rebuy_core::connector::{ConnectorStats, StatsSnapshot};
+use rebuy_core::retry::{Decision, RetryPolicy, decide};
+use rebuy_core::{ConnectorError, TokenManager};
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tracing::{debug, warn};
+use url::Url;
+
+/// How the connector authenticates to a portal.
+#[derive(Clone)]
+pub enum B24Auth {
+    /// An OAuth 2.0 app (local or Marketplace); tokens live in a [`TokenManager`].
+    OAuth {
+        /// `client_id` (`local.…` or `app.…`).
+        client_id: String,
+        /// `client_secret`.
+        client_secret: SecretString,
+        /// The app's redirect URI.
+        redirect_uri: String,
+        /// The token server (`https://oauth.bitrix.info/`); `None` = the portal URL.
+        oauth_server: Option<Url>,
+    },
+    /// An inbound webhook: `https://{portal}/rest/{user_id}/{secret}/`.
+    Webhook {
+        /// The webhook URL (the secret is in its path).
+        url: SecretString,
+    },
+}
+
+impl std::fmt::Debug for B24Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            B24Auth::OAuth {
+                client_id,
+                redirect_uri,
+                oauth_server,
+                ..
+            } => f
+                .debug_struct("OAuth")
+                .field("client_id", client_id)
+                .field("redirect_uri", redirect_uri)
+                .field("oauth_server", &oauth_server.as_ref().map(Url::as_str))
+                .finish_non_exhaustive(),
+            B24Auth::Webhook { .. } => f.write_str("Webhook { url: [redacted] }"),
+        }
+    }
+}
+
+/// Settings of one Bitrix24 portal.
+#[derive(Debug, Clone)]
+pub struct B24Settings {
+    /// The portal (`https://example.bitrix24.ru`, or the emulator's `http://127.0.0.1:PORT`).
+    pub base_url: Url,
+    /// OAuth app or inbound webhook.
+    pub auth: B24Auth,
+    /// The portal's leaky bucket capacity `X` (50; Enterprise 250).
+    pub bucket_capacity: u32,
+    /// The bucket's drain `Y` per second (2; Enterprise 5).
+    pub drain_per_sec: f64,
+    /// Operating-time budget per method and 10 minutes (480 s).
+    pub operating_limit_secs: f64,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Timeout of one HTTP request (the cloud cuts requests at 60 s).
+    pub request_timeout: Duration,
+    /// Commands per `batch` (at most 50).
+    pub batch_size: usize,
+    /// Fetch product rows of won deals while listing deals (costs about two more batch
+    /// requests per page of 2,500 deals).
+    pub product_rows: bool,
+}
+
+impl B24Settings {
+    /// Cloud defaults for an OAuth app.
+    pub fn oauth(
+        base_url: Url,
+        client_id: &str,
+        client_secret: SecretString,
+        redirect_uri: &str,
+    ) -> Self {
+        Self::with_auth(
+            base_url,
+            B24Auth::OAuth {
+                client_id: client_id.into(),
+                client_secret,
+                redirect_uri: redirect_uri.into(),
+                oauth_server: None,
+            },
+        )
+    }
+
+    /// Cloud defaults for an inbound webhook URL (`https://portal/rest/1/secret/`); the portal
+    /// URL is taken from it.
+    pub fn webhook(url: &str) -> Result<Self, ConnectorError> {
+        let parsed = Url::parse(url).map_err(|e| ConnectorError::Invalid {
+            path: "webhook_url".into(),
+            message: e.to_string(),
+        })?;
+        let mut base = parsed.clone();
+        base.set_path("/");
+        base.set_query(None);
+        Ok(Self::with_auth(
+            base,
+            B24Auth::Webhook {
+                url: SecretString::from(url.to_owned()),
+            },
+        ))
+    }
+
+    fn with_auth(base_url: Url, auth: B24Auth) -> Self {
+        Self {
+            base_url,
+            auth,
+            bucket_capacity: 50,
+            drain_per_sec: 2.0,
+            operating_limit_secs: 480.0,
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(55),
+            batch_size: 50,
+            product_rows: true,
+        }
+    }
+
+    /// `base_url` with a trailing slash.
+    pub(crate) fn base(&self) -> Url {
+        let mut base = self.base_url.clone();
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        base.set_query(None);
+        base.set_fragment(None);
+        base
+    }
+
+    /// The portal's host (and port), the key of its rate limit.
+    pub(crate) fn portal_key(&self) -> String {
+        let b = &self.base_url;
+        format!(
+            "{}:{}",
+            b.host_str().unwrap_or(""),
+            b.port_or_known_default().unwrap_or(0)
+        )
+    }
+}
+
+/// The Bitrix24 connector of one portal. Cheap to clone; clones share the limiter, the token
+/// manager and the counters.
+#[derive(Clone)]
+pub struct B24Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) http: reqwest::Client,
+    pub(crate) settings: B24Settings,
+    /// `{portal}/rest/` or the webhook URL, with a trailing slash.
+    pub(crate) endpoint: Url,
+    pub(crate) tokens: Option<Arc<TokenManager>>,
+    pub(crate) limiter: Arc<Limiter>,
+    pub(crate) budget: OperatingBudget,
+    pub(crate) stats: ConnectorStats,
+    pub(crate) currency: tokio::sync::OnceCell<rebuy_core::Currency>,
+}
+
+impl std::fmt::Debug for B24Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("B24Client")
+            .field("base_url", &self.inner.settings.base_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A JSON body ready to be sent (again).
+struct Req<'a> {
+    /// The method in the URL (`batch`, `crm.deal.list`).
+    method: &'a str,
+    /// Methods whose operating budget this request spends (batch: every command's).
+    spends: Vec<&'a str>,
+    body: Value,
+}
+
+impl B24Client {
+    /// A client for one portal. `tokens` is required for OAuth and ignored for webhooks.
+    pub fn new(
+        settings: B24Settings,
+        tokens: Option<Arc<TokenManager>>,
+    ) -> Result<Self, ConnectorError> {
+        let invalid = |path: &str, message: String| ConnectorError::Invalid {
+            path: path.into(),
+            message,
+        };
+        if !matches!(settings.base_url.scheme(), "http" | "https")
+            || settings.base_url.cannot_be_a_base()
+        {
+            return Err(invalid(
+                "base_url",
+                format!("{} is not an http(s) base URL", settings.base_url),
+            ));
+        }
+        if settings.bucket_capacity == 0
+            || settings.drain_per_sec.is_nan()
+            || settings.drain_per_sec <= 0.0
+        {
+            return Err(invalid(
+                "bucket_capacity",
+                "the bucket needs a capacity and a positive drain rate".into(),
+            ));
+        }
+        if !(1..=50).contains(&settings.batch_size) {
+            return Err(invalid(
+                "batch_size",
+                format!("{} is not in 1..=50", settings.batch_size),
+            ));
+        }
+        let (endpoint, tokens) = match &settings.auth {
+            B24Auth::OAuth { .. } => {
+                let tokens = tokens.ok_or_else(|| {
+                    invalid("auth", "an OAuth portal needs a token manager".into())
+                })?;
+                let ep = settings
+                    .base()
+                    .join("rest/")
+                    .map_err(|e| invalid("base_url", e.to_string()))?;
+                (ep, Some(tokens))
+            }
+            B24Auth::Webhook { url } => {
+                let mut u = Url::parse(url.expose_secret())
+                    .map_err(|_| invalid("webhook_url", "not a URL".into()))?;
+                if !u.path().ends_with('/') {
+                    let p = format!("{}/", u.path());
+                    u.set_path(&p);
+                }
+                let segs: Vec<_> = u
+                    .path_segments()
+                    .map(|s| s.filter(|x| !x.is_empty()).collect())
+                    .unwrap_or_default();
+                if segs.len() < 3 || segs[segs.len() - 3] != "rest" {
+                    return Err(invalid(
+                        "webhook_url",
+                        "expected https://{portal}/rest/{user_id}/{secret}/".into(),
+                    ));
+                }
+                (u, None)
+            }
+        };
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("rebuy-bitrix24/", env!("CARGO_PKG_VERSION")))
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| invalid("http client", e.to_string()))?;
+        let limiter = Limiter::for_portal(
+            &settings.portal_key(),
+            settings.bucket_capacity,
+            settings.drain_per_sec,
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                endpoint,
+                tokens,
+                limiter,
+                budget: OperatingBudget::new(settings.operating_limit_secs),
+                settings,
+                stats: ConnectorStats::default(),
+                currency: tokio::sync::OnceCell::new(),
+            }),
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &B24Settings {
+        &self.inner.settings
+    }
+
+    /// The token manager (OAuth portals).
+    pub fn tokens(&self) -> Option<&Arc<TokenManager>> {
+        self.inner.tokens.as_ref()
+    }
+
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Calls one method with JSON parameters.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> Result<Envelope<T>, ConnectorError> {
+        let req = Req {
+            method,
+            spends: vec![method],
+            body: params,
+        };
+        let budget = &self.inner.budget;
+        self.execute(&req, |body| {
+            let env: Envelope<T> = decode_json(body)?;
+            if let Some(t) = &env.time {
+                budget.observe(method, t.operating, t.operating_reset_at);
+            }
+            Ok(env)
+        })
+        .await
+    }
+
+    /// Sends one `batch`. With `retry_limited`, a command refused for its operating time
+    /// makes the whole batch wait and run again (only for reads: writes would repeat).
+    pub async fn batch<T: DeserializeOwned>(
+        &self,
+        commands: &[Command],
+        halt: bool,
+        retry_limited: bool,
+    ) -> Result<BatchResult<T>, ConnectorError> {
+        let req = Req {
+            method: "batch",
+            spends: commands.iter().map(|c| c.method.as_str()).collect(),
+            body: batch::body(commands, halt),
+        };
+        let budget = &self.inner.budget;
+        let stats = &self.inner.stats;
+        self.execute(&req, |body| {
+            let env: Envelope<BatchResult<T>> = decode_json(body)?;
+            let res = env.result;
+            for c in commands {
+                if let Some(t) = res.result_time.get(&c.key) {
+                    budget.observe(&c.method, t.operating, t.operating_reset_at);
+                }
+            }
+            if retry_limited {
+                for c in commands {
+                    if let Some(e) = res.result_error.get(&c.key)
+                        && (e.error == "OPERATION_TIME_LIMIT" || e.error == "QUERY_LIMIT_EXCEEDED")
+                    {
+                        stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        let wait = budget.on_blocked(
+                            &c.method,
+                            e.time.as_ref().and_then(|t| t.operating_reset_at),
+                        );
+                        return Err(ConnectorError::RateLimited {
+                            retry_after: Some(wait),
+                            message: format!("{} refused inside batch: {}", c.method, e.error),
+                        });
+                    }
+                }
+            }
+            Ok(res)
+        })
+        .await
+    }
+
+    async fn execute<R>(
+        &self,
+        req: &Req<'_>,
+        decode: impl Fn(&[u8]) -> Result<R, ConnectorError>,
+    ) -> Result<R, ConnectorError> {
+        let policy = &self.inner.settings.retry;
+        let mut attempt = 0u32;
+        let mut refreshed = false;
+        loop {
+            attempt += 1;
+            let err = match self.attempt(req, &mut refreshed, &decode).await {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            };
+            if matches!(err, ConnectorError::Transient { .. }) {
+                self.inner.stats.transient.fetch_add(1, Ordering::Relaxed);
+            }
+            match decide(&err, attempt, policy, rand::random::<f64>()) {
+                Decision::Retry(delay) => {
+                    self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    warn!(method = req.method, attempt, delay_ms = delay.as_millis() as u64, error = %err, "Retrying Bitrix24 request");
+                    tokio::time::sleep(delay).await;
+                }
+                Decision::GiveUp => {
+                    debug!(method = req.method, attempt, error = %err, "Bitrix24 request failed");
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    async fn attempt<R>(
+        &self,
+        req: &Req<'_>,
+        refreshed: &mut bool,
+        decode: &impl Fn(&[u8]) -> Result<R, ConnectorError>,
+    ) -> Result<R, ConnectorError> {
+        let inner = &self.inner;
+        loop {
+            let pause = inner.budget.pause_for(&req.spends);
+            if !pause.is_zero() {
+                debug!(
+                    method = req.method,
+                    pause_secs = pause.as_secs(),
+                    "Waiting for the operating-time budget"
+                );
+                tokio::time::sleep(pause).await;
+                inner.budget.clear_expired();
+            }
+            let token = match &inner.tokens {
+                Some(m) => Some(m.access_token().await?),
+                None => None,
+            };
+            let mut body = req.body.clone();
+            if let (Some(t), Value::Object(m)) = (&token, &mut body) {
+                m.insert("auth".into(), Value::String(t.expose().to_owned()));
+            }
+            let url = inner
+                .endpoint
+                .join(req.method)
+                .map_err(|e| ConnectorError::Invalid {
+                    path: "method".into(),
+                    message: e.to_string(),
+                })?;
+            inner.limiter.wait().await;
+            inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let transport = |e: reqwest::Error| {
+                // Never print the URL of a webhook: its path is the secret.
+                ConnectorError::Transient {
+                    message: format!("{}: {}", req.method, e.without_url()),
+                }
+            };
+            let resp = inner
+                .http
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .map_err(transport)?;
+            let status = resp.status();
+            let bytes = resp.bytes().await.map_err(transport)?;
+            if status == StatusCode::UNAUTHORIZED {
+                let e: ApiError = serde_json::from_slice(&bytes).unwrap_or_default();
+                let refreshable = matches!(e.error.as_str(), "expired_token" | "invalid_token");
+                match (&token, refreshable, *refreshed) {
+                    (Some(t), true, false) => {
+                        *refreshed = true;
+                        debug!(method = req.method, generation = t.generation, code = %e.error, "Access token refused, refreshing");
+                        if let Some(m) = &inner.tokens {
+                            m.on_unauthorized(t).await?;
+                        }
+                        continue;
+                    }
+                    _ => {
+                        return Err(ConnectorError::Auth {
+                            message: format!("{}: {} {}", req.method, e.error, e.error_description),
+                        });
+                    }
+                }
+            }
+            return self.classify(req, status, &bytes, decode);
+        }
+    }
+
+    fn classify<R>(
+        &self,
+        req: &Req<'_>,
+        status: StatusCode,
+        body: &[u8],
+        decode: &impl Fn(&[u8]) -> Result<R, ConnectorError>,
+    ) -> Result<R, ConnectorError> {
+        let inner = &self.inner;
+        let api: Option<ApiError> = serde_json::from_slice(body).ok();
+        let code = api.as_ref().map(|e| e.error.as_str()).unwrap_or("");
+        if code == "QUERY_LIMIT_EXCEEDED"
+            || (status == StatusCode::SERVICE_UNAVAILABLE && code.is_empty() && api.is_some())
+        {
+            inner.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let pause = inner.limiter.on_limited();
+            return Err(ConnectorError::RateLimited {
+                retry_after: Some(pause),
+                message: format!("{} {}: QUERY_LIMIT_EXCEEDED", status.as_u16(), req.method),
+            });
+        }
+        if code == "OPERATION_TIME_LIMIT" || status == StatusCode::TOO_MANY_REQUESTS {
+            inner.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let reset = api
+                .as_ref()
+                .and_then(|e| e.time.as_ref())
+                .and_then(|t| t.operating_reset_at);
+            let mut wait = Duration::ZERO;
+            for m in &req.spends {
+                wait = wait.max(inner.budget.on_blocked(m, reset));
+            }
+            return Err(ConnectorError::RateLimited {
+                retry_after: Some(wait),
+                message: format!("{} {}: OPERATION_TIME_LIMIT", status.as_u16(), req.method),
+            });
+        }
+        if status.is_server_error() {
+            return Err(ConnectorError::Transient {
+                message: format!("{} from Bitrix24 on {}", status.as_u16(), req.method),
+            });
+        }
+        if status.is_success() {
+            inner.limiter.on_success();
+            return decode(body);
+        }
+        let e = api.unwrap_or_default();
+        Err(api_error(status.as_u16(), &e, req.method))
+    }
+
+    /// The account currency (`crm.currency.base.get`), fetched once.
+    pub(crate) async fn currency(&self) -> Result<rebuy_core::Currency, ConnectorError> {
+        self.inner
+            .currency
+            .get_or_try_init(|| async {
+                let env: Envelope<Value> = self
+                    .call("crm.currency.base.get", serde_json::json!({}))
+                    .await?;
+                let code = env
+                    .result
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("RUB")
+                    .to_owned();
+                Ok::<_, ConnectorError>(rebuy_core::Currency::new(&code))
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// Maps an API error body to a connector error.
+pub(crate) fn api_error(status: u16, e: &ApiError, what: &str) -> ConnectorError {
+    let desc = e.error_description.trim();
+    if desc.eq_ignore_ascii_case("Not found") || e.error == "NOT_FOUND" {
+        return ConnectorError::NotFound {
+            what: format!("{what}: {desc}"),
+        };
+    }
+    match e.error.as_str() {
+        "QUERY_LIMIT_EXCEEDED" | "OPERATION_TIME_LIMIT" => ConnectorError::RateLimited {
+            retry_after: None,
+            message: format!("{what}: {}", e.error),
+        },
+        "expired_token" | "invalid_token" | "NO_AUTH_FOUND" => ConnectorError::Auth {
+            message: format!("{what}: {} {desc}", e.error),
+        },
+        "INTERNAL_SERVER_ERROR" | "ERROR_UNEXPECTED_ANSWER" => ConnectorError::Transient {
+            message: format!("{what}: {}", e.error),
+        },
+        code => ConnectorError::Rejected {
+            status,
+            code: (!code.is_empty()).then(|| code.to_owned()),
+            message: format!("{what}: {}", if desc.is_empty() { "refused" } else { desc }),
+        },
+    }
+}
+
+/// Decodes JSON naming the failing path. A body that ends early is `Transient` (fetched
+/// again); any other mismatch is `Invalid`.
+pub(crate) fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ConnectorError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.classify() == serde_json::error::Category::Eof {
+            ConnectorError::Transient {
+                message: format!("truncated JSON body at {path}: {inner}"),
+            }
+        } else {
+            ConnectorError::Invalid {
+                path,
+                message: inner.to_string(),
+            }
+        }
+    })?;
+    de.end().map_err(|e| ConnectorError::Invalid {
+        path: ".".into(),
+        message: e.to_string(),
+    })?;
+    Ok(value)
+}
+
+/// Decodes a JSON value already parsed, naming the path below `prefix`.
+pub(crate) fn decode_value<T: DeserializeOwned>(
+    v: Value,
+    prefix: &str,
+) -> Result<T, ConnectorError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        ConnectorError::Invalid {
+            path: if path == "." {
+                prefix.to_owned()
+            } else {
+                format!("{prefix}.{path}")
+            },
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_errors_name_the_path() {
+        let body = br#"{"result":{"result":{"c00":[{"ID":"1","DATE_CREATE":"2024-01-01T00:00:00+03:00","DATE_MODIFY":"2024-01-01T00:00:00+03:00","OPPORTUNITY":"abc"}]}}}"#;
+        let err = decode_json::<Envelope<BatchResult<Vec<crate::wire::Deal>>>>(body).unwrap_err();
+        match err {
+            ConnectorError::Invalid { path, .. } => {
+                assert_eq!(path, "result.result.c00[0].OPPORTUNITY")
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = decode_json::<Envelope<Value>>(br#"{"result":{"a":"#).unwrap_err();
+        assert!(matches!(err, ConnectorError::Transient { .. }));
+    }
+
+    #[test]
+    fn webhook_settings_take_the_portal_from_the_url() {
+        let s = B24Settings::webhook("https://x.bitrix24.ru/rest/1/abc/").unwrap();
+        assert_eq!(s.base_url.as_str(), "https://x.bitrix24.ru/");
+        assert!(B24Client::new(s, None).is_ok());
+        let bad = B24Settings::webhook("https://x.bitrix24.ru/abc/").unwrap();
+        assert!(B24Client::new(bad, None).is_err());
+    }
+}

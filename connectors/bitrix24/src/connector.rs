@@ -1,0 +1,493 @@
+//! The [`Connector`] impl: which requests serve which method.
+//!
+//! **Listing.** One page = one `batch` of up to 50 chained `crm.*.list` calls (see
+//! [`crate::batch::chain_list`]): ordered by `ID`, each after the previous command's 50th row,
+//! `start=-1` (no `COUNT` on big portals). A page is up to 2,500 records for one request (one
+//! hit of the leaky bucket). The page ends at the first command that returned fewer than 50
+//! rows; later commands are ignored whatever the portal made of their dangling reference, and
+//! ids must strictly grow across the page (else the answer is `Invalid`: a chain that went
+//! wrong never yields duplicates or gaps silently). The [`Cursor`] is `id:{last id}`, so a sync
+//! that crashed resumes after the last committed page.
+//!
+//! **Incremental.** [`ListQuery::updated_from`] becomes `>=DATE_MODIFY` (inclusive, so the
+//! boundary second is read again: a one-second overlap that upserts absorb), `updated_to`
+//! `<=DATE_MODIFY`; the chain by `ID` stays the same.
+//!
+//! **Product rows** of won deals (when [`B24Settings::product_rows`](crate::B24Settings)): after
+//! a page of deals, `crm.item.productrow.list` filtered by `@ownerId` (20 deals per command,
+//! up to 50 commands per batch, followed by `>id` while a command comes back full), i.e. about
+//! two requests per 2,500 deals instead of one `crm.deal.productrows.get` per deal.
+//!
+//! **Deletions.** Bitrix24 has no deletion log and does not redeliver events; [`Connector::deal_ids`]
+//! lists every deal id (select `ID` only, chained like the lists) for the sidecar's periodic
+//! reconciliation.
+//!
+//! **Account.** Bitrix24 has no account entity: `id` 0, `name` and `domain` = the portal's
+//! domain (from the tokens' `domain` when it names a portal, else the URL's host), currency
+//! from `crm.currency.base.get` (`RUB` when empty), no time zone.
+use crate::batch::{self, Command};
+use crate::client::{B24Client, api_error, decode_value};
+use crate::wire::{self, HasId};
+use crate::{map, write};
+use async_trait::async_trait;
+use rebuy_core::connector::{Cursor, ListQuery, Page, StatsSnapshot, WriteOp, WriteOutcome};
+use rebuy_core::{
+    Account, Company, Connector, ConnectorError, Contact, ContactId, CrmKind, Deal, DealId,
+    Pipeline, ProductRow, User,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+
+/// Rows per list call (fixed by Bitrix24).
+pub const PAGE: usize = 50;
+
+const CONTACT_SELECT: &[&str] = &[
+    "ID",
+    "NAME",
+    "SECOND_NAME",
+    "LAST_NAME",
+    "COMPANY_ID",
+    "ASSIGNED_BY_ID",
+    "DATE_CREATE",
+    "DATE_MODIFY",
+    "PHONE",
+    "EMAIL",
+    "UF_*",
+];
+const COMPANY_SELECT: &[&str] = &[
+    "ID",
+    "TITLE",
+    "ASSIGNED_BY_ID",
+    "DATE_CREATE",
+    "DATE_MODIFY",
+    "PHONE",
+    "EMAIL",
+    "UF_*",
+];
+const DEAL_SELECT: &[&str] = &[
+    "ID",
+    "TITLE",
+    "CATEGORY_ID",
+    "STAGE_ID",
+    "STAGE_SEMANTIC_ID",
+    "CURRENCY_ID",
+    "OPPORTUNITY",
+    "CONTACT_ID",
+    "COMPANY_ID",
+    "ASSIGNED_BY_ID",
+    "DATE_CREATE",
+    "DATE_MODIFY",
+    "CLOSEDATE",
+    "CLOSED",
+    "IS_RETURN_CUSTOMER",
+    "UF_*",
+];
+/// Deals per `crm.item.productrow.list` command.
+const ROWS_DEALS_PER_COMMAND: usize = 20;
+
+/// `id:{n}` -> n.
+pub(crate) fn parse_cursor(c: Option<&Cursor>) -> Result<u64, ConnectorError> {
+    match c {
+        None => Ok(0),
+        Some(c) => {
+            c.0.strip_prefix("id:")
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| ConnectorError::Invalid {
+                    path: "cursor".into(),
+                    message: format!("not a Bitrix24 cursor: {:?}", c.0),
+                })
+        }
+    }
+}
+
+fn cursor(last: u64) -> Cursor {
+    Cursor(format!("id:{last}"))
+}
+
+fn iso(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+}
+
+fn query_filter(q: &ListQuery) -> Map<String, Value> {
+    let mut f = Map::new();
+    if let Some(t) = q.updated_from {
+        f.insert(">=DATE_MODIFY".into(), Value::String(iso(t)));
+    }
+    if let Some(t) = q.updated_to {
+        f.insert("<=DATE_MODIFY".into(), Value::String(iso(t)));
+    }
+    f
+}
+
+impl B24Client {
+    /// One page of a chained listing: rows after `after`, and the id to continue from (`None`
+    /// at the end).
+    pub(crate) async fn chained<W: DeserializeOwned + HasId>(
+        &self,
+        method: &str,
+        select: &[&str],
+        filter: &Map<String, Value>,
+        after: u64,
+    ) -> Result<(Vec<W>, Option<u64>), ConnectorError> {
+        let cmds = batch::chain_list(
+            method,
+            after,
+            self.inner.settings.batch_size,
+            select,
+            filter,
+        );
+        let mut res = self.batch::<Vec<W>>(&cmds, true, true).await?;
+        let mut rows = Vec::with_capacity(cmds.len() * PAGE);
+        let mut last = after;
+        for c in &cmds {
+            if let Some(e) = res.result_error.get(&c.key) {
+                return Err(api_error(400, e, &format!("{method} in batch ({})", c.key)));
+            }
+            let Some(page) = res.result.remove(&c.key) else {
+                return Err(ConnectorError::Invalid {
+                    path: format!("result.result.{}", c.key),
+                    message: "the batch answer lacks a command's result".into(),
+                });
+            };
+            let n = page.len();
+            if n > PAGE {
+                return Err(ConnectorError::Invalid {
+                    path: format!("result.result.{}", c.key),
+                    message: format!("{n} rows in one list call (at most {PAGE})"),
+                });
+            }
+            for (i, r) in page.iter().enumerate() {
+                if r.id() <= last {
+                    return Err(ConnectorError::Invalid {
+                        path: format!("result.result.{}[{i}].ID", c.key),
+                        message: format!(
+                            "id {} does not follow {last}: the chained paging broke",
+                            r.id()
+                        ),
+                    });
+                }
+                last = r.id();
+            }
+            rows.extend(page);
+            if n < PAGE {
+                return Ok((rows, None));
+            }
+        }
+        Ok((rows, Some(last)))
+    }
+
+    /// Product rows of `deal_ids`, by deal.
+    pub(crate) async fn product_rows(
+        &self,
+        deal_ids: &[u64],
+    ) -> Result<HashMap<u64, Vec<ProductRow>>, ConnectorError> {
+        let mut out: HashMap<u64, Vec<ProductRow>> = HashMap::new();
+        let groups: Vec<&[u64]> = deal_ids.chunks(ROWS_DEALS_PER_COMMAND).collect();
+        let mut pending: Vec<(usize, u64)> = (0..groups.len()).map(|g| (g, 0)).collect();
+        let per_batch = self.inner.settings.batch_size;
+        while !pending.is_empty() {
+            let take: Vec<(usize, u64)> = pending.drain(..pending.len().min(per_batch)).collect();
+            let cmds: Vec<Command> = take
+                .iter()
+                .enumerate()
+                .map(|(i, (g, after))| {
+                    batch::command(
+                        i,
+                        "crm.item.productrow.list",
+                        &json!({"filter": {"=ownerType": "D", "@ownerId": groups[*g], ">id": after}, "order": {"id": "ASC"}, "start": -1}),
+                    )
+                })
+                .collect();
+            let mut res = self
+                .batch::<wire::ItemProductRows>(&cmds, false, true)
+                .await?;
+            for (c, (g, _)) in cmds.iter().zip(&take) {
+                if let Some(e) = res.result_error.get(&c.key) {
+                    return Err(api_error(
+                        400,
+                        e,
+                        &format!("crm.item.productrow.list in batch ({})", c.key),
+                    ));
+                }
+                let rows = res
+                    .result
+                    .remove(&c.key)
+                    .map(|r| r.product_rows)
+                    .unwrap_or_default();
+                if rows.len() >= PAGE {
+                    pending.push((*g, rows.last().map_or(0, |r| r.id)));
+                }
+                for r in rows {
+                    out.entry(r.owner_id)
+                        .or_default()
+                        .push(map::item_product_row(r));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Connector for B24Client {
+    fn kind(&self) -> CrmKind {
+        CrmKind::Bitrix24
+    }
+
+    fn stats(&self) -> StatsSnapshot {
+        self.snapshot()
+    }
+
+    async fn account(&self) -> Result<Account, ConnectorError> {
+        let currency = self.currency().await?;
+        let mut domain = self
+            .inner
+            .settings
+            .base_url
+            .host_str()
+            .unwrap_or("")
+            .to_owned();
+        if let Some(m) = &self.inner.tokens
+            && let Ok(t) = m.tokens().await
+            && let Some(d) = t.extra.get("domain").filter(|d| !d.starts_with("oauth."))
+        {
+            domain = d.clone();
+        }
+        Ok(Account {
+            id: 0,
+            name: domain.clone(),
+            domain,
+            currency,
+            time_zone: None,
+            customers_mode: None,
+        })
+    }
+
+    async fn users(&self) -> Result<Vec<User>, ConnectorError> {
+        let mut out = Vec::new();
+        let mut start = 0u64;
+        loop {
+            let env: wire::Envelope<Vec<wire::User>> =
+                self.call("user.get", json!({"start": start})).await?;
+            out.extend(env.result.into_iter().map(map::user));
+            match env.next {
+                Some(n) if n > start => start = n,
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn pipelines(&self) -> Result<Vec<Pipeline>, ConnectorError> {
+        let env: wire::Envelope<wire::Categories> = self
+            .call("crm.category.list", json!({"entityTypeId": 2}))
+            .await?;
+        let cats = env.result.categories;
+        let mut out = Vec::with_capacity(cats.len());
+        for chunk in cats.chunks(self.inner.settings.batch_size) {
+            let cmds: Vec<Command> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let entity = if c.id == 0 {
+                        "DEAL_STAGE".to_owned()
+                    } else {
+                        format!("DEAL_STAGE_{}", c.id)
+                    };
+                    batch::command(
+                        i,
+                        "crm.status.list",
+                        &json!({"filter": {"ENTITY_ID": entity}, "order": {"SORT": "ASC"}}),
+                    )
+                })
+                .collect();
+            let mut res = self.batch::<Vec<wire::Status>>(&cmds, false, true).await?;
+            for (c, cat) in cmds.iter().zip(chunk) {
+                if let Some(e) = res.result_error.get(&c.key) {
+                    return Err(api_error(400, e, "crm.status.list"));
+                }
+                out.push(map::pipeline(
+                    cat.clone(),
+                    res.result.remove(&c.key).unwrap_or_default(),
+                ));
+            }
+        }
+        out.sort_by_key(|p| (!p.is_main, p.sort, p.id));
+        Ok(out)
+    }
+
+    async fn contacts(
+        &self,
+        query: &ListQuery,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<Contact>, ConnectorError> {
+        let after = parse_cursor(cursor)?;
+        let (rows, next) = self
+            .chained::<wire::Contact>(
+                "crm.contact.list",
+                CONTACT_SELECT,
+                &query_filter(query),
+                after,
+            )
+            .await?;
+        Ok(Page {
+            items: rows.into_iter().map(map::contact).collect(),
+            next: next.map(self::cursor),
+        })
+    }
+
+    async fn companies(
+        &self,
+        query: &ListQuery,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<Company>, ConnectorError> {
+        let after = parse_cursor(cursor)?;
+        let (rows, next) = self
+            .chained::<wire::Company>(
+                "crm.company.list",
+                COMPANY_SELECT,
+                &query_filter(query),
+                after,
+            )
+            .await?;
+        Ok(Page {
+            items: rows.into_iter().map(map::company).collect(),
+            next: next.map(self::cursor),
+        })
+    }
+
+    async fn deals(
+        &self,
+        query: &ListQuery,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<Deal>, ConnectorError> {
+        let after = parse_cursor(cursor)?;
+        let currency = self.currency().await?;
+        let (rows, next) = self
+            .chained::<wire::Deal>("crm.deal.list", DEAL_SELECT, &query_filter(query), after)
+            .await?;
+        let mut products = if self.inner.settings.product_rows {
+            let won: Vec<u64> = rows
+                .iter()
+                .filter(|d| d.STAGE_SEMANTIC_ID == "S")
+                .map(|d| d.ID)
+                .collect();
+            if won.is_empty() {
+                HashMap::new()
+            } else {
+                self.product_rows(&won).await?
+            }
+        } else {
+            HashMap::new()
+        };
+        let items = rows
+            .into_iter()
+            .map(|d| {
+                let p = products.remove(&d.ID).unwrap_or_default();
+                map::deal(d, &currency, None, p)
+            })
+            .collect();
+        Ok(Page {
+            items,
+            next: next.map(self::cursor),
+        })
+    }
+
+    async fn deal(&self, id: DealId) -> Result<Option<Deal>, ConnectorError> {
+        let currency = self.currency().await?;
+        let p = json!({"id": id.0});
+        let cmds = vec![
+            batch::command(0, "crm.deal.get", &p),
+            batch::command(1, "crm.deal.contact.items.get", &p),
+            batch::command(2, "crm.deal.productrows.get", &p),
+        ];
+        let mut res = self.batch::<Value>(&cmds, false, true).await?;
+        if let Some(e) = res.result_error.get("c00") {
+            return match api_error(400, e, &format!("crm.deal.get {id}")) {
+                ConnectorError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            };
+        }
+        let take = |res: &mut wire::BatchResult<Value>, key: &str| {
+            res.result.remove(key).unwrap_or(Value::Null)
+        };
+        let deal: wire::Deal = decode_value(take(&mut res, "c00"), "result.result.c00")?;
+        let items: Vec<wire::DealContactItem> = match take(&mut res, "c01") {
+            Value::Null => Vec::new(),
+            v => decode_value(v, "result.result.c01")?,
+        };
+        let mut items = items;
+        items.sort_by_key(|i| (!i.IS_PRIMARY, i.SORT.unwrap_or(0)));
+        let contacts: Vec<ContactId> = items.iter().map(|i| ContactId(i.CONTACT_ID)).collect();
+        let won = deal.STAGE_SEMANTIC_ID == "S";
+        let rows: Vec<wire::ProductRow> = match take(&mut res, "c02") {
+            Value::Null => Vec::new(),
+            v => decode_value(v, "result.result.c02")?,
+        };
+        let products = if won && self.inner.settings.product_rows {
+            rows.into_iter().map(map::product_row).collect()
+        } else {
+            Vec::new()
+        };
+        let contacts = if contacts.is_empty() {
+            None
+        } else {
+            Some(contacts)
+        };
+        Ok(Some(map::deal(deal, &currency, contacts, products)))
+    }
+
+    async fn contact(&self, id: ContactId) -> Result<Option<Contact>, ConnectorError> {
+        match self
+            .call::<Value>("crm.contact.get", json!({"id": id.0}))
+            .await
+        {
+            Ok(env) => Ok(Some(map::contact(decode_value(env.result, "result")?))),
+            Err(ConnectorError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn deal_ids(&self, cursor: Option<&Cursor>) -> Result<Page<DealId>, ConnectorError> {
+        let after = parse_cursor(cursor)?;
+        let (rows, next) = self
+            .chained::<wire::IdOnly>("crm.deal.list", &["ID"], &Map::new(), after)
+            .await?;
+        Ok(Page {
+            items: rows.into_iter().map(|r| DealId(r.ID)).collect(),
+            next: next.map(self::cursor),
+        })
+    }
+
+    fn max_writes_per_request(&self) -> usize {
+        self.inner.settings.batch_size
+    }
+
+    async fn apply(&self, ops: &[WriteOp]) -> Vec<Result<WriteOutcome, ConnectorError>> {
+        write::apply(self, ops).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip() {
+        assert_eq!(parse_cursor(Some(&cursor(42))).unwrap(), 42);
+        assert_eq!(parse_cursor(None).unwrap(), 0);
+        assert!(parse_cursor(Some(&Cursor("page:3".into()))).is_err());
+    }
+
+    #[test]
+    fn incremental_filter_is_inclusive() {
+        let q = ListQuery {
+            updated_from: Some(jiff::Timestamp::from_second(1_772_355_600).unwrap()),
+            updated_to: None,
+        };
+        assert_eq!(
+            query_filter(&q)[">=DATE_MODIFY"],
+            json!("2026-03-01T09:00:00+00:00")
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! [`WriteOp`]s packed into `batch` requests (up to 50 per request, `halt=0` so one op's
+//! failure does not stop the others).
+//!
+//! | op | command |
+//! |---|---|
+//! | `MoveDeal` | `crm.item.update {entityTypeId: 2, id, fields: {categoryId, stageId}}`: the only way to change funnels (`crm.deal.update` ignores a foreign `STAGE_ID` and refuses `CATEGORY_ID`); fires `ONCRMDEALMOVETOCATEGORY` |
+//! | `CreateTask` | `crm.activity.todo.add {ownerTypeId, ownerId, deadline, title, description, responsibleId}` |
+//! | `UpdateFields` | `crm.deal.update` / `crm.contact.update` / `crm.company.update` with `fields: {UF_CRM_...: value}` |
+//! | `FlagRepeat` | `crm.deal.update {id, fields: {IS_RETURN_CUSTOMER: "Y"}}` |
+//!
+//! Why a to-do and not `tasks.task.add`: the docs make `crm.activity.todo.add` the current way
+//! to put a follow-up into a deal or contact card (`crm.activity.add` is deprecated); it needs
+//! only the `crm` scope (tasks need `task`), shows in the card's timeline with a reminder, and
+//! its owner is checked (`NOT_FOUND` for a deleted deal) instead of silently creating an
+//! orphan task.
+//!
+//! A batch is retried whole only when no command ran (transport failures, 503, 5xx); a
+//! command refused inside the batch is reported for its op alone (`RateLimited` for
+//! `OPERATION_TIME_LIMIT`, so the outbox retries it later) and never repeated here, so a
+//! succeeded write is not sent twice by this layer.
+use crate::batch::{self, Command};
+use crate::client::{B24Client, api_error};
+use rebuy_core::ConnectorError;
+use rebuy_core::connector::{EntityRef, TaskKind, WriteOp, WriteOutcome};
+use serde_json::{Map, Value, json};
+
+fn deadline(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+}
+
+fn title(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::Call => "Позвонить клиенту",
+        TaskKind::Meeting => "Встреча с клиентом",
+        TaskKind::Letter => "Написать клиенту",
+    }
+}
+
+/// The command of one op.
+pub(crate) fn command_of(i: usize, op: &WriteOp) -> Command {
+    match op {
+        WriteOp::MoveDeal {
+            deal,
+            pipeline,
+            stage,
+        } => batch::command(
+            i,
+            "crm.item.update",
+            &json!({"entityTypeId": 2, "id": deal.0, "fields": {"categoryId": pipeline.0, "stageId": stage.0}}),
+        ),
+        WriteOp::CreateTask {
+            entity,
+            responsible,
+            text,
+            due,
+            kind,
+        } => {
+            let (owner_type, owner) = match entity {
+                EntityRef::Deal(d) => (2, d.0),
+                EntityRef::Contact(c) => (3, c.0),
+                EntityRef::Company(c) => (4, c.0),
+            };
+            batch::command(
+                i,
+                "crm.activity.todo.add",
+                &json!({"ownerTypeId": owner_type, "ownerId": owner, "deadline": deadline(*due), "title": title(*kind),
+                        "description": text, "responsibleId": responsible.0}),
+            )
+        }
+        WriteOp::UpdateFields { entity, fields } => {
+            let f: Map<String, Value> = fields
+                .iter()
+                .map(|w| {
+                    (
+                        w.field_id.clone(),
+                        Value::String(w.value.clone().unwrap_or_default()),
+                    )
+                })
+                .collect();
+            let (method, id) = match entity {
+                EntityRef::Deal(d) => ("crm.deal.update", d.0),
+                EntityRef::Contact(c) => ("crm.contact.update", c.0),
+                EntityRef::Company(c) => ("crm.company.update", c.0),
+            };
+            batch::command(i, method, &json!({"id": id, "fields": f}))
+        }
+        WriteOp::FlagRepeat { deal } => batch::command(
+            i,
+            "crm.deal.update",
+            &json!({"id": deal.0, "fields": {"IS_RETURN_CUSTOMER": "Y"}}),
+        ),
+    }
+}
+
+fn outcome(method: &str, v: &Value) -> WriteOutcome {
+    let created_id = match method {
+        "crm.activity.todo.add" => v.get("id").and_then(id_of),
+        "tasks.task.add" => v.get("task").and_then(|t| t.get("id")).and_then(id_of),
+        _ => None,
+    };
+    WriteOutcome { created_id }
+}
+
+fn id_of(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Applies `ops`, one result per op, in order.
+pub(crate) async fn apply(
+    client: &B24Client,
+    ops: &[WriteOp],
+) -> Vec<Result<WriteOutcome, ConnectorError>> {
+    let mut out = Vec::with_capacity(ops.len());
+    let per = client.inner.settings.batch_size.max(1);
+    for chunk in ops.chunks(per) {
+        let cmds: Vec<Command> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, op)| command_of(i, op))
+            .collect();
+        match client.batch::<Value>(&cmds, false, false).await {
+            Ok(mut res) => {
+                for c in &cmds {
+                    if let Some(e) = res.result_error.get(&c.key) {
+                        out.push(Err(api_error(400, e, &c.method)));
+                        continue;
+                    }
+                    match res.result.remove(&c.key) {
+                        // `false` is how legacy methods say "not done".
+                        Some(Value::Bool(false)) => out.push(Err(ConnectorError::Rejected {
+                            status: 200,
+                            code: None,
+                            message: format!("{} answered false", c.method),
+                        })),
+                        Some(v) => out.push(Ok(outcome(&c.method, &v))),
+                        None => out.push(Err(ConnectorError::Transient {
+                            message: format!("{} has no result in the batch answer", c.method),
+                        })),
+                    }
+                }
+            }
+            Err(e) => out.extend(chunk.iter().map(|_| Err(e.clone()))),
+        }
+    }
+    out
+}
