@@ -61,6 +61,12 @@ pub enum Command {
     Segments(SegmentsArgs),
     /// Business figures, the RFM grid, ABC x XYZ and warnings as terminal tables.
     Report(ReportArgs),
+    /// Print the planned CRM writes (playbooks, routing, funnel); writes nothing.
+    Plan(PlanArgs),
+    /// Plan, commit the actions to the outbox and send them to the CRM.
+    Apply(ApplyArgs),
+    /// List the CRM's pipelines, stages, users and fields and check the mapping and playbooks.
+    Mapping(MappingArgs),
     /// Run the sidecar: webhooks, scheduled syncs, the outbox.
     Serve,
     /// Run the whole product against built-in emulators and print what it did.
@@ -133,6 +139,40 @@ pub struct ReportArgs {
     pub as_of: Option<String>,
 }
 
+/// `rebuy plan` arguments.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Portal id.
+    #[arg(long)]
+    pub portal: String,
+    /// Plan instant: a date (`2026-11-23`, the start of that day in the portal's zone) or an
+    /// RFC 3339 instant; now when omitted.
+    #[arg(long)]
+    pub as_of: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = crate::writeback::PlanFormat::Table)]
+    pub format: crate::writeback::PlanFormat,
+}
+
+/// `rebuy apply` arguments.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Portal id.
+    #[arg(long)]
+    pub portal: String,
+    /// Plan instant (see `rebuy plan`).
+    #[arg(long)]
+    pub as_of: Option<String>,
+}
+
+/// `rebuy mapping` arguments.
+#[derive(Debug, Args)]
+pub struct MappingArgs {
+    /// Portal id.
+    #[arg(long)]
+    pub portal: String,
+}
+
 /// `rebuy auth` arguments.
 #[derive(Debug, Args)]
 pub struct AuthArgs {
@@ -149,6 +189,8 @@ pub struct AuthArgs {
 pub enum EmulateCrm {
     /// The amoCRM emulator.
     Amocrm(EmulateArgs),
+    /// The Bitrix24 emulator (`--rate` is the leaky bucket's drain per second).
+    Bitrix24(EmulateArgs),
 }
 
 /// Emulator arguments.
@@ -240,16 +282,42 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             crate::analyse::cmd_report(&store, p, as_of)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plan(a) => {
+            let cfg = load_config(&cli.config)?;
+            crate::writeback::cmd_plan(&cfg, &cli.config, &a.portal, a.as_of.as_deref(), a.format)
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply(a) => {
+            let cfg = load_config(&cli.config)?;
+            let ok = crate::writeback::cmd_apply(&cfg, &cli.config, &a.portal, a.as_of.as_deref())
+                .await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+        Command::Mapping(a) => {
+            let cfg = load_config(&cli.config)?;
+            let ok = crate::writeback::cmd_mapping(&cfg, &cli.config, &a.portal).await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
         Command::Serve => {
             let cfg = load_config(&cli.config)?;
             cmd_serve(cfg).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Emulate {
-            crm: EmulateCrm::Amocrm(a),
-        } => crate::demo::emulate_amocrm(a)
-            .await
-            .map(|()| ExitCode::SUCCESS),
+        Command::Emulate { crm: EmulateCrm::Amocrm(a) } => {
+            crate::demo::emulate_amocrm(a).await.map(|()| ExitCode::SUCCESS)
+        }
+        Command::Emulate { crm: EmulateCrm::Bitrix24(a) } => {
+            crate::demo::emulate_bitrix24(a).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::Bench { what } => crate::bench::run(what).await.map(|()| ExitCode::SUCCESS),
     }
 }
@@ -433,18 +501,14 @@ async fn cmd_sync(cfg: &Config, args: &SyncArgs) -> Result<ExitCode> {
     for p in portals {
         let p = p.clone();
         let data_dir = cfg.data_dir.clone();
-        let opts = SyncOptions {
-            full: args.full,
-            overlap: Duration::from_secs(p.sync.overlap_secs),
-            concurrency: p.sync.concurrency,
-        };
+        let opts = crate::portal::sync_options(&p, args.full);
         let quiet = args.quiet;
         tasks.spawn(async move {
             let id = p.id.0.clone();
             let res: Result<()> = async {
                 let store = Store::open(&data_dir, &p.id)?;
                 let handle = portal::open(&p, store.clone())?;
-                let ceiling = p.requests_per_sec.unwrap_or(portal::AMOCRM_DEFAULT_RPS);
+                let ceiling = portal::ceiling_rps(&p);
                 let report = sync_with_progress(handle.connector, store, &opts, quiet).await?;
                 print_sync_report(&id, &report, Some(ceiling));
                 Ok(())
@@ -576,6 +640,7 @@ fn cmd_status(cfg: &Config) -> Result<ExitCode> {
         if let Some(r) = store.needs_reauth()? {
             println!("  NEEDS RE-AUTHORIZATION since {}: {}", r.at, r.reason);
         }
+        crate::writeback::print_outbox_status(&store)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,12 +5,11 @@ use crate::cli::{print_sync_report, random_state, sync_with_progress};
 use crate::config::{self, PortalConfig};
 use crate::portal;
 use crate::store::Store;
-use crate::sync::SyncOptions;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use rebuy_emulator::amocrm::{AmoConfig, AmoEmulator};
+use rebuy_emulator::bitrix24::{B24Config, B24Emulator};
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// `rebuy demo` arguments.
 #[derive(Debug, Args)]
@@ -82,23 +81,65 @@ pub async fn authorize_automatically(p: &PortalConfig, store: &Store) -> Result<
     Ok(())
 }
 
+/// The config of a Bitrix24 portal pointing at an emulator, authorised as a local OAuth app.
+pub fn emulator_b24_portal(id: &str, base_url: &str, emu: &B24Config) -> Result<PortalConfig> {
+    let text = format!(
+        r#"
+        [[portal]]
+        id = "{id}"
+        kind = "bitrix24"
+        base_url = "{base_url}"
+        [portal.auth]
+        type = "oauth"
+        client_id = "{}"
+        client_secret_env = "EMULATOR_B24_CLIENT_SECRET"
+        redirect_uri = "{}"
+        "#,
+        emu.client_id, emu.redirect_uri
+    );
+    use figment::providers::Format;
+    let doc: serde_json::Value = figment::Figment::from(figment::providers::Toml::string(&text))
+        .extract()
+        .context("building the demo portal config")?;
+    let secret = emu.client_secret.clone();
+    let env = move |k: &str| (k == "EMULATOR_B24_CLIENT_SECRET").then(|| secret.clone());
+    let cfg = config::resolve(&doc, "<demo>", &env)
+        .map_err(|p| anyhow::anyhow!("demo config invalid:\n{}", config::format_problems(&p)))?;
+    cfg.portals.into_iter().next().context("demo config has no portal")
+}
+
+/// Authorises, syncs fully and prints the report of one demo portal.
+async fn demo_portal(p: &PortalConfig, data_dir: &std::path::Path, quiet: bool) -> Result<Store> {
+    let store = Store::open(data_dir, &p.id)?;
+    authorize_automatically(p, &store).await?;
+    println!("  {}: authorised over OAuth (authorization code -> tokens committed to the cache)", p.id);
+    let handle = portal::open(p, store.clone())?;
+    let opts = crate::portal::sync_options(&p, true);
+    let report = sync_with_progress(handle.connector.clone(), store.clone(), &opts, quiet).await?;
+    print_sync_report(&p.id.0, &report, Some(portal::ceiling_rps(p)));
+    Ok(store)
+}
+
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<()> {
     println!(
-        "rebuy demo: an emulated amoCRM account with {} contacts and {} leads",
+        "rebuy demo: an emulated amoCRM account and an emulated Bitrix24 portal, {} contacts and {} deals each",
         args.contacts, args.leads
     );
-    let mut emu_cfg = AmoConfig::default();
-    emu_cfg.seed.seed = args.seed;
-    emu_cfg.seed.contacts = args.contacts;
-    emu_cfg.seed.deals = args.leads;
+    let mut amo_cfg = AmoConfig::default();
+    amo_cfg.seed.seed = args.seed;
+    amo_cfg.seed.contacts = args.contacts;
+    amo_cfg.seed.deals = args.leads;
+    let mut b24_cfg = B24Config::default();
+    b24_cfg.seed = amo_cfg.seed.clone();
+    b24_cfg.seed.seed = args.seed + 1;
     let t0 = std::time::Instant::now();
-    let running = AmoEmulator::spawn(emu_cfg.clone())
-        .await
-        .context("starting the amoCRM emulator")?;
+    let amo = AmoEmulator::spawn(amo_cfg.clone()).await.context("starting the amoCRM emulator")?;
+    let b24 = B24Emulator::spawn(b24_cfg.clone()).await.context("starting the Bitrix24 emulator")?;
     println!(
-        "  emulator at {} (data generated in {:.1} s)",
-        running.base_url,
+        "  amoCRM emulator at {}, Bitrix24 emulator at {} (data generated in {:.1} s)",
+        amo.base_url,
+        b24.base_url,
         t0.elapsed().as_secs_f64()
     );
 
@@ -110,28 +151,27 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             tmp.path().to_owned()
         }
     };
-    let p = emulator_portal(
+    let amo_portal = emulator_portal(
         "demo-amocrm",
-        &running.base_url,
-        &emu_cfg.client_id,
-        &emu_cfg.redirect_uri,
+        &amo.base_url,
+        &amo_cfg.client_id,
+        &amo_cfg.redirect_uri,
         portal::AMOCRM_DEFAULT_RPS,
     )?;
-    let store = Store::open(&data_dir, &p.id)?;
-    authorize_automatically(&p, &store).await?;
-    println!("  authorised over OAuth (authorization code -> tokens committed to the cache)");
-
-    let handle = portal::open(&p, store.clone())?;
-    let opts = SyncOptions {
-        full: true,
-        overlap: Duration::from_secs(p.sync.overlap_secs),
-        concurrency: p.sync.concurrency,
-    };
-    let report =
-        sync_with_progress(handle.connector.clone(), store.clone(), &opts, args.quiet).await?;
-    print_sync_report(&p.id.0, &report, Some(portal::AMOCRM_DEFAULT_RPS));
-    // The generated history ends at the emulator's "now": analyse as of that day.
-    crate::analyse::demo_summary(&store, &p, emu_cfg.seed.now)?;
+    let b24_portal = emulator_b24_portal("demo-bitrix24", &b24.base_url, &b24_cfg)?;
+    // The two portals are independent: they sync at the same time, each under its own limit.
+    let (amo_store, b24_store) = tokio::try_join!(
+        demo_portal(&amo_portal, &data_dir, args.quiet),
+        demo_portal(&b24_portal, &data_dir, args.quiet)
+    )?;
+    // The generated history ends at the emulators' "now": analyse as of that day.
+    println!("\n== {} ==", amo_portal.id);
+    crate::analyse::demo_summary(&amo_store, &amo_portal, amo_cfg.seed.now)?;
+    crate::writeback::demo_amocrm(&amo_portal, &amo_store, &amo.emulator, amo_cfg.seed.now)
+        .await
+        .context("the demo's write-back")?;
+    println!("\n== {} ==", b24_portal.id);
+    crate::analyse::demo_summary(&b24_store, &b24_portal, b24_cfg.seed.now)?;
     Ok(())
 }
 
@@ -150,4 +190,19 @@ pub async fn emulate_amocrm(a: crate::cli::EmulateArgs) -> Result<()> {
     rebuy_emulator::amocrm::run_amocrm(cfg, a.port)
         .await
         .context("running the amoCRM emulator")
+}
+
+/// `rebuy emulate bitrix24`.
+pub async fn emulate_bitrix24(a: crate::cli::EmulateArgs) -> Result<()> {
+    let mut cfg = B24Config::default();
+    cfg.seed.seed = a.seed;
+    cfg.seed.contacts = a.contacts;
+    cfg.seed.deals = a.leads;
+    if let Some(r) = a.rate {
+        cfg.drain_per_sec = f64::from(r);
+    }
+    if let Some(t) = a.token_ttl {
+        cfg.access_token_ttl_secs = t;
+    }
+    rebuy_emulator::bitrix24::run_bitrix24(cfg, a.port).await.context("running the Bitrix24 emulator")
 }

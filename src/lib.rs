@@ -10,12 +10,18 @@
 //! - [`analyse`]: streams the cache into the analytics; `segments` and `report`.
 //! - [`analytics`]: pure functions over the cache: identity, repeat detection, RFM, ABC/XYZ,
 //!   cycles, BG/NBD and Gamma-Gamma, business figures.
+//! - [`playbooks`]: the mapping and playbooks (typed TOML, templates, business hours), resolved
+//!   against the CRM's pipelines, users and fields.
+//! - [`plan`]: the pure planner: analysis + CRM facts + rules + instant -> actions with
+//!   idempotency keys (repeat routing, the cyclic funnel, touches, segment fields).
+//! - [`writeback`]: cache + analysis + playbooks -> plan -> outbox; `plan`, `apply`, `mapping`.
 //! - [`outbox`]: the durable write-back queue: actions committed before they are sent, sent
 //!   once, marked done with the CRM's id.
 //! - [`server`]: `rebuy serve`: webhooks into a durable inbox, health and metrics.
 //! - [`failpoint`]: named crash points for the crash-safety tests.
 //! - [`demo`], [`bench`]: the built-in demo and the benchmark commands.
-//! - [`cli`]: the command line (`rebuy sync`, `auth`, `status`, `demo`, `emulate`, `bench`, ...).
+//! - [`cli`]: the command line (`rebuy sync`, `auth`, `status`, `plan`, `apply`, `mapping`, `demo`,
+//!   `emulate`, `bench`, ...).
 //!
 //! The CRM connectors live in `connectors/` and know nothing of this crate.
 #![warn(missing_docs)]
@@ -28,7 +34,10 @@ pub mod config;
 pub mod demo;
 pub mod failpoint;
 pub mod outbox;
+pub mod plan;
+pub mod playbooks;
 pub mod portal;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod writeback;

@@ -10,6 +10,56 @@ use std::time::Duration;
 
 /// amoCRM's documented ceiling: 7 requests per second per integration.
 pub const AMOCRM_DEFAULT_RPS: u32 = 7;
+/// Bitrix24's leaky bucket drains 2 requests per second (capacity 50) on non-Enterprise plans.
+pub const BITRIX24_DEFAULT_RPS: u32 = 2;
+
+/// The request ceiling of a portal (requests/s): the override or the CRM's documented limit.
+pub fn ceiling_rps(p: &PortalConfig) -> u32 {
+    p.requests_per_sec.unwrap_or(match p.kind {
+        CrmKind::Amocrm => AMOCRM_DEFAULT_RPS,
+        CrmKind::Bitrix24 => BITRIX24_DEFAULT_RPS,
+    })
+}
+
+/// Records one request of the ceiling can carry: amoCRM pages hold 250 records, a Bitrix24
+/// `batch` holds 50 list calls of 50 rows.
+pub fn records_per_request(p: &PortalConfig) -> u32 {
+    match p.kind {
+        CrmKind::Amocrm => p.sync.page_limit,
+        CrmKind::Bitrix24 => 50 * 50,
+    }
+}
+
+/// Bitrix24 connector settings from a portal's config.
+pub fn b24_settings(p: &PortalConfig) -> Result<rebuy_bitrix24::B24Settings, ConnectorError> {
+    let mut s = match &p.auth {
+        AuthConfig::OAuth { client_id, client_secret, redirect_uri, oauth_server } => {
+            let mut s = rebuy_bitrix24::B24Settings::oauth(p.base_url.clone(), client_id, client_secret.clone(), redirect_uri);
+            if let (Some(server), rebuy_bitrix24::B24Auth::OAuth { oauth_server: slot, .. }) = (oauth_server, &mut s.auth) {
+                *slot = Some(url::Url::parse(server).map_err(|e| ConnectorError::Invalid {
+                    path: "auth.oauth_server".into(),
+                    message: e.to_string(),
+                })?);
+            }
+            s
+        }
+        AuthConfig::Webhook { url } => {
+            use secrecy::ExposeSecret;
+            let mut s = rebuy_bitrix24::B24Settings::webhook(url.expose_secret())?;
+            // The portal is the configured base URL even when the webhook names another host.
+            s.base_url = p.base_url.clone();
+            s
+        }
+        AuthConfig::LongLivedToken { .. } => {
+            return Err(ConnectorError::Unsupported { what: "long-lived tokens on a Bitrix24 portal".into() });
+        }
+    };
+    if let Some(r) = p.requests_per_sec {
+        s.drain_per_sec = f64::from(r);
+    }
+    s.product_rows = p.sync.product_rows;
+    Ok(s)
+}
 
 /// A portal ready to talk to its CRM.
 pub struct PortalHandle {
@@ -77,9 +127,21 @@ pub fn open(p: &PortalConfig, store: Store) -> Result<PortalHandle, ConnectorErr
                 store,
             })
         }
-        CrmKind::Bitrix24 => Err(ConnectorError::Unsupported {
-            what: "Bitrix24 portals (coming with the Bitrix24 connector)".into(),
-        }),
+        CrmKind::Bitrix24 => {
+            let settings = b24_settings(p)?;
+            let tokens = match &p.auth {
+                AuthConfig::OAuth { .. } => Some(Arc::new(TokenManager::new(
+                    Arc::new(StoreTokens(store.clone())),
+                    Some(Arc::new(rebuy_bitrix24::auth::B24Refresher::new(&settings))),
+                ))),
+                _ => None,
+            };
+            let client = rebuy_bitrix24::B24Client::new(settings, tokens.clone())?;
+            // An inbound webhook has no tokens; the handle still carries a manager so callers
+            // need no special case (it is never asked for a token).
+            let tokens = tokens.unwrap_or_else(|| Arc::new(TokenManager::fixed(secrecy::SecretString::from(""))));
+            Ok(PortalHandle { connector: Arc::new(client), tokens, store })
+        }
     }
 }
 
@@ -87,9 +149,7 @@ pub fn open(p: &PortalConfig, store: Store) -> Result<PortalHandle, ConnectorErr
 pub fn authorize_url(p: &PortalConfig, state: &str) -> Result<url::Url, ConnectorError> {
     match p.kind {
         CrmKind::Amocrm => Ok(rebuy_amocrm::auth::authorize_url(&amo_settings(p)?, state)),
-        CrmKind::Bitrix24 => Err(ConnectorError::Unsupported {
-            what: "Bitrix24 OAuth".into(),
-        }),
+        CrmKind::Bitrix24 => Ok(rebuy_bitrix24::auth::authorize_url(&b24_settings(p)?, state)),
     }
 }
 
@@ -101,11 +161,7 @@ pub async fn exchange_code(
 ) -> Result<TokenSet, ConnectorError> {
     let tokens = match p.kind {
         CrmKind::Amocrm => rebuy_amocrm::auth::exchange_code(&amo_settings(p)?, code).await?,
-        CrmKind::Bitrix24 => {
-            return Err(ConnectorError::Unsupported {
-                what: "Bitrix24 OAuth".into(),
-            });
-        }
+        CrmKind::Bitrix24 => rebuy_bitrix24::auth::exchange_code(&b24_settings(p)?, code).await?,
     };
     let s = store.clone();
     let t = tokens.clone();
@@ -149,4 +205,14 @@ pub async fn try_automatic_code(authorize: &url::Url, state: &str) -> Option<Str
     (got_state.as_deref() == Some(state))
         .then_some(code)
         .flatten()
+}
+
+/// Sync options of a portal from its config.
+pub fn sync_options(p: &PortalConfig, full: bool) -> crate::sync::SyncOptions {
+    crate::sync::SyncOptions {
+        full,
+        overlap: Duration::from_secs(p.sync.overlap_secs),
+        concurrency: p.sync.concurrency,
+        reconcile_every: Duration::from_secs(p.sync.reconcile_interval_hours.saturating_mul(3600)),
+    }
 }

@@ -97,6 +97,11 @@ pub struct SyncSettings {
     pub page_limit: u32,
     /// Concurrent listings (entity kinds fetched at once; they share the rate limiter).
     pub concurrency: usize,
+    /// Hours between reconciliations of deal ids, for CRMs without a deletion log (Bitrix24).
+    pub reconcile_interval_hours: u64,
+    /// Bitrix24: fetch the product rows of won deals while listing deals (needed by
+    /// consumption-cycle rules; costs extra batch requests).
+    pub product_rows: bool,
 }
 
 impl Default for SyncSettings {
@@ -105,6 +110,8 @@ impl Default for SyncSettings {
             overlap_secs: 300,
             page_limit: 250,
             concurrency: 3,
+            reconcile_interval_hours: 24,
+            product_rows: true,
         }
     }
 }

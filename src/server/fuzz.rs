@@ -104,16 +104,20 @@ pub fn run(bodies: u64, seed: u64) -> FuzzReport {
         report.bodies += 1;
         let result = catch_unwind(AssertUnwindSafe(|| {
             let amo = rebuy_amocrm::webhooks::parse(&b).is_ok();
-            let event = super::inbox::InboxEvent {
-                seq: 0,
-                crm: "amocrm".into(),
-                received_at: jiff::Timestamp::UNIX_EPOCH,
-                content_type: String::new(),
-                body: b.clone(),
-                dedup_key: String::new(),
-            };
-            let changes = super::worker::changes(&event).is_ok();
-            amo || changes
+            let b24 = rebuy_bitrix24::events::parse(&b, Some("application/x-www-form-urlencoded")).is_ok();
+            let mut worker_ok = false;
+            for crm in ["amocrm", "bitrix24"] {
+                let event = super::inbox::InboxEvent {
+                    seq: 0,
+                    crm: crm.into(),
+                    received_at: jiff::Timestamp::UNIX_EPOCH,
+                    content_type: String::new(),
+                    body: b.clone(),
+                    dedup_key: String::new(),
+                };
+                worker_ok |= super::worker::changes(&event).is_ok();
+            }
+            amo || b24 || worker_ok
         }));
         match result {
             Ok(true) => report.accepted += 1,

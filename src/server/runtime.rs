@@ -5,7 +5,7 @@
 //!   portals do not all start at once) and outbox drains every `outbox_interval_secs`.
 use super::{AppState, PortalRuntime, worker};
 use crate::config::ServerSettings;
-use crate::sync::{NoProgress, SyncOptions};
+use crate::sync::NoProgress;
 use rebuy_core::Connector;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,24 +16,32 @@ use tokio_util::task::TaskTracker;
 pub fn spawn_all(state: &AppState, settings: &ServerSettings, cancel: CancellationToken) -> TaskTracker {
     let tracker = TaskTracker::new();
     for p in state.portals.values() {
-        let conn = match crate::portal::open(&p.cfg, p.store.clone()) {
-            Ok(h) => h.connector,
+        let handle = match crate::portal::open(&p.cfg, p.store.clone()) {
+            Ok(h) => h,
             Err(e) => {
                 tracing::error!(portal = %p.cfg.id, error = %e, "Portal cannot start; its webhooks are still stored.");
                 continue;
             }
         };
-        tracker.spawn(inbox_loop(p.clone(), conn.clone(), cancel.clone()));
-        tracker.spawn(schedule_loop(p.clone(), conn, settings.clone(), cancel.clone()));
+        let ctx = worker::WorkerCtx {
+            conn: handle.connector.clone(),
+            tokens: handle.tokens.clone(),
+            handler_url: settings
+                .public_url
+                .as_ref()
+                .map(|u| format!("{}/hooks/bitrix24/{}", u.trim_end_matches('/'), p.cfg.id)),
+        };
+        tracker.spawn(inbox_loop(p.clone(), ctx, cancel.clone()));
+        tracker.spawn(schedule_loop(p.clone(), handle.connector, settings.clone(), cancel.clone()));
     }
     tracker.close();
     tracker
 }
 
-async fn inbox_loop(p: PortalRuntime, conn: Arc<dyn Connector>, cancel: CancellationToken) {
+async fn inbox_loop(p: PortalRuntime, ctx: worker::WorkerCtx, cancel: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match worker::process_once(&p, &conn).await {
+        match worker::process_once(&p, &ctx).await {
             Ok(0) => {
                 backoff = Duration::from_millis(200);
                 tokio::select! {
@@ -77,11 +85,7 @@ async fn schedule_loop(p: PortalRuntime, conn: Arc<dyn Connector>, s: ServerSett
             tracing::warn!(portal = %p.cfg.id, error = %e, "Outbox drain failed.");
         }
         if tokio::time::Instant::now() >= next_sync {
-            let opts = SyncOptions {
-                full: false,
-                overlap: Duration::from_secs(p.cfg.sync.overlap_secs),
-                concurrency: p.cfg.sync.concurrency,
-            };
+            let opts = crate::portal::sync_options(&p.cfg, false);
             let started = std::time::Instant::now();
             match crate::sync::sync_portal(conn.clone(), p.store.clone(), &opts, Arc::new(NoProgress)).await {
                 Ok(r) => {

@@ -18,6 +18,73 @@ pub enum Change {
     Upsert(EntityKind, u64),
     /// Remove this record.
     Delete(EntityKind, u64),
+    /// The Bitrix24 app was installed (or updated): store its tokens, bind the handlers.
+    Install(InstallAuth),
+    /// The Bitrix24 app was removed: the portal needs a new install.
+    Uninstall,
+}
+
+/// Tokens an `ONAPPINSTALL` delivered.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InstallAuth {
+    /// Access token.
+    pub access_token: String,
+    /// Refresh token.
+    pub refresh_token: String,
+    /// Lifetime of the access token.
+    pub expires_in: u64,
+    /// Not-secret extras kept with the tokens (domain, member_id, client_endpoint).
+    pub extra: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for InstallAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstallAuth").field("extra", &self.extra).finish_non_exhaustive()
+    }
+}
+
+/// The events rebuy binds on a Bitrix24 portal at install.
+pub const B24_EVENTS: [&str; 8] = [
+    "ONCRMDEALADD",
+    "ONCRMDEALUPDATE",
+    "ONCRMDEALDELETE",
+    "ONCRMDEALMOVETOCATEGORY",
+    "ONCRMCONTACTADD",
+    "ONCRMCONTACTUPDATE",
+    "ONCRMCONTACTDELETE",
+    "ONAPPUNINSTALL",
+];
+
+fn b24_changes(event: &InboxEvent) -> Result<Vec<Change>, ProcessError> {
+    use rebuy_bitrix24::events::EventKind as K;
+    let ct = (!event.content_type.is_empty()).then_some(event.content_type.as_str());
+    let ev = rebuy_bitrix24::events::parse(&event.body, ct)
+        .map_err(|e| ProcessError::Parse { seq: event.seq, message: e.to_string() })?;
+    let id = ev.entity_id;
+    let one = |c: Option<Change>| Ok(c.into_iter().collect());
+    match ev.kind {
+        K::DealAdd | K::DealUpdate | K::DealMoveToCategory { .. } => one(id.map(|i| Change::Upsert(EntityKind::Deals, i))),
+        K::DealDelete => one(id.map(|i| Change::Delete(EntityKind::Deals, i))),
+        K::ContactAdd | K::ContactUpdate => one(id.map(|i| Change::Upsert(EntityKind::Contacts, i))),
+        K::ContactDelete => one(id.map(|i| Change::Delete(EntityKind::Contacts, i))),
+        K::CompanyAdd | K::CompanyUpdate => one(id.map(|i| Change::Upsert(EntityKind::Companies, i))),
+        K::CompanyDelete => one(id.map(|i| Change::Delete(EntityKind::Companies, i))),
+        K::AppInstall => {
+            let a = &ev.auth;
+            let (Some(access), Some(refresh)) = (a.access_token.clone(), a.refresh_token.clone()) else {
+                return Err(ProcessError::Parse { seq: event.seq, message: "ONAPPINSTALL without tokens".into() });
+            };
+            let mut extra = std::collections::BTreeMap::new();
+            for (k, v) in [("domain", &a.domain), ("member_id", &a.member_id), ("client_endpoint", &a.client_endpoint), ("server_endpoint", &a.server_endpoint)] {
+                if let Some(v) = v {
+                    extra.insert(k.to_owned(), v.clone());
+                }
+            }
+            one(Some(Change::Install(InstallAuth { access_token: access, refresh_token: refresh, expires_in: a.expires_in.unwrap_or(3600), extra })))
+        }
+        K::AppUninstall => one(Some(Change::Uninstall)),
+        K::Other(_) => Ok(Vec::new()),
+    }
 }
 
 /// Why an event could not be processed.
@@ -64,21 +131,56 @@ pub fn changes(event: &InboxEvent) -> Result<Vec<Change>, ProcessError> {
             }
             Ok(out)
         }
+        "bitrix24" => b24_changes(event),
         other => Err(ProcessError::Parse {
             seq: event.seq,
-            message: format!("no parser for {other} events yet"),
+            message: format!("events of an unknown CRM {other:?}"),
         }),
     }
 }
 
+/// What the worker of one portal works with.
+#[derive(Clone)]
+pub struct WorkerCtx {
+    /// The portal's connector.
+    pub conn: Arc<dyn Connector>,
+    /// Its token manager (an install replaces the tokens in it).
+    pub tokens: Arc<rebuy_core::TokenManager>,
+    /// This portal's Bitrix24 event handler URL (`{public_url}/hooks/bitrix24/{portal}`), when
+    /// the server knows its public URL.
+    pub handler_url: Option<String>,
+}
+
 /// Applies changes to the cache, fetching upserted records from the CRM.
 pub async fn apply_changes(
-    conn: &dyn Connector,
+    ctx: &WorkerCtx,
     store: &Store,
     changes: &[Change],
 ) -> Result<(), ProcessError> {
+    let conn = ctx.conn.as_ref();
     for c in changes {
         match c {
+            Change::Install(auth) => {
+                let tokens = rebuy_core::TokenSet {
+                    access_token: secrecy::SecretString::from(auth.access_token.clone()),
+                    refresh_token: Some(secrecy::SecretString::from(auth.refresh_token.clone())),
+                    expires_at: jiff::Timestamp::now()
+                        .checked_add(jiff::SignedDuration::from_secs(auth.expires_in as i64))
+                        .ok(),
+                    extra: auth.extra.clone(),
+                };
+                // Committed before use, like every token set.
+                ctx.tokens.install(tokens).await?;
+                match &ctx.handler_url {
+                    Some(url) => conn.subscribe(url, &B24_EVENTS).await?,
+                    None => tracing::warn!(
+                        "No [server] public_url: Bitrix24 event handlers were not bound."
+                    ),
+                }
+            }
+            Change::Uninstall => {
+                blocking(store, |s| s.set_needs_reauth("the Bitrix24 app was uninstalled")).await?;
+            }
             Change::Upsert(EntityKind::Deals, id) => match conn.deal(DealId(*id)).await? {
                 Some(deal) => blocking(store, move |s| s.write(|w| w.put_all(&[deal]))).await?,
                 None => blocking(store, remover(EntityKind::Deals, *id)).await?,
@@ -115,10 +217,7 @@ async fn blocking<R: Send + 'static>(
 /// Processes what is in a portal's inbox now; returns how many events were done. Events whose
 /// CRM fetch fails stay for the next round; events that cannot be parsed are dropped with an
 /// error log (they would fail forever).
-pub async fn process_once(
-    p: &PortalRuntime,
-    conn: &Arc<dyn Connector>,
-) -> Result<usize, ProcessError> {
+pub async fn process_once(p: &PortalRuntime, ctx: &WorkerCtx) -> Result<usize, ProcessError> {
     let store = p.store.clone();
     let events = blocking(&store, |s| s.inbox_pending(256)).await?;
     let mut done = Vec::new();
@@ -126,7 +225,7 @@ pub async fn process_once(
     for ev in &events {
         match changes(ev) {
             Ok(ch) => {
-                if let Err(e) = apply_changes(conn.as_ref(), &store, &ch).await {
+                if let Err(e) = apply_changes(ctx, &store, &ch).await {
                     result = Err(e);
                     break;
                 }

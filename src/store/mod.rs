@@ -308,6 +308,17 @@ impl Store {
         Ok(out)
     }
 
+    /// Ids of a kind within `lo..=hi`, ascending (keys only: nothing is decoded).
+    pub fn ids_in_range(&self, kind: EntityKind, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(table_of(kind)).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in table.range(lo..=hi).map_err(|e| self.err(e))? {
+            out.push(row.map_err(|e| self.err(e))?.0.value());
+        }
+        Ok(out)
+    }
+
     /// Number of records of a kind.
     pub fn count(&self, kind: EntityKind) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;

@@ -62,6 +62,51 @@ impl SyncError {
     }
 }
 
+/// Meta key: when the deal ids were last reconciled with the CRM.
+const KEY_RECONCILED_AT: &str = "deals_reconciled_at";
+
+fn reconcile_due(store: &Store, opts: &SyncOptions) -> Result<bool, StoreError> {
+    let last: Option<Timestamp> = store.meta(KEY_RECONCILED_AT)?;
+    let every = SignedDuration::try_from(opts.reconcile_every).unwrap_or(SignedDuration::MAX);
+    Ok(last.is_none_or(|t| Timestamp::now().duration_since(t) >= every))
+}
+
+/// Removes cached deals the CRM no longer has: the CRM's ids (ascending, page by page) are
+/// merged with the cache's ids of the same range, so memory holds one page whatever the size.
+async fn reconcile_deal_ids(conn: &dyn Connector, store: &Store) -> Result<u64, ListError> {
+    let started = Timestamp::now();
+    let mut cursor = None;
+    let mut lo: u64 = 0;
+    let mut removed = 0;
+    loop {
+        let page = conn.deal_ids(cursor.as_ref()).await.map_err(ListError::Connector)?;
+        let mut ids: Vec<u64> = page.items.iter().map(|d| d.0).collect();
+        ids.sort_unstable();
+        let hi = match (&page.next, ids.last()) {
+            (None, _) => u64::MAX,
+            (Some(_), Some(last)) => *last,
+            (Some(_), None) => lo.saturating_sub(1),
+        };
+        if hi >= lo {
+            let n = blocking(store, move |s| {
+                let cached = s.ids_in_range(EntityKind::Deals, lo, hi)?;
+                let gone: Vec<u64> = cached.into_iter().filter(|id| ids.binary_search(id).is_err()).collect();
+                if gone.is_empty() { Ok(0) } else { s.write(|w| w.remove(EntityKind::Deals, &gone)) }
+            })
+            .await
+            .map_err(ListError::Store)?;
+            removed += n;
+            lo = hi.saturating_add(1);
+        }
+        cursor = page.next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    blocking(store, move |s| s.set_meta(KEY_RECONCILED_AT, &started)).await.map_err(ListError::Store)?;
+    Ok(removed)
+}
+
 /// How to sync.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
@@ -71,6 +116,8 @@ pub struct SyncOptions {
     pub overlap: Duration,
     /// Listings run at once (they share the connector's rate limiter).
     pub concurrency: usize,
+    /// How often deal ids are reconciled with a CRM that has no deletion log.
+    pub reconcile_every: Duration,
 }
 
 impl Default for SyncOptions {
@@ -79,6 +126,7 @@ impl Default for SyncOptions {
             full: false,
             overlap: Duration::from_secs(300),
             concurrency: 3,
+            reconcile_every: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -276,9 +324,21 @@ pub async fn sync_portal(
                     }
                 }
             }
-            Err(ListError::Connector(ConnectorError::Unsupported { .. })) => {}
+            // No deletion log (Bitrix24: events are not redelivered, so they cannot be
+            // trusted alone): compare the CRM's deal ids with the cache's, when due.
+            Err(ListError::Connector(ConnectorError::Unsupported { .. })) => {
+                if reconcile_due(&store, opts).map_err(serr)? {
+                    deals.deleted = reconcile_deal_ids(&*conn, &store)
+                        .await
+                        .map_err(|e| e.into_sync(&portal, "deal id reconciliation"))?;
+                }
+            }
             Err(e) => return Err(e.into_sync(&portal, "deletions")),
         }
+    } else if reconcile_due(&store, opts).map_err(serr)? {
+        // A full listing starts the reconciliation clock: it saw every id there is.
+        let now = Timestamp::now();
+        blocking(&store, move |s| s.set_meta(KEY_RECONCILED_AT, &now)).await.map_err(serr)?;
     }
     report.kinds.insert(EntityKind::Deals, deals);
     report.elapsed = started.elapsed();

@@ -8,7 +8,6 @@ use rebuy_core::{Company, Contact, Deal, DealState, EntityKind};
 use rebuy_emulator::amocrm::{AmoConfig, AmoEmulator, RunningAmo};
 use rust_decimal::Decimal;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Rate limit used by tests that are not about rate limits: fast, but still limited.
 pub const TEST_RPS: u32 = 500;
@@ -69,11 +68,7 @@ pub async fn amo_env(cfg: AmoConfig) -> Env {
 }
 
 pub fn opts(full: bool) -> SyncOptions {
-    SyncOptions {
-        full,
-        overlap: Duration::from_secs(300),
-        concurrency: 3,
-    }
+    SyncOptions { full, ..SyncOptions::default() }
 }
 
 /// Runs a sync of the env's portal with its own connector.

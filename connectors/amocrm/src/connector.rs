@@ -7,7 +7,8 @@ use jiff::Timestamp;
 use rebuy_core::connector::StatsSnapshot;
 use rebuy_core::{
     Account, Company, Connector, ConnectorError, Contact, ContactId, CrmKind, Cursor, Deal, DealId,
-    Deletion, ListQuery, Page, Pipeline, User, WriteOp, WriteOutcome,
+    Deletion, EntityKind, EntityRef, FieldDef, ListQuery, Page, Pipeline, User, WriteOp,
+    WriteOutcome,
 };
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, BTreeSet};
@@ -200,6 +201,104 @@ impl Connector for AmoClient {
             items: l.embedded.leads.iter().map(|l| DealId(l.id)).collect(),
             next: l.next,
         })
+    }
+
+    /// `GET /api/v4/tasks?filter[entity_type]=..&filter[entity_id][]=..`, paged, looking for
+    /// `marker` in the task text. Tasks are ordered by id, so the first match is the oldest.
+    async fn find_task(
+        &self,
+        entity: EntityRef,
+        marker: &str,
+    ) -> Result<Option<u64>, ConnectorError> {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Tasks {
+            tasks: Vec<TaskRow>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct TaskRow {
+            id: u64,
+            text: Option<String>,
+        }
+        let (entity_type, id) = match entity {
+            EntityRef::Deal(d) => ("leads", d.0),
+            EntityRef::Contact(c) => ("contacts", c.0),
+            EntityRef::Company(c) => ("companies", c.0),
+        };
+        let id = id.to_string();
+        // A hard page cap: an entity with more than 25,000 tasks is not a real case.
+        for page in 1..=100u32 {
+            let page_s = page.to_string();
+            let url = self.url(
+                "api/v4/tasks",
+                &[
+                    ("filter[entity_type]", entity_type),
+                    ("filter[entity_id][]", &id),
+                    ("limit", "250"),
+                    ("page", &page_s),
+                ],
+            )?;
+            let Some(body) = self.get_json::<wire::ListPage<Tasks>>(url).await? else {
+                return Ok(None);
+            };
+            if let Some(t) = body
+                .embedded
+                .tasks
+                .iter()
+                .find(|t| t.text.as_deref().is_some_and(|x| x.contains(marker)))
+            {
+                return Ok(Some(t.id));
+            }
+            if body.links.next.is_none() || body.embedded.tasks.is_empty() {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// `GET /api/v4/{leads|contacts|companies}/custom_fields`, every page.
+    async fn custom_fields(&self) -> Result<Vec<FieldDef>, ConnectorError> {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Fields {
+            custom_fields: Vec<FieldRow>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct FieldRow {
+            id: u64,
+            name: String,
+            code: Option<String>,
+            #[serde(rename = "type")]
+            field_type: String,
+        }
+        let mut out = Vec::new();
+        for (path, entity) in [
+            ("api/v4/leads/custom_fields", EntityKind::Deals),
+            ("api/v4/contacts/custom_fields", EntityKind::Contacts),
+            ("api/v4/companies/custom_fields", EntityKind::Companies),
+        ] {
+            for page in 1..=100u32 {
+                let page_s = page.to_string();
+                let url = self.url(path, &[("limit", "250"), ("page", &page_s)])?;
+                let Some(body) = self.get_json::<wire::ListPage<Fields>>(url).await? else {
+                    break;
+                };
+                let more = body.links.next.is_some() && !body.embedded.custom_fields.is_empty();
+                out.extend(body.embedded.custom_fields.into_iter().map(|f| FieldDef {
+                    entity,
+                    id: f.id.to_string(),
+                    name: f.name,
+                    code: f.code,
+                    field_type: f.field_type,
+                }));
+                if !more {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn max_writes_per_request(&self) -> usize {

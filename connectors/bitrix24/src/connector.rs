@@ -463,6 +463,22 @@ impl Connector for B24Client {
         self.inner.settings.batch_size
     }
 
+    /// `event.bind` for each event (app auth only: an inbound webhook gets `WRONG_AUTH_TYPE`).
+    /// A handler bound before (`ERROR_HANDLER_ALREADY_EXIST`) counts as success, so
+    /// re-binding after an app update is safe.
+    async fn subscribe(&self, handler_url: &str, events: &[&str]) -> Result<(), ConnectorError> {
+        for event in events {
+            let params = json!({"event": event, "handler": handler_url});
+            match self.call::<Value>("event.bind", params).await {
+                Ok(_) => {}
+                Err(ConnectorError::Rejected { code: Some(code), .. })
+                    if code == "ERROR_HANDLER_ALREADY_EXIST" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     async fn apply(&self, ops: &[WriteOp]) -> Vec<Result<WriteOutcome, ConnectorError>> {
         write::apply(self, ops).await
     }

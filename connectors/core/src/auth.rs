@@ -32,7 +32,8 @@ pub struct TokenSet {
 impl TokenSet {
     /// Whether the access token is expired at `now`, counting `skew` early.
     pub fn is_expired(&self, now: Timestamp, skew: SignedDuration) -> bool {
-        self.expires_at.is_some_and(|exp| now.saturating_add(skew).is_ok_and(|t| t >= exp))
+        self.expires_at
+            .is_some_and(|exp| now.saturating_add(skew).is_ok_and(|t| t >= exp))
     }
 }
 
@@ -66,7 +67,10 @@ pub struct MemoryTokenStore {
 impl MemoryTokenStore {
     /// A store holding `tokens`.
     pub fn new(tokens: Option<TokenSet>) -> Self {
-        Self { tokens: std::sync::Mutex::new(tokens), ..Default::default() }
+        Self {
+            tokens: std::sync::Mutex::new(tokens),
+            ..Default::default()
+        }
     }
     /// How many times tokens were saved.
     pub fn saves(&self) -> u64 {
@@ -74,14 +78,21 @@ impl MemoryTokenStore {
     }
     /// The re-authorisation reason, if one was recorded.
     pub fn needs_reauth(&self) -> Option<String> {
-        self.reauth.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reauth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
 #[async_trait]
 impl TokenStore for MemoryTokenStore {
     async fn load(&self) -> Result<Option<TokenSet>, ConnectorError> {
-        Ok(self.tokens.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        Ok(self
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone())
     }
     async fn save(&self, tokens: &TokenSet) -> Result<(), ConnectorError> {
         *self.tokens.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokens.clone());
@@ -149,7 +160,12 @@ impl TokenManager {
 
     /// A manager for a fixed token held in memory only.
     pub fn fixed(token: SecretString) -> Self {
-        let set = TokenSet { access_token: token, refresh_token: None, expires_at: None, extra: BTreeMap::new() };
+        let set = TokenSet {
+            access_token: token,
+            refresh_token: None,
+            expires_at: None,
+            extra: BTreeMap::new(),
+        };
         Self::new(Arc::new(MemoryTokenStore::new(Some(set))), None)
     }
 
@@ -167,7 +183,9 @@ impl TokenManager {
         if cur.is_none() {
             *cur = self.store.load().await?;
         }
-        cur.clone().ok_or_else(|| ConnectorError::NeedsReauth { message: "no tokens stored: run `rebuy auth`".into() })
+        cur.clone().ok_or_else(|| ConnectorError::NeedsReauth {
+            message: "no tokens stored: run `rebuy auth`".into(),
+        })
     }
 
     /// A valid access token, refreshing first when the stored one has expired.
@@ -177,9 +195,15 @@ impl TokenManager {
         if tokens.is_expired(Timestamp::now(), self.skew) && self.refresher.is_some() {
             self.refresh_if_current(gen_before).await?;
             let tokens = self.tokens().await?;
-            return Ok(IssuedToken { token: tokens.access_token, generation: self.generation.load(Ordering::SeqCst) });
+            return Ok(IssuedToken {
+                token: tokens.access_token,
+                generation: self.generation.load(Ordering::SeqCst),
+            });
         }
-        Ok(IssuedToken { token: tokens.access_token, generation: gen_before })
+        Ok(IssuedToken {
+            token: tokens.access_token,
+            generation: gen_before,
+        })
     }
 
     /// Reports that `failed` was refused with 401. Refreshes unless another caller already did
@@ -188,7 +212,9 @@ impl TokenManager {
         if self.refresher.is_none() {
             let reason = "the access token was refused and cannot be refreshed";
             self.store.mark_needs_reauth(reason).await?;
-            return Err(ConnectorError::NeedsReauth { message: reason.into() });
+            return Err(ConnectorError::NeedsReauth {
+                message: reason.into(),
+            });
         }
         self.refresh_if_current(failed.generation).await
     }
@@ -209,13 +235,17 @@ impl TokenManager {
             return Ok(());
         }
         let Some(refresher) = &self.refresher else {
-            return Err(ConnectorError::NeedsReauth { message: "token cannot be refreshed".into() });
+            return Err(ConnectorError::NeedsReauth {
+                message: "token cannot be refreshed".into(),
+            });
         };
         let current = self.tokens().await?;
         if current.refresh_token.is_none() {
             let reason = "no refresh token stored";
             self.store.mark_needs_reauth(reason).await?;
-            return Err(ConnectorError::NeedsReauth { message: reason.into() });
+            return Err(ConnectorError::NeedsReauth {
+                message: reason.into(),
+            });
         }
         match refresher.refresh(&current).await {
             Ok(new) => {
@@ -232,7 +262,9 @@ impl TokenManager {
                         Err(e) => last = Some(e),
                     }
                 }
-                Err(last.unwrap_or_else(|| ConnectorError::Store { message: "save failed".into() }))
+                Err(last.unwrap_or_else(|| ConnectorError::Store {
+                    message: "save failed".into(),
+                }))
             }
             Err(ConnectorError::NeedsReauth { message }) => {
                 self.store.mark_needs_reauth(&message).await?;
@@ -259,7 +291,9 @@ mod tests {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
             tokio::time::sleep(Duration::from_millis(20)).await;
             if self.fail {
-                return Err(ConnectorError::NeedsReauth { message: "Token has been revoked".into() });
+                return Err(ConnectorError::NeedsReauth {
+                    message: "Token has been revoked".into(),
+                });
             }
             Ok(TokenSet {
                 access_token: SecretString::from(format!("access-{n}")),
@@ -282,7 +316,10 @@ mod tests {
     #[tokio::test]
     async fn fifty_callers_one_refresh() {
         let store = Arc::new(MemoryTokenStore::new(Some(expired())));
-        let refresher = Arc::new(CountingRefresher { calls: AtomicU64::new(0), fail: false });
+        let refresher = Arc::new(CountingRefresher {
+            calls: AtomicU64::new(0),
+            fail: false,
+        });
         let mgr = Arc::new(TokenManager::new(store.clone(), Some(refresher.clone())));
         let tasks: Vec<_> = (0..50)
             .map(|_| {
@@ -302,7 +339,10 @@ mod tests {
     #[tokio::test]
     async fn rejected_refresh_marks_reauth() {
         let store = Arc::new(MemoryTokenStore::new(Some(expired())));
-        let refresher = Arc::new(CountingRefresher { calls: AtomicU64::new(0), fail: true });
+        let refresher = Arc::new(CountingRefresher {
+            calls: AtomicU64::new(0),
+            fail: true,
+        });
         let mgr = TokenManager::new(store.clone(), Some(refresher));
         let err = mgr.access_token().await.unwrap_err();
         assert!(matches!(err, ConnectorError::NeedsReauth { .. }));
@@ -314,7 +354,10 @@ mod tests {
         let mut valid = expired();
         valid.expires_at = None;
         let store = Arc::new(MemoryTokenStore::new(Some(valid)));
-        let refresher = Arc::new(CountingRefresher { calls: AtomicU64::new(0), fail: false });
+        let refresher = Arc::new(CountingRefresher {
+            calls: AtomicU64::new(0),
+            fail: false,
+        });
         let mgr = TokenManager::new(store, Some(refresher.clone()));
         let t = mgr.access_token().await.unwrap();
         mgr.on_unauthorized(&t).await.unwrap();

@@ -110,6 +110,21 @@ pub enum WriteOp {
     },
 }
 
+/// A custom field defined in the CRM (for `rebuy mapping`: field names -> ids).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldDef {
+    /// The entity the field belongs to: `contacts`, `companies` or `deals`.
+    pub entity: EntityKind,
+    /// Field id (amoCRM numeric id as text; Bitrix24 `UF_CRM_...`).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Code when the CRM has one (amoCRM `PHONE`, `EMAIL`).
+    pub code: Option<String>,
+    /// The CRM's field type (`text`, `date`, `select`, ...).
+    pub field_type: String,
+}
+
 /// What a successful write produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteOutcome {
@@ -174,13 +189,25 @@ pub trait Connector: Send + Sync {
     async fn pipelines(&self) -> Result<Vec<Pipeline>, ConnectorError>;
 
     /// One page of contacts.
-    async fn contacts(&self, query: &ListQuery, cursor: Option<&Cursor>) -> Result<Page<Contact>, ConnectorError>;
+    async fn contacts(
+        &self,
+        query: &ListQuery,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<Contact>, ConnectorError>;
 
     /// One page of companies.
-    async fn companies(&self, query: &ListQuery, cursor: Option<&Cursor>) -> Result<Page<Company>, ConnectorError>;
+    async fn companies(
+        &self,
+        query: &ListQuery,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<Company>, ConnectorError>;
 
     /// One page of deals, with their contact links (and product rows where the CRM has them).
-    async fn deals(&self, query: &ListQuery, cursor: Option<&Cursor>) -> Result<Page<Deal>, ConnectorError>;
+    async fn deals(
+        &self,
+        query: &ListQuery,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<Deal>, ConnectorError>;
 
     /// One deal by id; `Ok(None)` when it does not exist.
     async fn deal(&self, id: DealId) -> Result<Option<Deal>, ConnectorError>;
@@ -190,23 +217,52 @@ pub trait Connector: Send + Sync {
 
     /// Deletions recorded since `since` (amoCRM `/events`). CRMs without a deletion log return
     /// [`ConnectorError::Unsupported`]; the sidecar then reconciles ids instead.
-    async fn deletions(&self, since: Timestamp, cursor: Option<&Cursor>) -> Result<Page<Deletion>, ConnectorError> {
+    async fn deletions(
+        &self,
+        since: Timestamp,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<Deletion>, ConnectorError> {
         let _ = (since, cursor);
-        Err(ConnectorError::Unsupported { what: "deletion log".into() })
+        Err(ConnectorError::Unsupported {
+            what: "deletion log".into(),
+        })
     }
 
     /// One page of all deal ids in ascending order, for reconciliation of deletions.
     async fn deal_ids(&self, cursor: Option<&Cursor>) -> Result<Page<DealId>, ConnectorError> {
         let _ = cursor;
-        Err(ConnectorError::Unsupported { what: "id listing".into() })
+        Err(ConnectorError::Unsupported {
+            what: "id listing".into(),
+        })
     }
 
     /// Looks for a task on `entity` whose text contains `marker` (the idempotency marker the
     /// outbox puts in every task text). Used after a crash between sending a task and
     /// recording it, so the task is never created twice. `Ok(None)` when there is none.
-    async fn find_task(&self, entity: EntityRef, marker: &str) -> Result<Option<u64>, ConnectorError> {
+    async fn find_task(
+        &self,
+        entity: EntityRef,
+        marker: &str,
+    ) -> Result<Option<u64>, ConnectorError> {
         let _ = (entity, marker);
-        Err(ConnectorError::Unsupported { what: "task lookup".into() })
+        Err(ConnectorError::Unsupported {
+            what: "task lookup".into(),
+        })
+    }
+
+    /// The custom fields of contacts, companies and deals. CRMs without the listing return
+    /// [`ConnectorError::Unsupported`].
+    async fn custom_fields(&self) -> Result<Vec<FieldDef>, ConnectorError> {
+        Err(ConnectorError::Unsupported {
+            what: "custom field listing".into(),
+        })
+    }
+
+    /// Subscribes `handler_url` to the CRM's change events (Bitrix24 `event.bind`; amoCRM
+    /// `POST /api/v4/webhooks`). Already-bound handlers count as success.
+    async fn subscribe(&self, handler_url: &str, events: &[&str]) -> Result<(), ConnectorError> {
+        let _ = (handler_url, events);
+        Err(ConnectorError::Unsupported { what: "event subscriptions".into() })
     }
 
     /// How many writes [`Connector::apply`] packs into one request at most.
@@ -217,6 +273,12 @@ pub trait Connector: Send + Sync {
     /// Carries out writes, packed into as few requests as the CRM allows. Returns one result
     /// per op, in order; one op's failure does not fail the others.
     async fn apply(&self, ops: &[WriteOp]) -> Vec<Result<WriteOutcome, ConnectorError>> {
-        ops.iter().map(|_| Err(ConnectorError::Unsupported { what: "writes".into() })).collect()
+        ops.iter()
+            .map(|_| {
+                Err(ConnectorError::Unsupported {
+                    what: "writes".into(),
+                })
+            })
+            .collect()
     }
 }

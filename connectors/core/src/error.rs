@@ -82,7 +82,10 @@ pub enum ConnectorError {
 impl ConnectorError {
     /// Whether the same request may succeed if repeated later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ConnectorError::RateLimited { .. } | ConnectorError::Transient { .. })
+        matches!(
+            self,
+            ConnectorError::RateLimited { .. } | ConnectorError::Transient { .. }
+        )
     }
 
     /// A short stable code for logs, metrics and the outbox's failure records.
@@ -103,6 +106,8 @@ impl ConnectorError {
 
     /// Builds a transient error from anything displayable.
     pub fn transient(e: impl std::fmt::Display) -> Self {
-        ConnectorError::Transient { message: e.to_string() }
+        ConnectorError::Transient {
+            message: e.to_string(),
+        }
     }
 }

@@ -27,7 +27,10 @@ pub mod phone;
 pub mod retry;
 
 pub use auth::{TokenManager, TokenRefresher, TokenSet, TokenStore};
-pub use connector::{Connector, Cursor, EntityRef, FieldWrite, ListQuery, Page, TaskKind, WriteOp, WriteOutcome};
+pub use connector::{
+    Connector, Cursor, EntityRef, FieldDef, FieldWrite, ListQuery, Page, TaskKind, WriteOp,
+    WriteOutcome,
+};
 pub use error::ConnectorError;
 pub use ids::*;
 pub use model::*;

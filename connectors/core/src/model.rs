@@ -238,8 +238,13 @@ pub enum EntityKind {
 
 impl EntityKind {
     /// All kinds in sync order (references first).
-    pub const ALL: [EntityKind; 5] =
-        [EntityKind::Users, EntityKind::Pipelines, EntityKind::Companies, EntityKind::Contacts, EntityKind::Deals];
+    pub const ALL: [EntityKind; 5] = [
+        EntityKind::Users,
+        EntityKind::Pipelines,
+        EntityKind::Companies,
+        EntityKind::Contacts,
+        EntityKind::Deals,
+    ];
 
     /// Lower-case name.
     pub fn as_str(self) -> &'static str {

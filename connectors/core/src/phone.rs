@@ -28,7 +28,10 @@ impl Phone {
 
     /// Parses a raw phone; `country` is the calling code used for 10-digit national numbers.
     pub fn parse_with_country(raw: &str, country: &str) -> Self {
-        Self { raw: raw.to_owned(), e164: normalize(raw, country) }
+        Self {
+            raw: raw.to_owned(),
+            e164: normalize(raw, country),
+        }
     }
 }
 
@@ -53,14 +56,22 @@ pub fn normalize(raw: &str, country: &str) -> Option<String> {
     } else {
         return None;
     };
-    if (8..=15).contains(&e164.len()) { Some(format!("+{e164}")) } else { None }
+    if (8..=15).contains(&e164.len()) {
+        Some(format!("+{e164}"))
+    } else {
+        None
+    }
 }
 
 /// Lower-cases and trims an email; `None` when it has no `@` between non-empty parts.
 pub fn normalize_email(raw: &str) -> Option<String> {
     let e = raw.trim().to_lowercase();
     let (local, domain) = e.split_once('@')?;
-    if local.is_empty() || domain.is_empty() || domain.contains('@') || e.contains(char::is_whitespace) {
+    if local.is_empty()
+        || domain.is_empty()
+        || domain.contains('@')
+        || e.contains(char::is_whitespace)
+    {
         return None;
     }
     Some(e)
@@ -72,8 +83,18 @@ mod tests {
 
     #[test]
     fn russian_formats_normalise_to_one_number() {
-        for raw in ["8 (912) 345-67-89", "+79123456789", "7-912-345-67-89", "9123456789", "+7 912 345 67 89"] {
-            assert_eq!(normalize(raw, "7").as_deref(), Some("+79123456789"), "{raw}");
+        for raw in [
+            "8 (912) 345-67-89",
+            "+79123456789",
+            "7-912-345-67-89",
+            "9123456789",
+            "+7 912 345 67 89",
+        ] {
+            assert_eq!(
+                normalize(raw, "7").as_deref(),
+                Some("+79123456789"),
+                "{raw}"
+            );
         }
     }
 
@@ -85,12 +106,18 @@ mod tests {
 
     #[test]
     fn foreign_international_kept() {
-        assert_eq!(normalize("+49 30 1234567", "7").as_deref(), Some("+49301234567"));
+        assert_eq!(
+            normalize("+49 30 1234567", "7").as_deref(),
+            Some("+49301234567")
+        );
     }
 
     #[test]
     fn emails_lowercased() {
-        assert_eq!(normalize_email(" Ivan.Petrov@Mail.RU ").as_deref(), Some("ivan.petrov@mail.ru"));
+        assert_eq!(
+            normalize_email(" Ivan.Petrov@Mail.RU ").as_deref(),
+            Some("ivan.petrov@mail.ru")
+        );
         assert_eq!(normalize_email("nope"), None);
     }
 

@@ -18,7 +18,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 8, base: Duration::from_millis(250), cap: Duration::from_secs(30) }
+        Self {
+            max_attempts: 8,
+            base: Duration::from_millis(250),
+            cap: Duration::from_secs(30),
+        }
     }
 }
 
@@ -37,14 +41,21 @@ pub fn decide(err: &ConnectorError, attempt: u32, policy: &RetryPolicy, jitter: 
     if !err.is_retryable() || attempt >= policy.max_attempts {
         return Decision::GiveUp;
     }
-    let exp = policy.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let exp = policy
+        .base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
     let ceiling = exp.min(policy.cap);
     // Full jitter, but never below half the ceiling: rate limits need a real pause.
     let delay = ceiling.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
     let delay = match err {
-        ConnectorError::RateLimited { retry_after: Some(after), .. } => delay.max(*after),
+        ConnectorError::RateLimited {
+            retry_after: Some(after),
+            ..
+        } => delay.max(*after),
         // A 429 without Retry-After (amoCRM): wait at least a second, the limit's window.
-        ConnectorError::RateLimited { retry_after: None, .. } => delay.max(Duration::from_secs(1)),
+        ConnectorError::RateLimited {
+            retry_after: None, ..
+        } => delay.max(Duration::from_secs(1)),
         _ => delay,
     };
     Decision::Retry(delay.min(policy.cap.max(Duration::from_secs(1))))
@@ -60,17 +71,35 @@ mod tests {
 
     #[test]
     fn permanent_errors_are_not_retried() {
-        let e = ConnectorError::Rejected { status: 400, code: None, message: "bad".into() };
-        assert_eq!(decide(&e, 1, &RetryPolicy::default(), 0.5), Decision::GiveUp);
-        let e = ConnectorError::Blocked { message: "403".into() };
-        assert_eq!(decide(&e, 1, &RetryPolicy::default(), 0.5), Decision::GiveUp);
+        let e = ConnectorError::Rejected {
+            status: 400,
+            code: None,
+            message: "bad".into(),
+        };
+        assert_eq!(
+            decide(&e, 1, &RetryPolicy::default(), 0.5),
+            Decision::GiveUp
+        );
+        let e = ConnectorError::Blocked {
+            message: "403".into(),
+        };
+        assert_eq!(
+            decide(&e, 1, &RetryPolicy::default(), 0.5),
+            Decision::GiveUp
+        );
     }
 
     #[test]
     fn attempts_are_capped() {
         let p = RetryPolicy::default();
-        assert!(matches!(decide(&transient(), p.max_attempts - 1, &p, 0.0), Decision::Retry(_)));
-        assert_eq!(decide(&transient(), p.max_attempts, &p, 0.0), Decision::GiveUp);
+        assert!(matches!(
+            decide(&transient(), p.max_attempts - 1, &p, 0.0),
+            Decision::Retry(_)
+        ));
+        assert_eq!(
+            decide(&transient(), p.max_attempts, &p, 0.0),
+            Decision::GiveUp
+        );
     }
 
     #[test]
@@ -86,7 +115,13 @@ mod tests {
 
     #[test]
     fn rate_limit_waits_at_least_retry_after() {
-        let e = ConnectorError::RateLimited { retry_after: Some(Duration::from_secs(5)), message: String::new() };
-        assert_eq!(decide(&e, 1, &RetryPolicy::default(), 0.0), Decision::Retry(Duration::from_secs(5)));
+        let e = ConnectorError::RateLimited {
+            retry_after: Some(Duration::from_secs(5)),
+            message: String::new(),
+        };
+        assert_eq!(
+            decide(&e, 1, &RetryPolicy::default(), 0.0),
+            Decision::Retry(Duration::from_secs(5))
+        );
     }
 }

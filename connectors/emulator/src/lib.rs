@@ -13,6 +13,9 @@
 //! - [`faults`]: fault injection ([`faults::FaultConfig`]): 5xx, extra 429, slow answers,
 //!   dropped connections, truncated JSON, drawn from a seeded generator.
 //! - [`limits`]: the token bucket with escalation to a sticky block.
+//! - [`delivery`]: outgoing webhooks ([`delivery::DeliveryConfig`]): a background task per
+//!   emulator POSTs every change to the registered URLs, with timeouts, retries (amoCRM) and
+//!   seeded duplicates, drops and delays.
 //! - [`amocrm`]: the amoCRM emulator ([`amocrm::AmoEmulator`]): OAuth 2.0, API v4 lists and
 //!   writes, events, rate limits; `router()` for in-process tests, `serve(listener, shutdown)`
 //!   and `spawn()` for real sockets, [`amocrm::run_amocrm`] for the CLI.
@@ -31,6 +34,7 @@
 
 pub mod amocrm;
 pub mod bitrix24;
+pub mod delivery;
 pub mod faults;
 pub mod limits;
 mod rng;

@@ -29,6 +29,7 @@ mod oauth;
 mod query;
 mod render;
 pub mod state;
+mod webhooks;
 mod writes;
 
 pub use state::*;
@@ -36,6 +37,7 @@ pub use writes::{
     EntityUpdate, FieldUpdate, LeadCreated, LeadMove, TagUpdate, TaskCreated, TaskUpdated, Writes,
 };
 
+use crate::delivery::{Delivery, DeliveryConfig, DeliveryStats};
 use crate::faults::{Fault, FaultConfig, FaultPicker};
 use crate::limits::{Admission, Limiter};
 use crate::seed::{self, SeedConfig};
@@ -52,7 +54,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use tokio::time::Instant;
 
 /// Configuration of an emulated amoCRM account and its one integration.
@@ -82,6 +84,8 @@ pub struct AmoConfig {
     pub customers_mode: String,
     /// A long-lived token (private integrations) accepted as Bearer without expiry.
     pub long_lived_token: Option<String>,
+    /// Outgoing webhook delivery (timeout, retry schedule, duplicates, drops, delays).
+    pub delivery: DeliveryConfig,
 }
 
 impl Default for AmoConfig {
@@ -101,6 +105,7 @@ impl Default for AmoConfig {
             faults: FaultConfig::default(),
             customers_mode: "disabled".into(),
             long_lived_token: None,
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -147,6 +152,8 @@ pub(crate) struct Inner {
     /// Bumped on every write-lock: page cursors of older versions are stale.
     version: AtomicU64,
     cursors: Mutex<std::collections::HashMap<String, api::PageCursor>>,
+    /// Outgoing webhooks.
+    delivery: Delivery,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -158,10 +165,11 @@ impl Inner {
         self.data.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, AmoData> {
+    /// The write lock; releasing it sends the webhooks of the changes made under it.
+    fn write(&self) -> webhooks::WriteGuard<'_> {
         let guard = self.data.write().unwrap_or_else(|e| e.into_inner());
         self.version.fetch_add(1, Ordering::SeqCst);
-        guard
+        webhooks::WriteGuard::new(guard, self)
     }
 
     fn version(&self) -> u64 {
@@ -224,6 +232,7 @@ impl AmoEmulator {
             request_seq: AtomicU64::new(1),
             version: AtomicU64::new(0),
             cursors: Mutex::new(Default::default()),
+            delivery: Delivery::new(cfg.delivery.clone(), true, webhooks::USER_AGENT),
             cfg,
         };
         Self(Arc::new(inner))
@@ -284,6 +293,12 @@ impl AmoEmulator {
             )
             .route("/api/v4/tasks/{id}", get(api::task))
             .route("/api/v4/events", get(api::events))
+            .route(
+                "/api/v4/webhooks",
+                get(webhooks::list)
+                    .post(webhooks::create)
+                    .delete(webhooks::delete),
+            )
             .route("/_emulator/writes", get(inspect_writes))
             .route("/_emulator/stats", get(inspect_stats))
             .route(
@@ -544,16 +559,29 @@ impl AmoEmulator {
         Some(id)
     }
 
-    /// Registers a webhook destination (kept for the webhooks issue; nothing is delivered yet).
+    /// Subscribes `destination` to the changes whose codes are in `settings` (`add_lead`,
+    /// `status_lead`, ...), as `POST /api/v4/webhooks` does (the same destination again
+    /// replaces its settings). Every later change is POSTed there in amoCRM's webhook format.
     pub fn register_webhook(&self, destination: &str, settings: &[&str]) {
-        self.0.write().webhooks.push(AmoWebhook {
-            destination: destination.to_owned(),
-            settings: settings.iter().map(|s| (*s).to_owned()).collect(),
-        });
+        let now = self.0.now();
+        let settings = settings.iter().map(|s| (*s).to_owned()).collect();
+        webhooks::subscribe(&mut self.0.write(), destination, settings, 1, now);
+    }
+
+    /// Replaces the webhook delivery settings (faults, delays, retry schedule) for later
+    /// deliveries.
+    pub fn set_delivery(&self, cfg: DeliveryConfig) {
+        self.0.delivery.set_config(cfg);
+    }
+
+    /// A copy of the webhook delivery counters.
+    pub fn delivery_stats(&self) -> DeliveryStats {
+        self.0.delivery.stats()
     }
 }
 
-/// An emulator serving in a background task. Dropping it stops the server.
+/// An emulator serving in a background task. Dropping it stops the server and the
+/// emulator's webhook deliveries (pending ones and retries are abandoned).
 #[derive(Debug)]
 pub struct RunningAmo {
     /// `http://127.0.0.1:{port}`: the account base URL (use it where the real one would be
@@ -587,6 +615,7 @@ impl RunningAmo {
 
 impl Drop for RunningAmo {
     fn drop(&mut self) {
+        self.emulator.0.delivery.stop();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -416,13 +416,39 @@ pub struct AmoEvent {
     pub value_before: Value,
 }
 
-/// A registered webhook (kept for the webhooks issue; not delivered yet).
+/// A webhook subscription (`/api/v4/webhooks` model): every change whose code is in
+/// `settings` is POSTed to `destination` (see [`crate::delivery`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AmoWebhook {
+    /// Subscription id.
+    pub id: u64,
     /// Destination URL.
     pub destination: String,
     /// Settings (`add_lead`, `status_lead`...).
     pub settings: Vec<String>,
+    /// Sort order (lower first).
+    pub sort: i64,
+    /// Disabled subscriptions receive nothing.
+    pub disabled: bool,
+    /// Who subscribed (user id).
+    pub created_by: u64,
+    /// Created (unix s).
+    pub created_at: i64,
+    /// Updated (unix s).
+    pub updated_at: i64,
+    /// The account.
+    pub account_id: u64,
+}
+
+/// What one write changed beyond the event log (read by the webhook emitter).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ChangeLog {
+    /// Leads whose `updated_at` was bumped.
+    pub touched_leads: BTreeSet<u64>,
+    /// Contacts whose `updated_at` was bumped.
+    pub touched_contacts: BTreeSet<u64>,
+    /// Removed leads: (id, status_id, pipeline_id).
+    pub removed_leads: Vec<(u64, u64, u64)>,
 }
 
 /// Everything the emulated account holds.
@@ -453,6 +479,8 @@ pub struct AmoData {
     pub webhooks: Vec<AmoWebhook>,
     #[serde(skip)]
     pub(crate) idx: Indexes,
+    #[serde(skip)]
+    pub(crate) changes: ChangeLog,
     #[serde(skip)]
     next_id: u64,
     #[serde(skip)]
@@ -812,6 +840,7 @@ impl AmoData {
             tasks: BTreeMap::new(),
             events: Vec::new(),
             webhooks: Vec::new(),
+            changes: ChangeLog::default(),
             idx: Indexes::default(),
             next_id: 0,
             next_tag_id: 110_001,
@@ -968,6 +997,7 @@ impl AmoData {
             l.updated_at = now.max(l.created_at);
             l.updated_by = by;
             self.idx.lead_updated.insert((l.updated_at, id));
+            self.changes.touched_leads.insert(id);
         }
     }
 
@@ -978,6 +1008,7 @@ impl AmoData {
             c.updated_at = now.max(c.created_at);
             c.updated_by = by;
             self.idx.contact_updated.insert((c.updated_at, id));
+            self.changes.touched_contacts.insert(id);
         }
     }
 
@@ -998,6 +1029,9 @@ impl AmoData {
     pub(crate) fn remove_lead(&mut self, id: u64) -> Option<AmoLead> {
         let lead = self.leads.remove(&id)?;
         self.idx.lead_updated.remove(&(lead.updated_at, id));
+        self.changes
+            .removed_leads
+            .push((id, lead.status_id, lead.pipeline_id));
         for c in &lead.contacts {
             if let Some(v) = self.idx.contact_leads.get_mut(&c.id) {
                 v.retain(|&l| l != id);

@@ -28,8 +28,11 @@
 //! - `OAuth` calls run as the portal administrator (the first seeded user); webhook calls as
 //!   the webhook's user.
 //! - Events are recorded ([`B24Emulator::fired_events`]) and queued for `event.offline.get`
-//!   when an offline binding exists; online handlers are not called over HTTP (tests build the
-//!   POST body with [`event_form_body`] and deliver it themselves).
+//!   when an offline binding exists; every online handler bound with `event.bind` for the
+//!   event gets a POST of [`event_form_body`] (`application/x-www-form-urlencoded`) through the
+//!   emulator's [`crate::delivery::Delivery`]: never retried (as Bitrix24), with the faults of
+//!   [`B24Config::delivery`]. `auth[client_endpoint]` is the served base URL (`https://{domain}`
+//!   before [`B24Emulator::serve`] binds a socket).
 mod limits;
 mod methods;
 mod oauth;
@@ -38,6 +41,7 @@ pub mod state;
 
 pub use state::*;
 
+use crate::delivery::{Delivery, DeliveryConfig, DeliveryStats};
 use crate::faults::{Fault, FaultConfig, FaultPicker};
 use crate::seed::{self, SeedConfig};
 use axum::Router;
@@ -92,6 +96,9 @@ pub struct B24Config {
     pub method_cost_ms: u64,
     /// Injected faults.
     pub faults: FaultConfig,
+    /// Event delivery to online handlers (duplicates, drops, delays; the retry schedule is
+    /// ignored: Bitrix24 never retries).
+    pub delivery: DeliveryConfig,
 }
 
 impl Default for B24Config {
@@ -114,6 +121,7 @@ impl Default for B24Config {
             operating_window_secs: 600.0,
             method_cost_ms: 5,
             faults: FaultConfig::default(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -206,6 +214,10 @@ pub(crate) struct Inner {
     events: Mutex<Events>,
     admin: u64,
     started: Instant,
+    /// Event delivery to online handlers.
+    delivery: Delivery,
+    /// The served base URL (for `auth[client_endpoint]`), once known.
+    base_url: Mutex<Option<String>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -265,6 +277,22 @@ impl Inner {
             ts,
             fields,
         };
+        let handlers: Vec<String> = ev
+            .bindings
+            .iter()
+            .filter(|b| !b.offline && b.event == event && !b.handler.is_empty())
+            .map(|b| b.handler.clone())
+            .collect();
+        if !handlers.is_empty() {
+            let base = lock(&self.base_url)
+                .clone()
+                .unwrap_or_else(|| format!("https://{}", self.cfg.domain));
+            let body = event_form_body(&self.cfg, &fired, &base);
+            for h in handlers {
+                self.delivery
+                    .enqueue(&h, "application/x-www-form-urlencoded", body.clone());
+            }
+        }
         if ev.bindings.iter().any(|b| b.offline && b.event == event) {
             // The offline queue keeps one record per object (the latest change).
             ev.offline
@@ -329,6 +357,8 @@ impl B24Emulator {
             data: RwLock::new(data),
             admin,
             started: Instant::now(),
+            delivery: Delivery::new(cfg.delivery.clone(), false, "Bitrix24 Webhook Engine"),
+            base_url: Mutex::new(None),
             cfg,
         };
         Self(Arc::new(inner))
@@ -363,6 +393,9 @@ impl B24Emulator {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        if let Ok(addr) = listener.local_addr() {
+            *lock(&self.0.base_url) = Some(format!("http://{addr}"));
+        }
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await
@@ -540,6 +573,16 @@ impl B24Emulator {
         Some(id)
     }
 
+    /// Replaces the event delivery settings (faults, delays) for later events.
+    pub fn set_delivery(&self, cfg: DeliveryConfig) {
+        self.0.delivery.set_config(cfg);
+    }
+
+    /// A copy of the event delivery counters.
+    pub fn delivery_stats(&self) -> DeliveryStats {
+        self.0.delivery.stats()
+    }
+
     /// The form-urlencoded body Bitrix24 would POST to an online handler for `ev`.
     pub fn event_body(&self, ev: &FiredEvent, base_url: &str) -> String {
         event_form_body(&self.0.cfg, ev, base_url)
@@ -566,7 +609,8 @@ pub fn event_form_body(cfg: &B24Config, ev: &FiredEvent, base_url: &str) -> Stri
     s.finish()
 }
 
-/// An emulator serving in a background task. Dropping it stops the server.
+/// An emulator serving in a background task. Dropping it stops the server and the
+/// emulator's webhook deliveries (pending ones and retries are abandoned).
 #[derive(Debug)]
 pub struct RunningB24 {
     /// `http://127.0.0.1:{port}`: the portal URL (where the real one is `https://{domain}`).
@@ -607,6 +651,7 @@ impl RunningB24 {
 
 impl Drop for RunningB24 {
     fn drop(&mut self) {
+        self.emulator.0.delivery.stop();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

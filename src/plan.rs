@@ -1,0 +1,952 @@
+//! The planner: a pure function from (analysis, CRM facts, rules, plan instant) to the list of
+//! CRM writes, each with its idempotency key.
+//!
+//! Flow position: pull -> cache -> analyse -> **plan** -> outbox -> CRM. [`plan`] never reads
+//! a clock, a database or the network: the instant is an input (`--as-of`), so the same inputs
+//! always give the same [`Plan`], sorted by key. `rebuy plan` prints it; `rebuy apply` and the
+//! server's daily run enqueue it into the outbox, where the key makes every action happen once
+//! however often it is planned.
+//!
+//! # What is planned
+//! - **Repeat routing** ([`plan_for_deal`]): an open deal of a customer who bought before is
+//!   moved to the repeat pipeline's stage, flagged as a repeat sale, and its manager gets a task
+//!   with the customer's history. A known non-buyer's new inquiry (returning inquiry) stays
+//!   where it is, on its existing contact: the sidecar never creates contacts.
+//! - **The cyclic funnel**: the customer's open deal in the funnel pipeline is moved to the
+//!   stage of the time left until the next purchase; a purchase resets the date and the stage.
+//! - **Touches** as tasks: after-purchase offsets, reminders before the next purchase,
+//!   seasonal dates, product chains, staged reactivation, rewards. A touch is planned when its
+//!   day falls in `[plan date - lookback_days, plan date + horizon_days]`; its due time is the
+//!   business-hours slot of that day in the portal's zone (or the next open slot when the day
+//!   is past).
+//! - **Segment fields**: RFM segment, ABC, XYZ, next purchase date.
+//!
+//! # Idempotency keys
+//! `"{portal}/{rule}/{customer}/{window}"`, where the window is: the due day for after-purchase
+//! touches (purchase + offset) and product chains; the next-purchase date for reminders; the
+//! year for seasonal touches and rewards; `s{step}-{last purchase}` for reactivation (a new
+//! purchase starts a new chain); `{stage}-{next purchase}` for funnel moves; `deal:{id}` for
+//! repeat routing; the written values for segment fields.
+use crate::analytics::{CustomerKey, CustomerRow, DealClass};
+use crate::outbox::Action;
+use crate::playbooks::rules::{ReactivationTarget, RewardKind};
+use crate::playbooks::templates::{self, TaskContext};
+use crate::playbooks::{DateFormat, Responsible, Rules, TaskRule, Trigger, mapping::FieldEntity};
+use jiff::Timestamp;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use rebuy_core::{
+    CrmKind, DealId, EntityRef, FieldWrite, PipelineId, StageId, TaskKind, UserId, WriteOp,
+};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One won deal of a customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sale {
+    /// Local purchase day.
+    pub day: Date,
+    /// Amount in the portal currency.
+    pub amount: Decimal,
+    /// The deal.
+    pub deal: DealId,
+    /// Its manager.
+    pub manager: Option<UserId>,
+    /// Product names, lower-case.
+    pub products: Vec<String>,
+}
+
+/// What the planner needs of a customer beyond its analysis row.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CustomerFacts {
+    /// Won deals, oldest first.
+    pub sales: Vec<Sale>,
+    /// The customer's open deal in the funnel pipeline: (deal, stage, manager).
+    pub funnel_deal: Option<(DealId, StageId, Option<UserId>)>,
+}
+
+/// An open deal, for repeat routing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenDeal {
+    /// Id.
+    pub id: DealId,
+    /// Title.
+    pub name: String,
+    /// Customer, when the deal has a contact or company.
+    pub customer: Option<CustomerKey>,
+    /// New / repeat / returning inquiry.
+    pub class: DealClass,
+    /// Pipeline.
+    pub pipeline: PipelineId,
+    /// Stage.
+    pub stage: StageId,
+    /// Manager.
+    pub responsible: Option<UserId>,
+    /// Created.
+    pub created_at: Timestamp,
+}
+
+/// Everything [`plan`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    /// Portal id (first part of every key).
+    pub portal: &'a str,
+    /// Which CRM (date formats).
+    pub crm: CrmKind,
+    /// The plan instant.
+    pub as_of: Timestamp,
+    /// The portal's time zone.
+    pub tz: &'a TimeZone,
+    /// Resolved mapping and playbooks.
+    pub rules: &'a Rules,
+    /// Customers (analysis rows), in key order.
+    pub customers: &'a [CustomerRow],
+    /// Their facts, parallel to `customers`.
+    pub facts: &'a [CustomerFacts],
+    /// Open deals (repeat routing).
+    pub open_deals: &'a [OpenDeal],
+}
+
+/// Something the planner wanted to do and could not, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// Rule.
+    pub rule: String,
+    /// Customer.
+    pub customer: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A plan: the actions, sorted by key, and what was skipped.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// Portal.
+    pub portal: String,
+    /// The plan instant.
+    pub as_of: Timestamp,
+    /// Its local date.
+    pub as_of_date: Date,
+    /// The actions, sorted by key, keys unique.
+    pub actions: Vec<Action>,
+    /// What could not be planned.
+    pub skipped: Vec<Skipped>,
+    /// Customers with a next purchase but no open deal in the funnel pipeline (counted, not
+    /// listed: on a fresh funnel that is most of the base).
+    pub funnel_without_deal: u64,
+}
+
+impl Plan {
+    /// Actions per rule.
+    pub fn counts(&self) -> BTreeMap<&str, usize> {
+        let mut m = BTreeMap::new();
+        for a in &self.actions {
+            *m.entry(a.rule.as_str()).or_default() += 1;
+        }
+        m
+    }
+}
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian; Howard Hinnant's algorithm):
+/// the planner compares days as integers, which is much cheaper than calendar arithmetic.
+pub fn day_number(d: Date) -> i64 {
+    let (y, m, dd) = (d.year() as i64, d.month() as i64, d.day() as i64);
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + dd - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The civil date of a day number.
+pub fn from_day_number(z: i64) -> Date {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    Date::new(y as i16, m as i8, d as i8).unwrap_or(Date::MIN)
+}
+
+/// Customers per parallel chunk. Fixed, so the work split (and nothing else) depends on the
+/// machine: the plan is the same on any number of cores.
+const CHUNK: usize = 32_768;
+
+/// Plans every action of a portal at `input.as_of`.
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let as_of_date = input.as_of.to_zoned(input.tz.clone()).date();
+    let today = day_number(as_of_date);
+    let mut actions = Vec::new();
+    // Repeat routing, in deal order.
+    for d in input.open_deals {
+        let Some(key) = d.customer else { continue };
+        if d.class != DealClass::Repeat {
+            continue;
+        }
+        let row = find_customer(input.customers, key);
+        actions.extend(plan_for_deal(
+            input.portal,
+            input.as_of,
+            input.tz,
+            input.rules,
+            d,
+            row,
+        ));
+    }
+    // Customers in fixed chunks, on as many threads as there are cores. Each customer's
+    // actions depend only on the customer (round-robin uses its position), so chunks are
+    // independent.
+    let n = input.customers.len().min(input.facts.len());
+    let chunks: Vec<(usize, usize)> = (0..n)
+        .step_by(CHUNK)
+        .map(|start| (start, (start + CHUNK).min(n)))
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .min(chunks.len())
+        .max(1);
+    let run = |range: (usize, usize)| {
+        let mut p = Planner {
+            input,
+            today,
+            actions: Vec::new(),
+            skipped: Vec::new(),
+            funnel_without_deal: 0,
+        };
+        for i in range.0..range.1 {
+            p.customer(i, &input.customers[i], &input.facts[i]);
+        }
+        (p.actions, p.skipped, p.funnel_without_deal)
+    };
+    let results: Vec<(Vec<Action>, Vec<Skipped>, u64)> = if threads <= 1 {
+        chunks.iter().map(|c| run(*c)).collect()
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut slots: Vec<Option<(Vec<Action>, Vec<Skipped>, u64)>> =
+            (0..chunks.len()).map(|_| None).collect();
+        let done = std::sync::Mutex::new(&mut slots);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(c) = chunks.get(i) else { break };
+                        let r = run(*c);
+                        done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                    }
+                });
+            }
+        });
+        slots.into_iter().flatten().collect()
+    };
+    let mut skipped = Vec::new();
+    let mut funnel_without_deal = 0;
+    for (a, s, f) in results {
+        actions.extend(a);
+        skipped.extend(s);
+        funnel_without_deal += f;
+    }
+    // Keys are unique by construction (one action per rule, customer and window); the
+    // unstable sort is deterministic for unique keys.
+    actions.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    actions.dedup_by(|a, b| a.key == b.key);
+    skipped.sort_by(|a, b| (&a.rule, &a.customer).cmp(&(&b.rule, &b.customer)));
+    Plan {
+        portal: input.portal.to_owned(),
+        as_of: input.as_of,
+        as_of_date,
+        actions,
+        skipped,
+        funnel_without_deal,
+    }
+}
+
+/// The analysis row of a customer (rows are sorted by key).
+pub fn find_customer(rows: &[CustomerRow], key: CustomerKey) -> Option<&CustomerRow> {
+    rows.binary_search_by(|r| r.key.cmp(&key))
+        .ok()
+        .map(|i| &rows[i])
+}
+
+/// Routes one open deal, for the server's webhook path and for [`plan`]: a repeat deal (the
+/// customer bought before it was created) not yet in the repeat pipeline is moved to the
+/// repeat stage, flagged, and its manager gets a task with the customer's history, due at the
+/// next business-hours slot. New deals and returning inquiries (known non-buyers) get nothing:
+/// they stay in their pipeline on their existing contact. Deals older than
+/// `repeat_max_age_days` are left alone. Keys: `{portal}/repeat_route|repeat_flag|repeat_task/
+/// {customer}/deal:{id}`.
+pub fn plan_for_deal(
+    portal: &str,
+    as_of: Timestamp,
+    tz: &TimeZone,
+    rules: &Rules,
+    deal: &OpenDeal,
+    customer: Option<&CustomerRow>,
+) -> Vec<Action> {
+    let Some(routing) = &rules.repeat else {
+        return Vec::new();
+    };
+    let Some(key) = deal.customer else {
+        return Vec::new();
+    };
+    if deal.class != DealClass::Repeat
+        || deal.pipeline == routing.pipeline
+        || rules
+            .funnel
+            .as_ref()
+            .is_some_and(|f| f.pipeline == deal.pipeline)
+        || deal.created_at > as_of
+    {
+        return Vec::new();
+    }
+    let today = day_number(as_of.to_zoned(tz.clone()).date());
+    let created = day_number(deal.created_at.to_zoned(tz.clone()).date());
+    if today - created > i64::from(routing.max_age_days) {
+        return Vec::new();
+    }
+    let cust = key.to_string();
+    let window = format!("deal:{}", deal.id.0);
+    let k = |rule: &str| format!("{portal}/{rule}/{cust}/{window}");
+    let mut out = vec![
+        Action {
+            key: k("repeat_route"),
+            op: WriteOp::MoveDeal {
+                deal: deal.id,
+                pipeline: routing.pipeline,
+                stage: routing.stage.clone(),
+            },
+            rule: "repeat_route".into(),
+            customer: cust.clone(),
+            summary: format!(
+                "move repeat deal {} ({}) to the repeat pipeline {} stage {}",
+                deal.id.0, deal.name, routing.pipeline.0, routing.stage.0
+            ),
+        },
+        Action {
+            key: k("repeat_flag"),
+            op: WriteOp::FlagRepeat { deal: deal.id },
+            rule: "repeat_flag".into(),
+            customer: cust.clone(),
+            summary: format!("flag deal {} as a repeat sale", deal.id.0),
+        },
+    ];
+    let Some(responsible) = deal.responsible.or(rules.default_responsible) else {
+        return out;
+    };
+    let manager = rules
+        .user_names
+        .get(&responsible)
+        .map(String::as_str)
+        .unwrap_or("");
+    let ctx = match customer {
+        Some(row) => context(row, None, today, manager, "repeat", "repeat_lead"),
+        None => TaskContext {
+            name: &deal.name,
+            last_purchase: "—".into(),
+            revenue: "0".into(),
+            segment: "—",
+            next_purchase: "не определена".into(),
+            manager,
+            rule: "repeat_lead",
+            ..TaskContext::default()
+        },
+    };
+    let text = rules
+        .templates
+        .render("repeat_lead", &ctx)
+        .unwrap_or_else(|e| format!("Повторная заявка от клиента {} ({e})", ctx.name));
+    let due = rules.hours.next_open(as_of, tz);
+    out.push(Action {
+        key: k("repeat_task"),
+        summary: format!(
+            "call {} {} for repeat deal {}: {}",
+            due.strftime("%Y-%m-%d %H:%M %Z"),
+            user_label(rules, responsible),
+            deal.id.0,
+            first_line(&text)
+        ),
+        op: WriteOp::CreateTask {
+            entity: EntityRef::Deal(deal.id),
+            responsible,
+            text,
+            due: due.timestamp(),
+            kind: TaskKind::Call,
+        },
+        rule: "repeat_task".into(),
+        customer: cust,
+    });
+    out
+}
+
+fn user_label(rules: &Rules, u: UserId) -> String {
+    match rules.user_names.get(&u) {
+        Some(n) => format!("{n} ({})", u.0),
+        None => format!("user {}", u.0),
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    let l = s.lines().next().unwrap_or("");
+    match l.char_indices().nth(100) {
+        Some((i, _)) => &l[..i],
+        None => l,
+    }
+}
+
+fn context<'a>(
+    row: &'a CustomerRow,
+    sale: Option<&Sale>,
+    today: i64,
+    manager: &'a str,
+    playbook: &'a str,
+    rule: &'a str,
+) -> TaskContext<'a> {
+    TaskContext {
+        name: &row.name,
+        purchases: row.purchases,
+        deals: row.deals,
+        last_purchase: templates::ru_date(row.last_purchase),
+        first_purchase: templates::ru_date(row.first_purchase),
+        revenue: templates::ru_money(row.revenue),
+        segment: templates::segment_ru(row.rfm_segment),
+        segment_code: row.rfm_segment.as_str(),
+        abc: row.abc.as_str(),
+        xyz: row.xyz.as_str(),
+        next_purchase: row
+            .next_purchase
+            .map(templates::ru_date)
+            .unwrap_or_else(|| "не определена".into()),
+        days_left: row.next_purchase.map(|d| day_number(d) - today),
+        products: sale.map(|s| s.products.join(", ")).unwrap_or_default(),
+        manager,
+        playbook,
+        rule,
+        ..TaskContext::default()
+    }
+}
+
+struct Planner<'a, 'b> {
+    input: &'b PlanInput<'a>,
+    today: i64,
+    actions: Vec<Action>,
+    skipped: Vec<Skipped>,
+    funnel_without_deal: u64,
+}
+
+/// Where and for whom a touch is.
+struct Touch<'s> {
+    day: i64,
+    window: String,
+    entity: EntityRef,
+    manager: Option<UserId>,
+    sale: Option<&'s Sale>,
+    offer: &'s str,
+    step: u32,
+}
+
+impl Planner<'_, '_> {
+    fn in_window(&self, day: i64) -> bool {
+        let r = self.input.rules;
+        day >= self.today - i64::from(r.lookback_days)
+            && day <= self.today + i64::from(r.horizon_days)
+    }
+
+    fn customer(&mut self, ordinal: usize, row: &CustomerRow, facts: &CustomerFacts) {
+        let rules = self.input.rules;
+        let Some(last) = facts.sales.last() else {
+            return;
+        };
+        let last_day = day_number(row.last_purchase);
+        let next_day = row.next_purchase.map(day_number);
+        let funnel_entity = facts
+            .funnel_deal
+            .as_ref()
+            .map(|(d, _, m)| (EntityRef::Deal(*d), m.or(last.manager)));
+        let (care_entity, care_manager) =
+            funnel_entity.unwrap_or((EntityRef::Deal(last.deal), last.manager));
+        let any_product = |filter: &[String]| {
+            filter.is_empty()
+                || facts.sales.iter().any(|s| {
+                    s.products
+                        .iter()
+                        .any(|p| filter.iter().any(|f| p.contains(f.as_str())))
+                })
+        };
+        for rule in &rules.rules {
+            match &rule.trigger {
+                Trigger::AfterPurchase {
+                    days,
+                    segments,
+                    products,
+                } => {
+                    let day = last_day + i64::from(*days);
+                    if !self.in_window(day)
+                        || (!segments.is_empty() && !segments.contains(&row.rfm_segment))
+                        || (!products.is_empty()
+                            && !last
+                                .products
+                                .iter()
+                                .any(|p| products.iter().any(|f| p.contains(f.as_str()))))
+                    {
+                        continue;
+                    }
+                    self.touch(
+                        ordinal,
+                        row,
+                        &rule.task,
+                        Touch {
+                            day,
+                            window: from_day_number(day).to_string(),
+                            entity: EntityRef::Deal(last.deal),
+                            manager: last.manager,
+                            sale: Some(last),
+                            offer: "",
+                            step: 0,
+                        },
+                    );
+                }
+                Trigger::BeforeNext {
+                    days_before,
+                    segments,
+                    products,
+                } => {
+                    let Some(next) = next_day else { continue };
+                    let day = next - i64::from(*days_before);
+                    if day <= last_day
+                        || !self.in_window(day)
+                        || (!segments.is_empty() && !segments.contains(&row.rfm_segment))
+                        || !any_product(products)
+                    {
+                        continue;
+                    }
+                    self.touch(
+                        ordinal,
+                        row,
+                        &rule.task,
+                        Touch {
+                            day,
+                            window: from_day_number(next).to_string(),
+                            entity: care_entity,
+                            manager: care_manager,
+                            sale: Some(last),
+                            offer: "",
+                            step: 0,
+                        },
+                    );
+                }
+                Trigger::Seasonal {
+                    month,
+                    day,
+                    days_before,
+                    segments,
+                    products,
+                } => {
+                    if (!segments.is_empty() && !segments.contains(&row.rfm_segment))
+                        || !any_product(products)
+                    {
+                        continue;
+                    }
+                    let year = from_day_number(self.today).year();
+                    for y in [year, year + 1] {
+                        let Some(date) = month_day(y, *month, *day) else {
+                            continue;
+                        };
+                        let d = day_number(date) - i64::from(*days_before);
+                        if self.in_window(d) {
+                            self.touch(
+                                ordinal,
+                                row,
+                                &rule.task,
+                                Touch {
+                                    day: d,
+                                    window: y.to_string(),
+                                    entity: care_entity,
+                                    manager: care_manager,
+                                    sale: Some(last),
+                                    offer: "",
+                                    step: 0,
+                                },
+                            );
+                        }
+                    }
+                }
+                Trigger::ProductChain {
+                    bought,
+                    after_days,
+                    offer,
+                } => {
+                    // Newest sale first; one touch per planned day (two matching deals on one
+                    // day make one touch, about the newer deal), so keys stay unique.
+                    let mut planned = i64::MIN;
+                    for s in facts.sales.iter().rev() {
+                        let day = day_number(s.day) + i64::from(*after_days);
+                        if day < self.today - i64::from(rules.lookback_days) {
+                            break; // older sales are even further back
+                        }
+                        if day == planned
+                            || !self.in_window(day)
+                            || !s.products.iter().any(|p| p.contains(bought.as_str()))
+                        {
+                            continue;
+                        }
+                        planned = day;
+                        self.touch(
+                            ordinal,
+                            row,
+                            &rule.task,
+                            Touch {
+                                day,
+                                window: from_day_number(day).to_string(),
+                                entity: EntityRef::Deal(s.deal),
+                                manager: s.manager,
+                                sale: Some(s),
+                                offer,
+                                step: 0,
+                            },
+                        );
+                    }
+                }
+                Trigger::Reactivation {
+                    who,
+                    start_after_days,
+                    campaign_start,
+                    spread_days,
+                    segments,
+                    step,
+                    after_days,
+                } => {
+                    let eligible = match who {
+                        ReactivationTarget::OneTime => row.one_time,
+                        ReactivationTarget::Sleeping => !row.one_time,
+                    };
+                    if !eligible || (!segments.is_empty() && !segments.contains(&row.rfm_segment)) {
+                        continue;
+                    }
+                    let mut start = last_day + i64::from(*start_after_days);
+                    if let Some(c) = campaign_start {
+                        let c = day_number(*c);
+                        if start < c {
+                            start = c
+                                + (stable_hash(&row.key.to_string()) % u64::from(*spread_days))
+                                    as i64;
+                        }
+                    }
+                    let day = start + i64::from(*after_days);
+                    if !self.in_window(day) {
+                        continue;
+                    }
+                    self.touch(
+                        ordinal,
+                        row,
+                        &rule.task,
+                        Touch {
+                            day,
+                            window: format!("s{step}-{}", row.last_purchase),
+                            entity: care_entity,
+                            manager: care_manager,
+                            sale: Some(last),
+                            offer: "",
+                            step: *step,
+                        },
+                    );
+                }
+                Trigger::Reward {
+                    kind,
+                    window_days,
+                    min_purchases,
+                    min_revenue,
+                } => {
+                    let from = self.today - i64::from(*window_days);
+                    let mut days = 0u32;
+                    let mut prev = i64::MIN;
+                    let mut revenue = Decimal::ZERO;
+                    for s in &facts.sales {
+                        let d = day_number(s.day);
+                        if d <= from || d > self.today {
+                            continue;
+                        }
+                        if d != prev {
+                            days += 1;
+                            prev = d;
+                        }
+                        revenue += s.amount;
+                    }
+                    let ok = match kind {
+                        RewardKind::Frequent => days >= *min_purchases,
+                        RewardKind::HighSpender => revenue >= *min_revenue,
+                    };
+                    if ok {
+                        self.touch(
+                            ordinal,
+                            row,
+                            &rule.task,
+                            Touch {
+                                day: self.today,
+                                window: from_day_number(self.today).year().to_string(),
+                                entity: care_entity,
+                                manager: care_manager,
+                                sale: Some(last),
+                                offer: "",
+                                step: 0,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        self.funnel(row, facts);
+        self.fields(row, facts);
+    }
+
+    /// Round-robin over a team by the customer's position (and the rule's, and the day's), so
+    /// consecutive customers go to consecutive members and the answer needs no shared state.
+    fn responsible(
+        &self,
+        r: &Responsible,
+        manager: Option<UserId>,
+        ordinal: usize,
+        rule: &str,
+    ) -> Option<UserId> {
+        match r {
+            Responsible::DealManager => manager.or(self.input.rules.default_responsible),
+            Responsible::User(u) => Some(*u),
+            Responsible::Team { members, .. } => {
+                let n = members.len() as u64;
+                let i = (ordinal as u64 % n
+                    + stable_hash(rule) % n
+                    + self.today.rem_euclid(n as i64) as u64)
+                    % n;
+                Some(members[i as usize])
+            }
+        }
+    }
+
+    fn touch(&mut self, ordinal: usize, row: &CustomerRow, task: &TaskRule, t: Touch<'_>) {
+        let input = self.input;
+        let rules = input.rules;
+        let customer = row.key.to_string();
+        let Some(responsible) = self.responsible(&task.responsible, t.manager, ordinal, &task.rule)
+        else {
+            self.skipped.push(Skipped {
+                rule: task.rule.clone(),
+                customer,
+                reason: "no responsible: the deal has no manager and the mapping has no default_responsible".into(),
+            });
+            return;
+        };
+        let manager = rules
+            .user_names
+            .get(&responsible)
+            .map(String::as_str)
+            .unwrap_or("");
+        let mut ctx = context(row, t.sale, self.today, manager, &task.playbook, &task.rule);
+        ctx.goal = &task.goal;
+        ctx.offer = t.offer;
+        ctx.step = t.step;
+        let text = match rules.templates.render(&task.template, &ctx) {
+            Ok(s) => s,
+            Err(e) => {
+                self.skipped.push(Skipped {
+                    rule: task.rule.clone(),
+                    customer,
+                    reason: format!("task text: {e}"),
+                });
+                return;
+            }
+        };
+        let mut due = rules
+            .hours
+            .slot(from_day_number(t.day), task.time, input.tz);
+        if due.timestamp() < input.as_of {
+            due = rules.hours.next_open(input.as_of, input.tz);
+        }
+        let key = format!("{}/{}/{}/{}", input.portal, task.rule, customer, t.window);
+        self.actions.push(Action {
+            summary: format!(
+                "{} {} {}: {}",
+                kind_str(task.kind),
+                format_args!(
+                    "{} {:02}:{:02} {}",
+                    due.date(),
+                    due.hour(),
+                    due.minute(),
+                    due.offset()
+                ),
+                user_label(rules, responsible),
+                first_line(&text)
+            ),
+            key,
+            op: WriteOp::CreateTask {
+                entity: t.entity,
+                responsible,
+                text,
+                due: due.timestamp(),
+                kind: task.kind,
+            },
+            rule: task.rule.clone(),
+            customer,
+        });
+    }
+
+    fn funnel(&mut self, row: &CustomerRow, facts: &CustomerFacts) {
+        let Some(f) = &self.input.rules.funnel else {
+            return;
+        };
+        let Some(next) = row.next_purchase else {
+            return;
+        };
+        let Some((deal, stage, _)) = &facts.funnel_deal else {
+            // Creating the funnel deal needs a CreateDeal write (not there yet): counted.
+            self.funnel_without_deal += 1;
+            return;
+        };
+        let customer = row.key.to_string();
+        let target = f.stage_for(day_number(next) - self.today);
+        let (target_id, target_name) = &f.stages[target];
+        if stage == target_id {
+            return;
+        }
+        if !f.stages.iter().any(|(s, _)| s == stage) {
+            self.skipped.push(Skipped {
+                rule: "funnel".into(),
+                customer,
+                reason: format!(
+                    "deal {} is in stage {}, not one of the funnel's window stages: a manager works it",
+                    deal.0, stage.0
+                ),
+            });
+            return;
+        }
+        self.actions.push(Action {
+            key: format!(
+                "{}/funnel/{}/{}-{}",
+                self.input.portal, customer, target_id.0, next
+            ),
+            op: WriteOp::MoveDeal {
+                deal: *deal,
+                pipeline: f.pipeline,
+                stage: target_id.clone(),
+            },
+            rule: "funnel".into(),
+            customer,
+            summary: format!(
+                "move funnel deal {} to {:?}: next purchase {} ({} days left)",
+                deal.0,
+                target_name,
+                next,
+                day_number(next) - self.today
+            ),
+        });
+    }
+
+    fn fields(&mut self, row: &CustomerRow, facts: &CustomerFacts) {
+        let Some(f) = &self.input.rules.fields else {
+            return;
+        };
+        let customer = row.key.to_string();
+        let entity = match (f.entity, row.key) {
+            (FieldEntity::Contacts, CustomerKey::Contact(c)) => EntityRef::Contact(c),
+            (FieldEntity::Contacts, CustomerKey::Company(_)) => {
+                self.skipped.push(Skipped {
+                    rule: "fields".into(),
+                    customer,
+                    reason: "a company customer: segment fields are mapped on contacts".into(),
+                });
+                return;
+            }
+            (FieldEntity::Deals, _) => match facts.sales.last() {
+                Some(s) => EntityRef::Deal(s.deal),
+                None => return,
+            },
+        };
+        let mut writes = Vec::new();
+        let mut window = Vec::new();
+        if let Some(id) = &f.rfm_segment {
+            writes.push((id, Some(row.rfm_segment.as_str().to_owned())));
+            window.push(row.rfm_segment.as_str().to_owned());
+        }
+        if let Some(id) = &f.abc {
+            writes.push((id, Some(row.abc.as_str().to_owned())));
+            window.push(row.abc.as_str().to_owned());
+        }
+        if let Some(id) = &f.xyz {
+            writes.push((id, Some(row.xyz.as_str().to_owned())));
+            window.push(row.xyz.as_str().to_owned());
+        }
+        if let Some((id, fmt)) = &f.next_purchase {
+            let v = row.next_purchase.map(|d| match fmt {
+                DateFormat::Iso => d.to_string(),
+                DateFormat::UnixSeconds => d
+                    .to_zoned(self.input.tz.clone())
+                    .map(|z| z.timestamp().as_second().to_string())
+                    .unwrap_or_default(),
+            });
+            window.push(
+                row.next_purchase
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "none".into()),
+            );
+            writes.push((id, v));
+        }
+        let summary = format!("write segment fields: {}", window.join(", "));
+        self.actions.push(Action {
+            key: format!(
+                "{}/fields/{}/{}",
+                self.input.portal,
+                customer,
+                window.join("-")
+            ),
+            op: WriteOp::UpdateFields {
+                entity,
+                fields: writes
+                    .into_iter()
+                    .map(|(id, value)| FieldWrite {
+                        field_id: id.clone(),
+                        value,
+                    })
+                    .collect(),
+            },
+            rule: "fields".into(),
+            customer,
+            summary,
+        });
+    }
+}
+
+fn kind_str(k: TaskKind) -> &'static str {
+    match k {
+        TaskKind::Call => "call",
+        TaskKind::Meeting => "meeting",
+        TaskKind::Letter => "letter",
+    }
+}
+
+/// Month/day in a year; Feb 29 falls on Feb 28 in other years.
+fn month_day(year: i16, month: i8, day: i8) -> Option<Date> {
+    Date::new(year, month, day)
+        .ok()
+        .or_else(|| Date::new(year, month, day - 1).ok())
+}
+
+/// FNV-1a: stable across runs and platforms (std's hasher is not).
+fn stable_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+pub(crate) mod tests;

@@ -1,0 +1,574 @@
+//! Pure tests of the planner: keys, windows, due times, responsible, routing, funnel, and the
+//! `[[test]]` cases of every built-in playbook.
+use super::*;
+use crate::analytics::{Abc, CustomerRow, RfmSegment, Tier, Xyz};
+use crate::playbooks::{self, CrmFacts};
+use jiff::civil::date;
+use rebuy_core::{ContactId, Pipeline, Stage, StageKind, User};
+use rust_decimal_macros::dec;
+
+pub(crate) fn msk() -> TimeZone {
+    TimeZone::get("Europe/Moscow").unwrap()
+}
+
+pub(crate) fn pipelines() -> Vec<Pipeline> {
+    let stage = |id: &str, name: &str, sort, kind| Stage {
+        id: StageId(id.into()),
+        name: name.into(),
+        sort,
+        kind,
+    };
+    vec![
+        Pipeline {
+            id: PipelineId(1),
+            name: "Воронка продаж".into(),
+            is_main: true,
+            sort: 1,
+            stages: vec![
+                stage("10", "Неразобранное", 10, StageKind::Open),
+                stage("11", "Первичный контакт", 20, StageKind::Open),
+                stage("142", "Успешно реализовано", 10000, StageKind::Won),
+                stage("143", "Закрыто и не реализовано", 11000, StageKind::Lost),
+            ],
+        },
+        Pipeline {
+            id: PipelineId(2),
+            name: "Повторные продажи".into(),
+            is_main: false,
+            sort: 2,
+            stages: vec![
+                stage("20", "Неразобранное", 10, StageKind::Open),
+                stage("21", "Напомнить о покупке", 20, StageKind::Open),
+                stage("22", "Связались", 30, StageKind::Open),
+                stage("142", "Успешно реализовано", 10000, StageKind::Won),
+            ],
+        },
+        Pipeline {
+            id: PipelineId(3),
+            name: "Цикл клиента".into(),
+            is_main: false,
+            sort: 3,
+            stages: vec![
+                stage("31", "Больше 30 дней", 20, StageKind::Open),
+                stage("32", "30 дней", 30, StageKind::Open),
+                stage("33", "7 дней", 40, StageKind::Open),
+                stage("34", "Пора покупать", 50, StageKind::Open),
+                stage("35", "В работе", 60, StageKind::Open),
+                stage("142", "Успешно реализовано", 10000, StageKind::Won),
+            ],
+        },
+    ]
+}
+
+pub(crate) fn users() -> Vec<User> {
+    let u = |id, name: &str, active| User {
+        id: UserId(id),
+        name: name.into(),
+        email: None,
+        active,
+    };
+    vec![
+        u(100, "Анна Смирнова", true),
+        u(101, "Иван Петров", true),
+        u(102, "Ольга Сервис", true),
+        u(103, "Уволенный Сотрудник", false),
+    ]
+}
+
+pub(crate) fn rules_for(mapping: serde_json::Value) -> Rules {
+    let p = pipelines();
+    let u = users();
+    playbooks::resolve(
+        "shop",
+        &mapping,
+        None,
+        CrmFacts {
+            crm: CrmKind::Amocrm,
+            pipelines: &p,
+            users: &u,
+            fields: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{}", playbooks::format_problems(&e)))
+}
+
+/// A customer row with the given purchase days (oldest first).
+pub(crate) fn row(contact: u64, purchases: &[Date], next: Option<Date>) -> CustomerRow {
+    CustomerRow {
+        key: CustomerKey::Contact(ContactId(contact)),
+        contact_ids: vec![ContactId(contact)],
+        company_ids: vec![],
+        name: format!("Клиент {contact}"),
+        phones: vec![],
+        emails: vec![],
+        first_purchase: purchases[0],
+        last_purchase: *purchases.last().unwrap(),
+        purchases: purchases.len() as u32,
+        deals: purchases.len() as u32,
+        revenue: dec!(1000) * Decimal::from(purchases.len()),
+        recency_days: 0,
+        r: 3,
+        f: 3,
+        m: 3,
+        rfm_segment: if purchases.len() == 1 {
+            RfmSegment::New
+        } else {
+            RfmSegment::Loyal
+        },
+        abc: Abc::B,
+        xyz: Xyz::Y,
+        tier: Tier::Medium,
+        cycle_days: None,
+        next_purchase: next,
+        cycle_status: None,
+        one_time: purchases.len() == 1,
+        sleeping: false,
+        p_alive: None,
+        expected_purchases_90d: None,
+        expected_order_value: None,
+        clv: None,
+    }
+}
+
+pub(crate) fn facts(contact: u64, purchases: &[Date], products: &[&str]) -> CustomerFacts {
+    CustomerFacts {
+        sales: purchases
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Sale {
+                day: *d,
+                amount: dec!(1000),
+                deal: DealId(contact * 100 + i as u64),
+                manager: Some(UserId(101)),
+                products: if i + 1 == purchases.len() {
+                    products.iter().map(|p| p.to_lowercase()).collect()
+                } else {
+                    vec![]
+                },
+            })
+            .collect(),
+        funnel_deal: None,
+    }
+}
+
+/// 08:00 local on `d`: the day's business slots are still ahead.
+pub(crate) fn morning(d: Date) -> Timestamp {
+    d.at(8, 0, 0, 0).to_zoned(msk()).unwrap().timestamp()
+}
+
+fn run(
+    rules: &Rules,
+    as_of: Timestamp,
+    rows: &[CustomerRow],
+    f: &[CustomerFacts],
+    deals: &[OpenDeal],
+) -> Plan {
+    let tz = msk();
+    plan(&PlanInput {
+        portal: "shop",
+        crm: CrmKind::Amocrm,
+        as_of,
+        tz: &tz,
+        rules,
+        customers: rows,
+        facts: f,
+        open_deals: deals,
+    })
+}
+
+fn tasks(p: &Plan) -> Vec<(String, String, u64, String)> {
+    p.actions
+        .iter()
+        .filter_map(|a| match &a.op {
+            WriteOp::CreateTask {
+                due, responsible, ..
+            } => Some((
+                a.rule.clone(),
+                a.key.clone(),
+                responsible.0,
+                due.to_zoned(msk()).strftime("%Y-%m-%d %H:%M").to_string(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn day_numbers_round_trip() {
+    for d in [
+        date(1970, 1, 1),
+        date(2024, 2, 29),
+        date(2026, 3, 1),
+        date(1969, 12, 31),
+        date(2100, 3, 1),
+    ] {
+        assert_eq!(from_day_number(day_number(d)), d);
+    }
+    assert_eq!(day_number(date(1970, 1, 2)), 1);
+    assert_eq!(
+        day_number(date(2026, 3, 1)) - day_number(date(2026, 2, 1)),
+        28
+    );
+}
+
+#[test]
+fn after_purchase_touches_have_keys_due_times_and_responsible() {
+    let rules = rules_for(serde_json::json!({
+        "playbooks": ["car_dealer"],
+        "horizon_days": 400,
+        "lookback_days": 0,
+    }));
+    // Bought on Monday 2026-03-02.
+    let buy = date(2026, 3, 2);
+    let rows = [row(7, &[buy], None)];
+    let f = [facts(7, &[buy], &[])];
+    let p = run(&rules, morning(buy), &rows, &f, &[]);
+    let t = tasks(&p);
+    let got: Vec<(&str, &str)> = t
+        .iter()
+        .map(|(r, _, _, due)| (r.as_str(), due.as_str()))
+        .collect();
+    // +7 Mon 03-09 at the rule's 11:00; +30 Wed 04-01; +90 Sun 05-31 -> Mon 06-01;
+    // +180 Sat 08-29 -> Mon 08-31; +365 Tue 2027-03-02; spring tyres 2026 and 2027 (03-18),
+    // autumn tyres 2026 (10-01).
+    assert_eq!(
+        got,
+        vec![
+            ("car_dealer.add_on_offer", "2026-06-01 10:00"),
+            ("car_dealer.autumn_tyres", "2026-10-01 10:00"),
+            ("car_dealer.check_in", "2026-04-01 10:00"),
+            ("car_dealer.insurance_renewal", "2027-03-02 10:00"),
+            ("car_dealer.satisfaction", "2026-03-09 11:00"),
+            ("car_dealer.service_reminder", "2026-08-31 10:00"),
+            ("car_dealer.spring_tyres", "2026-03-18 10:00"),
+            ("car_dealer.spring_tyres", "2027-03-18 10:00"),
+        ]
+    );
+    assert!(
+        t.iter().all(|(_, _, resp, _)| *resp == 101),
+        "the deal's manager"
+    );
+    assert_eq!(t[4].1, "shop/car_dealer.satisfaction/contact:7/2026-03-09");
+    // Tasks are on the purchase deal, with the goal and the history in Russian.
+    let WriteOp::CreateTask {
+        entity, text, kind, ..
+    } = &p.actions[4].op
+    else {
+        unreachable!()
+    };
+    assert_eq!(*entity, EntityRef::Deal(DealId(700)));
+    assert_eq!(*kind, TaskKind::Call);
+    assert!(text.starts_with("Звонок удовлетворённости"), "{text}");
+    assert!(
+        text.contains("Клиент 7") && text.contains("02.03.2026"),
+        "{text}"
+    );
+    // Deterministic: the same input gives the same plan.
+    assert_eq!(run(&rules, morning(buy), &rows, &f, &[]), p);
+}
+
+#[test]
+fn the_window_limits_touches_and_past_days_go_to_the_next_open_slot() {
+    let rules = rules_for(serde_json::json!({"playbooks": ["car_dealer"]}));
+    let buy = date(2026, 3, 2);
+    let rows = [row(7, &[buy], None)];
+    let f = [facts(7, &[buy], &[])];
+    // Plan on Wednesday 03-11 at 15:30: +7 (03-09) is within the 3-day lookback and past:
+    // due at the next full hour.
+    let as_of = date(2026, 3, 11)
+        .at(15, 30, 0, 0)
+        .to_zoned(msk())
+        .unwrap()
+        .timestamp();
+    let only = |p: &Plan| -> Vec<(String, String, u64, String)> {
+        tasks(p)
+            .into_iter()
+            .filter(|t| t.0 == "car_dealer.satisfaction")
+            .collect()
+    };
+    let t = only(&run(&rules, as_of, &rows, &f, &[]));
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].3, "2026-03-11 16:00");
+    // The same touch planned a day later has the same key: the outbox sends it once.
+    let t2 = only(&run(
+        &rules,
+        as_of + jiff::SignedDuration::from_hours(24),
+        &rows,
+        &f,
+        &[],
+    ));
+    assert_eq!(t2[0].1, t[0].1);
+    // Out of the lookback: nothing.
+    assert!(only(&run(&rules, morning(date(2026, 3, 20)), &rows, &f, &[])).is_empty());
+}
+
+fn repeat_deal(id: u64, customer: u64, created: Timestamp, responsible: Option<u64>) -> OpenDeal {
+    OpenDeal {
+        id: DealId(id),
+        name: format!("Сделка #{id}"),
+        customer: Some(CustomerKey::Contact(ContactId(customer))),
+        class: DealClass::Repeat,
+        pipeline: PipelineId(1),
+        stage: StageId("11".into()),
+        responsible: responsible.map(UserId),
+        created_at: created,
+    }
+}
+
+#[test]
+fn repeat_deals_are_moved_flagged_and_tasked_with_history() {
+    let rules = rules_for(serde_json::json!({
+        "repeat_pipeline": "Повторные продажи",
+        "default_responsible": "Анна Смирнова",
+    }));
+    let buy = date(2026, 1, 15);
+    let rows = [row(7, &[date(2025, 12, 1), buy], Some(date(2026, 3, 20)))];
+    let f = [facts(7, &[date(2025, 12, 1), buy], &[])];
+    let as_of = date(2026, 3, 2)
+        .at(12, 10, 0, 0)
+        .to_zoned(msk())
+        .unwrap()
+        .timestamp();
+    let deals = [
+        repeat_deal(
+            900,
+            7,
+            as_of - jiff::SignedDuration::from_hours(1),
+            Some(101),
+        ),
+        // No manager: the default responsible gets the task.
+        repeat_deal(901, 7, as_of - jiff::SignedDuration::from_hours(2), None),
+        // Too old to route.
+        repeat_deal(
+            902,
+            7,
+            as_of - jiff::SignedDuration::from_hours(24 * 40),
+            Some(101),
+        ),
+        // A returning inquiry stays where it is.
+        OpenDeal {
+            class: DealClass::ReturningInquiry,
+            ..repeat_deal(903, 7, as_of, Some(101))
+        },
+    ];
+    let p = run(&rules, as_of, &rows, &f, &deals);
+    let keys: Vec<&str> = p.actions.iter().map(|a| a.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "shop/repeat_flag/contact:7/deal:900",
+            "shop/repeat_flag/contact:7/deal:901",
+            "shop/repeat_route/contact:7/deal:900",
+            "shop/repeat_route/contact:7/deal:901",
+            "shop/repeat_task/contact:7/deal:900",
+            "shop/repeat_task/contact:7/deal:901",
+        ]
+    );
+    let WriteOp::MoveDeal {
+        pipeline, stage, ..
+    } = &p.actions[2].op
+    else {
+        unreachable!()
+    };
+    // The first open stage after "unsorted".
+    assert_eq!((pipeline.0, stage.0.as_str()), (2, "21"));
+    let WriteOp::CreateTask {
+        text,
+        due,
+        responsible,
+        ..
+    } = &p.actions[4].op
+    else {
+        unreachable!()
+    };
+    assert_eq!(responsible.0, 101);
+    assert_eq!(
+        text,
+        "Повторная заявка от клиента Клиент 7: 2 покупок, последняя 15.01.2026, выручка 2 000 ₽, сегмент лояльные, следующая покупка ожидается 20.03.2026"
+    );
+    assert_eq!(due.to_zoned(msk()).strftime("%H:%M").to_string(), "13:00");
+    let WriteOp::CreateTask { responsible, .. } = &p.actions[5].op else {
+        unreachable!()
+    };
+    assert_eq!(responsible.0, 100);
+}
+
+#[test]
+fn the_funnel_moves_as_time_passes_and_resets_on_a_purchase() {
+    let rules = rules_for(serde_json::json!({
+        "funnel": {"pipeline": "Цикл клиента", "stages": ["Больше 30 дней", "30 дней", "7 дней", "Пора покупать"]},
+    }));
+    let next = date(2026, 5, 1);
+    let rows = [row(7, &[date(2026, 1, 10), date(2026, 2, 10)], Some(next))];
+    let mut f = [facts(7, &[date(2026, 1, 10), date(2026, 2, 10)], &[])];
+    f[0].funnel_deal = Some((DealId(555), StageId("31".into()), Some(UserId(101))));
+    let stage_at = |d: Date, f: &[CustomerFacts]| -> Option<(String, String)> {
+        let p = run(&rules, morning(d), &rows, f, &[]);
+        p.actions.iter().find_map(|a| match &a.op {
+            WriteOp::MoveDeal { stage, .. } => Some((stage.0.clone(), a.key.clone())),
+            _ => None,
+        })
+    };
+    assert_eq!(stage_at(date(2026, 3, 1), &f), None, "61 days left: stays");
+    assert_eq!(
+        stage_at(date(2026, 4, 1), &f),
+        Some(("32".into(), "shop/funnel/contact:7/32-2026-05-01".into()))
+    );
+    f[0].funnel_deal.as_mut().unwrap().1 = StageId("32".into());
+    assert_eq!(stage_at(date(2026, 4, 24), &f).unwrap().0, "33");
+    assert_eq!(stage_at(date(2026, 5, 3), &f).unwrap().0, "34", "overdue");
+    // A purchase resets the date: the deal goes back to the first stage.
+    let rows2 = [row(
+        7,
+        &[date(2026, 1, 10), date(2026, 5, 2)],
+        Some(date(2026, 6, 20)),
+    )];
+    f[0].funnel_deal.as_mut().unwrap().1 = StageId("34".into());
+    let p = run(&rules, morning(date(2026, 5, 3)), &rows2, &f, &[]);
+    let WriteOp::MoveDeal { stage, .. } = &p.actions[0].op else {
+        unreachable!()
+    };
+    assert_eq!(stage.0, "31");
+    // A deal a manager took into a working stage is left alone.
+    f[0].funnel_deal.as_mut().unwrap().1 = StageId("35".into());
+    let p = run(&rules, morning(date(2026, 5, 3)), &rows2, &f, &[]);
+    assert!(p.actions.is_empty());
+    assert_eq!(p.skipped.len(), 1);
+}
+
+#[test]
+fn reminders_reactivation_rewards_and_teams() {
+    let rules = rules_for(serde_json::json!({
+        "teams": {"care": ["Иван Петров", "Ольга Сервис"]},
+        "playbooks": ["reactivation", "water_delivery"],
+    }));
+    let today = date(2026, 3, 2);
+    // One-time buyer 90 days ago: first reactivation step today.
+    let a = row(1, &[date(2025, 12, 2)], None);
+    // Monthly buyer for a year: frequent-buyer reward and a reminder before the next order.
+    let monthly: Vec<Date> = (0..12)
+        .map(|i| {
+            date(2025, 3, 5)
+                .checked_add(jiff::Span::new().months(i))
+                .unwrap()
+        })
+        .collect();
+    let b = row(2, &monthly, Some(date(2026, 3, 5)));
+    let rows = [a, b];
+    let f = [facts(1, &[date(2025, 12, 2)], &[]), facts(2, &monthly, &[])];
+    let p = run(&rules, morning(today), &rows, &f, &[]);
+    let got: Vec<&str> = p.actions.iter().map(|a| a.key.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "shop/reactivation.one_time/contact:1/s1-2025-12-02",
+            "shop/water_delivery.loyal_monthly/contact:2/2026",
+            "shop/water_delivery.order_day/contact:2/2026-03-05",
+            "shop/water_delivery.water_runs_out/contact:2/2026-03-05",
+        ]
+    );
+    // A purchase stops the chain.
+    let a2 = row(1, &[date(2025, 12, 2), date(2026, 2, 20)], None);
+    let p = run(&rules, morning(today), &[a2, rows[1].clone()], &f, &[]);
+    assert!(p.actions.iter().all(|a| !a.key.contains("reactivation")));
+
+    // Round-robin over a team.
+    let pb = tempfile::tempdir().unwrap();
+    std::fs::write(
+        pb.path().join("rr.toml"),
+        "[[after_purchase]]\nid = \"x\"\ndays = 1\ngoal = \"Звонок\"\nresponsible = \"team:care\"\n",
+    )
+    .unwrap();
+    let mut rules = rules_for(serde_json::json!({
+        "teams": {"care": ["Иван Петров", "Ольга Сервис"]},
+        "playbooks": [pb.path().join("rr.toml").display().to_string()],
+    }));
+    rules.lookback_days = 10;
+    let rows: Vec<CustomerRow> = (1..=4).map(|i| row(i, &[date(2026, 3, 1)], None)).collect();
+    let f: Vec<CustomerFacts> = (1..=4)
+        .map(|i| facts(i, &[date(2026, 3, 1)], &[]))
+        .collect();
+    let p = run(&rules, morning(today), &rows, &f, &[]);
+    let who: Vec<u64> = tasks(&p).iter().map(|t| t.2).collect();
+    assert_eq!(who.len(), 4);
+    assert_eq!(who.iter().filter(|&&u| u == 101).count(), 2);
+    assert_eq!(who.iter().filter(|&&u| u == 102).count(), 2);
+}
+
+#[test]
+fn segment_fields_are_written_once_per_value_set() {
+    let pl = pipelines();
+    let us = users();
+    let fields = vec![
+        rebuy_core::FieldDef {
+            entity: rebuy_core::EntityKind::Contacts,
+            id: "264915".into(),
+            name: "Сегмент".into(),
+            code: None,
+            field_type: "text".into(),
+        },
+        rebuy_core::FieldDef {
+            entity: rebuy_core::EntityKind::Contacts,
+            id: "264917".into(),
+            name: "Дата следующей покупки".into(),
+            code: None,
+            field_type: "date".into(),
+        },
+    ];
+    let rules = playbooks::resolve(
+        "shop",
+        &serde_json::json!({"fields": {"rfm_segment": "Сегмент", "next_purchase": "Дата следующей покупки"}}),
+        None,
+        CrmFacts { crm: CrmKind::Amocrm, pipelines: &pl, users: &us, fields: Some(&fields) },
+    )
+    .unwrap();
+    let rows = [row(
+        7,
+        &[date(2026, 1, 10), date(2026, 2, 10)],
+        Some(date(2026, 3, 12)),
+    )];
+    let f = [facts(7, &[date(2026, 1, 10), date(2026, 2, 10)], &[])];
+    let p = run(&rules, morning(date(2026, 3, 2)), &rows, &f, &[]);
+    assert_eq!(p.actions.len(), 1);
+    assert_eq!(p.actions[0].key, "shop/fields/contact:7/loyal-2026-03-12");
+    let WriteOp::UpdateFields { entity, fields } = &p.actions[0].op else {
+        unreachable!()
+    };
+    assert_eq!(*entity, EntityRef::Contact(ContactId(7)));
+    // Midnight of 2026-03-12 in Moscow (UTC+3) as unix seconds.
+    assert_eq!(fields[1].value.as_deref(), Some("1773262800"));
+}
+
+/// Every built-in playbook's `[[test]]` cases, through the planner with default windows.
+#[test]
+fn built_in_playbooks_pass_their_own_cases() {
+    let mut cases = 0;
+    for (name, _) in playbooks::BUILT_IN {
+        let rules = rules_for(serde_json::json!({"playbooks": [name]}));
+        let src = playbooks::find_playbook(name, None).unwrap();
+        let (pb, _) = playbooks::parse_playbook(&src).unwrap();
+        assert!(!pb.tests.is_empty(), "{name} has test cases");
+        for t in &pb.tests {
+            cases += 1;
+            let products: Vec<&str> = t.products.iter().map(String::as_str).collect();
+            let rows = [row(1, &t.purchases, t.next_purchase)];
+            let f = [facts(1, &t.purchases, &products)];
+            let p = run(&rules, morning(t.as_of), &rows, &f, &[]);
+            let mut got: Vec<String> = tasks(&p)
+                .iter()
+                .map(|(rule, _, _, due)| {
+                    format!(
+                        "{} {}",
+                        rule.trim_start_matches(&format!("{name}.")),
+                        &due[..10]
+                    )
+                })
+                .collect();
+            got.sort();
+            let mut want = t.expect.clone();
+            want.sort();
+            assert_eq!(got, want, "{name}: {}", t.name);
+        }
+    }
+    assert!(cases >= 5);
+}

@@ -1,0 +1,256 @@
+//! The typed `[portal.mapping]`: how a portal's CRM is laid out for the playbooks (which
+//! pipeline is the repeat funnel, which stages are the customer funnel's time windows, which
+//! users form a team, which custom fields receive the segments), read strictly.
+//!
+//! ```toml
+//! [portal.mapping]
+//! playbooks = ["car_dealer", "reactivation"]   # built-in names, or paths to .toml files
+//! # playbooks_dir = "config/playbooks"         # where names are looked up first
+//! repeat_pipeline = "Повторные продажи"         # name or id; routing is off without it
+//! # repeat_stage = "Напомнить о покупке"        # default: the first open stage
+//! repeat_max_age_days = 30                     # only route deals created this recently
+//! # repeat_task_text = "..."                   # template of the repeat-lead task
+//! default_responsible = "Анна Смирнова"         # when a deal has no manager
+//! horizon_days = 7                             # plan touches due up to this many days ahead
+//! lookback_days = 3                            # ... and this many days back (missed runs)
+//! holidays = ["2027-01-01", "2027-01-07"]
+//! [portal.mapping.business_hours]
+//! start = "10:00"
+//! end = "18:00"
+//! days = ["mon", "tue", "wed", "thu", "fri"]
+//! [portal.mapping.teams]
+//! service = ["Иван Петров", 6100005]
+//! [portal.mapping.funnel]                       # the cyclic customer funnel on a lead pipeline
+//! pipeline = "Цикл клиента"
+//! stages = ["Больше 30 дней", "30 дней", "7 дней", "Пора покупать"]
+//! windows_days = [30, 7, 0]                    # days left: > 30 | <= 30 | <= 7 | <= 0
+//! [portal.mapping.fields]                       # segment fields (names or ids)
+//! entity = "contacts"                          # contacts | deals (the last won deal)
+//! rfm_segment = "Сегмент"
+//! next_purchase = "Дата следующей покупки"
+//! # abc = "ABC", xyz = "XYZ"
+//! ```
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// A CRM object named by its id or its name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum NameOrId {
+    /// Numeric id.
+    Id(u64),
+    /// Name (or an id written as text).
+    Name(String),
+}
+
+impl std::fmt::Display for NameOrId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NameOrId::Id(i) => write!(f, "{i}"),
+            NameOrId::Name(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+impl NameOrId {
+    /// Whether this names an object with `id` and `name` (ids compare as text, names
+    /// case-insensitively and trimmed).
+    pub fn matches(&self, id: &str, name: &str) -> bool {
+        match self {
+            NameOrId::Id(i) => i.to_string() == id,
+            NameOrId::Name(s) => {
+                let s = s.trim();
+                s == id || s.to_lowercase() == name.trim().to_lowercase()
+            }
+        }
+    }
+}
+
+fn d30() -> u32 {
+    30
+}
+fn d7() -> u32 {
+    7
+}
+fn d3() -> u32 {
+    3
+}
+
+/// `[portal.mapping]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    /// Playbooks in force: built-in names or `.toml` paths.
+    #[serde(default)]
+    pub playbooks: Vec<String>,
+    /// Directory searched for playbook names before the built-in ones.
+    pub playbooks_dir: Option<String>,
+    /// The repeat-sales pipeline (routing is off without it).
+    pub repeat_pipeline: Option<NameOrId>,
+    /// Its stage for routed deals (default: the first open stage).
+    pub repeat_stage: Option<NameOrId>,
+    /// Only deals created at most this many days before the plan date are routed.
+    #[serde(default = "d30")]
+    pub repeat_max_age_days: u32,
+    /// Template of the task for a routed repeat lead.
+    pub repeat_task_text: Option<String>,
+    /// Who gets a task when the deal has no manager.
+    pub default_responsible: Option<NameOrId>,
+    /// Teams for round-robin (`team:<name>`).
+    #[serde(default)]
+    pub teams: BTreeMap<String, Vec<NameOrId>>,
+    /// Working hours.
+    #[serde(default)]
+    pub business_hours: BusinessHours,
+    /// Non-working dates.
+    #[serde(default)]
+    pub holidays: Vec<jiff::civil::Date>,
+    /// The cyclic customer funnel on a lead pipeline.
+    pub funnel: Option<FunnelMapping>,
+    /// Custom fields receiving the segments.
+    pub fields: Option<FieldsMapping>,
+    /// Plan touches due up to this many days after the plan date.
+    #[serde(default = "d7")]
+    pub horizon_days: u32,
+    /// ... and this many days before it (touches missed by runs that did not happen).
+    #[serde(default = "d3")]
+    pub lookback_days: u32,
+}
+
+impl Default for Mapping {
+    fn default() -> Self {
+        Self {
+            playbooks: Vec::new(),
+            playbooks_dir: None,
+            repeat_pipeline: None,
+            repeat_stage: None,
+            repeat_max_age_days: 30,
+            repeat_task_text: None,
+            default_responsible: None,
+            teams: BTreeMap::new(),
+            business_hours: BusinessHours::default(),
+            holidays: Vec::new(),
+            funnel: None,
+            fields: None,
+            horizon_days: 7,
+            lookback_days: 3,
+        }
+    }
+}
+
+/// `[portal.mapping.business_hours]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusinessHours {
+    /// Start, `HH:MM`.
+    #[serde(default = "default_start")]
+    pub start: String,
+    /// End, `HH:MM`.
+    #[serde(default = "default_end")]
+    pub end: String,
+    /// Working weekdays (`mon`..`sun`).
+    #[serde(default = "default_days")]
+    pub days: Vec<String>,
+}
+
+fn default_start() -> String {
+    "10:00".into()
+}
+fn default_end() -> String {
+    "18:00".into()
+}
+fn default_days() -> Vec<String> {
+    ["mon", "tue", "wed", "thu", "fri"]
+        .map(String::from)
+        .to_vec()
+}
+
+impl Default for BusinessHours {
+    fn default() -> Self {
+        Self {
+            start: default_start(),
+            end: default_end(),
+            days: default_days(),
+        }
+    }
+}
+
+/// The funnel: a pipeline whose stages are time windows before the next purchase (in the
+/// mapping, or in one playbook).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunnelMapping {
+    /// The pipeline.
+    pub pipeline: NameOrId,
+    /// Its stages, farthest window first, "due / overdue" last.
+    pub stages: Vec<NameOrId>,
+    /// Descending day thresholds between the stages (one fewer than the stages); default
+    /// `[30, 7, 0]`: more than 30 days left, at most 30, at most 7, due or overdue.
+    pub windows_days: Option<Vec<i64>>,
+}
+
+/// Where segment fields are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldEntity {
+    /// The customer's contact (or company for B2B customers).
+    #[default]
+    Contacts,
+    /// The customer's last won deal.
+    Deals,
+}
+
+/// `[portal.mapping.fields]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldsMapping {
+    /// Where.
+    #[serde(default)]
+    pub entity: FieldEntity,
+    /// RFM segment (text).
+    pub rfm_segment: Option<NameOrId>,
+    /// ABC class (text).
+    pub abc: Option<NameOrId>,
+    /// XYZ class (text).
+    pub xyz: Option<NameOrId>,
+    /// Expected next purchase (date).
+    pub next_purchase: Option<NameOrId>,
+}
+
+/// Reads the raw `[portal.mapping]` value (JSON `null` = every default); the error names the
+/// failing key path.
+pub fn parse(value: &serde_json::Value) -> Result<Mapping, (String, String)> {
+    if value.is_null() {
+        return Ok(Mapping::default());
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        (
+            if path == "." { String::new() } else { path },
+            e.into_inner().to_string(),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn null_is_the_default_and_unknown_keys_are_refused() {
+        let m = parse(&serde_json::Value::Null).unwrap();
+        assert_eq!((m.horizon_days, m.lookback_days), (7, 3));
+        let (key, reason) =
+            parse(&json!({"funnel": {"pipeline": 1, "stages": [], "colour": 1}})).unwrap_err();
+        assert_eq!(key, "funnel.colour");
+        assert!(reason.contains("colour"), "{reason}");
+    }
+
+    #[test]
+    fn names_and_ids_match() {
+        assert!(NameOrId::Id(5).matches("5", "x"));
+        assert!(NameOrId::Name(" повторные Продажи ".into()).matches("9", "Повторные продажи"));
+        assert!(NameOrId::Name("9".into()).matches("9", "x"));
+    }
+}

@@ -1,0 +1,223 @@
+//! Task texts: minijinja templates filled with the customer's data, Russian by default.
+//!
+//! Every rule may give its own `text`; otherwise the default of its kind is used. Templates are
+//! compiled once when the playbooks are resolved (a syntax error is a [`super::Problem`] naming
+//! the file and the rule) and rendered by the planner with a [`TaskContext`]. Undefined
+//! variables are errors (strict mode), so a misspelt `{{ nmae }}` is caught by the check of
+//! the playbook rather than sent to a manager as an empty string.
+//!
+//! Variables: `name`, `purchases`, `deals`, `last_purchase`, `first_purchase`, `revenue`,
+//! `segment` (Russian label), `segment_code`, `abc`, `xyz`, `next_purchase`, `days_left`,
+//! `goal`, `offer`, `products`, `manager`, `step`, `playbook`, `rule`.
+use minijinja::{Environment, UndefinedBehavior};
+use serde::Serialize;
+
+/// The repeat-lead task.
+pub const REPEAT_LEAD: &str = "Повторная заявка от клиента {{ name }}: {{ purchases }} покупок, последняя {{ last_purchase }}, выручка {{ revenue }} ₽, сегмент {{ segment }}, следующая покупка ожидается {{ next_purchase }}";
+/// A touch after a purchase.
+pub const AFTER_PURCHASE: &str = "{{ goal }}: {{ name }}. Покупка {{ last_purchase }}{% if products %} ({{ products }}){% endif %}. Всего покупок: {{ purchases }}, выручка {{ revenue }} ₽, сегмент {{ segment }}.";
+/// A reminder before the next purchase.
+pub const BEFORE_NEXT: &str = "{{ goal }}: {{ name }}. Следующая покупка ожидается {{ next_purchase }}; последняя {{ last_purchase }}{% if products %} ({{ products }}){% endif %}. Покупок: {{ purchases }}, выручка {{ revenue }} ₽.";
+/// A seasonal or holiday touch.
+pub const SEASONAL: &str = "{{ goal }}: {{ name }}. Последняя покупка {{ last_purchase }}, покупок: {{ purchases }}, сегмент {{ segment }}.";
+/// A product chain touch.
+pub const PRODUCT_CHAIN: &str =
+    "{{ goal }}: {{ name }} купил(а) {{ products }} {{ last_purchase }}. Предложить: {{ offer }}.";
+/// A reactivation step.
+pub const REACTIVATION: &str = "{{ goal }} (шаг {{ step }}): {{ name }}. Последняя покупка {{ last_purchase }}, покупок: {{ purchases }}, выручка {{ revenue }} ₽. Мягкое касание, без давления.";
+/// A reward.
+pub const REWARD: &str = "{{ goal }}: {{ name }}. Покупок: {{ purchases }}, выручка {{ revenue }} ₽, сегмент {{ segment }}.";
+
+/// What a template sees.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TaskContext<'a> {
+    /// Customer name.
+    pub name: &'a str,
+    /// Purchase days.
+    pub purchases: u32,
+    /// Won deals.
+    pub deals: u32,
+    /// Last purchase, `DD.MM.YYYY`.
+    pub last_purchase: String,
+    /// First purchase, `DD.MM.YYYY`.
+    pub first_purchase: String,
+    /// Revenue with thin-space thousands (`125 400`).
+    pub revenue: String,
+    /// RFM segment, Russian.
+    pub segment: &'static str,
+    /// RFM segment code (`at_risk`).
+    pub segment_code: &'static str,
+    /// ABC class.
+    pub abc: &'static str,
+    /// XYZ class.
+    pub xyz: &'static str,
+    /// Expected next purchase, `DD.MM.YYYY`, or "не определена".
+    pub next_purchase: String,
+    /// Days from the plan date to the next purchase.
+    pub days_left: Option<i64>,
+    /// The rule's goal.
+    pub goal: &'a str,
+    /// Product chain: what to offer.
+    pub offer: &'a str,
+    /// Products of the purchase, comma-separated.
+    pub products: String,
+    /// The responsible manager's name.
+    pub manager: &'a str,
+    /// Reactivation step number (1-based).
+    pub step: u32,
+    /// Playbook name.
+    pub playbook: &'a str,
+    /// Rule id.
+    pub rule: &'a str,
+}
+
+/// Compiled templates by name.
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates").finish_non_exhaustive()
+    }
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Templates {
+    /// An empty set (strict undefined handling).
+    pub fn new() -> Self {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        Self { env }
+    }
+
+    /// Compiles `source` under `name`; the error is minijinja's, with line information.
+    pub fn add(&mut self, name: &str, source: &str) -> Result<(), String> {
+        self.env
+            .add_template_owned(name.to_owned(), source.to_owned())
+            .map_err(|e| format!("{e:#}"))?;
+        // Render once with sample data so undefined variables are caught at load time.
+        self.render(name, &TaskContext::sample())
+            .map(|_| ())
+            .map_err(|e| format!("template does not render: {e}"))
+    }
+
+    /// Renders template `name`.
+    pub fn render(&self, name: &str, ctx: &TaskContext<'_>) -> Result<String, String> {
+        let t = self.env.get_template(name).map_err(|e| format!("{e:#}"))?;
+        t.render(minijinja::value::Serde(ctx))
+            .map_err(|e| format!("{e:#}"))
+    }
+}
+
+impl TaskContext<'_> {
+    /// Sample data for the load-time check.
+    pub fn sample() -> TaskContext<'static> {
+        TaskContext {
+            name: "Иван Петров",
+            purchases: 3,
+            deals: 3,
+            last_purchase: "01.03.2026".into(),
+            first_purchase: "01.03.2025".into(),
+            revenue: "12 500".into(),
+            segment: "лояльные",
+            segment_code: "loyal",
+            abc: "A",
+            xyz: "X",
+            next_purchase: "01.04.2026".into(),
+            days_left: Some(10),
+            goal: "Звонок",
+            offer: "кирпич",
+            products: "Вода 19 л".into(),
+            manager: "Мария",
+            step: 1,
+            playbook: "sample",
+            rule: "sample",
+        }
+    }
+}
+
+/// `DD.MM.YYYY`.
+pub fn ru_date(d: jiff::civil::Date) -> String {
+    format!("{:02}.{:02}.{:04}", d.day(), d.month(), d.year())
+}
+
+/// Whole currency units with spaces between thousands, kopecks only when not zero.
+pub fn ru_money(v: rust_decimal::Decimal) -> String {
+    let v = v.round_dp(2);
+    let neg = v.is_sign_negative();
+    let whole = v.abs().trunc();
+    let frac = (v.abs() - whole).round_dp(2);
+    let digits = whole.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(ch);
+    }
+    if !frac.is_zero() {
+        let kop = (frac * rust_decimal::Decimal::ONE_HUNDRED).trunc();
+        out.push_str(&format!(",{kop:0>2}"));
+    }
+    if neg { format!("-{out}") } else { out }
+}
+
+/// The Russian label of an RFM segment.
+pub fn segment_ru(s: crate::analytics::RfmSegment) -> &'static str {
+    use crate::analytics::RfmSegment::*;
+    match s {
+        Champions => "чемпионы",
+        Loyal => "лояльные",
+        PotentialLoyalists => "потенциально лояльные",
+        New => "новые",
+        Promising => "перспективные",
+        NeedAttention => "требуют внимания",
+        AboutToSleep => "засыпающие",
+        AtRisk => "в зоне риска",
+        CantLoseThem => "нельзя потерять",
+        Hibernating => "спящие",
+        Lost => "потерянные",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal_macros::dec;
+
+    #[test]
+    fn default_repeat_text_renders_in_russian() {
+        let mut t = Templates::new();
+        t.add("repeat", REPEAT_LEAD).unwrap();
+        let s = t.render("repeat", &TaskContext::sample()).unwrap();
+        assert_eq!(
+            s,
+            "Повторная заявка от клиента Иван Петров: 3 покупок, последняя 01.03.2026, выручка 12 500 ₽, сегмент лояльные, следующая покупка ожидается 01.04.2026"
+        );
+    }
+
+    #[test]
+    fn undefined_variables_and_syntax_errors_are_refused() {
+        let mut t = Templates::new();
+        assert!(
+            t.add("bad", "{{ nmae }}")
+                .unwrap_err()
+                .contains("undefined")
+        );
+        assert!(t.add("bad2", "{% if %}").is_err());
+    }
+
+    #[test]
+    fn money_is_grouped() {
+        assert_eq!(ru_money(dec!(1234567)), "1 234 567");
+        assert_eq!(ru_money(dec!(999)), "999");
+        assert_eq!(ru_money(dec!(1500.5)), "1 500,50");
+        assert_eq!(ru_money(dec!(0)), "0");
+    }
+}

@@ -1,0 +1,177 @@
+//! The sidecar on a Bitrix24 portal: sync (inbound-webhook auth), deletions found by id
+//! reconciliation, and `rebuy serve` taking an app install and events.
+use rebuy::config::{Config, PortalConfig};
+use rebuy::server::{AppState, runtime};
+use rebuy::store::Store;
+use rebuy::sync::{NoProgress, SyncOptions};
+use rebuy_core::{Deal, DealState, EntityKind};
+use rebuy_emulator::bitrix24::{B24Config, B24Emulator, RunningB24};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn b24_config(seed: u64, contacts: usize, deals: usize) -> B24Config {
+    let mut c = B24Config::default();
+    c.seed.seed = seed;
+    c.seed.contacts = contacts;
+    c.seed.deals = deals;
+    c
+}
+
+/// A config with one Bitrix24 portal on the emulator; `oauth` picks the app auth, else the
+/// inbound webhook.
+fn config(dir: &std::path::Path, emu: &RunningB24, oauth: bool, public_url: Option<&str>) -> Config {
+    let c = emu.emulator.config().clone();
+    let auth = if oauth {
+        format!(
+            "type = \"oauth\"\nclient_id = \"{}\"\nclient_secret_env = \"B24_SECRET\"\nredirect_uri = \"{}\"",
+            c.client_id, c.redirect_uri
+        )
+    } else {
+        "type = \"webhook\"\nurl_env = \"B24_WEBHOOK\"".to_owned()
+    };
+    let server = public_url.map(|u| format!("[server]\npublic_url = \"{u}\"\n")).unwrap_or_default();
+    let text = format!(
+        "data_dir = {:?}\n{server}[[portal]]\nid = \"b24\"\nkind = \"bitrix24\"\nbase_url = \"{}\"\n[portal.auth]\n{auth}\n",
+        dir.display().to_string(),
+        emu.base_url
+    );
+    use figment::providers::Format;
+    let doc: serde_json::Value = figment::Figment::from(figment::providers::Toml::string(&text)).extract().unwrap();
+    let (secret, hook) = (c.client_secret.clone(), emu.webhook_url());
+    let env = move |k: &str| match k {
+        "B24_SECRET" => Some(secret.clone()),
+        "B24_WEBHOOK" => Some(hook.clone()),
+        _ => None,
+    };
+    rebuy::config::resolve(&doc, "test.toml", &env).unwrap()
+}
+
+async fn sync(p: &PortalConfig, store: &Store, opts: SyncOptions) -> rebuy::sync::SyncReport {
+    let handle = rebuy::portal::open(p, store.clone()).unwrap();
+    rebuy::sync::sync_portal(handle.connector, store.clone(), &opts, Arc::new(NoProgress)).await.expect("sync")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitrix24_sync_equals_the_portal_and_reconciles_deletions() {
+    let emu = B24Emulator::spawn(b24_config(71, 400, 1300)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &emu, false, None);
+    let p = &cfg.portals[0];
+    let store = Store::open(dir.path(), &p.id).unwrap();
+    let report = sync(p, &store, SyncOptions { full: true, ..SyncOptions::default() }).await;
+    assert_eq!(report.traffic.rate_limited, 0, "no QUERY_LIMIT_EXCEEDED on a healthy run");
+    emu.emulator.with_data(|d| {
+        assert_eq!(store.count(EntityKind::Contacts).unwrap(), d.contacts.len() as u64);
+        assert_eq!(store.count(EntityKind::Companies).unwrap(), d.companies.len() as u64);
+        assert_eq!(store.count(EntityKind::Deals).unwrap(), d.deals.len() as u64);
+        assert_eq!(store.count(EntityKind::Pipelines).unwrap(), d.categories.len() as u64);
+        for (id, deal) in &d.deals {
+            let got: Deal = store.get(*id).unwrap().unwrap_or_else(|| panic!("deal {id} missing"));
+            assert_eq!(got.amount.as_ref().map(|m| m.amount), Some(deal.opportunity), "deal {id} amount");
+            assert_eq!(got.stage_id.0, deal.stage_id, "deal {id} stage");
+            assert_eq!(got.pipeline_id.0, deal.category_id, "deal {id} category");
+            let state = match deal.stage_semantic_id.as_str() {
+                "S" => DealState::Won,
+                "F" => DealState::Lost,
+                _ => DealState::Open,
+            };
+            assert_eq!(got.state, state, "deal {id} state");
+            assert_eq!(got.created_at.as_second(), deal.date_create, "deal {id} created");
+            assert_eq!(got.main_contact_id.map(|c| c.0), deal.contact_id, "deal {id} contact");
+        }
+    });
+
+    // A deal deleted in the CRM (its event lost) and one changed.
+    let (gone, changed) = emu.emulator.with_data(|d| {
+        let mut ids = d.deals.keys().copied();
+        (ids.nth(3).unwrap(), ids.nth(100).unwrap())
+    });
+    assert!(emu.emulator.delete_deal(gone));
+    assert!(emu.emulator.update_deal(changed, |d| d.opportunity = rust_decimal::Decimal::new(777_00, 2)));
+    let report = sync(p, &store, SyncOptions { reconcile_every: Duration::ZERO, ..SyncOptions::default() }).await;
+    let deals = report.kinds[&EntityKind::Deals];
+    assert!(!deals.full);
+    assert_eq!(deals.deleted, 1, "reconciliation removed the deleted deal");
+    assert!(store.get::<Deal>(gone).unwrap().is_none());
+    let c: Deal = store.get(changed).unwrap().unwrap();
+    assert_eq!(c.amount.unwrap().amount, rust_decimal::Decimal::new(777_00, 2));
+    // Not due again right away: the next run does not list ids.
+    let report = sync(p, &store, SyncOptions::default()).await;
+    assert_eq!(report.kinds[&EntityKind::Deals].deleted, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitrix24_app_install_binds_handlers_and_events_update_the_cache() {
+    let emu = B24Emulator::spawn(b24_config(72, 60, 180)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = config(dir.path(), &emu, true, Some(&url));
+    let state = AppState::new(&cfg, true).unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    runtime::spawn_all(&state, &cfg.server, cancel.clone());
+    let st = state.clone();
+    let c = cancel.clone();
+    tokio::spawn(async move { rebuy::server::serve(listener, st, c.cancelled_owned()).await });
+
+    // The portal installs the app: ONAPPINSTALL carries tokens and the application token.
+    let p = &cfg.portals[0];
+    let settings = rebuy::portal::b24_settings(p).unwrap();
+    let code = emu.emulator.issue_authorization_code();
+    let tokens = rebuy_bitrix24::auth::exchange_code(&settings, &code).await.unwrap();
+    use secrecy::ExposeSecret;
+    let host = emu.base_url.trim_start_matches("http://").to_owned();
+    let app_token = emu.emulator.config().application_token.clone();
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.append_pair("event", "ONAPPINSTALL")
+        .append_pair("data[VERSION]", "1")
+        .append_pair("auth[access_token]", tokens.access_token.expose_secret())
+        .append_pair("auth[refresh_token]", tokens.refresh_token.as_ref().unwrap().expose_secret())
+        .append_pair("auth[expires_in]", "3600")
+        .append_pair("auth[domain]", &host)
+        .append_pair("auth[member_id]", &emu.emulator.config().member_id)
+        .append_pair("auth[application_token]", &app_token);
+    let hook = format!("{url}/hooks/bitrix24/b24");
+    let http = reqwest::Client::new();
+    let post = |body: String| {
+        let (http, hook) = (http.clone(), hook.clone());
+        async move {
+            let r = http.post(&hook).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, text) = post(form.finish()).await;
+    assert_eq!(status, 200, "{text}");
+    let store = state.portal("b24").unwrap().store.clone();
+
+    // The worker stores the tokens and binds the handlers (the emulator records event.bind).
+    let started = std::time::Instant::now();
+    loop {
+        let bound = emu.emulator.writes().iter().filter(|w| w.method == "event.bind").count();
+        if bound >= 7 && store.load_tokens().unwrap().is_some() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "handlers not bound within 5 s ({bound} bound)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An event signed with another token is refused; the real one is processed.
+    let deal = emu.emulator.with_data(|d| *d.deals.keys().next().unwrap());
+    assert!(emu.emulator.update_deal(deal, |d| d.opportunity = rust_decimal::Decimal::new(4242_00, 2)));
+    let ev = emu.emulator.fired_events().into_iter().rev().find(|e| e.event == "ONCRMDEALUPDATE").unwrap();
+    let body = emu.emulator.event_body(&ev, &emu.base_url);
+    let (forged, _) = post(body.replace(&app_token, "forged-token")).await;
+    assert_eq!(forged, 403);
+    let (status, text) = post(body).await;
+    assert_eq!(status, 200, "{text}");
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(d) = store.get::<Deal>(deal).unwrap() {
+            if d.amount.as_ref().map(|m| m.amount) == Some(rust_decimal::Decimal::new(4242_00, 2)) {
+                break;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "deal {deal} not updated within 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cancel.cancel();
+}

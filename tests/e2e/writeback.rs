@@ -1,0 +1,567 @@
+//! Playbooks and write-back against the amoCRM emulator: scheduled tasks of a won deal,
+//! repeat routing, the cyclic funnel, crash between send and done, dry run, one bad action
+//! among good ones, and a playbook naming an unknown stage.
+use crate::support::*;
+use jiff::civil::{Date, Time, Weekday};
+use jiff::{SignedDuration, Timestamp};
+use rebuy::outbox::{ActionState, DrainOptions};
+use rebuy::plan::Plan;
+use rebuy::writeback;
+use rebuy_core::{Connector, WriteOp};
+use rebuy_emulator::amocrm::AmoConfig;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SALES: u64 = 7_100_001;
+const REPEAT: u64 = 7_100_002;
+const WON: u64 = 142;
+
+fn connector(env: &Env) -> Arc<dyn Connector> {
+    rebuy::portal::open(&env.portal, env.store.clone())
+        .unwrap()
+        .connector
+}
+
+fn write_playbook(env: &Env, name: &str, text: &str) -> String {
+    let path = env.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+async fn plan_at(env: &Env, as_of: Timestamp) -> Plan {
+    let conn = connector(env);
+    writeback::plan_portal(&env.portal, &env.store, Some(conn.as_ref()), None, as_of)
+        .await
+        .expect("plan")
+}
+
+async fn apply_at(env: &Env, as_of: Timestamp) -> (Plan, writeback::ApplyReport) {
+    let conn = connector(env);
+    let plan = plan_at(env, as_of).await;
+    let report = writeback::apply_plan(
+        conn.as_ref(),
+        &env.store,
+        &plan,
+        &DrainOptions::default(),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("apply");
+    (plan, report)
+}
+
+/// The open status of a pipeline after "unsorted", by sort order.
+fn stage_ids(env: &Env, pipeline: u64) -> Vec<u64> {
+    env.emulator().with_data(|d| {
+        let p = &d.pipelines[&pipeline];
+        let mut st: Vec<_> = p
+            .statuses
+            .iter()
+            .filter(|s| s.id != 142 && s.id != 143)
+            .collect();
+        st.sort_by_key(|s| s.sort);
+        st.iter().map(|s| s.id).collect()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_won_deal_yields_exactly_the_scheduled_tasks() {
+    let mut env = amo_env(amo_config(41, 60, 150)).await;
+    sync(&env, true).await.unwrap();
+    let (contact, manager) = env.emulator().with_data(|d| {
+        let c = d.contacts.values().next().unwrap();
+        (c.id, c.responsible_user_id)
+    });
+    let lead = env
+        .emulator()
+        .add_lead(contact, 54_000, SALES, WON)
+        .unwrap();
+    sync(&env, false).await.unwrap();
+    let pb = write_playbook(
+        &env,
+        "lifecycle",
+        r#"
+name = "lifecycle"
+[[after_purchase]]
+id = "satisfaction"
+days = 7
+goal = "Звонок удовлетворённости"
+time = "11:00"
+[[after_purchase]]
+id = "check_in"
+days = 30
+goal = "Контрольный звонок"
+task = "letter"
+[[after_purchase]]
+id = "service"
+days = 180
+goal = "Напомнить о ТО"
+task = "meeting"
+time = "16:30"
+"#,
+    );
+    env.portal.mapping = json!({"playbooks": [pb], "horizon_days": 200, "lookback_days": 0});
+    let now = Timestamp::now();
+    let (plan, report) = apply_at(&env, now).await;
+    assert_eq!(report.drain.failed, 0, "{report:?}");
+    let customer = format!("contact:{contact}");
+    let mine: Vec<_> = plan
+        .actions
+        .iter()
+        .filter(|a| a.customer == customer)
+        .collect();
+    assert_eq!(mine.len(), 3, "{mine:#?}");
+
+    let tz = env.portal.time_zone.clone();
+    let today = now.to_zoned(tz.clone()).date();
+    let writes = env.emulator().writes();
+    let mut tasks: Vec<_> = writes
+        .tasks_created
+        .iter()
+        .filter(|t| t.entity_id == Some(lead))
+        .collect();
+    tasks.sort_by_key(|t| t.complete_till);
+    assert_eq!(
+        tasks.len(),
+        3,
+        "exactly the scheduled tasks on the won deal"
+    );
+    let expect = [(7, "11:00", 1u64), (30, "10:00", 1), (180, "16:30", 2)];
+    for (t, (days, time, task_type)) in tasks.iter().zip(expect) {
+        let due = Timestamp::from_second(t.complete_till)
+            .unwrap()
+            .to_zoned(tz.clone());
+        // The planned day, moved off the weekend.
+        let mut day: Date = today.checked_add(jiff::Span::new().days(days)).unwrap();
+        while matches!(day.weekday(), Weekday::Saturday | Weekday::Sunday) {
+            day = day.tomorrow().unwrap();
+        }
+        assert_eq!(due.date(), day, "+{days} days");
+        assert_eq!(due.strftime("%H:%M").to_string(), time, "+{days} days time");
+        assert!(
+            due.time() >= Time::constant(10, 0, 0, 0) && due.time() < Time::constant(18, 0, 0, 0)
+        );
+        assert_eq!(t.responsible_user_id, manager, "the deal's manager");
+        assert_eq!(t.entity_type.as_deref(), Some("leads"));
+        assert_eq!(t.task_type_id, task_type);
+        assert!(t.text.contains("#rebuy:"), "the marker is in the text");
+    }
+    assert!(
+        tasks[0].text.starts_with("Звонок удовлетворённости"),
+        "{}",
+        tasks[0].text
+    );
+    let bought = format!(
+        "Покупка {:02}.{:02}.{}",
+        today.day(),
+        today.month(),
+        today.year()
+    );
+    assert!(tasks[0].text.contains(&bought), "{}", tasks[0].text);
+
+    // Planning and applying again (a day later, after a sync) creates nothing new.
+    let before = env.emulator().writes().tasks_created.len();
+    sync(&env, false).await.unwrap();
+    let (_, again) = apply_at(&env, now + SignedDuration::from_hours(2)).await;
+    assert_eq!(again.enqueued.added, 0);
+    assert_eq!(env.emulator().writes().tasks_created.len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_lead_is_moved_flagged_and_tasked_once() {
+    let mut env = amo_env(amo_config(42, 80, 240)).await;
+    // A customer who bought, and a known contact who never bought.
+    let (buyer, non_buyer) = env.emulator().with_data(|d| {
+        let buyer = d
+            .leads
+            .values()
+            .find(|l| l.status_id == WON && l.contacts.iter().any(|c| c.is_main))
+            .and_then(|l| l.contacts.iter().find(|c| c.is_main))
+            .map(|c| c.id)
+            .unwrap();
+        let non_buyer = d
+            .contacts
+            .keys()
+            .copied()
+            .find(|c| {
+                let leads = d.leads_of_contact(*c);
+                !leads.is_empty() && leads.iter().all(|l| d.leads[l].status_id != WON)
+            })
+            .unwrap();
+        (buyer, non_buyer)
+    });
+    let first = stage_ids(&env, SALES)[1];
+    let repeat_lead = env.emulator().add_lead(buyer, 3_000, SALES, first).unwrap();
+    let inquiry = env
+        .emulator()
+        .add_lead(non_buyer, 1_000, SALES, first)
+        .unwrap();
+    let contacts_before = env.emulator().with_data(|d| d.contacts.len());
+    sync(&env, true).await.unwrap();
+    env.portal.mapping = json!({"repeat_pipeline": "Повторные продажи"});
+    let (plan, report) = apply_at(&env, Timestamp::now()).await;
+    assert_eq!(report.drain.failed, 0);
+    assert_eq!(plan.actions.len(), 3, "{:#?}", plan.actions);
+
+    let w = env.emulator().writes();
+    let moves: Vec<_> = w
+        .lead_moves
+        .iter()
+        .filter(|m| m.lead_id == repeat_lead)
+        .collect();
+    assert_eq!(moves.len(), 1);
+    let repeat_first = stage_ids(&env, REPEAT)[1];
+    assert_eq!(
+        (moves[0].to_pipeline_id, moves[0].to_status_id),
+        (REPEAT, repeat_first)
+    );
+    assert!(
+        w.tag_updates
+            .iter()
+            .any(|t| t.entity_id == repeat_lead && t.tags.iter().any(|x| x == "repeat"))
+    );
+    let tasks: Vec<_> = w
+        .tasks_created
+        .iter()
+        .filter(|t| t.entity_id == Some(repeat_lead))
+        .collect();
+    assert_eq!(tasks.len(), 1);
+    assert!(
+        tasks[0].text.starts_with("Повторная заявка от клиента"),
+        "{}",
+        tasks[0].text
+    );
+    assert!(
+        tasks[0].text.contains("покупок, последняя"),
+        "{}",
+        tasks[0].text
+    );
+    // The non-buyer's inquiry stays on its contact, where it was; no contact is created.
+    assert!(w.lead_moves.iter().all(|m| m.lead_id != inquiry));
+    assert!(w.tasks_created.iter().all(|t| t.entity_id != Some(inquiry)));
+    assert_eq!(
+        env.emulator().with_data(|d| d.contacts.len()),
+        contacts_before
+    );
+    env.emulator().with_data(|d| {
+        assert_eq!(d.leads[&inquiry].pipeline_id, SALES);
+        assert_eq!(d.leads[&repeat_lead].pipeline_id, REPEAT);
+    });
+
+    // Once: a second sync + apply does nothing more.
+    sync(&env, false).await.unwrap();
+    let (plan2, _) = apply_at(&env, Timestamp::now()).await;
+    assert!(
+        plan2.actions.is_empty(),
+        "the lead is in the repeat pipeline now"
+    );
+    let w2 = env.emulator().writes();
+    assert_eq!(w2.lead_moves.len(), w.lead_moves.len());
+    assert_eq!(w2.tasks_created.len(), w.tasks_created.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_funnel_moves_customers_as_time_passes_and_resets_on_a_purchase() {
+    let now = Timestamp::now();
+    let mut cfg = amo_config(43, 150, 600);
+    // History up to two days ago, so customers have next purchases ahead.
+    cfg.seed = cfg
+        .seed
+        .clone()
+        .with_now(now - SignedDuration::from_hours(48));
+    let mut env = amo_env(cfg).await;
+    sync(&env, true).await.unwrap();
+    let stages = stage_ids(&env, REPEAT); // unsorted, remind, contacted, invoice
+    env.portal.mapping = json!({"funnel": {
+        "pipeline": "Повторные продажи",
+        "stages": [stages[1].to_string(), stages[2].to_string(), stages[3].to_string()],
+        "windows_days": [30, 0],
+    }});
+    let tz = env.portal.time_zone.clone();
+    let today = now.to_zoned(tz.clone()).date();
+    // A customer (contact) with a next purchase 10 to 25 days ahead.
+    let (_, analysis) = rebuy::analyse::analyse_portal(&env.store, &env.portal, Some(now)).unwrap();
+    let row = analysis
+        .customers
+        .iter()
+        .find(|r| {
+            matches!(r.key, rebuy::analytics::CustomerKey::Contact(_))
+                && r.next_purchase.is_some_and(|n| {
+                    let d = (n - today).get_days();
+                    (10..=25).contains(&d)
+                })
+        })
+        .expect("a customer due in 10-25 days");
+    let rebuy::analytics::CustomerKey::Contact(contact) = row.key else {
+        unreachable!()
+    };
+    let next = row.next_purchase.unwrap();
+    // Their funnel deal, in the "more than 30 days" stage.
+    let deal = env
+        .emulator()
+        .add_lead(contact.0, 0, REPEAT, stages[1])
+        .unwrap();
+    sync(&env, false).await.unwrap();
+
+    let moves_of = |env: &Env| -> Vec<u64> {
+        env.emulator()
+            .writes()
+            .lead_moves
+            .iter()
+            .filter(|m| m.lead_id == deal)
+            .map(|m| m.to_status_id)
+            .collect()
+    };
+    // Today: at most 30 days left -> second stage.
+    let now = Timestamp::now();
+    apply_at(&env, now).await;
+    assert_eq!(moves_of(&env), vec![stages[2]]);
+    // Again today: nothing new.
+    sync(&env, false).await.unwrap();
+    apply_at(&env, now + SignedDuration::from_hours(1)).await;
+    assert_eq!(moves_of(&env), vec![stages[2]]);
+    // The day after the expected purchase: due / overdue.
+    let later = next
+        .tomorrow()
+        .unwrap()
+        .to_zoned(tz.clone())
+        .unwrap()
+        .timestamp()
+        + SignedDuration::from_hours(9);
+    apply_at(&env, later).await;
+    assert_eq!(moves_of(&env), vec![stages[2], stages[3]]);
+
+    // The customer buys: the next purchase is recomputed from today and the deal goes back.
+    env.emulator()
+        .add_lead(contact.0, 2_500, SALES, WON)
+        .unwrap();
+    sync(&env, false).await.unwrap();
+    let after = Timestamp::now();
+    let (_, analysis) =
+        rebuy::analyse::analyse_portal(&env.store, &env.portal, Some(after)).unwrap();
+    let row = analysis
+        .customers
+        .iter()
+        .find(|r| r.key == rebuy::analytics::CustomerKey::Contact(contact))
+        .unwrap();
+    let new_next = row.next_purchase.unwrap();
+    assert!(new_next > next, "reset: {new_next} after {next}");
+    let left = (new_next - after.to_zoned(tz.clone()).date()).get_days();
+    let want = if left > 30 { stages[1] } else { stages[2] };
+    apply_at(&env, after).await;
+    assert_eq!(moves_of(&env), vec![stages[2], stages[3], want]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_writes_nothing_and_one_bad_action_does_not_block_the_rest() {
+    let mut env = amo_env(amo_config(44, 90, 250)).await;
+    sync(&env, true).await.unwrap();
+    let pb = write_playbook(
+        &env,
+        "greetings",
+        "[[seasonal]]\nid = \"spring\"\ndate = \"03-05\"\ngoal = \"Поздравить с весной\"\ntask = \"letter\"\n",
+    );
+    env.portal.mapping = json!({"playbooks": [pb]});
+    let as_of = writeback::parse_plan_as_of("2026-03-02", &env.portal).unwrap();
+
+    // Dry run: a plan, and nothing written anywhere.
+    let plan = plan_at(&env, as_of).await;
+    assert!(plan.actions.len() > 20, "{}", plan.actions.len());
+    assert_eq!(env.emulator().writes(), Default::default());
+    assert_eq!(env.store.outbox_counts().unwrap(), Default::default());
+    // Deterministic.
+    assert_eq!(plan_at(&env, as_of).await, plan);
+
+    // A lead deleted in the CRM after the sync: its task is refused, the others go through.
+    let WriteOp::CreateTask {
+        entity: rebuy_core::EntityRef::Deal(victim),
+        ..
+    } = plan.actions[3].op
+    else {
+        panic!("a task on a deal")
+    };
+    assert!(env.emulator().delete_lead(victim.0));
+    let (_, report) = apply_at(&env, as_of).await;
+    let victims = plan
+        .actions
+        .iter()
+        .filter(|a| matches!(&a.op, WriteOp::CreateTask { entity, .. } if *entity == rebuy_core::EntityRef::Deal(victim)))
+        .count() as u64;
+    assert_eq!(report.drain.failed, victims);
+    assert_eq!(report.drain.done, plan.actions.len() as u64 - victims);
+    let failed: Vec<_> = env
+        .store
+        .outbox_all()
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.state {
+            ActionState::Failed { code, message, .. } => Some((e.action.key, code, message)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len() as u64, victims);
+    assert!(
+        failed[0].2.contains("entity_id"),
+        "the CRM's message: {failed:?}"
+    );
+    assert_eq!(
+        env.emulator().writes().tasks_created.len() as u64,
+        plan.actions.len() as u64 - victims
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_playbook_with_an_unknown_stage_is_refused_with_every_problem() {
+    let mut env = amo_env(amo_config(45, 20, 40)).await;
+    sync(&env, true).await.unwrap();
+    let pb = write_playbook(
+        &env,
+        "broken",
+        r#"
+[funnel]
+pipeline = "Повторные продажи"
+stages = ["Напомнить о покупке", "Такой стадии нет"]
+windows_days = [7]
+[[after_purchase]]
+id = "call"
+days = 7
+goal = "Звонок"
+responsible = "user:Никто"
+"#,
+    );
+    env.portal.mapping = json!({"playbooks": [pb.clone()]});
+    let err = writeback::plan_portal(&env.portal, &env.store, None, None, Timestamp::now())
+        .await
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("2 problem(s)"), "{msg}");
+    assert!(
+        msg.contains(&format!("{pb}: funnel.stages[1]: unknown stage \"Такой стадии нет\" in pipeline \"Повторные продажи\"")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("after_purchase[0].responsible: unknown user \"Никто\""),
+        "{msg}"
+    );
+    assert_eq!(env.emulator().writes(), Default::default());
+}
+
+/// The process dies after a bulk request was sent but before "done" was committed; the next
+/// run finds the tasks by their marker and creates none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_send_and_done_then_rerun_creates_no_duplicate() {
+    let emu = rebuy_emulator::amocrm::AmoEmulator::spawn(amo_config(46, 160, 400))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pb = dir.path().join("spring.toml");
+    std::fs::write(
+        &pb,
+        "[[seasonal]]\nid = \"spring\"\ndate = \"03-05\"\ngoal = \"Поздравить с весной\"\n",
+    )
+    .unwrap();
+    let cfg_path = dir.path().join("rebuy.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "data_dir = {:?}\n[[portal]]\nid = \"p\"\nkind = \"amocrm\"\nbase_url = \"{}\"\nrequests_per_sec = {TEST_RPS}\n\
+             [portal.auth]\ntype = \"oauth\"\nclient_id = \"{}\"\nclient_secret_env = \"EMULATOR_CLIENT_SECRET\"\nredirect_uri = \"{}\"\n\
+             [portal.mapping]\nplaybooks = [{:?}]\n",
+            dir.path().join("data").display().to_string(),
+            emu.base_url,
+            AmoConfig::default().client_id,
+            AmoConfig::default().redirect_uri,
+            pb.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let cfg = cfg_path.display().to_string();
+    let run = |args: &[&str], env: Vec<(String, String)>| {
+        let mut a = vec!["--config".to_owned(), cfg.clone()];
+        a.extend(args.iter().map(|s| (*s).to_owned()));
+        rebuy_async(a, env)
+    };
+    let out = run(&["auth", "--portal", "p"], vec![]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["sync", "--portal", "p", "--full", "--quiet"], vec![]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        &[
+            "plan",
+            "--portal",
+            "p",
+            "--as-of",
+            "2026-03-02",
+            "--format",
+            "json",
+        ],
+        vec![],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let planned = plan["actions"].as_array().unwrap().len();
+    assert!(planned > 100, "enough for several bulk requests: {planned}");
+    assert_eq!(
+        emu.emulator.writes().tasks_created.len(),
+        0,
+        "plan writes nothing"
+    );
+
+    let crash = run(
+        &["apply", "--portal", "p", "--as-of", "2026-03-02"],
+        vec![("REBUY_FAILPOINTS".into(), "outbox.after_send=1".into())],
+    )
+    .await;
+    assert!(!crash.status.success(), "the failpoint aborts the process");
+    let sent = emu.emulator.writes().tasks_created.len();
+    assert!(
+        sent >= 1 && sent < planned,
+        "one bulk request landed: {sent}"
+    );
+
+    let out = run(&["apply", "--portal", "p", "--as-of", "2026-03-02"], vec![]).await;
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("{sent} found already done in the CRM")),
+        "{stdout}"
+    );
+    let tasks = emu.emulator.writes().tasks_created;
+    assert_eq!(tasks.len(), planned, "each task exactly once");
+    let mut markers: Vec<&str> = tasks
+        .iter()
+        .map(|t| t.text.rsplit_once("#rebuy:").unwrap().1)
+        .collect();
+    markers.sort();
+    markers.dedup();
+    assert_eq!(markers.len(), planned);
+
+    // The status shows the outbox.
+    let out = run(&["status"], vec![]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "outbox: 0 pending, 0 in flight, {planned} done, 0 failed"
+        )),
+        "{stdout}"
+    );
+}
