@@ -309,7 +309,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Serve => {
             let cfg = load_config(&cli.config)?;
-            cmd_serve(cfg).await.map(|()| ExitCode::SUCCESS)
+            cmd_serve(cfg, &cli.config).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Emulate { crm: EmulateCrm::Amocrm(a) } => {
@@ -645,14 +645,14 @@ fn cmd_status(cfg: &Config) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn cmd_serve(cfg: Config) -> Result<()> {
+async fn cmd_serve(cfg: Config, config_path: &std::path::Path) -> Result<()> {
     let state = crate::server::AppState::new(&cfg, true)?;
     let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.server.listen))?;
     tracing::info!(listen = %cfg.server.listen, portals = cfg.portals.len(), "Serving.");
     let cancel = tokio_util::sync::CancellationToken::new();
-    let tasks = crate::server::runtime::spawn_all(&state, &cfg.server, cancel.clone());
+    let tasks = crate::server::runtime::spawn_all(&state, &cfg.server, crate::writeback::playbooks_dir(config_path), cancel.clone());
     let shutdown = {
         let cancel = cancel.clone();
         async move {

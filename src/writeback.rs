@@ -345,7 +345,8 @@ pub fn print_plan(plan: &Plan, format: PlanFormat) -> Result<()> {
     Ok(())
 }
 
-fn playbooks_dir(config_path: &Path) -> Option<std::path::PathBuf> {
+/// The playbooks directory of a config file: `playbooks/` beside it, when it exists.
+pub fn playbooks_dir(config_path: &Path) -> Option<std::path::PathBuf> {
     let dir = config_path
         .parent()
         .unwrap_or(Path::new("."))

@@ -13,7 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Starts every portal's background tasks; they stop when `cancel` fires.
-pub fn spawn_all(state: &AppState, settings: &ServerSettings, cancel: CancellationToken) -> TaskTracker {
+pub fn spawn_all(
+    state: &AppState,
+    settings: &ServerSettings,
+    playbooks_dir: Option<std::path::PathBuf>,
+    cancel: CancellationToken,
+) -> TaskTracker {
     let tracker = TaskTracker::new();
     for p in state.portals.values() {
         let handle = match crate::portal::open(&p.cfg, p.store.clone()) {
@@ -30,6 +35,8 @@ pub fn spawn_all(state: &AppState, settings: &ServerSettings, cancel: Cancellati
                 .public_url
                 .as_ref()
                 .map(|u| format!("{}/hooks/bitrix24/{}", u.trim_end_matches('/'), p.cfg.id)),
+            playbooks_dir: playbooks_dir.clone(),
+            reactor: Arc::default(),
         };
         tracker.spawn(inbox_loop(p.clone(), ctx, cancel.clone()));
         tracker.spawn(schedule_loop(p.clone(), handle.connector, settings.clone(), cancel.clone()));

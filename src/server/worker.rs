@@ -104,6 +104,90 @@ pub enum ProcessError {
     /// The cache failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// Planning the reaction failed (mapping or playbooks invalid, cache not synced yet).
+    #[error("planning the reaction: {0:#}")]
+    Plan(anyhow::Error),
+}
+
+/// What real-time routing reads: the identity index, the analysis and the resolved playbooks
+/// of the portal, rebuilt when older than [`Reactor::TTL`] (a webhook must not wait for a whole
+/// analysis each time).
+#[derive(Default)]
+pub struct Reactor {
+    cached: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Prepared>)>>,
+}
+
+/// The cached inputs of real-time routing.
+pub struct Prepared {
+    data: crate::analytics::Dataset,
+    analysis: crate::analytics::Analysis,
+    rules: crate::playbooks::Rules,
+}
+
+impl Reactor {
+    /// How long a prepared analysis serves webhooks.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+    async fn prepared(&self, p: &PortalRuntime, ctx: &WorkerCtx) -> Result<Arc<Prepared>, ProcessError> {
+        let mut guard = self.cached.lock().await;
+        if let Some((at, prep)) = guard.as_ref() {
+            if at.elapsed() < Self::TTL {
+                return Ok(prep.clone());
+            }
+        }
+        let rules = crate::writeback::resolve_rules(&p.cfg, &p.store, Some(ctx.conn.as_ref()), ctx.playbooks_dir.as_deref())
+            .await
+            .map_err(ProcessError::Plan)?;
+        let (store, cfg) = (p.store.clone(), p.cfg.clone());
+        let (data, analysis) = tokio::task::spawn_blocking(move || crate::analyse::analyse_portal(&store, &cfg, None))
+            .await
+            .map_err(|e| ProcessError::Plan(e.into()))?
+            .map_err(ProcessError::Plan)?;
+        let prep = Arc::new(Prepared { data, analysis, rules });
+        *guard = Some((std::time::Instant::now(), prep.clone()));
+        Ok(prep)
+    }
+}
+
+/// Routes one open deal as it arrives: a repeat sale goes to the repeat pipeline with a task,
+/// through the outbox, at once. Our own writes echo back as events; they find the deal already
+/// in the repeat pipeline (nothing planned) and the idempotency keys stop any repeat.
+async fn react_to_deal(p: &PortalRuntime, ctx: &WorkerCtx, deal: &rebuy_core::Deal) -> Result<(), ProcessError> {
+    if deal.state != rebuy_core::DealState::Open || p.cfg.mapping.is_null() {
+        return Ok(());
+    }
+    let prep = ctx.reactor.prepared(p, ctx).await?;
+    let class = crate::analytics::classify_deal(&prep.data, &p.cfg.analytics, deal);
+    let open = crate::plan::OpenDeal {
+        id: deal.id,
+        name: deal.name.clone(),
+        customer: class.customer,
+        class: class.class,
+        pipeline: deal.pipeline_id,
+        stage: deal.stage_id.clone(),
+        responsible: deal.responsible_user_id,
+        created_at: deal.created_at,
+    };
+    let customer = class.customer.and_then(|k| crate::plan::find_customer(&prep.analysis.customers, k));
+    let actions = crate::plan::plan_for_deal(
+        &p.cfg.id.0,
+        jiff::Timestamp::now(),
+        &p.cfg.time_zone,
+        &prep.rules,
+        &open,
+        customer,
+    );
+    if actions.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(portal = %p.cfg.id, deal = %deal.id, actions = actions.len(), "Routing a repeat deal.");
+    let n = actions.len();
+    let added = blocking(&p.store, move |s| s.outbox_enqueue(actions)).await?;
+    if added.added > 0 {
+        crate::outbox::drain(ctx.conn.as_ref(), &p.store, &crate::outbox::DrainOptions::default()).await?;
+    }
+    metrics::counter!("rebuy_routed_actions_total", "portal" => p.cfg.id.0.clone()).increment(n as u64);
+    Ok(())
 }
 
 /// The cache changes an event asks for.
@@ -149,14 +233,19 @@ pub struct WorkerCtx {
     /// This portal's Bitrix24 event handler URL (`{public_url}/hooks/bitrix24/{portal}`), when
     /// the server knows its public URL.
     pub handler_url: Option<String>,
+    /// Where the portal's playbooks live (`playbooks/` beside the config file).
+    pub playbooks_dir: Option<std::path::PathBuf>,
+    /// Real-time routing state.
+    pub reactor: Arc<Reactor>,
 }
 
 /// Applies changes to the cache, fetching upserted records from the CRM.
 pub async fn apply_changes(
+    p: &PortalRuntime,
     ctx: &WorkerCtx,
-    store: &Store,
     changes: &[Change],
 ) -> Result<(), ProcessError> {
+    let store = &p.store;
     let conn = ctx.conn.as_ref();
     for c in changes {
         match c {
@@ -182,7 +271,15 @@ pub async fn apply_changes(
                 blocking(store, |s| s.set_needs_reauth("the Bitrix24 app was uninstalled")).await?;
             }
             Change::Upsert(EntityKind::Deals, id) => match conn.deal(DealId(*id)).await? {
-                Some(deal) => blocking(store, move |s| s.write(|w| w.put_all(&[deal]))).await?,
+                Some(deal) => {
+                    let stored = deal.clone();
+                    blocking(store, move |s| s.write(|w| w.put_all(&[stored]))).await?;
+                    // A reaction that cannot be planned (no mapping yet, cache never synced)
+                    // must not hold the inbox: the cache update above is the event's effect.
+                    if let Err(e) = react_to_deal(p, ctx, &deal).await {
+                        tracing::warn!(portal = %p.cfg.id, deal = %deal.id, error = %e, "No real-time routing for this deal.");
+                    }
+                }
                 None => blocking(store, remover(EntityKind::Deals, *id)).await?,
             },
             Change::Upsert(EntityKind::Contacts, id) => match conn.contact(ContactId(*id)).await? {
@@ -225,7 +322,7 @@ pub async fn process_once(p: &PortalRuntime, ctx: &WorkerCtx) -> Result<usize, P
     for ev in &events {
         match changes(ev) {
             Ok(ch) => {
-                if let Err(e) = apply_changes(ctx, &store, &ch).await {
+                if let Err(e) = apply_changes(p, ctx, &ch).await {
                     result = Err(e);
                     break;
                 }

@@ -109,7 +109,7 @@ async fn bitrix24_app_install_binds_handlers_and_events_update_the_cache() {
     let cfg = config(dir.path(), &emu, true, Some(&url));
     let state = AppState::new(&cfg, true).unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
-    runtime::spawn_all(&state, &cfg.server, cancel.clone());
+    runtime::spawn_all(&state, &cfg.server, None, cancel.clone());
     let st = state.clone();
     let c = cancel.clone();
     tokio::spawn(async move { rebuy::server::serve(listener, st, c.cancelled_owned()).await });
@@ -173,5 +173,88 @@ async fn bitrix24_app_install_binds_handlers_and_events_update_the_cache() {
         assert!(started.elapsed() < Duration::from_secs(5), "deal {deal} not updated within 5 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitrix24_new_deal_of_a_past_customer_is_moved_and_tasked_within_5_s() {
+    let emu = B24Emulator::spawn(b24_config(73, 150, 450)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut cfg = config(dir.path(), &emu, true, Some(&url));
+    cfg.portals[0].mapping = serde_json::json!({"repeat_pipeline": "Повторные продажи"});
+    let p = cfg.portals[0].clone();
+    {
+        let store = Store::open(dir.path(), &p.id).unwrap();
+        rebuy::demo::authorize_automatically(&p, &store).await.unwrap();
+        sync(&p, &store, SyncOptions { full: true, ..SyncOptions::default() }).await;
+    }
+    let state = AppState::new(&cfg, true).unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    runtime::spawn_all(&state, &cfg.server, None, cancel.clone());
+    let st = state.clone();
+    let c = cancel.clone();
+    tokio::spawn(async move { rebuy::server::serve(listener, st, c.cancelled_owned()).await });
+
+    // Install the app: the server stores its token and binds the handlers; from then on the
+    // emulator delivers its events to the server by itself.
+    let code = emu.emulator.issue_authorization_code();
+    let tokens = rebuy_bitrix24::auth::exchange_code(&rebuy::portal::b24_settings(&p).unwrap(), &code).await.unwrap();
+    use secrecy::ExposeSecret;
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.append_pair("event", "ONAPPINSTALL")
+        .append_pair("auth[access_token]", tokens.access_token.expose_secret())
+        .append_pair("auth[refresh_token]", tokens.refresh_token.as_ref().unwrap().expose_secret())
+        .append_pair("auth[expires_in]", "3600")
+        .append_pair("auth[domain]", emu.base_url.trim_start_matches("http://"))
+        .append_pair("auth[application_token]", &emu.emulator.config().application_token);
+    let r = reqwest::Client::new()
+        .post(format!("{url}/hooks/bitrix24/b24"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.finish())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started = std::time::Instant::now();
+    while emu.emulator.writes().iter().filter(|w| w.method == "event.bind").count() < 7 {
+        assert!(started.elapsed() < Duration::from_secs(5), "handlers not bound");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (buyer, main, repeat) = emu.emulator.with_data(|d| {
+        let won = d.deals.values().find(|x| x.stage_semantic_id == "S" && x.contact_id.is_some()).unwrap();
+        let repeat = d.categories.values().find(|c| c.name == "Повторные продажи").unwrap().id;
+        let main = d.categories.values().find(|c| c.name != "Повторные продажи").unwrap().id;
+        (won.contact_id.unwrap(), main, repeat)
+    });
+    let started = std::time::Instant::now();
+    let deal = emu.emulator.add_deal(buyer, 12_000, main).unwrap();
+    let moved_to = |w: &rebuy_emulator::bitrix24::WriteRecord| {
+        w.method == "crm.item.update"
+            && w.params.to_string().contains(&format!("\"id\":{deal}"))
+            || w.method == "crm.item.update" && w.params.to_string().contains(&format!("\"id\":\"{deal}\""))
+    };
+    loop {
+        let writes = emu.emulator.writes();
+        let moved = writes.iter().filter(|w| moved_to(w)).count();
+        let todo = writes
+            .iter()
+            .filter(|w| w.method == "crm.activity.todo.add" && w.params.to_string().contains(&deal.to_string()))
+            .count();
+        if moved >= 1 && todo == 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "deal {deal} not routed within 5 s ({moved} moves, {todo} to-dos)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("Bitrix24 repeat deal routed in {:?}", started.elapsed());
+    let d = emu.emulator.with_data(|d| d.deals[&deal].clone());
+    assert_eq!(d.category_id, repeat, "the deal is in the repeat funnel");
+    assert!(d.is_return_customer, "flagged IS_RETURN_CUSTOMER");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let todos = emu.emulator.writes().iter().filter(|w| w.method == "crm.activity.todo.add" && w.params.to_string().contains(&deal.to_string())).count();
+    assert_eq!(todos, 1, "one to-do, even though our writes echo back as events");
     cancel.cancel();
 }

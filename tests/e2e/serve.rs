@@ -72,7 +72,7 @@ async fn start_server(cfg: &Config, background: bool) -> Server {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let cancel = CancellationToken::new();
     if background {
-        runtime::spawn_all(&state, &cfg.server, cancel.clone());
+        runtime::spawn_all(&state, &cfg.server, None, cancel.clone());
     }
     let st = state.clone();
     let c = cancel.clone();
@@ -385,4 +385,53 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook_and_logs_no_sec
     ] {
         assert!(!logs.contains(&secret), "a secret reached the log");
     }
+}
+
+/// A portal config with repeat routing to the "Повторные продажи" pipeline.
+fn routing_config(data_dir: &std::path::Path, base_url: &str, id: &str) -> Config {
+    let mut cfg = config_with_id(data_dir, base_url, id);
+    cfg.portals[0].mapping = serde_json::json!({"repeat_pipeline": "Повторные продажи"});
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amocrm_new_lead_of_a_past_customer_is_moved_and_tasked_within_5_s() {
+    let env = amo_env(amo_config(81, 150, 450)).await;
+    sync(&env, true).await.unwrap();
+    let cfg = routing_config(env.dir.path(), &env.emu.base_url, "test");
+    drop(env.store);
+    let srv = start_server(&cfg, true).await;
+    let emu = env.emu.emulator.clone();
+    // The emulator itself delivers its webhooks to the server, as amoCRM would.
+    emu.register_webhook(&format!("{}/hooks/amocrm/test/{HOOK_SECRET}", srv.url), &["add_lead", "update_lead", "status_lead"]);
+    let (buyer, pipeline, status, repeat_pipeline) = emu.with_data(|d| {
+        let won = d.leads.values().find(|l| l.status_id == 142 && !l.contacts.is_empty()).unwrap();
+        let main = d.pipelines.values().find(|p| p.name != "Повторные продажи").unwrap();
+        let repeat = d.pipelines.values().find(|p| p.name == "Повторные продажи").unwrap();
+        let first_open = main.statuses.iter().find(|s| s.id != 142 && s.id != 143).unwrap().id;
+        (won.contacts[0].id, main.id, first_open, repeat.id)
+    });
+    let started = std::time::Instant::now();
+    let lead = emu.add_lead(buyer, 9_900, pipeline, status).unwrap();
+    loop {
+        let w = emu.writes();
+        let moved = w.lead_moves.iter().filter(|m| m.lead_id == lead && m.to_pipeline_id == repeat_pipeline).count();
+        let tasks = w.tasks_created.iter().filter(|t| t.entity_id == Some(lead)).count();
+        if moved == 1 && tasks == 1 {
+            break;
+        }
+        assert!(moved <= 1 && tasks <= 1, "routed more than once: {moved} moves, {tasks} tasks");
+        assert!(started.elapsed() < Duration::from_secs(5), "lead {lead} not routed within 5 s ({moved} moves, {tasks} tasks)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let latency = started.elapsed();
+    // Our own writes echo back as webhooks: give them time, then check nothing doubled.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let w = emu.writes();
+    assert_eq!(w.lead_moves.iter().filter(|m| m.lead_id == lead).count(), 1, "no loop on our own writes");
+    assert_eq!(w.tasks_created.iter().filter(|t| t.entity_id == Some(lead)).count(), 1);
+    let task = w.tasks_created.iter().find(|t| t.entity_id == Some(lead)).unwrap();
+    assert!(task.text.contains("#rebuy:"), "the task carries its idempotency marker: {}", task.text);
+    eprintln!("amoCRM repeat lead routed in {latency:?}");
+    srv.cancel.cancel();
 }
