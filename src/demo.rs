@@ -172,6 +172,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .context("the demo's write-back")?;
     println!("\n== {} ==", b24_portal.id);
     crate::analyse::demo_summary(&b24_store, &b24_portal, b24_cfg.seed.now)?;
+    crate::server::demo::live_routing(&amo_portal, &amo_store, &amo.emulator, &b24_portal, &b24_store, &b24.emulator)
+        .await
+        .context("the demo's live routing")?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //!
 //! `router(state)` builds the whole app without a socket (tests call it directly); `serve`
 //! runs it on a listener until the shutdown future resolves, then finishes in-flight requests.
+pub mod demo;
 pub mod error;
 pub mod fuzz;
 pub mod inbox;

@@ -234,4 +234,5 @@ fn demo_runs_end_to_end() {
     assert!(stdout.contains("portal demo-bitrix24: synced"), "{stdout}");
     assert_eq!(stdout.matches(", 0 rate-limited").count(), 2, "{stdout}");
     assert!(stdout.contains("== demo-bitrix24 =="), "{stdout}");
+    assert!(stdout.contains("amoCRM: new lead") && stdout.contains("Bitrix24: new deal"), "{stdout}");
 }
