@@ -58,6 +58,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 7)]
         rate: u32,
     },
+    /// Latency from a CRM webhook to the routed task in the emulated amoCRM: new leads of past
+    /// buyers at a fixed rate; the emulator delivers its webhooks to an in-process server.
+    Route {
+        /// Leads per second.
+        #[arg(long, default_value_t = 50)]
+        rate: u64,
+        /// Seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The emulated account's rate limit (requests/s): each routing costs about five
+        /// requests, so 50 events/s need more than amoCRM's 7.
+        #[arg(long, default_value_t = 1000)]
+        crm_rps: u32,
+    },
     /// The webhook parsers' fuzz target at scale.
     Fuzz {
         /// Bodies to generate.
@@ -115,6 +129,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             print!("{}", crate::writeback::bench_apply(actions, rate).await?);
             Ok(())
         }
+        BenchCommand::Route { rate, seconds, crm_rps } => bench_route(rate, seconds, crm_rps).await,
         BenchCommand::Fuzz { bodies, seed } => {
             let started = Instant::now();
             // Caught panics would print their message: keep the output to the figures.
@@ -387,5 +402,79 @@ async fn bench_ingest(requests: u64, concurrency: usize, rate: u64, seconds: u64
         throughput.push(rps);
     }
     println!("  durable / upper bound: {:.2}", throughput[0] / throughput[1]);
+    Ok(())
+}
+
+async fn bench_route(rate: u64, seconds: u64, crm_rps: u32) -> Result<()> {
+    let mut emu_cfg = rebuy_emulator::amocrm::AmoConfig::default();
+    emu_cfg.seed.contacts = 2000;
+    emu_cfg.seed.deals = 6000;
+    emu_cfg.rate_limit_per_sec = crm_rps;
+    emu_cfg.block_after_violations = 0;
+    let emu = rebuy_emulator::amocrm::AmoEmulator::spawn(emu_cfg.clone()).await?;
+    let mut p = emulator_portal("route", &emu.base_url, &emu_cfg.client_id, &emu_cfg.redirect_uri, crm_rps)?;
+    p.mapping = serde_json::json!({"repeat_pipeline": "Повторные продажи"});
+    p.webhook_secret = Some(secrecy::SecretString::from("bench-secret"));
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path(), &p.id)?;
+    authorize_automatically(&p, &store).await?;
+    let handle = portal::open(&p, store.clone())?;
+    crate::sync::sync_portal(handle.connector, store.clone(), &crate::portal::sync_options(&p, true), std::sync::Arc::new(crate::sync::NoProgress)).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let state = crate::server::AppState::from_stores(vec![(p.clone(), store.clone())], true);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let settings = crate::config::ServerSettings::default();
+    let tasks = crate::server::runtime::spawn_all(&state, &settings, None, cancel.clone());
+    let c = cancel.clone();
+    tokio::spawn(async move { crate::server::serve(listener, state, c.cancelled_owned()).await });
+    let e = &emu.emulator;
+    e.register_webhook(&format!("{url}/hooks/amocrm/route/bench-secret"), &["add_lead", "update_lead", "status_lead"]);
+    let (buyers, pipeline, status) = e.with_data(|d| {
+        let mut buyers: Vec<u64> = d.leads.values().filter(|l| l.status_id == 142 && !l.contacts.is_empty()).map(|l| l.contacts[0].id).collect();
+        buyers.sort_unstable();
+        buyers.dedup();
+        let main = d.pipelines.values().find(|p| p.name != "Повторные продажи").map(|m| (m.id, m.statuses.iter().find(|s| s.id != 142 && s.id != 143).map(|s| s.id)));
+        (buyers, main.map(|m| m.0), main.and_then(|m| m.1))
+    });
+    let (Some(pipeline), Some(status)) = (pipeline, status) else { bail!("no main pipeline in the emulated account") };
+    if buyers.is_empty() {
+        bail!("no past buyers in the emulated account");
+    }
+    // Warm the server's cached analysis with one lead before measuring.
+    let total = rate * seconds;
+    let mut created: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
+    let mut latencies = Vec::with_capacity(total as usize);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let started = Instant::now();
+    let mut i = 0u64;
+    let deadline = started + Duration::from_secs(seconds + 30);
+    while (latencies.len() as u64) < total && Instant::now() < deadline {
+        if i < total {
+            ticker.tick().await;
+            let buyer = buyers[(i as usize) % buyers.len()];
+            if let Some(lead) = e.add_lead(buyer, 1000, pipeline, status) {
+                created.insert(lead, Instant::now());
+            }
+            i += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for t in e.writes().tasks_created.iter() {
+            if let Some(at) = t.entity_id.and_then(|id| created.remove(&id)) {
+                latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    cancel.cancel();
+    tasks.wait().await;
+    if latencies.is_empty() {
+        bail!("no lead was routed");
+    }
+    latencies.sort_by(f64::total_cmp);
+    let q = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    println!("bench route: {total} new leads of past buyers at {rate}/s (emulated amoCRM at {crm_rps} req/s), webhook delivered by the emulator");
+    println!("  routed           {} of {total} (moved + tasked)", latencies.len());
+    println!("  webhook -> task  p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms", q(0.5), q(0.99), latencies[latencies.len() - 1]);
     Ok(())
 }
