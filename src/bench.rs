@@ -42,6 +42,10 @@ pub enum BenchCommand {
         /// Deals.
         #[arg(long, default_value_t = 5_000_000)]
         deals: usize,
+        /// Also fit BG/NBD on the same summary with the Python package `lifetimes`
+        /// (`pip install lifetimes`; bench only) and report both times.
+        #[arg(long)]
+        compare_lifetimes: bool,
     },
     /// The planner on a synthetic base (all ready playbooks, funnel, segment fields).
     Plan {
@@ -113,9 +117,21 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             }
             Ok(())
         }
-        BenchCommand::Analytics { customers, deals } => {
-            let report = tokio::task::spawn_blocking(move || crate::analytics::bench::bench(customers, deals)).await?;
+        BenchCommand::Analytics { customers, deals, compare_lifetimes } => {
+            let dir = tempfile::tempdir()?;
+            let csv = dir.path().join("summary.csv");
+            let export = compare_lifetimes.then(|| csv.clone());
+            let (report, fit) = tokio::task::spawn_blocking(move || {
+                crate::analytics::bench::bench_export(customers, deals, export.as_deref())
+            })
+            .await?;
             println!("{report}");
+            if let Some(f) = fit {
+                println!("  rebuy BG/NBD     r={:.4} alpha={:.4} a={:.4} b={:.4}", f.r, f.alpha, f.a, f.b);
+            }
+            if compare_lifetimes {
+                compare_with_lifetimes(&csv, report.bgnbd_fit)?;
+            }
             Ok(())
         }
         BenchCommand::Plan { customers } => {
@@ -476,5 +492,42 @@ async fn bench_route(rate: u64, seconds: u64, crm_rps: u32) -> Result<()> {
     println!("bench route: {total} new leads of past buyers at {rate}/s (emulated amoCRM at {crm_rps} req/s), webhook delivered by the emulator");
     println!("  routed           {} of {total} (moved + tasked)", latencies.len());
     println!("  webhook -> task  p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms", q(0.5), q(0.99), latencies[latencies.len() - 1]);
+    Ok(())
+}
+
+/// Fits BG/NBD with the Python package `lifetimes` on the exported summary and prints the
+/// time and the ratio to rebuy's fit.
+fn compare_with_lifetimes(csv: &std::path::Path, rebuy_fit: Duration) -> Result<()> {
+    const SCRIPT: &str = r#"
+import sys, time
+import pandas as pd
+from lifetimes import BetaGeoFitter
+d = pd.read_csv(sys.argv[1])
+m = BetaGeoFitter(penalizer_coef=0.0)
+t = time.time()
+m.fit(d["frequency"], d["recency"], d["T"], weights=d["weight"])
+el = time.time() - t
+p = m.params_
+print(f"{el} {p['r']} {p['alpha']} {p['a']} {p['b']}")
+"#;
+    let out = std::process::Command::new("python3").arg("-c").arg(SCRIPT).arg(csv).output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            if v.len() == 5 {
+                println!("  lifetimes BG/NBD r={:.4} alpha={:.4} a={:.4} b={:.4}", v[1], v[2], v[3], v[4]);
+                println!(
+                    "  lifetimes fit    {:.3} s on the same summary; rebuy is {:.1}x faster",
+                    v[0],
+                    v[0] / rebuy_fit.as_secs_f64()
+                );
+            } else {
+                println!("  lifetimes: unexpected output {text:?}");
+            }
+        }
+        Ok(o) => println!("  lifetimes: not run ({})", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed")),
+        Err(e) => println!("  lifetimes: not run (python3: {e})"),
+    }
     Ok(())
 }

@@ -211,6 +211,17 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 /// Generates a portal, builds, analyses and fits BG/NBD alone, timing each step.
 pub fn bench(customers: usize, deals: usize) -> BenchReport {
+    bench_export(customers, deals, None).0
+}
+
+/// Like [`bench`]; with `export`, also writes the BG/NBD summary the fit used (distinct
+/// `frequency,recency,T,weight` rows, time in days) as CSV for a side-by-side fit by another
+/// tool, and returns the fitted parameters.
+pub fn bench_export(
+    customers: usize,
+    deals: usize,
+    export: Option<&std::path::Path>,
+) -> (BenchReport, Option<bgnbd::BgNbdParams>) {
     let settings = Settings::default();
     let t0 = Instant::now();
     let data = synthetic_dataset(customers, deals, 42);
@@ -237,8 +248,17 @@ pub fn bench(customers: usize, deals: usize) -> BenchReport {
     let rows = bgnbd::aggregate(summaries);
     let fit = bgnbd::fit(&rows);
     let bgnbd_fit = t2.elapsed();
-    std::hint::black_box(fit);
-    BenchReport {
+    if let Some(path) = export {
+        use std::io::Write as _;
+        if let Ok(f) = std::fs::File::create(path) {
+            let mut w = std::io::BufWriter::new(f);
+            let _ = writeln!(w, "frequency,recency,T,weight");
+            for r in &rows {
+                let _ = writeln!(w, "{},{},{},{}", r.x, r.t_x, r.t, r.count);
+            }
+        }
+    }
+    let report = BenchReport {
         customers,
         deals,
         build,
@@ -248,7 +268,8 @@ pub fn bench(customers: usize, deals: usize) -> BenchReport {
         fit_rows: rows.len(),
         peak_rss_bytes: peak_rss_bytes(),
         buyers: analysis.customers.len(),
-    }
+    };
+    (report, fit)
 }
 
 #[cfg(test)]
