@@ -33,6 +33,10 @@ pub enum BenchCommand {
         /// Bitrix24: fetch product rows of won deals while listing deals.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         product_rows: bool,
+        /// Bitrix24: then fetch the same contacts, companies and deals with the Python client
+        /// fast_bitrix24 (`pip install fast_bitrix24`; bench only) and compare the times.
+        #[arg(long)]
+        compare_fast_bitrix24: bool,
     },
     /// The analytics on a synthetic base: dataset build, whole analysis, BG/NBD fit alone.
     Analytics {
@@ -106,14 +110,14 @@ pub enum BenchCommand {
 /// Runs a benchmark.
 pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Sync { contacts, leads, rates, crm, product_rows } => {
+        BenchCommand::Sync { contacts, leads, rates, crm, product_rows, compare_fast_bitrix24 } => {
             let crm = match crm.as_str() {
                 "amocrm" => rebuy_core::CrmKind::Amocrm,
                 "bitrix24" => rebuy_core::CrmKind::Bitrix24,
                 other => bail!("unknown CRM {other:?}: expected amocrm or bitrix24"),
             };
             for rate in rates {
-                bench_sync(crm, contacts, leads, rate, product_rows).await?;
+                bench_sync(crm, contacts, leads, rate, product_rows, compare_fast_bitrix24).await?;
             }
             Ok(())
         }
@@ -225,7 +229,14 @@ impl crate::sync::Progress for Samples {
     }
 }
 
-async fn bench_sync(crm: rebuy_core::CrmKind, contacts: usize, leads: usize, rate: u32, product_rows: bool) -> Result<()> {
+async fn bench_sync(
+    crm: rebuy_core::CrmKind,
+    contacts: usize,
+    leads: usize,
+    rate: u32,
+    product_rows: bool,
+    compare_fast_bitrix24: bool,
+) -> Result<()> {
     let port = free_port()?;
     let exe = std::env::current_exe().context("locating the rebuy binary")?;
     let child = std::process::Command::new(exe)
@@ -295,6 +306,52 @@ async fn bench_sync(crm: rebuy_core::CrmKind, contacts: usize, leads: usize, rat
     println!("  retries          {}", report.traffic.retries);
     if let Some(rss) = peak_rss_bytes() {
         println!("  peak RSS         {:.1} MB (this process; the emulator runs apart)", rss as f64 / 1e6);
+    }
+    if compare_fast_bitrix24 && crm == rebuy_core::CrmKind::Bitrix24 {
+        // Both start with an empty bucket: let the emulator's drain it first.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let hook = {
+            let c = rebuy_emulator::bitrix24::B24Config::default();
+            format!("{base_url}/rest/{}/{}/", c.webhook_user_id, c.webhook_secret)
+        };
+        compare_with_fast_bitrix24(&hook, records, secs)?;
+    }
+    Ok(())
+}
+
+/// Lists the same contacts, companies and deals with fast_bitrix24 and compares the times.
+fn compare_with_fast_bitrix24(webhook: &str, rebuy_records: u64, rebuy_secs: f64) -> Result<()> {
+    const SCRIPT: &str = r#"
+import sys, time
+from fast_bitrix24 import Bitrix
+b = Bitrix(sys.argv[1], verbose=False)
+t = time.time()
+n = 0
+for method, select in [
+    ("crm.company.list", ["ID", "TITLE", "ASSIGNED_BY_ID", "DATE_CREATE", "DATE_MODIFY", "PHONE", "EMAIL"]),
+    ("crm.contact.list", ["ID", "NAME", "LAST_NAME", "COMPANY_ID", "ASSIGNED_BY_ID", "DATE_CREATE", "DATE_MODIFY", "PHONE", "EMAIL"]),
+    ("crm.deal.list", ["ID", "TITLE", "CATEGORY_ID", "STAGE_ID", "STAGE_SEMANTIC_ID", "OPPORTUNITY", "CURRENCY_ID", "CONTACT_ID", "COMPANY_ID", "ASSIGNED_BY_ID", "DATE_CREATE", "DATE_MODIFY", "CLOSEDATE"]),
+]:
+    n += len(b.get_all(method, params={"select": select, "order": {"ID": "ASC"}}))
+print(n, time.time() - t)
+"#;
+    let out = std::process::Command::new("python3").arg("-c").arg(SCRIPT).arg(webhook).output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            if v.len() == 2 {
+                println!("  fast_bitrix24    {:.0} records in {:.2} s ({:.0} records/s)", v[0], v[1], v[0] / v[1]);
+                println!(
+                    "  rebuy            {rebuy_records} records in {rebuy_secs:.2} s: {:.2}x the speed of fast_bitrix24",
+                    (rebuy_records as f64 / rebuy_secs) / (v[0] / v[1])
+                );
+            } else {
+                println!("  fast_bitrix24: unexpected output {text:?}");
+            }
+        }
+        Ok(o) => println!("  fast_bitrix24: not run ({})", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed")),
+        Err(e) => println!("  fast_bitrix24: not run (python3: {e})"),
     }
     Ok(())
 }
