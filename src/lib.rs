@@ -18,6 +18,7 @@
 //! - [`outbox`]: the durable write-back queue: actions committed before they are sent, sent
 //!   once, marked done with the CRM's id.
 //! - [`server`]: `rebuy serve`: webhooks into a durable inbox, health and metrics.
+//! - [`ui`]: the `/ui` dashboard of `rebuy serve` (portals, figures, RFM, segments, touches).
 //! - [`failpoint`]: named crash points for the crash-safety tests.
 //! - [`demo`], [`bench`]: the built-in demo and the benchmark commands.
 //! - [`cli`]: the command line (`rebuy sync`, `auth`, `status`, `plan`, `apply`, `mapping`, `demo`,
@@ -40,4 +41,5 @@ pub mod portal;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod ui;
 pub mod writeback;

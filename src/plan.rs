@@ -180,6 +180,10 @@ pub fn from_day_number(z: i64) -> Date {
 /// machine: the plan is the same on any number of cores.
 const CHUNK: usize = 32_768;
 
+/// What one chunk of customers planned: actions (sorted), skipped, funnel customers without a
+/// deal.
+type ChunkResult = (Vec<Action>, Vec<Skipped>, u64);
+
 /// Plans every action of a portal at `input.as_of`.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let as_of_date = input.as_of.to_zoned(input.tz.clone()).date();
@@ -221,18 +225,20 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             actions: Vec::new(),
             skipped: Vec::new(),
             funnel_without_deal: 0,
+            cust: String::new(),
         };
         for i in range.0..range.1 {
             p.customer(i, &input.customers[i], &input.facts[i]);
         }
+        // Sorted here, on the worker thread; the final sort only merges the sorted runs.
+        p.actions.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         (p.actions, p.skipped, p.funnel_without_deal)
     };
-    let results: Vec<(Vec<Action>, Vec<Skipped>, u64)> = if threads <= 1 {
+    let results: Vec<ChunkResult> = if threads <= 1 {
         chunks.iter().map(|c| run(*c)).collect()
     } else {
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let mut slots: Vec<Option<(Vec<Action>, Vec<Skipped>, u64)>> =
-            (0..chunks.len()).map(|_| None).collect();
+        let mut slots: Vec<Option<ChunkResult>> = (0..chunks.len()).map(|_| None).collect();
         let done = std::sync::Mutex::new(&mut slots);
         std::thread::scope(|scope| {
             for _ in 0..threads {
@@ -255,9 +261,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         skipped.extend(s);
         funnel_without_deal += f;
     }
-    // Keys are unique by construction (one action per rule, customer and window); the
-    // unstable sort is deterministic for unique keys.
-    actions.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    // Keys are unique by construction (one action per rule, customer and window). The stable
+    // sort finds the chunks' sorted runs and merges them.
+    actions.sort_by(|a, b| a.key.cmp(&b.key));
     actions.dedup_by(|a, b| a.key == b.key);
     skipped.sort_by(|a, b| (&a.rule, &a.customer).cmp(&(&b.rule, &b.customer)));
     Plan {
@@ -440,6 +446,8 @@ struct Planner<'a, 'b> {
     actions: Vec<Action>,
     skipped: Vec<Skipped>,
     funnel_without_deal: u64,
+    /// The current customer's key as text.
+    cust: String,
 }
 
 /// Where and for whom a touch is.
@@ -461,6 +469,9 @@ impl Planner<'_, '_> {
     }
 
     fn customer(&mut self, ordinal: usize, row: &CustomerRow, facts: &CustomerFacts) {
+        use std::fmt::Write;
+        self.cust.clear();
+        let _ = write!(self.cust, "{}", row.key);
         let rules = self.input.rules;
         let Some(last) = facts.sales.last() else {
             return;
@@ -733,7 +744,7 @@ impl Planner<'_, '_> {
     fn touch(&mut self, ordinal: usize, row: &CustomerRow, task: &TaskRule, t: Touch<'_>) {
         let input = self.input;
         let rules = input.rules;
-        let customer = row.key.to_string();
+        let customer = self.cust.clone();
         let Some(responsible) = self.responsible(&task.responsible, t.manager, ordinal, &task.rule)
         else {
             self.skipped.push(Skipped {
@@ -809,7 +820,7 @@ impl Planner<'_, '_> {
             self.funnel_without_deal += 1;
             return;
         };
-        let customer = row.key.to_string();
+        let customer = self.cust.clone();
         let target = f.stage_for(day_number(next) - self.today);
         let (target_id, target_name) = &f.stages[target];
         if stage == target_id {
@@ -852,7 +863,7 @@ impl Planner<'_, '_> {
         let Some(f) = &self.input.rules.fields else {
             return;
         };
-        let customer = row.key.to_string();
+        let customer = self.cust.clone();
         let entity = match (f.entity, row.key) {
             (FieldEntity::Contacts, CustomerKey::Contact(c)) => EntityRef::Contact(c),
             (FieldEntity::Contacts, CustomerKey::Company(_)) => {
@@ -920,6 +931,122 @@ impl Planner<'_, '_> {
             summary,
         });
     }
+}
+
+/// Runs a playbook's `[[test]]` cases through the planner: each case is one customer with the
+/// given purchase days (1,000 each, the last one with the case's products), planned at 08:00
+/// local on `as_of` with the portal's rules; the tasks of this playbook's rules must be exactly
+/// the expected `rule due-date` pairs. Returns one line per failing case.
+pub fn run_playbook_tests(
+    rules: &Rules,
+    playbook: &crate::playbooks::rules::Playbook,
+    tz: &TimeZone,
+) -> Vec<String> {
+    use crate::analytics::{Abc, RfmSegment, Tier, Xyz};
+    let manager = rules
+        .default_responsible
+        .or_else(|| rules.user_names.keys().next().copied());
+    let prefix = format!("{}.", playbook.name);
+    let mut failures = Vec::new();
+    for t in &playbook.tests {
+        let Some(last) = t.purchases.last().copied() else {
+            failures.push(format!("{}: no purchases", t.name));
+            continue;
+        };
+        let n = t.purchases.len();
+        let key = CustomerKey::Contact(rebuy_core::ContactId(1));
+        let row = CustomerRow {
+            key,
+            contact_ids: vec![rebuy_core::ContactId(1)],
+            company_ids: vec![],
+            name: "Тестовый клиент".into(),
+            phones: vec![],
+            emails: vec![],
+            first_purchase: t.purchases[0],
+            last_purchase: last,
+            purchases: n as u32,
+            deals: n as u32,
+            revenue: Decimal::from(1000 * n as i64),
+            recency_days: 0,
+            r: 3,
+            f: 3,
+            m: 3,
+            rfm_segment: if n == 1 {
+                RfmSegment::New
+            } else {
+                RfmSegment::Loyal
+            },
+            abc: Abc::B,
+            xyz: Xyz::Y,
+            tier: Tier::Medium,
+            cycle_days: None,
+            next_purchase: t.next_purchase,
+            cycle_status: None,
+            one_time: n == 1,
+            sleeping: false,
+            p_alive: None,
+            expected_purchases_90d: None,
+            expected_order_value: None,
+            clv: None,
+        };
+        let facts = CustomerFacts {
+            sales: t
+                .purchases
+                .iter()
+                .enumerate()
+                .map(|(i, d)| Sale {
+                    day: *d,
+                    amount: Decimal::from(1000),
+                    deal: DealId(100 + i as u64),
+                    manager,
+                    products: if i + 1 == n {
+                        t.products.iter().map(|p| p.to_lowercase()).collect()
+                    } else {
+                        vec![]
+                    },
+                })
+                .collect(),
+            funnel_deal: None,
+        };
+        let Ok(as_of) = t.as_of.at(8, 0, 0, 0).to_zoned(tz.clone()) else {
+            failures.push(format!("{}: as_of is not a local time", t.name));
+            continue;
+        };
+        let p = plan(&PlanInput {
+            portal: "test",
+            crm: CrmKind::Amocrm,
+            as_of: as_of.timestamp(),
+            tz,
+            rules,
+            customers: std::slice::from_ref(&row),
+            facts: std::slice::from_ref(&facts),
+            open_deals: &[],
+        });
+        let mut got: Vec<String> = p
+            .actions
+            .iter()
+            .filter_map(|a| match &a.op {
+                WriteOp::CreateTask { due, .. } if a.rule.starts_with(&prefix) => Some(format!(
+                    "{} {}",
+                    &a.rule[prefix.len()..],
+                    due.to_zoned(tz.clone()).date()
+                )),
+                _ => None,
+            })
+            .collect();
+        got.sort();
+        let mut want = t.expect.clone();
+        want.sort();
+        if got != want {
+            failures.push(format!(
+                "{}: expected [{}], planned [{}]",
+                t.name,
+                want.join(", "),
+                got.join(", ")
+            ));
+        }
+    }
+    failures
 }
 
 fn kind_str(k: TaskKind) -> &'static str {

@@ -548,27 +548,24 @@ fn built_in_playbooks_pass_their_own_cases() {
         let src = playbooks::find_playbook(name, None).unwrap();
         let (pb, _) = playbooks::parse_playbook(&src).unwrap();
         assert!(!pb.tests.is_empty(), "{name} has test cases");
-        for t in &pb.tests {
-            cases += 1;
-            let products: Vec<&str> = t.products.iter().map(String::as_str).collect();
-            let rows = [row(1, &t.purchases, t.next_purchase)];
-            let f = [facts(1, &t.purchases, &products)];
-            let p = run(&rules, morning(t.as_of), &rows, &f, &[]);
-            let mut got: Vec<String> = tasks(&p)
-                .iter()
-                .map(|(rule, _, _, due)| {
-                    format!(
-                        "{} {}",
-                        rule.trim_start_matches(&format!("{name}.")),
-                        &due[..10]
-                    )
-                })
-                .collect();
-            got.sort();
-            let mut want = t.expect.clone();
-            want.sort();
-            assert_eq!(got, want, "{name}: {}", t.name);
-        }
+        cases += pb.tests.len();
+        let failures = run_playbook_tests(&rules, &pb, &msk());
+        assert!(failures.is_empty(), "{name}: {failures:#?}");
     }
     assert!(cases >= 5);
+}
+
+#[test]
+fn a_wrong_expectation_is_reported() {
+    let rules = rules_for(serde_json::json!({"playbooks": ["car_dealer"]}));
+    let (mut pb, _) =
+        playbooks::parse_playbook(&playbooks::find_playbook("car_dealer", None).unwrap()).unwrap();
+    pb.tests[0].expect = vec!["satisfaction 2026-03-10".into()];
+    let f = run_playbook_tests(&rules, &pb, &msk());
+    assert_eq!(
+        f,
+        [
+            "a week after the purchase: expected [satisfaction 2026-03-10], planned [satisfaction 2026-03-09]"
+        ]
+    );
 }

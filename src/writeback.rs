@@ -550,13 +550,84 @@ pub async fn cmd_mapping(cfg: &Config, config_path: &Path, portal: &str) -> Resu
         },
     );
     if problems.is_empty() {
-        println!("\nmapping and playbooks: ok");
+        // The playbooks' own [[test]] cases, with this portal's rules.
+        let facts = CrmFacts {
+            crm: p.kind,
+            pipelines: &pipelines,
+            users: &users,
+            fields: fields.as_deref(),
+        };
+        let dir = playbooks_dir(config_path);
+        let rules = playbooks::resolve(&p.id.0, &p.mapping, dir.as_deref(), facts)
+            .map_err(|e| anyhow::anyhow!("{}", playbooks::format_problems(&e)))?;
+        let mapping = playbooks::mapping::parse(&p.mapping).unwrap_or_default();
+        let dir = mapping
+            .playbooks_dir
+            .as_deref()
+            .map(std::path::PathBuf::from)
+            .or(dir);
+        let mut failed = 0;
+        let mut cases = 0;
+        for name in &mapping.playbooks {
+            let Ok(src) = playbooks::find_playbook(name, dir.as_deref()) else {
+                continue;
+            };
+            let Ok((mut pb, _)) = playbooks::parse_playbook(&src) else {
+                continue;
+            };
+            if pb.name.is_empty() {
+                pb.name = Path::new(name)
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| name.clone());
+            }
+            cases += pb.tests.len();
+            for f in plan::run_playbook_tests(&rules, &pb, &p.time_zone) {
+                failed += 1;
+                println!("  {}: [[test]] {f}", src.file);
+            }
+        }
+        if failed > 0 {
+            println!("\nmapping and playbooks: {failed} of {cases} playbook test case(s) failed");
+            return Ok(false);
+        }
+        println!("\nmapping and playbooks: ok ({cases} playbook test case(s) pass)");
         Ok(true)
     } else {
         println!("\nmapping and playbooks: {} problem(s):", problems.len());
         print!("{}", playbooks::format_problems(&problems));
         Ok(false)
     }
+}
+
+/// Routes one incoming deal (the server's webhook path): classifies it against the dataset
+/// ([`analytics::classify_deal`], only that customer's deals are read) and plans its repeat
+/// routing with [`plan::plan_for_deal`], using the customer's row of the last analysis for the
+/// task text. Enqueue the actions and drain the outbox to carry them out.
+pub fn route_deal(
+    portal: &PortalConfig,
+    rules: &Rules,
+    data: &analytics::Dataset,
+    analysis: &Analysis,
+    deal: &Deal,
+    now: Timestamp,
+) -> (analytics::DealClassification, Vec<outbox::Action>) {
+    let class = analytics::classify_deal(data, &portal.analytics, deal);
+    let open = OpenDeal {
+        id: deal.id,
+        name: deal.name.clone(),
+        customer: class.customer,
+        class: class.class,
+        pipeline: deal.pipeline_id,
+        stage: deal.stage_id.clone(),
+        responsible: deal.responsible_user_id,
+        created_at: deal.created_at,
+    };
+    let row = class
+        .customer
+        .and_then(|k| plan::find_customer(&analysis.customers, k));
+    let actions = plan::plan_for_deal(&portal.id.0, now, &portal.time_zone, rules, &open, row);
+    (class, actions)
 }
 
 /// The demo mapping of the emulated amoCRM account: every ready playbook, repeat routing to
@@ -624,23 +695,15 @@ pub async fn demo_amocrm(
             && let Some(deal) = conn.deal(rebuy_core::DealId(id)).await?
         {
             let data = crate::analyse::load_dataset(store, &p)?;
-            let class = analytics::classify_deal(&data, &p.analytics, &deal);
-            let now = Timestamp::now();
-            let open = OpenDeal {
-                id: deal.id,
-                name: deal.name.clone(),
-                customer: class.customer,
-                class: class.class,
-                pipeline: deal.pipeline_id,
-                stage: deal.stage_id.clone(),
-                responsible: deal.responsible_user_id,
-                created_at: deal.created_at,
-            };
-            let row = class
-                .customer
-                .and_then(|k| plan::find_customer(&prep.analysis.customers, k));
-            let actions = plan::plan_for_deal(&p.id.0, now, &p.time_zone, &prep.rules, &open, row);
             let t = std::time::Instant::now();
+            let (class, actions) = route_deal(
+                &p,
+                &prep.rules,
+                &data,
+                &prep.analysis,
+                &deal,
+                Timestamp::now(),
+            );
             let s = store.clone();
             let n = actions.len();
             tokio::task::spawn_blocking(move || s.outbox_enqueue(actions)).await??;

@@ -103,13 +103,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router(state)` on `listener` until `shutdown` resolves; in-flight requests finish.
+/// Serves `router(state)` and the dashboard under `/ui` on `listener` until `shutdown`
+/// resolves; in-flight requests finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The dashboard is on when REBUY_UI_USER and REBUY_UI_PASSWORD are set (else /ui is 404).
+    let app = router(state.clone()).nest("/ui", crate::ui::router_from_env(state));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -5,4 +5,5 @@ mod cli;
 mod serve;
 mod support;
 mod sync;
+mod ui;
 mod writeback;

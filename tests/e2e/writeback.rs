@@ -494,6 +494,18 @@ async fn killed_between_send_and_done_then_rerun_creates_no_duplicate() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // `rebuy mapping` lists the CRM and checks the mapping and playbooks.
+    let out = run(&["mapping", "--portal", "p"], vec![]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for want in [
+        "Повторные продажи",
+        "Напомнить о покупке",
+        "Дата следующей покупки",
+        "mapping and playbooks: ok",
+    ] {
+        assert!(stdout.contains(want), "{want:?} in {stdout}");
+    }
     let out = run(
         &[
             "plan",

@@ -1,0 +1,284 @@
+//! The dashboard of `rebuy serve`, under `/ui`: server-rendered HTML pages (maud, no
+//! front-end build, no JavaScript) for integrators and managers, behind an admin login.
+//!
+//! Flow position: a reader at the end of the pipeline. It reads the portal stores the server
+//! already opened ([`AppState`]): tokens, sync cursors and the outbox directly, and the
+//! [`Analysis`] through a per-portal cache with a TTL (the analysis is computed at most once
+//! per TTL per portal, on a blocking thread, and shared by every page).
+//!
+//! Pages (see [`pages`]): portals (connection, tokens, last sync, errors, connect button to
+//! `/oauth/{portal}/start`), a portal's overview (figures, warnings, monthly SVG charts), the
+//! RFM heatmap and the ABC x XYZ matrix (cells link to their customers), segments (search,
+//! filters, CSV export with phones and emails), touches (the outbox). English or Russian
+//! ([`i18n`]).
+//!
+//! Enabling it: set `REBUY_UI_USER` and `REBUY_UI_PASSWORD` ([`UiSettings::from_env`]);
+//! without them every `/ui` route answers 404. Security: see [`auth`]; pages are sent with
+//! `Cache-Control: no-store`, a strict Content-Security-Policy and `X-Frame-Options: DENY`.
+pub mod auth;
+pub mod i18n;
+pub mod pages;
+pub mod svg;
+
+pub use auth::UiSettings;
+
+use crate::analytics::{Analysis, Dataset};
+use crate::server::AppState;
+use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use rebuy_core::PortalId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// What the dashboard shows of one portal's analysis, computed once per cache period.
+#[derive(Debug)]
+pub struct PortalView {
+    /// The analysis.
+    pub analysis: Analysis,
+    /// Monthly figures of the last 12 months up to the analysis date, oldest first.
+    pub months: Vec<Month>,
+    /// When it was computed.
+    pub computed_at: jiff::Timestamp,
+}
+
+/// One month of the trend charts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Month {
+    /// `YYYY-MM`.
+    pub label: String,
+    /// Revenue of new customers' purchases (their first purchase month).
+    pub new_revenue: f64,
+    /// Revenue of returning customers' purchases.
+    pub repeat_revenue: f64,
+    /// Buyers whose first purchase is in this month.
+    pub new_customers: u64,
+    /// Buyers who had bought before this month.
+    pub repeat_customers: u64,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Arc<PortalView>)>>>;
+
+/// Shared state of the dashboard.
+#[derive(Clone)]
+pub struct UiState {
+    /// The server's state (portals and their stores).
+    pub app: AppState,
+    /// Login and cache settings.
+    pub settings: Arc<UiSettings>,
+    /// Sessions.
+    pub sessions: Arc<auth::Sessions>,
+    cache: Arc<Mutex<HashMap<PortalId, Slot>>>,
+}
+
+impl UiState {
+    /// A new dashboard state over the server's.
+    pub fn new(app: AppState, settings: UiSettings) -> UiState {
+        UiState {
+            app,
+            settings: Arc::new(settings),
+            sessions: Arc::new(auth::Sessions::default()),
+            cache: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn slot(&self, id: &PortalId) -> Slot {
+        self.cache
+            .lock()
+            .expect("ui cache lock")
+            .entry(id.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// The cached view of a portal, computed when missing or older than the TTL. One
+    /// computation per portal at a time; other requests for it wait for its result.
+    pub async fn view(&self, id: &PortalId) -> anyhow::Result<Arc<PortalView>> {
+        let rt = self
+            .app
+            .portals
+            .get(id)
+            .ok_or_else(|| anyhow::anyhow!("unknown portal {}", id.0))?
+            .clone();
+        let slot = self.slot(id);
+        let mut guard = slot.lock().await;
+        if let Some((at, v)) = guard.as_ref()
+            && at.elapsed() < self.settings.cache_ttl
+        {
+            return Ok(v.clone());
+        }
+        let view = tokio::task::spawn_blocking(move || -> anyhow::Result<PortalView> {
+            let (data, analysis) = crate::analyse::analyse_portal(&rt.store, &rt.cfg, None)?;
+            let months = monthly(&data, &analysis, &rt.cfg, 12);
+            Ok(PortalView {
+                computed_at: analysis.as_of,
+                analysis,
+                months,
+            })
+        })
+        .await??;
+        let view = Arc::new(view);
+        *guard = Some((Instant::now(), view.clone()));
+        Ok(view)
+    }
+
+    /// Drops a portal's cached view (the next page computes it again).
+    pub async fn invalidate(&self, id: &PortalId) {
+        *self.slot(id).lock().await = None;
+    }
+}
+
+/// The last `n` months (ending with the analysis month) of sales: revenue and buyers split
+/// into new (first purchase that month) and returning. A sale is what the analytics count
+/// as one (won deal or sale stage, in a sale pipeline, at its purchase time); money in other
+/// currencies than the portal's is left out of the revenue bars.
+pub fn monthly(
+    data: &Dataset,
+    analysis: &Analysis,
+    portal: &crate::config::PortalConfig,
+    n: usize,
+) -> Vec<Month> {
+    use crate::analytics::PurchaseTime;
+    use rebuy_core::DealState;
+    use rust_decimal::prelude::ToPrimitive;
+    let s = &portal.analytics;
+    let tz = &portal.time_zone;
+    let month_index = |d: jiff::civil::Date| d.year() as i64 * 12 + d.month() as i64 - 1;
+    let end = month_index(analysis.as_of_date);
+    let start = end - n as i64 + 1;
+    let first: HashMap<_, _> = analysis
+        .customers
+        .iter()
+        .map(|c| (c.key, month_index(c.first_purchase)))
+        .collect();
+    let currency = data
+        .currencies
+        .iter()
+        .position(|c| c.trim().eq_ignore_ascii_case(&analysis.currency));
+    let mut months: Vec<Month> = (start..=end)
+        .map(|m| Month {
+            label: format!("{:04}-{:02}", m.div_euclid(12), m.rem_euclid(12) + 1),
+            new_revenue: 0.0,
+            repeat_revenue: 0.0,
+            new_customers: 0,
+            repeat_customers: 0,
+        })
+        .collect();
+    let mut seen: Vec<std::collections::HashSet<u32>> = vec![Default::default(); n];
+    let as_of = analysis.as_of.as_second();
+    for d in &data.deals {
+        if d.group == crate::analytics::dataset::NONE {
+            continue;
+        }
+        let in_pipeline = s.sale_pipelines.is_empty()
+            || data
+                .pipelines
+                .get(d.pipeline as usize)
+                .is_some_and(|p| s.sale_pipelines.contains(p));
+        let by_stage = d.state != DealState::Lost
+            && data
+                .stages
+                .get(d.stage as usize)
+                .is_some_and(|st| s.sale_stages.contains(st));
+        if !in_pipeline || !((s.won_is_sale && d.state == DealState::Won) || by_stage) {
+            continue;
+        }
+        let ts = match s.purchase_time {
+            PurchaseTime::Closed if d.closed_at != i64::MIN => d.closed_at,
+            _ => d.created_at,
+        };
+        if ts > as_of {
+            continue;
+        }
+        let Ok(t) = jiff::Timestamp::from_second(ts) else {
+            continue;
+        };
+        let m = month_index(t.to_zoned(tz.clone()).date());
+        if m < start || m > end {
+            continue;
+        }
+        let i = (m - start) as usize;
+        let key = data.groups[d.group as usize].key;
+        let is_new = first.get(&key) == Some(&m);
+        let money = match d.amount() {
+            Some(a)
+                if d.currency == crate::analytics::dataset::NONE
+                    || Some(d.currency as usize) == currency =>
+            {
+                a.to_f64().unwrap_or(0.0)
+            }
+            _ => 0.0,
+        };
+        let mo = &mut months[i];
+        if is_new {
+            mo.new_revenue += money;
+        } else {
+            mo.repeat_revenue += money;
+        }
+        if seen[i].insert(d.group) {
+            if is_new {
+                mo.new_customers += 1;
+            } else {
+                mo.repeat_customers += 1;
+            }
+        }
+    }
+    months
+}
+
+async fn headers_layer(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    res
+}
+
+/// The dashboard's routes, to be nested under `/ui`:
+/// `Router::new().nest("/ui", ui::router(state, settings))`.
+pub fn router(state: AppState, settings: UiSettings) -> Router {
+    let ui = UiState::new(state, settings);
+    Router::new()
+        .route("/", get(pages::portals))
+        .route("/login", get(pages::login_page).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/p/{portal}", get(pages::overview))
+        .route("/p/{portal}/refresh", post(pages::refresh))
+        .route("/p/{portal}/rfm", get(pages::rfm))
+        .route("/p/{portal}/segments", get(pages::segments))
+        .route("/p/{portal}/segments.csv", get(pages::export_csv))
+        .route("/p/{portal}/touches", get(pages::touches))
+        .fallback(pages::not_found)
+        .layer(axum::middleware::map_response(headers_layer))
+        .with_state(ui)
+}
+
+/// [`router`] with [`UiSettings::from_env`]; when the login is not configured, a router whose
+/// every route answers 404 (the dashboard is off). For `server::router`:
+/// `.nest("/ui", crate::ui::router_from_env(state.clone()))`.
+pub fn router_from_env(state: AppState) -> Router {
+    match UiSettings::from_env() {
+        Some(s) => router(state, s),
+        None => disabled(),
+    }
+}
+
+/// The router of a disabled dashboard: 404 everywhere.
+pub fn disabled() -> Router {
+    Router::new().fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found") })
+}

@@ -1,0 +1,1175 @@
+//! The dashboard's handlers and page templates (maud).
+//!
+//! Every page but the login needs a logged-in session (anonymous GETs are redirected to
+//! `/ui/login`, anonymous POSTs get 401) and every POST form carries the session's CSRF token
+//! (403 without it). Figures carry their raw value in `data-value` next to the formatted
+//! text, and customer rows their key in `data-key`, for tests and scripts.
+// `Result<_, Response>` is the early-return of a handler: boxing the response gains nothing.
+#![allow(clippy::result_large_err)]
+use super::auth::{self, SESSION_COOKIE, SESSION_TTL, Session, csrf_ok, set_cookie};
+use super::i18n::{LANG_COOKIE, Lang};
+use super::svg::{Bar, stacked_bars};
+use super::{PortalView, UiState};
+use crate::analytics::{Abc, CustomerRow, RfmSegment, Xyz, render};
+use crate::config::AuthConfig;
+use crate::outbox::ActionState;
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use rebuy_core::{EntityKind, PortalId};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Query parameters of the pages (all optional, all text: empty form fields are "no filter").
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Params {
+    /// Interface language (`en`, `ru`).
+    pub lang: Option<String>,
+    /// Heatmap colour: `customers` (default) or `revenue`.
+    pub by: Option<String>,
+    /// RFM segment (snake_case).
+    pub segment: Option<String>,
+    /// R score 1..5.
+    pub r: Option<String>,
+    /// F score 1..5.
+    pub f: Option<String>,
+    /// ABC class.
+    pub abc: Option<String>,
+    /// XYZ class.
+    pub xyz: Option<String>,
+    /// Search text: name, phone, email or customer key.
+    pub q: Option<String>,
+    /// Outbox state filter: `pending`, `in_flight`, `done`, `failed`.
+    pub state: Option<String>,
+}
+
+/// Most customer rows shown on one page (the CSV export has them all).
+pub const MAX_ROWS: usize = 500;
+/// Most outbox entries shown.
+pub const MAX_TOUCHES: usize = 1000;
+
+/// What every page knows about the request.
+struct Ctx {
+    lang: Lang,
+    /// Set the language cookie (a `?lang=` was given).
+    set_lang: bool,
+    session: Session,
+}
+
+fn lang_of(p: &Params, headers: &HeaderMap) -> (Lang, bool) {
+    let q = p.lang.as_deref().and_then(Lang::parse);
+    (
+        q.unwrap_or_else(|| Lang::detect(None, headers)),
+        q.is_some(),
+    )
+}
+
+/// The logged-in session of a request.
+fn session(ui: &UiState, headers: &HeaderMap) -> Option<(String, Session)> {
+    let id = auth::cookie(headers, SESSION_COOKIE)?;
+    let s = ui.sessions.get(&id)?;
+    s.user.is_some().then_some((id, s))
+}
+
+/// The page context, or a redirect to the login page.
+fn ctx(ui: &UiState, headers: &HeaderMap, p: &Params) -> Result<Ctx, Response> {
+    let (lang, set_lang) = lang_of(p, headers);
+    match session(ui, headers) {
+        Some((_, session)) => Ok(Ctx {
+            lang,
+            set_lang,
+            session,
+        }),
+        None => Err(Redirect::to("/ui/login").into_response()),
+    }
+}
+
+fn with_lang_cookie(mut res: Response, c: &Ctx, secure: bool) -> Response {
+    if c.set_lang
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "{LANG_COOKIE}={}; Path=/ui; Max-Age=31536000; SameSite=Strict{}",
+            c.lang.code(),
+            if secure { "; Secure" } else { "" }
+        ))
+    {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
+}
+
+const CSS: &str = r#"
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#f6f7f9}
+header{background:#22324a;color:#fff;padding:8px 16px;display:flex;gap:16px;align-items:center;flex-wrap:wrap}
+header a{color:#fff;text-decoration:none}header a.cur{text-decoration:underline}
+header .sp{flex:1}header form{margin:0}
+main{padding:16px;max-width:1200px}
+table{border-collapse:collapse;background:#fff;margin:8px 0 16px}
+td,th{border:1px solid #dde;padding:4px 8px;text-align:left;vertical-align:top}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+.warn{background:#fff4e0;border:1px solid #e0a040;padding:8px 12px;margin:8px 0}
+.err{color:#a02020}.ok{color:#207020}
+.button,button{display:inline-block;background:#3b6fb6;color:#fff;border:0;padding:4px 12px;border-radius:3px;text-decoration:none;cursor:pointer;font:inherit}
+header button{background:#44597a}
+.heat td{width:90px;height:56px;text-align:center}.heat a{color:inherit;text-decoration:none;display:block}
+.heat small{display:block;opacity:.8}
+.chart{width:100%;max-width:680px;background:#fff;border:1px solid #dde;margin:8px 0}
+.chart .ct{font-size:13px;font-weight:600}.chart .ax{font-size:10px;fill:#555}
+form.filters{display:flex;gap:8px;flex-wrap:wrap;align-items:end}
+form.filters label{display:flex;flex-direction:column;font-size:12px}
+.login{max-width:320px;margin:64px auto;background:#fff;padding:24px;border:1px solid #dde}
+.login label{display:block;margin:8px 0}.login input{width:100%;box-sizing:border-box}
+"#;
+
+/// The page layout: header with navigation, language switch and logout.
+fn layout(c: &Ctx, title: &str, portal: Option<(&str, &str)>, body: Markup) -> Markup {
+    let l = c.lang;
+    html! {
+        (DOCTYPE)
+        html lang=(l.code()) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · rebuy" }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                header {
+                    strong { "rebuy" }
+                    a href="/ui" { (l.t("Portals", "Порталы")) }
+                    @if let Some((id, cur)) = portal {
+                        span { "›" }
+                        @for (slug, name) in [("", l.t("Overview", "Обзор")), ("/rfm", l.t("RFM and ABC/XYZ", "RFM и ABC/XYZ")), ("/segments", l.t("Segments", "Сегменты")), ("/touches", l.t("Touches", "Касания"))] {
+                            a href={"/ui/p/" (id) (slug)} class=[(cur == slug).then_some("cur")] { (name) }
+                        }
+                    }
+                    span class="sp" {}
+                    a href="?lang=en" { "EN" }
+                    a href="?lang=ru" { "RU" }
+                    @if let Some(u) = &c.session.user { span { (u) } }
+                    form method="post" action="/ui/logout" {
+                        input type="hidden" name="csrf" value=(c.session.csrf);
+                        button type="submit" { (l.t("Log out", "Выйти")) }
+                    }
+                }
+                main {
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+fn html_response(status: StatusCode, m: Markup) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        m.into_string(),
+    )
+        .into_response()
+}
+
+fn page(
+    ui: &UiState,
+    c: &Ctx,
+    title: &str,
+    portal: Option<(&str, &str)>,
+    body: Markup,
+) -> Response {
+    with_lang_cookie(
+        html_response(StatusCode::OK, layout(c, title, portal, body)),
+        c,
+        ui.settings.cookie_secure,
+    )
+}
+
+/// 404 for anything else under `/ui`.
+pub async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found").into_response()
+}
+
+fn error_page(c: &Ctx, status: StatusCode, msg: &str) -> Response {
+    html_response(
+        status,
+        layout(
+            c,
+            c.lang.t("Error", "Ошибка"),
+            None,
+            html! { p class="err" { (msg) } },
+        ),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formatting.
+
+/// Groups the integer digits by thousands with thin spaces: `1234567.5` -> `1 234 567.5`.
+pub fn group_digits(s: &str) -> String {
+    let (sign, rest) = s.strip_prefix('-').map_or(("", s), |r| ("-", r));
+    let (int, frac) = rest
+        .split_once('.')
+        .map_or((rest, None), |(a, b)| (a, Some(b)));
+    let mut out = String::new();
+    for (i, ch) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            out.push('\u{202f}');
+        }
+        out.push(ch);
+    }
+    match frac {
+        Some(f) => format!("{sign}{out}.{f}"),
+        None => format!("{sign}{out}"),
+    }
+}
+
+fn money(d: Decimal, currency: &str) -> String {
+    format!(
+        "{} {currency}",
+        group_digits(&d.round_dp(2).normalize().to_string())
+    )
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".into(), |v| format!("{:.1}%", v * 100.0))
+}
+
+fn ts(t: Option<jiff::Timestamp>) -> String {
+    t.map_or_else(
+        || "—".into(),
+        |t| t.strftime("%Y-%m-%d %H:%M UTC").to_string(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Login.
+
+/// The login form.
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    /// User name.
+    #[serde(default)]
+    pub user: String,
+    /// Password.
+    #[serde(default)]
+    pub password: String,
+    /// The login page's CSRF token.
+    #[serde(default)]
+    pub csrf: Option<String>,
+}
+
+fn login_markup(lang: Lang, csrf: &str, error: Option<&str>) -> Markup {
+    let l = lang;
+    html! {
+        (DOCTYPE)
+        html lang=(l.code()) {
+            head {
+                meta charset="utf-8";
+                title { "rebuy · " (l.t("Log in", "Вход")) }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                form.login method="post" action="/ui/login" {
+                    h1 { "rebuy" }
+                    @if let Some(e) = error { p class="err" { (e) } }
+                    input type="hidden" name="csrf" value=(csrf);
+                    label { (l.t("User", "Пользователь")) input type="text" name="user" autocomplete="username" required; }
+                    label { (l.t("Password", "Пароль")) input type="password" name="password" autocomplete="current-password" required; }
+                    button type="submit" { (l.t("Log in", "Войти")) }
+                    p { a href="?lang=en" { "EN" } " · " a href="?lang=ru" { "RU" } }
+                }
+            }
+        }
+    }
+}
+
+/// `GET /ui/login`: the login form, with a fresh anonymous session for its CSRF token.
+pub async fn login_page(
+    State(ui): State<UiState>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    let (lang, _) = lang_of(&p, &headers);
+    if session(&ui, &headers).is_some() {
+        return Redirect::to("/ui").into_response();
+    }
+    let (id, s) = ui.sessions.create(None);
+    let mut res = html_response(StatusCode::OK, login_markup(lang, &s.csrf, None));
+    if let Ok(v) = HeaderValue::from_str(&set_cookie(
+        SESSION_COOKIE,
+        &id,
+        auth::LOGIN_TTL,
+        ui.settings.cookie_secure,
+    )) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
+}
+
+/// `POST /ui/login`: checks the CSRF token of the login page's session and the credentials;
+/// on success a new session replaces it.
+pub async fn login(
+    State(ui): State<UiState>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let lang = Lang::detect(None, &headers);
+    let Some(sid) = auth::cookie(&headers, SESSION_COOKIE) else {
+        return (
+            StatusCode::FORBIDDEN,
+            "no login session: open /ui/login first",
+        )
+            .into_response();
+    };
+    let Some(s) = ui.sessions.get(&sid) else {
+        return (
+            StatusCode::FORBIDDEN,
+            "login session expired: open /ui/login again",
+        )
+            .into_response();
+    };
+    if !csrf_ok(&s, f.csrf.as_deref()) {
+        return (StatusCode::FORBIDDEN, "bad CSRF token").into_response();
+    }
+    if !ui.settings.check(&f.user, &f.password) {
+        tracing::warn!(user = %f.user, "ui: failed login");
+        // Slows down guessing; the anonymous session and its token stay valid for a retry.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        return html_response(
+            StatusCode::UNAUTHORIZED,
+            login_markup(
+                lang,
+                &s.csrf,
+                Some(lang.t(
+                    "Wrong user or password.",
+                    "Неверный пользователь или пароль.",
+                )),
+            ),
+        );
+    }
+    ui.sessions.remove(&sid);
+    let (id, _) = ui.sessions.create(Some(ui.settings.admin_user.clone()));
+    let mut res = Redirect::to("/ui").into_response();
+    if let Ok(v) = HeaderValue::from_str(&set_cookie(
+        SESSION_COOKIE,
+        &id,
+        SESSION_TTL,
+        ui.settings.cookie_secure,
+    )) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
+}
+
+/// A POST's session and CSRF check: 401 without a logged-in session, 403 without its token.
+fn check_post(
+    ui: &UiState,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<String, Response> {
+    let Some((id, s)) = session(ui, headers) else {
+        return Err((StatusCode::UNAUTHORIZED, "log in first").into_response());
+    };
+    if !csrf_ok(&s, form.get("csrf").map(String::as_str)) {
+        return Err((StatusCode::FORBIDDEN, "bad CSRF token").into_response());
+    }
+    Ok(id)
+}
+
+/// `POST /ui/logout`.
+pub async fn logout(
+    State(ui): State<UiState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let id = match check_post(&ui, &headers, &form) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    ui.sessions.remove(&id);
+    let mut res = Redirect::to("/ui/login").into_response();
+    if let Ok(v) = HeaderValue::from_str(&set_cookie(
+        SESSION_COOKIE,
+        "",
+        Duration::ZERO,
+        ui.settings.cookie_secure,
+    )) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
+}
+
+/// `POST /ui/p/{portal}/refresh`: drops the cached analysis of the portal.
+pub async fn refresh(
+    State(ui): State<UiState>,
+    Path(portal): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_post(&ui, &headers, &form) {
+        return r;
+    }
+    let id = PortalId(portal);
+    if !ui.app.portals.contains_key(&id) {
+        return not_found().await;
+    }
+    ui.invalidate(&id).await;
+    Redirect::to(&format!("/ui/p/{}", id.0)).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Portals.
+
+/// `GET /ui`: every portal with its connection state.
+pub async fn portals(
+    State(ui): State<UiState>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    let c = match ctx(&ui, &headers, &p) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let l = c.lang;
+    let mut list: Vec<_> = ui.app.portals.values().cloned().collect();
+    list.sort_by(|a, b| a.cfg.id.cmp(&b.cfg.id));
+    let rows = tokio::task::spawn_blocking(move || {
+        list.into_iter().map(portal_status).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let body = html! {
+        table {
+            tr {
+                th { (l.t("Portal", "Портал")) } th { "CRM" } th { (l.t("Connection", "Подключение")) }
+                th { (l.t("Token expires", "Токен истекает")) } th { (l.t("Last sync", "Последняя синхронизация")) }
+                th.n { (l.t("Contacts", "Контакты")) } th.n { (l.t("Companies", "Компании")) } th.n { (l.t("Deals", "Сделки")) }
+                th.n { (l.t("Touches failed", "Касаний с ошибкой")) } th { (l.t("Errors", "Ошибки")) }
+            }
+            @for s in &rows {
+                tr data-portal=(s.id) {
+                    td { a href={"/ui/p/" (s.id)} { (s.id) } }
+                    td { (s.kind) }
+                    td {
+                        @match &s.state {
+                            ConnState::Connected => span.ok { (l.t("connected", "подключён")) },
+                            ConnState::NotConnected => span.err { (l.t("not connected", "не подключён")) },
+                            ConnState::NeedsReauth(why) => span.err { (l.t("needs re-authorization", "нужна повторная авторизация")) ": " (why) },
+                        }
+                        @if s.oauth && !matches!(s.state, ConnState::Connected) {
+                            " " a.button href={"/oauth/" (s.id) "/start"} { (l.t("Connect", "Подключить")) }
+                        }
+                    }
+                    td { (ts(s.expires)) }
+                    td {
+                        (ts(s.last_sync))
+                        @if s.in_progress { " " em { (l.t("(sync in progress)", "(идёт синхронизация)")) } }
+                    }
+                    td.n { (s.contacts) } td.n { (s.companies) } td.n { (s.deals) }
+                    td.n class=[(s.failed > 0).then_some("err")] { (s.failed) }
+                    td.err { @for e in &s.errors { (e) br; } }
+                }
+            }
+        }
+    };
+    page(&ui, &c, l.t("Portals", "Порталы"), None, body)
+}
+
+enum ConnState {
+    Connected,
+    NotConnected,
+    NeedsReauth(String),
+}
+
+struct PortalStatus {
+    id: String,
+    kind: &'static str,
+    oauth: bool,
+    state: ConnState,
+    expires: Option<jiff::Timestamp>,
+    last_sync: Option<jiff::Timestamp>,
+    in_progress: bool,
+    contacts: u64,
+    companies: u64,
+    deals: u64,
+    failed: u64,
+    errors: Vec<String>,
+}
+
+fn portal_status(rt: crate::server::PortalRuntime) -> PortalStatus {
+    let store = &rt.store;
+    let mut errors = Vec::new();
+    let mut note = |r: Result<(), crate::store::StoreError>| {
+        if let Err(e) = r {
+            errors.push(e.to_string());
+        }
+    };
+    let oauth = matches!(rt.cfg.auth, AuthConfig::OAuth { .. });
+    let mut tokens = None;
+    note(store.load_tokens().map(|t| tokens = t));
+    let mut reauth = None;
+    note(store.needs_reauth().map(|r| reauth = r));
+    let state = match (&reauth, &tokens) {
+        (Some(r), _) => ConnState::NeedsReauth(format!("{} ({})", r.reason, ts(Some(r.at)))),
+        (None, None) if oauth => ConnState::NotConnected,
+        _ => ConnState::Connected,
+    };
+    let mut last_sync = None;
+    let mut in_progress = false;
+    for k in [
+        EntityKind::Companies,
+        EntityKind::Contacts,
+        EntityKind::Deals,
+    ] {
+        note(store.sync_state(k).map(|s| {
+            last_sync = last_sync.max(s.last_sync_at);
+            in_progress |= s.in_progress.is_some();
+        }));
+    }
+    let mut count = |k| {
+        store
+            .count(k)
+            .map_err(|e| errors.push(e.to_string()))
+            .unwrap_or(0)
+    };
+    let (contacts, companies, deals) = (
+        count(EntityKind::Contacts),
+        count(EntityKind::Companies),
+        count(EntityKind::Deals),
+    );
+    let failed = store
+        .outbox_counts()
+        .map_err(|e| errors.push(e.to_string()))
+        .map_or(0, |c| c.failed);
+    PortalStatus {
+        id: rt.cfg.id.0.clone(),
+        kind: rt.cfg.kind.as_str(),
+        oauth,
+        state,
+        expires: tokens.and_then(|t| t.expires_at),
+        last_sync,
+        in_progress,
+        contacts,
+        companies,
+        deals,
+        failed,
+        errors,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Portal pages.
+
+/// The context and cached view of a portal page, or the response to send instead.
+async fn portal_ctx(
+    ui: &UiState,
+    headers: &HeaderMap,
+    p: &Params,
+    portal: &str,
+) -> Result<(Ctx, std::sync::Arc<PortalView>), Response> {
+    let c = ctx(ui, headers, p)?;
+    let id = PortalId(portal.to_owned());
+    if !ui.app.portals.contains_key(&id) {
+        return Err(error_page(
+            &c,
+            StatusCode::NOT_FOUND,
+            c.lang.t("No such portal.", "Нет такого портала."),
+        ));
+    }
+    match ui.view(&id).await {
+        Ok(v) => Ok((c, v)),
+        Err(e) => {
+            tracing::error!(portal, error = %e, "ui: analysis failed");
+            Err(error_page(
+                &c,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("{e:#}"),
+            ))
+        }
+    }
+}
+
+/// `GET /ui/p/{portal}`: business figures, warnings and monthly charts.
+pub async fn overview(
+    State(ui): State<UiState>,
+    Path(portal): Path<String>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    let (c, v) = match portal_ctx(&ui, &headers, &p, &portal).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let l = c.lang;
+    let a = &v.analysis;
+    let f = &a.figures;
+    let cur = a.currency.as_str();
+    let m = |d: Decimal| (money(d, cur), d.to_string());
+    let om = |d: Option<Decimal>| {
+        d.map_or_else(
+            || ("—".to_string(), String::new()),
+            |d| (money(d, cur), d.to_string()),
+        )
+    };
+    let n = |x: u64| (group_digits(&x.to_string()), x.to_string());
+    let p = |x: Option<f64>| (pct(x), x.map_or_else(String::new, |x| x.to_string()));
+    let period: Vec<(&str, &str, (String, String))> = vec![
+        (
+            "customers",
+            l.t("Customers who bought", "Покупавших клиентов"),
+            n(f.customers),
+        ),
+        (
+            "new_customers",
+            l.t("New customers", "Новых клиентов"),
+            n(f.new_customers),
+        ),
+        (
+            "repeat_customers",
+            l.t("Repeat customers", "Повторных клиентов"),
+            n(f.repeat_customers),
+        ),
+        (
+            "repeat_purchase_rate",
+            l.t("Repeat purchase rate", "Доля повторных покупателей"),
+            p(f.repeat_purchase_rate),
+        ),
+        ("revenue", l.t("Revenue", "Выручка"), m(f.revenue)),
+        ("orders", l.t("Orders", "Заказов"), n(f.orders)),
+        ("aov", l.t("Average order", "Средний чек"), om(f.aov)),
+        (
+            "repeat_revenue",
+            l.t("Repeat revenue", "Выручка повторных продаж"),
+            m(f.repeat_revenue),
+        ),
+        (
+            "repeat_revenue_share",
+            l.t("Repeat revenue share", "Доля повторной выручки"),
+            p(f.repeat_revenue_share),
+        ),
+        (
+            "crr",
+            l.t("Customer retention rate", "Удержание клиентов (CRR)"),
+            p(f.crr),
+        ),
+        (
+            "marketing_spend",
+            l.t("Marketing spend", "Маркетинговые расходы"),
+            om(f.marketing_spend),
+        ),
+        (
+            "cac",
+            l.t("Acquisition cost (CAC)", "Стоимость привлечения (CAC)"),
+            om(f.cac),
+        ),
+    ];
+    let all: Vec<(&str, &str, (String, String))> = vec![
+        (
+            "customers_total",
+            l.t("Customers", "Клиентов"),
+            n(f.customers_total),
+        ),
+        (
+            "revenue_total",
+            l.t("Revenue", "Выручка"),
+            m(f.revenue_total),
+        ),
+        (
+            "historical_ltv",
+            l.t("Historical LTV", "Исторический LTV"),
+            om(f.historical_ltv),
+        ),
+        (
+            "predicted_clv_total",
+            l.t("Predicted CLV, total", "Прогноз CLV, всего"),
+            om(f.predicted_clv_total),
+        ),
+        (
+            "predicted_clv_mean",
+            l.t("Predicted CLV, mean", "Прогноз CLV, среднее"),
+            om(f.predicted_clv_mean),
+        ),
+    ];
+    let conc = &f.concentration;
+    let revenue_bars: Vec<Bar> = v
+        .months
+        .iter()
+        .map(|m| Bar {
+            label: m.label.clone(),
+            parts: vec![m.new_revenue, m.repeat_revenue],
+        })
+        .collect();
+    let customer_bars: Vec<Bar> = v
+        .months
+        .iter()
+        .map(|m| Bar {
+            label: m.label.clone(),
+            parts: vec![m.new_customers as f64, m.repeat_customers as f64],
+        })
+        .collect();
+    let series = [l.t("new", "новые"), l.t("repeat", "повторные")];
+    let short = |x: f64| {
+        if x >= 1e6 {
+            format!("{:.1}M", x / 1e6)
+        } else if x >= 1e3 {
+            format!("{:.0}k", x / 1e3)
+        } else {
+            format!("{x:.0}")
+        }
+    };
+    let body = html! {
+        p {
+            (l.t("As of", "На дату")) " " strong { (a.as_of_date) } "; "
+            (l.t("period", "период")) " " (f.period_start) " — " (f.period_end) "; "
+            (l.t("computed", "рассчитано")) " " (ts(Some(v.computed_at)))
+            form method="post" action={"/ui/p/" (portal) "/refresh"} style="display:inline;margin-left:8px" {
+                input type="hidden" name="csrf" value=(c.session.csrf);
+                button type="submit" { (l.t("Recompute", "Пересчитать")) }
+            }
+        }
+        @if let Some(w) = &f.concentration_warning {
+            div.warn data-warning="concentration" { strong { (l.t("Concentration: ", "Концентрация: ")) } (w) }
+        }
+        h2 { (l.t("The period", "Период")) }
+        table { @for (key, label, (text, raw)) in &period { tr { th { (label) } td.n data-fig=(key) data-value=(raw) { (text) } } } }
+        h2 { (l.t("All time", "За всё время")) }
+        table { @for (key, label, (text, raw)) in &all { tr { th { (label) } td.n data-fig=(key) data-value=(raw) { (text) } } } }
+        h2 { (l.t("Revenue concentration", "Концентрация выручки")) }
+        table {
+            tr { th { (l.t("Top 1", "Топ-1")) } td.n { (pct(Some(conc.top1_share))) } }
+            tr { th { (l.t("Top 3", "Топ-3")) } td.n data-fig="top3_share" data-value=(conc.top3_share) { (pct(Some(conc.top3_share))) } }
+            tr { th { (l.t("Top 10", "Топ-10")) } td.n { (pct(Some(conc.top10_share))) } }
+            tr { th { (l.t("Top 20% of customers", "Топ-20% клиентов")) " (" (conc.top20pct_customers) ")" } td.n { (pct(Some(conc.top20pct_share))) } }
+        }
+        h2 { (l.t("Monthly trend", "Динамика по месяцам")) }
+        (stacked_bars(&format!("{} ({cur})", l.t("Revenue", "Выручка")), &series, &revenue_bars, short))
+        (stacked_bars(l.t("Customers who bought", "Покупавшие клиенты"), &series, &customer_bars, short))
+        @if !a.warnings.is_empty() {
+            h2 { (l.t("Warnings", "Предупреждения")) }
+            ul { @for w in &a.warnings { li { (w) } } }
+        }
+    };
+    let title = format!("{} · {}", portal, l.t("Overview", "Обзор"));
+    page(&ui, &c, &title, Some((&portal, "")), body)
+}
+
+/// Background of a heat cell: blue with an opacity by share of the maximum.
+fn heat_style(v: f64, max: f64) -> String {
+    let a = if max > 0.0 {
+        0.06 + 0.84 * (v / max)
+    } else {
+        0.06
+    };
+    let fg = if a > 0.55 { "#fff" } else { "#222" };
+    format!("background:rgba(59,111,182,{a:.2});color:{fg}")
+}
+
+/// `GET /ui/p/{portal}/rfm`: the R x F heatmap and the ABC x XYZ matrix.
+pub async fn rfm(
+    State(ui): State<UiState>,
+    Path(portal): Path<String>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    use rust_decimal::prelude::ToPrimitive;
+    let (c, v) = match portal_ctx(&ui, &headers, &p, &portal).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let l = c.lang;
+    let a = &v.analysis;
+    let by_revenue = p.by.as_deref() == Some("revenue");
+    let val = |cell: &crate::analytics::GridCell| {
+        if by_revenue {
+            cell.revenue.to_f64().unwrap_or(0.0)
+        } else {
+            cell.customers as f64
+        }
+    };
+    let max_rfm = a
+        .rfm_grid
+        .cells
+        .iter()
+        .flatten()
+        .map(val)
+        .fold(0.0, f64::max);
+    let max_abc = a
+        .abc_xyz
+        .cells
+        .iter()
+        .flatten()
+        .map(val)
+        .fold(0.0, f64::max);
+    let cur = a.currency.as_str();
+    let body = html! {
+        p {
+            (l.t("Colour by: ", "Цвет по: "))
+            a href="?by=customers" class=[(!by_revenue).then_some("cur")] { (l.t("customers", "клиентам")) } " · "
+            a href="?by=revenue" class=[by_revenue.then_some("cur")] { (l.t("revenue", "выручке")) }
+        }
+        h2 { (l.t("RFM: recency x frequency", "RFM: давность x частота")) }
+        table.heat {
+            tr { th { "R \\ F" } @for f in 1..=5u8 { th { (f) } } }
+            @for r in (1..=5u8).rev() {
+                tr {
+                    th { (r) }
+                    @for f in 1..=5u8 {
+                        @let cell = &a.rfm_grid.cells[r as usize - 1][f as usize - 1];
+                        td style=(heat_style(val(cell), max_rfm)) data-r=(r) data-f=(f) data-customers=(cell.customers) {
+                            a href={"/ui/p/" (portal) "/segments?r=" (r) "&f=" (f)} title=(l.segment(crate::analytics::rfm::segment(r, f))) {
+                                strong { (cell.customers) }
+                                small { (money(cell.revenue, cur)) }
+                                small { (l.segment(crate::analytics::rfm::segment(r, f))) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        p { small { (l.t("R 5 = bought most recently, F 5 = buys most often. Click a cell for its customers.", "R 5 — покупали недавно, F 5 — покупают чаще всех. Нажмите на ячейку, чтобы увидеть клиентов.")) } }
+        h2 { "ABC x XYZ" }
+        table.heat {
+            tr { th { "ABC \\ XYZ" } @for x in [Xyz::X, Xyz::Y, Xyz::Z] { th { (x.as_str()) } } }
+            @for (i, abc) in [Abc::A, Abc::B, Abc::C].into_iter().enumerate() {
+                tr {
+                    th { (abc.as_str()) }
+                    @for (j, xyz) in [Xyz::X, Xyz::Y, Xyz::Z].into_iter().enumerate() {
+                        @let cell = &a.abc_xyz.cells[i][j];
+                        td style=(heat_style(val(cell), max_abc)) data-abc=(abc.as_str()) data-xyz=(xyz.as_str()) data-customers=(cell.customers) {
+                            a href={"/ui/p/" (portal) "/segments?abc=" (abc.as_str()) "&xyz=" (xyz.as_str())} {
+                                strong { (cell.customers) }
+                                small { (money(cell.revenue, cur)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        p { small { (l.t("A/B/C: share of revenue; X/Y/Z: how often they buy.", "A/B/C — доля в выручке; X/Y/Z — регулярность покупок.")) } }
+    };
+    let title = format!("{} · RFM, ABC/XYZ", portal);
+    page(&ui, &c, &title, Some((&portal, "/rfm")), body)
+}
+
+/// A customer filter from the query.
+#[derive(Debug, Default)]
+pub struct Filter {
+    segment: Option<RfmSegment>,
+    r: Option<u8>,
+    f: Option<u8>,
+    abc: Option<String>,
+    xyz: Option<String>,
+    q: Option<String>,
+}
+
+fn nonempty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+impl Filter {
+    /// The filter of the page parameters (unknown values are ignored).
+    pub fn from_params(p: &Params) -> Filter {
+        Filter {
+            segment: nonempty(&p.segment).and_then(RfmSegment::parse),
+            r: nonempty(&p.r).and_then(|v| v.parse().ok()),
+            f: nonempty(&p.f).and_then(|v| v.parse().ok()),
+            abc: nonempty(&p.abc).map(str::to_ascii_uppercase),
+            xyz: nonempty(&p.xyz).map(str::to_ascii_uppercase),
+            q: nonempty(&p.q).map(str::to_lowercase),
+        }
+    }
+
+    /// Whether a customer passes.
+    pub fn matches(&self, c: &CustomerRow) -> bool {
+        self.segment.is_none_or(|s| c.rfm_segment == s)
+            && self.r.is_none_or(|r| c.r == r)
+            && self.f.is_none_or(|f| c.f == f)
+            && self.abc.as_deref().is_none_or(|x| c.abc.as_str() == x)
+            && self.xyz.as_deref().is_none_or(|x| c.xyz.as_str() == x)
+            && self.q.as_deref().is_none_or(|q| {
+                let digits: String = q.chars().filter(char::is_ascii_digit).collect();
+                c.name.to_lowercase().contains(q)
+                    || c.key.to_string().contains(q)
+                    || c.emails.iter().any(|e| e.to_lowercase().contains(q))
+                    || (digits.len() >= 3 && c.phones.iter().any(|p| p.contains(&digits)))
+            })
+    }
+
+    /// The query string of this filter (for links and the export).
+    pub fn query(&self) -> String {
+        let mut s = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(v) = self.segment {
+            s.append_pair("segment", v.as_str());
+        }
+        if let Some(v) = self.r {
+            s.append_pair("r", &v.to_string());
+        }
+        if let Some(v) = self.f {
+            s.append_pair("f", &v.to_string());
+        }
+        if let Some(v) = &self.abc {
+            s.append_pair("abc", v);
+        }
+        if let Some(v) = &self.xyz {
+            s.append_pair("xyz", v);
+        }
+        if let Some(v) = &self.q {
+            s.append_pair("q", v);
+        }
+        s.finish()
+    }
+
+    /// A name for export files: `all`, `champions`, `r5-f4`, `a-x`...
+    fn slug(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(s) = self.segment {
+            parts.push(s.as_str().to_string());
+        }
+        if let (Some(r), Some(f)) = (self.r, self.f) {
+            parts.push(format!("r{r}-f{f}"));
+        }
+        if let Some(a) = &self.abc {
+            parts.push(a.to_lowercase());
+        }
+        if let Some(x) = &self.xyz {
+            parts.push(x.to_lowercase());
+        }
+        if self.q.is_some() {
+            parts.push("search".into());
+        }
+        let s: String = parts
+            .join("-")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        if s.is_empty() { "all".into() } else { s }
+    }
+}
+
+/// `GET /ui/p/{portal}/segments`: segment summary, filters and the matching customers.
+pub async fn segments(
+    State(ui): State<UiState>,
+    Path(portal): Path<String>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    let (c, v) = match portal_ctx(&ui, &headers, &p, &portal).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let l = c.lang;
+    let a = &v.analysis;
+    let cur = a.currency.as_str();
+    let filter = Filter::from_params(&p);
+    let rows: Vec<&CustomerRow> = a.customers.iter().filter(|r| filter.matches(r)).collect();
+    let export = format!("/ui/p/{portal}/segments.csv?{}", filter.query());
+    let sel = |cur: Option<&str>, v: &str| cur.is_some_and(|c| c.eq_ignore_ascii_case(v));
+    let body = html! {
+        h2 { (l.t("Segments", "Сегменты")) }
+        table {
+            tr { th { (l.t("Segment", "Сегмент")) } th.n { (l.t("Customers", "Клиентов")) } th.n { (l.t("Revenue", "Выручка")) } th { "CSV" } }
+            @for s in &a.segments {
+                tr data-segment=(s.segment.as_str()) {
+                    td { a href={"?segment=" (s.segment.as_str())} { (l.segment(s.segment)) } }
+                    td.n { (s.customers) }
+                    td.n { (money(s.revenue, cur)) }
+                    td { a href={"/ui/p/" (portal) "/segments.csv?segment=" (s.segment.as_str())} { "CSV" } }
+                }
+            }
+        }
+        h2 { (l.t("Customers", "Клиенты")) }
+        form.filters method="get" {
+            label { (l.t("Search", "Поиск")) input type="search" name="q" value=[filter.q.as_deref()] placeholder=(l.t("name, phone, email", "имя, телефон, email")); }
+            label { (l.t("Segment", "Сегмент"))
+                select name="segment" {
+                    option value="" { "—" }
+                    @for s in RfmSegment::ALL { option value=(s.as_str()) selected[filter.segment == Some(s)] { (l.segment(s)) } }
+                }
+            }
+            label { "R" select name="r" { option value="" { "—" } @for i in 1..=5u8 { option value=(i) selected[filter.r == Some(i)] { (i) } } } }
+            label { "F" select name="f" { option value="" { "—" } @for i in 1..=5u8 { option value=(i) selected[filter.f == Some(i)] { (i) } } } }
+            label { "ABC" select name="abc" { option value="" { "—" } @for x in ["A", "B", "C"] { option value=(x) selected[sel(filter.abc.as_deref(), x)] { (x) } } } }
+            label { "XYZ" select name="xyz" { option value="" { "—" } @for x in ["X", "Y", "Z"] { option value=(x) selected[sel(filter.xyz.as_deref(), x)] { (x) } } } }
+            button type="submit" { (l.t("Show", "Показать")) }
+            a.button href=(export) data-export="csv" { (l.t("Export CSV", "Выгрузить CSV")) }
+        }
+        p data-count=(rows.len()) {
+            (l.t("Customers found: ", "Найдено клиентов: ")) strong { (rows.len()) }
+            @if rows.len() > MAX_ROWS { " " (l.t("(first 500 shown; the export has all)", "(показаны первые 500; в выгрузке все)")) }
+        }
+        table {
+            tr {
+                th { (l.t("Customer", "Клиент")) } th { (l.t("Name", "Имя")) } th { (l.t("Phones", "Телефоны")) } th { "Email" }
+                th { (l.t("Segment", "Сегмент")) } th { "RFM" } th { "ABC/XYZ" } th.n { (l.t("Purchases", "Покупок")) }
+                th.n { (l.t("Revenue", "Выручка")) } th { (l.t("Last purchase", "Последняя покупка")) } th { (l.t("Cycle", "Цикл")) }
+            }
+            @for r in rows.iter().take(MAX_ROWS) {
+                tr data-key=(r.key) {
+                    td { (r.key) } td { (r.name) } td { (r.phones.join(", ")) } td { (r.emails.join(", ")) }
+                    td { (l.segment(r.rfm_segment)) } td { (r.r) (r.f) (r.m) } td { (r.abc.as_str()) (r.xyz.as_str()) }
+                    td.n { (r.purchases) } td.n { (money(r.revenue, cur)) } td { (r.last_purchase) }
+                    td { @if let Some(s) = r.cycle_status { (l.cycle(s)) } }
+                }
+            }
+        }
+    };
+    let title = format!("{} · {}", portal, l.t("Segments", "Сегменты"));
+    page(&ui, &c, &title, Some((&portal, "/segments")), body)
+}
+
+/// `GET /ui/p/{portal}/segments.csv`: the filtered customers as `rebuy segments` CSV (every
+/// column, phones and emails included).
+pub async fn export_csv(
+    State(ui): State<UiState>,
+    Path(portal): Path<String>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    let (_, v) = match portal_ctx(&ui, &headers, &p, &portal).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let filter = Filter::from_params(&p);
+    let mut out = Vec::new();
+    if let Err(e) = render::write_segments(
+        v.analysis.customers.iter().filter(|r| filter.matches(r)),
+        render::Format::Csv,
+        &mut out,
+    ) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    let name = format!(
+        "{}-{}-{}.csv",
+        portal.replace(
+            |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
+            ""
+        ),
+        filter.slug(),
+        v.analysis.as_of_date
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        out,
+    )
+        .into_response()
+}
+
+/// `GET /ui/p/{portal}/touches`: outbox entries, newest first, with the CRM's answer.
+pub async fn touches(
+    State(ui): State<UiState>,
+    Path(portal): Path<String>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    let c = match ctx(&ui, &headers, &p) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let l = c.lang;
+    let Some(rt) = ui.app.portal(&portal).cloned() else {
+        return error_page(
+            &c,
+            StatusCode::NOT_FOUND,
+            l.t("No such portal.", "Нет такого портала."),
+        );
+    };
+    let loaded = tokio::task::spawn_blocking(move || rt.store.outbox_all()).await;
+    let mut entries = match loaded {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => return error_page(&c, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => return error_page(&c, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    entries.sort_by_key(|e| std::cmp::Reverse(e.seq));
+    let state_name = |s: &ActionState| match s {
+        ActionState::Pending => "pending",
+        ActionState::InFlight { .. } => "in_flight",
+        ActionState::Done { .. } => "done",
+        ActionState::Failed { .. } => "failed",
+    };
+    let label = |k: &str| match k {
+        "pending" => l.t("planned", "запланировано"),
+        "in_flight" => l.t("sending", "отправляется"),
+        "done" => l.t("applied", "применено"),
+        _ => l.t("failed", "ошибка"),
+    };
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for e in &entries {
+        *counts.entry(state_name(&e.state)).or_default() += 1;
+    }
+    let want = nonempty(&p.state);
+    let shown: Vec<_> = entries
+        .iter()
+        .filter(|e| want.is_none_or(|w| state_name(&e.state) == w))
+        .collect();
+    let body = html! {
+        p {
+            a href="?" class=[want.is_none().then_some("cur")] { (l.t("all", "все")) " (" (entries.len()) ")" }
+            @for k in ["pending", "in_flight", "done", "failed"] {
+                " · " a href={"?state=" (k)} data-state-count=(k) data-value=(counts.get(k).copied().unwrap_or(0)) { (label(k)) " (" (counts.get(k).copied().unwrap_or(0)) ")" }
+            }
+        }
+        @if shown.len() > MAX_TOUCHES { p { (l.t("Newest 1000 shown.", "Показаны последние 1000.")) } }
+        table {
+            tr {
+                th { (l.t("Planned at", "Запланировано")) } th { (l.t("Rule", "Правило")) } th { (l.t("Customer", "Клиент")) }
+                th { (l.t("Action", "Действие")) } th { (l.t("State", "Состояние")) } th.n { (l.t("Attempts", "Попыток")) }
+                th { (l.t("CRM answer", "Ответ CRM")) }
+            }
+            @for e in shown.iter().take(MAX_TOUCHES) {
+                @let st = state_name(&e.state);
+                tr data-touch=(e.action.key) data-state=(st) {
+                    td { (ts(Some(e.created_at))) } td { (e.action.rule) } td { (e.action.customer) } td { (e.action.summary) }
+                    td class=[(st == "failed").then_some("err")] { (label(st)) }
+                    td.n { (e.attempts) }
+                    td {
+                        @match &e.state {
+                            ActionState::Done { crm_id, at } => { (ts(Some(*at))) @if let Some(id) = crm_id { " · id " (id) } },
+                            ActionState::Failed { code, message, at } => span.err { (ts(Some(*at))) " · " (code) ": " (message) },
+                            ActionState::InFlight { since } => { (ts(Some(*since))) },
+                            ActionState::Pending => { @if let Some(nb) = e.not_before { (l.t("not before ", "не раньше ")) (ts(Some(nb))) } },
+                        }
+                        @if let Some(err) = &e.last_error { br; small.err { (err) } }
+                    }
+                }
+            }
+        }
+    };
+    let title = format!("{} · {}", portal, l.t("Touches", "Касания"));
+    page(&ui, &c, &title, Some((&portal, "/touches")), body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digits_are_grouped() {
+        assert_eq!(group_digits("1234567.5"), "1\u{202f}234\u{202f}567.5");
+        assert_eq!(group_digits("-999"), "-999");
+        assert_eq!(group_digits("1000"), "1\u{202f}000");
+    }
+
+    #[test]
+    fn filter_query_round_trips() {
+        let p = Params {
+            segment: Some("champions".into()),
+            r: Some("5".into()),
+            f: Some("".into()),
+            abc: Some("a".into()),
+            ..Params::default()
+        };
+        let f = Filter::from_params(&p);
+        assert_eq!(f.query(), "segment=champions&r=5&abc=A");
+        assert_eq!(f.slug(), "champions-a");
+    }
+}
