@@ -132,8 +132,8 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// What could not be planned.
     pub skipped: Vec<Skipped>,
-    /// Customers with a next purchase but no open deal in the funnel pipeline (counted, not
-    /// listed: on a fresh funnel that is most of the base).
+    /// Customers with a next purchase but no open deal in the funnel pipeline yet (each gets a
+    /// `funnel_create` action).
     pub funnel_without_deal: u64,
 }
 
@@ -816,8 +816,36 @@ impl Planner<'_, '_> {
             return;
         };
         let Some((deal, stage, _)) = &facts.funnel_deal else {
-            // Creating the funnel deal needs a CreateDeal write (not there yet): counted.
+            // No open deal in the funnel yet: create one in the stage of its window. Keyed by
+            // the next purchase date, so re-planning before the next sync creates nothing new.
             self.funnel_without_deal += 1;
+            let customer = self.cust.clone();
+            let target = f.stage_for(day_number(next) - self.today);
+            let (target_id, target_name) = &f.stages[target];
+            let (contact, company) = match row.key {
+                CustomerKey::Contact(c) => (Some(c), row.company_ids.first().copied()),
+                CustomerKey::Company(c) => (row.contact_ids.first().copied(), Some(c)),
+            };
+            self.actions.push(Action {
+                key: format!("{}/funnel_create/{}/{}", self.input.portal, customer, next),
+                op: WriteOp::CreateDeal {
+                    name: format!("Повторная покупка: {}", row.name),
+                    pipeline: f.pipeline,
+                    stage: target_id.clone(),
+                    contact,
+                    company,
+                    responsible: facts.sales.last().and_then(|s| s.manager),
+                    price: row.expected_order_value.map(|v| v.round()),
+                },
+                rule: "funnel".into(),
+                customer,
+                summary: format!(
+                    "create the funnel deal in {:?}: next purchase {} ({} days left)",
+                    target_name,
+                    next,
+                    day_number(next) - self.today
+                ),
+            });
             return;
         };
         let customer = self.cust.clone();

@@ -327,7 +327,7 @@ pub fn print_plan(plan: &Plan, format: PlanFormat) -> Result<()> {
             }
             if plan.funnel_without_deal > 0 {
                 println!(
-                    "\nfunnel: {} customer(s) with a next purchase have no open deal in the funnel pipeline (creating one is not supported yet)",
+                    "\nfunnel: {} customer(s) with a next purchase had no open deal in the funnel pipeline: one is created for each",
                     plan.funnel_without_deal
                 );
             }

@@ -44,6 +44,7 @@ pub(crate) async fn apply(client: &AmoClient, ops: &[WriteOp]) -> Vec<OpResult> 
     let mut fields: HashMap<&'static str, Vec<(usize, EntityPatch)>> = HashMap::new();
     let mut flags = Vec::new();
     let mut tasks = Vec::new();
+    let mut new_leads = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         match op {
             WriteOp::MoveDeal {
@@ -106,7 +107,36 @@ pub(crate) async fn apply(client: &AmoClient, ops: &[WriteOp]) -> Vec<OpResult> 
             }
             WriteOp::FlagRepeat { deal } => flags.push((i, deal.0)),
             WriteOp::CreateTask { .. } => tasks.push(i),
+            WriteOp::CreateDeal { name, pipeline, stage, contact, company, responsible, price } => {
+                let Ok(status) = stage.0.parse::<u64>() else {
+                    results[i] = Some(Err(invalid_op(i, "stage", &format!("{:?} is not an amoCRM status id", stage.0))));
+                    continue;
+                };
+                let mut embedded = serde_json::Map::new();
+                if let Some(c) = contact {
+                    embedded.insert("contacts".into(), serde_json::json!([{"id": c.0, "is_main": true}]));
+                }
+                if let Some(c) = company {
+                    embedded.insert("companies".into(), serde_json::json!([{"id": c.0}]));
+                }
+                use rust_decimal::prelude::ToPrimitive;
+                new_leads.push((
+                    i,
+                    wire::NewLead {
+                        name: name.clone(),
+                        pipeline_id: pipeline.0,
+                        status_id: status,
+                        price: price.and_then(|p| p.round().to_i64()),
+                        responsible_user_id: responsible.map(|u| u.0),
+                        embedded: if embedded.is_empty() { serde_json::Value::Null } else { serde_json::Value::Object(embedded) },
+                        request_id: i.to_string(),
+                    },
+                ));
+            }
         }
+    }
+    for chunk in new_leads.chunks(MAX_BATCH) {
+        send_batch(client, Method::POST, "api/v4/leads", chunk.to_vec(), true, &mut results).await;
     }
 
     for chunk in moves.chunks(MAX_BATCH) {
@@ -219,6 +249,11 @@ trait Item: Serialize + Clone {
     fn request_id(&self) -> &str;
 }
 impl Item for EntityPatch {
+    fn request_id(&self) -> &str {
+        &self.request_id
+    }
+}
+impl Item for wire::NewLead {
     fn request_id(&self) -> &str {
         &self.request_id
     }

@@ -84,6 +84,26 @@ pub(crate) fn command_of(i: usize, op: &WriteOp) -> Command {
             };
             batch::command(i, method, &json!({"id": id, "fields": f}))
         }
+        WriteOp::CreateDeal { name, pipeline, stage, contact, company, responsible, price } => {
+            let mut f = Map::new();
+            f.insert("TITLE".into(), json!(name));
+            f.insert("CATEGORY_ID".into(), json!(pipeline.0));
+            f.insert("STAGE_ID".into(), json!(stage.0));
+            if let Some(c) = contact {
+                f.insert("CONTACT_ID".into(), json!(c.0));
+            }
+            if let Some(c) = company {
+                f.insert("COMPANY_ID".into(), json!(c.0));
+            }
+            if let Some(u) = responsible {
+                f.insert("ASSIGNED_BY_ID".into(), json!(u.0));
+            }
+            if let Some(p) = price {
+                f.insert("OPPORTUNITY".into(), json!(p.to_string()));
+                f.insert("CURRENCY_ID".into(), json!("RUB"));
+            }
+            batch::command(i, "crm.deal.add", &json!({"fields": f}))
+        }
         WriteOp::FlagRepeat { deal } => batch::command(
             i,
             "crm.deal.update",
@@ -95,6 +115,7 @@ pub(crate) fn command_of(i: usize, op: &WriteOp) -> Command {
 fn outcome(method: &str, v: &Value) -> WriteOutcome {
     let created_id = match method {
         "crm.activity.todo.add" => v.get("id").and_then(id_of),
+        "crm.deal.add" => id_of(v),
         "tasks.task.add" => v.get("task").and_then(|t| t.get("id")).and_then(id_of),
         _ => None,
     };

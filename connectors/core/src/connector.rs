@@ -103,6 +103,23 @@ pub enum WriteOp {
         /// The values.
         fields: Vec<FieldWrite>,
     },
+    /// Create a deal (the customer-funnel deal of a customer who has none).
+    CreateDeal {
+        /// Title.
+        name: String,
+        /// Pipeline (amoCRM) or category (Bitrix24).
+        pipeline: PipelineId,
+        /// Stage.
+        stage: StageId,
+        /// The customer's contact.
+        contact: Option<ContactId>,
+        /// The customer's company.
+        company: Option<CompanyId>,
+        /// Responsible manager.
+        responsible: Option<UserId>,
+        /// Expected amount in the account currency (whole units), when known.
+        price: Option<rust_decimal::Decimal>,
+    },
     /// Mark a deal as a repeat sale (Bitrix24 `IS_RETURN_CUSTOMER`, amoCRM a tag).
     FlagRepeat {
         /// The deal.

@@ -52,6 +52,28 @@ pub struct NewTask<'a> {
     pub request_id: String,
 }
 
+/// A lead to create: an item of `POST /api/v4/leads`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewLead {
+    /// Title.
+    pub name: String,
+    /// Pipeline.
+    pub pipeline_id: u64,
+    /// Status.
+    pub status_id: u64,
+    /// Whole currency units (amoCRM `price` is an integer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price: Option<i64>,
+    /// Manager.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub responsible_user_id: Option<u64>,
+    /// Links: `{"contacts":[{"id":..,"is_main":true}],"companies":[{"id":..}]}`.
+    #[serde(rename = "_embedded", skip_serializing_if = "serde_json::Value::is_null")]
+    pub embedded: serde_json::Value,
+    /// Echoed back in the answer.
+    pub request_id: String,
+}
+
 /// An item of a `PATCH /api/v4/{leads|contacts|companies}` array.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct EntityPatch {
