@@ -110,18 +110,37 @@ pub enum BenchCommand {
 /// Runs a benchmark.
 pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Sync { contacts, leads, rates, crm, product_rows, compare_fast_bitrix24 } => {
+        BenchCommand::Sync {
+            contacts,
+            leads,
+            rates,
+            crm,
+            product_rows,
+            compare_fast_bitrix24,
+        } => {
             let crm = match crm.as_str() {
                 "amocrm" => rebuy_core::CrmKind::Amocrm,
                 "bitrix24" => rebuy_core::CrmKind::Bitrix24,
                 other => bail!("unknown CRM {other:?}: expected amocrm or bitrix24"),
             };
             for rate in rates {
-                bench_sync(crm, contacts, leads, rate, product_rows, compare_fast_bitrix24).await?;
+                bench_sync(
+                    crm,
+                    contacts,
+                    leads,
+                    rate,
+                    product_rows,
+                    compare_fast_bitrix24,
+                )
+                .await?;
             }
             Ok(())
         }
-        BenchCommand::Analytics { customers, deals, compare_lifetimes } => {
+        BenchCommand::Analytics {
+            customers,
+            deals,
+            compare_lifetimes,
+        } => {
             let dir = tempfile::tempdir()?;
             let csv = dir.path().join("summary.csv");
             let export = compare_lifetimes.then(|| csv.clone());
@@ -131,7 +150,10 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             .await?;
             println!("{report}");
             if let Some(f) = fit {
-                println!("  rebuy BG/NBD     r={:.4} alpha={:.4} a={:.4} b={:.4}", f.r, f.alpha, f.a, f.b);
+                println!(
+                    "  rebuy BG/NBD     r={:.4} alpha={:.4} a={:.4} b={:.4}",
+                    f.r, f.alpha, f.a, f.b
+                );
             }
             if compare_lifetimes {
                 compare_with_lifetimes(&csv, report.bgnbd_fit)?;
@@ -149,12 +171,17 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             print!("{}", crate::writeback::bench_apply(actions, rate).await?);
             Ok(())
         }
-        BenchCommand::Route { rate, seconds, crm_rps } => bench_route(rate, seconds, crm_rps).await,
+        BenchCommand::Route {
+            rate,
+            seconds,
+            crm_rps,
+        } => bench_route(rate, seconds, crm_rps).await,
         BenchCommand::Fuzz { bodies, seed } => {
             let started = Instant::now();
             // Caught panics would print their message: keep the output to the figures.
             std::panic::set_hook(Box::new(|_| {}));
-            let r = tokio::task::spawn_blocking(move || crate::server::fuzz::run(bodies, seed)).await?;
+            let r =
+                tokio::task::spawn_blocking(move || crate::server::fuzz::run(bodies, seed)).await?;
             let _ = std::panic::take_hook();
             println!(
                 "bench fuzz: {} bodies in {:.1} s, {} accepted by a parser, {} panics",
@@ -168,9 +195,12 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             }
             Ok(())
         }
-        BenchCommand::Ingest { requests, concurrency, rate, seconds } => {
-            bench_ingest(requests, concurrency, rate, seconds).await
-        }
+        BenchCommand::Ingest {
+            requests,
+            concurrency,
+            rate,
+            seconds,
+        } => bench_ingest(requests, concurrency, rate, seconds).await,
     }
 }
 
@@ -222,10 +252,16 @@ struct Samples {
 
 impl crate::sync::Progress for Samples {
     fn page(&self, _kind: rebuy_core::EntityKind, records: u64) {
-        let total = self.records.fetch_add(records, std::sync::atomic::Ordering::Relaxed) + records;
+        let total = self
+            .records
+            .fetch_add(records, std::sync::atomic::Ordering::Relaxed)
+            + records;
         let requests = self.conn.get().map(|c| c.stats().requests).unwrap_or(0);
         let t = self.started.elapsed().as_secs_f64();
-        self.points.lock().unwrap_or_else(|p| p.into_inner()).push((t, total, requests));
+        self.points
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((t, total, requests));
     }
 }
 
@@ -240,7 +276,14 @@ async fn bench_sync(
     let port = free_port()?;
     let exe = std::env::current_exe().context("locating the rebuy binary")?;
     let child = std::process::Command::new(exe)
-        .args(["emulate", crm.as_str(), "--port", &port.to_string(), "--contacts", &contacts.to_string()])
+        .args([
+            "emulate",
+            crm.as_str(),
+            "--port",
+            &port.to_string(),
+            "--contacts",
+            &contacts.to_string(),
+        ])
         .args(["--leads", &leads.to_string(), "--rate", &rate.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -284,35 +327,63 @@ async fn bench_sync(
     println!(
         "bench sync ({}): {contacts} contacts + {leads} deals at {rate} req/s{}",
         crm.as_str(),
-        if crm == rebuy_core::CrmKind::Bitrix24 { if product_rows { ", with product rows of won deals" } else { ", without product rows" } } else { "" }
+        if crm == rebuy_core::CrmKind::Bitrix24 {
+            if product_rows {
+                ", with product rows of won deals"
+            } else {
+                ", without product rows"
+            }
+        } else {
+            ""
+        }
     );
     println!("  records          {records}");
     println!("  time             {secs:.2} s");
-    println!("  requests         {} ({:.2}/s)", report.traffic.requests, report.traffic.requests as f64 / secs);
+    println!(
+        "  requests         {} ({:.2}/s)",
+        report.traffic.requests,
+        report.traffic.requests as f64 / secs
+    );
     println!("  records/s        {per_sec:.0}");
     println!("  ceiling          {ceiling:.0} records/s ({rate} x {per_request})");
     println!("  efficiency       {:.3} (whole run)", per_sec / ceiling);
     if crm == rebuy_core::CrmKind::Bitrix24 {
         // After the bucket's burst (capacity - 2 requests), the drain rate rules.
-        let points = samples.points.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let points = samples
+            .points
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if let (Some(start), Some(end)) = (points.iter().find(|p| p.2 >= 48), points.last()) {
             if end.0 > start.0 {
                 let steady = (end.1 - start.1) as f64 / (end.0 - start.0);
-                println!("  steady state     {steady:.0} records/s after the burst, efficiency {:.3}", steady / ceiling);
+                println!(
+                    "  steady state     {steady:.0} records/s after the burst, efficiency {:.3}",
+                    steady / ceiling
+                );
             }
         }
     }
-    println!("  rate-limited     {} (429 / QUERY_LIMIT_EXCEEDED)", report.traffic.rate_limited);
+    println!(
+        "  rate-limited     {} (429 / QUERY_LIMIT_EXCEEDED)",
+        report.traffic.rate_limited
+    );
     println!("  retries          {}", report.traffic.retries);
     if let Some(rss) = peak_rss_bytes() {
-        println!("  peak RSS         {:.1} MB (this process; the emulator runs apart)", rss as f64 / 1e6);
+        println!(
+            "  peak RSS         {:.1} MB (this process; the emulator runs apart)",
+            rss as f64 / 1e6
+        );
     }
     if compare_fast_bitrix24 && crm == rebuy_core::CrmKind::Bitrix24 {
         // Both start with an empty bucket: let the emulator's drain it first.
         tokio::time::sleep(Duration::from_secs(30)).await;
         let hook = {
             let c = rebuy_emulator::bitrix24::B24Config::default();
-            format!("{base_url}/rest/{}/{}/", c.webhook_user_id, c.webhook_secret)
+            format!(
+                "{base_url}/rest/{}/{}/",
+                c.webhook_user_id, c.webhook_secret
+            )
         };
         compare_with_fast_bitrix24(&hook, records, secs)?;
     }
@@ -335,13 +406,25 @@ for method, select in [
     n += len(b.get_all(method, params={"select": select}))
 print(n, time.time() - t)
 "#;
-    let out = std::process::Command::new("python3").arg("-c").arg(SCRIPT).arg(webhook).output();
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(webhook)
+        .output();
     match out {
         Ok(o) if o.status.success() => {
             let text = String::from_utf8_lossy(&o.stdout);
-            let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let v: Vec<f64> = text
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             if v.len() == 2 {
-                println!("  fast_bitrix24    {:.0} records in {:.2} s ({:.0} records/s)", v[0], v[1], v[0] / v[1]);
+                println!(
+                    "  fast_bitrix24    {:.0} records in {:.2} s ({:.0} records/s)",
+                    v[0],
+                    v[1],
+                    v[0] / v[1]
+                );
                 println!(
                     "  rebuy            {rebuy_records} records in {rebuy_secs:.2} s: {:.2}x the speed of fast_bitrix24",
                     (rebuy_records as f64 / rebuy_secs) / (v[0] / v[1])
@@ -350,31 +433,44 @@ print(n, time.time() - t)
                 println!("  fast_bitrix24: unexpected output {text:?}");
             }
         }
-        Ok(o) => println!("  fast_bitrix24: not run ({})", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed")),
+        Ok(o) => println!(
+            "  fast_bitrix24: not run ({})",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("failed")
+        ),
         Err(e) => println!("  fast_bitrix24: not run (python3: {e})"),
     }
     Ok(())
 }
 
-
 /// Starts a server with one amoCRM portal (inbox on or off) on loopback; returns its hook URL.
-async fn ingest_server(durable: bool, dir: &std::path::Path) -> Result<(String, tokio_util::sync::CancellationToken)> {
+async fn ingest_server(
+    durable: bool,
+    dir: &std::path::Path,
+) -> Result<(String, tokio_util::sync::CancellationToken)> {
     let text = format!(
         "data_dir = {:?}\n[[portal]]\nid = \"bench\"\nkind = \"amocrm\"\nbase_url = \"http://127.0.0.1:9\"\n\
          [portal.auth]\ntype = \"long_lived_token\"\ntoken_env = \"T\"\n[portal.webhooks]\nsecret_env = \"S\"\n",
         dir.display().to_string()
     );
     use figment::providers::Format;
-    let doc: serde_json::Value = figment::Figment::from(figment::providers::Toml::string(&text)).extract()?;
+    let doc: serde_json::Value =
+        figment::Figment::from(figment::providers::Toml::string(&text)).extract()?;
     let env = |k: &str| match k {
         "T" => Some("token".to_owned()),
         "S" => Some("bench-secret".to_owned()),
         _ => None,
     };
-    let cfg = crate::config::resolve(&doc, "<bench>", &env).map_err(|p| anyhow::anyhow!("{}", crate::config::format_problems(&p)))?;
+    let cfg = crate::config::resolve(&doc, "<bench>", &env)
+        .map_err(|p| anyhow::anyhow!("{}", crate::config::format_problems(&p)))?;
     let state = crate::server::AppState::new(&cfg, durable)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hooks/amocrm/bench/bench-secret", listener.local_addr()?);
+    let url = format!(
+        "http://{}/hooks/amocrm/bench/bench-secret",
+        listener.local_addr()?
+    );
     let cancel = tokio_util::sync::CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move { crate::server::serve(listener, state, c.cancelled_owned()).await });
@@ -389,7 +485,9 @@ fn hook_body(i: u64) -> String {
 }
 
 async fn ingest_throughput(url: &str, requests: u64, concurrency: usize) -> Result<f64> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
     let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -423,7 +521,12 @@ async fn ingest_throughput(url: &str, requests: u64, concurrency: usize) -> Resu
     Ok(requests as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn ingest_latency(url: &str, rate: u64, seconds: u64, offset: u64) -> Result<(f64, f64, f64)> {
+async fn ingest_latency(
+    url: &str,
+    rate: u64,
+    seconds: u64,
+    offset: u64,
+) -> Result<(f64, f64, f64)> {
     let client = reqwest::Client::new();
     let total = rate * seconds;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -459,7 +562,9 @@ async fn ingest_latency(url: &str, rate: u64, seconds: u64, offset: u64) -> Resu
 }
 
 async fn bench_ingest(requests: u64, concurrency: usize, rate: u64, seconds: u64) -> Result<()> {
-    println!("bench ingest: {requests} webhooks from {concurrency} senders; latency at {rate}/s for {seconds} s (loopback, same machine)");
+    println!(
+        "bench ingest: {requests} webhooks from {concurrency} senders; latency at {rate}/s for {seconds} s (loopback, same machine)"
+    );
     let mut throughput = Vec::new();
     for durable in [true, false] {
         let dir = tempfile::tempdir()?;
@@ -474,7 +579,10 @@ async fn bench_ingest(requests: u64, concurrency: usize, rate: u64, seconds: u64
         );
         throughput.push(rps);
     }
-    println!("  durable / upper bound: {:.2}", throughput[0] / throughput[1]);
+    println!(
+        "  durable / upper bound: {:.2}",
+        throughput[0] / throughput[1]
+    );
     Ok(())
 }
 
@@ -485,14 +593,26 @@ async fn bench_route(rate: u64, seconds: u64, crm_rps: u32) -> Result<()> {
     emu_cfg.rate_limit_per_sec = crm_rps;
     emu_cfg.block_after_violations = 0;
     let emu = rebuy_emulator::amocrm::AmoEmulator::spawn(emu_cfg.clone()).await?;
-    let mut p = emulator_portal("route", &emu.base_url, &emu_cfg.client_id, &emu_cfg.redirect_uri, crm_rps)?;
+    let mut p = emulator_portal(
+        "route",
+        &emu.base_url,
+        &emu_cfg.client_id,
+        &emu_cfg.redirect_uri,
+        crm_rps,
+    )?;
     p.mapping = serde_json::json!({"repeat_pipeline": "Повторные продажи"});
     p.webhook_secret = Some(secrecy::SecretString::from("bench-secret"));
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path(), &p.id)?;
     authorize_automatically(&p, &store).await?;
     let handle = portal::open(&p, store.clone())?;
-    crate::sync::sync_portal(handle.connector, store.clone(), &crate::portal::sync_options(&p, true), std::sync::Arc::new(crate::sync::NoProgress)).await?;
+    crate::sync::sync_portal(
+        handle.connector,
+        store.clone(),
+        &crate::portal::sync_options(&p, true),
+        std::sync::Arc::new(crate::sync::NoProgress),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let state = crate::server::AppState::from_stores(vec![(p.clone(), store.clone())], true);
@@ -502,15 +622,37 @@ async fn bench_route(rate: u64, seconds: u64, crm_rps: u32) -> Result<()> {
     let c = cancel.clone();
     tokio::spawn(async move { crate::server::serve(listener, state, c.cancelled_owned()).await });
     let e = &emu.emulator;
-    e.register_webhook(&format!("{url}/hooks/amocrm/route/bench-secret"), &["add_lead", "update_lead", "status_lead"]);
+    e.register_webhook(
+        &format!("{url}/hooks/amocrm/route/bench-secret"),
+        &["add_lead", "update_lead", "status_lead"],
+    );
     let (buyers, pipeline, status) = e.with_data(|d| {
-        let mut buyers: Vec<u64> = d.leads.values().filter(|l| l.status_id == 142 && !l.contacts.is_empty()).map(|l| l.contacts[0].id).collect();
+        let mut buyers: Vec<u64> = d
+            .leads
+            .values()
+            .filter(|l| l.status_id == 142 && !l.contacts.is_empty())
+            .map(|l| l.contacts[0].id)
+            .collect();
         buyers.sort_unstable();
         buyers.dedup();
-        let main = d.pipelines.values().find(|p| p.name != "Повторные продажи").map(|m| (m.id, m.statuses.iter().find(|s| s.id != 142 && s.id != 143).map(|s| s.id)));
+        let main = d
+            .pipelines
+            .values()
+            .find(|p| p.name != "Повторные продажи")
+            .map(|m| {
+                (
+                    m.id,
+                    m.statuses
+                        .iter()
+                        .find(|s| s.id != 142 && s.id != 143)
+                        .map(|s| s.id),
+                )
+            });
         (buyers, main.map(|m| m.0), main.and_then(|m| m.1))
     });
-    let (Some(pipeline), Some(status)) = (pipeline, status) else { bail!("no main pipeline in the emulated account") };
+    let (Some(pipeline), Some(status)) = (pipeline, status) else {
+        bail!("no main pipeline in the emulated account")
+    };
     if buyers.is_empty() {
         bail!("no past buyers in the emulated account");
     }
@@ -546,9 +688,19 @@ async fn bench_route(rate: u64, seconds: u64, crm_rps: u32) -> Result<()> {
     }
     latencies.sort_by(f64::total_cmp);
     let q = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
-    println!("bench route: {total} new leads of past buyers at {rate}/s (emulated amoCRM at {crm_rps} req/s), webhook delivered by the emulator");
-    println!("  routed           {} of {total} (moved + tasked)", latencies.len());
-    println!("  webhook -> task  p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms", q(0.5), q(0.99), latencies[latencies.len() - 1]);
+    println!(
+        "bench route: {total} new leads of past buyers at {rate}/s (emulated amoCRM at {crm_rps} req/s), webhook delivered by the emulator"
+    );
+    println!(
+        "  routed           {} of {total} (moved + tasked)",
+        latencies.len()
+    );
+    println!(
+        "  webhook -> task  p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms",
+        q(0.5),
+        q(0.99),
+        latencies[latencies.len() - 1]
+    );
     Ok(())
 }
 
@@ -567,13 +719,23 @@ el = time.time() - t
 p = m.params_
 print(f"{el} {p['r']} {p['alpha']} {p['a']} {p['b']}")
 "#;
-    let out = std::process::Command::new("python3").arg("-c").arg(SCRIPT).arg(csv).output();
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(csv)
+        .output();
     match out {
         Ok(o) if o.status.success() => {
             let text = String::from_utf8_lossy(&o.stdout);
-            let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let v: Vec<f64> = text
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             if v.len() == 5 {
-                println!("  lifetimes BG/NBD r={:.4} alpha={:.4} a={:.4} b={:.4}", v[1], v[2], v[3], v[4]);
+                println!(
+                    "  lifetimes BG/NBD r={:.4} alpha={:.4} a={:.4} b={:.4}",
+                    v[1], v[2], v[3], v[4]
+                );
                 println!(
                     "  lifetimes fit    {:.3} s on the same summary; rebuy is {:.1}x faster",
                     v[0],
@@ -583,7 +745,13 @@ print(f"{el} {p['r']} {p['alpha']} {p['a']} {p['b']}")
                 println!("  lifetimes: unexpected output {text:?}");
             }
         }
-        Ok(o) => println!("  lifetimes: not run ({})", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed")),
+        Ok(o) => println!(
+            "  lifetimes: not run ({})",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("failed")
+        ),
         Err(e) => println!("  lifetimes: not run (python3: {e})"),
     }
     Ok(())

@@ -309,15 +309,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Serve => {
             let cfg = load_config(&cli.config)?;
-            cmd_serve(cfg, &cli.config).await.map(|()| ExitCode::SUCCESS)
+            cmd_serve(cfg, &cli.config)
+                .await
+                .map(|()| ExitCode::SUCCESS)
         }
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Emulate { crm: EmulateCrm::Amocrm(a) } => {
-            crate::demo::emulate_amocrm(a).await.map(|()| ExitCode::SUCCESS)
-        }
-        Command::Emulate { crm: EmulateCrm::Bitrix24(a) } => {
-            crate::demo::emulate_bitrix24(a).await.map(|()| ExitCode::SUCCESS)
-        }
+        Command::Emulate {
+            crm: EmulateCrm::Amocrm(a),
+        } => crate::demo::emulate_amocrm(a)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Emulate {
+            crm: EmulateCrm::Bitrix24(a),
+        } => crate::demo::emulate_bitrix24(a)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Bench { what } => crate::bench::run(what).await.map(|()| ExitCode::SUCCESS),
     }
 }
@@ -652,16 +658,25 @@ async fn cmd_serve(cfg: Config, config_path: &std::path::Path) -> Result<()> {
         .with_context(|| format!("listening on {}", cfg.server.listen))?;
     tracing::info!(listen = %cfg.server.listen, portals = cfg.portals.len(), "Serving.");
     let cancel = tokio_util::sync::CancellationToken::new();
-    let tasks = crate::server::runtime::spawn_all(&state, &cfg.server, crate::writeback::playbooks_dir(config_path), cancel.clone());
+    let tasks = crate::server::runtime::spawn_all(
+        &state,
+        &cfg.server,
+        crate::writeback::playbooks_dir(config_path),
+        cancel.clone(),
+    );
     let shutdown = {
         let cancel = cancel.clone();
         async move {
             shutdown_signal().await;
-            tracing::info!("Shutting down: finishing in-flight requests; the inbox keeps the rest.");
+            tracing::info!(
+                "Shutting down: finishing in-flight requests; the inbox keeps the rest."
+            );
             cancel.cancel();
         }
     };
-    crate::server::serve(listener, state, shutdown).await.context("serving")?;
+    crate::server::serve(listener, state, shutdown)
+        .await
+        .context("serving")?;
     cancel.cancel();
     tasks.wait().await;
     Ok(())

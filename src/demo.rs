@@ -105,14 +105,20 @@ pub fn emulator_b24_portal(id: &str, base_url: &str, emu: &B24Config) -> Result<
     let env = move |k: &str| (k == "EMULATOR_B24_CLIENT_SECRET").then(|| secret.clone());
     let cfg = config::resolve(&doc, "<demo>", &env)
         .map_err(|p| anyhow::anyhow!("demo config invalid:\n{}", config::format_problems(&p)))?;
-    cfg.portals.into_iter().next().context("demo config has no portal")
+    cfg.portals
+        .into_iter()
+        .next()
+        .context("demo config has no portal")
 }
 
 /// Authorises, syncs fully and prints the report of one demo portal.
 async fn demo_portal(p: &PortalConfig, data_dir: &std::path::Path, quiet: bool) -> Result<Store> {
     let store = Store::open(data_dir, &p.id)?;
     authorize_automatically(p, &store).await?;
-    println!("  {}: authorised over OAuth (authorization code -> tokens committed to the cache)", p.id);
+    println!(
+        "  {}: authorised over OAuth (authorization code -> tokens committed to the cache)",
+        p.id
+    );
     let handle = portal::open(p, store.clone())?;
     let opts = crate::portal::sync_options(&p, true);
     let report = sync_with_progress(handle.connector.clone(), store.clone(), &opts, quiet).await?;
@@ -134,8 +140,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     b24_cfg.seed = amo_cfg.seed.clone();
     b24_cfg.seed.seed = args.seed + 1;
     let t0 = std::time::Instant::now();
-    let amo = AmoEmulator::spawn(amo_cfg.clone()).await.context("starting the amoCRM emulator")?;
-    let b24 = B24Emulator::spawn(b24_cfg.clone()).await.context("starting the Bitrix24 emulator")?;
+    let amo = AmoEmulator::spawn(amo_cfg.clone())
+        .await
+        .context("starting the amoCRM emulator")?;
+    let b24 = B24Emulator::spawn(b24_cfg.clone())
+        .await
+        .context("starting the Bitrix24 emulator")?;
     println!(
         "  amoCRM emulator at {}, Bitrix24 emulator at {} (data generated in {:.1} s)",
         amo.base_url,
@@ -172,9 +182,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .context("the demo's write-back")?;
     println!("\n== {} ==", b24_portal.id);
     crate::analyse::demo_summary(&b24_store, &b24_portal, b24_cfg.seed.now)?;
-    crate::server::demo::live_routing(&amo_portal, &amo_store, &amo.emulator, &b24_portal, &b24_store, &b24.emulator)
-        .await
-        .context("the demo's live routing")?;
+    crate::server::demo::live_routing(
+        &amo_portal,
+        &amo_store,
+        &amo.emulator,
+        &b24_portal,
+        &b24_store,
+        &b24.emulator,
+    )
+    .await
+    .context("the demo's live routing")?;
     Ok(())
 }
 
@@ -207,5 +224,7 @@ pub async fn emulate_bitrix24(a: crate::cli::EmulateArgs) -> Result<()> {
     if let Some(t) = a.token_ttl {
         cfg.access_token_ttl_secs = t;
     }
-    rebuy_emulator::bitrix24::run_bitrix24(cfg, a.port).await.context("running the Bitrix24 emulator")
+    rebuy_emulator::bitrix24::run_bitrix24(cfg, a.port)
+        .await
+        .context("running the Bitrix24 emulator")
 }

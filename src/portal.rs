@@ -33,13 +33,31 @@ pub fn records_per_request(p: &PortalConfig) -> u32 {
 /// Bitrix24 connector settings from a portal's config.
 pub fn b24_settings(p: &PortalConfig) -> Result<rebuy_bitrix24::B24Settings, ConnectorError> {
     let mut s = match &p.auth {
-        AuthConfig::OAuth { client_id, client_secret, redirect_uri, oauth_server } => {
-            let mut s = rebuy_bitrix24::B24Settings::oauth(p.base_url.clone(), client_id, client_secret.clone(), redirect_uri);
-            if let (Some(server), rebuy_bitrix24::B24Auth::OAuth { oauth_server: slot, .. }) = (oauth_server, &mut s.auth) {
-                *slot = Some(url::Url::parse(server).map_err(|e| ConnectorError::Invalid {
-                    path: "auth.oauth_server".into(),
-                    message: e.to_string(),
-                })?);
+        AuthConfig::OAuth {
+            client_id,
+            client_secret,
+            redirect_uri,
+            oauth_server,
+        } => {
+            let mut s = rebuy_bitrix24::B24Settings::oauth(
+                p.base_url.clone(),
+                client_id,
+                client_secret.clone(),
+                redirect_uri,
+            );
+            if let (
+                Some(server),
+                rebuy_bitrix24::B24Auth::OAuth {
+                    oauth_server: slot, ..
+                },
+            ) = (oauth_server, &mut s.auth)
+            {
+                *slot = Some(
+                    url::Url::parse(server).map_err(|e| ConnectorError::Invalid {
+                        path: "auth.oauth_server".into(),
+                        message: e.to_string(),
+                    })?,
+                );
             }
             s
         }
@@ -51,7 +69,9 @@ pub fn b24_settings(p: &PortalConfig) -> Result<rebuy_bitrix24::B24Settings, Con
             s
         }
         AuthConfig::LongLivedToken { .. } => {
-            return Err(ConnectorError::Unsupported { what: "long-lived tokens on a Bitrix24 portal".into() });
+            return Err(ConnectorError::Unsupported {
+                what: "long-lived tokens on a Bitrix24 portal".into(),
+            });
         }
     };
     if let Some(r) = p.requests_per_sec {
@@ -139,8 +159,13 @@ pub fn open(p: &PortalConfig, store: Store) -> Result<PortalHandle, ConnectorErr
             let client = rebuy_bitrix24::B24Client::new(settings, tokens.clone())?;
             // An inbound webhook has no tokens; the handle still carries a manager so callers
             // need no special case (it is never asked for a token).
-            let tokens = tokens.unwrap_or_else(|| Arc::new(TokenManager::fixed(secrecy::SecretString::from(""))));
-            Ok(PortalHandle { connector: Arc::new(client), tokens, store })
+            let tokens = tokens
+                .unwrap_or_else(|| Arc::new(TokenManager::fixed(secrecy::SecretString::from(""))));
+            Ok(PortalHandle {
+                connector: Arc::new(client),
+                tokens,
+                store,
+            })
         }
     }
 }
@@ -149,7 +174,10 @@ pub fn open(p: &PortalConfig, store: Store) -> Result<PortalHandle, ConnectorErr
 pub fn authorize_url(p: &PortalConfig, state: &str) -> Result<url::Url, ConnectorError> {
     match p.kind {
         CrmKind::Amocrm => Ok(rebuy_amocrm::auth::authorize_url(&amo_settings(p)?, state)),
-        CrmKind::Bitrix24 => Ok(rebuy_bitrix24::auth::authorize_url(&b24_settings(p)?, state)),
+        CrmKind::Bitrix24 => Ok(rebuy_bitrix24::auth::authorize_url(
+            &b24_settings(p)?,
+            state,
+        )),
     }
 }
 

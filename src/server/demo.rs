@@ -19,14 +19,29 @@ impl AppState {
         let mut map = std::collections::HashMap::new();
         for (cfg, store) in portals {
             let notify = std::sync::Arc::new(tokio::sync::Notify::new());
-            let inbox = super::inbox::InboxWriter::start(store.clone(), durable_inbox, notify.clone());
-            map.insert(cfg.id.clone(), super::PortalRuntime { cfg, store, inbox, notify });
+            let inbox =
+                super::inbox::InboxWriter::start(store.clone(), durable_inbox, notify.clone());
+            map.insert(
+                cfg.id.clone(),
+                super::PortalRuntime {
+                    cfg,
+                    store,
+                    inbox,
+                    notify,
+                },
+            );
         }
-        Self { portals: std::sync::Arc::new(map), metrics: super::metrics::Metrics::new() }
+        Self {
+            portals: std::sync::Arc::new(map),
+            metrics: super::metrics::Metrics::new(),
+        }
     }
 }
 
-async fn wait_for(what: &str, mut done: impl FnMut() -> Option<String>) -> Result<(Duration, String)> {
+async fn wait_for(
+    what: &str,
+    mut done: impl FnMut() -> Option<String>,
+) -> Result<(Duration, String)> {
     let started = Instant::now();
     loop {
         if let Some(detail) = done() {
@@ -59,9 +74,22 @@ pub async fn live_routing(
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let server = ServerSettings { public_url: Some(url.clone()), ..ServerSettings::default() };
-    let cfg = Config { data_dir: Default::default(), portals: vec![amo_cfg.clone(), b24_cfg.clone()], server };
-    let state = AppState::from_stores(vec![(amo_cfg.clone(), amo_store.clone()), (b24_cfg.clone(), b24_store.clone())], true);
+    let server = ServerSettings {
+        public_url: Some(url.clone()),
+        ..ServerSettings::default()
+    };
+    let cfg = Config {
+        data_dir: Default::default(),
+        portals: vec![amo_cfg.clone(), b24_cfg.clone()],
+        server,
+    };
+    let state = AppState::from_stores(
+        vec![
+            (amo_cfg.clone(), amo_store.clone()),
+            (b24_cfg.clone(), b24_store.clone()),
+        ],
+        true,
+    );
     let cancel = tokio_util::sync::CancellationToken::new();
     let tasks = runtime::spawn_all(&state, &cfg.server, None, cancel.clone());
     let c = cancel.clone();
@@ -71,59 +99,99 @@ pub async fn live_routing(
 
     // Subscriptions, as an integrator sets them up: amoCRM webhooks to the secret URL, the
     // Bitrix24 app's event handlers bound with event.bind.
-    amo.register_webhook(&format!("{url}/hooks/amocrm/{}/{secret}", amo_cfg.id), &["add_lead", "update_lead", "status_lead"]);
+    amo.register_webhook(
+        &format!("{url}/hooks/amocrm/{}/{secret}", amo_cfg.id),
+        &["add_lead", "update_lead", "status_lead"],
+    );
     let b24_conn = crate::portal::open(&b24_cfg, b24_store.clone())?.connector;
     b24_conn
-        .subscribe(&format!("{url}/hooks/bitrix24/{}", b24_cfg.id), &super::worker::B24_EVENTS)
+        .subscribe(
+            &format!("{url}/hooks/bitrix24/{}", b24_cfg.id),
+            &super::worker::B24_EVENTS,
+        )
         .await
         .context("binding the Bitrix24 event handlers")?;
     println!("  amoCRM webhook registered; Bitrix24 handlers bound with event.bind");
 
     // amoCRM: a past buyer writes again; a new lead appears in the main pipeline.
-    let (buyer, pipeline, status, repeat_id) = amo.with_data(|d| {
-        let won = d.leads.values().find(|l| l.status_id == 142 && !l.contacts.is_empty());
-        let main = d.pipelines.values().find(|p| p.name != REPEAT);
-        let repeat = d.pipelines.values().find(|p| p.name == REPEAT);
-        match (won, main, repeat) {
-            (Some(w), Some(m), Some(r)) => {
-                let first = m.statuses.iter().find(|s| s.id != 142 && s.id != 143).map(|s| s.id);
-                first.map(|f| (w.contacts[0].id, m.id, f, r.id))
+    let (buyer, pipeline, status, repeat_id) = amo
+        .with_data(|d| {
+            let won = d
+                .leads
+                .values()
+                .find(|l| l.status_id == 142 && !l.contacts.is_empty());
+            let main = d.pipelines.values().find(|p| p.name != REPEAT);
+            let repeat = d.pipelines.values().find(|p| p.name == REPEAT);
+            match (won, main, repeat) {
+                (Some(w), Some(m), Some(r)) => {
+                    let first = m
+                        .statuses
+                        .iter()
+                        .find(|s| s.id != 142 && s.id != 143)
+                        .map(|s| s.id);
+                    first.map(|f| (w.contacts[0].id, m.id, f, r.id))
+                }
+                _ => None,
             }
-            _ => None,
-        }
-    })
-    .context("the amoCRM account has no past buyer")?;
-    let lead = amo.add_lead(buyer, 15_000, pipeline, status).context("creating the amoCRM lead")?;
+        })
+        .context("the amoCRM account has no past buyer")?;
+    let lead = amo
+        .add_lead(buyer, 15_000, pipeline, status)
+        .context("creating the amoCRM lead")?;
     let (took, task) = wait_for("amoCRM lead", || {
         let w = amo.writes();
-        let moved = w.lead_moves.iter().any(|m| m.lead_id == lead && m.to_pipeline_id == repeat_id);
+        let moved = w
+            .lead_moves
+            .iter()
+            .any(|m| m.lead_id == lead && m.to_pipeline_id == repeat_id);
         let task = w.tasks_created.iter().find(|t| t.entity_id == Some(lead))?;
         moved.then(|| task.text.lines().next().unwrap_or_default().to_owned())
     })
     .await?;
-    println!("  amoCRM: new lead {lead} of contact {buyer} (a past buyer) -> moved to \"{REPEAT}\" with a task in {:.2} s", took.as_secs_f64());
+    println!(
+        "  amoCRM: new lead {lead} of contact {buyer} (a past buyer) -> moved to \"{REPEAT}\" with a task in {:.2} s",
+        took.as_secs_f64()
+    );
     println!("    task: {task}");
 
     // Bitrix24: the same with a deal.
-    let (buyer, main, repeat_id) = b24.with_data(|d| {
-        let won = d.deals.values().find(|x| x.stage_semantic_id == "S" && x.contact_id.is_some())?;
-        let repeat = d.categories.values().find(|c| c.name == REPEAT)?.id;
-        let main = d.categories.values().find(|c| c.name != REPEAT)?.id;
-        Some((won.contact_id?, main, repeat))
-    })
-    .context("the Bitrix24 portal has no past buyer")?;
-    let deal = b24.add_deal(buyer, 15_000, main).context("creating the Bitrix24 deal")?;
+    let (buyer, main, repeat_id) = b24
+        .with_data(|d| {
+            let won = d
+                .deals
+                .values()
+                .find(|x| x.stage_semantic_id == "S" && x.contact_id.is_some())?;
+            let repeat = d.categories.values().find(|c| c.name == REPEAT)?.id;
+            let main = d.categories.values().find(|c| c.name != REPEAT)?.id;
+            Some((won.contact_id?, main, repeat))
+        })
+        .context("the Bitrix24 portal has no past buyer")?;
+    let deal = b24
+        .add_deal(buyer, 15_000, main)
+        .context("creating the Bitrix24 deal")?;
     let (took, title) = wait_for("Bitrix24 deal", || {
-        let moved = b24.with_data(|d| d.deals.get(&deal).is_some_and(|x| x.category_id == repeat_id));
-        let todo = b24
-            .writes()
-            .into_iter()
-            .find(|w| w.method == "crm.activity.todo.add" && w.params.to_string().contains(&deal.to_string()))?;
-        let title = todo.params.pointer("/fields/title").or_else(|| todo.params.get("title")).and_then(|v| v.as_str()).unwrap_or("to-do").to_owned();
+        let moved = b24.with_data(|d| {
+            d.deals
+                .get(&deal)
+                .is_some_and(|x| x.category_id == repeat_id)
+        });
+        let todo = b24.writes().into_iter().find(|w| {
+            w.method == "crm.activity.todo.add" && w.params.to_string().contains(&deal.to_string())
+        })?;
+        let title = todo
+            .params
+            .pointer("/fields/title")
+            .or_else(|| todo.params.get("title"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("to-do")
+            .to_owned();
         moved.then_some(title)
     })
     .await?;
-    println!("  Bitrix24: new deal {deal} of contact {buyer} (a past buyer) -> moved to \"{REPEAT}\", IS_RETURN_CUSTOMER=Y, with a to-do in {:.2} s", took.as_secs_f64());
+    println!(
+        "  Bitrix24: new deal {deal} of contact {buyer} (a past buyer) -> moved to \"{REPEAT}\", IS_RETURN_CUSTOMER=Y, with a to-do in {:.2} s",
+        took.as_secs_f64()
+    );
     println!("    to-do: {title}");
     cancel.cancel();
     tasks.wait().await;

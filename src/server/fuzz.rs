@@ -34,17 +34,78 @@ impl Gen {
     }
 }
 
-const ENTITIES: &[&str] = &["leads", "contacts", "companies", "customers", "task", "talk", "unsorted", "account", ""];
-const ACTIONS: &[&str] = &["add", "update", "delete", "status", "responsible", "note", "restore", "0", ""];
+const ENTITIES: &[&str] = &[
+    "leads",
+    "contacts",
+    "companies",
+    "customers",
+    "task",
+    "talk",
+    "unsorted",
+    "account",
+    "",
+];
+const ACTIONS: &[&str] = &[
+    "add",
+    "update",
+    "delete",
+    "status",
+    "responsible",
+    "note",
+    "restore",
+    "0",
+    "",
+];
 const FIELDS: &[&str] = &[
-    "id", "status_id", "old_status_id", "pipeline_id", "price", "updated_at", "last_modified", "custom_fields",
-    "name", "subdomain", "_links", "self", "values", "value", "enum", "",
+    "id",
+    "status_id",
+    "old_status_id",
+    "pipeline_id",
+    "price",
+    "updated_at",
+    "last_modified",
+    "custom_fields",
+    "name",
+    "subdomain",
+    "_links",
+    "self",
+    "values",
+    "value",
+    "enum",
+    "",
 ];
 const VALUES: &[&str] = &[
-    "1", "0", "-1", "18446744073709551616", "abc", "", "%", "%ZZ", "%00", "[", "]", "][", "=", "&", "+", "1e9",
-    "\u{0442}\u{0435}\u{0441}\u{0442}", "9999999999999999999999", " ", "null",
+    "1",
+    "0",
+    "-1",
+    "18446744073709551616",
+    "abc",
+    "",
+    "%",
+    "%ZZ",
+    "%00",
+    "[",
+    "]",
+    "][",
+    "=",
+    "&",
+    "+",
+    "1e9",
+    "\u{0442}\u{0435}\u{0441}\u{0442}",
+    "9999999999999999999999",
+    " ",
+    "null",
 ];
-const EVENTS: &[&str] = &["ONCRMDEALADD", "ONCRMDEALUPDATE", "ONCRMDEALDELETE", "ONCRMCONTACTADD", "ONAPPINSTALL", "onappuninstall", "X", ""];
+const EVENTS: &[&str] = &[
+    "ONCRMDEALADD",
+    "ONCRMDEALUPDATE",
+    "ONCRMDEALDELETE",
+    "ONCRMCONTACTADD",
+    "ONAPPINSTALL",
+    "onappuninstall",
+    "X",
+    "",
+];
 
 fn key(g: &mut Gen) -> String {
     let mut k = g.pick(ENTITIES).to_owned();
@@ -71,8 +132,14 @@ pub fn body(g: &mut u64) -> Vec<u8> {
             let mut s = format!("event={}", rng.pick(EVENTS));
             for _ in 0..rng.below(8) {
                 let k = match rng.below(3) {
-                    0 => format!("data[FIELDS][{}]", rng.pick(&["ID", "CATEGORY_ID", "STAGE_ID", ""])),
-                    1 => format!("auth[{}]", rng.pick(&["application_token", "domain", "access_token", "member_id"])),
+                    0 => format!(
+                        "data[FIELDS][{}]",
+                        rng.pick(&["ID", "CATEGORY_ID", "STAGE_ID", ""])
+                    ),
+                    1 => format!(
+                        "auth[{}]",
+                        rng.pick(&["application_token", "domain", "access_token", "member_id"])
+                    ),
                     _ => key(&mut rng),
                 };
                 s.push_str(&format!("&{k}={}", rng.pick(VALUES)));
@@ -104,7 +171,8 @@ pub fn run(bodies: u64, seed: u64) -> FuzzReport {
         report.bodies += 1;
         let result = catch_unwind(AssertUnwindSafe(|| {
             let amo = rebuy_amocrm::webhooks::parse(&b).is_ok();
-            let b24 = rebuy_bitrix24::events::parse(&b, Some("application/x-www-form-urlencoded")).is_ok();
+            let b24 = rebuy_bitrix24::events::parse(&b, Some("application/x-www-form-urlencoded"))
+                .is_ok();
             let mut worker_ok = false;
             for crm in ["amocrm", "bitrix24"] {
                 let event = super::inbox::InboxEvent {
@@ -136,6 +204,9 @@ mod tests {
         let report = super::run(100_000, 0x5eed);
         assert_eq!(report.panics, 0, "{report:?}");
         assert_eq!(report.bodies, 100_000);
-        assert!(report.accepted > 1_000, "the generator reaches the parsers' accepting paths: {report:?}");
+        assert!(
+            report.accepted > 1_000,
+            "the generator reaches the parsers' accepting paths: {report:?}"
+        );
     }
 }

@@ -112,5 +112,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // The dashboard is on when REBUY_UI_USER and REBUY_UI_PASSWORD are set (else /ui is 404).
     let app = router(state.clone()).nest("/ui", crate::ui::router_from_env(state));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -16,7 +16,11 @@ const KEY_OAUTH_STATES: &str = "oauth_states";
 const STATE_TTL: SignedDuration = SignedDuration::from_mins(20);
 
 fn page(status: StatusCode, title: &str, text: &str) -> Response {
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
     let body = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>rebuy: {t}</title></head>\
          <body><h1>{t}</h1><p>{x}</p></body></html>",
@@ -27,19 +31,29 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response {
 }
 
 /// `GET /oauth/{portal}/start`.
-pub async fn start(State(state): State<AppState>, Path(portal): Path<String>) -> Result<Response, AppError> {
-    let p = state.portal(&portal).ok_or_else(|| AppError::unknown_portal(&portal))?.clone();
+pub async fn start(
+    State(state): State<AppState>,
+    Path(portal): Path<String>,
+) -> Result<Response, AppError> {
+    let p = state
+        .portal(&portal)
+        .ok_or_else(|| AppError::unknown_portal(&portal))?
+        .clone();
     if !matches!(p.cfg.auth, crate::config::AuthConfig::OAuth { .. }) {
-        return Err(AppError::bad_request(format!("portal {portal} does not use OAuth")));
+        return Err(AppError::bad_request(format!(
+            "portal {portal} does not use OAuth"
+        )));
     }
     let st = crate::cli::random_state();
-    let url = crate::portal::authorize_url(&p.cfg, &st).map_err(|e| AppError::bad_request(e.to_string()))?;
+    let url = crate::portal::authorize_url(&p.cfg, &st)
+        .map_err(|e| AppError::bad_request(e.to_string()))?;
     let store = p.store.clone();
     let issued = st.clone();
     tokio::task::spawn_blocking(move || {
         store.write(|w| {
             let now = Timestamp::now();
-            let mut states: BTreeMap<String, Timestamp> = w.get_meta(KEY_OAUTH_STATES)?.unwrap_or_default();
+            let mut states: BTreeMap<String, Timestamp> =
+                w.get_meta(KEY_OAUTH_STATES)?.unwrap_or_default();
             states.retain(|_, at| now.duration_since(*at) < STATE_TTL);
             states.insert(issued, now);
             w.set_meta(KEY_OAUTH_STATES, &states)
@@ -57,17 +71,27 @@ pub async fn callback(
     Path(portal): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
-    let p = state.portal(&portal).ok_or_else(|| AppError::unknown_portal(&portal))?.clone();
+    let p = state
+        .portal(&portal)
+        .ok_or_else(|| AppError::unknown_portal(&portal))?
+        .clone();
     let (Some(code), Some(st)) = (q.get("code").cloned(), q.get("state").cloned()) else {
-        return Ok(page(StatusCode::BAD_REQUEST, "Authorization failed", "The CRM did not send a code and a state."));
+        return Ok(page(
+            StatusCode::BAD_REQUEST,
+            "Authorization failed",
+            "The CRM did not send a code and a state.",
+        ));
     };
     // Take the state out in the same transaction that checks it: it works once.
     let store = p.store.clone();
     let valid = tokio::task::spawn_blocking(move || {
         store.write(|w| {
             let now = Timestamp::now();
-            let mut states: BTreeMap<String, Timestamp> = w.get_meta(KEY_OAUTH_STATES)?.unwrap_or_default();
-            let ok = states.remove(&st).is_some_and(|at| now.duration_since(at) < STATE_TTL);
+            let mut states: BTreeMap<String, Timestamp> =
+                w.get_meta(KEY_OAUTH_STATES)?.unwrap_or_default();
+            let ok = states
+                .remove(&st)
+                .is_some_and(|at| now.duration_since(at) < STATE_TTL);
             w.set_meta(KEY_OAUTH_STATES, &states)?;
             Ok(ok)
         })
@@ -86,8 +110,16 @@ pub async fn callback(
     match crate::portal::exchange_code(&p.cfg, &p.store, &code).await {
         Ok(_) => {
             tracing::info!(portal = %portal, "Portal authorised over OAuth.");
-            Ok(page(StatusCode::OK, "Connected", &format!("Portal {portal} is connected to rebuy. You can close this page.")))
+            Ok(page(
+                StatusCode::OK,
+                "Connected",
+                &format!("Portal {portal} is connected to rebuy. You can close this page."),
+            ))
         }
-        Err(e) => Ok(page(StatusCode::BAD_GATEWAY, "Authorization failed", &format!("The CRM refused the code: {e}"))),
+        Err(e) => Ok(page(
+            StatusCode::BAD_GATEWAY,
+            "Authorization failed",
+            &format!("The CRM refused the code: {e}"),
+        )),
     }
 }

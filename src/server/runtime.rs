@@ -39,7 +39,12 @@ pub fn spawn_all(
             reactor: Arc::default(),
         };
         tracker.spawn(inbox_loop(p.clone(), ctx, cancel.clone()));
-        tracker.spawn(schedule_loop(p.clone(), handle.connector, settings.clone(), cancel.clone()));
+        tracker.spawn(schedule_loop(
+            p.clone(),
+            handle.connector,
+            settings.clone(),
+            cancel.clone(),
+        ));
     }
     tracker.close();
     tracker
@@ -77,7 +82,12 @@ fn jitter(base: Duration) -> Duration {
     base.mul_f64(0.8 + 0.4 * rand::random::<f64>())
 }
 
-async fn schedule_loop(p: PortalRuntime, conn: Arc<dyn Connector>, s: ServerSettings, cancel: CancellationToken) {
+async fn schedule_loop(
+    p: PortalRuntime,
+    conn: Arc<dyn Connector>,
+    s: ServerSettings,
+    cancel: CancellationToken,
+) {
     let sync_every = Duration::from_secs(s.sync_interval_mins.max(1) * 60);
     let drain_every = Duration::from_secs(s.outbox_interval_secs.max(1));
     // First sync soon after start, spread over a minute.
@@ -87,14 +97,26 @@ async fn schedule_loop(p: PortalRuntime, conn: Arc<dyn Connector>, s: ServerSett
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(drain_every) => {}
         }
-        let report = crate::outbox::drain(conn.as_ref(), &p.store, &crate::outbox::DrainOptions::default()).await;
+        let report = crate::outbox::drain(
+            conn.as_ref(),
+            &p.store,
+            &crate::outbox::DrainOptions::default(),
+        )
+        .await;
         if let Err(e) = report {
             tracing::warn!(portal = %p.cfg.id, error = %e, "Outbox drain failed.");
         }
         if tokio::time::Instant::now() >= next_sync {
             let opts = crate::portal::sync_options(&p.cfg, false);
             let started = std::time::Instant::now();
-            match crate::sync::sync_portal(conn.clone(), p.store.clone(), &opts, Arc::new(NoProgress)).await {
+            match crate::sync::sync_portal(
+                conn.clone(),
+                p.store.clone(),
+                &opts,
+                Arc::new(NoProgress),
+            )
+            .await
+            {
                 Ok(r) => {
                     metrics::histogram!("rebuy_sync_duration_seconds", "portal" => p.cfg.id.0.clone())
                         .record(started.elapsed().as_secs_f64());

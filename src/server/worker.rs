@@ -39,7 +39,9 @@ pub struct InstallAuth {
 
 impl std::fmt::Debug for InstallAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InstallAuth").field("extra", &self.extra).finish_non_exhaustive()
+        f.debug_struct("InstallAuth")
+            .field("extra", &self.extra)
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,29 +60,51 @@ pub const B24_EVENTS: [&str; 8] = [
 fn b24_changes(event: &InboxEvent) -> Result<Vec<Change>, ProcessError> {
     use rebuy_bitrix24::events::EventKind as K;
     let ct = (!event.content_type.is_empty()).then_some(event.content_type.as_str());
-    let ev = rebuy_bitrix24::events::parse(&event.body, ct)
-        .map_err(|e| ProcessError::Parse { seq: event.seq, message: e.to_string() })?;
+    let ev = rebuy_bitrix24::events::parse(&event.body, ct).map_err(|e| ProcessError::Parse {
+        seq: event.seq,
+        message: e.to_string(),
+    })?;
     let id = ev.entity_id;
     let one = |c: Option<Change>| Ok(c.into_iter().collect());
     match ev.kind {
-        K::DealAdd | K::DealUpdate | K::DealMoveToCategory { .. } => one(id.map(|i| Change::Upsert(EntityKind::Deals, i))),
+        K::DealAdd | K::DealUpdate | K::DealMoveToCategory { .. } => {
+            one(id.map(|i| Change::Upsert(EntityKind::Deals, i)))
+        }
         K::DealDelete => one(id.map(|i| Change::Delete(EntityKind::Deals, i))),
-        K::ContactAdd | K::ContactUpdate => one(id.map(|i| Change::Upsert(EntityKind::Contacts, i))),
+        K::ContactAdd | K::ContactUpdate => {
+            one(id.map(|i| Change::Upsert(EntityKind::Contacts, i)))
+        }
         K::ContactDelete => one(id.map(|i| Change::Delete(EntityKind::Contacts, i))),
-        K::CompanyAdd | K::CompanyUpdate => one(id.map(|i| Change::Upsert(EntityKind::Companies, i))),
+        K::CompanyAdd | K::CompanyUpdate => {
+            one(id.map(|i| Change::Upsert(EntityKind::Companies, i)))
+        }
         K::CompanyDelete => one(id.map(|i| Change::Delete(EntityKind::Companies, i))),
         K::AppInstall => {
             let a = &ev.auth;
-            let (Some(access), Some(refresh)) = (a.access_token.clone(), a.refresh_token.clone()) else {
-                return Err(ProcessError::Parse { seq: event.seq, message: "ONAPPINSTALL without tokens".into() });
+            let (Some(access), Some(refresh)) = (a.access_token.clone(), a.refresh_token.clone())
+            else {
+                return Err(ProcessError::Parse {
+                    seq: event.seq,
+                    message: "ONAPPINSTALL without tokens".into(),
+                });
             };
             let mut extra = std::collections::BTreeMap::new();
-            for (k, v) in [("domain", &a.domain), ("member_id", &a.member_id), ("client_endpoint", &a.client_endpoint), ("server_endpoint", &a.server_endpoint)] {
+            for (k, v) in [
+                ("domain", &a.domain),
+                ("member_id", &a.member_id),
+                ("client_endpoint", &a.client_endpoint),
+                ("server_endpoint", &a.server_endpoint),
+            ] {
                 if let Some(v) = v {
                     extra.insert(k.to_owned(), v.clone());
                 }
             }
-            one(Some(Change::Install(InstallAuth { access_token: access, refresh_token: refresh, expires_in: a.expires_in.unwrap_or(3600), extra })))
+            one(Some(Change::Install(InstallAuth {
+                access_token: access,
+                refresh_token: refresh,
+                expires_in: a.expires_in.unwrap_or(3600),
+                extra,
+            })))
         }
         K::AppUninstall => one(Some(Change::Uninstall)),
         K::Other(_) => Ok(Vec::new()),
@@ -128,22 +152,36 @@ impl Reactor {
     /// How long a prepared analysis serves webhooks.
     pub const TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
-    async fn prepared(&self, p: &PortalRuntime, ctx: &WorkerCtx) -> Result<Arc<Prepared>, ProcessError> {
+    async fn prepared(
+        &self,
+        p: &PortalRuntime,
+        ctx: &WorkerCtx,
+    ) -> Result<Arc<Prepared>, ProcessError> {
         let mut guard = self.cached.lock().await;
         if let Some((at, prep)) = guard.as_ref() {
             if at.elapsed() < Self::TTL {
                 return Ok(prep.clone());
             }
         }
-        let rules = crate::writeback::resolve_rules(&p.cfg, &p.store, Some(ctx.conn.as_ref()), ctx.playbooks_dir.as_deref())
-            .await
-            .map_err(ProcessError::Plan)?;
+        let rules = crate::writeback::resolve_rules(
+            &p.cfg,
+            &p.store,
+            Some(ctx.conn.as_ref()),
+            ctx.playbooks_dir.as_deref(),
+        )
+        .await
+        .map_err(ProcessError::Plan)?;
         let (store, cfg) = (p.store.clone(), p.cfg.clone());
-        let (data, analysis) = tokio::task::spawn_blocking(move || crate::analyse::analyse_portal(&store, &cfg, None))
-            .await
-            .map_err(|e| ProcessError::Plan(e.into()))?
-            .map_err(ProcessError::Plan)?;
-        let prep = Arc::new(Prepared { data, analysis, rules });
+        let (data, analysis) =
+            tokio::task::spawn_blocking(move || crate::analyse::analyse_portal(&store, &cfg, None))
+                .await
+                .map_err(|e| ProcessError::Plan(e.into()))?
+                .map_err(ProcessError::Plan)?;
+        let prep = Arc::new(Prepared {
+            data,
+            analysis,
+            rules,
+        });
         *guard = Some((std::time::Instant::now(), prep.clone()));
         Ok(prep)
     }
@@ -152,7 +190,11 @@ impl Reactor {
 /// Routes one open deal as it arrives: a repeat sale goes to the repeat pipeline with a task,
 /// through the outbox, at once. Our own writes echo back as events; they find the deal already
 /// in the repeat pipeline (nothing planned) and the idempotency keys stop any repeat.
-async fn react_to_deal(p: &PortalRuntime, ctx: &WorkerCtx, deal: &rebuy_core::Deal) -> Result<(), ProcessError> {
+async fn react_to_deal(
+    p: &PortalRuntime,
+    ctx: &WorkerCtx,
+    deal: &rebuy_core::Deal,
+) -> Result<(), ProcessError> {
     if deal.state != rebuy_core::DealState::Open || p.cfg.mapping.is_null() {
         return Ok(());
     }
@@ -168,7 +210,9 @@ async fn react_to_deal(p: &PortalRuntime, ctx: &WorkerCtx, deal: &rebuy_core::De
         responsible: deal.responsible_user_id,
         created_at: deal.created_at,
     };
-    let customer = class.customer.and_then(|k| crate::plan::find_customer(&prep.analysis.customers, k));
+    let customer = class
+        .customer
+        .and_then(|k| crate::plan::find_customer(&prep.analysis.customers, k));
     let actions = crate::plan::plan_for_deal(
         &p.cfg.id.0,
         jiff::Timestamp::now(),
@@ -184,9 +228,15 @@ async fn react_to_deal(p: &PortalRuntime, ctx: &WorkerCtx, deal: &rebuy_core::De
     let n = actions.len();
     let added = blocking(&p.store, move |s| s.outbox_enqueue(actions)).await?;
     if added.added > 0 {
-        crate::outbox::drain(ctx.conn.as_ref(), &p.store, &crate::outbox::DrainOptions::default()).await?;
+        crate::outbox::drain(
+            ctx.conn.as_ref(),
+            &p.store,
+            &crate::outbox::DrainOptions::default(),
+        )
+        .await?;
     }
-    metrics::counter!("rebuy_routed_actions_total", "portal" => p.cfg.id.0.clone()).increment(n as u64);
+    metrics::counter!("rebuy_routed_actions_total", "portal" => p.cfg.id.0.clone())
+        .increment(n as u64);
     Ok(())
 }
 
@@ -268,7 +318,10 @@ pub async fn apply_changes(
                 }
             }
             Change::Uninstall => {
-                blocking(store, |s| s.set_needs_reauth("the Bitrix24 app was uninstalled")).await?;
+                blocking(store, |s| {
+                    s.set_needs_reauth("the Bitrix24 app was uninstalled")
+                })
+                .await?;
             }
             Change::Upsert(EntityKind::Deals, id) => match conn.deal(DealId(*id)).await? {
                 Some(deal) => {

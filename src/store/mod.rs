@@ -248,8 +248,10 @@ impl Store {
                 .map_err(|e| self.err(e))?;
             txn.open_table(crate::outbox::queue_tables::OUTBOX_PENDING)
                 .map_err(|e| self.err(e))?;
-            txn.open_table(crate::server::inbox::INBOX).map_err(|e| self.err(e))?;
-            txn.open_table(crate::server::inbox::INBOX_SEEN).map_err(|e| self.err(e))?;
+            txn.open_table(crate::server::inbox::INBOX)
+                .map_err(|e| self.err(e))?;
+            txn.open_table(crate::server::inbox::INBOX_SEEN)
+                .map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))
     }

@@ -79,7 +79,10 @@ async fn reconcile_deal_ids(conn: &dyn Connector, store: &Store) -> Result<u64, 
     let mut lo: u64 = 0;
     let mut removed = 0;
     loop {
-        let page = conn.deal_ids(cursor.as_ref()).await.map_err(ListError::Connector)?;
+        let page = conn
+            .deal_ids(cursor.as_ref())
+            .await
+            .map_err(ListError::Connector)?;
         let mut ids: Vec<u64> = page.items.iter().map(|d| d.0).collect();
         ids.sort_unstable();
         let hi = match (&page.next, ids.last()) {
@@ -90,8 +93,15 @@ async fn reconcile_deal_ids(conn: &dyn Connector, store: &Store) -> Result<u64, 
         if hi >= lo {
             let n = blocking(store, move |s| {
                 let cached = s.ids_in_range(EntityKind::Deals, lo, hi)?;
-                let gone: Vec<u64> = cached.into_iter().filter(|id| ids.binary_search(id).is_err()).collect();
-                if gone.is_empty() { Ok(0) } else { s.write(|w| w.remove(EntityKind::Deals, &gone)) }
+                let gone: Vec<u64> = cached
+                    .into_iter()
+                    .filter(|id| ids.binary_search(id).is_err())
+                    .collect();
+                if gone.is_empty() {
+                    Ok(0)
+                } else {
+                    s.write(|w| w.remove(EntityKind::Deals, &gone))
+                }
             })
             .await
             .map_err(ListError::Store)?;
@@ -103,7 +113,9 @@ async fn reconcile_deal_ids(conn: &dyn Connector, store: &Store) -> Result<u64, 
             break;
         }
     }
-    blocking(store, move |s| s.set_meta(KEY_RECONCILED_AT, &started)).await.map_err(ListError::Store)?;
+    blocking(store, move |s| s.set_meta(KEY_RECONCILED_AT, &started))
+        .await
+        .map_err(ListError::Store)?;
     Ok(removed)
 }
 
@@ -338,7 +350,9 @@ pub async fn sync_portal(
     } else if reconcile_due(&store, opts).map_err(serr)? {
         // A full listing starts the reconciliation clock: it saw every id there is.
         let now = Timestamp::now();
-        blocking(&store, move |s| s.set_meta(KEY_RECONCILED_AT, &now)).await.map_err(serr)?;
+        blocking(&store, move |s| s.set_meta(KEY_RECONCILED_AT, &now))
+            .await
+            .map_err(serr)?;
     }
     report.kinds.insert(EntityKind::Deals, deals);
     report.elapsed = started.elapsed();

@@ -19,7 +19,12 @@ fn b24_config(seed: u64, contacts: usize, deals: usize) -> B24Config {
 
 /// A config with one Bitrix24 portal on the emulator; `oauth` picks the app auth, else the
 /// inbound webhook.
-fn config(dir: &std::path::Path, emu: &RunningB24, oauth: bool, public_url: Option<&str>) -> Config {
+fn config(
+    dir: &std::path::Path,
+    emu: &RunningB24,
+    oauth: bool,
+    public_url: Option<&str>,
+) -> Config {
     let c = emu.emulator.config().clone();
     let auth = if oauth {
         format!(
@@ -29,14 +34,18 @@ fn config(dir: &std::path::Path, emu: &RunningB24, oauth: bool, public_url: Opti
     } else {
         "type = \"webhook\"\nurl_env = \"B24_WEBHOOK\"".to_owned()
     };
-    let server = public_url.map(|u| format!("[server]\npublic_url = \"{u}\"\n")).unwrap_or_default();
+    let server = public_url
+        .map(|u| format!("[server]\npublic_url = \"{u}\"\n"))
+        .unwrap_or_default();
     let text = format!(
         "data_dir = {:?}\n{server}[[portal]]\nid = \"b24\"\nkind = \"bitrix24\"\nbase_url = \"{}\"\n[portal.auth]\n{auth}\n",
         dir.display().to_string(),
         emu.base_url
     );
     use figment::providers::Format;
-    let doc: serde_json::Value = figment::Figment::from(figment::providers::Toml::string(&text)).extract().unwrap();
+    let doc: serde_json::Value = figment::Figment::from(figment::providers::Toml::string(&text))
+        .extract()
+        .unwrap();
     let (secret, hook) = (c.client_secret.clone(), emu.webhook_url());
     let env = move |k: &str| match k {
         "B24_SECRET" => Some(secret.clone()),
@@ -48,7 +57,9 @@ fn config(dir: &std::path::Path, emu: &RunningB24, oauth: bool, public_url: Opti
 
 async fn sync(p: &PortalConfig, store: &Store, opts: SyncOptions) -> rebuy::sync::SyncReport {
     let handle = rebuy::portal::open(p, store.clone()).unwrap();
-    rebuy::sync::sync_portal(handle.connector, store.clone(), &opts, Arc::new(NoProgress)).await.expect("sync")
+    rebuy::sync::sync_portal(handle.connector, store.clone(), &opts, Arc::new(NoProgress))
+        .await
+        .expect("sync")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,16 +69,46 @@ async fn bitrix24_sync_equals_the_portal_and_reconciles_deletions() {
     let cfg = config(dir.path(), &emu, false, None);
     let p = &cfg.portals[0];
     let store = Store::open(dir.path(), &p.id).unwrap();
-    let report = sync(p, &store, SyncOptions { full: true, ..SyncOptions::default() }).await;
-    assert_eq!(report.traffic.rate_limited, 0, "no QUERY_LIMIT_EXCEEDED on a healthy run");
+    let report = sync(
+        p,
+        &store,
+        SyncOptions {
+            full: true,
+            ..SyncOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        report.traffic.rate_limited, 0,
+        "no QUERY_LIMIT_EXCEEDED on a healthy run"
+    );
     emu.emulator.with_data(|d| {
-        assert_eq!(store.count(EntityKind::Contacts).unwrap(), d.contacts.len() as u64);
-        assert_eq!(store.count(EntityKind::Companies).unwrap(), d.companies.len() as u64);
-        assert_eq!(store.count(EntityKind::Deals).unwrap(), d.deals.len() as u64);
-        assert_eq!(store.count(EntityKind::Pipelines).unwrap(), d.categories.len() as u64);
+        assert_eq!(
+            store.count(EntityKind::Contacts).unwrap(),
+            d.contacts.len() as u64
+        );
+        assert_eq!(
+            store.count(EntityKind::Companies).unwrap(),
+            d.companies.len() as u64
+        );
+        assert_eq!(
+            store.count(EntityKind::Deals).unwrap(),
+            d.deals.len() as u64
+        );
+        assert_eq!(
+            store.count(EntityKind::Pipelines).unwrap(),
+            d.categories.len() as u64
+        );
         for (id, deal) in &d.deals {
-            let got: Deal = store.get(*id).unwrap().unwrap_or_else(|| panic!("deal {id} missing"));
-            assert_eq!(got.amount.as_ref().map(|m| m.amount), Some(deal.opportunity), "deal {id} amount");
+            let got: Deal = store
+                .get(*id)
+                .unwrap()
+                .unwrap_or_else(|| panic!("deal {id} missing"));
+            assert_eq!(
+                got.amount.as_ref().map(|m| m.amount),
+                Some(deal.opportunity),
+                "deal {id} amount"
+            );
             assert_eq!(got.stage_id.0, deal.stage_id, "deal {id} stage");
             assert_eq!(got.pipeline_id.0, deal.category_id, "deal {id} category");
             let state = match deal.stage_semantic_id.as_str() {
@@ -76,8 +117,16 @@ async fn bitrix24_sync_equals_the_portal_and_reconciles_deletions() {
                 _ => DealState::Open,
             };
             assert_eq!(got.state, state, "deal {id} state");
-            assert_eq!(got.created_at.as_second(), deal.date_create, "deal {id} created");
-            assert_eq!(got.main_contact_id.map(|c| c.0), deal.contact_id, "deal {id} contact");
+            assert_eq!(
+                got.created_at.as_second(),
+                deal.date_create,
+                "deal {id} created"
+            );
+            assert_eq!(
+                got.main_contact_id.map(|c| c.0),
+                deal.contact_id,
+                "deal {id} contact"
+            );
         }
     });
 
@@ -87,14 +136,26 @@ async fn bitrix24_sync_equals_the_portal_and_reconciles_deletions() {
         (ids.nth(3).unwrap(), ids.nth(100).unwrap())
     });
     assert!(emu.emulator.delete_deal(gone));
-    assert!(emu.emulator.update_deal(changed, |d| d.opportunity = rust_decimal::Decimal::new(777_00, 2)));
-    let report = sync(p, &store, SyncOptions { reconcile_every: Duration::ZERO, ..SyncOptions::default() }).await;
+    assert!(emu.emulator.update_deal(changed, |d| d.opportunity =
+        rust_decimal::Decimal::new(777_00, 2)));
+    let report = sync(
+        p,
+        &store,
+        SyncOptions {
+            reconcile_every: Duration::ZERO,
+            ..SyncOptions::default()
+        },
+    )
+    .await;
     let deals = report.kinds[&EntityKind::Deals];
     assert!(!deals.full);
     assert_eq!(deals.deleted, 1, "reconciliation removed the deleted deal");
     assert!(store.get::<Deal>(gone).unwrap().is_none());
     let c: Deal = store.get(changed).unwrap().unwrap();
-    assert_eq!(c.amount.unwrap().amount, rust_decimal::Decimal::new(777_00, 2));
+    assert_eq!(
+        c.amount.unwrap().amount,
+        rust_decimal::Decimal::new(777_00, 2)
+    );
     // Not due again right away: the next run does not list ids.
     let report = sync(p, &store, SyncOptions::default()).await;
     assert_eq!(report.kinds[&EntityKind::Deals].deleted, 0);
@@ -118,7 +179,9 @@ async fn bitrix24_app_install_binds_handlers_and_events_update_the_cache() {
     let p = &cfg.portals[0];
     let settings = rebuy::portal::b24_settings(p).unwrap();
     let code = emu.emulator.issue_authorization_code();
-    let tokens = rebuy_bitrix24::auth::exchange_code(&settings, &code).await.unwrap();
+    let tokens = rebuy_bitrix24::auth::exchange_code(&settings, &code)
+        .await
+        .unwrap();
     use secrecy::ExposeSecret;
     let host = emu.base_url.trim_start_matches("http://").to_owned();
     let app_token = emu.emulator.config().application_token.clone();
@@ -126,7 +189,10 @@ async fn bitrix24_app_install_binds_handlers_and_events_update_the_cache() {
     form.append_pair("event", "ONAPPINSTALL")
         .append_pair("data[VERSION]", "1")
         .append_pair("auth[access_token]", tokens.access_token.expose_secret())
-        .append_pair("auth[refresh_token]", tokens.refresh_token.as_ref().unwrap().expose_secret())
+        .append_pair(
+            "auth[refresh_token]",
+            tokens.refresh_token.as_ref().unwrap().expose_secret(),
+        )
         .append_pair("auth[expires_in]", "3600")
         .append_pair("auth[domain]", &host)
         .append_pair("auth[member_id]", &emu.emulator.config().member_id)
@@ -136,7 +202,13 @@ async fn bitrix24_app_install_binds_handlers_and_events_update_the_cache() {
     let post = |body: String| {
         let (http, hook) = (http.clone(), hook.clone());
         async move {
-            let r = http.post(&hook).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
+            let r = http
+                .post(&hook)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
             (r.status().as_u16(), r.text().await.unwrap())
         }
     };
@@ -147,17 +219,32 @@ async fn bitrix24_app_install_binds_handlers_and_events_update_the_cache() {
     // The worker stores the tokens and binds the handlers (the emulator records event.bind).
     let started = std::time::Instant::now();
     loop {
-        let bound = emu.emulator.writes().iter().filter(|w| w.method == "event.bind").count();
+        let bound = emu
+            .emulator
+            .writes()
+            .iter()
+            .filter(|w| w.method == "event.bind")
+            .count();
         if bound >= 7 && store.load_tokens().unwrap().is_some() {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "handlers not bound within 5 s ({bound} bound)");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "handlers not bound within 5 s ({bound} bound)"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // An event signed with another token is refused; the real one is processed.
     let deal = emu.emulator.with_data(|d| *d.deals.keys().next().unwrap());
-    assert!(emu.emulator.update_deal(deal, |d| d.opportunity = rust_decimal::Decimal::new(4242_00, 2)));
-    let ev = emu.emulator.fired_events().into_iter().rev().find(|e| e.event == "ONCRMDEALUPDATE").unwrap();
+    assert!(emu.emulator.update_deal(deal, |d| d.opportunity =
+        rust_decimal::Decimal::new(4242_00, 2)));
+    let ev = emu
+        .emulator
+        .fired_events()
+        .into_iter()
+        .rev()
+        .find(|e| e.event == "ONCRMDEALUPDATE")
+        .unwrap();
     let body = emu.emulator.event_body(&ev, &emu.base_url);
     let (forged, _) = post(body.replace(&app_token, "forged-token")).await;
     assert_eq!(forged, 403);
@@ -170,7 +257,10 @@ async fn bitrix24_app_install_binds_handlers_and_events_update_the_cache() {
                 break;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "deal {deal} not updated within 5 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "deal {deal} not updated within 5 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     cancel.cancel();
@@ -187,8 +277,18 @@ async fn bitrix24_new_deal_of_a_past_customer_is_moved_and_tasked_within_5_s() {
     let p = cfg.portals[0].clone();
     {
         let store = Store::open(dir.path(), &p.id).unwrap();
-        rebuy::demo::authorize_automatically(&p, &store).await.unwrap();
-        sync(&p, &store, SyncOptions { full: true, ..SyncOptions::default() }).await;
+        rebuy::demo::authorize_automatically(&p, &store)
+            .await
+            .unwrap();
+        sync(
+            &p,
+            &store,
+            SyncOptions {
+                full: true,
+                ..SyncOptions::default()
+            },
+        )
+        .await;
     }
     let state = AppState::new(&cfg, true).unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -200,15 +300,24 @@ async fn bitrix24_new_deal_of_a_past_customer_is_moved_and_tasked_within_5_s() {
     // Install the app: the server stores its token and binds the handlers; from then on the
     // emulator delivers its events to the server by itself.
     let code = emu.emulator.issue_authorization_code();
-    let tokens = rebuy_bitrix24::auth::exchange_code(&rebuy::portal::b24_settings(&p).unwrap(), &code).await.unwrap();
+    let tokens =
+        rebuy_bitrix24::auth::exchange_code(&rebuy::portal::b24_settings(&p).unwrap(), &code)
+            .await
+            .unwrap();
     use secrecy::ExposeSecret;
     let mut form = url::form_urlencoded::Serializer::new(String::new());
     form.append_pair("event", "ONAPPINSTALL")
         .append_pair("auth[access_token]", tokens.access_token.expose_secret())
-        .append_pair("auth[refresh_token]", tokens.refresh_token.as_ref().unwrap().expose_secret())
+        .append_pair(
+            "auth[refresh_token]",
+            tokens.refresh_token.as_ref().unwrap().expose_secret(),
+        )
         .append_pair("auth[expires_in]", "3600")
         .append_pair("auth[domain]", emu.base_url.trim_start_matches("http://"))
-        .append_pair("auth[application_token]", &emu.emulator.config().application_token);
+        .append_pair(
+            "auth[application_token]",
+            &emu.emulator.config().application_token,
+        );
     let r = reqwest::Client::new()
         .post(format!("{url}/hooks/bitrix24/b24"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -218,35 +327,65 @@ async fn bitrix24_new_deal_of_a_past_customer_is_moved_and_tasked_within_5_s() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let started = std::time::Instant::now();
-    while emu.emulator.writes().iter().filter(|w| w.method == "event.bind").count() < 7 {
-        assert!(started.elapsed() < Duration::from_secs(5), "handlers not bound");
+    while emu
+        .emulator
+        .writes()
+        .iter()
+        .filter(|w| w.method == "event.bind")
+        .count()
+        < 7
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "handlers not bound"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     let (buyer, main, repeat) = emu.emulator.with_data(|d| {
-        let won = d.deals.values().find(|x| x.stage_semantic_id == "S" && x.contact_id.is_some()).unwrap();
-        let repeat = d.categories.values().find(|c| c.name == "Повторные продажи").unwrap().id;
-        let main = d.categories.values().find(|c| c.name != "Повторные продажи").unwrap().id;
+        let won = d
+            .deals
+            .values()
+            .find(|x| x.stage_semantic_id == "S" && x.contact_id.is_some())
+            .unwrap();
+        let repeat = d
+            .categories
+            .values()
+            .find(|c| c.name == "Повторные продажи")
+            .unwrap()
+            .id;
+        let main = d
+            .categories
+            .values()
+            .find(|c| c.name != "Повторные продажи")
+            .unwrap()
+            .id;
         (won.contact_id.unwrap(), main, repeat)
     });
     let started = std::time::Instant::now();
     let deal = emu.emulator.add_deal(buyer, 12_000, main).unwrap();
     let moved_to = |w: &rebuy_emulator::bitrix24::WriteRecord| {
-        w.method == "crm.item.update"
-            && w.params.to_string().contains(&format!("\"id\":{deal}"))
-            || w.method == "crm.item.update" && w.params.to_string().contains(&format!("\"id\":\"{deal}\""))
+        w.method == "crm.item.update" && w.params.to_string().contains(&format!("\"id\":{deal}"))
+            || w.method == "crm.item.update"
+                && w.params.to_string().contains(&format!("\"id\":\"{deal}\""))
     };
     loop {
         let writes = emu.emulator.writes();
         let moved = writes.iter().filter(|w| moved_to(w)).count();
         let todo = writes
             .iter()
-            .filter(|w| w.method == "crm.activity.todo.add" && w.params.to_string().contains(&deal.to_string()))
+            .filter(|w| {
+                w.method == "crm.activity.todo.add"
+                    && w.params.to_string().contains(&deal.to_string())
+            })
             .count();
         if moved >= 1 && todo == 1 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "deal {deal} not routed within 5 s ({moved} moves, {todo} to-dos)");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "deal {deal} not routed within 5 s ({moved} moves, {todo} to-dos)"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("Bitrix24 repeat deal routed in {:?}", started.elapsed());
@@ -254,7 +393,17 @@ async fn bitrix24_new_deal_of_a_past_customer_is_moved_and_tasked_within_5_s() {
     assert_eq!(d.category_id, repeat, "the deal is in the repeat funnel");
     assert!(d.is_return_customer, "flagged IS_RETURN_CUSTOMER");
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let todos = emu.emulator.writes().iter().filter(|w| w.method == "crm.activity.todo.add" && w.params.to_string().contains(&deal.to_string())).count();
-    assert_eq!(todos, 1, "one to-do, even though our writes echo back as events");
+    let todos = emu
+        .emulator
+        .writes()
+        .iter()
+        .filter(|w| {
+            w.method == "crm.activity.todo.add" && w.params.to_string().contains(&deal.to_string())
+        })
+        .count();
+    assert_eq!(
+        todos, 1,
+        "one to-do, even though our writes echo back as events"
+    );
     cancel.cancel();
 }

@@ -228,11 +228,20 @@ fn demo_runs_end_to_end() {
         "demo failed: {}\n{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("demo-amocrm: authorised over OAuth"), "{stdout}");
-    assert!(stdout.contains("demo-bitrix24: authorised over OAuth"), "{stdout}");
+    assert!(
+        stdout.contains("demo-amocrm: authorised over OAuth"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("demo-bitrix24: authorised over OAuth"),
+        "{stdout}"
+    );
     assert!(stdout.contains("portal demo-amocrm: synced"), "{stdout}");
     assert!(stdout.contains("portal demo-bitrix24: synced"), "{stdout}");
     assert_eq!(stdout.matches(", 0 rate-limited").count(), 2, "{stdout}");
     assert!(stdout.contains("== demo-bitrix24 =="), "{stdout}");
-    assert!(stdout.contains("amoCRM: new lead") && stdout.contains("Bitrix24: new deal"), "{stdout}");
+    assert!(
+        stdout.contains("amoCRM: new lead") && stdout.contains("Bitrix24: new deal"),
+        "{stdout}"
+    );
 }

@@ -48,7 +48,9 @@ fn config_with_id(data_dir: &std::path::Path, base_url: &str, id: &str) -> Confi
         emu.redirect_uri
     );
     use figment::providers::Format;
-    let doc: serde_json::Value = figment::Figment::from(figment::providers::Toml::string(&text)).extract().unwrap();
+    let doc: serde_json::Value = figment::Figment::from(figment::providers::Toml::string(&text))
+        .extract()
+        .unwrap();
     let secret = emu.client_secret.clone();
     let env = move |k: &str| match k {
         "EMULATOR_CLIENT_SECRET" => Some(secret.clone()),
@@ -81,11 +83,19 @@ async fn start_server(cfg: &Config, background: bool) -> Server {
 }
 
 fn amo_body(account_id: u64, subdomain: &str, items: &str) -> String {
-    format!("{items}&account[subdomain]={subdomain}&account[id]={account_id}&account[_links][self]=https://{subdomain}.amocrm.ru")
+    format!(
+        "{items}&account[subdomain]={subdomain}&account[id]={account_id}&account[_links][self]=https://{subdomain}.amocrm.ru"
+    )
 }
 
 async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
-    let r = reqwest::Client::new().post(url).header("content-type", content_type).body(body).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
@@ -96,39 +106,126 @@ async fn bad_inputs_get_their_documented_status_and_nothing_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "http://127.0.0.1:9");
     let srv = start_server(&cfg, false).await;
-    let ok_body = amo_body(31_000_001, "rebuy-demo", "leads[add][0][id]=5&leads[add][0][status_id]=1");
+    let ok_body = amo_body(
+        31_000_001,
+        "rebuy-demo",
+        "leads[add][0][id]=5&leads[add][0][status_id]=1",
+    );
     let big = "x".repeat(rebuy::server::MAX_BODY_BYTES + 1);
     let cases: Vec<(&str, String, &str, String, u16)> = vec![
-        ("unknown portal", format!("{}/hooks/amocrm/nope/{HOOK_SECRET}", srv.url), FORM, ok_body.clone(), 404),
-        ("amoCRM hook on a Bitrix24 portal", format!("{}/hooks/amocrm/b24/{HOOK_SECRET}", srv.url), FORM, ok_body.clone(), 404),
-        ("wrong secret", format!("{}/hooks/amocrm/shop/wrong", srv.url), FORM, ok_body.clone(), 401),
-        ("not a form", format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url), "application/json", "{}".into(), 400),
-        ("no account", format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url), FORM, "leads[add][0][id]=5".into(), 400),
-        ("malformed item", format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url), FORM, amo_body(31_000_001, "rebuy-demo", "leads[add][0][id]=abc"), 400),
-        ("over 1 MiB", format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url), FORM, big, 413),
-        ("bitrix24 without token", format!("{}/hooks/bitrix24/b24", srv.url), FORM, "event=ONCRMDEALADD&data[FIELDS][ID]=1".into(), 401),
-        ("bitrix24 wrong token", format!("{}/hooks/bitrix24/b24", srv.url), FORM, "event=ONCRMDEALADD&data[FIELDS][ID]=1&auth[application_token]=nope".into(), 403),
-        ("bitrix24 without event", format!("{}/hooks/bitrix24/b24", srv.url), FORM, "auth[application_token]=app-token-1".into(), 400),
-        ("bitrix24 unknown portal", format!("{}/hooks/bitrix24/nope", srv.url), FORM, "event=X".into(), 404),
+        (
+            "unknown portal",
+            format!("{}/hooks/amocrm/nope/{HOOK_SECRET}", srv.url),
+            FORM,
+            ok_body.clone(),
+            404,
+        ),
+        (
+            "amoCRM hook on a Bitrix24 portal",
+            format!("{}/hooks/amocrm/b24/{HOOK_SECRET}", srv.url),
+            FORM,
+            ok_body.clone(),
+            404,
+        ),
+        (
+            "wrong secret",
+            format!("{}/hooks/amocrm/shop/wrong", srv.url),
+            FORM,
+            ok_body.clone(),
+            401,
+        ),
+        (
+            "not a form",
+            format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url),
+            "application/json",
+            "{}".into(),
+            400,
+        ),
+        (
+            "no account",
+            format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url),
+            FORM,
+            "leads[add][0][id]=5".into(),
+            400,
+        ),
+        (
+            "malformed item",
+            format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url),
+            FORM,
+            amo_body(31_000_001, "rebuy-demo", "leads[add][0][id]=abc"),
+            400,
+        ),
+        (
+            "over 1 MiB",
+            format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url),
+            FORM,
+            big,
+            413,
+        ),
+        (
+            "bitrix24 without token",
+            format!("{}/hooks/bitrix24/b24", srv.url),
+            FORM,
+            "event=ONCRMDEALADD&data[FIELDS][ID]=1".into(),
+            401,
+        ),
+        (
+            "bitrix24 wrong token",
+            format!("{}/hooks/bitrix24/b24", srv.url),
+            FORM,
+            "event=ONCRMDEALADD&data[FIELDS][ID]=1&auth[application_token]=nope".into(),
+            403,
+        ),
+        (
+            "bitrix24 without event",
+            format!("{}/hooks/bitrix24/b24", srv.url),
+            FORM,
+            "auth[application_token]=app-token-1".into(),
+            400,
+        ),
+        (
+            "bitrix24 unknown portal",
+            format!("{}/hooks/bitrix24/nope", srv.url),
+            FORM,
+            "event=X".into(),
+            404,
+        ),
     ];
     for (name, url, ct, body, want) in cases {
         let (status, text) = post(&url, ct, body).await;
         assert_eq!(status, want, "{name}: {text}");
         if status != 413 {
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{name}: JSON error body, got {text}"));
-            assert!(v["code"].is_string() && v["message"].is_string(), "{name}: {v}");
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("{name}: JSON error body, got {text}"));
+            assert!(
+                v["code"].is_string() && v["message"].is_string(),
+                "{name}: {v}"
+            );
         }
     }
     for p in srv.state.portals.values() {
-        assert_eq!(p.store.inbox_depth().unwrap(), 0, "nothing stored for {}", p.cfg.id);
+        assert_eq!(
+            p.store.inbox_depth().unwrap(),
+            0,
+            "nothing stored for {}",
+            p.cfg.id
+        );
     }
     // The same valid webhook is accepted once, then recognised as a duplicate.
     let url = format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url);
     let (s1, t1) = post(&url, FORM, ok_body.clone()).await;
     let (s2, t2) = post(&url, FORM, ok_body.clone()).await;
     assert_eq!((s1, s2), (200, 200));
-    assert!(t1.contains("stored") && t2.contains("duplicate"), "{t1} / {t2}");
-    let (s3, _) = post(&format!("{}/hooks/bitrix24/b24", srv.url), FORM, "event=ONCRMDEALADD&data[FIELDS][ID]=1&auth[application_token]=app-token-1".to_owned()).await;
+    assert!(
+        t1.contains("stored") && t2.contains("duplicate"),
+        "{t1} / {t2}"
+    );
+    let (s3, _) = post(
+        &format!("{}/hooks/bitrix24/b24", srv.url),
+        FORM,
+        "event=ONCRMDEALADD&data[FIELDS][ID]=1&auth[application_token]=app-token-1".to_owned(),
+    )
+    .await;
     assert_eq!(s3, 200);
     let shop = srv.state.portal("shop").unwrap();
     assert_eq!(shop.store.inbox_depth().unwrap(), 1);
@@ -152,10 +249,17 @@ async fn a_webhook_updates_the_cache_within_seconds() {
     let body = amo_body(
         emu.with_data(|d| d.account.id),
         &emu.with_data(|d| d.account.subdomain.clone()),
-        &format!("leads[add][0][id]={lead}&leads[add][0][status_id]={status}&leads[add][0][pipeline_id]={pipeline}&leads[add][0][price]=4500"),
+        &format!(
+            "leads[add][0][id]={lead}&leads[add][0][status_id]={status}&leads[add][0][pipeline_id]={pipeline}&leads[add][0][price]=4500"
+        ),
     );
     let started = std::time::Instant::now();
-    let (s, text) = post(&format!("{}/hooks/amocrm/test/{HOOK_SECRET}", srv.url), FORM, body).await;
+    let (s, text) = post(
+        &format!("{}/hooks/amocrm/test/{HOOK_SECRET}", srv.url),
+        FORM,
+        body,
+    )
+    .await;
     assert_eq!(s, 200, "{text}");
     let store = srv.state.portal("test").unwrap().store.clone();
     loop {
@@ -163,10 +267,17 @@ async fn a_webhook_updates_the_cache_within_seconds() {
             assert_eq!(d.amount.unwrap().amount, rust_decimal::Decimal::from(4_500));
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "lead {lead} not cached within 5 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "lead {lead} not cached within 5 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(store.inbox_depth().unwrap(), 0, "processed events leave the inbox");
+    assert_eq!(
+        store.inbox_depth().unwrap(),
+        0,
+        "processed events leave the inbox"
+    );
     srv.cancel.cancel();
 }
 
@@ -180,30 +291,53 @@ async fn metrics_and_health_answer() {
     let r = reqwest::get(format!("{}/readyz", srv.url)).await.unwrap();
     assert_eq!(r.status(), 200);
     let url = format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url);
-    post(&url, FORM, amo_body(31_000_001, "rebuy-demo", "leads[update][0][id]=77")).await;
-    let m = reqwest::get(format!("{}/metrics", srv.url)).await.unwrap().text().await.unwrap();
+    post(
+        &url,
+        FORM,
+        amo_body(31_000_001, "rebuy-demo", "leads[update][0][id]=77"),
+    )
+    .await;
+    let m = reqwest::get(format!("{}/metrics", srv.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("rebuy_webhooks_total"), "{m}");
     assert!(m.contains("rebuy_inbox_depth"), "{m}");
     srv.cancel.cancel();
 }
 
 fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }
 
 fn query_param(url: &str, key: &str) -> Option<String> {
-    url::Url::parse(url).ok()?.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
+    url::Url::parse(url)
+        .ok()?
+        .query_pairs()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oauth_flow_connects_a_portal_and_refuses_wrong_or_replayed_state() {
-    let emu = rebuy_emulator::amocrm::AmoEmulator::spawn(amo_config(51, 20, 40)).await.unwrap();
+    let emu = rebuy_emulator::amocrm::AmoEmulator::spawn(amo_config(51, 20, 40))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &emu.base_url);
     let srv = start_server(&cfg, false).await;
     let http = no_redirects();
 
-    let start = http.get(format!("{}/oauth/shop/start", srv.url)).send().await.unwrap();
+    let start = http
+        .get(format!("{}/oauth/shop/start", srv.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(start.status(), 302);
     let consent = start.headers()["location"].to_str().unwrap().to_owned();
     assert!(consent.starts_with(&emu.base_url), "{consent}");
@@ -214,16 +348,41 @@ async fn oauth_flow_connects_a_portal_and_refuses_wrong_or_replayed_state() {
     let code = query_param(&redirect, "code").unwrap();
     let state = query_param(&redirect, "state").unwrap();
 
-    let wrong = http.get(format!("{}/oauth/shop/callback?code={code}&state=forged", srv.url)).send().await.unwrap();
+    let wrong = http
+        .get(format!(
+            "{}/oauth/shop/callback?code={code}&state=forged",
+            srv.url
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 403);
-    let ok = http.get(format!("{}/oauth/shop/callback?code={code}&state={state}", srv.url)).send().await.unwrap();
+    let ok = http
+        .get(format!(
+            "{}/oauth/shop/callback?code={code}&state={state}",
+            srv.url
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     assert!(ok.text().await.unwrap().contains("connected"));
     let store = srv.state.portal("shop").unwrap().store.clone();
     assert!(store.load_tokens().unwrap().is_some(), "tokens committed");
-    let replay = http.get(format!("{}/oauth/shop/callback?code={code}&state={state}", srv.url)).send().await.unwrap();
+    let replay = http
+        .get(format!(
+            "{}/oauth/shop/callback?code={code}&state={state}",
+            srv.url
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(replay.status(), 403, "a state works once");
-    let unknown = http.get(format!("{}/oauth/nope/start", srv.url)).send().await.unwrap();
+    let unknown = http
+        .get(format!("{}/oauth/nope/start", srv.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unknown.status(), 404);
     srv.cancel.cancel();
 }
@@ -238,14 +397,28 @@ async fn disconnect_hook_checks_its_signature_and_marks_the_portal() {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(emu.client_secret.as_bytes()).unwrap();
     mac.update(format!("{}|{}", emu.client_id, 31_000_001).as_bytes());
     let sig = hex::encode(mac.finalize().into_bytes());
-    let base = format!("{}/hooks/amocrm/shop/disconnect?account_id=31000001&client_uuid={}", srv.url, emu.client_id);
-    let bad = reqwest::get(format!("{base}&signature=00ff")).await.unwrap();
+    let base = format!(
+        "{}/hooks/amocrm/shop/disconnect?account_id=31000001&client_uuid={}",
+        srv.url, emu.client_id
+    );
+    let bad = reqwest::get(format!("{base}&signature=00ff"))
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 403);
     let store = srv.state.portal("shop").unwrap().store.clone();
     assert!(store.needs_reauth().unwrap().is_none());
-    let good = reqwest::get(format!("{base}&signature={sig}")).await.unwrap();
+    let good = reqwest::get(format!("{base}&signature={sig}"))
+        .await
+        .unwrap();
     assert_eq!(good.status(), 200);
-    assert!(store.needs_reauth().unwrap().unwrap().reason.contains("disconnected"));
+    assert!(
+        store
+            .needs_reauth()
+            .unwrap()
+            .unwrap()
+            .reason
+            .contains("disconnected")
+    );
     srv.cancel.cancel();
 }
 
@@ -260,7 +433,11 @@ impl Drop for ServeProcess {
 }
 
 fn spawn_serve(config: &std::path::Path, log: &std::path::Path) -> ServeProcess {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_rebuy"))
         .args(["--config", config.to_str().unwrap(), "serve"])
         .env("EMULATOR_CLIENT_SECRET", AmoConfig::default().client_secret)
@@ -287,15 +464,29 @@ async fn wait_ready(url: &str) {
 }
 
 async fn inbox_depth(url: &str) -> Option<u64> {
-    let text = reqwest::get(format!("{url}/metrics")).await.ok()?.text().await.ok()?;
-    text.lines().find(|l| l.starts_with("rebuy_inbox_depth")).and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok()).map(|v| v as u64)
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with("rebuy_inbox_depth"))
+        .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .map(|v| v as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook_and_logs_no_secret() {
-    let emu = rebuy_emulator::amocrm::AmoEmulator::spawn(amo_config(61, 60, 120)).await.unwrap();
+    let emu = rebuy_emulator::amocrm::AmoEmulator::spawn(amo_config(61, 60, 120))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let emu_cfg = AmoConfig::default();
     let config_path = dir.path().join("rebuy.toml");
     std::fs::write(
@@ -313,11 +504,21 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook_and_logs_no_sec
     .unwrap();
     let cfg = config_path.to_str().unwrap().to_owned();
     let out = rebuy_async(
-        vec!["--config".into(), cfg.clone(), "auth".into(), "--portal".into(), "shop".into()],
+        vec![
+            "--config".into(),
+            cfg.clone(),
+            "auth".into(),
+            "--portal".into(),
+            "shop".into(),
+        ],
         vec![("HOOK_SECRET".into(), HOOK_SECRET.into())],
     )
     .await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let log = dir.path().join("serve.log");
     let url = format!("http://127.0.0.1:{port}");
     let mut server = spawn_serve(&config_path, &log);
@@ -329,7 +530,13 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook_and_logs_no_sec
         let l = d.leads.values().next().unwrap();
         (l.contacts[0].id, l.pipeline_id, l.status_id)
     });
-    let leads: Vec<u64> = (0..400).map(|i| emu.emulator.add_lead(contact, 1000 + i, pipeline, status).unwrap()).collect();
+    let leads: Vec<u64> = (0..400)
+        .map(|i| {
+            emu.emulator
+                .add_lead(contact, 1000 + i, pipeline, status)
+                .unwrap()
+        })
+        .collect();
     let hook = format!("{url}/hooks/amocrm/shop/{HOOK_SECRET}");
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut senders = Vec::new();
@@ -340,8 +547,18 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook_and_logs_no_sec
         senders.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             for id in chunk {
-                let body = amo_body(31_000_001, "rebuy-demo", &format!("leads[add][0][id]={id}&leads[add][0][status_id]={status}"));
-                if let Ok(r) = http.post(&hook).header("content-type", FORM).body(body).send().await {
+                let body = amo_body(
+                    31_000_001,
+                    "rebuy-demo",
+                    &format!("leads[add][0][id]={id}&leads[add][0][status_id]={status}"),
+                );
+                if let Ok(r) = http
+                    .post(&hook)
+                    .header("content-type", FORM)
+                    .body(body)
+                    .send()
+                    .await
+                {
                     if r.status() == 200 {
                         acked.lock().unwrap().push(id);
                     }
@@ -356,21 +573,41 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook_and_logs_no_sec
         s.await.unwrap();
     }
     let acked: Vec<u64> = acked.lock().unwrap().clone();
-    assert!(!acked.is_empty(), "some webhooks were acknowledged before the kill");
-    assert!(acked.len() < leads.len(), "the kill happened under load ({} of {} acknowledged)", acked.len(), leads.len());
+    assert!(
+        !acked.is_empty(),
+        "some webhooks were acknowledged before the kill"
+    );
+    assert!(
+        acked.len() < leads.len(),
+        "the kill happened under load ({} of {} acknowledged)",
+        acked.len(),
+        leads.len()
+    );
 
     // Restart: every acknowledged webhook is processed.
     let server = spawn_serve(&config_path, &log);
     wait_ready(&url).await;
     let started = std::time::Instant::now();
     while inbox_depth(&url).await != Some(0) {
-        assert!(started.elapsed() < Duration::from_secs(30), "inbox not drained");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "inbox not drained"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(server);
     let store = rebuy::store::Store::open(&dir.path().join("data"), &"shop".into()).unwrap();
-    let missing: Vec<u64> = acked.iter().copied().filter(|id| store.get::<Deal>(*id).unwrap().is_none()).collect();
-    assert!(missing.is_empty(), "{} acknowledged webhooks lost: {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    let missing: Vec<u64> = acked
+        .iter()
+        .copied()
+        .filter(|id| store.get::<Deal>(*id).unwrap().is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged webhooks lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
 
     // No secret in any log line of either run.
     let logs = std::fs::read_to_string(&log).unwrap();
@@ -403,35 +640,87 @@ async fn amocrm_new_lead_of_a_past_customer_is_moved_and_tasked_within_5_s() {
     let srv = start_server(&cfg, true).await;
     let emu = env.emu.emulator.clone();
     // The emulator itself delivers its webhooks to the server, as amoCRM would.
-    emu.register_webhook(&format!("{}/hooks/amocrm/test/{HOOK_SECRET}", srv.url), &["add_lead", "update_lead", "status_lead"]);
+    emu.register_webhook(
+        &format!("{}/hooks/amocrm/test/{HOOK_SECRET}", srv.url),
+        &["add_lead", "update_lead", "status_lead"],
+    );
     let (buyer, pipeline, status, repeat_pipeline) = emu.with_data(|d| {
-        let won = d.leads.values().find(|l| l.status_id == 142 && !l.contacts.is_empty()).unwrap();
-        let main = d.pipelines.values().find(|p| p.name != "Повторные продажи").unwrap();
-        let repeat = d.pipelines.values().find(|p| p.name == "Повторные продажи").unwrap();
-        let first_open = main.statuses.iter().find(|s| s.id != 142 && s.id != 143).unwrap().id;
+        let won = d
+            .leads
+            .values()
+            .find(|l| l.status_id == 142 && !l.contacts.is_empty())
+            .unwrap();
+        let main = d
+            .pipelines
+            .values()
+            .find(|p| p.name != "Повторные продажи")
+            .unwrap();
+        let repeat = d
+            .pipelines
+            .values()
+            .find(|p| p.name == "Повторные продажи")
+            .unwrap();
+        let first_open = main
+            .statuses
+            .iter()
+            .find(|s| s.id != 142 && s.id != 143)
+            .unwrap()
+            .id;
         (won.contacts[0].id, main.id, first_open, repeat.id)
     });
     let started = std::time::Instant::now();
     let lead = emu.add_lead(buyer, 9_900, pipeline, status).unwrap();
     loop {
         let w = emu.writes();
-        let moved = w.lead_moves.iter().filter(|m| m.lead_id == lead && m.to_pipeline_id == repeat_pipeline).count();
-        let tasks = w.tasks_created.iter().filter(|t| t.entity_id == Some(lead)).count();
+        let moved = w
+            .lead_moves
+            .iter()
+            .filter(|m| m.lead_id == lead && m.to_pipeline_id == repeat_pipeline)
+            .count();
+        let tasks = w
+            .tasks_created
+            .iter()
+            .filter(|t| t.entity_id == Some(lead))
+            .count();
         if moved == 1 && tasks == 1 {
             break;
         }
-        assert!(moved <= 1 && tasks <= 1, "routed more than once: {moved} moves, {tasks} tasks");
-        assert!(started.elapsed() < Duration::from_secs(5), "lead {lead} not routed within 5 s ({moved} moves, {tasks} tasks)");
+        assert!(
+            moved <= 1 && tasks <= 1,
+            "routed more than once: {moved} moves, {tasks} tasks"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "lead {lead} not routed within 5 s ({moved} moves, {tasks} tasks)"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let latency = started.elapsed();
     // Our own writes echo back as webhooks: give them time, then check nothing doubled.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let w = emu.writes();
-    assert_eq!(w.lead_moves.iter().filter(|m| m.lead_id == lead).count(), 1, "no loop on our own writes");
-    assert_eq!(w.tasks_created.iter().filter(|t| t.entity_id == Some(lead)).count(), 1);
-    let task = w.tasks_created.iter().find(|t| t.entity_id == Some(lead)).unwrap();
-    assert!(task.text.contains("#rebuy:"), "the task carries its idempotency marker: {}", task.text);
+    assert_eq!(
+        w.lead_moves.iter().filter(|m| m.lead_id == lead).count(),
+        1,
+        "no loop on our own writes"
+    );
+    assert_eq!(
+        w.tasks_created
+            .iter()
+            .filter(|t| t.entity_id == Some(lead))
+            .count(),
+        1
+    );
+    let task = w
+        .tasks_created
+        .iter()
+        .find(|t| t.entity_id == Some(lead))
+        .unwrap();
+    assert!(
+        task.text.contains("#rebuy:"),
+        "the task carries its idempotency marker: {}",
+        task.text
+    );
     eprintln!("amoCRM repeat lead routed in {latency:?}");
     srv.cancel.cancel();
 }

@@ -68,7 +68,10 @@ pub async fn amo_env(cfg: AmoConfig) -> Env {
 }
 
 pub fn opts(full: bool) -> SyncOptions {
-    SyncOptions { full, ..SyncOptions::default() }
+    SyncOptions {
+        full,
+        ..SyncOptions::default()
+    }
 }
 
 /// Runs a sync of the env's portal with its own connector.

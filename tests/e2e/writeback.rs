@@ -320,17 +320,34 @@ async fn the_funnel_moves_customers_as_time_passes_and_resets_on_a_purchase() {
     // Every other customer with a next purchase gets their funnel deal created, once.
     let created_in_funnel = |env: &Env| {
         let w = env.emulator().writes();
-        w.leads_created.iter().filter(|l| l.pipeline_id == REPEAT && l.id != deal).count()
+        w.leads_created
+            .iter()
+            .filter(|l| l.pipeline_id == REPEAT && l.id != deal)
+            .count()
     };
-    assert!(plan.funnel_without_deal > 0, "some customers had no funnel deal");
-    assert_eq!(created_in_funnel(&env) as u64, plan.funnel_without_deal, "one funnel deal per customer");
+    assert!(
+        plan.funnel_without_deal > 0,
+        "some customers had no funnel deal"
+    );
+    assert_eq!(
+        created_in_funnel(&env) as u64,
+        plan.funnel_without_deal,
+        "one funnel deal per customer"
+    );
     let first_created = created_in_funnel(&env);
     // Again today: nothing new.
     sync(&env, false).await.unwrap();
     let (plan, _) = apply_at(&env, now + SignedDuration::from_hours(1)).await;
     assert_eq!(moves_of(&env), vec![stages[2]]);
-    assert_eq!(plan.funnel_without_deal, 0, "after the sync every customer has a funnel deal");
-    assert_eq!(created_in_funnel(&env), first_created, "nothing created twice");
+    assert_eq!(
+        plan.funnel_without_deal, 0,
+        "after the sync every customer has a funnel deal"
+    );
+    assert_eq!(
+        created_in_funnel(&env),
+        first_created,
+        "nothing created twice"
+    );
     // The day after the expected purchase: due / overdue.
     let later = next
         .tomorrow()

@@ -107,14 +107,29 @@ pub(crate) async fn apply(client: &AmoClient, ops: &[WriteOp]) -> Vec<OpResult> 
             }
             WriteOp::FlagRepeat { deal } => flags.push((i, deal.0)),
             WriteOp::CreateTask { .. } => tasks.push(i),
-            WriteOp::CreateDeal { name, pipeline, stage, contact, company, responsible, price } => {
+            WriteOp::CreateDeal {
+                name,
+                pipeline,
+                stage,
+                contact,
+                company,
+                responsible,
+                price,
+            } => {
                 let Ok(status) = stage.0.parse::<u64>() else {
-                    results[i] = Some(Err(invalid_op(i, "stage", &format!("{:?} is not an amoCRM status id", stage.0))));
+                    results[i] = Some(Err(invalid_op(
+                        i,
+                        "stage",
+                        &format!("{:?} is not an amoCRM status id", stage.0),
+                    )));
                     continue;
                 };
                 let mut embedded = serde_json::Map::new();
                 if let Some(c) = contact {
-                    embedded.insert("contacts".into(), serde_json::json!([{"id": c.0, "is_main": true}]));
+                    embedded.insert(
+                        "contacts".into(),
+                        serde_json::json!([{"id": c.0, "is_main": true}]),
+                    );
                 }
                 if let Some(c) = company {
                     embedded.insert("companies".into(), serde_json::json!([{"id": c.0}]));
@@ -128,7 +143,11 @@ pub(crate) async fn apply(client: &AmoClient, ops: &[WriteOp]) -> Vec<OpResult> 
                         status_id: status,
                         price: price.and_then(|p| p.round().to_i64()),
                         responsible_user_id: responsible.map(|u| u.0),
-                        embedded: if embedded.is_empty() { serde_json::Value::Null } else { serde_json::Value::Object(embedded) },
+                        embedded: if embedded.is_empty() {
+                            serde_json::Value::Null
+                        } else {
+                            serde_json::Value::Object(embedded)
+                        },
                         request_id: i.to_string(),
                     },
                 ));
@@ -136,7 +155,15 @@ pub(crate) async fn apply(client: &AmoClient, ops: &[WriteOp]) -> Vec<OpResult> 
         }
     }
     for chunk in new_leads.chunks(MAX_BATCH) {
-        send_batch(client, Method::POST, "api/v4/leads", chunk.to_vec(), true, &mut results).await;
+        send_batch(
+            client,
+            Method::POST,
+            "api/v4/leads",
+            chunk.to_vec(),
+            true,
+            &mut results,
+        )
+        .await;
     }
 
     for chunk in moves.chunks(MAX_BATCH) {

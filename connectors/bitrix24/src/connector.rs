@@ -471,8 +471,9 @@ impl Connector for B24Client {
             let params = json!({"event": event, "handler": handler_url});
             match self.call::<Value>("event.bind", params).await {
                 Ok(_) => {}
-                Err(ConnectorError::Rejected { code: Some(code), .. })
-                    if code == "ERROR_HANDLER_ALREADY_EXIST" => {}
+                Err(ConnectorError::Rejected {
+                    code: Some(code), ..
+                }) if code == "ERROR_HANDLER_ALREADY_EXIST" => {}
                 Err(e) => return Err(e),
             }
         }

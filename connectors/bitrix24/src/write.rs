@@ -84,7 +84,15 @@ pub(crate) fn command_of(i: usize, op: &WriteOp) -> Command {
             };
             batch::command(i, method, &json!({"id": id, "fields": f}))
         }
-        WriteOp::CreateDeal { name, pipeline, stage, contact, company, responsible, price } => {
+        WriteOp::CreateDeal {
+            name,
+            pipeline,
+            stage,
+            contact,
+            company,
+            responsible,
+            price,
+        } => {
             let mut f = Map::new();
             f.insert("TITLE".into(), json!(name));
             f.insert("CATEGORY_ID".into(), json!(pipeline.0));

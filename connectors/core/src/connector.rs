@@ -279,7 +279,9 @@ pub trait Connector: Send + Sync {
     /// `POST /api/v4/webhooks`). Already-bound handlers count as success.
     async fn subscribe(&self, handler_url: &str, events: &[&str]) -> Result<(), ConnectorError> {
         let _ = (handler_url, events);
-        Err(ConnectorError::Unsupported { what: "event subscriptions".into() })
+        Err(ConnectorError::Unsupported {
+            what: "event subscriptions".into(),
+        })
     }
 
     /// How many writes [`Connector::apply`] packs into one request at most.

@@ -68,7 +68,10 @@ pub struct NewLead {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub responsible_user_id: Option<u64>,
     /// Links: `{"contacts":[{"id":..,"is_main":true}],"companies":[{"id":..}]}`.
-    #[serde(rename = "_embedded", skip_serializing_if = "serde_json::Value::is_null")]
+    #[serde(
+        rename = "_embedded",
+        skip_serializing_if = "serde_json::Value::is_null"
+    )]
     pub embedded: serde_json::Value,
     /// Echoed back in the answer.
     pub request_id: String,
