@@ -354,14 +354,14 @@ async fn bench_sync(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if let (Some(start), Some(end)) = (points.iter().find(|p| p.2 >= 48), points.last()) {
-            if end.0 > start.0 {
-                let steady = (end.1 - start.1) as f64 / (end.0 - start.0);
-                println!(
-                    "  steady state     {steady:.0} records/s after the burst, efficiency {:.3}",
-                    steady / ceiling
-                );
-            }
+        if let (Some(start), Some(end)) = (points.iter().find(|p| p.2 >= 48), points.last())
+            && end.0 > start.0
+        {
+            let steady = (end.1 - start.1) as f64 / (end.0 - start.0);
+            println!(
+                "  steady state     {steady:.0} records/s after the burst, efficiency {:.3}",
+                steady / ceiling
+            );
         }
     }
     println!(

@@ -120,7 +120,7 @@ async fn demo_portal(p: &PortalConfig, data_dir: &std::path::Path, quiet: bool) 
         p.id
     );
     let handle = portal::open(p, store.clone())?;
-    let opts = crate::portal::sync_options(&p, true);
+    let opts = crate::portal::sync_options(p, true);
     let report = sync_with_progress(handle.connector.clone(), store.clone(), &opts, quiet).await?;
     print_sync_report(&p.id.0, &report, Some(portal::ceiling_rps(p)));
     Ok(store)

@@ -502,20 +502,19 @@ fn resolve_portal(
         }
     }
     let (mut webhook_secret, mut application_token) = (None, None);
-    if let Some(v) = &raw.webhooks {
-        if let Some(w) = cx.parse::<RawWebhooks>(&format!("{key}.webhooks"), v) {
-            if let Some(var) = w.secret_env {
-                webhook_secret =
-                    secret_from_env(cx, &format!("{key}.webhooks.secret_env"), &var, env);
-            }
-            if let Some(var) = w.application_token_env {
-                application_token = secret_from_env(
-                    cx,
-                    &format!("{key}.webhooks.application_token_env"),
-                    &var,
-                    env,
-                );
-            }
+    if let Some(v) = &raw.webhooks
+        && let Some(w) = cx.parse::<RawWebhooks>(&format!("{key}.webhooks"), v)
+    {
+        if let Some(var) = w.secret_env {
+            webhook_secret = secret_from_env(cx, &format!("{key}.webhooks.secret_env"), &var, env);
+        }
+        if let Some(var) = w.application_token_env {
+            application_token = secret_from_env(
+                cx,
+                &format!("{key}.webhooks.application_token_env"),
+                &var,
+                env,
+            );
         }
     }
     if cx.problems.len() > before {

@@ -91,32 +91,32 @@ pub async fn drain(
         let mut to_send = Vec::with_capacity(due.len());
         let mut settled = Vec::new();
         for mut e in due {
-            if matches!(e.state, ActionState::InFlight { .. }) {
-                if let WriteOp::CreateTask { entity, .. } = &e.action.op {
-                    match conn
-                        .find_task(*entity, &super::marker_for(&e.action.key))
-                        .await
-                    {
-                        Ok(Some(id)) => {
-                            e.state = ActionState::Done {
-                                crm_id: Some(id),
-                                at: Timestamp::now(),
-                            };
-                            report.reconciled += 1;
-                            settled.push(e);
-                            continue;
-                        }
-                        Ok(None) => {}
-                        Err(err) if err.is_retryable() => {
-                            e.last_error = Some(err.to_string());
-                            e.not_before = Some(Timestamp::now() + SignedDuration::from_secs(5));
-                            report.retried += 1;
-                            settled.push(e);
-                            continue;
-                        }
-                        // Unsupported or refused: sending again is the only way forward.
-                        Err(_) => {}
+            if matches!(e.state, ActionState::InFlight { .. })
+                && let WriteOp::CreateTask { entity, .. } = &e.action.op
+            {
+                match conn
+                    .find_task(*entity, &super::marker_for(&e.action.key))
+                    .await
+                {
+                    Ok(Some(id)) => {
+                        e.state = ActionState::Done {
+                            crm_id: Some(id),
+                            at: Timestamp::now(),
+                        };
+                        report.reconciled += 1;
+                        settled.push(e);
+                        continue;
                     }
+                    Ok(None) => {}
+                    Err(err) if err.is_retryable() => {
+                        e.last_error = Some(err.to_string());
+                        e.not_before = Some(Timestamp::now() + SignedDuration::from_secs(5));
+                        report.retried += 1;
+                        settled.push(e);
+                        continue;
+                    }
+                    // Unsupported or refused: sending again is the only way forward.
+                    Err(_) => {}
                 }
             }
             e.state = ActionState::InFlight {

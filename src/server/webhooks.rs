@@ -138,14 +138,13 @@ pub async fn amocrm(
         .store
         .meta(KEY_ACCOUNT)
         .map_err(|e| AppError::unavailable(e.to_string()))?;
-    if let Some(acc) = stored {
-        if account_id.is_some_and(|id| id != acc.id.to_string())
-            || subdomain.is_some_and(|s| s != acc.domain)
-        {
-            return Err(AppError::forbidden(
-                "the payload's account is not this portal's",
-            ));
-        }
+    if let Some(acc) = stored
+        && (account_id.is_some_and(|id| id != acc.id.to_string())
+            || subdomain.is_some_and(|s| s != acc.domain))
+    {
+        return Err(AppError::forbidden(
+            "the payload's account is not this portal's",
+        ));
     }
     store_event(&p, "amocrm", &headers, body).await
 }
@@ -250,12 +249,12 @@ pub async fn bitrix24(
                 "install for domain {domain:?}, not this portal's {portal_host:?}"
             )));
         }
-        if let Some(exp) = &expected {
-            if !ct_eq(token, exp) {
-                return Err(AppError::forbidden(
-                    "application token differs from the installed app's",
-                ));
-            }
+        if let Some(exp) = &expected
+            && !ct_eq(token, exp)
+        {
+            return Err(AppError::forbidden(
+                "application token differs from the installed app's",
+            ));
         }
         let token = SecretString::from(token.to_owned());
         let store = p.store.clone();

@@ -158,10 +158,10 @@ impl Reactor {
         ctx: &WorkerCtx,
     ) -> Result<Arc<Prepared>, ProcessError> {
         let mut guard = self.cached.lock().await;
-        if let Some((at, prep)) = guard.as_ref() {
-            if at.elapsed() < Self::TTL {
-                return Ok(prep.clone());
-            }
+        if let Some((at, prep)) = guard.as_ref()
+            && at.elapsed() < Self::TTL
+        {
+            return Ok(prep.clone());
         }
         let rules = crate::writeback::resolve_rules(
             &p.cfg,

@@ -329,10 +329,10 @@ pub async fn sync_portal(
             Ok(counts) => {
                 deals.deleted = counts.get(&EntityKind::Deals).copied().unwrap_or(0);
                 for (kind, n) in counts {
-                    if kind != EntityKind::Deals {
-                        if let Some(r) = report.kinds.get_mut(&kind) {
-                            r.deleted += n;
-                        }
+                    if kind != EntityKind::Deals
+                        && let Some(r) = report.kinds.get_mut(&kind)
+                    {
+                        r.deleted += n;
                     }
                 }
             }

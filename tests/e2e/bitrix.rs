@@ -252,10 +252,10 @@ async fn bitrix24_app_install_binds_handlers_and_events_update_the_cache() {
     assert_eq!(status, 200, "{text}");
     let started = std::time::Instant::now();
     loop {
-        if let Some(d) = store.get::<Deal>(deal).unwrap() {
-            if d.amount.as_ref().map(|m| m.amount) == Some(rust_decimal::Decimal::new(4242_00, 2)) {
-                break;
-            }
+        if let Some(d) = store.get::<Deal>(deal).unwrap()
+            && d.amount.as_ref().map(|m| m.amount) == Some(rust_decimal::Decimal::new(4242_00, 2))
+        {
+            break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(5),

@@ -453,10 +453,10 @@ fn spawn_serve(config: &std::path::Path, log: &std::path::Path) -> ServeProcess 
 
 async fn wait_ready(url: &str) {
     for _ in 0..200 {
-        if let Ok(r) = reqwest::get(format!("{url}/readyz")).await {
-            if r.status() == 200 {
-                return;
-            }
+        if let Ok(r) = reqwest::get(format!("{url}/readyz")).await
+            && r.status() == 200
+        {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -558,10 +558,9 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook_and_logs_no_sec
                     .body(body)
                     .send()
                     .await
+                    && r.status() == 200
                 {
-                    if r.status() == 200 {
-                        acked.lock().unwrap().push(id);
-                    }
+                    acked.lock().unwrap().push(id);
                 }
             }
         }));
