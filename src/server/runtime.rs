@@ -42,7 +42,9 @@ pub fn spawn_all(
         tracker.spawn(schedule_loop(
             p.clone(),
             handle.connector,
+            handle.tokens,
             settings.clone(),
+            playbooks_dir.clone(),
             cancel.clone(),
         ));
     }
@@ -82,16 +84,65 @@ fn jitter(base: Duration) -> Duration {
     base.mul_f64(0.8 + 0.4 * rand::random::<f64>())
 }
 
+/// Meta key: the local date of the last daily planning run.
+const KEY_DAILY_PLANNED: &str = "daily_planned_on";
+
+/// Publishes the connector's traffic counters and token refreshes as metrics.
+fn export_metrics(p: &PortalRuntime, conn: &dyn Connector, tokens: &rebuy_core::TokenManager) {
+    let id = p.cfg.id.0.clone();
+    let st = conn.stats();
+    metrics::gauge!("rebuy_crm_requests", "portal" => id.clone()).set(st.requests as f64);
+    metrics::gauge!("rebuy_crm_rate_limited", "portal" => id.clone()).set(st.rate_limited as f64);
+    metrics::gauge!("rebuy_crm_transient_failures", "portal" => id.clone())
+        .set(st.transient as f64);
+    metrics::gauge!("rebuy_crm_retries", "portal" => id.clone()).set(st.retries as f64);
+    metrics::gauge!("rebuy_token_refreshes", "portal" => id).set(tokens.refreshes() as f64);
+}
+
+/// The daily run at `daily_hour` local time: plan the playbooks (funnel moves, touches,
+/// segment fields) and commit them to the outbox, once per local day. Returns whether it ran.
+pub async fn daily_planning(
+    p: &PortalRuntime,
+    conn: &dyn Connector,
+    s: &ServerSettings,
+    playbooks_dir: Option<&std::path::Path>,
+) -> anyhow::Result<bool> {
+    if p.cfg.mapping.is_null() {
+        return Ok(false);
+    }
+    let now = jiff::Timestamp::now();
+    let local = now.to_zoned(p.cfg.time_zone.clone());
+    if local.hour() < i8::try_from(s.daily_hour).unwrap_or(9) {
+        return Ok(false);
+    }
+    let today = local.date().to_string();
+    let last: Option<String> = p.store.meta(KEY_DAILY_PLANNED)?;
+    if last.as_deref() == Some(today.as_str()) {
+        return Ok(false);
+    }
+    let plan =
+        crate::writeback::plan_portal(&p.cfg, &p.store, Some(conn), playbooks_dir, now).await?;
+    let n = plan.actions.len();
+    let store = p.store.clone();
+    let added = tokio::task::spawn_blocking(move || store.outbox_enqueue(plan.actions)).await??;
+    p.store.set_meta(KEY_DAILY_PLANNED, &today)?;
+    tracing::info!(portal = %p.cfg.id, planned = n, new = added.added, "Daily planning done.");
+    Ok(true)
+}
+
 async fn schedule_loop(
     p: PortalRuntime,
     conn: Arc<dyn Connector>,
+    tokens: Arc<rebuy_core::TokenManager>,
     s: ServerSettings,
+    playbooks_dir: Option<std::path::PathBuf>,
     cancel: CancellationToken,
 ) {
     let sync_every = Duration::from_secs(s.sync_interval_mins.max(1) * 60);
     let drain_every = Duration::from_secs(s.outbox_interval_secs.max(1));
     // First sync soon after start, spread over a minute.
     let mut next_sync = tokio::time::Instant::now() + jitter(Duration::from_secs(30));
+    let mut synced_once = false;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -106,6 +157,13 @@ async fn schedule_loop(
         if let Err(e) = report {
             tracing::warn!(portal = %p.cfg.id, error = %e, "Outbox drain failed.");
         }
+        export_metrics(&p, conn.as_ref(), &tokens);
+        // The daily planning follows a sync of this process, so it plans on fresh data.
+        if synced_once {
+            if let Err(e) = daily_planning(&p, conn.as_ref(), &s, playbooks_dir.as_deref()).await {
+                tracing::warn!(portal = %p.cfg.id, error = %format!("{e:#}"), "Daily planning failed.");
+            }
+        }
         if tokio::time::Instant::now() >= next_sync {
             let opts = crate::portal::sync_options(&p.cfg, false);
             let started = std::time::Instant::now();
@@ -118,6 +176,7 @@ async fn schedule_loop(
             .await
             {
                 Ok(r) => {
+                    synced_once = true;
                     metrics::histogram!("rebuy_sync_duration_seconds", "portal" => p.cfg.id.0.clone())
                         .record(started.elapsed().as_secs_f64());
                     tracing::info!(portal = %p.cfg.id, records = r.records(), "Incremental sync done.");

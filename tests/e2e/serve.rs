@@ -723,3 +723,48 @@ async fn amocrm_new_lead_of_a_past_customer_is_moved_and_tasked_within_5_s() {
     eprintln!("amoCRM repeat lead routed in {latency:?}");
     srv.cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_planning_runs_once_per_local_day_and_fills_the_outbox() {
+    let env = amo_env(amo_config(91, 150, 450)).await;
+    sync(&env, true).await.unwrap();
+    let mut cfg = routing_config(env.dir.path(), &env.emu.base_url, "test");
+    cfg.portals[0].mapping = serde_json::json!({
+        "repeat_pipeline": "Повторные продажи",
+        "fields": {"entity": "contacts", "rfm_segment": "Сегмент"},
+    });
+    cfg.server.daily_hour = 0;
+    drop(env.store);
+    let state = AppState::new(&cfg, true).unwrap();
+    let p = state.portal("test").unwrap().clone();
+    let conn = rebuy::portal::open(&p.cfg, p.store.clone())
+        .unwrap()
+        .connector;
+    let ran = runtime::daily_planning(&p, conn.as_ref(), &cfg.server, None)
+        .await
+        .unwrap();
+    assert!(ran, "the first run of the day plans");
+    let planned = p.store.outbox_counts().unwrap();
+    let expected = rebuy::writeback::plan_portal(
+        &p.cfg,
+        &p.store,
+        Some(conn.as_ref()),
+        None,
+        jiff::Timestamp::now(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !expected.actions.is_empty(),
+        "the playbooks plan something on this base"
+    );
+    assert_eq!(
+        planned.pending,
+        expected.actions.len() as u64,
+        "every planned action is in the outbox"
+    );
+    let again = runtime::daily_planning(&p, conn.as_ref(), &cfg.server, None)
+        .await
+        .unwrap();
+    assert!(!again, "once per local day");
+}
