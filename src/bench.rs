@@ -62,9 +62,12 @@ pub enum BenchCommand {
         /// Actions to send.
         #[arg(long, default_value_t = 10_000)]
         actions: usize,
-        /// The emulator's (and the connector's) limit, requests/s.
-        #[arg(long, default_value_t = 7)]
-        rate: u32,
+        /// The emulator's (and the connector's) limit, requests/s (Bitrix24: the drain).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Which CRM: amocrm (bulk arrays) or bitrix24 (`batch` of 50).
+        #[arg(long, default_value = "amocrm")]
+        crm: String,
     },
     /// Latency from a CRM webhook to the routed task in the emulated amoCRM: new leads of past
     /// buyers at a fixed rate; the emulator delivers its webhooks to an in-process server.
@@ -167,8 +170,15 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             print!("{report}");
             Ok(())
         }
-        BenchCommand::Apply { actions, rate } => {
-            print!("{}", crate::writeback::bench_apply(actions, rate).await?);
+        BenchCommand::Apply { actions, rate, crm } => {
+            match crm.as_str() {
+                "amocrm" => print!(
+                    "{}",
+                    crate::writeback::bench_apply(actions, rate.unwrap_or(7)).await?
+                ),
+                "bitrix24" => bench_apply_b24(actions, rate.unwrap_or(2)).await?,
+                other => bail!("unknown CRM {other:?}: expected amocrm or bitrix24"),
+            }
             Ok(())
         }
         BenchCommand::Route {
@@ -754,5 +764,86 @@ print(f"{el} {p['r']} {p['alpha']} {p['a']} {p['b']}")
         ),
         Err(e) => println!("  lifetimes: not run (python3: {e})"),
     }
+    Ok(())
+}
+
+/// 10k tasks through the outbox into the Bitrix24 emulator: packed into `batch` requests of
+/// 50 `crm.activity.todo.add` commands, at the leaky bucket's drain rate.
+async fn bench_apply_b24(actions: usize, rate: u32) -> Result<()> {
+    use rebuy_emulator::bitrix24::{B24Config, B24Emulator};
+    let mut cfg = B24Config::default();
+    cfg.seed.contacts = 1_000;
+    cfg.seed.deals = 3_000;
+    cfg.drain_per_sec = f64::from(rate);
+    let emu = B24Emulator::spawn(cfg.clone()).await?;
+    let mut p = crate::demo::emulator_b24_portal("bench", &emu.base_url, &cfg)?;
+    p.requests_per_sec = Some(rate);
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path(), &p.id)?;
+    authorize_automatically(&p, &store).await?;
+    let handle = portal::open(&p, store.clone())?;
+    let deals: Vec<(u64, u64)> = emu
+        .emulator
+        .with_data(|d| d.deals.values().map(|x| (x.id, x.assigned_by_id)).collect());
+    let due = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+    let list: Vec<crate::outbox::Action> = (0..actions)
+        .map(|i| {
+            let (deal, user) = deals[i % deals.len()];
+            crate::outbox::Action {
+                key: format!("bench/bench.touch/deal:{deal}/{i}"),
+                op: rebuy_core::WriteOp::CreateTask {
+                    entity: rebuy_core::EntityRef::Deal(rebuy_core::DealId(deal)),
+                    responsible: rebuy_core::UserId(user),
+                    text: format!("Касание {i}"),
+                    due,
+                    kind: rebuy_core::TaskKind::Call,
+                },
+                rule: "bench.touch".into(),
+                customer: format!("deal:{deal}"),
+                summary: String::new(),
+            }
+        })
+        .collect();
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.outbox_enqueue(list)).await??;
+    let before = handle.connector.stats();
+    let r = crate::writeback::drain_all(
+        handle.connector.as_ref(),
+        &store,
+        &crate::outbox::DrainOptions::default(),
+        Duration::from_secs(120),
+    )
+    .await?;
+    let after = handle.connector.stats();
+    let secs = r.elapsed.as_secs_f64().max(1e-3);
+    let sent = r.drain.done + r.drain.failed;
+    let requests = after.requests - before.requests;
+    let landed = emu
+        .emulator
+        .writes()
+        .iter()
+        .filter(|w| w.method == "crm.activity.todo.add")
+        .count();
+    let ceiling = f64::from(rate) * 50.0;
+    println!(
+        "bench apply: {actions} to-dos through the outbox into the Bitrix24 emulator at {rate} req/s (bucket 50)"
+    );
+    println!(
+        "  send             {secs:.1} s, {} done, {} failed, {landed} landed in the emulator",
+        r.drain.done, r.drain.failed
+    );
+    println!(
+        "  requests         {requests} ({:.2}/s, QUERY_LIMIT_EXCEEDED seen {})",
+        requests as f64 / secs,
+        after.rate_limited - before.rate_limited
+    );
+    println!(
+        "  actions/request  {:.1} (batch of up to 50)",
+        sent as f64 / requests.max(1) as f64
+    );
+    println!(
+        "  actions/s        {:.0} (ceiling {ceiling:.0} after the burst)",
+        sent as f64 / secs
+    );
     Ok(())
 }
