@@ -530,7 +530,7 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook_and_logs_no_sec
         let l = d.leads.values().next().unwrap();
         (l.contacts[0].id, l.pipeline_id, l.status_id)
     });
-    let leads: Vec<u64> = (0..400)
+    let leads: Vec<u64> = (0..1200)
         .map(|i| {
             emu.emulator
                 .add_lead(contact, 1000 + i, pipeline, status)
@@ -540,7 +540,7 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook_and_logs_no_sec
     let hook = format!("{url}/hooks/amocrm/shop/{HOOK_SECRET}");
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut senders = Vec::new();
-    for chunk in leads.chunks(100) {
+    for chunk in leads.chunks(300) {
         let chunk = chunk.to_vec();
         let hook = hook.clone();
         let acked = acked.clone();
@@ -565,7 +565,11 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook_and_logs_no_sec
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Kill once the load is well under way (whatever the machine's speed).
+    let wait = std::time::Instant::now();
+    while acked.lock().unwrap().len() < 60 && wait.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     server.0.kill().unwrap(); // SIGKILL: no shutdown, no flush
     server.0.wait().unwrap();
     for s in senders {
