@@ -37,12 +37,15 @@ pub fn spawn_all(
                 .map(|u| format!("{}/hooks/bitrix24/{}", u.trim_end_matches('/'), p.cfg.id)),
             playbooks_dir: playbooks_dir.clone(),
             reactor: Arc::default(),
+            replan: Arc::default(),
         };
+        let replan = ctx.replan.clone();
         tracker.spawn(inbox_loop(p.clone(), ctx, cancel.clone()));
         tracker.spawn(schedule_loop(
             p.clone(),
             handle.connector,
             handle.tokens,
+            replan,
             settings.clone(),
             playbooks_dir.clone(),
             cancel.clone(),
@@ -130,10 +133,30 @@ pub async fn daily_planning(
     Ok(true)
 }
 
+/// Plans the portal now and commits the actions to the outbox (the scheduler drains it).
+pub async fn replan_now(
+    p: &PortalRuntime,
+    conn: &dyn Connector,
+    playbooks_dir: Option<&std::path::Path>,
+) -> anyhow::Result<u64> {
+    let plan = crate::writeback::plan_portal(
+        &p.cfg,
+        &p.store,
+        Some(conn),
+        playbooks_dir,
+        jiff::Timestamp::now(),
+    )
+    .await?;
+    let store = p.store.clone();
+    let added = tokio::task::spawn_blocking(move || store.outbox_enqueue(plan.actions)).await??;
+    Ok(added.added)
+}
+
 async fn schedule_loop(
     p: PortalRuntime,
     conn: Arc<dyn Connector>,
     tokens: Arc<rebuy_core::TokenManager>,
+    replan: Arc<std::sync::atomic::AtomicBool>,
     s: ServerSettings,
     playbooks_dir: Option<std::path::PathBuf>,
     cancel: CancellationToken,
@@ -143,6 +166,7 @@ async fn schedule_loop(
     // First sync soon after start, spread over a minute.
     let mut next_sync = tokio::time::Instant::now() + jitter(Duration::from_secs(30));
     let mut synced_once = false;
+    let mut last_replan: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -158,6 +182,22 @@ async fn schedule_loop(
             tracing::warn!(portal = %p.cfg.id, error = %e, "Outbox drain failed.");
         }
         export_metrics(&p, conn.as_ref(), &tokens);
+        // A won deal arrived by webhook: schedule its touches now (at most once a minute).
+        if !p.cfg.mapping.is_null()
+            && last_replan
+                .is_none_or(|t: tokio::time::Instant| t.elapsed() >= Duration::from_secs(60))
+            && replan.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            last_replan = Some(tokio::time::Instant::now());
+            match replan_now(&p, conn.as_ref(), playbooks_dir.as_deref()).await {
+                Ok(n) => {
+                    tracing::info!(portal = %p.cfg.id, new = n, "Re-planned after a won deal.")
+                }
+                Err(e) => {
+                    tracing::warn!(portal = %p.cfg.id, error = %format!("{e:#}"), "Re-planning failed.")
+                }
+            }
+        }
         // The daily planning follows a sync of this process, so it plans on fresh data.
         if synced_once {
             if let Err(e) = daily_planning(&p, conn.as_ref(), &s, playbooks_dir.as_deref()).await {

@@ -287,6 +287,9 @@ pub struct WorkerCtx {
     pub playbooks_dir: Option<std::path::PathBuf>,
     /// Real-time routing state.
     pub reactor: Arc<Reactor>,
+    /// Set when a deal was won: the scheduler re-plans the portal's touches within seconds
+    /// (debounced), so after-purchase schedules do not wait for the daily run.
+    pub replan: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Applies changes to the cache, fetching upserted records from the CRM.
@@ -325,6 +328,9 @@ pub async fn apply_changes(
             }
             Change::Upsert(EntityKind::Deals, id) => match conn.deal(DealId(*id)).await? {
                 Some(deal) => {
+                    if deal.state == rebuy_core::DealState::Won {
+                        ctx.replan.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
                     let stored = deal.clone();
                     blocking(store, move |s| s.write(|w| w.put_all(&[stored]))).await?;
                     // A reaction that cannot be planned (no mapping yet, cache never synced)

@@ -772,3 +772,56 @@ async fn daily_planning_runs_once_per_local_day_and_fills_the_outbox() {
         .unwrap();
     assert!(!again, "once per local day");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deal_won_by_webhook_gets_its_after_purchase_touches_within_seconds() {
+    let env = amo_env(amo_config(93, 150, 450)).await;
+    sync(&env, true).await.unwrap();
+    let mut cfg = routing_config(env.dir.path(), &env.emu.base_url, "test");
+    cfg.portals[0].mapping = serde_json::json!({"playbooks": ["car_dealer"]});
+    cfg.server.outbox_interval_secs = 1;
+    drop(env.store);
+    let srv = start_server(&cfg, true).await;
+    let emu = env.emu.emulator.clone();
+    emu.register_webhook(
+        &format!("{}/hooks/amocrm/test/{HOOK_SECRET}", srv.url),
+        &["add_lead", "update_lead", "status_lead"],
+    );
+    // An open lead of some contact is won now.
+    let (lead, pipeline) = emu.with_data(|d| {
+        let l = d
+            .leads
+            .values()
+            .find(|l| l.status_id != 142 && l.status_id != 143 && !l.contacts.is_empty())
+            .unwrap();
+        (l.id, l.pipeline_id)
+    });
+    assert!(emu.update_lead(lead, Some(250_000), Some((pipeline, 142))));
+    let store = srv.state.portal("test").unwrap().store.clone();
+    let started = std::time::Instant::now();
+    loop {
+        let touches = store
+            .outbox_all()
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action.rule == "car_dealer.satisfaction" && matches!(&e.action.op, rebuy_core::WriteOp::CreateTask { entity, .. } if *entity == rebuy_core::EntityRef::Deal(rebuy_core::DealId(lead))))
+            .count();
+        if touches == 1 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            let all = store.outbox_all().unwrap();
+            let sample: Vec<String> = all
+                .iter()
+                .take(5)
+                .map(|e| format!("{} {} {:?}", e.action.key, e.action.rule, e.action.op))
+                .collect();
+            panic!(
+                "no after-purchase touch for lead {lead} within 15 s; outbox has {}: {sample:#?}",
+                all.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    srv.cancel.cancel();
+}
