@@ -169,24 +169,7 @@ fn http_client(settings: &AmoSettings) -> Result<reqwest::Client, ConnectorError
         })
 }
 
-/// A failure of the OAuth HTTP adapter.
-#[derive(Debug, thiserror::Error)]
-pub enum OAuthHttpError {
-    /// The request did not get an answer (connection, timeout).
-    #[error("token request failed: {0}")]
-    Transport(#[source] reqwest::Error),
-    /// The token endpoint answered something other than 200.
-    #[error("token endpoint answered {status}")]
-    Status {
-        /// HTTP status.
-        status: http::StatusCode,
-        /// The body, kept for classification.
-        body: Vec<u8>,
-    },
-    /// The answer could not be rebuilt as an `http` response.
-    #[error("token response: {0}")]
-    Build(String),
-}
+pub use rebuy_core::oauth::OAuthHttpError;
 
 /// The `oauth2` HTTP client: sends the crate's form-encoded grant as a JSON object.
 async fn send(
@@ -203,12 +186,12 @@ async fn send(
         .json(&grant)
         .send()
         .await
-        .map_err(OAuthHttpError::Transport)?;
+        .map_err(|e| OAuthHttpError::Transport(e.to_string()))?;
     let status = resp.status();
     let body = resp
         .bytes()
         .await
-        .map_err(OAuthHttpError::Transport)?
+        .map_err(|e| OAuthHttpError::Transport(e.to_string()))?
         .to_vec();
     if status != http::StatusCode::OK {
         return Err(OAuthHttpError::Status { status, body });
@@ -223,38 +206,7 @@ async fn send(
 }
 
 fn token_error(e: RequestTokenError<OAuthHttpError, BasicErrorResponse>) -> ConnectorError {
-    match e {
-        RequestTokenError::Request(OAuthHttpError::Transport(e)) => ConnectorError::Transient {
-            message: format!("token endpoint: {e}"),
-        },
-        RequestTokenError::Request(OAuthHttpError::Status { status, body }) => {
-            classify_token_error(status, &body)
-        }
-        RequestTokenError::Request(e @ OAuthHttpError::Build(_)) => ConnectorError::Transient {
-            message: e.to_string(),
-        },
-        RequestTokenError::Parse(e, _body) => {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if inner.classify() == serde_json::error::Category::Eof {
-                ConnectorError::Transient {
-                    message: format!("truncated token response at {path}: {inner}"),
-                }
-            } else {
-                ConnectorError::Invalid {
-                    path,
-                    message: format!("token response: {inner}"),
-                }
-            }
-        }
-        RequestTokenError::ServerResponse(r) => ConnectorError::NeedsReauth {
-            message: r.to_string(),
-        },
-        RequestTokenError::Other(m) => ConnectorError::Invalid {
-            path: "token response".into(),
-            message: m,
-        },
-    }
+    rebuy_core::oauth::token_error(e, classify_token_error)
 }
 
 /// Classifies a non-200 answer of `/oauth2/access_token`.

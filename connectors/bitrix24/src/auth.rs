@@ -210,24 +210,7 @@ fn http_client(settings: &B24Settings) -> Result<reqwest::Client, ConnectorError
         })
 }
 
-/// A failure of the OAuth HTTP adapter.
-#[derive(Debug, thiserror::Error)]
-pub enum OAuthHttpError {
-    /// No answer (connection, timeout).
-    #[error("token request failed: {0}")]
-    Transport(#[source] reqwest::Error),
-    /// The token endpoint answered something other than 200.
-    #[error("token endpoint answered {status}")]
-    Status {
-        /// HTTP status.
-        status: http::StatusCode,
-        /// The body, kept for classification.
-        body: Vec<u8>,
-    },
-    /// The answer could not be rebuilt.
-    #[error("token response: {0}")]
-    Build(String),
-}
+pub use rebuy_core::oauth::OAuthHttpError;
 
 /// The `oauth2` HTTP client: form `POST` -> `GET` with the same fields in the query.
 async fn send(
@@ -244,12 +227,12 @@ async fn send(
         .header(http::header::ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| OAuthHttpError::Transport(e.without_url()))?;
+        .map_err(|e| OAuthHttpError::Transport(e.without_url().to_string()))?;
     let status = resp.status();
     let body = resp
         .bytes()
         .await
-        .map_err(|e| OAuthHttpError::Transport(e.without_url()))?
+        .map_err(|e| OAuthHttpError::Transport(e.without_url().to_string()))?
         .to_vec();
     if status != http::StatusCode::OK {
         return Err(OAuthHttpError::Status { status, body });
@@ -271,38 +254,7 @@ async fn send(
 }
 
 fn token_error(e: RequestTokenError<OAuthHttpError, BasicErrorResponse>) -> ConnectorError {
-    match e {
-        RequestTokenError::Request(OAuthHttpError::Transport(e)) => ConnectorError::Transient {
-            message: format!("token endpoint: {e}"),
-        },
-        RequestTokenError::Request(OAuthHttpError::Status { status, body }) => {
-            classify_token_error(status, &body)
-        }
-        RequestTokenError::Request(e @ OAuthHttpError::Build(_)) => ConnectorError::Transient {
-            message: e.to_string(),
-        },
-        RequestTokenError::Parse(e, _) => {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if inner.classify() == serde_json::error::Category::Eof {
-                ConnectorError::Transient {
-                    message: format!("truncated token response at {path}: {inner}"),
-                }
-            } else {
-                ConnectorError::Invalid {
-                    path,
-                    message: format!("token response: {inner}"),
-                }
-            }
-        }
-        RequestTokenError::ServerResponse(r) => ConnectorError::NeedsReauth {
-            message: r.to_string(),
-        },
-        RequestTokenError::Other(m) => ConnectorError::Invalid {
-            path: "token response".into(),
-            message: m,
-        },
-    }
+    rebuy_core::oauth::token_error(e, classify_token_error)
 }
 
 /// Classifies a non-200 answer of the token endpoint.

@@ -10,6 +10,7 @@
 //!   [`Cursor`] for streamed, resumable listing, and the write operations ([`WriteOp`]).
 //! - [`error`]: [`ConnectorError`], classified for the retry policy, and the pure
 //!   [`retry::decide`] function.
+//! - [`oauth`]: the OAuth adapter error both connectors share and its classification.
 //! - [`auth`]: tokens ([`TokenSet`]), the [`TokenStore`] the sidecar implements on its redb store,
 //!   and [`TokenManager`], the single-flight refresh coordinator both connectors use.
 //!
@@ -23,6 +24,7 @@ pub mod error;
 pub mod ids;
 pub mod model;
 pub mod money;
+pub mod oauth;
 pub mod phone;
 pub mod retry;
 
