@@ -465,7 +465,9 @@ pub async fn sync_with_progress(
 }
 
 /// Prints a sync report.
-pub fn print_sync_report(portal: &str, r: &sync::SyncReport, ceiling_rps: Option<u32>) {
+/// `burst` is the CRM's allowance of requests above the rate (Bitrix24's bucket: 50; amoCRM: 0):
+/// a run that fits in it is reported as such, not as a share of the per-second ceiling.
+pub fn print_sync_report(portal: &str, r: &sync::SyncReport, ceiling_rps: Option<u32>, burst: u64) {
     let secs = r.elapsed.as_secs_f64().max(1e-3);
     println!("portal {portal}: synced in {:.1} s", secs);
     for (kind, k) in &r.kinds {
@@ -492,6 +494,9 @@ pub fn print_sync_report(portal: &str, r: &sync::SyncReport, ceiling_rps: Option
         r.records() as f64 / secs
     );
     match ceiling_rps {
+        Some(_) if burst > 0 && r.traffic.requests <= burst => {
+            println!(", within the CRM's burst of {burst} requests")
+        }
         Some(c) => println!(
             ", {:.0}% of the {c} req/s ceiling used",
             100.0 * rps / f64::from(c)
@@ -516,7 +521,7 @@ async fn cmd_sync(cfg: &Config, args: &SyncArgs) -> Result<ExitCode> {
                 let handle = portal::open(&p, store.clone())?;
                 let ceiling = portal::ceiling_rps(&p);
                 let report = sync_with_progress(handle.connector, store, &opts, quiet).await?;
-                print_sync_report(&id, &report, Some(ceiling));
+                print_sync_report(&id, &report, Some(ceiling), portal::burst_requests(&p));
                 Ok(())
             }
             .await;

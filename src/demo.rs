@@ -122,7 +122,12 @@ async fn demo_portal(p: &PortalConfig, data_dir: &std::path::Path, quiet: bool) 
     let handle = portal::open(p, store.clone())?;
     let opts = crate::portal::sync_options(p, true);
     let report = sync_with_progress(handle.connector.clone(), store.clone(), &opts, quiet).await?;
-    print_sync_report(&p.id.0, &report, Some(portal::ceiling_rps(p)));
+    print_sync_report(
+        &p.id.0,
+        &report,
+        Some(portal::ceiling_rps(p)),
+        portal::burst_requests(p),
+    );
     Ok(store)
 }
 

@@ -21,6 +21,15 @@ pub fn ceiling_rps(p: &PortalConfig) -> u32 {
     })
 }
 
+/// Requests a CRM allows at once above its rate: Bitrix24's leaky bucket holds 50; amoCRM's
+/// limiter here runs without a burst.
+pub fn burst_requests(p: &PortalConfig) -> u64 {
+    match p.kind {
+        CrmKind::Amocrm => 0,
+        CrmKind::Bitrix24 => 50,
+    }
+}
+
 /// Records one request of the ceiling can carry: amoCRM pages hold 250 records, a Bitrix24
 /// `batch` holds 50 list calls of 50 rows.
 pub fn records_per_request(p: &PortalConfig) -> u32 {

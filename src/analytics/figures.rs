@@ -136,7 +136,10 @@ pub struct Figures {
     pub active_at_start: u64,
     /// Customers active at the period end.
     pub active_at_end: u64,
-    /// Customer retention rate (active_at_end - new_customers) / active_at_start.
+    /// Customer retention rate (E - N) / S after domain.md, with the three counted on one
+    /// footing: S = active at the period start, E = active at its end, N = customers new in
+    /// the period *and* active at its end (a new customer who already went to sleep is in
+    /// neither E nor N, so the rate cannot go negative through mismatched populations).
     pub crr: Option<f64>,
     /// Every customer up to the analysis date.
     pub customers_total: u64,
@@ -182,6 +185,7 @@ pub(crate) fn compute(
     let repeat_revenue: Decimal = cores.iter().map(|c| c.fig.repeat_revenue).sum();
     let active_at_start = count(|c| c.fig.active_start);
     let active_at_end = count(|c| c.fig.active_end);
+    let new_and_active_at_end = count(|c| c.fig.new && c.fig.active_end);
     let revenue_total: Decimal = cores.iter().map(|c| c.revenue).sum();
     let customers_total = cores.len() as u64;
 
@@ -248,8 +252,9 @@ pub(crate) fn compute(
         repeat_revenue_share: (revenue > Decimal::ZERO).then(|| ratio(repeat_revenue, revenue)),
         active_at_start,
         active_at_end,
-        crr: (active_at_start > 0)
-            .then(|| (active_at_end as f64 - new_customers as f64) / active_at_start as f64),
+        crr: (active_at_start > 0).then(|| {
+            (active_at_end as f64 - new_and_active_at_end as f64) / active_at_start as f64
+        }),
         customers_total,
         revenue_total,
         historical_ltv: (customers_total > 0)

@@ -739,3 +739,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn crr_counts_new_customers_who_went_to_sleep_in_neither_end_nor_new() {
+    let contacts: Vec<Contact> = (1..=3)
+        .map(|i| contact(i, "x", &[], &[], "2022-01-01"))
+        .collect();
+    let deals = [
+        // 1: active at the start and at the end: retained.
+        won(1, 1, "2023-12-01", dec!(100)),
+        won(2, 1, "2024-12-01", dec!(100)),
+        // 2: active at the start, gone by the end.
+        won(3, 2, "2023-12-15", dec!(100)),
+        // 3: new early in the period, asleep by its end.
+        won(4, 3, "2024-01-15", dec!(100)),
+    ];
+    let s = Settings {
+        period_days: 366,
+        ..Settings::default()
+    };
+    let (_, a) = run(&s, &contacts, &[], &deals, "2024-12-31");
+    let f = &a.figures;
+    assert_eq!(
+        (f.active_at_start, f.active_at_end, f.new_customers),
+        (2, 1, 1)
+    );
+    // One of the two customers of the start is still active: 50%, not (1 - 1) / 2 = 0.
+    assert_eq!(f.crr, Some(0.5));
+}
