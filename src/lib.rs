@@ -17,7 +17,8 @@
 //! - [`writeback`]: cache + analysis + playbooks -> plan -> outbox; `plan`, `apply`, `mapping`.
 //! - [`outbox`]: the durable write-back queue: actions committed before they are sent, sent
 //!   once, marked done with the CRM's id.
-//! - [`server`]: `rebuy serve`: webhooks into a durable inbox, health and metrics.
+//! - [`server`]: `rebuy serve`: webhooks into a durable inbox, real-time repeat routing, OAuth
+//!   endpoints, the per-portal scheduler, health and metrics.
 //! - [`ui`]: the `/ui` dashboard of `rebuy serve` (portals, figures, RFM, segments, touches).
 //! - [`failpoint`]: named crash points for the crash-safety tests.
 //! - [`demo`], [`bench`]: the built-in demo and the benchmark commands.
