@@ -122,7 +122,7 @@ pub fn write_segments<'a>(
             let mut w = csv::Writer::from_writer(out);
             w.write_record(COLUMNS)?;
             for r in rows {
-                w.write_record(cells(r))?;
+                w.write_record(cells(r).iter().map(|c| csv_safe(c).into_owned()))?;
             }
             w.flush()
         }
@@ -403,5 +403,43 @@ mod tests {
             ],
         );
         assert_eq!(t, "name  n\n--------\nВода   5\nab    10\n");
+    }
+}
+
+/// Neutralises a CSV cell a spreadsheet would run as a formula (CRM names are typed by anyone):
+/// a leading `=`, `@`, tab or carriage return, or a `+`/`-` not followed by a number, gets a
+/// `'` in front. Phones such as `+79123456789` and negative numbers stay as they are.
+pub fn csv_safe(cell: &str) -> std::borrow::Cow<'_, str> {
+    let risky = match cell.chars().next() {
+        Some('=' | '@' | '\t' | '\r') => true,
+        Some('+' | '-') => {
+            !cell[1..]
+                .chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, '.' | ',' | ' '))
+                || cell.len() == 1
+        }
+        _ => false,
+    };
+    if risky {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    }
+}
+
+#[cfg(test)]
+mod csv_safe_tests {
+    use super::csv_safe;
+
+    #[test]
+    fn formulas_are_neutralised_and_phones_kept() {
+        assert_eq!(csv_safe("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(csv_safe("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_safe("+cmd|' /C calc'!A0"), "'+cmd|' /C calc'!A0");
+        assert_eq!(csv_safe("-2+3"), "'-2+3");
+        assert_eq!(csv_safe("+79123456789"), "+79123456789");
+        assert_eq!(csv_safe("-12.5"), "-12.5");
+        assert_eq!(csv_safe("Иван Петров"), "Иван Петров");
+        assert_eq!(csv_safe(""), "");
     }
 }
