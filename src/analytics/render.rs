@@ -410,14 +410,20 @@ mod tests {
 /// a leading `=`, `@`, tab or carriage return, or a `+`/`-` not followed by a number, gets a
 /// `'` in front. Phones such as `+79123456789` and negative numbers stay as they are.
 pub fn csv_safe(cell: &str) -> std::borrow::Cow<'_, str> {
-    let risky = match cell.chars().next() {
-        Some('=' | '@' | '\t' | '\r') => true,
-        Some('+' | '-') => {
-            !cell[1..]
+    // A list of phones (`+7912...;+7913...`) is data: each `;`-part is checked on its own.
+    let number = |part: &str| {
+        let rest = &part[1..];
+        !rest.is_empty()
+            && rest
                 .chars()
                 .all(|c| c.is_ascii_digit() || matches!(c, '.' | ',' | ' '))
-                || cell.len() == 1
-        }
+    };
+    let risky = match cell.chars().next() {
+        Some('=' | '@' | '\t' | '\r') => true,
+        Some('+' | '-') => !cell
+            .split(';')
+            .map(str::trim)
+            .all(|p| p.starts_with(['+', '-']) && number(p)),
         _ => false,
     };
     if risky {
@@ -438,6 +444,11 @@ mod csv_safe_tests {
         assert_eq!(csv_safe("+cmd|' /C calc'!A0"), "'+cmd|' /C calc'!A0");
         assert_eq!(csv_safe("-2+3"), "'-2+3");
         assert_eq!(csv_safe("+79123456789"), "+79123456789");
+        assert_eq!(
+            csv_safe("+79123456789;+79130000000"),
+            "+79123456789;+79130000000"
+        );
+        assert_eq!(csv_safe("+1+2"), "'+1+2");
         assert_eq!(csv_safe("-12.5"), "-12.5");
         assert_eq!(csv_safe("Иван Петров"), "Иван Петров");
         assert_eq!(csv_safe(""), "");
