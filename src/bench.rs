@@ -465,15 +465,12 @@ async fn ingest_server(
          [portal.auth]\ntype = \"long_lived_token\"\ntoken_env = \"T\"\n[portal.webhooks]\nsecret_env = \"S\"\n",
         dir.display().to_string()
     );
-    use figment::providers::Format;
-    let doc: serde_json::Value =
-        figment::Figment::from(figment::providers::Toml::string(&text)).extract()?;
     let env = |k: &str| match k {
         "T" => Some("token".to_owned()),
         "S" => Some("bench-secret".to_owned()),
         _ => None,
     };
-    let cfg = crate::config::resolve(&doc, "<bench>", &env)
+    let cfg = crate::config::resolve_toml(&text, "<bench>", &env)
         .map_err(|p| anyhow::anyhow!("{}", crate::config::format_problems(&p)))?;
     let state = crate::server::AppState::new(&cfg, durable)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -53,13 +53,17 @@ pub fn emulator_portal(
         redirect_uri = "{redirect_uri}"
         "#
     );
-    use figment::providers::Format;
-    let doc: serde_json::Value = figment::Figment::from(figment::providers::Toml::string(&text))
-        .extract()
-        .context("building the demo portal config")?;
-    let secret = AmoConfig::default().client_secret;
-    let env = move |k: &str| (k == "EMULATOR_CLIENT_SECRET").then(|| secret.clone());
-    let cfg = config::resolve(&doc, "<demo>", &env)
+    one_portal(
+        &text,
+        "EMULATOR_CLIENT_SECRET",
+        AmoConfig::default().client_secret,
+    )
+}
+
+/// Resolves a one-portal TOML text through the real config checks; `secret_env` holds `secret`.
+fn one_portal(text: &str, secret_env: &'static str, secret: String) -> Result<PortalConfig> {
+    let env = move |k: &str| (k == secret_env).then(|| secret.clone());
+    let cfg = config::resolve_toml(text, "<demo>", &env)
         .map_err(|p| anyhow::anyhow!("demo config invalid:\n{}", config::format_problems(&p)))?;
     cfg.portals
         .into_iter()
@@ -97,18 +101,11 @@ pub fn emulator_b24_portal(id: &str, base_url: &str, emu: &B24Config) -> Result<
         "#,
         emu.client_id, emu.redirect_uri
     );
-    use figment::providers::Format;
-    let doc: serde_json::Value = figment::Figment::from(figment::providers::Toml::string(&text))
-        .extract()
-        .context("building the demo portal config")?;
-    let secret = emu.client_secret.clone();
-    let env = move |k: &str| (k == "EMULATOR_B24_CLIENT_SECRET").then(|| secret.clone());
-    let cfg = config::resolve(&doc, "<demo>", &env)
-        .map_err(|p| anyhow::anyhow!("demo config invalid:\n{}", config::format_problems(&p)))?;
-    cfg.portals
-        .into_iter()
-        .next()
-        .context("demo config has no portal")
+    one_portal(
+        &text,
+        "EMULATOR_B24_CLIENT_SECRET",
+        emu.client_secret.clone(),
+    )
 }
 
 /// Authorises, syncs fully and prints the report of one demo portal.

@@ -32,6 +32,26 @@ pub fn load(
     resolve(&doc, &path.display().to_string(), env)
 }
 
+/// Validates config given as TOML text (the demo, benchmarks and tests build portals this way,
+/// through the same checks as a file). `file` names it in problems.
+pub fn resolve_toml(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigProblem>> {
+    use figment::providers::Format;
+    let doc: serde_json::Value = figment::Figment::from(figment::providers::Toml::string(text))
+        .extract()
+        .map_err(|e| {
+            vec![ConfigProblem::new(
+                file,
+                &e.path.join("."),
+                &e.kind.to_string(),
+            )]
+        })?;
+    resolve(&doc, file, env)
+}
+
 /// Formats problems one per line.
 pub fn format_problems(problems: &[ConfigProblem]) -> String {
     problems.iter().map(|p| format!("{p}\n")).collect()

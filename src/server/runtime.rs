@@ -123,13 +123,9 @@ pub async fn daily_planning(
     if last.as_deref() == Some(today.as_str()) {
         return Ok(false);
     }
-    let plan =
-        crate::writeback::plan_portal(&p.cfg, &p.store, Some(conn), playbooks_dir, now).await?;
-    let n = plan.actions.len();
-    let store = p.store.clone();
-    let added = tokio::task::spawn_blocking(move || store.outbox_enqueue(plan.actions)).await??;
+    let added = replan_now(p, conn, playbooks_dir).await?;
     p.store.set_meta(KEY_DAILY_PLANNED, &today)?;
-    tracing::info!(portal = %p.cfg.id, planned = n, new = added.added, "Daily planning done.");
+    tracing::info!(portal = %p.cfg.id, new = added, "Daily planning done.");
     Ok(true)
 }
 
@@ -147,8 +143,10 @@ pub async fn replan_now(
         jiff::Timestamp::now(),
     )
     .await?;
-    let store = p.store.clone();
-    let added = tokio::task::spawn_blocking(move || store.outbox_enqueue(plan.actions)).await??;
+    let added = p
+        .store
+        .blocking(move |s| s.outbox_enqueue(plan.actions))
+        .await?;
     Ok(added.added)
 }
 

@@ -226,7 +226,7 @@ async fn react_to_deal(
     }
     tracing::info!(portal = %p.cfg.id, deal = %deal.id, actions = actions.len(), "Routing a repeat deal.");
     let n = actions.len();
-    let added = blocking(&p.store, move |s| s.outbox_enqueue(actions)).await?;
+    let added = p.store.blocking(move |s| s.outbox_enqueue(actions)).await?;
     if added.added > 0 {
         crate::outbox::drain(
             ctx.conn.as_ref(),
@@ -321,10 +321,9 @@ pub async fn apply_changes(
                 }
             }
             Change::Uninstall => {
-                blocking(store, |s| {
-                    s.set_needs_reauth("the Bitrix24 app was uninstalled")
-                })
-                .await?;
+                store
+                    .blocking(|s| s.set_needs_reauth("the Bitrix24 app was uninstalled"))
+                    .await?;
             }
             Change::Upsert(EntityKind::Deals, id) => match conn.deal(DealId(*id)).await? {
                 Some(deal) => {
@@ -332,22 +331,28 @@ pub async fn apply_changes(
                         ctx.replan.store(true, std::sync::atomic::Ordering::SeqCst);
                     }
                     let stored = deal.clone();
-                    blocking(store, move |s| s.write(|w| w.put_all(&[stored]))).await?;
+                    store
+                        .blocking(move |s| s.write(|w| w.put_all(&[stored])))
+                        .await?;
                     // A reaction that cannot be planned (no mapping yet, cache never synced)
                     // must not hold the inbox: the cache update above is the event's effect.
                     if let Err(e) = react_to_deal(p, ctx, &deal).await {
                         tracing::warn!(portal = %p.cfg.id, deal = %deal.id, error = %e, "No real-time routing for this deal.");
                     }
                 }
-                None => blocking(store, remover(EntityKind::Deals, *id)).await?,
+                None => store.blocking(remover(EntityKind::Deals, *id)).await?,
             },
             Change::Upsert(EntityKind::Contacts, id) => match conn.contact(ContactId(*id)).await? {
-                Some(c) => blocking(store, move |s| s.write(|w| w.put_all(&[c]))).await?,
-                None => blocking(store, remover(EntityKind::Contacts, *id)).await?,
+                Some(c) => {
+                    store
+                        .blocking(move |s| s.write(|w| w.put_all(&[c])))
+                        .await?
+                }
+                None => store.blocking(remover(EntityKind::Contacts, *id)).await?,
             },
             // Companies, users and pipelines change rarely: the scheduled sync picks them up.
             Change::Upsert(_, _) => {}
-            Change::Delete(kind, id) => blocking(store, remover(*kind, *id)).await?,
+            Change::Delete(kind, id) => store.blocking(remover(*kind, *id)).await?,
         }
     }
     Ok(())
@@ -360,22 +365,12 @@ fn remover(
     move |s| s.write(|w| w.remove(kind, &[id]).map(|_| ()))
 }
 
-async fn blocking<R: Send + 'static>(
-    store: &Store,
-    f: impl FnOnce(&Store) -> Result<R, crate::store::StoreError> + Send + 'static,
-) -> Result<R, crate::store::StoreError> {
-    let s = store.clone();
-    tokio::task::spawn_blocking(move || f(&s))
-        .await
-        .map_err(|e| store.err(e))?
-}
-
 /// Processes what is in a portal's inbox now; returns how many events were done. Events whose
 /// CRM fetch fails stay for the next round; events that cannot be parsed are dropped with an
 /// error log (they would fail forever).
 pub async fn process_once(p: &PortalRuntime, ctx: &WorkerCtx) -> Result<usize, ProcessError> {
     let store = p.store.clone();
-    let events = blocking(&store, |s| s.inbox_pending(256)).await?;
+    let events = store.blocking(|s| s.inbox_pending(256)).await?;
     let mut done = Vec::new();
     let mut result = Ok(());
     for ev in &events {
@@ -398,7 +393,7 @@ pub async fn process_once(p: &PortalRuntime, ctx: &WorkerCtx) -> Result<usize, P
     }
     let n = done.len();
     if !done.is_empty() {
-        blocking(&store, move |s| s.inbox_done(&done)).await?;
+        store.blocking(move |s| s.inbox_done(&done)).await?;
     }
     result.map(|()| n)
 }

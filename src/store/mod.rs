@@ -256,6 +256,19 @@ impl Store {
         txn.commit().map_err(|e| self.err(e))
     }
 
+    /// Runs `f` on the blocking pool (redb calls block: a commit waits for fsync), so async
+    /// callers never stall the runtime.
+    pub async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let s = self.clone();
+        match tokio::task::spawn_blocking(move || f(&s)).await {
+            Ok(r) => r,
+            Err(e) => Err(self.err(format!("store task failed: {e}"))),
+        }
+    }
+
     /// Runs a write transaction; commits when `f` returns `Ok`.
     pub fn write<R>(
         &self,

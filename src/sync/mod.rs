@@ -91,20 +91,21 @@ async fn reconcile_deal_ids(conn: &dyn Connector, store: &Store) -> Result<u64, 
             (Some(_), None) => lo.saturating_sub(1),
         };
         if hi >= lo {
-            let n = blocking(store, move |s| {
-                let cached = s.ids_in_range(EntityKind::Deals, lo, hi)?;
-                let gone: Vec<u64> = cached
-                    .into_iter()
-                    .filter(|id| ids.binary_search(id).is_err())
-                    .collect();
-                if gone.is_empty() {
-                    Ok(0)
-                } else {
-                    s.write(|w| w.remove(EntityKind::Deals, &gone))
-                }
-            })
-            .await
-            .map_err(ListError::Store)?;
+            let n = store
+                .blocking(move |s| {
+                    let cached = s.ids_in_range(EntityKind::Deals, lo, hi)?;
+                    let gone: Vec<u64> = cached
+                        .into_iter()
+                        .filter(|id| ids.binary_search(id).is_err())
+                        .collect();
+                    if gone.is_empty() {
+                        Ok(0)
+                    } else {
+                        s.write(|w| w.remove(EntityKind::Deals, &gone))
+                    }
+                })
+                .await
+                .map_err(ListError::Store)?;
             removed += n;
             lo = hi.saturating_add(1);
         }
@@ -113,7 +114,8 @@ async fn reconcile_deal_ids(conn: &dyn Connector, store: &Store) -> Result<u64, 
             break;
         }
     }
-    blocking(store, move |s| s.set_meta(KEY_RECONCILED_AT, &started))
+    store
+        .blocking(move |s| s.set_meta(KEY_RECONCILED_AT, &started))
         .await
         .map_err(ListError::Store)?;
     Ok(removed)
@@ -268,24 +270,25 @@ pub async fn sync_portal(
     let users = conn.users().await.map_err(cerr("users"))?;
     let pipelines = conn.pipelines().await.map_err(cerr("pipelines"))?;
     let (nu, np) = (users.len() as u64, pipelines.len() as u64);
-    blocking(&store, move |s| {
-        s.write(|w| {
-            w.set_meta(crate::store::tables::KEY_ACCOUNT, &account)?;
-            w.replace_all::<User>(&users)?;
-            w.replace_all::<Pipeline>(&pipelines)?;
-            // Small tables are listed whole every time: each run is a full one for them.
-            let now = Timestamp::now();
-            let state = SyncState {
-                last_sync_at: Some(now),
-                last_full_at: Some(now),
-                ..SyncState::default()
-            };
-            w.set_sync_state(EntityKind::Users, &state)?;
-            w.set_sync_state(EntityKind::Pipelines, &state)
+    store
+        .blocking(move |s| {
+            s.write(|w| {
+                w.set_meta(crate::store::tables::KEY_ACCOUNT, &account)?;
+                w.replace_all::<User>(&users)?;
+                w.replace_all::<Pipeline>(&pipelines)?;
+                // Small tables are listed whole every time: each run is a full one for them.
+                let now = Timestamp::now();
+                let state = SyncState {
+                    last_sync_at: Some(now),
+                    last_full_at: Some(now),
+                    ..SyncState::default()
+                };
+                w.set_sync_state(EntityKind::Users, &state)?;
+                w.set_sync_state(EntityKind::Pipelines, &state)
+            })
         })
-    })
-    .await
-    .map_err(serr)?;
+        .await
+        .map_err(serr)?;
     report.kinds.insert(
         EntityKind::Users,
         KindReport {
@@ -350,7 +353,8 @@ pub async fn sync_portal(
     } else if reconcile_due(&store, opts).map_err(serr)? {
         // A full listing starts the reconciliation clock: it saw every id there is.
         let now = Timestamp::now();
-        blocking(&store, move |s| s.set_meta(KEY_RECONCILED_AT, &now))
+        store
+            .blocking(move |s| s.set_meta(KEY_RECONCILED_AT, &now))
             .await
             .map_err(serr)?;
     }
@@ -389,17 +393,6 @@ impl ListError {
                 source,
             },
         }
-    }
-}
-
-async fn blocking<R: Send + 'static>(
-    store: &Store,
-    f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
-) -> Result<R, StoreError> {
-    let s = store.clone();
-    match tokio::task::spawn_blocking(move || f(&s)).await {
-        Ok(r) => r,
-        Err(e) => Err(store.err(format!("writer task failed: {e}"))),
     }
 }
 
@@ -527,17 +520,18 @@ async fn apply_deletions(
         for d in &page.items {
             by_kind.entry(d.entity).or_default().push(d.id);
         }
-        let removed = blocking(store, move |s| {
-            s.write(|w| {
-                let mut out = BTreeMap::new();
-                for (kind, ids) in &by_kind {
-                    out.insert(*kind, w.remove(*kind, ids)?);
-                }
-                Ok(out)
+        let removed = store
+            .blocking(move |s| {
+                s.write(|w| {
+                    let mut out = BTreeMap::new();
+                    for (kind, ids) in &by_kind {
+                        out.insert(*kind, w.remove(*kind, ids)?);
+                    }
+                    Ok(out)
+                })
             })
-        })
-        .await
-        .map_err(ListError::Store)?;
+            .await
+            .map_err(ListError::Store)?;
         for (k, n) in removed {
             *counts.entry(k).or_insert(0) += n;
         }
@@ -550,10 +544,9 @@ async fn apply_deletions(
         .sync_state(EntityKind::Deals)
         .map_err(ListError::Store)?;
     st.deletions_from = Some(started);
-    blocking(store, move |s| {
-        s.write(|w| w.set_sync_state(EntityKind::Deals, &st))
-    })
-    .await
-    .map_err(ListError::Store)?;
+    store
+        .blocking(move |s| s.write(|w| w.set_sync_state(EntityKind::Deals, &st)))
+        .await
+        .map_err(ListError::Store)?;
     Ok(counts)
 }
