@@ -14,10 +14,51 @@ use std::path::PathBuf;
 
 /// Builds the analytics dataset of a portal from its cache.
 pub fn load_dataset(store: &Store, portal: &PortalConfig) -> Result<Dataset, StoreError> {
-    let mut b = DatasetBuilder::new(&portal.analytics);
-    store.for_each::<Company>(|c| b.add_company(&c))?;
-    store.for_each::<Contact>(|c| b.add_contact(&c))?;
-    store.for_each::<Deal>(|d| b.add_deal(&d))?;
+    load_dataset_with(store, &portal.analytics)
+}
+
+/// [`load_dataset`] with the analytics settings given directly. Decoding the cached records
+/// and building the dataset run on two threads, handing records over in small batches (memory
+/// stays flat: at most a few batches are in flight).
+pub fn load_dataset_with(
+    store: &Store,
+    settings: &analytics::Settings,
+) -> Result<Dataset, StoreError> {
+    enum Rec {
+        Company(Company),
+        Contact(Contact),
+        Deal(Deal),
+    }
+    const BATCH: usize = 4096;
+    let mut b = DatasetBuilder::new(settings);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Rec>>(4);
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            // A closed channel means the builder side is gone: stop quietly, its error wins.
+            let mut push = |r: Rec| {
+                batch.push(r);
+                if batch.len() == BATCH {
+                    let _ = tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+                }
+            };
+            store.for_each::<Company>(|c| push(Rec::Company(c)))?;
+            store.for_each::<Contact>(|c| push(Rec::Contact(c)))?;
+            store.for_each_deal_with_rows(|d| push(Rec::Deal(d)))?;
+            let _ = tx.send(batch);
+            Ok::<(), StoreError>(())
+        });
+        for batch in rx {
+            for r in batch {
+                match r {
+                    Rec::Company(c) => b.add_company(&c),
+                    Rec::Contact(c) => b.add_contact(&c),
+                    Rec::Deal(d) => b.add_deal(&d),
+                }
+            }
+        }
+        reader.join().expect("cache reader panicked")
+    })?;
     Ok(b.build())
 }
 

@@ -377,7 +377,7 @@ fn selected<'a>(cfg: &'a Config, portal: Option<&str>) -> Result<Vec<&'a PortalC
 /// Live progress of a sync: counts per kind, records/s and requests/s on one line.
 pub struct SyncProgress {
     bar: ProgressBar,
-    counts: [AtomicU64; 5],
+    counts: [AtomicU64; EntityKind::ALL.len()],
     started: Instant,
 }
 

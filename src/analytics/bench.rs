@@ -39,10 +39,28 @@ impl Rng {
     }
 }
 
+/// Where [`feed_synthetic`] sends its records: straight into a [`DatasetBuilder`], or into a
+/// portal cache for a benchmark that reads them back the way the sidecar does.
+pub trait SyntheticSink {
+    /// Takes one contact.
+    fn add_contact(&mut self, contact: &Contact);
+    /// Takes one deal.
+    fn add_deal(&mut self, deal: &Deal);
+}
+
+impl SyntheticSink for DatasetBuilder {
+    fn add_contact(&mut self, contact: &Contact) {
+        DatasetBuilder::add_contact(self, contact);
+    }
+    fn add_deal(&mut self, deal: &Deal) {
+        DatasetBuilder::add_deal(self, deal);
+    }
+}
+
 /// Streams a synthetic portal into `builder`: `customers` contacts (about 1% share a phone with
 /// another contact, so identities merge) and `deals` deals (80% won, 10% lost, 10% open) spread
 /// over three years with customer-specific activity, amounts 500..50 000 RUB.
-pub fn feed_synthetic(builder: &mut DatasetBuilder, customers: usize, deals: usize, seed: u64) {
+pub fn feed_synthetic(builder: &mut impl SyntheticSink, customers: usize, deals: usize, seed: u64) {
     let mut rng = Rng(seed);
     let created = Timestamp::from_second(START).expect("valid start");
     for i in 0..customers as u64 {
@@ -144,7 +162,11 @@ pub struct BenchReport {
     pub customers: usize,
     /// Deals generated.
     pub deals: usize,
-    /// Generating the records and streaming them into the builder, plus `build`.
+    /// Where the records came from: generated straight into the builder, or read back from a
+    /// portal cache they were generated into beforehand (the sidecar's own path).
+    pub source: &'static str,
+    /// Streaming the records into the builder (generating them, or reading them from the
+    /// cache), plus `build`.
     pub build: Duration,
     /// The whole `analyse` (identity-indexed pass, scores, both model fits, predictions).
     pub analyse: Duration,
@@ -169,7 +191,8 @@ impl fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "  generate + stream + build  {:>8.3} s",
+            "  {:<26} {:>8.3} s",
+            self.source,
             self.build.as_secs_f64()
         )?;
         writeln!(
@@ -222,13 +245,32 @@ pub fn bench_export(
     deals: usize,
     export: Option<&std::path::Path>,
 ) -> (BenchReport, Option<bgnbd::BgNbdParams>) {
-    let settings = Settings::default();
     let t0 = Instant::now();
     let data = synthetic_dataset(customers, deals, 42);
     let build = t0.elapsed();
+    bench_dataset(
+        &data,
+        "generate + stream + build",
+        build,
+        (customers, deals),
+        export,
+    )
+}
+
+/// Analyses an already built synthetic portal (`size` = customers and deals it was generated
+/// with, `build` = how long building it took, from `source`), timing the analysis and the BG/NBD
+/// fit alone; with `export`, writes the fit's summary rows as CSV.
+pub fn bench_dataset(
+    data: &Dataset,
+    source: &'static str,
+    build: Duration,
+    (customers, deals): (usize, usize),
+    export: Option<&std::path::Path>,
+) -> (BenchReport, Option<bgnbd::BgNbdParams>) {
+    let settings = Settings::default();
     let as_of: Timestamp = SYNTHETIC_AS_OF.parse().expect("valid");
     let t1 = Instant::now();
-    let analysis: Analysis = analyse(&data, &settings, as_of, TimeZone::UTC);
+    let analysis: Analysis = analyse(data, &settings, as_of, TimeZone::UTC);
     let analyse_time = t1.elapsed();
     let as_of_day = day_of_date(analysis.as_of_date);
     let summaries: Vec<(u32, f64, f64)> = analysis
@@ -261,6 +303,7 @@ pub fn bench_export(
     let report = BenchReport {
         customers,
         deals,
+        source,
         build,
         analyse: analyse_time,
         bgnbd_fit,

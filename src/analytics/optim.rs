@@ -14,6 +14,8 @@ pub struct Minimum<const N: usize> {
     pub iterations: usize,
     /// Whether the convergence test passed (else the iteration limit was hit).
     pub converged: bool,
+    /// The final inverse-Hessian estimate (to warm-start a related minimisation).
+    pub inv_hessian: [[f64; N]; N],
 }
 
 fn dot<const N: usize>(a: &[f64; N], b: &[f64; N]) -> f64 {
@@ -29,19 +31,31 @@ pub fn bfgs<const N: usize>(
     gtol: f64,
     max_iter: usize,
 ) -> Minimum<N> {
+    bfgs_from(f, x0, None, gtol, max_iter)
+}
+
+/// [`bfgs`] starting from a known inverse-Hessian estimate `h0` (e.g. the one a fit on a sample
+/// of the same data ended with): near the optimum the first full step is then already good, so
+/// an expensive objective is evaluated a handful of times instead of dozens.
+pub fn bfgs_from<const N: usize>(
+    f: impl Fn(&[f64; N]) -> (f64, [f64; N]),
+    x0: [f64; N],
+    h0: Option<[[f64; N]; N]>,
+    gtol: f64,
+    max_iter: usize,
+) -> Minimum<N> {
     let mut x = x0;
     let (mut fx, mut g) = f(&x);
+    let warm = h0.is_some();
+    let mut h = h0.unwrap_or_else(identity);
     if !fx.is_finite() {
         return Minimum {
             x,
             f: fx,
             iterations: 0,
             converged: false,
+            inv_hessian: h,
         };
-    }
-    let mut h = [[0.0; N]; N];
-    for (i, row) in h.iter_mut().enumerate() {
-        row[i] = 1.0;
     }
     let mut stall = 0;
     for it in 0..max_iter {
@@ -52,6 +66,7 @@ pub fn bfgs<const N: usize>(
                 f: fx,
                 iterations: it,
                 converged: true,
+                inv_hessian: h,
             };
         }
         // Direction p = -H g; reset to steepest descent when it is not a descent direction.
@@ -78,7 +93,16 @@ pub fn bfgs<const N: usize>(
                 xn[i] += step * p[i];
             }
             let (fn_, gn) = f(&xn);
-            if fn_.is_finite() && fn_ <= fx + 1e-4 * step * slope {
+            // Armijo's sufficient decrease; or, near the optimum where the predicted decrease
+            // is below the rounding noise of a sum over many rows, the approximate Wolfe test
+            // of Hager and Zhang (2005): the value did not rise beyond that noise and the slope
+            // along p shrank as a step towards the minimum makes it.
+            let armijo = fn_ <= fx + 1e-4 * step * slope;
+            let along = step * dot(&gn, &p);
+            let approx_wolfe = fn_ <= fx + 1e-12 * fx.abs()
+                && along >= 0.9 * step * slope
+                && along <= -0.8 * step * slope;
+            if fn_.is_finite() && (armijo || approx_wolfe) {
                 accepted = Some((xn, fn_, gn));
                 break;
             }
@@ -90,6 +114,7 @@ pub fn bfgs<const N: usize>(
                 f: fx,
                 iterations: it,
                 converged: false,
+                inv_hessian: h,
             };
         };
         let mut s = [0.0; N];
@@ -99,7 +124,7 @@ pub fn bfgs<const N: usize>(
             y[i] = gn[i] - g[i];
         }
         let sy = dot(&s, &y);
-        if it == 0 && sy > 0.0 {
+        if it == 0 && sy > 0.0 && !warm {
             // Scale the initial inverse Hessian (Nocedal & Wright 6.20).
             let scale = sy / dot(&y, &y);
             for (i, row) in h.iter_mut().enumerate() {
@@ -134,6 +159,7 @@ pub fn bfgs<const N: usize>(
                 f: fx,
                 iterations: it + 1,
                 converged: true,
+                inv_hessian: h,
             };
         }
     }
@@ -142,6 +168,7 @@ pub fn bfgs<const N: usize>(
         f: fx,
         iterations: max_iter,
         converged: false,
+        inv_hessian: h,
     }
 }
 
@@ -174,6 +201,7 @@ pub fn nelder_mead<const N: usize>(
                 f: best,
                 iterations: it,
                 converged: true,
+                inv_hessian: identity(),
             };
         }
         let mut c = [0.0; N];
@@ -219,7 +247,16 @@ pub fn nelder_mead<const N: usize>(
         f: simplex[0].1,
         iterations: max_iter,
         converged: false,
+        inv_hessian: identity(),
     }
+}
+
+fn identity<const N: usize>() -> [[f64; N]; N] {
+    let mut h = [[0.0; N]; N];
+    for (i, row) in h.iter_mut().enumerate() {
+        row[i] = 1.0;
+    }
+    h
 }
 
 #[cfg(test)]

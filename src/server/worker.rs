@@ -331,8 +331,17 @@ pub async fn apply_changes(
                         ctx.replan.store(true, std::sync::atomic::Ordering::SeqCst);
                     }
                     let stored = deal.clone();
+                    // The deal carries its current product rows (see Connector::deal).
+                    let drop_rows = conn.lists_product_rows();
                     store
-                        .blocking(move |s| s.write(|w| w.put_all(&[stored])))
+                        .blocking(move |s| {
+                            s.write(|w| {
+                                if drop_rows {
+                                    w.drop_product_rows_of(&[stored.id.0])?;
+                                }
+                                w.put_all(&[stored])
+                            })
+                        })
                         .await?;
                     // A reaction that cannot be planned (no mapping yet, cache never synced)
                     // must not hold the inbox: the cache update above is the event's effect.

@@ -16,15 +16,17 @@ pub mod tokens;
 use crate::store::codec::{decode, encode};
 use crate::store::tables::*;
 use jiff::Timestamp;
-use rebuy_core::{Company, Contact, Deal, EntityKind, Pipeline, PortalId, User};
+use rebuy_core::{Company, Contact, Deal, DealProductRow, EntityKind, Pipeline, PortalId, User};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The schema version this binary reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema version this binary reads and writes. Version 2 stores timestamps as numbers
+/// (see `rebuy_core::timestamp`); a version-1 file is migrated at open by clearing the cached
+/// CRM records, so the next sync is full (tokens, outbox and inbox are kept).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Errors of the store. Messages name the file, table and key involved.
 #[derive(Debug, thiserror::Error)]
@@ -99,14 +101,16 @@ record!(Deal, EntityKind::Deals, DEALS);
 record!(User, EntityKind::Users, USERS);
 record!(Pipeline, EntityKind::Pipelines, PIPELINES);
 
-/// The table of an entity kind.
-pub fn table_of(kind: EntityKind) -> TableDefinition<'static, u64, &'static [u8]> {
+/// The table of an entity kind keyed by CRM id (`None` for product rows, keyed by deal and
+/// row: see [`PRODUCT_ROWS`]).
+pub fn table_of(kind: EntityKind) -> Option<TableDefinition<'static, u64, &'static [u8]>> {
     match kind {
-        EntityKind::Contacts => CONTACTS,
-        EntityKind::Companies => COMPANIES,
-        EntityKind::Deals => DEALS,
-        EntityKind::Users => USERS,
-        EntityKind::Pipelines => PIPELINES,
+        EntityKind::Contacts => Some(CONTACTS),
+        EntityKind::Companies => Some(COMPANIES),
+        EntityKind::Deals => Some(DEALS),
+        EntityKind::Users => Some(USERS),
+        EntityKind::Pipelines => Some(PIPELINES),
+        EntityKind::ProductRows => None,
     }
 }
 
@@ -160,6 +164,11 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Page cache of one portal's redb file. redb's default (1 GiB) would let every portal of a
+/// sidecar serving hundreds hold memory in proportion to its account's size; reads here are
+/// sequential scans and point lookups, which a small cache serves as well.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// The file of a portal's store inside the data directory.
 pub fn portal_path(data_dir: &Path, portal: &PortalId) -> PathBuf {
     data_dir.join(format!("{}.redb", portal.0))
@@ -177,10 +186,13 @@ impl Store {
 
     /// Opens (or creates) a store at an explicit path.
     pub fn open_path(path: &Path, portal: PortalId) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|source| StoreError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
         let store = Store {
             db: Arc::new(db),
             path: Arc::new(path.to_owned()),
@@ -222,6 +234,22 @@ impl Store {
                 .map(|v| u32::from_le_bytes(v.value().try_into().unwrap_or([0; 4])));
             match found {
                 Some(v) if v == SCHEMA_VERSION => {}
+                Some(1) => {
+                    // The cached records are a copy of the CRM: refetching them is the
+                    // migration. Only the CRM's data and the sync positions go.
+                    for t in ALL_ID_TABLES {
+                        txn.delete_table(t).map_err(|e| self.err(e))?;
+                    }
+                    txn.delete_table(PRODUCT_ROWS).map_err(|e| self.err(e))?;
+                    txn.delete_table(SYNC).map_err(|e| self.err(e))?;
+                    meta.insert(KEY_SCHEMA_VERSION, SCHEMA_VERSION.to_le_bytes().as_slice())
+                        .map_err(|e| self.err(e))?;
+                    tracing::warn!(
+                        portal = %self.portal,
+                        path = %self.path.display(),
+                        "cache upgraded from schema version 1: cached CRM records cleared, the next sync is full"
+                    );
+                }
                 Some(v) => {
                     return Err(StoreError::Schema {
                         path: (*self.path).clone(),
@@ -244,6 +272,7 @@ impl Store {
                 txn.open_table(t).map_err(|e| self.err(e))?;
             }
             txn.open_table(SYNC).map_err(|e| self.err(e))?;
+            txn.open_table(PRODUCT_ROWS).map_err(|e| self.err(e))?;
             txn.open_table(crate::outbox::queue_tables::OUTBOX)
                 .map_err(|e| self.err(e))?;
             txn.open_table(crate::outbox::queue_tables::OUTBOX_PENDING)
@@ -325,9 +354,12 @@ impl Store {
 
     /// Ids of a kind within `lo..=hi`, ascending (keys only: nothing is decoded).
     pub fn ids_in_range(&self, kind: EntityKind, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = txn.open_table(table_of(kind)).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
+        let Some(def) = table_of(kind) else {
+            return Ok(out);
+        };
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(def).map_err(|e| self.err(e))?;
         for row in table.range(lo..=hi).map_err(|e| self.err(e))? {
             out.push(row.map_err(|e| self.err(e))?.0.value());
         }
@@ -337,8 +369,41 @@ impl Store {
     /// Number of records of a kind.
     pub fn count(&self, kind: EntityKind) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = txn.open_table(table_of(kind)).map_err(|e| self.err(e))?;
-        table.len().map_err(|e| self.err(e))
+        match table_of(kind) {
+            Some(def) => txn.open_table(def).map_err(|e| self.err(e))?.len(),
+            None => txn.open_table(PRODUCT_ROWS).map_err(|e| self.err(e))?.len(),
+        }
+        .map_err(|e| self.err(e))
+    }
+
+    /// Calls `f` with every deal in id order, its product rows from [`PRODUCT_ROWS`] appended
+    /// to the ones it carries (a deal carries them when it was fetched on its own or by an
+    /// incremental listing; the table holds what the separate row stream brought). Both tables
+    /// are read in one snapshot and merged in one pass: memory stays flat.
+    pub fn for_each_deal_with_rows(&self, mut f: impl FnMut(Deal)) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let deals = txn.open_table(DEALS).map_err(|e| self.err(e))?;
+        let rows = txn.open_table(PRODUCT_ROWS).map_err(|e| self.err(e))?;
+        let mut rows = rows.iter().map_err(|e| self.err(e))?.peekable();
+        for row in deals.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let id = k.value();
+            let mut deal: Deal = self.decode_value("deals", id, v.value())?;
+            // Rows of deals that are not (or no longer) cached are skipped.
+            while let Some(r) =
+                rows.next_if(|r| r.as_ref().map_or(true, |(k, _)| k.value().0 <= id))
+            {
+                let (k, v) = r.map_err(|e| self.err(e))?;
+                let (deal_id, row_id) = k.value();
+                if deal_id == id {
+                    let key = format!("({deal_id}, {row_id})");
+                    deal.products
+                        .push(self.decode_value("product_rows", key, v.value())?);
+                }
+            }
+            f(deal);
+        }
+        Ok(())
     }
 
     /// The sync state of a kind.
@@ -434,12 +499,16 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Removes records by id; returns how many existed.
+    /// Removes records by id; returns how many existed. Removing deals removes their product
+    /// rows too.
     pub fn remove(&mut self, kind: EntityKind, ids: &[u64]) -> Result<u64, StoreError> {
-        let mut table = self
-            .txn
-            .open_table(table_of(kind))
-            .map_err(|e| self.store.err(e))?;
+        let Some(def) = table_of(kind) else {
+            return Ok(0);
+        };
+        if kind == EntityKind::Deals {
+            self.drop_product_rows_of(ids)?;
+        }
+        let mut table = self.txn.open_table(def).map_err(|e| self.store.err(e))?;
         let mut n = 0;
         for id in ids {
             if table.remove(*id).map_err(|e| self.store.err(e))?.is_some() {
@@ -447,6 +516,49 @@ impl Writer<'_> {
             }
         }
         Ok(n)
+    }
+
+    /// Stores product rows listed on their own.
+    pub fn put_product_rows(&mut self, rows: &[DealProductRow]) -> Result<(), StoreError> {
+        let mut table = self
+            .txn
+            .open_table(PRODUCT_ROWS)
+            .map_err(|e| self.store.err(e))?;
+        let mut buf = Vec::new();
+        for r in rows {
+            buf.clear();
+            encode(&r.row, &mut buf).map_err(|e| self.store.err(e))?;
+            table
+                .insert((r.deal_id.0, r.id), buf.as_slice())
+                .map_err(|e| self.store.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Drops the separately listed product rows of `deal_ids` (their deals now carry their
+    /// current rows, or are gone).
+    pub fn drop_product_rows_of(&mut self, deal_ids: &[u64]) -> Result<(), StoreError> {
+        let mut table = self
+            .txn
+            .open_table(PRODUCT_ROWS)
+            .map_err(|e| self.store.err(e))?;
+        for &id in deal_ids {
+            table
+                .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
+                .map_err(|e| self.store.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Empties the product rows table (a full row listing starts afresh).
+    pub fn clear_product_rows(&mut self) -> Result<(), StoreError> {
+        self.txn
+            .delete_table(PRODUCT_ROWS)
+            .map_err(|e| self.store.err(e))?;
+        self.txn
+            .open_table(PRODUCT_ROWS)
+            .map_err(|e| self.store.err(e))?;
+        Ok(())
     }
 
     /// Replaces a whole small table (users, pipelines) with `items`.
@@ -568,6 +680,37 @@ mod tests {
             err.contains("schema version 99") && err.contains("upgrade rebuy"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn version_1_cache_is_cleared_and_keeps_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let portal = PortalId::from("p1");
+        {
+            let store = Store::open(dir.path(), &portal).unwrap();
+            store
+                .write(|w| {
+                    let mut t = w.txn.open_table(CONTACTS).map_err(|e| w.store.err(e))?;
+                    t.insert(5u64, [1u8, 2, 3].as_slice())
+                        .map_err(|e| w.store.err(e))?;
+                    w.set_sync_state(EntityKind::Contacts, &SyncState::default())?;
+                    w.set_meta(KEY_ACCOUNT, &"kept")?;
+                    let mut m = w.txn.open_table(META).map_err(|e| w.store.err(e))?;
+                    m.insert(KEY_SCHEMA_VERSION, 1u32.to_le_bytes().as_slice())
+                        .map_err(|e| w.store.err(e))?;
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), &portal).unwrap();
+        assert_eq!(store.count(EntityKind::Contacts).unwrap(), 0);
+        assert_eq!(
+            store.meta::<String>(KEY_ACCOUNT).unwrap().as_deref(),
+            Some("kept")
+        );
+        drop(store);
+        // Opening again is a plain version-2 open.
+        assert!(Store::open(dir.path(), &portal).is_ok());
     }
 
     #[test]

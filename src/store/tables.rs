@@ -16,6 +16,10 @@ pub const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
 /// Pipelines (with stages) by CRM id.
 pub const PIPELINES: TableDefinition<u64, &[u8]> = TableDefinition::new("pipelines");
 
+/// Product rows listed on their own (Bitrix24), keyed by (deal id, row id) so a deal's rows are
+/// one key range: read in deal order they join the deals table in a single merge pass.
+pub const PRODUCT_ROWS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("product_rows");
+
 /// The tables keyed by CRM id.
 pub const ALL_ID_TABLES: [TableDefinition<u64, &[u8]>; 5] =
     [CONTACTS, COMPANIES, DEALS, USERS, PIPELINES];

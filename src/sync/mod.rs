@@ -312,11 +312,15 @@ pub async fn sync_portal(
 
     // The big listings run concurrently so the shared rate limiter always has a request ready.
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
-    let (companies, contacts, deals) = tokio::join!(
+    let (companies, contacts, deals, rows) = tokio::join!(
         guarded(&sem, list_kind::<Company>(&*conn, &store, opts, &*progress)),
         guarded(&sem, list_kind::<Contact>(&*conn, &store, opts, &*progress)),
         guarded(&sem, list_kind::<Deal>(&*conn, &store, opts, &*progress)),
+        guarded(&sem, list_product_rows(&*conn, &store, opts, &*progress)),
     );
+    if let Some(rows) = rows.map_err(|e| e.into_sync(&portal, "product rows"))? {
+        report.kinds.insert(EntityKind::ProductRows, rows);
+    }
     report.kinds.insert(
         EntityKind::Companies,
         companies.map_err(|e| e.into_sync(&portal, "companies"))?,
@@ -482,7 +486,19 @@ async fn list_kind<T: Listable>(
         let items = page.items;
         let st = state.clone();
         let s = store.clone();
-        pending = Some(tokio::task::spawn_blocking(move || s.put_page(&items, &st)));
+        // Deals of an incremental listing carry their current product rows: the separately
+        // listed ones they replace go in the same transaction.
+        let drop_rows = T::KIND == EntityKind::Deals && !ip.full && conn.lists_product_rows();
+        pending = Some(tokio::task::spawn_blocking(move || {
+            s.write(|w| {
+                if drop_rows {
+                    let ids: Vec<u64> = items.iter().map(Record::key).collect();
+                    w.drop_product_rows_of(&ids)?;
+                }
+                w.put_all(&items)?;
+                w.set_sync_state(T::KIND, &st)
+            })
+        }));
         report.records += n;
         report.pages += 1;
         progress.page(T::KIND, n);
@@ -497,6 +513,81 @@ async fn list_kind<T: Listable>(
         failpoint::hit("sync.after_page");
     }
     Ok(report)
+}
+
+/// The product rows of a CRM that lists them on their own ([`Connector::lists_product_rows`]):
+/// a full listing, resumable like the others, when the deals are listed in full (first sync,
+/// `--full`) or an earlier one was interrupted; `None` when there is nothing to do (incremental
+/// deal pages bring the rows of the deals that changed).
+async fn list_product_rows(
+    conn: &dyn Connector,
+    store: &Store,
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+) -> Result<Option<KindReport>, ListError> {
+    if !conn.lists_product_rows() {
+        return Ok(None);
+    }
+    let kind = EntityKind::ProductRows;
+    let mut state = store.sync_state(kind).map_err(ListError::Store)?;
+    let mut ip = match state.in_progress.take() {
+        Some(ip) => ip,
+        None if opts.full || state.last_full_at.is_none() => InProgress {
+            full: true,
+            started_at: Timestamp::now(),
+            updated_from: None,
+            cursor: None,
+            records: 0,
+            max_updated: None,
+        },
+        None => return Ok(None),
+    };
+    let mut report = KindReport {
+        full: true,
+        ..Default::default()
+    };
+    // A listing from the start replaces the table: rows deleted in the CRM go with it.
+    let mut clear = ip.cursor.is_none();
+    loop {
+        let page = conn
+            .product_rows(ip.cursor.as_ref())
+            .await
+            .map_err(ListError::Connector)?;
+        let n = page.items.len() as u64;
+        ip.records += n;
+        ip.cursor = page.next.clone();
+        let done = page.next.is_none();
+        if done {
+            let now = Timestamp::now();
+            state.in_progress = None;
+            state.updated_from = Some(ip.started_at);
+            state.last_full_at = Some(now);
+            state.last_sync_at = Some(now);
+        } else {
+            state.in_progress = Some(ip.clone());
+        }
+        let st = state.clone();
+        let first = std::mem::take(&mut clear);
+        store
+            .blocking(move |s| {
+                s.write(|w| {
+                    if first {
+                        w.clear_product_rows()?;
+                    }
+                    w.put_product_rows(&page.items)?;
+                    w.set_sync_state(kind, &st)
+                })
+            })
+            .await
+            .map_err(ListError::Store)?;
+        failpoint::hit("sync.after_page");
+        report.records += n;
+        report.pages += 1;
+        progress.page(kind, n);
+        if done {
+            return Ok(Some(report));
+        }
+    }
 }
 
 async fn apply_deletions(

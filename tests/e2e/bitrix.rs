@@ -129,15 +129,49 @@ async fn bitrix24_sync_equals_the_portal_and_reconciles_deletions() {
             );
         }
     });
+    // Product rows came as their own stream and join their deals.
+    let quantities = |store: &Store| {
+        let mut out = std::collections::BTreeMap::new();
+        store
+            .for_each_deal_with_rows(|d| {
+                let q: Vec<rust_decimal::Decimal> = d.products.iter().map(|r| r.quantity).collect();
+                out.insert(d.id.0, q);
+            })
+            .unwrap();
+        out
+    };
+    let emulator_quantities = || {
+        emu.emulator.with_data(|d| {
+            d.deals
+                .iter()
+                .map(|(id, deal)| (*id, deal.products.iter().map(|r| r.quantity).collect()))
+                .collect::<std::collections::BTreeMap<u64, Vec<rust_decimal::Decimal>>>()
+        })
+    };
+    let rows = report.kinds[&EntityKind::ProductRows];
+    assert!(rows.records > 0 && rows.full);
+    assert_eq!(store.count(EntityKind::ProductRows).unwrap(), rows.records);
+    assert_eq!(quantities(&store), emulator_quantities());
 
-    // A deal deleted in the CRM (its event lost) and one changed.
+    // A deal deleted in the CRM (its event lost), one changed (amount, and one product row
+    // fewer).
     let (gone, changed) = emu.emulator.with_data(|d| {
         let mut ids = d.deals.keys().copied();
-        (ids.nth(3).unwrap(), ids.nth(100).unwrap())
+        let gone = ids.nth(3).unwrap();
+        let changed = d
+            .deals
+            .values()
+            .filter(|x| x.id != gone && x.products.len() >= 2)
+            .map(|x| x.id)
+            .nth(5)
+            .unwrap();
+        (gone, changed)
     });
     assert!(emu.emulator.delete_deal(gone));
-    assert!(emu.emulator.update_deal(changed, |d| d.opportunity =
-        rust_decimal::Decimal::new(777_00, 2)));
+    assert!(emu.emulator.update_deal(changed, |d| {
+        d.opportunity = rust_decimal::Decimal::new(777_00, 2);
+        d.products.pop();
+    }));
     let report = sync(
         p,
         &store,
@@ -156,6 +190,10 @@ async fn bitrix24_sync_equals_the_portal_and_reconciles_deletions() {
         c.amount.unwrap().amount,
         rust_decimal::Decimal::new(777_00, 2)
     );
+    // The incremental run did not list the rows again; the changed deal brought its own, the
+    // deleted one took its rows along.
+    assert!(!report.kinds.contains_key(&EntityKind::ProductRows));
+    assert_eq!(quantities(&store), emulator_quantities());
     // Not due again right away: the next run does not list ids.
     let report = sync(p, &store, SyncOptions::default()).await;
     assert_eq!(report.kinds[&EntityKind::Deals].deleted, 0);

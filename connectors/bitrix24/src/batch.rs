@@ -103,6 +103,27 @@ pub fn chain_list(
         .collect()
 }
 
+/// Up to `n` chained `crm.item.productrow.list` calls of deal rows (`ownerType` `D`) after row
+/// `after`, ordered by `id`: like [`chain_list`], but this method answers
+/// `{"productRows": [...]}` with camelCase fields, so the reference reaches one level deeper.
+pub fn chain_product_rows(after: u64, n: usize) -> Vec<Command> {
+    (0..n.max(1))
+        .map(|i| {
+            let from = if i == 0 {
+                Value::String(after.to_string())
+            } else {
+                Value::String(format!("$result[{}][productRows][49][id]", key(i - 1)))
+            };
+            let params = serde_json::json!({
+                "filter": {"=ownerType": "D", ">id": from},
+                "order": {"id": "ASC"},
+                "start": -1,
+            });
+            command(i, "crm.item.productrow.list", &params)
+        })
+        .collect()
+}
+
 /// The JSON body of a batch request.
 pub fn body(commands: &[Command], halt: bool) -> Value {
     let cmd: serde_json::Map<String, Value> = commands

@@ -94,8 +94,8 @@ pub struct B24Settings {
     pub request_timeout: Duration,
     /// Commands per `batch` (at most 50).
     pub batch_size: usize,
-    /// Fetch product rows of won deals while listing deals (costs about two more batch
-    /// requests per page of 2,500 deals).
+    /// Fetch the deals' product rows: a full sync lists them as their own chained stream
+    /// (2,500 rows per request), incremental deal pages and single deals carry theirs.
     pub product_rows: bool,
 }
 
@@ -412,6 +412,24 @@ impl B24Client {
         }
     }
 
+    /// The portal's REST address as the OAuth server last gave it (`client_endpoint` of the
+    /// token answer): a portal that moved to another domain keeps working, since every refresh
+    /// brings the current address. `None` when the tokens carry none usable (then the
+    /// configured `base_url` serves).
+    async fn client_endpoint(m: &TokenManager) -> Option<Url> {
+        let tokens = m.tokens().await.ok()?;
+        let raw = tokens.extra.get("client_endpoint")?;
+        let mut url = Url::parse(raw).ok()?;
+        if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+            return None;
+        }
+        if !url.path().ends_with('/') {
+            let path = format!("{}/", url.path());
+            url.set_path(&path);
+        }
+        Some(url)
+    }
+
     async fn attempt<R>(
         &self,
         req: &Req<'_>,
@@ -430,16 +448,19 @@ impl B24Client {
                 tokio::time::sleep(pause).await;
                 inner.budget.clear_expired();
             }
-            let token = match &inner.tokens {
-                Some(m) => Some(m.access_token().await?),
-                None => None,
+            let (token, endpoint) = match &inner.tokens {
+                Some(m) => {
+                    let token = m.access_token().await?;
+                    (Some(token), Self::client_endpoint(m).await)
+                }
+                None => (None, None),
             };
+            let endpoint = endpoint.as_ref().unwrap_or(&inner.endpoint);
             let mut body = req.body.clone();
             if let (Some(t), Value::Object(m)) = (&token, &mut body) {
                 m.insert("auth".into(), Value::String(t.expose().to_owned()));
             }
-            let url = inner
-                .endpoint
+            let url = endpoint
                 .join(req.method)
                 .map_err(|e| ConnectorError::Invalid {
                     path: "method".into(),

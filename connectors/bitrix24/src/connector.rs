@@ -13,10 +13,11 @@
 //! boundary second is read again: a one-second overlap that upserts absorb), `updated_to`
 //! `<=DATE_MODIFY`; the chain by `ID` stays the same.
 //!
-//! **Product rows** of won deals (when [`B24Settings::product_rows`](crate::B24Settings)): after
-//! a page of deals, `crm.item.productrow.list` filtered by `@ownerId` (20 deals per command,
-//! up to 50 commands per batch, followed by `>id` while a command comes back full), i.e. about
-//! two requests per 2,500 deals instead of one `crm.deal.productrows.get` per deal.
+//! **Product rows** (when [`B24Settings::product_rows`](crate::B24Settings)): a full sync lists
+//! them as a stream of their own, `crm.item.productrow.list` of `ownerType` `D` chained by `>id`
+//! exactly like the entity lists (2,500 rows per request); the cache joins them to their deals.
+//! An incremental page of deals fetches the current rows of its deals instead (filtered by
+//! `@ownerId`, 20 deals per command, followed by `>id` while a command comes back full).
 //!
 //! **Deletions.** Bitrix24 has no deletion log and does not redeliver events; [`Connector::deal_ids`]
 //! lists every deal id (select `ID` only, chained like the lists) for the sidecar's periodic
@@ -33,7 +34,7 @@ use async_trait::async_trait;
 use rebuy_core::connector::{Cursor, ListQuery, Page, StatsSnapshot, WriteOp, WriteOutcome};
 use rebuy_core::{
     Account, Company, Connector, ConnectorError, Contact, ContactId, CrmKind, Deal, DealId,
-    Pipeline, ProductRow, User,
+    DealProductRow, Pipeline, ProductRow, User,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -137,10 +138,25 @@ impl B24Client {
             select,
             filter,
         );
-        let mut res = self.batch::<Vec<W>>(&cmds, true, true).await?;
+        self.run_chain::<Vec<W>, W>(method, &cmds, after, |rows| rows)
+            .await
+    }
+
+    /// Runs the commands of a chain (each continuing after the previous one's last row) in
+    /// one `batch` and checks the answer: rows are taken up to the first command that came
+    /// back short, ids must strictly grow (a chain that went wrong never yields duplicates or
+    /// gaps silently), and no command may return more than a page.
+    async fn run_chain<R: DeserializeOwned, W: HasId>(
+        &self,
+        method: &str,
+        cmds: &[Command],
+        after: u64,
+        rows_of: impl Fn(R) -> Vec<W>,
+    ) -> Result<(Vec<W>, Option<u64>), ConnectorError> {
+        let mut res = self.batch::<R>(cmds, true, true).await?;
         let mut rows = Vec::with_capacity(cmds.len() * PAGE);
         let mut last = after;
-        for c in &cmds {
+        for c in cmds {
             if let Some(e) = res.result_error.get(&c.key) {
                 return Err(api_error(400, e, &format!("{method} in batch ({})", c.key)));
             }
@@ -150,6 +166,7 @@ impl B24Client {
                     message: "the batch answer lacks a command's result".into(),
                 });
             };
+            let page = rows_of(page);
             let n = page.len();
             if n > PAGE {
                 return Err(ConnectorError::Invalid {
@@ -160,7 +177,7 @@ impl B24Client {
             for (i, r) in page.iter().enumerate() {
                 if r.id() <= last {
                     return Err(ConnectorError::Invalid {
-                        path: format!("result.result.{}[{i}].ID", c.key),
+                        path: format!("result.result.{}[{i}].id", c.key),
                         message: format!(
                             "id {} does not follow {last}: the chained paging broke",
                             r.id()
@@ -366,16 +383,15 @@ impl Connector for B24Client {
         let (rows, next) = self
             .chained::<wire::Deal>("crm.deal.list", DEAL_SELECT, &query_filter(query), after)
             .await?;
-        let mut products = if self.inner.settings.product_rows {
-            let won: Vec<u64> = rows
-                .iter()
-                .filter(|d| d.STAGE_SEMANTIC_ID == "S")
-                .map(|d| d.ID)
-                .collect();
-            if won.is_empty() {
+        // Full listings leave products to the separate row stream ([`Connector::product_rows`]);
+        // an incremental page brings the current rows of each of its deals, so the cache can
+        // replace theirs.
+        let mut products = if self.inner.settings.product_rows && query.updated_from.is_some() {
+            let ids: Vec<u64> = rows.iter().map(|d| d.ID).collect();
+            if ids.is_empty() {
                 HashMap::new()
             } else {
-                self.product_rows(&won).await?
+                self.product_rows(&ids).await?
             }
         } else {
             HashMap::new()
@@ -389,6 +405,34 @@ impl Connector for B24Client {
             .collect();
         Ok(Page {
             items,
+            next: next.map(self::cursor),
+        })
+    }
+
+    fn lists_product_rows(&self) -> bool {
+        self.inner.settings.product_rows
+    }
+
+    async fn product_rows(
+        &self,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<DealProductRow>, ConnectorError> {
+        let after = parse_cursor(cursor)?;
+        let cmds = batch::chain_product_rows(after, self.inner.settings.batch_size);
+        let (rows, next) = self
+            .run_chain::<wire::ItemProductRows, _>("crm.item.productrow.list", &cmds, after, |r| {
+                r.product_rows
+            })
+            .await?;
+        Ok(Page {
+            items: rows
+                .into_iter()
+                .map(|r| DealProductRow {
+                    id: r.id,
+                    deal_id: DealId(r.owner_id),
+                    row: map::item_product_row(r),
+                })
+                .collect(),
             next: next.map(self::cursor),
         })
     }
@@ -419,12 +463,12 @@ impl Connector for B24Client {
         let mut items = items;
         items.sort_by_key(|i| (!i.IS_PRIMARY, i.SORT.unwrap_or(0)));
         let contacts: Vec<ContactId> = items.iter().map(|i| ContactId(i.CONTACT_ID)).collect();
-        let won = deal.STAGE_SEMANTIC_ID == "S";
         let rows: Vec<wire::ProductRow> = match take(&mut res, "c02") {
             Value::Null => Vec::new(),
             v => decode_value(v, "result.result.c02")?,
         };
-        let products = if won && self.inner.settings.product_rows {
+        // All of the deal's rows: the cache replaces the separately listed ones with them.
+        let products = if self.inner.settings.product_rows {
             rows.into_iter().map(map::product_row).collect()
         } else {
             Vec::new()

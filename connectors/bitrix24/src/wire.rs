@@ -369,6 +369,12 @@ macro_rules! has_id {
 }
 has_id!(Contact, Company, Deal, IdOnly);
 
+impl HasId for ItemProductRow {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Lenient deserializers.
 

@@ -169,7 +169,7 @@ fn expected_deal(d: &B24Deal, with_products: bool) -> Deal {
         name: None,
         values: vec![if d.is_return_customer { "Y" } else { "N" }.into()],
     });
-    let products = if with_products && state == DealState::Won {
+    let products = if with_products {
         d.products
             .iter()
             .map(|r| ProductRow {
@@ -245,19 +245,54 @@ async fn listing_equals_emulator_data_exactly() {
     assert_eq!(pages, 3);
     assert_eq!(contacts, expected);
 
+    // A full listing leaves the product rows to their own stream...
     let deals = all_deals(&client, &ListQuery::default()).await.unwrap();
     let expected: Vec<Deal> = run
         .emulator
-        .with_data(|d| d.deals.values().map(|d| expected_deal(d, true)).collect());
+        .with_data(|d| d.deals.values().map(|d| expected_deal(d, false)).collect());
     assert_eq!(deals.len(), expected.len());
     for (a, e) in deals.iter().zip(&expected) {
         assert_eq!(a, e, "deal {}", e.id);
     }
+    // ...which brings every row once, in row id order, each placed on its deal.
+    assert!(client.lists_product_rows());
+    let mut rows: Vec<DealProductRow> = Vec::new();
+    let mut cursor = None;
+    let mut row_pages = 0;
+    loop {
+        let page = client.product_rows(cursor.as_ref()).await.unwrap();
+        row_pages += 1;
+        rows.extend(page.items);
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert!(rows.windows(2).all(|w| w[0].id < w[1].id));
+    let with_rows: Vec<Deal> = run
+        .emulator
+        .with_data(|d| d.deals.values().map(|d| expected_deal(d, true)).collect());
+    let expected_rows: usize = with_rows.iter().map(|d| d.products.len()).sum();
+    assert_eq!(rows.len(), expected_rows);
+    assert!(row_pages > 1, "{expected_rows} rows in {row_pages} pages");
+    let mut joined = deals.clone();
+    for r in rows {
+        let d = joined.iter_mut().find(|d| d.id == r.deal_id).unwrap();
+        d.products.push(r.row);
+    }
+    assert_eq!(joined, with_rows);
     assert!(
-        deals
+        joined
             .iter()
             .any(|d| d.state == DealState::Won && !d.products.is_empty())
     );
+    // An incremental listing attaches each changed deal's current rows.
+    let since = ListQuery {
+        updated_from: Some(jiff::Timestamp::UNIX_EPOCH),
+        updated_to: None,
+    };
+    assert_eq!(all_deals(&client, &since).await.unwrap(), with_rows);
+    let deals = with_rows;
     assert!(deals.iter().any(
         |d| d.pipeline_id.0 > 0 && d.stage_id.0.starts_with(&format!("C{}:", d.pipeline_id.0))
     ));
@@ -698,4 +733,38 @@ async fn emulator_events_parse() {
     assert_eq!(parsed.kind, rebuy_bitrix24::events::EventKind::DealUpdate);
     assert_eq!(parsed.entity_id, Some(id));
     assert!(parsed.verify(&run.emulator.config().application_token));
+}
+
+/// A portal that moved to another domain: the configured address no longer answers, but the
+/// OAuth server's `client_endpoint` names the new one, and the calls follow it.
+#[tokio::test]
+async fn calls_follow_client_endpoint_after_a_domain_change() {
+    let run = B24Emulator::spawn(fast_cfg(60, 80)).await.unwrap();
+    // Nothing listens on the old address (a port just released).
+    let old = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/", l.local_addr().unwrap())
+    };
+    let (client, _, _) = oauth_client(&run, |s| {
+        let B24Auth::OAuth { oauth_server, .. } = &mut s.auth else {
+            unreachable!("OAuth settings")
+        };
+        *oauth_server = Some(s.base_url.clone());
+        s.base_url = old.parse().unwrap();
+    })
+    .await;
+    let (contacts, _) = all_contacts(&client, &ListQuery::default()).await.unwrap();
+    assert_eq!(contacts.len(), 60);
+
+    // Without tokens naming an endpoint the old address is used, and fails.
+    let mut dead_settings = B24Settings::webhook(&format!("{old}rest/1/x/")).unwrap();
+    dead_settings.retry = RetryPolicy {
+        max_attempts: 1,
+        ..fast_retry()
+    };
+    let dead = B24Client::new(dead_settings, None).unwrap();
+    assert!(matches!(
+        dead.contacts(&ListQuery::default(), None).await,
+        Err(ConnectorError::Transient { .. })
+    ));
 }

@@ -245,6 +245,26 @@ pub trait Connector: Send + Sync {
         })
     }
 
+    /// Whether [`Connector::product_rows`] lists the deals' product rows on their own. When it
+    /// does, full deal listings leave `Deal::products` empty (the separate stream brings them,
+    /// packed far denser than per-deal lookups), while incremental listings still attach the
+    /// current rows of each changed deal.
+    fn lists_product_rows(&self) -> bool {
+        false
+    }
+
+    /// One page of all deals' product rows in ascending row id (see
+    /// [`Connector::lists_product_rows`]).
+    async fn product_rows(
+        &self,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<DealProductRow>, ConnectorError> {
+        let _ = cursor;
+        Err(ConnectorError::Unsupported {
+            what: "product row listing".into(),
+        })
+    }
+
     /// One page of all deal ids in ascending order, for reconciliation of deletions.
     async fn deal_ids(&self, cursor: Option<&Cursor>) -> Result<Page<DealId>, ConnectorError> {
         let _ = cursor;

@@ -27,6 +27,7 @@ pub mod money;
 pub mod oauth;
 pub mod phone;
 pub mod retry;
+pub mod timestamp;
 
 pub use auth::{TokenManager, TokenRefresher, TokenSet, TokenStore};
 pub use connector::{

@@ -1,6 +1,6 @@
 //! The CRM-neutral domain model. Connectors map their wire types into these; the cache stores
 //! them; the analytics read them. Times are `jiff::Timestamp` (absolute instants, serialised in
-//! RFC 3339 with `Z`); local dates are derived with the portal's time zone where a rule needs
+//! RFC 3339 with `Z` in text formats, as seconds and nanoseconds in the binary cache); local dates are derived with the portal's time zone where a rule needs
 //! them. Money is exact.
 //!
 //! Serialisation note: these types are stored with a non-self-describing codec (postcard), so
@@ -79,8 +79,10 @@ pub struct Contact {
     /// Responsible manager.
     pub responsible_user_id: Option<UserId>,
     /// Created.
+    #[serde(with = "crate::timestamp")]
     pub created_at: Timestamp,
     /// Last modified.
+    #[serde(with = "crate::timestamp")]
     pub updated_at: Timestamp,
     /// Every custom field value as the CRM sent it (phones and emails included).
     pub custom_fields: Vec<CustomFieldValue>,
@@ -100,8 +102,10 @@ pub struct Company {
     /// Responsible manager.
     pub responsible_user_id: Option<UserId>,
     /// Created.
+    #[serde(with = "crate::timestamp")]
     pub created_at: Timestamp,
     /// Last modified.
+    #[serde(with = "crate::timestamp")]
     pub updated_at: Timestamp,
     /// Every custom field value as sent.
     pub custom_fields: Vec<CustomFieldValue>,
@@ -132,6 +136,18 @@ pub struct ProductRow {
     pub quantity: Decimal,
 }
 
+/// A product row listed on its own (not inside its deal), with the ids that place it: the
+/// cache keeps these apart from the deals and joins them when the analysis reads the deals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DealProductRow {
+    /// The row's own id in the CRM (listings are ordered and resumed by it).
+    pub id: u64,
+    /// The deal it belongs to.
+    pub deal_id: DealId,
+    /// The row.
+    pub row: ProductRow,
+}
+
 /// A deal (amoCRM: lead).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deal {
@@ -156,10 +172,13 @@ pub struct Deal {
     /// Responsible manager.
     pub responsible_user_id: Option<UserId>,
     /// Created.
+    #[serde(with = "crate::timestamp")]
     pub created_at: Timestamp,
     /// Last modified.
+    #[serde(with = "crate::timestamp")]
     pub updated_at: Timestamp,
     /// When the deal was closed (won or lost); `None` while open.
+    #[serde(with = "crate::timestamp::option")]
     pub closed_at: Option<Timestamp>,
     /// Product rows, when the CRM provides them.
     pub products: Vec<ProductRow>,
@@ -234,16 +253,20 @@ pub enum EntityKind {
     Contacts,
     /// Deals / leads.
     Deals,
+    /// Product rows of deals, where the CRM lists them on their own (Bitrix24).
+    #[serde(rename = "product_rows")]
+    ProductRows,
 }
 
 impl EntityKind {
     /// All kinds in sync order (references first).
-    pub const ALL: [EntityKind; 5] = [
+    pub const ALL: [EntityKind; 6] = [
         EntityKind::Users,
         EntityKind::Pipelines,
         EntityKind::Companies,
         EntityKind::Contacts,
         EntityKind::Deals,
+        EntityKind::ProductRows,
     ];
 
     /// Lower-case name.
@@ -254,6 +277,7 @@ impl EntityKind {
             EntityKind::Companies => "companies",
             EntityKind::Contacts => "contacts",
             EntityKind::Deals => "deals",
+            EntityKind::ProductRows => "product_rows",
         }
     }
 }
