@@ -30,8 +30,8 @@ pub mod retry;
 
 pub use auth::{TokenManager, TokenRefresher, TokenSet, TokenStore};
 pub use connector::{
-    Connector, Cursor, EntityRef, FieldDef, FieldWrite, ListQuery, Page, TaskKind, WriteOp,
-    WriteOutcome,
+    Connector, CrmCustomer, Cursor, CustomersFunnel, EntityRef, FieldDef, FieldEntityKind,
+    FieldKind, FieldWrite, ListQuery, Page, TaskKind, WriteOp, WriteOutcome,
 };
 pub use error::ConnectorError;
 pub use ids::*;
