@@ -87,7 +87,7 @@ pub async fn drain(
         sent_total += due.len();
 
         // Entries found in flight were sent by a run that died before recording the outcome.
-        // A task may exist already: look for its marker instead of creating it again.
+        // What they create may exist already: look for it instead of creating it again.
         let mut to_send = Vec::with_capacity(due.len());
         let mut settled = Vec::new();
         for mut e in due {
@@ -178,7 +178,8 @@ pub async fn drain(
 
 /// For an action that creates something, asks the CRM whether a run that died after sending
 /// it created it already: tasks by the marker in their text, amoCRM customers by their
-/// contact's linked customer, fields by name in the field list. `None` for other actions
+/// contact's linked customer, funnel deals by name, pipeline and contact, fields by name in the
+/// field list. `None` for other actions
 /// (they set a state and are simply sent again).
 async fn find_created(
     conn: &dyn Connector,
@@ -190,6 +191,13 @@ async fn find_created(
                 .await,
         ),
         WriteOp::CreateCustomer { contact, .. } => Some(conn.find_customer(*contact).await),
+        WriteOp::CreateDeal {
+            name,
+            pipeline,
+            contact,
+            company,
+            ..
+        } => Some(conn.find_deal(name, *pipeline, *contact, *company).await),
         WriteOp::CreateField {
             entity, name, code, ..
         } => Some(conn.custom_fields().await.map(|fields| {

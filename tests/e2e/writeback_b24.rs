@@ -60,7 +60,7 @@ async fn b24_env(cfg: B24Config) -> Env {
     let emu = B24Emulator::spawn(cfg).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "data_dir = {:?}\n[[portal]]\nid = \"b24\"\nkind = \"bitrix24\"\nbase_url = \"{}\"\n[portal.auth]\ntype = \"webhook\"\nurl_env = \"B24_WEBHOOK\"\n",
+        "data_dir = {:?}\n[[portal]]\nid = \"b24\"\nkind = \"bitrix24\"\nbase_url = \"{}\"\nrequests_per_sec = 100\n[portal.auth]\ntype = \"webhook\"\nurl_env = \"B24_WEBHOOK\"\n",
         dir.path().display().to_string(),
         emu.base_url
     );
@@ -663,7 +663,8 @@ async fn b24_segment_fields_are_created_once_and_written() {
 }
 
 /// The process dies after a batch was sent but before "done" was committed; the next run
-/// finds the to-dos by their marker (`crm.activity.list`) and creates none twice.
+/// finds the to-dos by their marker (`crm.activity.list`) and the funnel deals by title,
+/// category and contact (`crm.deal.list`), and creates none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b24_killed_between_send_and_done_then_rerun_creates_no_duplicate() {
     let emu = B24Emulator::spawn(b24_config(67, 160, 400)).await.unwrap();
@@ -678,9 +679,11 @@ async fn b24_killed_between_send_and_done_then_rerun_creates_no_duplicate() {
     std::fs::write(
         &cfg_path,
         format!(
-            "data_dir = {:?}\n[[portal]]\nid = \"b\"\nkind = \"bitrix24\"\nbase_url = \"{}\"\n\
+            "data_dir = {:?}\n[[portal]]\nid = \"b\"\nkind = \"bitrix24\"\nbase_url = \"{}\"\nrequests_per_sec = 100\n\
              [portal.auth]\ntype = \"webhook\"\nurl_env = \"B24_WEBHOOK\"\n\
-             [portal.mapping]\nplaybooks = [{:?}]\n",
+             [portal.mapping]\nplaybooks = [{:?}]\n\
+             [portal.mapping.funnel]\npipeline = \"Повторные продажи\"\n\
+             stages = [\"C1:PREPARATION\", \"C1:PREPAYMENT_INVOICE\", \"C1:EXECUTING\"]\nwindows_days = [30, 0]\n",
             dir.path().join("data").display().to_string(),
             emu.base_url,
             pb.display().to_string(),
@@ -723,16 +726,27 @@ async fn b24_killed_between_send_and_done_then_rerun_creates_no_duplicate() {
         String::from_utf8_lossy(&out.stderr)
     );
     let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let planned = plan["actions"].as_array().unwrap().len();
+    let of = |op: &str| {
+        plan["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["op"]["op"] == op)
+            .count()
+    };
+    let (planned, deals_planned) = (of("create_task"), of("create_deal"));
     assert!(planned > 100, "enough for several batches: {planned}");
-    let todos = |emu: &RunningB24| {
+    assert!(deals_planned > 0, "funnel deals to create");
+    let count = |emu: &RunningB24, method: &str| {
         emu.emulator
             .writes()
             .into_iter()
-            .filter(|w| w.method == "crm.activity.todo.add")
+            .filter(|w| w.method == method)
             .count()
     };
-    assert_eq!(todos(&emu), 0, "plan writes nothing");
+    let todos = |emu: &RunningB24| count(emu, "crm.activity.todo.add");
+    let deals = |emu: &RunningB24| count(emu, "crm.deal.add");
+    assert_eq!(todos(&emu) + deals(&emu), 0, "plan writes nothing");
 
     let crash = run(
         &["apply", "--portal", "b", "--as-of", "2026-03-02"],
@@ -740,8 +754,12 @@ async fn b24_killed_between_send_and_done_then_rerun_creates_no_duplicate() {
     )
     .await;
     assert!(!crash.status.success(), "the failpoint aborts the process");
-    let sent = todos(&emu);
-    assert!(sent >= 1 && sent < planned, "one batch landed: {sent}");
+    let sent = todos(&emu) + deals(&emu);
+    assert!(
+        sent >= 1 && sent < planned + deals_planned,
+        "one batch landed: {sent}"
+    );
+    assert!(deals(&emu) >= 1, "funnel deals were in the first batch");
 
     let out = run(&["apply", "--portal", "b", "--as-of", "2026-03-02"], None).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -755,6 +773,7 @@ async fn b24_killed_between_send_and_done_then_rerun_creates_no_duplicate() {
         "{stdout}"
     );
     assert_eq!(todos(&emu), planned, "each to-do exactly once");
+    assert_eq!(deals(&emu), deals_planned, "each funnel deal exactly once");
     let mut markers: Vec<String> = emu.emulator.with_data(|d| {
         d.activities
             .values()

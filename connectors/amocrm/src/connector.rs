@@ -375,6 +375,71 @@ impl Connector for AmoClient {
         Ok(Page { items, next })
     }
 
+    /// `GET /api/v4/contacts/{id}?with=leads`, then those leads in `pipeline`
+    /// (`GET /api/v4/leads?filter[id][]=..&filter[pipeline_id][]=..`): the one named `name`.
+    /// A deal without a contact cannot be looked up (amoCRM lists a company's leads only
+    /// through its contacts): `Unsupported`, and the outbox sends it again.
+    async fn find_deal(
+        &self,
+        name: &str,
+        pipeline: rebuy_core::PipelineId,
+        contact: Option<ContactId>,
+        _company: Option<rebuy_core::CompanyId>,
+    ) -> Result<Option<u64>, ConnectorError> {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct ContactRow {
+            #[serde(rename = "_embedded")]
+            embedded: Emb,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Emb {
+            leads: Vec<wire::IdRef>,
+        }
+        let Some(contact) = contact else {
+            return Err(ConnectorError::Unsupported {
+                what: "deal lookup without a contact".into(),
+            });
+        };
+        let url = self.url(
+            &format!("api/v4/contacts/{}", contact.0),
+            &[("with", "leads")],
+        )?;
+        let Some(row) = self.get_json::<ContactRow>(url).await? else {
+            return Ok(None);
+        };
+        let ids: Vec<String> = row
+            .embedded
+            .leads
+            .iter()
+            .map(|l| l.id.to_string())
+            .collect();
+        let pipeline_s = pipeline.0.to_string();
+        for chunk in ids.chunks(250) {
+            let keys: Vec<String> = (0..chunk.len())
+                .map(|k| format!("filter[id][{k}]"))
+                .collect();
+            let mut params: Vec<(&str, &str)> =
+                vec![("limit", "250"), ("filter[pipeline_id][0]", &pipeline_s)];
+            params.extend(
+                keys.iter()
+                    .map(String::as_str)
+                    .zip(chunk.iter().map(String::as_str)),
+            );
+            let url = self.url("api/v4/leads", &params)?;
+            let Some(page) = self.get_json::<wire::ListPage<wire::Leads>>(url).await? else {
+                continue;
+            };
+            if let Some(l) = page.embedded.leads.iter().find(|l| {
+                l.pipeline_id == pipeline.0 && l.name.as_deref().map(str::trim) == Some(name.trim())
+            }) {
+                return Ok(Some(l.id));
+            }
+        }
+        Ok(None)
+    }
+
     /// `GET /api/v4/contacts/{id}?with=customers`: the first customer linked to the contact.
     async fn find_customer(&self, contact: ContactId) -> Result<Option<u64>, ConnectorError> {
         #[derive(serde::Deserialize, Default)]

@@ -463,6 +463,34 @@ impl Connector for B24Client {
         self.inner.settings.batch_size
     }
 
+    /// `crm.deal.list {filter: {TITLE, CATEGORY_ID, CONTACT_ID | COMPANY_ID}, select: [ID]}`:
+    /// the oldest match.
+    async fn find_deal(
+        &self,
+        name: &str,
+        pipeline: rebuy_core::PipelineId,
+        contact: Option<rebuy_core::ContactId>,
+        company: Option<rebuy_core::CompanyId>,
+    ) -> Result<Option<u64>, ConnectorError> {
+        let mut filter = json!({"TITLE": name, "CATEGORY_ID": pipeline.0});
+        match (contact, company) {
+            (Some(c), _) => filter["CONTACT_ID"] = json!(c.0),
+            (None, Some(c)) => filter["COMPANY_ID"] = json!(c.0),
+            (None, None) => {}
+        }
+        let env: wire::Envelope<Vec<Value>> = self
+            .call(
+                "crm.deal.list",
+                json!({"filter": filter, "select": ["ID"], "order": {"ID": "ASC"}}),
+            )
+            .await?;
+        Ok(env.result.first().and_then(|d| match d.get("ID") {
+            Some(Value::String(s)) => s.parse().ok(),
+            Some(Value::Number(n)) => n.as_u64(),
+            _ => None,
+        }))
+    }
+
     /// `crm.activity.list {filter: {OWNER_TYPE_ID, OWNER_ID}, select: [ID, DESCRIPTION]}`, page
     /// by page: the to-do whose description carries `marker`.
     async fn find_task(

@@ -400,6 +400,22 @@ pub trait Connector: Send + Sync {
         })
     }
 
+    /// An open deal named `name` in `pipeline` linked to `contact` (else `company`): how a deal
+    /// created by a run that died before recording it is found again. `Ok(None)` when there
+    /// is none.
+    async fn find_deal(
+        &self,
+        name: &str,
+        pipeline: PipelineId,
+        contact: Option<ContactId>,
+        company: Option<CompanyId>,
+    ) -> Result<Option<u64>, ConnectorError> {
+        let _ = (name, pipeline, contact, company);
+        Err(ConnectorError::Unsupported {
+            what: "deal lookup".into(),
+        })
+    }
+
     /// The custom fields of contacts, companies and deals. CRMs without the listing return
     /// [`ConnectorError::Unsupported`].
     async fn custom_fields(&self) -> Result<Vec<FieldDef>, ConnectorError> {
