@@ -998,18 +998,21 @@ impl Planner<'_, '_> {
             return;
         };
         let customer = self.cust.clone();
-        let entity = match (f.entity, row.key) {
-            (FieldEntity::Contacts, CustomerKey::Contact(c)) => EntityRef::Contact(c),
-            (FieldEntity::Contacts, CustomerKey::Company(_)) => {
-                self.skipped.push(Skipped {
-                    rule: "fields".into(),
-                    customer,
-                    reason: "a company customer: segment fields are mapped on contacts".into(),
-                });
-                return;
-            }
+        let (entity, f) = match (f.entity, row.key) {
+            (FieldEntity::Contacts, CustomerKey::Contact(c)) => (EntityRef::Contact(c), f),
+            (FieldEntity::Contacts, CustomerKey::Company(c)) => match &f.companies {
+                Some(on_companies) => (EntityRef::Company(c), on_companies.as_ref()),
+                None => {
+                    self.skipped.push(Skipped {
+                        rule: "fields".into(),
+                        customer,
+                        reason: "a company customer: the companies have none of the segment fields (name them on companies too, or set create_missing = true)".into(),
+                    });
+                    return;
+                }
+            },
             (FieldEntity::Deals, _) => match facts.sales.last() {
-                Some(s) => EntityRef::Deal(s.deal),
+                Some(s) => (EntityRef::Deal(s.deal), f),
                 None => return,
             },
         };
@@ -1041,6 +1044,9 @@ impl Planner<'_, '_> {
                     .unwrap_or_else(|| "none".into()),
             );
             writes.push((id, v));
+        }
+        if writes.is_empty() {
+            return; // the fields are still to be created
         }
         let summary = format!("write segment fields: {}", window.join(", "));
         self.actions.push(Action {

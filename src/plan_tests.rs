@@ -88,6 +88,7 @@ pub(crate) fn rules_for(mapping: serde_json::Value) -> Rules {
             users: &u,
             fields: None,
             customers: None,
+            company_customers: false,
         },
     )
     .unwrap_or_else(|e| panic!("{}", playbooks::format_problems(&e)))
@@ -521,7 +522,7 @@ fn segment_fields_are_written_once_per_value_set() {
         "shop",
         &serde_json::json!({"fields": {"rfm_segment": "Сегмент", "next_purchase": "Дата следующей покупки"}}),
         None,
-        CrmFacts { crm: CrmKind::Amocrm, pipelines: &pl, users: &us, fields: Some(&fields), customers: None },
+        CrmFacts { crm: CrmKind::Amocrm, pipelines: &pl, users: &us, fields: Some(&fields), customers: None, company_customers: false },
     )
     .unwrap();
     let rows = [row(
@@ -604,6 +605,7 @@ fn the_customers_funnel_creates_once_then_moves_and_redates() {
             users: u,
             fields: None,
             customers: c,
+            company_customers: false,
         }
     }
     let facts_of = |c| crm(&p, &u, c);

@@ -101,6 +101,7 @@ pub async fn resolve_rules(
         },
         _ => None,
     };
+    let b2b = portal.analytics.mode == analytics::Mode::B2b;
     if pipelines.is_empty() {
         bail!(
             "portal {}: the cache has no pipelines; run `rebuy sync --portal {}` first",
@@ -118,6 +119,7 @@ pub async fn resolve_rules(
             users: &users,
             fields: fields.as_deref(),
             customers: customers.as_ref(),
+            company_customers: b2b,
         },
     )
     .map_err(|p| {
@@ -723,6 +725,7 @@ pub async fn cmd_mapping(cfg: &Config, config_path: &Path, portal: &str) -> Resu
         }
         None => println!("custom fields: not listed by this CRM connector"),
     }
+    let b2b = p.analytics.mode == analytics::Mode::B2b;
     let problems = playbooks::check(
         &p.id.0,
         &p.mapping,
@@ -733,6 +736,7 @@ pub async fn cmd_mapping(cfg: &Config, config_path: &Path, portal: &str) -> Resu
             users: &users,
             fields: fields.as_deref(),
             customers: customers.as_ref(),
+            company_customers: b2b,
         },
     );
     if problems.is_empty() {
@@ -743,6 +747,7 @@ pub async fn cmd_mapping(cfg: &Config, config_path: &Path, portal: &str) -> Resu
             users: &users,
             fields: fields.as_deref(),
             customers: customers.as_ref(),
+            company_customers: b2b,
         };
         let dir = playbooks_dir(config_path);
         let rules = playbooks::resolve(&p.id.0, &p.mapping, dir.as_deref(), facts)
@@ -1014,6 +1019,7 @@ pub fn bench_plan(customers: usize) -> Result<String> {
             users: &users,
             fields: None,
             customers: None,
+            company_customers: false,
         },
     )
     .map_err(|p| anyhow::anyhow!("{}", playbooks::format_problems(&p)))?;

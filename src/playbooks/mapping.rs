@@ -215,7 +215,8 @@ pub struct FunnelMapping {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FieldEntity {
-    /// The customer's contact (or company for B2B customers).
+    /// The customer's contact; a company customer (B2B) gets the fields of the same names on
+    /// its company, when the companies have them (or `create_missing` creates them).
     #[default]
     Contacts,
     /// The customer's last won deal.

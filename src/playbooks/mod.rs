@@ -262,6 +262,9 @@ pub struct SegmentFields {
     pub xyz: Option<String>,
     /// Next purchase field id and its format.
     pub next_purchase: Option<(String, DateFormat)>,
+    /// The same fields on companies, for company customers (B2B) when the mapping names the
+    /// fields on contacts: found by name, or created with `create_missing`.
+    pub companies: Option<Box<SegmentFields>>,
 }
 
 /// A segment field the mapping names and the CRM lacks.
@@ -345,6 +348,9 @@ pub struct CrmFacts<'a> {
     pub fields: Option<&'a [FieldDef]>,
     /// amoCRM's customers entity (mode and statuses); `None` when not read.
     pub customers: Option<&'a CustomersFunnel>,
+    /// Customers are companies (analytics mode `b2b`): segment fields named for contacts are
+    /// also looked up (or created) on companies.
+    pub company_customers: bool,
 }
 
 /// A playbook's text and where it came from.
@@ -469,6 +475,7 @@ pub fn resolve(
         rules: Rules::empty(),
         teams: BTreeMap::new(),
         create_missing: false,
+        on_companies: false,
     };
     r.rules.user_names = crm.users.iter().map(|u| (u.id, u.name.clone())).collect();
     r.rules.horizon_days = m.horizon_days;
@@ -571,6 +578,8 @@ struct Resolver<'a> {
     teams: BTreeMap<String, Vec<UserId>>,
     /// `fields.create_missing` of the mapping.
     create_missing: bool,
+    /// Resolving the company variants of the segment fields.
+    on_companies: bool,
 }
 
 impl Resolver<'_> {
@@ -922,6 +931,7 @@ impl Resolver<'_> {
         f: &NameOrId,
     ) -> Option<(String, String)> {
         let kind = match entity {
+            _ if self.on_companies => EntityKind::Companies,
             FieldEntity::Contacts => EntityKind::Contacts,
             FieldEntity::Deals => EntityKind::Deals,
         };
@@ -972,6 +982,7 @@ impl Resolver<'_> {
                     ),
                 };
                 let entity_kind = match entity {
+                    _ if self.on_companies => FieldEntityKind::Companies,
                     FieldEntity::Contacts => FieldEntityKind::Contacts,
                     FieldEntity::Deals => FieldEntityKind::Deals,
                 };
@@ -984,6 +995,10 @@ impl Resolver<'_> {
                         kind: kind_of,
                         create: true,
                     });
+                    return None;
+                }
+                if self.on_companies {
+                    // Optional: company customers then get no segment fields (the plan says so).
                     return None;
                 }
                 let known: Vec<String> = defs
@@ -1023,8 +1038,62 @@ impl Resolver<'_> {
     }
 
     fn fields(&mut self, file: &str, f: &mapping::FieldsMapping) {
-        let e = f.entity;
         self.create_missing = f.create_missing;
+        // Company customers (B2B): the same fields, by name, on their company's card.
+        let companies = if f.entity == FieldEntity::Contacts && self.crm.company_customers {
+            let by_name = |x: &Option<NameOrId>| match x {
+                Some(NameOrId::Name(n)) if !n.chars().all(|c| c.is_ascii_digit()) => x.clone(),
+                _ => None,
+            };
+            let named = mapping::FieldsMapping {
+                entity: f.entity,
+                rfm_segment: by_name(&f.rfm_segment),
+                abc: by_name(&f.abc),
+                xyz: by_name(&f.xyz),
+                next_purchase: by_name(&f.next_purchase),
+                create_missing: f.create_missing,
+            };
+            self.on_companies = true;
+            let s = self.segment_fields(file, &named);
+            self.on_companies = false;
+            s.map(Box::new)
+        } else {
+            None
+        };
+        let missing_before = self.rules.missing_fields.len();
+        let own = self.segment_fields(file, f);
+        let all_missing = self.rules.missing_fields.len() > missing_before;
+        match own {
+            Some(mut s) => {
+                s.companies = companies;
+                self.rules.fields = Some(s);
+            }
+            None if companies.is_some() => {
+                self.rules.fields = Some(SegmentFields {
+                    entity: f.entity,
+                    rfm_segment: None,
+                    abc: None,
+                    xyz: None,
+                    next_purchase: None,
+                    companies,
+                });
+            }
+            None => {
+                let none_named = f.rfm_segment.is_none()
+                    && f.abc.is_none()
+                    && f.xyz.is_none()
+                    && f.next_purchase.is_none();
+                // Every field still to be created is not a problem.
+                if none_named && !all_missing {
+                    self.problem(file, "fields", "no field named".into());
+                }
+            }
+        }
+    }
+
+    /// The field ids of one entity's segment fields; `None` when none resolved.
+    fn segment_fields(&mut self, file: &str, f: &mapping::FieldsMapping) -> Option<SegmentFields> {
+        let e = f.entity;
         let rfm = f
             .rfm_segment
             .as_ref()
@@ -1053,25 +1122,16 @@ impl Resolver<'_> {
                 })
         });
         if rfm.is_none() && abc.is_none() && xyz.is_none() && next.is_none() {
-            if !self.rules.missing_fields.is_empty() {
-                return; // every field is still to be created
-            }
-            if f.rfm_segment.is_none()
-                && f.abc.is_none()
-                && f.xyz.is_none()
-                && f.next_purchase.is_none()
-            {
-                self.problem(file, "fields", "no field named".into());
-            }
-            return;
+            return None;
         }
-        self.rules.fields = Some(SegmentFields {
+        Some(SegmentFields {
             entity: e,
             rfm_segment: rfm,
             abc,
             xyz,
             next_purchase: next,
-        });
+            companies: None,
+        })
     }
 
     fn responsible(&mut self, file: &str, key: &str, s: &str) -> Option<Responsible> {

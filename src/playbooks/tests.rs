@@ -17,6 +17,7 @@ fn check_json(mapping: serde_json::Value) -> Vec<Problem> {
             users: &u,
             fields: None,
             customers: None,
+            company_customers: false,
         },
     )
 }

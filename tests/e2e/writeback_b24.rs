@@ -784,3 +784,65 @@ async fn b24_killed_between_send_and_done_then_rerun_creates_no_duplicate() {
     markers.dedup();
     assert_eq!(markers.len(), planned);
 }
+
+/// B2B: customers are companies; the segment fields named for contacts are created on
+/// companies too (`crm.company.userfield.add`) and written with `crm.company.update`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b24_b2b_segment_fields_go_on_the_company_card() {
+    let mut env = b24_env(b24_config(68, 80, 300)).await;
+    sync(&env, true).await;
+    env.portal.analytics.mode = rebuy::analytics::Mode::B2b;
+    env.portal.mapping = json!({"fields": {"rfm_segment": "Сегмент RFM", "create_missing": true}});
+    let (plan, report) = apply_at(&env, Timestamp::now()).await;
+    assert_eq!(report.drain.failed, 0, "{report:?}");
+    let field_names = |method: &str| -> Vec<String> {
+        env.writes_of(method)
+            .iter()
+            .map(|w| {
+                w.params["fields"]["FIELD_NAME"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(
+        field_names("crm.contact.userfield.add"),
+        ["REBUY_RFM_SEGMENT"]
+    );
+    assert_eq!(
+        field_names("crm.company.userfield.add"),
+        ["REBUY_RFM_SEGMENT"]
+    );
+    let on_companies = plan
+        .actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                &a.op,
+                WriteOp::UpdateFields {
+                    entity: rebuy_core::EntityRef::Company(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(on_companies > 0, "company customers get their segment");
+    assert_eq!(env.writes_of("crm.company.update").len(), on_companies);
+    env.emulator().with_data(|d| {
+        let written = d
+            .companies
+            .values()
+            .filter(|c| c.uf.contains_key("UF_CRM_REBUY_RFM_SEGMENT"))
+            .count();
+        assert_eq!(written, on_companies);
+    });
+    assert!(
+        !plan.skipped.iter().any(|s| s.rule == "fields"),
+        "{:?}",
+        plan.skipped
+    );
+    // Once.
+    apply_at(&env, Timestamp::now() + SignedDuration::from_hours(1)).await;
+    assert_eq!(env.writes_of("crm.company.userfield.add").len(), 1);
+}

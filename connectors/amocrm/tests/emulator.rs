@@ -637,6 +637,25 @@ async fn customers_fields_and_lookups_after_a_lost_answer() {
         .unwrap(),
         None
     );
+    // A company's segment field (B2B customers): PATCH /api/v4/companies.
+    let company = e
+        .amo
+        .emulator
+        .with_data(|d| *d.companies.keys().next().unwrap());
+    let res = c
+        .apply(&[WriteOp::UpdateFields {
+            entity: EntityRef::Company(rebuy_core::CompanyId(company)),
+            fields: vec![rebuy_core::FieldWrite {
+                field_id: rebuy_emulator::amocrm::field_ids::COMPANY_WEB.to_string(),
+                value: Some("https://example.ru".into()),
+            }],
+        }])
+        .await;
+    assert!(res[0].is_ok(), "{res:?}");
+    let w = e.amo.emulator.writes();
+    assert!(w.field_updates.iter().any(|u| u.entity_type == "companies"
+        && u.entity_id == company
+        && u.values == Some(vec![serde_json::json!("https://example.ru")])));
     // Moved and re-dated.
     let later = jiff::Timestamp::from_second(1_800_086_400).unwrap();
     let res = c

@@ -310,7 +310,10 @@ impl AmoEmulator {
                 "/api/v4/contacts/{id}",
                 get(api::contact).patch(writes::patch_contact),
             )
-            .route("/api/v4/companies", get(api::companies))
+            .route(
+                "/api/v4/companies",
+                get(api::companies).patch(writes::patch_companies),
+            )
             .route("/api/v4/companies/{id}", get(api::company))
             .route("/api/v4/catalogs", get(api::catalogs))
             .route("/api/v4/catalogs/{id}/elements", get(api::catalog_elements))

@@ -1158,6 +1158,16 @@ impl AmoData {
         }
     }
 
+    /// Sets a company's `updated_at`.
+    pub(crate) fn touch_company(&mut self, id: u64, now: i64, by: u64) {
+        if let Some(c) = self.companies.get_mut(&id) {
+            self.idx.company_updated.remove(&(c.updated_at, id));
+            c.updated_at = now.max(c.created_at);
+            c.updated_by = by;
+            self.idx.company_updated.insert((c.updated_at, id));
+        }
+    }
+
     /// Inserts a new lead (ids and indexes kept right).
     pub(crate) fn insert_lead(&mut self, lead: AmoLead) {
         self.idx.lead_updated.insert((lead.updated_at, lead.id));

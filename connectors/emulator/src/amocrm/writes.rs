@@ -1,5 +1,6 @@
 //! Write endpoints: `POST/PATCH /api/v4/tasks`, `POST/PATCH /api/v4/leads`,
-//! `PATCH /api/v4/leads/{id}`, `PATCH /api/v4/contacts[/{id}]`, and the [`Writes`] record
+//! `PATCH /api/v4/leads/{id}`, `PATCH /api/v4/contacts[/{id}]`, `PATCH /api/v4/companies`,
+//! and the [`Writes`] record
 //! that tests inspect.
 //!
 //! A bulk write is validated as a whole first: when any item is invalid the answer is a 400
@@ -996,7 +997,19 @@ struct ContactChange {
     tags: Option<Vec<TagSpec>>,
 }
 
+/// Validates a `PATCH /api/v4/contacts` item.
 fn validate_contact(d: &AmoData, item: &Value, index: usize) -> Result<ContactChange, Value> {
+    validate_card(d, item, index, false)
+}
+
+/// Validates a contact item, or (with `companies`) a `PATCH /api/v4/companies` one: the same
+/// shape (a company's first/last names are ignored).
+fn validate_card(
+    d: &AmoData,
+    item: &Value,
+    index: usize,
+    companies: bool,
+) -> Result<ContactChange, Value> {
     let rid = request_id(item, index);
     let mut errs = Errs::default();
     if !item.is_object() {
@@ -1008,7 +1021,8 @@ fn validate_contact(d: &AmoData, item: &Value, index: usize) -> Result<ContactCh
         None | Some(Value::Null) => errs.blank("id"),
         Some(v) => match v.as_u64() {
             None => errs.invalid_type("id", "int"),
-            Some(i) if d.contacts.contains_key(&i) => id = i,
+            Some(i) if !companies && d.contacts.contains_key(&i) => id = i,
+            Some(i) if companies && d.companies.contains_key(&i) => id = i,
             Some(_) => errs.push("NotFound", "id", "Entity not found."),
         },
     }
@@ -1022,7 +1036,15 @@ fn validate_contact(d: &AmoData, item: &Value, index: usize) -> Result<ContactCh
         errs.choice("responsible_user_id");
     }
     let cf = match item.get("custom_fields_values") {
-        Some(v) => validate_cf(&d.fields.contacts, v, &mut errs),
+        Some(v) => validate_cf(
+            if companies {
+                &d.fields.companies
+            } else {
+                &d.fields.contacts
+            },
+            v,
+            &mut errs,
+        ),
         None => vec![],
     };
     let emb = item.get("_embedded");
@@ -1189,6 +1211,95 @@ pub(crate) async fn patch_contact(
     Ok(hal(
         &json!({"id": id, "updated_at": updated_at, "_links": {"self": {"href": format!("{}/api/v4/contacts/{id}", ctx.base)}}}),
     ))
+}
+
+fn apply_company(st: &Inner, d: &mut AmoData, ch: ContactChange, now: i64, by: u64) {
+    let id = ch.id;
+    for c in &ch.cf {
+        d.event(
+            "custom_field_value_changed",
+            id,
+            "company",
+            by,
+            now,
+            cf_event_value(c),
+            json!([]),
+        );
+    }
+    let new_tags = ch.tags.as_ref().map(|specs| resolve_tags(d, specs));
+    if let Some(c) = d.companies.get_mut(&id) {
+        if let Some(n) = &ch.name {
+            c.name = n.clone();
+        }
+        if let Some(r) = ch.responsible {
+            c.responsible_user_id = r;
+        }
+        for cf in &ch.cf {
+            apply_cf(&mut c.custom_fields, cf);
+        }
+        if let Some(t) = &new_tags {
+            c.tags = t.clone();
+        }
+    }
+    d.touch_company(id, now, by);
+    st.record_writes(|w| {
+        for c in &ch.cf {
+            w.field_updates.push(FieldUpdate {
+                entity_type: "companies".into(),
+                entity_id: id,
+                field_id: c.def.id,
+                values: c
+                    .values
+                    .as_ref()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| v.iter().map(|x| x.value.clone()).collect()),
+            });
+        }
+        if let Some(t) = &new_tags {
+            w.tag_updates.push(TagUpdate {
+                entity_type: "companies".into(),
+                entity_id: id,
+                tags: t.iter().map(|t| t.name.clone()).collect(),
+            });
+        }
+        w.entity_updates.push(EntityUpdate {
+            entity_type: "companies".into(),
+            entity_id: id,
+            fields: ch.keys.clone(),
+        });
+    });
+}
+
+/// `PATCH /api/v4/companies`: name, responsible, custom fields, tags (as for contacts).
+pub(crate) async fn patch_companies(
+    State(st): State<Arc<Inner>>,
+    ctx: Ctx,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let items = parse_batch(&body)?;
+    let now = st.now();
+    let mut d = st.write();
+    let by = d.account.current_user_id;
+    let mut changes = Vec::new();
+    let mut errors = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match validate_card(&d, item, i, true) {
+            Ok(c) => changes.push(c),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(reject(&st, errors));
+    }
+    let mut out = Vec::new();
+    for ch in changes {
+        let (id, rid) = (ch.id, ch.request_id.clone());
+        apply_company(&st, &mut d, ch, now, by);
+        let updated_at = d.companies.get(&id).map_or(now, |c| c.updated_at);
+        out.push(updated_item(&ctx.base, "companies", id, updated_at, &rid));
+    }
+    st.record_writes(|w| w.requests_applied += 1);
+    Ok(batch_response(&ctx, "companies", out))
 }
 
 const TASK_ENTITY_TYPES: &[&str] = &["leads", "contacts", "companies", "customers"];
