@@ -138,6 +138,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     amo_cfg.seed.seed = args.seed;
     amo_cfg.seed.contacts = args.contacts;
     amo_cfg.seed.deals = args.leads;
+    // The account has periodic purchases on: the demo keeps its funnel on amoCRM customers.
+    amo_cfg.customers_mode = "periodicity".into();
     let mut b24_cfg = B24Config::default();
     b24_cfg.seed = amo_cfg.seed.clone();
     b24_cfg.seed.seed = args.seed + 1;

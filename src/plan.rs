@@ -915,7 +915,11 @@ impl Planner<'_, '_> {
         let Ok(next_at) = next.to_zoned(input.tz.clone()).map(|z| z.timestamp()) else {
             return;
         };
-        let next_price = row.expected_order_value.map(|v| v.round());
+        // The model's expected order value, else the customer's own average order.
+        let next_price = row
+            .expected_order_value
+            .or_else(|| (row.purchases > 0).then(|| row.revenue / Decimal::from(row.purchases)))
+            .map(|v| v.round());
         match &facts.crm_customer {
             None => {
                 let contact = match row.key {

@@ -836,13 +836,17 @@ pub fn route_deal(
 }
 
 /// The demo mapping of the emulated amoCRM account: every ready playbook, repeat routing to
-/// "Повторные продажи", segment fields on contacts.
+/// "Повторные продажи", the cyclic funnel on amoCRM customers (the demo account has customers
+/// mode "periodicity"), segment fields on contacts (the ABC class in a field rebuy creates).
 pub fn demo_mapping() -> serde_json::Value {
     let names: Vec<&str> = playbooks::BUILT_IN.iter().map(|(n, _)| *n).collect();
     serde_json::json!({
         "playbooks": names,
         "repeat_pipeline": "Повторные продажи",
-        "fields": {"entity": "contacts", "rfm_segment": "Сегмент", "next_purchase": "Дата следующей покупки"},
+        "funnel": {"entity": "customers", "stages": [
+            "Больше 30 дней", "30 дней до покупки", "7 дней до покупки", "Ожидается покупка"]},
+        "fields": {"entity": "contacts", "rfm_segment": "Сегмент", "abc": "ABC-класс",
+                   "next_purchase": "Дата следующей покупки", "create_missing": true},
     })
 }
 
@@ -860,6 +864,10 @@ pub async fn demo_amocrm(
     let handle = crate::portal::open(&p, store.clone())?;
     let conn = handle.connector.as_ref();
     let started = std::time::Instant::now();
+    let fields = create_missing_fields(&p, store, conn, None).await?;
+    for f in fields.created.iter().chain(&fields.failed) {
+        println!("  field: {f}");
+    }
     let prep = prepare(&p, store, Some(conn), None, as_of).await?;
     let plan = plan_prepared(&p, &prep, as_of);
     println!(
@@ -931,11 +939,14 @@ pub async fn demo_amocrm(
 
     let w = emulator.writes();
     println!(
-        "\nwhat landed in the emulated amoCRM: {} task(s), {} field write(s), {} lead move(s), {} tag update(s), {} write request(s) ({} rejected)",
+        "\nwhat landed in the emulated amoCRM: {} task(s), {} field write(s), {} field(s) created, {} lead move(s), {} tag update(s), {} customer(s) created, {} customer update(s), {} write request(s) ({} rejected)",
         w.tasks_created.len(),
         w.field_updates.len(),
+        w.fields_created.len(),
         w.lead_moves.len(),
         w.tag_updates.len(),
+        w.customers_created.len(),
+        w.customers_updated.len(),
         w.requests_applied,
         w.requests_rejected
     );
@@ -956,6 +967,28 @@ pub async fn demo_amocrm(
             t.responsible_user_id,
             due,
             t.text.lines().next().unwrap_or("")
+        );
+    }
+    let status_name = |id: u64| {
+        emulator.with_data(|d| {
+            d.customer_statuses
+                .iter()
+                .find(|s| s.id == id)
+                .map(|s| s.name.clone())
+                .unwrap_or_default()
+        })
+    };
+    for c in w.customers_created.iter().take(3) {
+        let next = Timestamp::from_second(c.next_date)
+            .map(|x| x.to_zoned(tz.clone()).date().to_string())
+            .unwrap_or_default();
+        println!(
+            "  customer {} of contact {} in {:?}, next purchase {}, {} ₽",
+            c.id,
+            c.contact_id.unwrap_or(0),
+            status_name(c.status_id),
+            next,
+            c.next_price
         );
     }
     for m in w.lead_moves.iter().take(3) {
