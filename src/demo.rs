@@ -211,6 +211,9 @@ pub async fn emulate_amocrm(a: crate::cli::EmulateArgs) -> Result<()> {
     if let Some(t) = a.token_ttl {
         cfg.access_token_ttl_secs = t;
     }
+    if let Some(m) = a.customers_mode {
+        cfg.customers_mode = m;
+    }
     rebuy_emulator::amocrm::run_amocrm(cfg, a.port)
         .await
         .context("running the amoCRM emulator")

@@ -687,6 +687,7 @@ pub async fn run_amocrm(cfg: AmoConfig, port: u16) -> std::io::Result<()> {
     if let Some(t) = &c.long_lived_token {
         println!("  long-lived token: {t}");
     }
+    println!("  customers mode: {}", c.customers_mode);
     println!(
         "  rate limit:     {} req/s (0 = unlimited); writes at http://{addr}/_emulator/writes",
         c.rate_limit_per_sec
