@@ -548,7 +548,7 @@ pub async fn cmd_plan(
     } else {
         None
     };
-    let plan = plan_portal(
+    let prep = prepare(
         p,
         &store,
         conn.as_deref(),
@@ -556,7 +556,19 @@ pub async fn cmd_plan(
         as_of,
     )
     .await?;
-    print_plan(&plan, format)
+    let plan = plan_prepared(p, &prep, as_of);
+    print_plan(&plan, format)?;
+    if format == PlanFormat::Table {
+        for m in prep.rules.missing_fields.iter().filter(|m| m.create) {
+            println!(
+                "\nfield {} {:?} ({}) is missing: `rebuy apply` creates it first, then writes it",
+                m.entity.as_str(),
+                m.name,
+                m.key
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `rebuy apply`: plans, commits the actions to the outbox and sends them.

@@ -873,6 +873,21 @@ async fn fields_and_customers_are_created_once_across_crashes() {
         Default::default(),
         "mapping writes nothing"
     );
+    let out = run(&["plan", "--portal", "p"], vec![]).await;
+    ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "field contacts \"ABC-класс\" (fields.abc) is missing: `rebuy apply` creates it first"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("customer_create/"), "{stdout}");
+    assert_eq!(
+        emu.emulator.writes(),
+        Default::default(),
+        "plan writes nothing"
+    );
 
     // 1: killed right after the fields were sent.
     let fail = vec![("REBUY_FAILPOINTS".into(), "outbox.after_send=1".into())];
