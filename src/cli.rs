@@ -214,6 +214,10 @@ pub struct EmulateArgs {
     /// Access token lifetime in seconds.
     #[arg(long)]
     pub token_ttl: Option<u64>,
+    /// amoCRM only: the account's customers mode (`disabled`, `periodicity`, `segments`,
+    /// `unavailable`); `periodicity` turns the customers entity and its statuses on.
+    #[arg(long, value_parser = ["disabled", "periodicity", "segments", "unavailable"])]
+    pub customers_mode: Option<String>,
 }
 
 /// Sets up logging: `RUST_LOG` filters (default `info`), text or JSON lines on stderr.

@@ -138,6 +138,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     amo_cfg.seed.seed = args.seed;
     amo_cfg.seed.contacts = args.contacts;
     amo_cfg.seed.deals = args.leads;
+    // The account has periodic purchases on: the demo keeps its funnel on amoCRM customers.
+    amo_cfg.customers_mode = "periodicity".into();
     let mut b24_cfg = B24Config::default();
     b24_cfg.seed = amo_cfg.seed.clone();
     b24_cfg.seed.seed = args.seed + 1;
@@ -208,6 +210,9 @@ pub async fn emulate_amocrm(a: crate::cli::EmulateArgs) -> Result<()> {
     }
     if let Some(t) = a.token_ttl {
         cfg.access_token_ttl_secs = t;
+    }
+    if let Some(m) = a.customers_mode {
+        cfg.customers_mode = m;
     }
     rebuy_emulator::amocrm::run_amocrm(cfg, a.port)
         .await

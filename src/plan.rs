@@ -36,7 +36,8 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use rebuy_core::{
-    CrmKind, DealId, EntityRef, FieldWrite, PipelineId, StageId, TaskKind, UserId, WriteOp,
+    CrmCustomer, CrmKind, DealId, EntityRef, FieldWrite, PipelineId, StageId, TaskKind, UserId,
+    WriteOp,
 };
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -64,6 +65,8 @@ pub struct CustomerFacts {
     pub sales: Vec<Sale>,
     /// The customer's open deal in the funnel pipeline: (deal, stage, manager).
     pub funnel_deal: Option<(DealId, StageId, Option<UserId>)>,
+    /// The customer's amoCRM customer (funnel on customers): the one linked to its contact.
+    pub crm_customer: Option<CrmCustomer>,
 }
 
 /// An open deal, for repeat routing.
@@ -309,7 +312,7 @@ pub fn plan_for_deal(
         || rules
             .funnel
             .as_ref()
-            .is_some_and(|f| f.pipeline == deal.pipeline)
+            .is_some_and(|f| f.pipeline() == Some(deal.pipeline))
         || deal.created_at > as_of
     {
         return Vec::new();
@@ -815,6 +818,10 @@ impl Planner<'_, '_> {
         let Some(next) = row.next_purchase else {
             return;
         };
+        if f.entity == crate::playbooks::mapping::FunnelEntity::Customers {
+            self.customer_funnel(f, row, facts, next);
+            return;
+        }
         let Some((deal, stage, _)) = &facts.funnel_deal else {
             // No open deal in the funnel yet: create one in the stage of its window. Keyed by
             // the next purchase date, so re-planning before the next sync creates nothing new.
@@ -887,23 +894,129 @@ impl Planner<'_, '_> {
         });
     }
 
+    /// The funnel on amoCRM customers: one CRM customer per rebuy customer, linked to its main
+    /// contact, created in the status of its window (key `customer_create/{customer}`: once,
+    /// ever), then moved between statuses with its `next_date`/`next_price` kept current (key
+    /// `customer_move/{customer}/{status}-{next purchase}`). The CRM's current state comes from
+    /// `facts.crm_customer` (read from the CRM at plan time), so a customer created by a run
+    /// whose outcome was lost is found, not created again.
+    fn customer_funnel(
+        &mut self,
+        f: &crate::playbooks::Funnel,
+        row: &CustomerRow,
+        facts: &CustomerFacts,
+        next: Date,
+    ) {
+        let input = self.input;
+        let customer = self.cust.clone();
+        let days_left = day_number(next) - self.today;
+        let (status, status_name) = &f.stages[f.stage_for(days_left)];
+        // amoCRM's next_date is an instant: local midnight of the expected day.
+        let Ok(next_at) = next.to_zoned(input.tz.clone()).map(|z| z.timestamp()) else {
+            return;
+        };
+        // The model's expected order value, else the customer's own average order.
+        let next_price = row
+            .expected_order_value
+            .or_else(|| (row.purchases > 0).then(|| row.revenue / Decimal::from(row.purchases)))
+            .map(|v| v.round());
+        match &facts.crm_customer {
+            None => {
+                let contact = match row.key {
+                    CustomerKey::Contact(c) => Some(c),
+                    CustomerKey::Company(_) => row.contact_ids.first().copied(),
+                };
+                let Some(contact) = contact else {
+                    self.skipped.push(Skipped {
+                        rule: "funnel".into(),
+                        customer,
+                        reason: "a company customer without a contact: an amoCRM customer is linked to its main contact".into(),
+                    });
+                    return;
+                };
+                self.funnel_without_deal += 1;
+                let company = match row.key {
+                    CustomerKey::Company(c) => Some(c),
+                    CustomerKey::Contact(_) => row.company_ids.first().copied(),
+                };
+                self.actions.push(Action {
+                    key: format!("{}/customer_create/{}", input.portal, customer),
+                    op: WriteOp::CreateCustomer {
+                        name: row.name.clone(),
+                        contact,
+                        company,
+                        status: status.clone(),
+                        next_date: next_at,
+                        next_price,
+                        responsible: facts.sales.last().and_then(|s| s.manager),
+                    },
+                    rule: "funnel".into(),
+                    customer,
+                    summary: format!(
+                        "create the amoCRM customer in {status_name:?}: next purchase {next} ({days_left} days left)"
+                    ),
+                });
+            }
+            Some(c) => {
+                let price_same = next_price.is_none_or(|p| {
+                    Some(c.next_price) == rust_decimal::prelude::ToPrimitive::to_i64(&p)
+                });
+                if &c.status == status && c.next_date == Some(next_at) && price_same {
+                    return;
+                }
+                if &c.status != status && !f.stages.iter().any(|(s, _)| s == &c.status) {
+                    self.skipped.push(Skipped {
+                        rule: "funnel".into(),
+                        customer,
+                        reason: format!(
+                            "amoCRM customer {} is in status {}, not one of the funnel's window stages: a manager works it",
+                            c.id, c.status.0
+                        ),
+                    });
+                    return;
+                }
+                self.actions.push(Action {
+                    key: format!(
+                        "{}/customer_move/{}/{}-{}",
+                        input.portal, customer, status.0, next
+                    ),
+                    op: WriteOp::UpdateCustomer {
+                        customer: c.id,
+                        status: status.clone(),
+                        next_date: next_at,
+                        next_price,
+                    },
+                    rule: "funnel".into(),
+                    customer,
+                    summary: format!(
+                        "move amoCRM customer {} to {status_name:?}: next purchase {next} ({days_left} days left)",
+                        c.id
+                    ),
+                });
+            }
+        }
+    }
+
     fn fields(&mut self, row: &CustomerRow, facts: &CustomerFacts) {
         let Some(f) = &self.input.rules.fields else {
             return;
         };
         let customer = self.cust.clone();
-        let entity = match (f.entity, row.key) {
-            (FieldEntity::Contacts, CustomerKey::Contact(c)) => EntityRef::Contact(c),
-            (FieldEntity::Contacts, CustomerKey::Company(_)) => {
-                self.skipped.push(Skipped {
-                    rule: "fields".into(),
-                    customer,
-                    reason: "a company customer: segment fields are mapped on contacts".into(),
-                });
-                return;
-            }
+        let (entity, f) = match (f.entity, row.key) {
+            (FieldEntity::Contacts, CustomerKey::Contact(c)) => (EntityRef::Contact(c), f),
+            (FieldEntity::Contacts, CustomerKey::Company(c)) => match &f.companies {
+                Some(on_companies) => (EntityRef::Company(c), on_companies.as_ref()),
+                None => {
+                    self.skipped.push(Skipped {
+                        rule: "fields".into(),
+                        customer,
+                        reason: "a company customer: the companies have none of the segment fields (name them on companies too, or set create_missing = true)".into(),
+                    });
+                    return;
+                }
+            },
             (FieldEntity::Deals, _) => match facts.sales.last() {
-                Some(s) => EntityRef::Deal(s.deal),
+                Some(s) => (EntityRef::Deal(s.deal), f),
                 None => return,
             },
         };
@@ -935,6 +1048,9 @@ impl Planner<'_, '_> {
                     .unwrap_or_else(|| "none".into()),
             );
             writes.push((id, v));
+        }
+        if writes.is_empty() {
+            return; // the fields are still to be created
         }
         let summary = format!("write segment fields: {}", window.join(", "));
         self.actions.push(Action {
@@ -1035,6 +1151,7 @@ pub fn run_playbook_tests(
                 })
                 .collect(),
             funnel_deal: None,
+            crm_customer: None,
         };
         let Ok(as_of) = t.as_of.at(8, 0, 0, 0).to_zoned(tz.clone()) else {
             failures.push(format!("{}: as_of is not a local time", t.name));

@@ -87,6 +87,8 @@ pub(crate) fn rules_for(mapping: serde_json::Value) -> Rules {
             pipelines: &p,
             users: &u,
             fields: None,
+            customers: None,
+            company_customers: false,
         },
     )
     .unwrap_or_else(|e| panic!("{}", playbooks::format_problems(&e)))
@@ -148,6 +150,7 @@ pub(crate) fn facts(contact: u64, purchases: &[Date], products: &[&str]) -> Cust
             })
             .collect(),
         funnel_deal: None,
+        crm_customer: None,
     }
 }
 
@@ -519,7 +522,7 @@ fn segment_fields_are_written_once_per_value_set() {
         "shop",
         &serde_json::json!({"fields": {"rfm_segment": "Сегмент", "next_purchase": "Дата следующей покупки"}}),
         None,
-        CrmFacts { crm: CrmKind::Amocrm, pipelines: &pl, users: &us, fields: Some(&fields) },
+        CrmFacts { crm: CrmKind::Amocrm, pipelines: &pl, users: &us, fields: Some(&fields), customers: None, company_customers: false },
     )
     .unwrap();
     let rows = [row(
@@ -567,5 +570,133 @@ fn a_wrong_expectation_is_reported() {
         [
             "a week after the purchase: expected [satisfaction 2026-03-10], planned [satisfaction 2026-03-09]"
         ]
+    );
+}
+
+#[test]
+fn the_customers_funnel_creates_once_then_moves_and_redates() {
+    let p = pipelines();
+    let u = users();
+    let status = |id: &str, name: &str, sort| Stage {
+        id: StageId(id.into()),
+        name: name.into(),
+        sort,
+        kind: StageKind::Open,
+    };
+    let customers = rebuy_core::CustomersFunnel {
+        mode: "periodicity".into(),
+        statuses: vec![
+            status("80", "Недавно купили", 10),
+            status("81", "Больше 30 дней", 20),
+            status("82", "30 дней до покупки", 30),
+            status("83", "Ожидается покупка", 40),
+        ],
+    };
+    let mapping = serde_json::json!({"funnel": {"entity": "customers",
+        "stages": ["Больше 30 дней", "30 дней до покупки", "Ожидается покупка"], "windows_days": [30, 0]}});
+    fn crm<'a>(
+        p: &'a [Pipeline],
+        u: &'a [User],
+        c: Option<&'a rebuy_core::CustomersFunnel>,
+    ) -> CrmFacts<'a> {
+        CrmFacts {
+            crm: CrmKind::Amocrm,
+            pipelines: p,
+            users: u,
+            fields: None,
+            customers: c,
+            company_customers: false,
+        }
+    }
+    let facts_of = |c| crm(&p, &u, c);
+    let rules = playbooks::resolve("shop", &mapping, None, facts_of(Some(&customers)))
+        .unwrap_or_else(|e| panic!("{}", playbooks::format_problems(&e)));
+    let next = date(2026, 5, 1);
+    let mut rows = [row(7, &[date(2026, 1, 10), date(2026, 2, 10)], Some(next))];
+    rows[0].expected_order_value = Some(dec!(1499.6));
+    let mut f = [facts(7, &[date(2026, 1, 10), date(2026, 2, 10)], &[])];
+    // No CRM customer yet: one is created, linked to the contact, in the window's status.
+    let plan = run(&rules, morning(date(2026, 4, 1)), &rows, &f, &[]);
+    assert_eq!(plan.actions.len(), 1);
+    assert_eq!(plan.actions[0].key, "shop/customer_create/contact:7");
+    let WriteOp::CreateCustomer {
+        contact,
+        status,
+        next_date,
+        next_price,
+        ..
+    } = &plan.actions[0].op
+    else {
+        panic!("{:?}", plan.actions[0].op)
+    };
+    assert_eq!((contact.0, status.0.as_str()), (7, "82"));
+    assert_eq!(
+        next_date.to_zoned(msk()).strftime("%F %T").to_string(),
+        "2026-05-01 00:00:00",
+        "local midnight of the expected day"
+    );
+    assert_eq!(*next_price, Some(dec!(1500)));
+    // The CRM holds it in that state: nothing to do.
+    f[0].crm_customer = Some(rebuy_core::CrmCustomer {
+        id: 9001,
+        name: "Клиент 7".into(),
+        status: StageId("82".into()),
+        next_date: Some(*next_date),
+        next_price: 1500,
+        contact: Some(ContactId(7)),
+    });
+    assert!(
+        run(&rules, morning(date(2026, 4, 1)), &rows, &f, &[])
+            .actions
+            .is_empty()
+    );
+    // Overdue: moved.
+    let plan = run(&rules, morning(date(2026, 5, 2)), &rows, &f, &[]);
+    assert_eq!(
+        plan.actions[0].key,
+        "shop/customer_move/contact:7/83-2026-05-01"
+    );
+    assert!(matches!(
+        &plan.actions[0].op,
+        WriteOp::UpdateCustomer { customer: 9001, status, .. } if status.0 == "83"
+    ));
+    // A purchase: re-dated and back to the far window.
+    rows[0].next_purchase = Some(date(2026, 7, 1));
+    let plan = run(&rules, morning(date(2026, 5, 2)), &rows, &f, &[]);
+    let WriteOp::UpdateCustomer {
+        status, next_date, ..
+    } = &plan.actions[0].op
+    else {
+        unreachable!()
+    };
+    assert_eq!(status.0, "81");
+    assert_eq!(next_date.to_zoned(msk()).date(), date(2026, 7, 1));
+    // In a status outside the windows (a manager's): left alone, with the reason.
+    f[0].crm_customer.as_mut().unwrap().status = StageId("80".into());
+    let plan = run(&rules, morning(date(2026, 5, 2)), &rows, &f, &[]);
+    assert!(plan.actions.is_empty());
+    assert!(
+        plan.skipped[0]
+            .reason
+            .contains("not one of the funnel's window stages")
+    );
+
+    // Refused: mode off, unknown status, a pipeline given, customers not read.
+    let off = rebuy_core::CustomersFunnel {
+        mode: "disabled".into(),
+        statuses: vec![],
+    };
+    let e = playbooks::resolve("shop", &mapping, None, facts_of(Some(&off))).unwrap_err();
+    assert!(e[0].reason.contains("needs \"periodicity\""), "{e:?}");
+    let e = playbooks::resolve("shop", &mapping, None, facts_of(None)).unwrap_err();
+    assert!(e[0].reason.contains("could not be read"), "{e:?}");
+    let bad = serde_json::json!({"funnel": {"entity": "customers", "pipeline": "Цикл клиента",
+        "stages": ["Больше 30 дней", "Нет такого"], "windows_days": [7]}});
+    let e = playbooks::resolve("shop", &bad, None, facts_of(Some(&customers))).unwrap_err();
+    let keys: Vec<&str> = e.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["funnel.pipeline", "funnel.stages[1]"], "{e:?}");
+    assert!(
+        e[1].reason
+            .contains("unknown customer status \"Нет такого\"")
     );
 }

@@ -50,6 +50,20 @@ fn mapping_names_fields(mapping: &serde_json::Value) -> bool {
     mapping.get("fields").is_some_and(|f| !f.is_null())
 }
 
+/// Whether the mapping keeps the funnel on amoCRM customers (`funnel.entity = "customers"`).
+fn mapping_uses_customers(mapping: &serde_json::Value) -> bool {
+    mapping
+        .get("funnel")
+        .and_then(|f| f.get("entity"))
+        .and_then(|e| e.as_str())
+        == Some("customers")
+}
+
+/// Whether planning must read the CRM (field list, customers).
+fn mapping_needs_crm(mapping: &serde_json::Value) -> bool {
+    mapping_names_fields(mapping) || mapping_uses_customers(mapping)
+}
+
 /// Resolves a portal's mapping and playbooks against its cached pipelines and users (and the
 /// CRM's field list when the mapping names fields and a connector is given).
 pub async fn resolve_rules(
@@ -72,6 +86,22 @@ pub async fn resolve_rules(
         },
         _ => None,
     };
+    let customers: Option<rebuy_core::CustomersFunnel> = match conn {
+        Some(c) if mapping_uses_customers(&portal.mapping) => match c.customers_funnel().await {
+            Ok(f) => Some(f),
+            Err(rebuy_core::ConnectorError::Unsupported { .. }) => None,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "portal {}: reading the customers mode and statuses",
+                        portal.id
+                    )
+                });
+            }
+        },
+        _ => None,
+    };
+    let b2b = portal.analytics.mode == analytics::Mode::B2b;
     if pipelines.is_empty() {
         bail!(
             "portal {}: the cache has no pipelines; run `rebuy sync --portal {}` first",
@@ -88,6 +118,8 @@ pub async fn resolve_rules(
             pipelines: &pipelines,
             users: &users,
             fields: fields.as_deref(),
+            customers: customers.as_ref(),
+            company_customers: b2b,
         },
     )
     .map_err(|p| {
@@ -117,7 +149,7 @@ pub fn load_facts(
     let tz = &portal.time_zone;
     let mut facts = vec![CustomerFacts::default(); analysis.customers.len()];
     let mut open = Vec::new();
-    let funnel_pipeline = rules.funnel.as_ref().map(|f| f.pipeline);
+    let funnel_pipeline = rules.funnel.as_ref().and_then(|f| f.pipeline());
     store.for_each::<Deal>(|d| {
         let Ok(ci) = analysis.deals.binary_search_by(|c| c.deal_id.cmp(&d.id)) else {
             return; // created after the plan instant
@@ -176,6 +208,142 @@ pub fn load_facts(
     Ok((facts, open))
 }
 
+/// Reads every customer of the CRM's customers entity and gives each analysed customer the
+/// one linked to its contact (a company customer: to its first contact). The CRM, not a local
+/// record, says which customers exist: one created by a run that died before recording it is
+/// found here and never created twice. One request per 250 customers.
+pub async fn attach_crm_customers(
+    conn: &dyn Connector,
+    portal: &PortalConfig,
+    analysis: &Analysis,
+    facts: &mut [CustomerFacts],
+) -> Result<()> {
+    let mut by_contact: std::collections::HashMap<u64, rebuy_core::CrmCustomer> =
+        std::collections::HashMap::new();
+    let mut cursor = None;
+    loop {
+        let page = conn
+            .customers(cursor.as_ref())
+            .await
+            .with_context(|| format!("portal {}: listing amoCRM customers", portal.id))?;
+        for c in page.items {
+            if let Some(contact) = c.contact {
+                // The oldest customer of a contact represents it.
+                let keep = by_contact.get(&contact.0).is_none_or(|x| x.id > c.id);
+                if keep {
+                    by_contact.insert(contact.0, c);
+                }
+            }
+        }
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    for (row, f) in analysis.customers.iter().zip(facts.iter_mut()) {
+        let contact = match row.key {
+            analytics::CustomerKey::Contact(c) => Some(c),
+            analytics::CustomerKey::Company(_) => row.contact_ids.first().copied(),
+        };
+        f.crm_customer = contact.and_then(|c| by_contact.get(&c.0).cloned());
+    }
+    Ok(())
+}
+
+/// What [`create_missing_fields`] did.
+#[derive(Debug, Clone, Default)]
+pub struct FieldsReport {
+    /// Fields created now (`contacts "Сегмент RFM"`).
+    pub created: Vec<String>,
+    /// Fields whose creation failed, with the CRM's message.
+    pub failed: Vec<String>,
+}
+
+/// Creates the segment fields the mapping names, the CRM lacks and the mapping allows to
+/// create (`fields.create_missing = true`), through the outbox (key
+/// `{portal}/field_create/{entity}/{name}`: once), before anything is planned into them. A
+/// second run finds the fields in the CRM's list and creates nothing.
+pub async fn create_missing_fields(
+    portal: &PortalConfig,
+    store: &Store,
+    conn: &dyn Connector,
+    playbooks_dir: Option<&Path>,
+) -> Result<FieldsReport> {
+    let mut report = FieldsReport::default();
+    if !mapping_names_fields(&portal.mapping) {
+        return Ok(report);
+    }
+    let rules = resolve_rules(portal, store, Some(conn), playbooks_dir).await?;
+    let actions: Vec<outbox::Action> = rules
+        .missing_fields
+        .iter()
+        .filter(|m| m.create)
+        .map(|m| outbox::Action {
+            key: format!(
+                "{}/field_create/{}/{}",
+                portal.id,
+                m.entity.as_str(),
+                m.name
+            ),
+            op: rebuy_core::WriteOp::CreateField {
+                entity: m.entity,
+                name: m.name.clone(),
+                code: Some(m.code.clone()),
+                kind: m.kind.clone(),
+            },
+            rule: "field_create".into(),
+            customer: String::new(),
+            summary: format!(
+                "create {} field {:?} ({})",
+                m.entity.as_str(),
+                m.name,
+                m.key
+            ),
+        })
+        .collect();
+    if actions.is_empty() {
+        return Ok(report);
+    }
+    let keys: Vec<String> = actions.iter().map(|a| a.key.clone()).collect();
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.outbox_enqueue(actions))
+        .await
+        .context("outbox writer task failed")??;
+    drain_all(
+        conn,
+        store,
+        &DrainOptions::default(),
+        Duration::from_secs(30),
+    )
+    .await?;
+    for k in keys {
+        match store.outbox_get(&k)?.map(|e| e.state) {
+            Some(ActionState::Done { .. }) => report.created.push(k),
+            Some(ActionState::Failed { message, .. }) => {
+                report.failed.push(format!("{k}: {message}"))
+            }
+            _ => {}
+        }
+    }
+    Ok(report)
+}
+
+/// Everything `rebuy apply` does for a portal: creates missing segment fields (when allowed),
+/// plans at `as_of`, commits the plan to the outbox and sends it.
+pub async fn apply_portal(
+    portal: &PortalConfig,
+    store: &Store,
+    conn: &dyn Connector,
+    playbooks_dir: Option<&Path>,
+    as_of: Timestamp,
+    max_wait: Duration,
+) -> Result<(Plan, FieldsReport, ApplyReport)> {
+    let fields = create_missing_fields(portal, store, conn, playbooks_dir).await?;
+    let plan = plan_portal(portal, store, Some(conn), playbooks_dir, as_of).await?;
+    let report = apply_plan(conn, store, &plan, &DrainOptions::default(), max_wait).await?;
+    Ok((plan, fields, report))
+}
+
 /// Loads everything the planner needs for a portal at `as_of`.
 pub async fn prepare(
     portal: &PortalConfig,
@@ -186,8 +354,15 @@ pub async fn prepare(
 ) -> Result<Prepared> {
     let rules = resolve_rules(portal, store, conn, playbooks_dir).await?;
     let (_, analysis) = crate::analyse::analyse_portal(store, portal, Some(as_of))?;
-    let (facts, open_deals) = load_facts(store, portal, &analysis, &rules)
+    let (mut facts, open_deals) = load_facts(store, portal, &analysis, &rules)
         .with_context(|| format!("portal {}: reading the cache", portal.id))?;
+    let on_customers = rules
+        .funnel
+        .as_ref()
+        .is_some_and(|f| f.entity == playbooks::mapping::FunnelEntity::Customers);
+    if on_customers && let Some(conn) = conn {
+        attach_crm_customers(conn, portal, &analysis, &mut facts).await?;
+    }
     Ok(Prepared {
         analysis,
         facts,
@@ -368,12 +543,12 @@ pub async fn cmd_plan(
         Some(s) => parse_plan_as_of(s, p)?,
         None => Timestamp::now(),
     };
-    let conn = if mapping_names_fields(&p.mapping) {
+    let conn = if mapping_needs_crm(&p.mapping) {
         Some(crate::portal::open(p, store.clone())?.connector)
     } else {
         None
     };
-    let plan = plan_portal(
+    let prep = prepare(
         p,
         &store,
         conn.as_deref(),
@@ -381,7 +556,19 @@ pub async fn cmd_plan(
         as_of,
     )
     .await?;
-    print_plan(&plan, format)
+    let plan = plan_prepared(p, &prep, as_of);
+    print_plan(&plan, format)?;
+    if format == PlanFormat::Table {
+        for m in prep.rules.missing_fields.iter().filter(|m| m.create) {
+            println!(
+                "\nfield {} {:?} ({}) is missing: `rebuy apply` creates it first, then writes it",
+                m.entity.as_str(),
+                m.name,
+                m.key
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `rebuy apply`: plans, commits the actions to the outbox and sends them.
@@ -397,22 +584,21 @@ pub async fn cmd_apply(
         None => Timestamp::now(),
     };
     let handle = crate::portal::open(p, store.clone())?;
-    let plan = plan_portal(
+    let (_, fields, report) = apply_portal(
         p,
         &store,
-        Some(handle.connector.as_ref()),
+        handle.connector.as_ref(),
         playbooks_dir(config_path).as_deref(),
         as_of,
-    )
-    .await?;
-    let report = apply_plan(
-        handle.connector.as_ref(),
-        &store,
-        &plan,
-        &DrainOptions::default(),
         Duration::from_secs(60),
     )
     .await?;
+    for f in &fields.created {
+        println!("portal {}: created field {f}", p.id);
+    }
+    for f in &fields.failed {
+        println!("portal {}: could not create field {f}", p.id);
+    }
     print_apply_report(&p.id.0, &report);
     let failed = print_failures(&store, 20)?;
     Ok(failed == 0)
@@ -497,6 +683,13 @@ pub async fn cmd_mapping(cfg: &Config, config_path: &Path, portal: &str) -> Resu
         Err(rebuy_core::ConnectorError::Unsupported { .. }) => None,
         Err(e) => return Err(e).with_context(|| format!("portal {}: listing fields", p.id)),
     };
+    let customers = match conn.customers_funnel().await {
+        Ok(c) => Some(c),
+        Err(rebuy_core::ConnectorError::Unsupported { .. }) => None,
+        Err(e) => {
+            return Err(e).with_context(|| format!("portal {}: reading the customers mode", p.id));
+        }
+    };
     println!("portal {} ({})", p.id, p.kind.as_str());
     println!("pipelines:");
     for pl in &pipelines {
@@ -508,6 +701,12 @@ pub async fn cmd_mapping(cfg: &Config, config_path: &Path, portal: &str) -> Resu
         );
         for s in &pl.stages {
             println!("    {:<40} {:>12} {:?}", s.name, s.id.0, s.kind);
+        }
+    }
+    if let Some(c) = &customers {
+        println!("customers mode: {}", c.mode);
+        for s in &c.statuses {
+            println!("    {:<40} {:>12} customer status", s.name, s.id.0);
         }
     }
     println!("users:");
@@ -538,6 +737,7 @@ pub async fn cmd_mapping(cfg: &Config, config_path: &Path, portal: &str) -> Resu
         }
         None => println!("custom fields: not listed by this CRM connector"),
     }
+    let b2b = p.analytics.mode == analytics::Mode::B2b;
     let problems = playbooks::check(
         &p.id.0,
         &p.mapping,
@@ -547,6 +747,8 @@ pub async fn cmd_mapping(cfg: &Config, config_path: &Path, portal: &str) -> Resu
             pipelines: &pipelines,
             users: &users,
             fields: fields.as_deref(),
+            customers: customers.as_ref(),
+            company_customers: b2b,
         },
     );
     if problems.is_empty() {
@@ -556,10 +758,25 @@ pub async fn cmd_mapping(cfg: &Config, config_path: &Path, portal: &str) -> Resu
             pipelines: &pipelines,
             users: &users,
             fields: fields.as_deref(),
+            customers: customers.as_ref(),
+            company_customers: b2b,
         };
         let dir = playbooks_dir(config_path);
         let rules = playbooks::resolve(&p.id.0, &p.mapping, dir.as_deref(), facts)
             .map_err(|e| anyhow::anyhow!("{}", playbooks::format_problems(&e)))?;
+        for m in &rules.missing_fields {
+            println!(
+                "missing field: {} {:?} ({}, {}): will be created by `rebuy apply` (create_missing = true)",
+                m.entity.as_str(),
+                m.name,
+                m.key,
+                match &m.kind {
+                    rebuy_core::FieldKind::Text => "text".to_owned(),
+                    rebuy_core::FieldKind::Date => "date".to_owned(),
+                    rebuy_core::FieldKind::Select(v) => format!("select of {}", v.len()),
+                }
+            );
+        }
         let mapping = playbooks::mapping::parse(&p.mapping).unwrap_or_default();
         let dir = mapping
             .playbooks_dir
@@ -631,13 +848,17 @@ pub fn route_deal(
 }
 
 /// The demo mapping of the emulated amoCRM account: every ready playbook, repeat routing to
-/// "Повторные продажи", segment fields on contacts.
+/// "Повторные продажи", the cyclic funnel on amoCRM customers (the demo account has customers
+/// mode "periodicity"), segment fields on contacts (the ABC class in a field rebuy creates).
 pub fn demo_mapping() -> serde_json::Value {
     let names: Vec<&str> = playbooks::BUILT_IN.iter().map(|(n, _)| *n).collect();
     serde_json::json!({
         "playbooks": names,
         "repeat_pipeline": "Повторные продажи",
-        "fields": {"entity": "contacts", "rfm_segment": "Сегмент", "next_purchase": "Дата следующей покупки"},
+        "funnel": {"entity": "customers", "stages": [
+            "Больше 30 дней", "30 дней до покупки", "7 дней до покупки", "Ожидается покупка"]},
+        "fields": {"entity": "contacts", "rfm_segment": "Сегмент", "abc": "ABC-класс",
+                   "next_purchase": "Дата следующей покупки", "create_missing": true},
     })
 }
 
@@ -655,6 +876,10 @@ pub async fn demo_amocrm(
     let handle = crate::portal::open(&p, store.clone())?;
     let conn = handle.connector.as_ref();
     let started = std::time::Instant::now();
+    let fields = create_missing_fields(&p, store, conn, None).await?;
+    for f in fields.created.iter().chain(&fields.failed) {
+        println!("  field: {f}");
+    }
     let prep = prepare(&p, store, Some(conn), None, as_of).await?;
     let plan = plan_prepared(&p, &prep, as_of);
     println!(
@@ -726,11 +951,14 @@ pub async fn demo_amocrm(
 
     let w = emulator.writes();
     println!(
-        "\nwhat landed in the emulated amoCRM: {} task(s), {} field write(s), {} lead move(s), {} tag update(s), {} write request(s) ({} rejected)",
+        "\nwhat landed in the emulated amoCRM: {} task(s), {} field write(s), {} field(s) created, {} lead move(s), {} tag update(s), {} customer(s) created, {} customer update(s), {} write request(s) ({} rejected)",
         w.tasks_created.len(),
         w.field_updates.len(),
+        w.fields_created.len(),
         w.lead_moves.len(),
         w.tag_updates.len(),
+        w.customers_created.len(),
+        w.customers_updated.len(),
         w.requests_applied,
         w.requests_rejected
     );
@@ -751,6 +979,28 @@ pub async fn demo_amocrm(
             t.responsible_user_id,
             due,
             t.text.lines().next().unwrap_or("")
+        );
+    }
+    let status_name = |id: u64| {
+        emulator.with_data(|d| {
+            d.customer_statuses
+                .iter()
+                .find(|s| s.id == id)
+                .map(|s| s.name.clone())
+                .unwrap_or_default()
+        })
+    };
+    for c in w.customers_created.iter().take(3) {
+        let next = Timestamp::from_second(c.next_date)
+            .map(|x| x.to_zoned(tz.clone()).date().to_string())
+            .unwrap_or_default();
+        println!(
+            "  customer {} of contact {} in {:?}, next purchase {}, {} ₽",
+            c.id,
+            c.contact_id.unwrap_or(0),
+            status_name(c.status_id),
+            next,
+            c.next_price
         );
     }
     for m in w.lead_moves.iter().take(3) {
@@ -813,6 +1063,8 @@ pub fn bench_plan(customers: usize) -> Result<String> {
             pipelines: &pipelines,
             users: &users,
             fields: None,
+            customers: None,
+            company_customers: false,
         },
     )
     .map_err(|p| anyhow::anyhow!("{}", playbooks::format_problems(&p)))?;
@@ -888,7 +1140,11 @@ pub fn bench_plan(customers: usize) -> Result<String> {
                 Some(UserId(100)),
             )
         });
-        facts.push(CustomerFacts { sales, funnel_deal });
+        facts.push(CustomerFacts {
+            sales,
+            funnel_deal,
+            crm_customer: None,
+        });
     }
     let gen_secs = gen_started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();

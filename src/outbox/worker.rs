@@ -87,17 +87,14 @@ pub async fn drain(
         sent_total += due.len();
 
         // Entries found in flight were sent by a run that died before recording the outcome.
-        // A task may exist already: look for its marker instead of creating it again.
+        // What they create may exist already: look for it instead of creating it again.
         let mut to_send = Vec::with_capacity(due.len());
         let mut settled = Vec::new();
         for mut e in due {
             if matches!(e.state, ActionState::InFlight { .. })
-                && let WriteOp::CreateTask { entity, .. } = &e.action.op
+                && let Some(found) = find_created(conn, &e.action).await
             {
-                match conn
-                    .find_task(*entity, &super::marker_for(&e.action.key))
-                    .await
-                {
+                match found {
                     Ok(Some(id)) => {
                         e.state = ActionState::Done {
                             crm_id: Some(id),
@@ -177,6 +174,51 @@ pub async fn drain(
         update(store, finished).await?;
     }
     Ok(report)
+}
+
+/// For an action that creates something, asks the CRM whether a run that died after sending
+/// it created it already: tasks by the marker in their text, amoCRM customers by their
+/// contact's linked customer, funnel deals by name, pipeline and contact, fields by name in the
+/// field list. `None` for other actions
+/// (they set a state and are simply sent again).
+async fn find_created(
+    conn: &dyn Connector,
+    action: &super::Action,
+) -> Option<Result<Option<u64>, ConnectorError>> {
+    match &action.op {
+        WriteOp::CreateTask { entity, .. } => Some(
+            conn.find_task(*entity, &super::marker_for(&action.key))
+                .await,
+        ),
+        WriteOp::CreateCustomer { contact, .. } => Some(conn.find_customer(*contact).await),
+        WriteOp::CreateDeal {
+            name,
+            pipeline,
+            contact,
+            company,
+            ..
+        } => Some(conn.find_deal(name, *pipeline, *contact, *company).await),
+        WriteOp::CreateField {
+            entity, name, code, ..
+        } => Some(conn.custom_fields().await.map(|fields| {
+            let kind = match entity {
+                rebuy_core::FieldEntityKind::Contacts => rebuy_core::EntityKind::Contacts,
+                rebuy_core::FieldEntityKind::Companies => rebuy_core::EntityKind::Companies,
+                rebuy_core::FieldEntityKind::Deals => rebuy_core::EntityKind::Deals,
+                // Customer fields are not in the listing: send again.
+                rebuy_core::FieldEntityKind::Customers => return None,
+            };
+            let uf = code.as_ref().map(|c| format!("UF_CRM_{c}"));
+            fields
+                .iter()
+                .find(|f| {
+                    f.entity == kind && (f.name.trim() == name.trim() || Some(&f.id) == uf.as_ref())
+                })
+                // Bitrix24 field ids are names (`UF_CRM_...`): no numeric id to record.
+                .map(|f| f.id.parse().unwrap_or(0))
+        })),
+        _ => None,
+    }
 }
 
 fn failed(err: &ConnectorError, at: Timestamp) -> ActionState {

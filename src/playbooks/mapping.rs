@@ -20,8 +20,9 @@
 //! days = ["mon", "tue", "wed", "thu", "fri"]
 //! [portal.mapping.teams]
 //! service = ["Иван Петров", 6100005]
-//! [portal.mapping.funnel]                       # the cyclic customer funnel on a lead pipeline
-//! pipeline = "Цикл клиента"
+//! [portal.mapping.funnel]                       # the cyclic customer funnel
+//! # entity = "leads"                           # leads (a lead pipeline / deal category) | customers
+//! pipeline = "Цикл клиента"                     # leads only
 //! stages = ["Больше 30 дней", "30 дней", "7 дней", "Пора покупать"]
 //! windows_days = [30, 7, 0]                    # days left: > 30 | <= 30 | <= 7 | <= 0
 //! [portal.mapping.fields]                       # segment fields (names or ids)
@@ -29,7 +30,14 @@
 //! rfm_segment = "Сегмент"
 //! next_purchase = "Дата следующей покупки"
 //! # abc = "ABC", xyz = "XYZ"
+//! # create_missing = false                     # create fields named here that the CRM lacks
 //! ```
+//!
+//! `funnel.entity = "customers"` keeps the funnel on amoCRM's customers entity (periodic
+//! purchases): `stages` then name customer statuses and `pipeline` is not given. It needs the
+//! account's customers mode set to `periodicity`. The choice is explicit, never detected: a
+//! funnel that silently moved between leads and customers when someone toggled the mode would
+//! leave every customer twice in the CRM.
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -175,13 +183,27 @@ impl Default for BusinessHours {
     }
 }
 
-/// The funnel: a pipeline whose stages are time windows before the next purchase (in the
-/// mapping, or in one playbook).
+/// Which CRM entity carries the funnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FunnelEntity {
+    /// Open deals in a lead pipeline (amoCRM) or deal category (Bitrix24).
+    #[default]
+    Leads,
+    /// amoCRM customers (periodicity mode).
+    Customers,
+}
+
+/// The funnel: a pipeline (or amoCRM's customer statuses) whose stages are time windows
+/// before the next purchase (in the mapping, or in one playbook).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunnelMapping {
-    /// The pipeline.
-    pub pipeline: NameOrId,
+    /// Where the funnel lives.
+    #[serde(default)]
+    pub entity: FunnelEntity,
+    /// The pipeline (leads only).
+    pub pipeline: Option<NameOrId>,
     /// Its stages, farthest window first, "due / overdue" last.
     pub stages: Vec<NameOrId>,
     /// Descending day thresholds between the stages (one fewer than the stages); default
@@ -193,7 +215,8 @@ pub struct FunnelMapping {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FieldEntity {
-    /// The customer's contact (or company for B2B customers).
+    /// The customer's contact; a company customer (B2B) gets the fields of the same names on
+    /// its company, when the companies have them (or `create_missing` creates them).
     #[default]
     Contacts,
     /// The customer's last won deal.
@@ -215,6 +238,10 @@ pub struct FieldsMapping {
     pub xyz: Option<NameOrId>,
     /// Expected next purchase (date).
     pub next_purchase: Option<NameOrId>,
+    /// Create the fields named here that the CRM does not have (amoCRM: select for the
+    /// segments, date for the next purchase; Bitrix24: string and date user fields).
+    #[serde(default)]
+    pub create_missing: bool,
 }
 
 /// Reads the raw `[portal.mapping]` value (JSON `null` = every default); the error names the

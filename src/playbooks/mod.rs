@@ -21,8 +21,11 @@ pub mod templates;
 
 use crate::analytics::RfmSegment;
 use jiff::civil::{Date, Time};
-use mapping::{FieldEntity, FunnelMapping, Mapping, NameOrId};
-use rebuy_core::{CrmKind, EntityKind, FieldDef, PipelineId, StageId, StageKind, TaskKind, UserId};
+use mapping::{FieldEntity, FunnelEntity, FunnelMapping, Mapping, NameOrId};
+use rebuy_core::{
+    CrmKind, CustomersFunnel, EntityKind, FieldDef, FieldEntityKind, FieldKind, PipelineId,
+    StageId, StageKind, TaskKind, UserId,
+};
 use rules::{Playbook, ReactivationTarget, RewardKind, TaskSpec};
 use rust_decimal::Decimal;
 use schedule::Hours;
@@ -212,7 +215,9 @@ pub struct RepeatRouting {
 /// The funnel, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Funnel {
-    /// Pipeline.
+    /// Leads (a pipeline's open deals) or amoCRM customers.
+    pub entity: FunnelEntity,
+    /// Pipeline (leads; `PipelineId(0)` for customers, see [`Funnel::pipeline`]).
     pub pipeline: PipelineId,
     /// Stages (id, name), farthest window first.
     pub stages: Vec<(StageId, String)>,
@@ -221,6 +226,11 @@ pub struct Funnel {
 }
 
 impl Funnel {
+    /// The lead pipeline of the funnel; `None` when it lives on amoCRM customers.
+    pub fn pipeline(&self) -> Option<PipelineId> {
+        (self.entity == FunnelEntity::Leads).then_some(self.pipeline)
+    }
+
     /// The stage index for `days_left` until the next purchase.
     pub fn stage_for(&self, days_left: i64) -> usize {
         self.windows_days
@@ -252,6 +262,26 @@ pub struct SegmentFields {
     pub xyz: Option<String>,
     /// Next purchase field id and its format.
     pub next_purchase: Option<(String, DateFormat)>,
+    /// The same fields on companies, for company customers (B2B) when the mapping names the
+    /// fields on contacts: found by name, or created with `create_missing`.
+    pub companies: Option<Box<SegmentFields>>,
+}
+
+/// A segment field the mapping names and the CRM lacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingField {
+    /// Mapping key (`fields.rfm_segment`).
+    pub key: String,
+    /// Where it belongs.
+    pub entity: FieldEntityKind,
+    /// The name the mapping gives (the new field's name / label).
+    pub name: String,
+    /// Bitrix24 `FIELD_NAME` to create (`UF_CRM_` is added by the CRM).
+    pub code: String,
+    /// Its type.
+    pub kind: FieldKind,
+    /// Whether the mapping allows creating it (`create_missing = true`).
+    pub create: bool,
 }
 
 /// Everything the planner needs of a portal's mapping and playbooks, resolved to CRM ids.
@@ -267,6 +297,8 @@ pub struct Rules {
     pub funnel: Option<Funnel>,
     /// Segment fields, when configured.
     pub fields: Option<SegmentFields>,
+    /// Segment fields named in the mapping that the CRM does not have.
+    pub missing_fields: Vec<MissingField>,
     /// Business hours.
     pub hours: Hours,
     /// Fallback responsible.
@@ -292,6 +324,7 @@ impl Rules {
             repeat: None,
             funnel: None,
             fields: None,
+            missing_fields: Vec::new(),
             hours: Hours::default(),
             default_responsible: None,
             user_names: BTreeMap::new(),
@@ -313,6 +346,11 @@ pub struct CrmFacts<'a> {
     pub users: &'a [rebuy_core::User],
     /// Custom fields; `None` when not listed (then fields must be given by id).
     pub fields: Option<&'a [FieldDef]>,
+    /// amoCRM's customers entity (mode and statuses); `None` when not read.
+    pub customers: Option<&'a CustomersFunnel>,
+    /// Customers are companies (analytics mode `b2b`): segment fields named for contacts are
+    /// also looked up (or created) on companies.
+    pub company_customers: bool,
 }
 
 /// A playbook's text and where it came from.
@@ -436,6 +474,8 @@ pub fn resolve(
         crm,
         rules: Rules::empty(),
         teams: BTreeMap::new(),
+        create_missing: false,
+        on_companies: false,
     };
     r.rules.user_names = crm.users.iter().map(|u| (u.id, u.name.clone())).collect();
     r.rules.horizon_days = m.horizon_days;
@@ -536,6 +576,10 @@ struct Resolver<'a> {
     crm: CrmFacts<'a>,
     rules: Rules,
     teams: BTreeMap<String, Vec<UserId>>,
+    /// `fields.create_missing` of the mapping.
+    create_missing: bool,
+    /// Resolving the company variants of the segment fields.
+    on_companies: bool,
 }
 
 impl Resolver<'_> {
@@ -737,15 +781,32 @@ impl Resolver<'_> {
     }
 
     fn funnel(&mut self, file: &str, key: &str, f: &FunnelMapping) -> Option<Funnel> {
-        let pipeline = self
-            .pipeline(file, &format!("{key}.pipeline"), &f.pipeline)
-            .cloned()?;
         let mut stages = Vec::new();
-        for (i, s) in f.stages.iter().enumerate() {
-            if let Some(x) = self.stage(file, &format!("{key}.stages[{i}]"), &pipeline, s) {
-                stages.push(x);
+        let pipeline = match f.entity {
+            FunnelEntity::Leads => {
+                let Some(p) = &f.pipeline else {
+                    self.problem(
+                        file,
+                        &format!("{key}.pipeline"),
+                        "a funnel on leads needs its pipeline (or set entity = \"customers\" for amoCRM customers)".into(),
+                    );
+                    return None;
+                };
+                let pipeline = self
+                    .pipeline(file, &format!("{key}.pipeline"), p)
+                    .cloned()?;
+                for (i, s) in f.stages.iter().enumerate() {
+                    if let Some(x) = self.stage(file, &format!("{key}.stages[{i}]"), &pipeline, s) {
+                        stages.push(x);
+                    }
+                }
+                pipeline.id
             }
-        }
+            FunnelEntity::Customers => {
+                self.customer_stages(file, key, f, &mut stages)?;
+                PipelineId(0)
+            }
+        };
         let windows = f.windows_days.clone().unwrap_or_else(|| vec![30, 7, 0]);
         let mut ok = stages.len() == f.stages.len();
         if f.stages.len() < 2 {
@@ -786,10 +847,80 @@ impl Resolver<'_> {
             ok = false;
         }
         ok.then_some(Funnel {
-            pipeline: pipeline.id,
+            entity: f.entity,
+            pipeline,
             stages,
             windows_days: windows,
         })
+    }
+
+    /// The statuses of a funnel on amoCRM customers; `None` (with the problem) when the CRM
+    /// has no customers in periodicity mode.
+    fn customer_stages(
+        &mut self,
+        file: &str,
+        key: &str,
+        f: &FunnelMapping,
+        stages: &mut Vec<(StageId, String)>,
+    ) -> Option<()> {
+        if f.pipeline.is_some() {
+            self.problem(
+                file,
+                &format!("{key}.pipeline"),
+                "a funnel on customers has no pipeline: its stages are customer statuses".into(),
+            );
+        }
+        if self.crm.crm != CrmKind::Amocrm {
+            self.problem(
+                file,
+                &format!("{key}.entity"),
+                format!(
+                    "the customers entity exists only in amoCRM; on {} keep the funnel on a deal category (entity = \"leads\")",
+                    self.crm.crm.as_str()
+                ),
+            );
+            return None;
+        }
+        let Some(c) = self.crm.customers else {
+            self.problem(
+                file,
+                &format!("{key}.entity"),
+                "the CRM's customers mode and statuses could not be read (plan with a connection to the CRM)".into(),
+            );
+            return None;
+        };
+        if c.mode != "periodicity" {
+            self.problem(
+                file,
+                &format!("{key}.entity"),
+                format!(
+                    "the account's customers mode is {:?}: the funnel on customers needs \"periodicity\" (amoCRM: Settings > Customers, or PATCH /api/v4/customers/mode); or keep it on a lead pipeline",
+                    c.mode
+                ),
+            );
+            return None;
+        }
+        for (i, s) in f.stages.iter().enumerate() {
+            match c.statuses.iter().find(|x| s.matches(&x.id.0, &x.name)) {
+                Some(st) => stages.push((st.id.clone(), st.name.clone())),
+                None => {
+                    let known: Vec<String> = c
+                        .statuses
+                        .iter()
+                        .map(|x| format!("{} ({})", x.name, x.id.0))
+                        .collect();
+                    self.problem(
+                        file,
+                        &format!("{key}.stages[{i}]"),
+                        format!(
+                            "unknown customer status {s}; the customers funnel has: {}",
+                            known.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        Some(())
     }
 
     fn field(
@@ -800,6 +931,7 @@ impl Resolver<'_> {
         f: &NameOrId,
     ) -> Option<(String, String)> {
         let kind = match entity {
+            _ if self.on_companies => EntityKind::Companies,
             FieldEntity::Contacts => EntityKind::Contacts,
             FieldEntity::Deals => EntityKind::Deals,
         };
@@ -827,6 +959,64 @@ impl Resolver<'_> {
             .find(|d| d.entity == kind && f.matches(&d.id, &d.name))
         {
             Some(d) => Some((d.id.clone(), d.field_type.clone())),
+            // A field named (not numbered) may be created, when the mapping allows it.
+            None if matches!(f, NameOrId::Name(n) if !n.chars().all(|c| c.is_ascii_digit())) => {
+                let NameOrId::Name(n) = f else { return None };
+                let n = n.trim();
+                let slot = key.trim_start_matches("fields.");
+                // Bitrix24 user fields are named UF_CRM_<code>; a name already in that form
+                // keeps its code, any other gets REBUY_<mapping key>.
+                let code = n
+                    .strip_prefix("UF_CRM_")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("REBUY_{}", slot.to_ascii_uppercase()));
+                let kind_of = match slot {
+                    "next_purchase" => FieldKind::Date,
+                    "abc" => FieldKind::Select(vec!["A".into(), "B".into(), "C".into()]),
+                    "xyz" => FieldKind::Select(vec!["X".into(), "Y".into(), "Z".into()]),
+                    _ => FieldKind::Select(
+                        RfmSegment::ALL
+                            .iter()
+                            .map(|s| s.as_str().to_owned())
+                            .collect(),
+                    ),
+                };
+                let entity_kind = match entity {
+                    _ if self.on_companies => FieldEntityKind::Companies,
+                    FieldEntity::Contacts => FieldEntityKind::Contacts,
+                    FieldEntity::Deals => FieldEntityKind::Deals,
+                };
+                if self.create_missing {
+                    self.rules.missing_fields.push(MissingField {
+                        key: key.to_owned(),
+                        entity: entity_kind,
+                        name: n.to_owned(),
+                        code,
+                        kind: kind_of,
+                        create: true,
+                    });
+                    return None;
+                }
+                if self.on_companies {
+                    // Optional: company customers then get no segment fields (the plan says so).
+                    return None;
+                }
+                let known: Vec<String> = defs
+                    .iter()
+                    .filter(|d| d.entity == kind && d.code.is_none())
+                    .map(|d| format!("{} ({})", d.name, d.id))
+                    .collect();
+                self.problem(
+                    file,
+                    key,
+                    format!(
+                        "unknown {} field {f}; its custom fields: {} (set create_missing = true in [portal.mapping.fields] to have rebuy create it)",
+                        kind.as_str(),
+                        known.join(", ")
+                    ),
+                );
+                None
+            }
             None => {
                 let known: Vec<String> = defs
                     .iter()
@@ -837,7 +1027,7 @@ impl Resolver<'_> {
                     file,
                     key,
                     format!(
-                        "unknown {} field {f}; its custom fields: {} (creating fields is not supported yet: create it in the CRM)",
+                        "unknown {} field {f}; its custom fields: {} (a field given by id cannot be created: name it instead)",
                         kind.as_str(),
                         known.join(", ")
                     ),
@@ -848,6 +1038,61 @@ impl Resolver<'_> {
     }
 
     fn fields(&mut self, file: &str, f: &mapping::FieldsMapping) {
+        self.create_missing = f.create_missing;
+        // Company customers (B2B): the same fields, by name, on their company's card.
+        let companies = if f.entity == FieldEntity::Contacts && self.crm.company_customers {
+            let by_name = |x: &Option<NameOrId>| match x {
+                Some(NameOrId::Name(n)) if !n.chars().all(|c| c.is_ascii_digit()) => x.clone(),
+                _ => None,
+            };
+            let named = mapping::FieldsMapping {
+                entity: f.entity,
+                rfm_segment: by_name(&f.rfm_segment),
+                abc: by_name(&f.abc),
+                xyz: by_name(&f.xyz),
+                next_purchase: by_name(&f.next_purchase),
+                create_missing: f.create_missing,
+            };
+            self.on_companies = true;
+            let s = self.segment_fields(file, &named);
+            self.on_companies = false;
+            s.map(Box::new)
+        } else {
+            None
+        };
+        let missing_before = self.rules.missing_fields.len();
+        let own = self.segment_fields(file, f);
+        let all_missing = self.rules.missing_fields.len() > missing_before;
+        match own {
+            Some(mut s) => {
+                s.companies = companies;
+                self.rules.fields = Some(s);
+            }
+            None if companies.is_some() => {
+                self.rules.fields = Some(SegmentFields {
+                    entity: f.entity,
+                    rfm_segment: None,
+                    abc: None,
+                    xyz: None,
+                    next_purchase: None,
+                    companies,
+                });
+            }
+            None => {
+                let none_named = f.rfm_segment.is_none()
+                    && f.abc.is_none()
+                    && f.xyz.is_none()
+                    && f.next_purchase.is_none();
+                // Every field still to be created is not a problem.
+                if none_named && !all_missing {
+                    self.problem(file, "fields", "no field named".into());
+                }
+            }
+        }
+    }
+
+    /// The field ids of one entity's segment fields; `None` when none resolved.
+    fn segment_fields(&mut self, file: &str, f: &mapping::FieldsMapping) -> Option<SegmentFields> {
         let e = f.entity;
         let rfm = f
             .rfm_segment
@@ -877,22 +1122,16 @@ impl Resolver<'_> {
                 })
         });
         if rfm.is_none() && abc.is_none() && xyz.is_none() && next.is_none() {
-            if f.rfm_segment.is_none()
-                && f.abc.is_none()
-                && f.xyz.is_none()
-                && f.next_purchase.is_none()
-            {
-                self.problem(file, "fields", "no field named".into());
-            }
-            return;
+            return None;
         }
-        self.rules.fields = Some(SegmentFields {
+        Some(SegmentFields {
             entity: e,
             rfm_segment: rfm,
             abc,
             xyz,
             next_purchase: next,
-        });
+            companies: None,
+        })
     }
 
     fn responsible(&mut self, file: &str, key: &str, s: &str) -> Option<Responsible> {

@@ -16,6 +16,8 @@ fn check_json(mapping: serde_json::Value) -> Vec<Problem> {
             pipelines: &p,
             users: &u,
             fields: None,
+            customers: None,
+            company_customers: false,
         },
     )
 }
@@ -131,6 +133,7 @@ fn fields_by_name_need_the_crm_field_list() {
 #[test]
 fn funnel_stage_for_days_left() {
     let f = Funnel {
+        entity: crate::playbooks::mapping::FunnelEntity::Leads,
         pipeline: PipelineId(1),
         stages: vec![],
         windows_days: vec![30, 7, 0],

@@ -135,6 +135,12 @@ pub async fn replan_now(
     conn: &dyn Connector,
     playbooks_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<u64> {
+    // Segment fields the mapping allows to create exist before anything is planned into them.
+    let fields =
+        crate::writeback::create_missing_fields(&p.cfg, &p.store, conn, playbooks_dir).await?;
+    for f in &fields.failed {
+        tracing::warn!(portal = %p.cfg.id, field = %f, "Could not create a segment field.");
+    }
     let plan = crate::writeback::plan_portal(
         &p.cfg,
         &p.store,

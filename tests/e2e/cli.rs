@@ -240,6 +240,15 @@ fn demo_runs_end_to_end() {
     assert!(stdout.contains("portal demo-bitrix24: synced"), "{stdout}");
     assert_eq!(stdout.matches(", 0 rate-limited").count(), 2, "{stdout}");
     assert!(stdout.contains("== demo-bitrix24 =="), "{stdout}");
+    // The amoCRM write-back: the funnel on customers and a created segment field.
+    assert!(
+        stdout.contains("1 field(s) created") && !stdout.contains(" 0 customer(s) created"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("customer ") && stdout.contains("next purchase"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("amoCRM: new lead") && stdout.contains("Bitrix24: new deal"),
         "{stdout}"

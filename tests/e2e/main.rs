@@ -7,3 +7,4 @@ mod support;
 mod sync;
 mod ui;
 mod writeback;
+mod writeback_b24;

@@ -604,3 +604,370 @@ async fn killed_between_send_and_done_then_rerun_creates_no_duplicate() {
         "{stdout}"
     );
 }
+
+/// The customers mode's statuses used as the funnel's windows (emulator defaults).
+const CUSTOMER_WINDOWS: [&str; 4] = [
+    "Больше 30 дней",
+    "30 дней до покупки",
+    "7 дней до покупки",
+    "Ожидается покупка",
+];
+
+fn customer_status_id(env: &Env, name: &str) -> u64 {
+    env.emulator().with_data(|d| {
+        d.customer_statuses
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.id)
+            .unwrap()
+    })
+}
+
+/// The funnel on amoCRM customers (periodicity mode): one customer per rebuy customer, linked
+/// to its main contact, in the status of its window with `next_date` at local midnight of the
+/// expected day; nothing again on a re-run; moved as the plan date passes the windows; reset
+/// by a purchase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_customers_funnel_keeps_one_amocrm_customer_per_customer_and_moves_it() {
+    let now = Timestamp::now();
+    let mut cfg = amo_config(47, 150, 600);
+    cfg.seed = cfg
+        .seed
+        .clone()
+        .with_now(now - SignedDuration::from_hours(48));
+    cfg.customers_mode = "periodicity".into();
+    let mut env = amo_env(cfg).await;
+    sync(&env, true).await.unwrap();
+    env.portal.mapping = json!({"funnel": {"entity": "customers", "stages": CUSTOMER_WINDOWS}});
+    let conn = connector(&env);
+    let tz = env.portal.time_zone.clone();
+    let today = now.to_zoned(tz.clone()).date();
+    let apply = |as_of: Timestamp| {
+        let (env, conn) = (&env, conn.clone());
+        async move {
+            writeback::apply_portal(
+                &env.portal,
+                &env.store,
+                conn.as_ref(),
+                None,
+                as_of,
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("apply")
+        }
+    };
+    let (plan, _, report) = apply(now).await;
+    assert_eq!(report.drain.failed, 0, "{report:?}");
+
+    // One customer per analysed customer with a next purchase, each on its own contact.
+    let (_, analysis) = rebuy::analyse::analyse_portal(&env.store, &env.portal, Some(now)).unwrap();
+    let due: Vec<_> = analysis
+        .customers
+        .iter()
+        .filter(|r| r.next_purchase.is_some())
+        .filter_map(|r| match r.key {
+            rebuy::analytics::CustomerKey::Contact(c) => Some((c.0, r.next_purchase.unwrap())),
+            rebuy::analytics::CustomerKey::Company(_) => r
+                .contact_ids
+                .first()
+                .map(|c| (c.0, r.next_purchase.unwrap())),
+        })
+        .collect();
+    assert!(
+        due.len() > 5,
+        "enough customers with a next purchase: {}",
+        due.len()
+    );
+    let created = env.emulator().writes().customers_created;
+    assert_eq!(created.len(), due.len(), "one amoCRM customer each");
+    assert_eq!(plan.funnel_without_deal as usize, due.len());
+    let windows: Vec<u64> = CUSTOMER_WINDOWS
+        .iter()
+        .map(|n| customer_status_id(&env, n))
+        .collect();
+    let window_of = |left: i64| {
+        let i = [30, 7, 0].iter().filter(|&&w| left <= w).count();
+        windows[i]
+    };
+    for (contact, next) in &due {
+        let c = created
+            .iter()
+            .find(|c| c.contact_id == Some(*contact))
+            .unwrap_or_else(|| panic!("a customer for contact {contact}"));
+        let midnight = next.to_zoned(tz.clone()).unwrap().timestamp().as_second();
+        assert_eq!(c.next_date, midnight, "contact {contact}");
+        assert_eq!(
+            c.status_id,
+            window_of((*next - today).get_days() as i64),
+            "contact {contact}: status of {} days left",
+            (*next - today).get_days()
+        );
+    }
+    env.emulator().with_data(|d| {
+        for c in d.customers.values() {
+            assert_eq!(c.contacts.len(), 1);
+            assert!(c.contacts[0].is_main);
+        }
+    });
+
+    // Again today: the CRM already holds every customer in the right status.
+    let (again, _, _) = apply(now + SignedDuration::from_hours(1)).await;
+    assert!(
+        again.actions.is_empty(),
+        "nothing to do: {:#?}",
+        again.actions
+    );
+    assert_eq!(env.emulator().writes().customers_created.len(), due.len());
+    assert!(env.emulator().writes().customers_updated.is_empty());
+
+    // A customer due in 10-25 days moves to "due" the day after its expected purchase.
+    let (contact, next) = *due
+        .iter()
+        .find(|(_, n)| (10..=25).contains(&(*n - today).get_days()))
+        .expect("a customer due in 10-25 days");
+    let id = created
+        .iter()
+        .find(|c| c.contact_id == Some(contact))
+        .unwrap()
+        .id;
+    let later = next
+        .tomorrow()
+        .unwrap()
+        .to_zoned(tz.clone())
+        .unwrap()
+        .timestamp()
+        + SignedDuration::from_hours(9);
+    apply(later).await;
+    let moves = |env: &Env| -> Vec<u64> {
+        env.emulator()
+            .writes()
+            .customers_updated
+            .iter()
+            .filter(|u| u.id == id && u.from_status_id != Some(u.status_id))
+            .map(|u| u.status_id)
+            .collect()
+    };
+    assert_eq!(moves(&env), vec![windows[3]]);
+
+    // The customer buys: the next purchase is recomputed and the customer goes back.
+    env.emulator().add_lead(contact, 2_500, SALES, WON).unwrap();
+    sync(&env, false).await.unwrap();
+    let after = Timestamp::now();
+    let (_, analysis) =
+        rebuy::analyse::analyse_portal(&env.store, &env.portal, Some(after)).unwrap();
+    let new_next = analysis
+        .customers
+        .iter()
+        .find(|r| r.key == rebuy::analytics::CustomerKey::Contact(rebuy_core::ContactId(contact)))
+        .and_then(|r| r.next_purchase)
+        .unwrap();
+    assert!(new_next > next, "reset: {new_next} after {next}");
+    apply(after).await;
+    let left = (new_next - after.to_zoned(tz.clone()).date()).get_days() as i64;
+    assert_eq!(moves(&env), vec![windows[3], window_of(left)]);
+    env.emulator().with_data(|d| {
+        let c = &d.customers[&id];
+        assert_eq!(
+            c.next_date,
+            new_next
+                .to_zoned(tz.clone())
+                .unwrap()
+                .timestamp()
+                .as_second()
+        );
+    });
+    assert_eq!(
+        env.emulator().writes().customers_created.len(),
+        due.len(),
+        "still one customer each"
+    );
+}
+
+/// A funnel on customers is refused with a clear message when the account's customers mode
+/// is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customers_funnel_without_periodicity_mode_is_refused() {
+    let mut env = amo_env(amo_config(48, 20, 40)).await;
+    sync(&env, true).await.unwrap();
+    env.portal.mapping =
+        json!({"funnel": {"entity": "customers", "stages": ["a", "b"], "windows_days": [7]}});
+    let err = plan_at_err(&env).await;
+    assert!(
+        err.contains("funnel.entity: the account's customers mode is \"disabled\""),
+        "{err}"
+    );
+    assert_eq!(env.emulator().writes(), Default::default());
+}
+
+async fn plan_at_err(env: &Env) -> String {
+    let conn = connector(env);
+    let err = writeback::plan_portal(
+        &env.portal,
+        &env.store,
+        Some(conn.as_ref()),
+        None,
+        Timestamp::now(),
+    )
+    .await
+    .unwrap_err();
+    format!("{err:#}")
+}
+
+/// Segment fields named in the mapping and missing in the CRM are created once (select with
+/// the segments, date), reported by `rebuy mapping`; amoCRM customers and fields created by a
+/// run killed between send and done are found again, never created twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_and_customers_are_created_once_across_crashes() {
+    let mut cfg = amo_config(49, 300, 900);
+    cfg.customers_mode = "periodicity".into();
+    let emu = rebuy_emulator::amocrm::AmoEmulator::spawn(cfg)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("rebuy.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "data_dir = {:?}\n[[portal]]\nid = \"p\"\nkind = \"amocrm\"\nbase_url = \"{}\"\nrequests_per_sec = {TEST_RPS}\n\
+             [portal.auth]\ntype = \"oauth\"\nclient_id = \"{}\"\nclient_secret_env = \"EMULATOR_CLIENT_SECRET\"\nredirect_uri = \"{}\"\n\
+             [portal.mapping.funnel]\nentity = \"customers\"\nstages = [\"Больше 30 дней\", \"30 дней до покупки\", \"7 дней до покупки\", \"Ожидается покупка\"]\n\
+             [portal.mapping.fields]\nrfm_segment = \"Сегмент RFM\"\nabc = \"ABC-класс\"\nnext_purchase = \"Ожидаемая покупка\"\ncreate_missing = true\n",
+            dir.path().join("data").display().to_string(),
+            emu.base_url,
+            AmoConfig::default().client_id,
+            AmoConfig::default().redirect_uri,
+        ),
+    )
+    .unwrap();
+    let cfg = cfg_path.display().to_string();
+    let run = |args: &[&str], env: Vec<(String, String)>| {
+        let mut a = vec!["--config".to_owned(), cfg.clone()];
+        a.extend(args.iter().map(|s| (*s).to_owned()));
+        rebuy_async(a, env)
+    };
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    ok(&run(&["auth", "--portal", "p"], vec![]).await);
+    ok(&run(&["sync", "--portal", "p", "--full", "--quiet"], vec![]).await);
+    let out = run(&["mapping", "--portal", "p"], vec![]).await;
+    ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "customers mode: periodicity",
+        "30 дней до покупки",
+        "missing field: contacts \"Сегмент RFM\" (fields.rfm_segment, select of 11): will be created",
+        "missing field: contacts \"ABC-класс\" (fields.abc, select of 3): will be created",
+        "missing field: contacts \"Ожидаемая покупка\" (fields.next_purchase, date): will be created",
+    ] {
+        assert!(stdout.contains(want), "{want:?} in {stdout}");
+    }
+    assert_eq!(
+        emu.emulator.writes(),
+        Default::default(),
+        "mapping writes nothing"
+    );
+    let out = run(&["plan", "--portal", "p"], vec![]).await;
+    ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "field contacts \"ABC-класс\" (fields.abc) is missing: `rebuy apply` creates it first"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("customer_create/"), "{stdout}");
+    assert_eq!(
+        emu.emulator.writes(),
+        Default::default(),
+        "plan writes nothing"
+    );
+
+    // 1: killed right after the fields were sent.
+    let fail = vec![("REBUY_FAILPOINTS".into(), "outbox.after_send=1".into())];
+    assert!(
+        !run(&["apply", "--portal", "p"], fail.clone())
+            .await
+            .status
+            .success()
+    );
+    assert_eq!(emu.emulator.writes().fields_created.len(), 3);
+    // 2: the fields are found (not created again); killed after the first customers.
+    assert!(
+        !run(&["apply", "--portal", "p"], fail)
+            .await
+            .status
+            .success()
+    );
+    let w = emu.emulator.writes();
+    assert_eq!(w.fields_created.len(), 3, "no field twice");
+    let sent = w.customers_created.len();
+    assert!(sent >= 1, "one bulk request of customers landed");
+    // 3: to the end.
+    let out = run(&["apply", "--portal", "p"], vec![]).await;
+    ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let w = emu.emulator.writes();
+    assert!(w.customers_created.len() > sent, "{stdout}");
+    assert!(
+        stdout.contains(&format!("{sent} found already done in the CRM")),
+        "{stdout}"
+    );
+    let mut contacts: Vec<u64> = w
+        .customers_created
+        .iter()
+        .map(|c| c.contact_id.unwrap())
+        .collect();
+    contacts.sort_unstable();
+    let n = contacts.len();
+    contacts.dedup();
+    assert_eq!(contacts.len(), n, "one customer per contact");
+    assert_eq!(w.fields_created.len(), 3);
+    let rfm = w
+        .fields_created
+        .iter()
+        .find(|f| f.name == "Сегмент RFM")
+        .unwrap();
+    assert_eq!(rfm.field_type, "select");
+    assert!(
+        rfm.enums.iter().any(|e| e == "champions"),
+        "{:?}",
+        rfm.enums
+    );
+    let date = w
+        .fields_created
+        .iter()
+        .find(|f| f.name == "Ожидаемая покупка")
+        .unwrap();
+    assert_eq!(date.field_type, "date");
+    // The segments landed in the new fields, as the CRM's values.
+    assert!(w.field_updates.iter().any(|u| u.field_id == rfm.id));
+    assert!(
+        w.field_updates
+            .iter()
+            .filter(|u| u.field_id == date.id)
+            .all(|u| u.values.as_ref().is_none_or(|v| v[0].is_i64())),
+        "dates as unix seconds"
+    );
+    let failed = run(&["status"], vec![]).await;
+    assert!(
+        String::from_utf8_lossy(&failed.stdout).contains(" 0 failed"),
+        "{}",
+        String::from_utf8_lossy(&failed.stdout)
+    );
+    // A fourth run creates nothing.
+    let before = emu.emulator.writes();
+    ok(&run(&["apply", "--portal", "p"], vec![]).await);
+    let after = emu.emulator.writes();
+    assert_eq!(after.fields_created.len(), before.fields_created.len());
+    assert_eq!(
+        after.customers_created.len(),
+        before.customers_created.len()
+    );
+}

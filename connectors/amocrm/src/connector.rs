@@ -257,6 +257,212 @@ impl Connector for AmoClient {
         Ok(None)
     }
 
+    /// `GET /api/v4/account` (`customers_mode`) and, in periodicity mode,
+    /// `GET /api/v4/customers/statuses`.
+    async fn customers_funnel(&self) -> Result<rebuy_core::CustomersFunnel, ConnectorError> {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Statuses {
+            statuses: Vec<StatusRow>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct StatusRow {
+            id: u64,
+            name: String,
+            sort: i64,
+        }
+        let mode = self
+            .account()
+            .await?
+            .customers_mode
+            .unwrap_or_else(|| "disabled".into());
+        let mut statuses = Vec::new();
+        if mode == "periodicity" {
+            let url = self.url("api/v4/customers/statuses", &[])?;
+            if let Some(body) = self.get_json::<wire::ListPage<Statuses>>(url).await? {
+                statuses = body
+                    .embedded
+                    .statuses
+                    .into_iter()
+                    .map(|s| rebuy_core::Stage {
+                        id: rebuy_core::StageId(s.id.to_string()),
+                        name: s.name,
+                        sort: s.sort,
+                        kind: rebuy_core::StageKind::Open,
+                    })
+                    .collect();
+                statuses.sort_by_key(|s| s.sort);
+            }
+        }
+        Ok(rebuy_core::CustomersFunnel { mode, statuses })
+    }
+
+    /// `GET /api/v4/customers?with=contacts&limit=250&page=N`; the cursor is the next page.
+    async fn customers(
+        &self,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<rebuy_core::CrmCustomer>, ConnectorError> {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Customers {
+            customers: Vec<CustomerRow>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct CustomerRow {
+            id: u64,
+            name: String,
+            status_id: u64,
+            next_date: Option<i64>,
+            next_price: Option<i64>,
+            #[serde(rename = "_embedded")]
+            embedded: CustomerEmbedded,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct CustomerEmbedded {
+            contacts: Vec<LinkRow>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct LinkRow {
+            id: u64,
+            is_main: Option<bool>,
+        }
+        let page: u32 = match cursor {
+            Some(c) => c.0.parse().map_err(|_| ConnectorError::Invalid {
+                path: "cursor".into(),
+                message: format!("{:?} is not a customers page", c.0),
+            })?,
+            None => 1,
+        };
+        let page_s = page.to_string();
+        let url = self.url(
+            "api/v4/customers",
+            &[("with", "contacts"), ("limit", "250"), ("page", &page_s)],
+        )?;
+        let Some(body) = self.get_json::<wire::ListPage<Customers>>(url).await? else {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        };
+        let next = (body.links.next.is_some() && !body.embedded.customers.is_empty())
+            .then(|| Cursor((page + 1).to_string()));
+        let items = body
+            .embedded
+            .customers
+            .into_iter()
+            .map(|c| rebuy_core::CrmCustomer {
+                id: c.id,
+                name: c.name,
+                status: rebuy_core::StageId(c.status_id.to_string()),
+                next_date: c
+                    .next_date
+                    .filter(|t| *t > 0)
+                    .and_then(|t| Timestamp::from_second(t).ok()),
+                next_price: c.next_price.unwrap_or(0),
+                contact: c
+                    .embedded
+                    .contacts
+                    .iter()
+                    .find(|l| l.is_main == Some(true))
+                    .or(c.embedded.contacts.first())
+                    .map(|l| ContactId(l.id)),
+            })
+            .collect();
+        Ok(Page { items, next })
+    }
+
+    /// `GET /api/v4/contacts/{id}?with=leads`, then those leads in `pipeline`
+    /// (`GET /api/v4/leads?filter[id][]=..&filter[pipeline_id][]=..`): the one named `name`.
+    /// A deal without a contact cannot be looked up (amoCRM lists a company's leads only
+    /// through its contacts): `Unsupported`, and the outbox sends it again.
+    async fn find_deal(
+        &self,
+        name: &str,
+        pipeline: rebuy_core::PipelineId,
+        contact: Option<ContactId>,
+        _company: Option<rebuy_core::CompanyId>,
+    ) -> Result<Option<u64>, ConnectorError> {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct ContactRow {
+            #[serde(rename = "_embedded")]
+            embedded: Emb,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Emb {
+            leads: Vec<wire::IdRef>,
+        }
+        let Some(contact) = contact else {
+            return Err(ConnectorError::Unsupported {
+                what: "deal lookup without a contact".into(),
+            });
+        };
+        let url = self.url(
+            &format!("api/v4/contacts/{}", contact.0),
+            &[("with", "leads")],
+        )?;
+        let Some(row) = self.get_json::<ContactRow>(url).await? else {
+            return Ok(None);
+        };
+        let ids: Vec<String> = row
+            .embedded
+            .leads
+            .iter()
+            .map(|l| l.id.to_string())
+            .collect();
+        let pipeline_s = pipeline.0.to_string();
+        for chunk in ids.chunks(250) {
+            let keys: Vec<String> = (0..chunk.len())
+                .map(|k| format!("filter[id][{k}]"))
+                .collect();
+            let mut params: Vec<(&str, &str)> =
+                vec![("limit", "250"), ("filter[pipeline_id][0]", &pipeline_s)];
+            params.extend(
+                keys.iter()
+                    .map(String::as_str)
+                    .zip(chunk.iter().map(String::as_str)),
+            );
+            let url = self.url("api/v4/leads", &params)?;
+            let Some(page) = self.get_json::<wire::ListPage<wire::Leads>>(url).await? else {
+                continue;
+            };
+            if let Some(l) = page.embedded.leads.iter().find(|l| {
+                l.pipeline_id == pipeline.0 && l.name.as_deref().map(str::trim) == Some(name.trim())
+            }) {
+                return Ok(Some(l.id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `GET /api/v4/contacts/{id}?with=customers`: the first customer linked to the contact.
+    async fn find_customer(&self, contact: ContactId) -> Result<Option<u64>, ConnectorError> {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct ContactRow {
+            #[serde(rename = "_embedded")]
+            embedded: Emb,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Emb {
+            customers: Vec<wire::IdRef>,
+        }
+        let url = self.url(
+            &format!("api/v4/contacts/{}", contact.0),
+            &[("with", "customers")],
+        )?;
+        let Some(c) = self.get_json::<ContactRow>(url).await? else {
+            return Ok(None);
+        };
+        Ok(c.embedded.customers.iter().map(|r| r.id).min())
+    }
+
     /// `GET /api/v4/{leads|contacts|companies}/custom_fields`, every page.
     async fn custom_fields(&self) -> Result<Vec<FieldDef>, ConnectorError> {
         #[derive(serde::Deserialize, Default)]

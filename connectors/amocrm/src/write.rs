@@ -11,6 +11,12 @@
 //!   responsible_user_id, task_type_id, request_id}`; task types: call 1, meeting 2, letter = the
 //!   account's task type coded/named like a letter or e-mail, else 1.
 //!
+//! - `CreateCustomer` -> `POST /api/v4/customers` items `{name, status_id, next_date, next_price,
+//!   responsible_user_id, _embedded: {contacts: [{id, is_main: true}], companies}}`;
+//! - `UpdateCustomer` -> `PATCH /api/v4/customers` items `{id, status_id, next_date, next_price}`;
+//! - `CreateField` -> `POST /api/v4/{contacts|companies|leads|customers}/custom_fields` items
+//!   `{name, type: text|date|select, enums: [{value, sort}]}`, sent before the other ops.
+//!
 //! Ops of one kind (and entity) go together, [`MAX_BATCH`] per request. Every item carries its
 //! op's index as `request_id`, and answers are matched back by it. amoCRM rejects a whole
 //! request when an item fails validation (400 `validation-errors`); the failing items get their
@@ -20,7 +26,7 @@ use crate::wire::{
     self, CustomFieldWrite, CustomFieldWriteValue, EntityPatch, NewTask, PatchEmbedded, Tag,
 };
 use http::{Method, StatusCode};
-use rebuy_core::connector::{EntityRef, TaskKind};
+use rebuy_core::connector::{EntityRef, FieldEntityKind, FieldKind, TaskKind};
 use rebuy_core::{ConnectorError, WriteOp, WriteOutcome};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -45,6 +51,9 @@ pub(crate) async fn apply(client: &AmoClient, ops: &[WriteOp]) -> Vec<OpResult> 
     let mut flags = Vec::new();
     let mut tasks = Vec::new();
     let mut new_leads = Vec::new();
+    let mut new_customers = Vec::new();
+    let mut customer_patches = Vec::new();
+    let mut new_fields: Vec<(&'static str, (usize, wire::NewField))> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         match op {
             WriteOp::MoveDeal {
@@ -152,7 +161,155 @@ pub(crate) async fn apply(client: &AmoClient, ops: &[WriteOp]) -> Vec<OpResult> 
                     },
                 ));
             }
+            WriteOp::CreateCustomer {
+                name,
+                contact,
+                company,
+                status,
+                next_date,
+                next_price,
+                responsible,
+            } => {
+                let Ok(status) = status.0.parse::<u64>() else {
+                    results[i] = Some(Err(invalid_op(
+                        i,
+                        "status",
+                        &format!("{:?} is not an amoCRM customer status id", status.0),
+                    )));
+                    continue;
+                };
+                let mut embedded = serde_json::Map::new();
+                embedded.insert(
+                    "contacts".into(),
+                    serde_json::json!([{"id": contact.0, "is_main": true}]),
+                );
+                if let Some(c) = company {
+                    embedded.insert("companies".into(), serde_json::json!([{"id": c.0}]));
+                }
+                new_customers.push((
+                    i,
+                    wire::CustomerWrite {
+                        id: None,
+                        name: Some(name.clone()),
+                        status_id: status,
+                        next_date: next_date.as_second(),
+                        next_price: whole(next_price),
+                        responsible_user_id: responsible.map(|u| u.0),
+                        embedded: serde_json::Value::Object(embedded),
+                        request_id: i.to_string(),
+                    },
+                ));
+            }
+            WriteOp::UpdateCustomer {
+                customer,
+                status,
+                next_date,
+                next_price,
+            } => {
+                let Ok(status) = status.0.parse::<u64>() else {
+                    results[i] = Some(Err(invalid_op(
+                        i,
+                        "status",
+                        &format!("{:?} is not an amoCRM customer status id", status.0),
+                    )));
+                    continue;
+                };
+                customer_patches.push((
+                    i,
+                    wire::CustomerWrite {
+                        id: Some(*customer),
+                        status_id: status,
+                        next_date: next_date.as_second(),
+                        next_price: whole(next_price),
+                        request_id: i.to_string(),
+                        ..Default::default()
+                    },
+                ));
+            }
+            WriteOp::CreateField {
+                entity, name, kind, ..
+            } => {
+                let path = match entity {
+                    FieldEntityKind::Contacts => "api/v4/contacts/custom_fields",
+                    FieldEntityKind::Companies => "api/v4/companies/custom_fields",
+                    FieldEntityKind::Deals => "api/v4/leads/custom_fields",
+                    FieldEntityKind::Customers => "api/v4/customers/custom_fields",
+                };
+                let (field_type, enums) = match kind {
+                    FieldKind::Text => ("text", Vec::new()),
+                    FieldKind::Date => ("date", Vec::new()),
+                    FieldKind::Select(values) => (
+                        "select",
+                        values
+                            .iter()
+                            .enumerate()
+                            .map(|(k, v)| wire::NewEnum {
+                                value: v.clone(),
+                                sort: (k as i64 + 1) * 10,
+                            })
+                            .collect(),
+                    ),
+                };
+                new_fields.push((
+                    path,
+                    (
+                        i,
+                        wire::NewField {
+                            name: name.clone(),
+                            field_type,
+                            enums,
+                            request_id: i.to_string(),
+                        },
+                    ),
+                ));
+            }
         }
+    }
+    // Fields first: a later op of the same call may write to them.
+    for path in [
+        "api/v4/contacts/custom_fields",
+        "api/v4/companies/custom_fields",
+        "api/v4/leads/custom_fields",
+        "api/v4/customers/custom_fields",
+    ] {
+        let items: Vec<(usize, wire::NewField)> = new_fields
+            .iter()
+            .filter(|(p, _)| *p == path)
+            .map(|(_, x)| x.clone())
+            .collect();
+        for chunk in items.chunks(MAX_BATCH) {
+            send_batch(
+                client,
+                Method::POST,
+                path,
+                chunk.to_vec(),
+                true,
+                &mut results,
+            )
+            .await;
+        }
+    }
+    for chunk in new_customers.chunks(MAX_BATCH) {
+        send_batch(
+            client,
+            Method::POST,
+            "api/v4/customers",
+            chunk.to_vec(),
+            true,
+            &mut results,
+        )
+        .await;
+    }
+    for chunk in customer_patches.chunks(MAX_BATCH) {
+        send_batch(
+            client,
+            Method::PATCH,
+            "api/v4/customers",
+            chunk.to_vec(),
+            false,
+            &mut results,
+        )
+        .await;
     }
     for chunk in new_leads.chunks(MAX_BATCH) {
         send_batch(
@@ -256,6 +413,12 @@ pub(crate) async fn apply(client: &AmoClient, ops: &[WriteOp]) -> Vec<OpResult> 
         .collect()
 }
 
+/// Whole currency units (amoCRM amounts are integers).
+fn whole(v: &Option<rust_decimal::Decimal>) -> Option<i64> {
+    use rust_decimal::prelude::ToPrimitive;
+    v.and_then(|p| p.round().to_i64())
+}
+
 fn invalid_op(i: usize, field: &str, message: &str) -> ConnectorError {
     ConnectorError::Invalid {
         path: format!("ops[{i}].{field}"),
@@ -281,6 +444,16 @@ impl Item for EntityPatch {
     }
 }
 impl Item for wire::NewLead {
+    fn request_id(&self) -> &str {
+        &self.request_id
+    }
+}
+impl Item for wire::CustomerWrite {
+    fn request_id(&self) -> &str {
+        &self.request_id
+    }
+}
+impl Item for wire::NewField {
     fn request_id(&self) -> &str {
         &self.request_id
     }
@@ -362,6 +535,8 @@ async fn send_batch<T: Item>(
                     .chain(&written.contacts)
                     .chain(&written.companies)
                     .chain(&written.tasks)
+                    .chain(&written.customers)
+                    .chain(&written.custom_fields)
                     .collect();
                 let by_request: HashMap<&str, u64> = rows
                     .iter()

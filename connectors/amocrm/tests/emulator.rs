@@ -526,3 +526,151 @@ async fn writes_are_batched_and_mapped_back() {
         .await;
     assert!(again[0].is_ok());
 }
+
+#[tokio::test]
+async fn customers_fields_and_lookups_after_a_lost_answer() {
+    let mut cfg = config(30, 30, 0);
+    cfg.customers_mode = "periodicity".into();
+    let e = env(cfg, 1000).await;
+    let c = &e.client;
+    let funnel = c.customers_funnel().await.unwrap();
+    assert_eq!(funnel.mode, "periodicity");
+    assert!(funnel.statuses.len() >= 4);
+    let status = funnel.statuses[1].id.clone();
+    let (contact, pipeline, stage) = e.amo.emulator.with_data(|d| {
+        let p = d.pipelines.values().find(|p| !p.is_main).unwrap();
+        (*d.contacts.keys().next().unwrap(), p.id, p.statuses[1].id)
+    });
+    let next = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+    let ops = vec![
+        WriteOp::CreateField {
+            entity: rebuy_core::FieldEntityKind::Contacts,
+            name: "ABC-класс".into(),
+            code: None,
+            kind: rebuy_core::FieldKind::Select(vec!["A".into(), "B".into(), "C".into()]),
+        },
+        WriteOp::CreateCustomer {
+            name: "Клиент".into(),
+            contact: ContactId(contact),
+            company: None,
+            status: status.clone(),
+            next_date: next,
+            next_price: Some(rust_decimal::Decimal::new(45_006, 1)),
+            responsible: None,
+        },
+        WriteOp::CreateDeal {
+            name: "Повторная покупка: Клиент".into(),
+            pipeline: PipelineId(pipeline),
+            stage: StageId(stage.to_string()),
+            contact: Some(ContactId(contact)),
+            company: None,
+            responsible: None,
+            price: None,
+        },
+        WriteOp::CreateCustomer {
+            name: "Клиент".into(),
+            contact: ContactId(contact),
+            company: None,
+            status: StageId("1".into()),
+            next_date: next,
+            next_price: None,
+            responsible: None,
+        },
+    ];
+    let res = c.apply(&ops).await;
+    let field = res[0].as_ref().unwrap().created_id.unwrap();
+    let customer = res[1].as_ref().unwrap().created_id.unwrap();
+    let deal = res[2].as_ref().unwrap().created_id.unwrap();
+    let err = res[3].as_ref().unwrap_err().to_string();
+    assert!(err.contains("status_id"), "{err}");
+    // The new field is listed, with its type.
+    let fields = c.custom_fields().await.unwrap();
+    let f = fields.iter().find(|f| f.id == field.to_string()).unwrap();
+    assert_eq!(
+        (f.name.as_str(), f.field_type.as_str()),
+        ("ABC-класс", "select")
+    );
+    // Listing and the lookups a restarted outbox makes.
+    let page = c.customers(None).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    let got = &page.items[0];
+    assert_eq!(
+        (
+            got.id,
+            &got.status,
+            got.next_date,
+            got.next_price,
+            got.contact
+        ),
+        (
+            customer,
+            &status,
+            Some(next),
+            4501,
+            Some(ContactId(contact))
+        )
+    );
+    assert_eq!(
+        c.find_customer(ContactId(contact)).await.unwrap(),
+        Some(customer)
+    );
+    let other = e
+        .amo
+        .emulator
+        .with_data(|d| *d.contacts.keys().nth(1).unwrap());
+    assert_eq!(c.find_customer(ContactId(other)).await.unwrap(), None);
+    let name = "Повторная покупка: Клиент";
+    assert_eq!(
+        c.find_deal(name, PipelineId(pipeline), Some(ContactId(contact)), None)
+            .await
+            .unwrap(),
+        Some(deal)
+    );
+    assert_eq!(
+        c.find_deal(
+            "другая",
+            PipelineId(pipeline),
+            Some(ContactId(contact)),
+            None
+        )
+        .await
+        .unwrap(),
+        None
+    );
+    // A company's segment field (B2B customers): PATCH /api/v4/companies.
+    let company = e
+        .amo
+        .emulator
+        .with_data(|d| *d.companies.keys().next().unwrap());
+    let res = c
+        .apply(&[WriteOp::UpdateFields {
+            entity: EntityRef::Company(rebuy_core::CompanyId(company)),
+            fields: vec![rebuy_core::FieldWrite {
+                field_id: rebuy_emulator::amocrm::field_ids::COMPANY_WEB.to_string(),
+                value: Some("https://example.ru".into()),
+            }],
+        }])
+        .await;
+    assert!(res[0].is_ok(), "{res:?}");
+    let w = e.amo.emulator.writes();
+    assert!(w.field_updates.iter().any(|u| u.entity_type == "companies"
+        && u.entity_id == company
+        && u.values == Some(vec![serde_json::json!("https://example.ru")])));
+    // Moved and re-dated.
+    let later = jiff::Timestamp::from_second(1_800_086_400).unwrap();
+    let res = c
+        .apply(&[WriteOp::UpdateCustomer {
+            customer,
+            status: funnel.statuses[2].id.clone(),
+            next_date: later,
+            next_price: None,
+        }])
+        .await;
+    assert!(res[0].is_ok(), "{res:?}");
+    e.amo.emulator.with_data(|d| {
+        let x = &d.customers[&customer];
+        assert_eq!(x.status_id.to_string(), funnel.statuses[2].id.0);
+        assert_eq!(x.next_date, 1_800_086_400);
+        assert_eq!(x.next_price, 4501, "kept when not sent");
+    });
+}

@@ -507,6 +507,136 @@ impl Connector for B24Client {
         self.inner.settings.batch_size
     }
 
+    /// `crm.deal.list {filter: {TITLE, CATEGORY_ID, CONTACT_ID | COMPANY_ID}, select: [ID]}`:
+    /// the oldest match.
+    async fn find_deal(
+        &self,
+        name: &str,
+        pipeline: rebuy_core::PipelineId,
+        contact: Option<rebuy_core::ContactId>,
+        company: Option<rebuy_core::CompanyId>,
+    ) -> Result<Option<u64>, ConnectorError> {
+        let mut filter = json!({"TITLE": name, "CATEGORY_ID": pipeline.0});
+        match (contact, company) {
+            (Some(c), _) => filter["CONTACT_ID"] = json!(c.0),
+            (None, Some(c)) => filter["COMPANY_ID"] = json!(c.0),
+            (None, None) => {}
+        }
+        let env: wire::Envelope<Vec<Value>> = self
+            .call(
+                "crm.deal.list",
+                json!({"filter": filter, "select": ["ID"], "order": {"ID": "ASC"}}),
+            )
+            .await?;
+        Ok(env.result.first().and_then(|d| match d.get("ID") {
+            Some(Value::String(s)) => s.parse().ok(),
+            Some(Value::Number(n)) => n.as_u64(),
+            _ => None,
+        }))
+    }
+
+    /// `crm.activity.list {filter: {OWNER_TYPE_ID, OWNER_ID}, select: [ID, DESCRIPTION]}`, page
+    /// by page: the to-do whose description carries `marker`.
+    async fn find_task(
+        &self,
+        entity: rebuy_core::EntityRef,
+        marker: &str,
+    ) -> Result<Option<u64>, ConnectorError> {
+        let (owner_type, owner) = match entity {
+            rebuy_core::EntityRef::Deal(d) => (2, d.0),
+            rebuy_core::EntityRef::Contact(c) => (3, c.0),
+            rebuy_core::EntityRef::Company(c) => (4, c.0),
+        };
+        let mut start = 0u64;
+        // A hard cap: an entity with more than 5,000 activities is not a real case.
+        for _ in 0..100 {
+            let env: wire::Envelope<Vec<Value>> = self
+                .call(
+                    "crm.activity.list",
+                    json!({"filter": {"OWNER_TYPE_ID": owner_type, "OWNER_ID": owner},
+                           "select": ["ID", "DESCRIPTION"], "order": {"ID": "ASC"}, "start": start}),
+                )
+                .await?;
+            for a in &env.result {
+                let text = a.get("DESCRIPTION").and_then(Value::as_str).unwrap_or("");
+                if text.contains(marker) {
+                    let id = match a.get("ID") {
+                        Some(Value::String(s)) => s.parse().ok(),
+                        Some(Value::Number(n)) => n.as_u64(),
+                        _ => None,
+                    };
+                    return Ok(id);
+                }
+            }
+            match env.next {
+                Some(n) if !env.result.is_empty() => start = n,
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// `crm.{contact,company,deal}.userfield.list {filter: {LANG: "ru"}}` in one batch: the
+    /// user fields (`UF_CRM_...`) with their labels (labels come only when a language is
+    /// asked for).
+    async fn custom_fields(&self) -> Result<Vec<rebuy_core::FieldDef>, ConnectorError> {
+        let lists = [
+            (
+                "crm.contact.userfield.list",
+                rebuy_core::EntityKind::Contacts,
+            ),
+            (
+                "crm.company.userfield.list",
+                rebuy_core::EntityKind::Companies,
+            ),
+            ("crm.deal.userfield.list", rebuy_core::EntityKind::Deals),
+        ];
+        let cmds: Vec<Command> = lists
+            .iter()
+            .enumerate()
+            .map(|(i, (m, _))| {
+                batch::command(
+                    i,
+                    m,
+                    &json!({"order": {"SORT": "ASC"}, "filter": {"LANG": "ru"}}),
+                )
+            })
+            .collect();
+        let mut res = self.batch::<Vec<Value>>(&cmds, false, true).await?;
+        let mut out = Vec::new();
+        for (c, (method, entity)) in cmds.iter().zip(lists) {
+            if let Some(e) = res.result_error.get(&c.key) {
+                return Err(api_error(400, e, method));
+            }
+            for f in res.result.remove(&c.key).unwrap_or_default() {
+                let text = |k: &str| match f.get(k) {
+                    Some(Value::String(s)) => s.clone(),
+                    // Labels may come per language: {"ru": "..", "en": ".."}.
+                    Some(Value::Object(m)) => m
+                        .get("ru")
+                        .or_else(|| m.values().next())
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                    _ => String::new(),
+                };
+                let id = text("FIELD_NAME");
+                if id.is_empty() {
+                    continue;
+                }
+                let label = text("EDIT_FORM_LABEL");
+                out.push(rebuy_core::FieldDef {
+                    entity,
+                    name: if label.is_empty() { id.clone() } else { label },
+                    id,
+                    code: None,
+                    field_type: text("USER_TYPE_ID"),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// `event.bind` for each event (app auth only: an inbound webhook gets `WRONG_AUTH_TYPE`).
     /// A handler bound before (`ERROR_HANDLER_ALREADY_EXIST`) counts as success, so
     /// re-binding after an app update is safe.

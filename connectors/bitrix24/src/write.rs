@@ -7,6 +7,8 @@
 //! | `CreateTask` | `crm.activity.todo.add {ownerTypeId, ownerId, deadline, title, description, responsibleId}` |
 //! | `UpdateFields` | `crm.deal.update` / `crm.contact.update` / `crm.company.update` with `fields: {UF_CRM_...: value}` |
 //! | `FlagRepeat` | `crm.deal.update {id, fields: {IS_RETURN_CUSTOMER: "Y"}}` |
+//! | `CreateField` | `crm.{contact,company,deal}.userfield.add {fields: {FIELD_NAME, USER_TYPE_ID: string/date, LABEL}}` |
+//! | `CreateCustomer`, `UpdateCustomer` | none: `Unsupported` (amoCRM only) |
 //!
 //! Why a to-do and not `tasks.task.add`: the docs make `crm.activity.todo.add` the current way
 //! to put a follow-up into a deal or contact card (`crm.activity.add` is deprecated); it needs
@@ -21,7 +23,9 @@
 use crate::batch::{self, Command};
 use crate::client::{B24Client, api_error};
 use rebuy_core::ConnectorError;
-use rebuy_core::connector::{EntityRef, TaskKind, WriteOp, WriteOutcome};
+use rebuy_core::connector::{
+    EntityRef, FieldEntityKind, FieldKind, TaskKind, WriteOp, WriteOutcome,
+};
 use serde_json::{Map, Value, json};
 
 fn deadline(t: jiff::Timestamp) -> String {
@@ -36,9 +40,9 @@ fn title(kind: TaskKind) -> &'static str {
     }
 }
 
-/// The command of one op.
-pub(crate) fn command_of(i: usize, op: &WriteOp) -> Command {
-    match op {
+/// The command of one op; `None` for ops Bitrix24 has no entity for (amoCRM customers).
+pub(crate) fn command_of(i: usize, op: &WriteOp) -> Option<Command> {
+    Some(match op {
         WriteOp::MoveDeal {
             deal,
             pipeline,
@@ -117,7 +121,34 @@ pub(crate) fn command_of(i: usize, op: &WriteOp) -> Command {
             "crm.deal.update",
             &json!({"id": deal.0, "fields": {"IS_RETURN_CUSTOMER": "Y"}}),
         ),
-    }
+        WriteOp::CreateField {
+            entity,
+            name,
+            code,
+            kind,
+        } => {
+            let method = match entity {
+                FieldEntityKind::Contacts => "crm.contact.userfield.add",
+                FieldEntityKind::Companies => "crm.company.userfield.add",
+                FieldEntityKind::Deals => "crm.deal.userfield.add",
+                FieldEntityKind::Customers => return None,
+            };
+            // A list (`enumeration`) is written by item id, which segment writes do not know:
+            // select-like segment fields are created as strings holding the segment's name.
+            let ty = match kind {
+                FieldKind::Date => "date",
+                FieldKind::Text | FieldKind::Select(_) => "string",
+            };
+            let field_name = code.clone().unwrap_or_else(|| "REBUY_FIELD".into());
+            batch::command(
+                i,
+                method,
+                &json!({"fields": {"FIELD_NAME": field_name, "USER_TYPE_ID": ty, "LABEL": name,
+                        "EDIT_FORM_LABEL": name, "LIST_COLUMN_LABEL": name, "MULTIPLE": "N"}}),
+            )
+        }
+        WriteOp::CreateCustomer { .. } | WriteOp::UpdateCustomer { .. } => return None,
+    })
 }
 
 fn outcome(method: &str, v: &Value) -> WriteOutcome {
@@ -125,9 +156,16 @@ fn outcome(method: &str, v: &Value) -> WriteOutcome {
         "crm.activity.todo.add" => v.get("id").and_then(id_of),
         "crm.deal.add" => id_of(v),
         "tasks.task.add" => v.get("task").and_then(|t| t.get("id")).and_then(id_of),
+        m if m.ends_with(".userfield.add") => id_of(v),
         _ => None,
     };
     WriteOutcome { created_id }
+}
+
+fn unsupported() -> ConnectorError {
+    ConnectorError::Unsupported {
+        what: "amoCRM customers (Bitrix24 has no customers entity; use a deal category)".into(),
+    }
 }
 
 fn id_of(v: &Value) -> Option<u64> {
@@ -146,14 +184,23 @@ pub(crate) async fn apply(
     let mut out = Vec::with_capacity(ops.len());
     let per = client.inner.settings.batch_size.max(1);
     for chunk in ops.chunks(per) {
-        let cmds: Vec<Command> = chunk
+        let cmds: Vec<Option<Command>> = chunk
             .iter()
             .enumerate()
             .map(|(i, op)| command_of(i, op))
             .collect();
-        match client.batch::<Value>(&cmds, false, false).await {
+        let sent: Vec<Command> = cmds.iter().flatten().cloned().collect();
+        if sent.is_empty() {
+            out.extend(chunk.iter().map(|_| Err(unsupported())));
+            continue;
+        }
+        match client.batch::<Value>(&sent, false, false).await {
             Ok(mut res) => {
                 for c in &cmds {
+                    let Some(c) = c else {
+                        out.push(Err(unsupported()));
+                        continue;
+                    };
                     if let Some(e) = res.result_error.get(&c.key) {
                         out.push(Err(api_error(400, e, &c.method)));
                         continue;

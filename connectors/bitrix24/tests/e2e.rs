@@ -651,6 +651,13 @@ async fn writes_are_packed_into_one_batch() {
     });
     let before = run.emulator.stats().requests;
     let ops = vec![
+        // Commands run in order: the field exists before the update below writes it.
+        WriteOp::CreateField {
+            entity: rebuy_core::FieldEntityKind::Contacts,
+            name: "Сегмент rebuy".into(),
+            code: Some("REBUY_SEGMENT".into()),
+            kind: rebuy_core::FieldKind::Select(vec!["sleeping".into(), "loyal".into()]),
+        },
         WriteOp::MoveDeal {
             deal: DealId(deal),
             pipeline: PipelineId(1),
@@ -680,14 +687,25 @@ async fn writes_are_packed_into_one_batch() {
         "one batch request"
     );
     assert!(
-        res[0].is_ok() && res[2].is_ok() && res[3].is_ok(),
+        res[0].is_ok() && res[1].is_ok() && res[3].is_ok() && res[4].is_ok(),
         "{res:?}"
     );
-    assert!(res[1].as_ref().unwrap().created_id.is_some());
+    assert!(res[0].as_ref().unwrap().created_id.is_some(), "field id");
+    assert!(res[2].as_ref().unwrap().created_id.is_some());
     assert!(
-        matches!(res[4], Err(ConnectorError::NotFound { .. })),
+        matches!(res[5], Err(ConnectorError::NotFound { .. })),
         "{:?}",
-        res[4]
+        res[5]
+    );
+    // The new field is listed with its label, as a string (lists are written by item id).
+    let fields = client.custom_fields().await.unwrap();
+    let f = fields
+        .iter()
+        .find(|f| f.id == "UF_CRM_REBUY_SEGMENT")
+        .expect("created field listed");
+    assert_eq!(
+        (f.name.as_str(), f.field_type.as_str()),
+        ("Сегмент rebuy", "string")
     );
     run.emulator.with_data(|d| {
         let x = &d.deals[&deal];

@@ -125,6 +125,111 @@ pub enum WriteOp {
         /// The deal.
         deal: DealId,
     },
+    /// Create a customer of the CRM's customers entity (amoCRM "Покупатели", periodicity
+    /// mode) linked to its main contact, in the status of its window.
+    CreateCustomer {
+        /// Name.
+        name: String,
+        /// The main contact it is linked to.
+        contact: ContactId,
+        /// The customer's company, when it has one.
+        company: Option<CompanyId>,
+        /// Customer status.
+        status: StageId,
+        /// Expected next purchase (amoCRM `next_date`).
+        next_date: Timestamp,
+        /// Expected next purchase amount in the account currency (amoCRM `next_price`, whole
+        /// units).
+        next_price: Option<rust_decimal::Decimal>,
+        /// Responsible manager.
+        responsible: Option<UserId>,
+    },
+    /// Move a CRM customer to another status and/or set its next purchase.
+    UpdateCustomer {
+        /// The CRM's customer id.
+        customer: u64,
+        /// Customer status.
+        status: StageId,
+        /// Expected next purchase.
+        next_date: Timestamp,
+        /// Expected next purchase amount (whole units).
+        next_price: Option<rust_decimal::Decimal>,
+    },
+    /// Create a custom field (a segment field named in the mapping and missing in the CRM).
+    CreateField {
+        /// Where.
+        entity: FieldEntityKind,
+        /// Display name (amoCRM `name`, Bitrix24 `LABEL`).
+        name: String,
+        /// Bitrix24 `FIELD_NAME` (`UF_CRM_` is prefixed by the CRM); amoCRM ignores it.
+        code: Option<String>,
+        /// Type.
+        kind: FieldKind,
+    },
+}
+
+/// The entity a custom field belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldEntityKind {
+    /// Contacts.
+    Contacts,
+    /// Companies.
+    Companies,
+    /// Deals (amoCRM leads).
+    Deals,
+    /// amoCRM customers.
+    Customers,
+}
+
+impl FieldEntityKind {
+    /// Lower-case name (`contacts`, `companies`, `deals`, `customers`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldEntityKind::Contacts => "contacts",
+            FieldEntityKind::Companies => "companies",
+            FieldEntityKind::Deals => "deals",
+            FieldEntityKind::Customers => "customers",
+        }
+    }
+}
+
+/// The type of a field to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "options", rename_all = "lowercase")]
+pub enum FieldKind {
+    /// Free text.
+    Text,
+    /// A date.
+    Date,
+    /// One of a list of values (amoCRM `select`; CRMs that write list items by id get text).
+    Select(Vec<String>),
+}
+
+/// A customer of the CRM's customers entity, as the planner needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrmCustomer {
+    /// The CRM's id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Status id.
+    pub status: StageId,
+    /// Expected next purchase, when set.
+    pub next_date: Option<Timestamp>,
+    /// Expected next purchase amount (whole units).
+    pub next_price: i64,
+    /// The main contact (else the first linked).
+    pub contact: Option<ContactId>,
+}
+
+/// The customers entity of an account: its mode and, in periodicity mode, its statuses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomersFunnel {
+    /// amoCRM `customers_mode` (`periodicity`, `segments`, `disabled`, `unavailable`).
+    pub mode: String,
+    /// Statuses, by sort order (empty unless periodicity mode).
+    pub statuses: Vec<Stage>,
 }
 
 /// A custom field defined in the CRM (for `rebuy mapping`: field names -> ids).
@@ -284,6 +389,50 @@ pub trait Connector: Send + Sync {
         let _ = (entity, marker);
         Err(ConnectorError::Unsupported {
             what: "task lookup".into(),
+        })
+    }
+
+    /// The customers entity: mode and statuses. CRMs without one return
+    /// [`ConnectorError::Unsupported`].
+    async fn customers_funnel(&self) -> Result<CustomersFunnel, ConnectorError> {
+        Err(ConnectorError::Unsupported {
+            what: "customers entity".into(),
+        })
+    }
+
+    /// One page of the CRM's customers (with their contacts).
+    async fn customers(
+        &self,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<CrmCustomer>, ConnectorError> {
+        let _ = cursor;
+        Err(ConnectorError::Unsupported {
+            what: "customers entity".into(),
+        })
+    }
+
+    /// The CRM customer linked to `contact`, if any: how a customer created by a run that died
+    /// before recording it is found again.
+    async fn find_customer(&self, contact: ContactId) -> Result<Option<u64>, ConnectorError> {
+        let _ = contact;
+        Err(ConnectorError::Unsupported {
+            what: "customer lookup".into(),
+        })
+    }
+
+    /// An open deal named `name` in `pipeline` linked to `contact` (else `company`): how a deal
+    /// created by a run that died before recording it is found again. `Ok(None)` when there
+    /// is none.
+    async fn find_deal(
+        &self,
+        name: &str,
+        pipeline: PipelineId,
+        contact: Option<ContactId>,
+        company: Option<CompanyId>,
+    ) -> Result<Option<u64>, ConnectorError> {
+        let _ = (name, pipeline, contact, company);
+        Err(ConnectorError::Unsupported {
+            what: "deal lookup".into(),
         })
     }
 

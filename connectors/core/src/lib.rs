@@ -31,8 +31,8 @@ pub mod timestamp;
 
 pub use auth::{TokenManager, TokenRefresher, TokenSet, TokenStore};
 pub use connector::{
-    Connector, Cursor, EntityRef, FieldDef, FieldWrite, ListQuery, Page, TaskKind, WriteOp,
-    WriteOutcome,
+    Connector, CrmCustomer, Cursor, CustomersFunnel, EntityRef, FieldDef, FieldEntityKind,
+    FieldKind, FieldWrite, ListQuery, Page, TaskKind, WriteOp, WriteOutcome,
 };
 pub use error::ConnectorError;
 pub use ids::*;

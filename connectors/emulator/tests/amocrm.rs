@@ -1375,3 +1375,250 @@ async fn router_works_without_a_socket_and_shutdown_is_clean() {
     );
     let _router = AmoEmulator::new(cfg()).router();
 }
+
+#[tokio::test]
+async fn customers_mode_statuses_writes_and_validation() {
+    use reqwest::Method;
+    let env = Env::new(cfg()).await;
+    // Mode off: the statuses are 422 and so are the customers.
+    let r = env.get("/api/v4/customers/statuses").await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(env.get("/api/v4/customers").await.status(), 422);
+    // The switch: bad data is a 400 naming the field, a good body is echoed.
+    let (s, v) = env
+        .send(
+            Method::PATCH,
+            "/api/v4/customers/mode",
+            &json!({"mode": "weekly", "is_enabled": true}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["validation-errors"][0]["errors"][0]["path"], "mode");
+    let body = json!({"mode": "periodicity", "is_enabled": true});
+    let (s, v) = env
+        .send(Method::PATCH, "/api/v4/customers/mode", &body)
+        .await;
+    assert_eq!((s, v), (StatusCode::OK, body));
+    let st = env.get_json("/api/v4/customers/statuses").await;
+    let statuses = st["_embedded"]["statuses"].as_array().unwrap();
+    assert!(statuses.len() >= 4);
+    assert_eq!(statuses[0]["is_default"], true);
+    let (default, other) = (
+        statuses[0]["id"].as_u64().unwrap(),
+        statuses[2]["id"].as_u64().unwrap(),
+    );
+    assert_eq!(env.get("/api/v4/customers").await.status(), 204, "none yet");
+
+    // Add: every invalid item is named, nothing is applied.
+    let contact = env
+        .run
+        .emulator
+        .with_data(|d| *d.contacts.keys().next().unwrap());
+    let (s, v) = env
+        .send(
+            Method::POST,
+            "/api/v4/customers",
+            &json!([
+                {"name": "", "request_id": "a"},
+                {"name": "X", "status_id": 1, "next_price": -5, "request_id": "b"},
+                {"name": "Y", "next_date": "soon", "_embedded": {"contacts": [{"id": 1}]}, "request_id": "c"},
+            ]),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let errs = v["validation-errors"].as_array().unwrap();
+    let paths = |i: usize| -> Vec<String> {
+        errs[i]["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(errs[0]["request_id"], "a");
+    assert_eq!(paths(0), ["name"]);
+    assert_eq!(paths(1), ["next_price", "status_id"]);
+    assert_eq!(paths(2), ["next_date", "_embedded.contacts.0.id"]);
+    assert!(env.run.emulator.writes().customers_created.is_empty());
+    // More than 50 in one request.
+    let many: Vec<Value> = (0..51).map(|i| json!({"name": format!("c{i}")})).collect();
+    assert_eq!(
+        env.send(Method::POST, "/api/v4/customers", &json!(many))
+            .await
+            .0,
+        400
+    );
+
+    let (s, v) = env
+        .send(
+            Method::POST,
+            "/api/v4/customers",
+            &json!([
+                {"name": "Клиент", "next_date": 1_800_000_000, "next_price": 4500,
+                 "_embedded": {"contacts": [{"id": contact, "is_main": true}]}, "request_id": "r1"},
+                {"name": "Без статуса", "request_id": "r2"},
+            ]),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let created = v["_embedded"]["customers"].as_array().unwrap();
+    assert_eq!(created[0]["request_id"], "r1");
+    let id = created[0]["id"].as_u64().unwrap();
+    let one = env
+        .get_json(&format!("/api/v4/customers/{id}?with=contacts"))
+        .await;
+    assert_eq!(one["status_id"], default, "the default status");
+    assert_eq!(one["next_date"], 1_800_000_000);
+    assert_eq!(one["next_price"], 4500);
+    assert_eq!(one["_embedded"]["contacts"][0]["id"], contact);
+    assert_eq!(one["_embedded"]["contacts"][0]["is_main"], true);
+    // The contact shows its customer.
+    let c = env
+        .get_json(&format!("/api/v4/contacts/{contact}?with=customers"))
+        .await;
+    assert_eq!(c["_embedded"]["customers"][0]["id"], id);
+    // List with paging and filter.
+    let list = env
+        .get_json("/api/v4/customers?limit=1&with=contacts")
+        .await;
+    assert_eq!(list["_embedded"]["customers"].as_array().unwrap().len(), 1);
+    assert!(
+        list["_links"]["next"]["href"]
+            .as_str()
+            .unwrap()
+            .contains("page=2")
+    );
+    let f = env
+        .get_json(&format!("/api/v4/customers?filter[id][]={id}"))
+        .await;
+    assert_eq!(f["_embedded"]["customers"][0]["id"], id);
+
+    // Update: move and re-date; an unknown id and status are named.
+    let (s, v) = env
+        .send(
+            Method::PATCH,
+            "/api/v4/customers",
+            &json!([{"id": id, "status_id": other, "next_date": 1_800_086_400},
+                    {"id": 1, "status_id": 7}]),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["validation-errors"][0]["request_id"], "1");
+    let (s, v) = env
+        .send(
+            Method::PATCH,
+            "/api/v4/customers",
+            &json!([{"id": id, "status_id": other, "next_date": 1_800_086_400}]),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let w = env.run.emulator.writes();
+    assert_eq!(w.customers_created.len(), 2);
+    assert_eq!(w.customers_updated.len(), 1);
+    let u = &w.customers_updated[0];
+    assert_eq!(
+        (u.id, u.from_status_id, u.status_id, u.next_date),
+        (id, Some(default), other, 1_800_086_400)
+    );
+    assert_eq!(w.customers_mode_changes, ["periodicity"]);
+    // Segments mode: no statuses.
+    env.send(
+        Method::PATCH,
+        "/api/v4/customers/mode",
+        &json!({"mode": "segments", "is_enabled": true}),
+    )
+    .await;
+    assert_eq!(env.get("/api/v4/customers/statuses").await.status(), 422);
+}
+
+#[tokio::test]
+async fn customers_unavailable_on_the_tariff_is_402() {
+    let env = Env::new(AmoConfig {
+        customers_mode: "unavailable".into(),
+        ..cfg()
+    })
+    .await;
+    assert_eq!(env.get("/api/v4/customers").await.status(), 402);
+    let (s, _) = env
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v4/customers/mode",
+            &json!({"mode": "periodicity", "is_enabled": true}),
+        )
+        .await;
+    assert_eq!(s, 402);
+}
+
+#[tokio::test]
+async fn custom_fields_are_created_with_validation_and_listed() {
+    let env = Env::new(cfg()).await;
+    let (s, v) = env
+        .send(
+            reqwest::Method::POST,
+            "/api/v4/contacts/custom_fields",
+            &json!([
+                {"name": "", "type": "text"},
+                {"name": "Сегмент RFM", "type": "select"},
+                {"name": "X", "type": "spreadsheet"},
+                {"name": "Y", "type": "text", "code": "PHONE"},
+            ]),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let errs = v["validation-errors"].as_array().unwrap();
+    assert_eq!(errs.len(), 4);
+    assert_eq!(errs[0]["errors"][0]["path"], "name");
+    assert_eq!(errs[1]["errors"][0]["path"], "enums");
+    assert_eq!(errs[2]["errors"][0]["code"], "NotSupportedChoice");
+    assert_eq!(errs[3]["errors"][0]["path"], "code");
+    let (s, v) = env
+        .send(
+            reqwest::Method::POST,
+            "/api/v4/contacts/custom_fields",
+            &json!([
+                {"name": "Сегмент RFM", "type": "select", "enums": [{"value": "champions", "sort": 1}, {"value": "lost", "sort": 2}], "request_id": "s"},
+                {"name": "Дата визита", "type": "date"},
+            ]),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let made = v["_embedded"]["custom_fields"].as_array().unwrap();
+    assert_eq!(made[0]["request_id"], "s");
+    assert_eq!(made[0]["type"], "select");
+    let id = made[0]["id"].as_u64().unwrap();
+    let list = env
+        .get_json("/api/v4/contacts/custom_fields?limit=250")
+        .await;
+    let f = list["_embedded"]["custom_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == id)
+        .expect("listed")
+        .clone();
+    assert_eq!(f["enums"].as_array().unwrap().len(), 2);
+    // The new select takes its values and refuses others.
+    let contact = env
+        .run
+        .emulator
+        .with_data(|d| *d.contacts.keys().next().unwrap());
+    let (s, _) = env
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v4/contacts",
+            &json!([{"id": contact, "custom_fields_values": [{"field_id": id, "values": [{"value": "lost"}]}]}]),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = env
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v4/contacts",
+            &json!([{"id": contact, "custom_fields_values": [{"field_id": id, "values": [{"value": "vip"}]}]}]),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let w = env.run.emulator.writes();
+    assert_eq!(w.fields_created.len(), 2);
+    assert_eq!(w.fields_created[0].enums, ["champions", "lost"]);
+}

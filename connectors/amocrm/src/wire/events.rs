@@ -144,4 +144,62 @@ pub struct WriteResults {
     pub companies: Vec<WriteResult>,
     /// Tasks written.
     pub tasks: Vec<WriteResult>,
+    /// Customers written.
+    pub customers: Vec<WriteResult>,
+    /// Custom fields created.
+    pub custom_fields: Vec<WriteResult>,
+}
+
+/// An item of `POST /api/v4/customers` (with `_embedded.contacts`) or `PATCH
+/// /api/v4/customers` (with `id`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CustomerWrite {
+    /// Id (updates only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Name (creation only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Customer status.
+    pub status_id: u64,
+    /// Next purchase (unix s).
+    pub next_date: i64,
+    /// Next purchase amount (whole units).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_price: Option<i64>,
+    /// Manager.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub responsible_user_id: Option<u64>,
+    /// Links (creation only): `{"contacts":[{"id":..,"is_main":true}],"companies":[{"id":..}]}`.
+    #[serde(
+        rename = "_embedded",
+        skip_serializing_if = "serde_json::Value::is_null"
+    )]
+    pub embedded: serde_json::Value,
+    /// Echoed back in the answer.
+    pub request_id: String,
+}
+
+/// An item of `POST /api/v4/{entity}/custom_fields`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewField {
+    /// Name.
+    pub name: String,
+    /// Type (`text`, `date`, `select`).
+    #[serde(rename = "type")]
+    pub field_type: &'static str,
+    /// Values of a select.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub enums: Vec<NewEnum>,
+    /// Echoed back in the answer.
+    pub request_id: String,
+}
+
+/// One value of a new select field.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewEnum {
+    /// Text.
+    pub value: String,
+    /// Order.
+    pub sort: i64,
 }

@@ -562,6 +562,14 @@ pub(crate) async fn company_fields(
     fields_of(st, ctx, "companies").await
 }
 
+/// `GET /api/v4/customers/custom_fields`.
+pub(crate) async fn customer_fields(
+    State(st): State<Arc<Inner>>,
+    ctx: Ctx,
+) -> Result<Response, ApiError> {
+    fields_of(st, ctx, "customers").await
+}
+
 /// `GET /api/v4/leads`.
 pub(crate) async fn leads(State(st): State<Arc<Inner>>, ctx: Ctx) -> Result<Response, ApiError> {
     let q = &ctx.q;

@@ -23,6 +23,8 @@ pub(crate) enum ApiError {
     Unauthorized(String),
     /// 404 problem json.
     NotFound,
+    /// Another problem+json status with a detail (402 tariff, 422 mode off).
+    Status(u16, String),
 }
 
 impl IntoResponse for ApiError {
@@ -47,6 +49,15 @@ impl IntoResponse for ApiError {
             ),
             ApiError::Unauthorized(detail) => problem(401, "Unauthorized", &detail),
             ApiError::NotFound => problem(404, "Not Found", "Not Found"),
+            ApiError::Status(status, detail) => {
+                let title = match status {
+                    402 => "Payment Required",
+                    403 => "Forbidden",
+                    422 => "Unprocessable Entity",
+                    _ => "Bad Request",
+                };
+                problem(status, title, &detail)
+            }
         }
     }
 }

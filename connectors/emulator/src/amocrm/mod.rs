@@ -24,6 +24,7 @@
 //!   changes are always newer than the generated history.
 //! - Token times (`exp`, `server_time`) use the wall clock, as clients compare them with theirs.
 mod api;
+mod customers;
 mod error;
 mod oauth;
 mod query;
@@ -32,9 +33,11 @@ pub mod state;
 mod webhooks;
 mod writes;
 
+pub use customers::MAX_CUSTOMERS_BATCH;
 pub use state::*;
 pub use writes::{
-    EntityUpdate, FieldUpdate, LeadCreated, LeadMove, TagUpdate, TaskCreated, TaskUpdated, Writes,
+    CustomerWrite, EntityUpdate, FieldCreated, FieldUpdate, LeadCreated, LeadMove, TagUpdate,
+    TaskCreated, TaskUpdated, Writes,
 };
 
 use crate::delivery::{Delivery, DeliveryConfig, DeliveryStats};
@@ -47,7 +50,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -260,9 +263,35 @@ impl AmoEmulator {
             .route("/api/v4/leads/pipelines", get(api::pipelines))
             .route("/api/v4/leads/pipelines/{id}", get(api::pipeline))
             .route("/api/v4/leads/pipelines/{id}/statuses", get(api::statuses))
-            .route("/api/v4/leads/custom_fields", get(api::lead_fields))
-            .route("/api/v4/contacts/custom_fields", get(api::contact_fields))
-            .route("/api/v4/companies/custom_fields", get(api::company_fields))
+            .route(
+                "/api/v4/leads/custom_fields",
+                get(api::lead_fields).post(customers::create_fields),
+            )
+            .route(
+                "/api/v4/contacts/custom_fields",
+                get(api::contact_fields).post(customers::create_fields),
+            )
+            .route(
+                "/api/v4/companies/custom_fields",
+                get(api::company_fields).post(customers::create_fields),
+            )
+            .route(
+                "/api/v4/customers/custom_fields",
+                get(api::customer_fields).post(customers::create_fields),
+            )
+            .route(
+                "/api/v4/customers",
+                get(customers::list)
+                    .post(customers::create)
+                    .patch(customers::patch),
+            )
+            .route("/api/v4/customers/statuses", get(customers::statuses))
+            .route("/api/v4/customers/statuses/{id}", get(customers::status))
+            .route("/api/v4/customers/mode", patch(customers::set_mode))
+            .route(
+                "/api/v4/customers/{id}",
+                get(customers::get_one).patch(customers::patch_one),
+            )
             .route(
                 "/api/v4/leads",
                 get(api::leads)
@@ -281,7 +310,10 @@ impl AmoEmulator {
                 "/api/v4/contacts/{id}",
                 get(api::contact).patch(writes::patch_contact),
             )
-            .route("/api/v4/companies", get(api::companies))
+            .route(
+                "/api/v4/companies",
+                get(api::companies).patch(writes::patch_companies),
+            )
             .route("/api/v4/companies/{id}", get(api::company))
             .route("/api/v4/catalogs", get(api::catalogs))
             .route("/api/v4/catalogs/{id}/elements", get(api::catalog_elements))
@@ -655,6 +687,7 @@ pub async fn run_amocrm(cfg: AmoConfig, port: u16) -> std::io::Result<()> {
     if let Some(t) = &c.long_lived_token {
         println!("  long-lived token: {t}");
     }
+    println!("  customers mode: {}", c.customers_mode);
     println!(
         "  rate limit:     {} req/s (0 = unlimited); writes at http://{addr}/_emulator/writes",
         c.rate_limit_per_sec

@@ -108,6 +108,7 @@ pub(crate) struct With {
     pub contacts: bool,
     pub leads: bool,
     pub catalog_elements: bool,
+    pub customers: bool,
 }
 
 impl With {
@@ -116,6 +117,7 @@ impl With {
             contacts: set.contains("contacts"),
             leads: set.contains("leads"),
             catalog_elements: set.contains("catalog_elements"),
+            customers: set.contains("customers"),
         }
     }
 }
@@ -244,6 +246,8 @@ pub(crate) struct ContactEmbedded<'a> {
     companies: Vec<IdLink>,
     #[serde(skip_serializing_if = "Option::is_none")]
     leads: Option<Vec<IdLink>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    customers: Option<Vec<IdLink>>,
 }
 
 /// A contact as API v4 shows it.
@@ -300,6 +304,16 @@ pub(crate) fn contact<'a>(
                     .map(|&id| IdLink {
                         id,
                         _links: links(base, format_args!("/api/v4/leads/{id}")),
+                    })
+                    .collect()
+            }),
+            customers: with.customers.then(|| {
+                d.customers
+                    .values()
+                    .filter(|x| x.contacts.iter().any(|l| l.id == c.id))
+                    .map(|x| IdLink {
+                        id: x.id,
+                        _links: links(base, format_args!("/api/v4/customers/{}", x.id)),
                     })
                     .collect()
             }),
@@ -540,5 +554,62 @@ pub(crate) fn event(d: &AmoData, e: &AmoEvent, base: &str) -> Value {
         "account_id": d.account.id,
         "_links": self_link(base, &format!("/api/v4/events/{}", e.id)),
         "_embedded": {"entity": {"id": e.entity_id, "_links": self_link(base, &format!("/api/v4/{plural}/{}", e.entity_id))}},
+    })
+}
+
+/// A customer status as `GET /api/v4/customers/statuses` shows it.
+pub(crate) fn customer_status(d: &AmoData, s: &AmoCustomerStatus, base: &str) -> Value {
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "sort": s.sort,
+        "is_default": s.is_default,
+        "color": s.color,
+        "type": s.status_type,
+        "conditions": [],
+        "account_id": d.account.id,
+        "_links": self_link(base, &format!("/api/v4/customers/statuses/{}", s.id)),
+    })
+}
+
+/// A customer as API v4 shows it; `with_contacts` embeds its contacts.
+pub(crate) fn customer(d: &AmoData, c: &AmoCustomer, base: &str, with_contacts: bool) -> Value {
+    let mut embedded = json!({
+        "tags": tags(&c.tags),
+        "segments": [],
+        "companies": company_links(base, c.company_id),
+    });
+    if with_contacts {
+        embedded["contacts"] = Value::Array(
+            c.contacts
+                .iter()
+                .map(|x| {
+                    json!({"id": x.id, "is_main": x.is_main,
+                           "_links": self_link(base, &format!("/api/v4/contacts/{}", x.id))})
+                })
+                .collect(),
+        );
+    }
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "next_price": c.next_price,
+        "next_date": c.next_date,
+        "responsible_user_id": c.responsible_user_id,
+        "status_id": c.status_id,
+        "periodicity": c.periodicity,
+        "created_by": c.created_by,
+        "updated_by": c.updated_by,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+        "closest_task_at": null,
+        "is_deleted": false,
+        "custom_fields_values": custom_fields(&c.custom_fields),
+        "ltv": 0,
+        "purchases_count": 0,
+        "average_check": 0,
+        "account_id": d.account.id,
+        "_links": self_link(base, &format!("/api/v4/customers/{}", c.id)),
+        "_embedded": embedded,
     })
 }

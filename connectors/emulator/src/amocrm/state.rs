@@ -42,6 +42,8 @@ pub mod field_ids {
     pub const LEAD_SEGMENT: u64 = 270_005;
     /// Lead "Повторная продажа" (checkbox).
     pub const LEAD_REPEAT: u64 = 270_007;
+    /// Customer "Комментарий" (text): the one seeded custom field of customers.
+    pub const CUSTOMER_NOTE: u64 = 275_001;
     /// Catalog element price (`PRICE`); also the `price_id` of lead catalog links.
     pub const CATALOG_PRICE: u64 = 280_001;
     /// Catalog element SKU (`SKU`).
@@ -348,19 +350,155 @@ pub struct AmoFields {
     pub contacts: Vec<AmoFieldDef>,
     /// Company fields.
     pub companies: Vec<AmoFieldDef>,
+    /// Customer fields.
+    pub customers: Vec<AmoFieldDef>,
 }
 
 impl AmoFields {
-    /// The definitions of an entity type (`leads`, `contacts`, `companies`).
+    /// The definitions of an entity type (`leads`, `contacts`, `companies`, `customers`).
     pub fn of(&self, entity: &str) -> &[AmoFieldDef] {
         match entity {
             "leads" => &self.leads,
             "contacts" => &self.contacts,
             "companies" => &self.companies,
+            "customers" => &self.customers,
             _ => &[],
         }
     }
+
+    /// The definitions of an entity type, for adding fields; `None` for an unknown entity.
+    pub fn of_mut(&mut self, entity: &str) -> Option<&mut Vec<AmoFieldDef>> {
+        match entity {
+            "leads" => Some(&mut self.leads),
+            "contacts" => Some(&mut self.contacts),
+            "companies" => Some(&mut self.companies),
+            "customers" => Some(&mut self.customers),
+            _ => None,
+        }
+    }
 }
+
+/// A status of the customers funnel (periodicity mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AmoCustomerStatus {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Sort.
+    pub sort: i64,
+    /// The status new customers get when none is given.
+    pub is_default: bool,
+    /// Colour.
+    pub color: String,
+    /// Type code (0 editable; system statuses other codes: undocumented, emulator choice).
+    pub status_type: i64,
+}
+
+/// A customer ("Покупатель").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoCustomer {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Expected amount of the next purchase (whole units).
+    pub next_price: i64,
+    /// Expected date of the next purchase (unix s); 0 = none.
+    pub next_date: i64,
+    /// Responsible user.
+    pub responsible_user_id: u64,
+    /// Status (see [`AmoCustomerStatus`]).
+    pub status_id: u64,
+    /// Purchase period in days (unit undocumented; emulator choice: days).
+    pub periodicity: i64,
+    /// Creator.
+    pub created_by: u64,
+    /// Last editor.
+    pub updated_by: u64,
+    /// Created (unix s).
+    pub created_at: i64,
+    /// Updated (unix s).
+    pub updated_at: i64,
+    /// Custom field values.
+    pub custom_fields: Vec<AmoFieldValue>,
+    /// Tags.
+    pub tags: Vec<AmoTag>,
+    /// Linked contacts (`is_main` marks the main one).
+    pub contacts: Vec<AmoLeadContact>,
+    /// Linked company.
+    pub company_id: Option<u64>,
+}
+
+/// The statuses of the customers funnel every emulated account starts with. amoCRM keeps the
+/// first and the last three statuses as system ones (not editable); names and type codes are
+/// not documented, so these are the emulator's choice.
+pub fn default_customer_statuses() -> Vec<AmoCustomerStatus> {
+    let s = |id: u64, name: &str, sort: i64, is_default: bool, color: &str, ty: i64| {
+        AmoCustomerStatus {
+            id,
+            name: name.into(),
+            sort,
+            is_default,
+            color: color.into(),
+            status_type: ty,
+        }
+    };
+    vec![
+        s(
+            CUSTOMER_STATUS_FIRST,
+            "Недавно купили",
+            10,
+            true,
+            "#99ccff",
+            1,
+        ),
+        s(
+            CUSTOMER_STATUS_FIRST + 1,
+            "Больше 30 дней",
+            20,
+            false,
+            "#fffeb2",
+            0,
+        ),
+        s(
+            CUSTOMER_STATUS_FIRST + 2,
+            "30 дней до покупки",
+            30,
+            false,
+            "#ffdc7f",
+            0,
+        ),
+        s(
+            CUSTOMER_STATUS_FIRST + 3,
+            "7 дней до покупки",
+            40,
+            false,
+            "#ffce5a",
+            0,
+        ),
+        s(
+            CUSTOMER_STATUS_FIRST + 4,
+            "Ожидается покупка",
+            50,
+            false,
+            "#ff8f92",
+            2,
+        ),
+        s(
+            CUSTOMER_STATUS_FIRST + 5,
+            "Просрочена покупка",
+            60,
+            false,
+            "#d6eaff",
+            3,
+        ),
+        s(CUSTOMER_STATUS_FIRST + 6, "Закрыт", 70, false, "#cccccc", 4),
+    ]
+}
+
+/// Id of the first customer status; the others follow.
+pub const CUSTOMER_STATUS_FIRST: u64 = 8_100_001;
 
 /// A task.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -477,6 +615,11 @@ pub struct AmoData {
     pub events: Vec<AmoEvent>,
     /// Registered webhooks.
     pub webhooks: Vec<AmoWebhook>,
+    /// Customers by id (the customers entity; reachable through the API only in
+    /// periodicity or segments mode).
+    pub customers: BTreeMap<u64, AmoCustomer>,
+    /// The customers funnel's statuses (periodicity mode).
+    pub customer_statuses: Vec<AmoCustomerStatus>,
     #[serde(skip)]
     pub(crate) idx: Indexes,
     #[serde(skip)]
@@ -634,6 +777,7 @@ fn field_defs() -> AmoFields {
                 vec![],
             ),
         ],
+        customers: vec![def(CUSTOMER_NOTE, "Комментарий", None, "text", 2, vec![])],
     }
 }
 
@@ -840,6 +984,8 @@ impl AmoData {
             tasks: BTreeMap::new(),
             events: Vec::new(),
             webhooks: Vec::new(),
+            customers: BTreeMap::new(),
+            customer_statuses: default_customer_statuses(),
             changes: ChangeLog::default(),
             idx: Indexes::default(),
             next_id: 0,
@@ -1009,6 +1155,16 @@ impl AmoData {
             c.updated_by = by;
             self.idx.contact_updated.insert((c.updated_at, id));
             self.changes.touched_contacts.insert(id);
+        }
+    }
+
+    /// Sets a company's `updated_at`.
+    pub(crate) fn touch_company(&mut self, id: u64, now: i64, by: u64) {
+        if let Some(c) = self.companies.get_mut(&id) {
+            self.idx.company_updated.remove(&(c.updated_at, id));
+            c.updated_at = now.max(c.created_at);
+            c.updated_by = by;
+            self.idx.company_updated.insert((c.updated_at, id));
         }
     }
 

@@ -1,5 +1,6 @@
 //! Write endpoints: `POST/PATCH /api/v4/tasks`, `POST/PATCH /api/v4/leads`,
-//! `PATCH /api/v4/leads/{id}`, `PATCH /api/v4/contacts[/{id}]`, and the [`Writes`] record
+//! `PATCH /api/v4/leads/{id}`, `PATCH /api/v4/contacts[/{id}]`, `PATCH /api/v4/companies`,
+//! and the [`Writes`] record
 //! that tests inspect.
 //!
 //! A bulk write is validated as a whole first: when any item is invalid the answer is a 400
@@ -127,6 +128,50 @@ pub struct LeadCreated {
     pub request_id: String,
 }
 
+/// A customer created or changed through the API (the state after the write).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CustomerWrite {
+    /// Customer id.
+    pub id: u64,
+    /// Keys the item carried (`next_date`, `status_id`, `_embedded.contacts`...).
+    pub fields: Vec<String>,
+    /// Status after the write.
+    pub status_id: u64,
+    /// Status before the write (`None` for a new customer).
+    pub from_status_id: Option<u64>,
+    /// Next purchase date after the write (unix s).
+    pub next_date: i64,
+    /// Next purchase amount after the write.
+    pub next_price: i64,
+    /// Main contact after the write.
+    pub contact_id: Option<u64>,
+    /// Responsible user after the write.
+    pub responsible_user_id: u64,
+    /// The item's request id as echoed.
+    pub request_id: String,
+    /// When (unix s).
+    pub at: i64,
+}
+
+/// A custom field created through the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldCreated {
+    /// `leads`, `contacts`, `companies` or `customers`.
+    pub entity_type: String,
+    /// New field id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Type (`text`, `select`, `date`...).
+    pub field_type: String,
+    /// Enum values (select fields).
+    pub enums: Vec<String>,
+    /// Code, when sent.
+    pub code: Option<String>,
+    /// The item's request id as echoed.
+    pub request_id: String,
+}
+
 /// Everything written through the API, in order (also served at `GET /_emulator/writes`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Writes {
@@ -144,6 +189,14 @@ pub struct Writes {
     pub entity_updates: Vec<EntityUpdate>,
     /// Leads created.
     pub leads_created: Vec<LeadCreated>,
+    /// Customers created.
+    pub customers_created: Vec<CustomerWrite>,
+    /// Customers changed.
+    pub customers_updated: Vec<CustomerWrite>,
+    /// Custom fields created.
+    pub fields_created: Vec<FieldCreated>,
+    /// Customers mode switches (`PATCH /api/v4/customers/mode`): the account's mode after.
+    pub customers_mode_changes: Vec<String>,
     /// Write requests applied.
     pub requests_applied: u64,
     /// Write requests rejected with 400 (nothing applied).
@@ -152,32 +205,32 @@ pub struct Writes {
 
 /// Errors of one item.
 #[derive(Default)]
-struct Errs(Vec<Value>);
+pub(super) struct Errs(pub(super) Vec<Value>);
 
 impl Errs {
-    fn push(&mut self, code: &str, path: &str, detail: &str) {
+    pub(super) fn push(&mut self, code: &str, path: &str, detail: &str) {
         self.0.push(field_error(code, path, detail));
     }
-    fn invalid_type(&mut self, path: &str, ty: &str) {
+    pub(super) fn invalid_type(&mut self, path: &str, ty: &str) {
         self.push(
             "InvalidType",
             path,
             &format!("This value should be of type {ty}."),
         );
     }
-    fn choice(&mut self, path: &str) {
+    pub(super) fn choice(&mut self, path: &str) {
         self.push(
             "NotSupportedChoice",
             path,
             "The value you selected is not a valid choice.",
         );
     }
-    fn blank(&mut self, path: &str) {
+    pub(super) fn blank(&mut self, path: &str) {
         self.push("NotBlank", path, "This value should not be blank.");
     }
 }
 
-fn request_id(item: &Value, index: usize) -> String {
+pub(super) fn request_id(item: &Value, index: usize) -> String {
     match item.get("request_id") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
@@ -185,12 +238,12 @@ fn request_id(item: &Value, index: usize) -> String {
     }
 }
 
-fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
+pub(super) fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))
 }
 
-fn parse_batch(body: &Bytes) -> Result<Vec<Value>, ApiError> {
+pub(super) fn parse_batch(body: &Bytes) -> Result<Vec<Value>, ApiError> {
     match parse_json(body)? {
         Value::Array(items) if items.is_empty() => {
             Err(ApiError::BadRequest("empty request".into()))
@@ -206,7 +259,7 @@ fn parse_batch(body: &Bytes) -> Result<Vec<Value>, ApiError> {
     }
 }
 
-fn get_u64(item: &Value, key: &str, errs: &mut Errs) -> Option<u64> {
+pub(super) fn get_u64(item: &Value, key: &str, errs: &mut Errs) -> Option<u64> {
     match item.get(key) {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
@@ -219,7 +272,7 @@ fn get_u64(item: &Value, key: &str, errs: &mut Errs) -> Option<u64> {
     }
 }
 
-fn get_str(item: &Value, key: &str, errs: &mut Errs) -> Option<String> {
+pub(super) fn get_str(item: &Value, key: &str, errs: &mut Errs) -> Option<String> {
     match item.get(key) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -231,12 +284,12 @@ fn get_str(item: &Value, key: &str, errs: &mut Errs) -> Option<String> {
 }
 
 /// A validated custom field change.
-struct CfChange {
-    def: AmoFieldDef,
-    values: Option<Vec<AmoValue>>,
+pub(super) struct CfChange {
+    pub(super) def: AmoFieldDef,
+    pub(super) values: Option<Vec<AmoValue>>,
 }
 
-fn validate_cf(defs: &[AmoFieldDef], v: &Value, errs: &mut Errs) -> Vec<CfChange> {
+pub(super) fn validate_cf(defs: &[AmoFieldDef], v: &Value, errs: &mut Errs) -> Vec<CfChange> {
     let Some(arr) = v.as_array() else {
         if !v.is_null() {
             errs.invalid_type("custom_fields_values", "array");
@@ -398,7 +451,7 @@ fn validate_value(def: &AmoFieldDef, val: &Value, p: &str, errs: &mut Errs) -> O
     }
 }
 
-fn apply_cf(cf: &mut Vec<AmoFieldValue>, ch: &CfChange) {
+pub(super) fn apply_cf(cf: &mut Vec<AmoFieldValue>, ch: &CfChange) {
     match &ch.values {
         None => cf.retain(|f| f.field_id != ch.def.id),
         Some(v) if v.is_empty() => cf.retain(|f| f.field_id != ch.def.id),
@@ -412,13 +465,17 @@ fn apply_cf(cf: &mut Vec<AmoFieldValue>, ch: &CfChange) {
     }
 }
 
-enum TagSpec {
+pub(super) enum TagSpec {
     Id(u64),
     Name(String),
 }
 
 /// `_embedded.tags`: `Some(None)` = detach all, `Some(Some(specs))` = replace.
-fn validate_tags(d: &AmoData, emb: Option<&Value>, errs: &mut Errs) -> Option<Vec<TagSpec>> {
+pub(super) fn validate_tags(
+    d: &AmoData,
+    emb: Option<&Value>,
+    errs: &mut Errs,
+) -> Option<Vec<TagSpec>> {
     let tags = emb?.get("tags")?;
     let Some(arr) = tags.as_array() else {
         if tags.is_null() {
@@ -448,7 +505,7 @@ fn validate_tags(d: &AmoData, emb: Option<&Value>, errs: &mut Errs) -> Option<Ve
     Some(out)
 }
 
-fn resolve_tags(d: &mut AmoData, specs: &[TagSpec]) -> Vec<AmoTag> {
+pub(super) fn resolve_tags(d: &mut AmoData, specs: &[TagSpec]) -> Vec<AmoTag> {
     let mut out: Vec<AmoTag> = Vec::new();
     for s in specs {
         let tag = match s {
@@ -764,16 +821,16 @@ fn apply_lead(st: &Inner, d: &mut AmoData, ch: LeadChange, now: i64, by: u64) {
     });
 }
 
-fn reject(st: &Inner, errors: Vec<Value>) -> ApiError {
+pub(super) fn reject(st: &Inner, errors: Vec<Value>) -> ApiError {
     st.record_writes(|w| w.requests_rejected += 1);
     ApiError::Validation(errors)
 }
 
-fn updated_item(base: &str, entity: &str, id: u64, updated_at: i64, rid: &str) -> Value {
+pub(super) fn updated_item(base: &str, entity: &str, id: u64, updated_at: i64, rid: &str) -> Value {
     json!({"id": id, "updated_at": updated_at, "request_id": rid, "_links": {"self": {"href": format!("{base}/api/v4/{entity}/{id}")}}})
 }
 
-fn batch_response(ctx: &Ctx, entity: &str, items: Vec<Value>) -> Response {
+pub(super) fn batch_response(ctx: &Ctx, entity: &str, items: Vec<Value>) -> Response {
     let mut emb = Map::new();
     emb.insert(entity.to_owned(), Value::Array(items));
     hal(
@@ -940,7 +997,19 @@ struct ContactChange {
     tags: Option<Vec<TagSpec>>,
 }
 
+/// Validates a `PATCH /api/v4/contacts` item.
 fn validate_contact(d: &AmoData, item: &Value, index: usize) -> Result<ContactChange, Value> {
+    validate_card(d, item, index, false)
+}
+
+/// Validates a contact item, or (with `companies`) a `PATCH /api/v4/companies` one: the same
+/// shape (a company's first/last names are ignored).
+fn validate_card(
+    d: &AmoData,
+    item: &Value,
+    index: usize,
+    companies: bool,
+) -> Result<ContactChange, Value> {
     let rid = request_id(item, index);
     let mut errs = Errs::default();
     if !item.is_object() {
@@ -952,7 +1021,8 @@ fn validate_contact(d: &AmoData, item: &Value, index: usize) -> Result<ContactCh
         None | Some(Value::Null) => errs.blank("id"),
         Some(v) => match v.as_u64() {
             None => errs.invalid_type("id", "int"),
-            Some(i) if d.contacts.contains_key(&i) => id = i,
+            Some(i) if !companies && d.contacts.contains_key(&i) => id = i,
+            Some(i) if companies && d.companies.contains_key(&i) => id = i,
             Some(_) => errs.push("NotFound", "id", "Entity not found."),
         },
     }
@@ -966,7 +1036,15 @@ fn validate_contact(d: &AmoData, item: &Value, index: usize) -> Result<ContactCh
         errs.choice("responsible_user_id");
     }
     let cf = match item.get("custom_fields_values") {
-        Some(v) => validate_cf(&d.fields.contacts, v, &mut errs),
+        Some(v) => validate_cf(
+            if companies {
+                &d.fields.companies
+            } else {
+                &d.fields.contacts
+            },
+            v,
+            &mut errs,
+        ),
         None => vec![],
     };
     let emb = item.get("_embedded");
@@ -1135,6 +1213,95 @@ pub(crate) async fn patch_contact(
     ))
 }
 
+fn apply_company(st: &Inner, d: &mut AmoData, ch: ContactChange, now: i64, by: u64) {
+    let id = ch.id;
+    for c in &ch.cf {
+        d.event(
+            "custom_field_value_changed",
+            id,
+            "company",
+            by,
+            now,
+            cf_event_value(c),
+            json!([]),
+        );
+    }
+    let new_tags = ch.tags.as_ref().map(|specs| resolve_tags(d, specs));
+    if let Some(c) = d.companies.get_mut(&id) {
+        if let Some(n) = &ch.name {
+            c.name = n.clone();
+        }
+        if let Some(r) = ch.responsible {
+            c.responsible_user_id = r;
+        }
+        for cf in &ch.cf {
+            apply_cf(&mut c.custom_fields, cf);
+        }
+        if let Some(t) = &new_tags {
+            c.tags = t.clone();
+        }
+    }
+    d.touch_company(id, now, by);
+    st.record_writes(|w| {
+        for c in &ch.cf {
+            w.field_updates.push(FieldUpdate {
+                entity_type: "companies".into(),
+                entity_id: id,
+                field_id: c.def.id,
+                values: c
+                    .values
+                    .as_ref()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| v.iter().map(|x| x.value.clone()).collect()),
+            });
+        }
+        if let Some(t) = &new_tags {
+            w.tag_updates.push(TagUpdate {
+                entity_type: "companies".into(),
+                entity_id: id,
+                tags: t.iter().map(|t| t.name.clone()).collect(),
+            });
+        }
+        w.entity_updates.push(EntityUpdate {
+            entity_type: "companies".into(),
+            entity_id: id,
+            fields: ch.keys.clone(),
+        });
+    });
+}
+
+/// `PATCH /api/v4/companies`: name, responsible, custom fields, tags (as for contacts).
+pub(crate) async fn patch_companies(
+    State(st): State<Arc<Inner>>,
+    ctx: Ctx,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let items = parse_batch(&body)?;
+    let now = st.now();
+    let mut d = st.write();
+    let by = d.account.current_user_id;
+    let mut changes = Vec::new();
+    let mut errors = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match validate_card(&d, item, i, true) {
+            Ok(c) => changes.push(c),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(reject(&st, errors));
+    }
+    let mut out = Vec::new();
+    for ch in changes {
+        let (id, rid) = (ch.id, ch.request_id.clone());
+        apply_company(&st, &mut d, ch, now, by);
+        let updated_at = d.companies.get(&id).map_or(now, |c| c.updated_at);
+        out.push(updated_item(&ctx.base, "companies", id, updated_at, &rid));
+    }
+    st.record_writes(|w| w.requests_applied += 1);
+    Ok(batch_response(&ctx, "companies", out))
+}
+
 const TASK_ENTITY_TYPES: &[&str] = &["leads", "contacts", "companies", "customers"];
 
 /// `POST /api/v4/tasks`.
@@ -1194,6 +1361,7 @@ pub(crate) async fn create_tasks(
                     "leads" => d.leads.contains_key(&eid),
                     "contacts" => d.contacts.contains_key(&eid),
                     "companies" => d.companies.contains_key(&eid),
+                    "customers" => d.customers.contains_key(&eid),
                     _ => false,
                 };
                 if !TASK_ENTITY_TYPES.contains(&t.as_str()) {

@@ -67,8 +67,10 @@ pub(crate) fn is_write(method: &str) -> bool {
             | "crm.deal.update"
             | "crm.item.update"
             | "crm.contact.update"
+            | "crm.company.update"
             | "crm.deal.userfield.add"
             | "crm.contact.userfield.add"
+            | "crm.company.userfield.add"
             | "tasks.task.add"
             | "crm.activity.todo.add"
             | "event.bind"
@@ -160,10 +162,16 @@ pub(crate) fn call(
         "crm.deal.update" => deal_update(st, p, caller),
         "crm.item.update" => item_update(st, p, caller),
         "crm.contact.update" => contact_update(st, p, caller),
+        "crm.company.update" => company_update(st, p, caller),
         "crm.deal.userfield.add" => userfield_add(st, p, "deal"),
         "crm.contact.userfield.add" => userfield_add(st, p, "contact"),
+        "crm.company.userfield.add" => userfield_add(st, p, "company"),
+        "crm.deal.userfield.list" => userfield_list(st, p, "deal"),
+        "crm.contact.userfield.list" => userfield_list(st, p, "contact"),
+        "crm.company.userfield.list" => userfield_list(st, p, "company"),
         "tasks.task.add" => task_add(st, p, caller),
         "crm.activity.todo.add" => todo_add(st, p, caller),
+        "crm.activity.list" => activity_list(st, p),
         "event.bind" => event_bind(st, p, caller),
         "event.unbind" => event_unbind(st, p, caller),
         "event.get" => {
@@ -835,7 +843,13 @@ fn apply_deal_fields(data: &B24Data, d: &mut B24Deal, f: &Map<String, Value>, no
                     apply_stage(d, &s, now);
                 }
             }
-            f if f.starts_with("UF_CRM_") => {
+            // A user field that is not defined is ignored, like every unknown field.
+            f if f.starts_with("UF_CRM_")
+                && data
+                    .user_fields
+                    .iter()
+                    .any(|u| u.entity == "deal" && u.field_name == f) =>
+            {
                 d.uf.insert(f.to_owned(), v.clone());
             }
             _ => {}
@@ -1043,6 +1057,8 @@ fn contact_update(st: &Inner, p: &Map<String, Value>, caller: &Caller) -> Result
     let now = st.now();
     {
         let mut data = st.write();
+        let known: std::collections::HashSet<String> =
+            data.uf_names("contact").into_iter().collect();
         let mut next = data.next_id;
         let c = data.contacts.get_mut(&id).ok_or_else(ApiErr::not_found)?;
         for (k, v) in &f {
@@ -1056,7 +1072,8 @@ fn contact_update(st: &Inner, p: &Map<String, Value>, caller: &Caller) -> Result
                 "COMPANY_ID" => c.company_id = as_i64(v).filter(|x| *x > 0).map(|x| x as u64),
                 "PHONE" => apply_multi(&mut next, &mut c.phones, v),
                 "EMAIL" => apply_multi(&mut next, &mut c.emails, v),
-                f if f.starts_with("UF_CRM_") => {
+                // Like every unknown field, a user field that is not defined is ignored.
+                f if f.starts_with("UF_CRM_") && known.contains(f) => {
                     c.uf.insert(f.to_owned(), v.clone());
                 }
                 _ => {}
@@ -1086,6 +1103,47 @@ fn userfield_add(st: &Inner, p: &Map<String, Value>, entity: &str) -> Result<Met
             "FIELD_NAME and USER_TYPE_ID are required",
         ));
     }
+    const TYPES: &[&str] = &[
+        "string",
+        "integer",
+        "double",
+        "boolean",
+        "datetime",
+        "date",
+        "money",
+        "url",
+        "address",
+        "enumeration",
+        "file",
+        "employee",
+        "crm_status",
+        "iblock_section",
+        "iblock_element",
+        "crm",
+    ];
+    if !TYPES.contains(&ty.as_str()) {
+        return Err(ApiErr::new(
+            400,
+            "ERROR_CORE",
+            &format!("Unknown USER_TYPE_ID {ty:?}"),
+        ));
+    }
+    if ty == "boolean" && f.get("MULTIPLE").is_some_and(yes) {
+        return Err(ApiErr::new(
+            400,
+            "ERROR_CORE",
+            "A boolean field cannot be multiple",
+        ));
+    }
+    // LABEL sets every label; EDIT_FORM_LABEL may be a string or one per language.
+    let label = ["EDIT_FORM_LABEL", "LABEL"]
+        .iter()
+        .find_map(|k| match f.get(*k) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Object(m)) => m.get("ru").or_else(|| m.values().next()).map(value_text),
+            _ => None,
+        })
+        .unwrap_or_default();
     let name = if raw.starts_with("UF_CRM_") {
         raw
     } else {
@@ -1118,6 +1176,7 @@ fn userfield_add(st: &Inner, p: &Map<String, Value>, entity: &str) -> Result<Met
             entity: entity.into(),
             field_name: name,
             user_type_id: ty,
+            label,
             multiple,
         });
         id
@@ -1125,6 +1184,87 @@ fn userfield_add(st: &Inner, p: &Map<String, Value>, entity: &str) -> Result<Met
     let result = json!(id);
     record(st, &format!("crm.{entity}.userfield.add"), p, &result);
     Ok(MethodOk::of(result))
+}
+
+/// `crm.{entity}.userfield.list {order, filter}`: every user field of the entity. Labels
+/// (`EDIT_FORM_LABEL`, `LIST_COLUMN_LABEL`, `LIST_FILTER_LABEL`) come only when
+/// `filter[LANG]` names a language; `filter[FIELD_NAME]` and `filter[USER_TYPE_ID]` narrow.
+fn userfield_list(st: &Inner, p: &Map<String, Value>, entity: &str) -> Result<MethodOk, ApiErr> {
+    let filter = match param(p, "filter") {
+        Some(Value::Object(f)) => f.clone(),
+        _ => Map::new(),
+    };
+    let lang = filter.get("LANG").map(value_text).filter(|l| !l.is_empty());
+    let by_name = filter.get("FIELD_NAME").map(value_text);
+    let by_type = filter.get("USER_TYPE_ID").map(value_text);
+    let d = st.read();
+    let entity_id = format!("CRM_{}", entity.to_ascii_uppercase());
+    let list: Vec<Value> = d
+        .user_fields
+        .iter()
+        .filter(|u| u.entity == entity)
+        .filter(|u| by_name.as_ref().is_none_or(|n| *n == u.field_name))
+        .filter(|u| by_type.as_ref().is_none_or(|t| *t == u.user_type_id))
+        .map(|u| {
+            let mut v = json!({
+                "ID": u.id.to_string(), "ENTITY_ID": entity_id, "FIELD_NAME": u.field_name,
+                "USER_TYPE_ID": u.user_type_id, "XML_ID": null, "SORT": "100",
+                "MULTIPLE": if u.multiple { "Y" } else { "N" }, "MANDATORY": "N",
+                "SHOW_FILTER": "N", "SHOW_IN_LIST": "Y", "EDIT_IN_LIST": "Y",
+                "IS_SEARCHABLE": "N", "SETTINGS": {},
+            });
+            if lang.is_some() {
+                v["EDIT_FORM_LABEL"] = json!(u.label);
+                v["LIST_COLUMN_LABEL"] = json!(u.label);
+                v["LIST_FILTER_LABEL"] = json!(u.label);
+                v["ERROR_MESSAGE"] = Value::Null;
+                v["HELP_MESSAGE"] = Value::Null;
+            }
+            v
+        })
+        .collect();
+    let total = list.len() as u64;
+    Ok(MethodOk {
+        result: Value::Array(list),
+        total: Some(total),
+        next: None,
+    })
+}
+
+/// `crm.company.update {id, fields}`: title, responsible, `PHONE`/`EMAIL`/`WEB` multi-fields
+/// (same rules as contacts) and `UF_CRM_*` values; unknown fields are ignored.
+fn company_update(st: &Inner, p: &Map<String, Value>, caller: &Caller) -> Result<MethodOk, ApiErr> {
+    let id = id_param(p)?;
+    let f = fields_of(p)?;
+    let now = st.now();
+    {
+        let mut data = st.write();
+        let known: std::collections::HashSet<String> =
+            data.uf_names("company").into_iter().collect();
+        let mut next = data.next_id;
+        let c = data.companies.get_mut(&id).ok_or_else(ApiErr::not_found)?;
+        for (k, v) in &f {
+            match k.as_str() {
+                "TITLE" => c.title = value_text(v),
+                "ASSIGNED_BY_ID" => {
+                    c.assigned_by_id = as_i64(v).unwrap_or(c.assigned_by_id as i64) as u64
+                }
+                "PHONE" => apply_multi(&mut next, &mut c.phones, v),
+                "EMAIL" => apply_multi(&mut next, &mut c.emails, v),
+                "WEB" => apply_multi(&mut next, &mut c.web, v),
+                f if f.starts_with("UF_CRM_") && known.contains(f) => {
+                    c.uf.insert(f.to_owned(), v.clone());
+                }
+                _ => {}
+            }
+        }
+        c.date_modify = now;
+        data.next_id = next;
+    }
+    let _ = caller;
+    record(st, "crm.company.update", p, &json!(true));
+    st.fire("ONCRMCOMPANYUPDATE", id, json!({"ID": id.to_string()}));
+    Ok(MethodOk::of(json!(true)))
 }
 
 fn task_add(st: &Inner, p: &Map<String, Value>, caller: &Caller) -> Result<MethodOk, ApiErr> {
@@ -1176,12 +1316,93 @@ fn todo_add(st: &Inner, p: &Map<String, Value>, caller: &Caller) -> Result<Metho
         if !exists {
             return Err(ApiErr::new(400, "NOT_FOUND", "Owner not found"));
         }
-        data.take_id()
+        let id = data.take_id();
+        let text = |k: &str| param(p, k).map(value_text).unwrap_or_default();
+        let responsible = param_i64(p, "responsibleId")
+            .filter(|r| *r > 0)
+            .map_or(caller.user_id, |r| r as u64);
+        data.activities.insert(
+            id,
+            B24Activity {
+                id,
+                owner_type_id: owner_type as u64,
+                owner_id: owner as u64,
+                subject: text("title"),
+                description: text("description"),
+                deadline: parse_time(&deadline).unwrap_or_default(),
+                responsible_id: responsible,
+                created: st.now(),
+            },
+        );
+        id
     };
-    let _ = caller;
     let result = json!({"id": id});
     record(st, "crm.activity.todo.add", p, &result);
     Ok(MethodOk::of(result))
+}
+
+/// `crm.activity.list {filter: {OWNER_TYPE_ID, OWNER_ID, RESPONSIBLE_ID}, select, start}`:
+/// activities by id ascending, 50 per page (`next` / `total`). Values are strings, as in the
+/// legacy CRM lists; `select` narrows the fields (`ID` is always present).
+fn activity_list(st: &Inner, p: &Map<String, Value>) -> Result<MethodOk, ApiErr> {
+    let filter = match param(p, "filter") {
+        Some(Value::Object(f)) => f.clone(),
+        _ => Map::new(),
+    };
+    let want = |k: &str| filter.get(k).and_then(as_i64);
+    let (owner_type, owner, responsible) = (
+        want("OWNER_TYPE_ID"),
+        want("OWNER_ID"),
+        want("RESPONSIBLE_ID"),
+    );
+    let select: Vec<String> = param(p, "select")
+        .map(list_of)
+        .unwrap_or_default()
+        .into_iter()
+        .map(value_text)
+        .collect();
+    let start = param_i64(p, "start").unwrap_or(0).max(0) as usize;
+    let d = st.read();
+    let all: Vec<&B24Activity> = d
+        .activities
+        .values()
+        .filter(|a| owner_type.is_none_or(|t| t as u64 == a.owner_type_id))
+        .filter(|a| owner.is_none_or(|o| o as u64 == a.owner_id))
+        .filter(|a| responsible.is_none_or(|r| r as u64 == a.responsible_id))
+        .collect();
+    let total = all.len();
+    let page: Vec<Value> = all
+        .iter()
+        .skip(start)
+        .take(PAGE)
+        .map(|a| {
+            let full = json!({
+                "ID": a.id.to_string(), "OWNER_ID": a.owner_id.to_string(),
+                "OWNER_TYPE_ID": a.owner_type_id.to_string(), "TYPE_ID": "6",
+                "PROVIDER_ID": "CRM_TODO", "PROVIDER_TYPE_ID": "TODO",
+                "SUBJECT": a.subject, "DESCRIPTION": a.description, "DESCRIPTION_TYPE": "1",
+                "DEADLINE": iso(a.deadline), "RESPONSIBLE_ID": a.responsible_id.to_string(),
+                "COMPLETED": "N", "CREATED": iso(a.created),
+            });
+            if select.is_empty() || select.iter().any(|s| s == "*") {
+                return full;
+            }
+            let mut m = Map::new();
+            m.insert("ID".into(), full["ID"].clone());
+            for k in &select {
+                if let Some(v) = full.get(k) {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+            Value::Object(m)
+        })
+        .collect();
+    let next = (start + PAGE < total).then_some((start + PAGE) as u64);
+    Ok(MethodOk {
+        result: Value::Array(page),
+        total: Some(total as u64),
+        next,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1302,6 +1523,7 @@ impl B24Data {
         B24Data {
             categories: self.categories.clone(),
             stages: self.stages.clone(),
+            user_fields: self.user_fields.clone(),
             ..Default::default()
         }
     }

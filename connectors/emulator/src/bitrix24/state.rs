@@ -244,12 +244,14 @@ pub struct B24Stage {
 pub struct B24UserField {
     /// Id returned by the add call.
     pub id: u64,
-    /// `deal` or `contact`.
+    /// `deal`, `contact` or `company`.
     pub entity: String,
     /// `UF_CRM_...`.
     pub field_name: String,
     /// `USER_TYPE_ID`.
     pub user_type_id: String,
+    /// `EDIT_FORM_LABEL` (also list and filter labels; one language).
+    pub label: String,
     /// `MULTIPLE`.
     pub multiple: bool,
 }
@@ -275,6 +277,29 @@ pub struct B24Data {
     pub next_id: u64,
     /// Product row index: row id -> deal id (for `crm.item.productrow.list`).
     pub product_rows: BTreeMap<u64, u64>,
+    /// Timeline activities (to-dos added with `crm.activity.todo.add`), by id.
+    pub activities: BTreeMap<u64, B24Activity>,
+}
+
+/// A timeline activity (a to-do of `crm.activity.todo.add`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct B24Activity {
+    /// `ID`.
+    pub id: u64,
+    /// `OWNER_TYPE_ID` (2 deal, 3 contact, 4 company).
+    pub owner_type_id: u64,
+    /// `OWNER_ID`.
+    pub owner_id: u64,
+    /// `SUBJECT` (the to-do's title).
+    pub subject: String,
+    /// `DESCRIPTION`.
+    pub description: String,
+    /// `DEADLINE` (unix s).
+    pub deadline: i64,
+    /// `RESPONSIBLE_ID`.
+    pub responsible_id: u64,
+    /// `CREATED` (unix s).
+    pub created: i64,
 }
 
 /// The seeded multiple string user field of deals carrying the seed's tags.
@@ -454,6 +479,7 @@ impl B24Data {
             entity: "deal".into(),
             field_name: DEAL_TAGS_FIELD.into(),
             user_type_id: "string".into(),
+            label: "Теги".into(),
             multiple: true,
         });
         let mut won_contacts = std::collections::HashSet::new();
