@@ -9,11 +9,13 @@
 //! Pages (see [`pages`]): portals (connection, tokens, last sync, errors, connect button to
 //! `/oauth/{portal}/start`), a portal's overview (figures, warnings, monthly SVG charts), the
 //! RFM heatmap and the ABC x XYZ matrix (cells link to their customers), segments (search,
-//! filters, CSV export with phones and emails), touches (the outbox). English or Russian
+//! filters, pages of 100, CSV and XLSX export with phones and emails), touches (the outbox
+//! with a retry button on failures; the dry-run plan with an apply button), mapping (the
+//! CRM's pipelines, users and fields the mapping uses, and its problems). English or Russian
 //! ([`i18n`]).
 //!
-//! Enabling it: set `REBUY_UI_USER` and `REBUY_UI_PASSWORD` ([`UiSettings::from_env`]);
-//! without them every `/ui` route answers 404. Security: see [`auth`]; pages are sent with
+//! Enabling it: `[server.ui]` users, or `REBUY_UI_USER` and `REBUY_UI_PASSWORD`
+//! ([`UiSettings::from_config`]); without a user every `/ui` route answers 404. Security: see [`auth`]; pages are sent with
 //! `Cache-Control: no-store`, a strict Content-Security-Policy and `X-Frame-Options: DENY`.
 pub mod auth;
 pub mod i18n;
@@ -44,6 +46,17 @@ pub struct PortalView {
     pub computed_at: jiff::Timestamp,
 }
 
+impl PortalView {
+    /// A view of an analysis and its months.
+    pub fn new(analysis: Analysis, months: Vec<Month>) -> PortalView {
+        PortalView {
+            computed_at: analysis.as_of,
+            analysis,
+            months,
+        }
+    }
+}
+
 /// One month of the trend charts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Month {
@@ -59,7 +72,14 @@ pub struct Month {
     pub repeat_customers: u64,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Arc<PortalView>)>>>;
+/// One portal's cached view and the lock of its computation.
+#[derive(Default)]
+struct SlotInner {
+    value: Mutex<Option<(Instant, Arc<PortalView>)>>,
+    computing: Arc<tokio::sync::Mutex<()>>,
+}
+
+type Slot = Arc<SlotInner>;
 
 /// Shared state of the dashboard.
 #[derive(Clone)]
@@ -71,6 +91,19 @@ pub struct UiState {
     /// Sessions.
     pub sessions: Arc<auth::Sessions>,
     cache: Arc<Mutex<HashMap<PortalId, Slot>>>,
+    /// The last dry-run plan of each portal, waiting for its apply button.
+    plans: Arc<Mutex<HashMap<PortalId, Arc<DryRun>>>>,
+}
+
+/// A dry-run plan computed by the touches page, kept until it is applied or replaced.
+#[derive(Debug)]
+pub struct DryRun {
+    /// Random id the apply form carries, so an apply is of the plan the person saw.
+    pub id: String,
+    /// The plan, or why it could not be made.
+    pub plan: Result<crate::plan::Plan, String>,
+    /// When it was computed.
+    pub computed_at: jiff::Timestamp,
 }
 
 impl UiState {
@@ -81,6 +114,35 @@ impl UiState {
             settings: Arc::new(settings),
             sessions: Arc::new(auth::Sessions::default()),
             cache: Arc::new(Mutex::new(HashMap::new())),
+            plans: Arc::default(),
+        }
+    }
+
+    /// Installs a precomputed view of a portal (the bench builds one for a synthetic portal
+    /// that has no cache to analyse); it is served until the TTL runs out.
+    pub fn put_view(&self, id: &PortalId, view: PortalView) {
+        *self.slot(id).value.lock().expect("ui view lock") = Some((Instant::now(), Arc::new(view)));
+    }
+
+    /// The portal's waiting dry-run plan.
+    pub fn dry_run(&self, id: &PortalId) -> Option<Arc<DryRun>> {
+        self.plans.lock().expect("ui plans lock").get(id).cloned()
+    }
+
+    /// Keeps a dry-run plan for the apply button (replacing the previous one).
+    pub fn set_dry_run(&self, id: &PortalId, run: DryRun) {
+        self.plans
+            .lock()
+            .expect("ui plans lock")
+            .insert(id.clone(), Arc::new(run));
+    }
+
+    /// Takes the portal's dry-run plan if its id is `plan_id` (an apply consumes it).
+    pub fn take_dry_run(&self, id: &PortalId, plan_id: &str) -> Option<Arc<DryRun>> {
+        let mut plans = self.plans.lock().expect("ui plans lock");
+        match plans.get(id) {
+            Some(r) if r.id == plan_id => plans.remove(id),
+            _ => None,
         }
     }
 
@@ -93,8 +155,10 @@ impl UiState {
             .clone()
     }
 
-    /// The cached view of a portal, computed when missing or older than the TTL. One
-    /// computation per portal at a time; other requests for it wait for its result.
+    /// The cached view of a portal. The first request computes it (one computation per
+    /// portal at a time; other requests wait for its result); once it is older than the TTL,
+    /// requests keep getting it while one background task computes the next, so no page waits
+    /// for an analysis after the first.
     pub async fn view(&self, id: &PortalId) -> anyhow::Result<Arc<PortalView>> {
         let rt = self
             .app
@@ -103,31 +167,50 @@ impl UiState {
             .ok_or_else(|| anyhow::anyhow!("unknown portal {}", id.0))?
             .clone();
         let slot = self.slot(id);
-        let mut guard = slot.lock().await;
-        if let Some((at, v)) = guard.as_ref()
-            && at.elapsed() < self.settings.cache_ttl
-        {
-            return Ok(v.clone());
+        let current = slot.value.lock().expect("ui view lock").clone();
+        if let Some((at, v)) = current {
+            if at.elapsed() >= self.settings.cache_ttl
+                && let Ok(computing) = slot.computing.clone().try_lock_owned()
+            {
+                let slot = slot.clone();
+                tokio::spawn(async move {
+                    let _computing = computing;
+                    match compute_view(rt).await {
+                        Ok(v) => {
+                            *slot.value.lock().expect("ui view lock") =
+                                Some((Instant::now(), Arc::new(v)));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "ui: refreshing the analysis failed; the previous one is kept");
+                        }
+                    }
+                });
+            }
+            return Ok(v);
         }
-        let view = tokio::task::spawn_blocking(move || -> anyhow::Result<PortalView> {
-            let (data, analysis) = crate::analyse::analyse_portal(&rt.store, &rt.cfg, None)?;
-            let months = monthly(&data, &analysis, &rt.cfg, 12);
-            Ok(PortalView {
-                computed_at: analysis.as_of,
-                analysis,
-                months,
-            })
-        })
-        .await??;
-        let view = Arc::new(view);
-        *guard = Some((Instant::now(), view.clone()));
+        let _computing = slot.computing.lock().await;
+        if let Some((_, v)) = slot.value.lock().expect("ui view lock").clone() {
+            return Ok(v); // computed while this request waited
+        }
+        let view = Arc::new(compute_view(rt).await?);
+        *slot.value.lock().expect("ui view lock") = Some((Instant::now(), view.clone()));
         Ok(view)
     }
 
-    /// Drops a portal's cached view (the next page computes it again).
+    /// Drops a portal's cached view (the next page computes it again and waits for it).
     pub async fn invalidate(&self, id: &PortalId) {
-        *self.slot(id).lock().await = None;
+        *self.slot(id).value.lock().expect("ui view lock") = None;
     }
+}
+
+/// Analyses a portal's cache on a blocking thread: the analysis and its monthly trend.
+async fn compute_view(rt: crate::server::PortalRuntime) -> anyhow::Result<PortalView> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<PortalView> {
+        let (data, analysis) = crate::analyse::analyse_portal(&rt.store, &rt.cfg, None)?;
+        let months = monthly(&data, &analysis, &rt.cfg, 12);
+        Ok(PortalView::new(analysis, months))
+    })
+    .await?
 }
 
 /// The last `n` months (ending with the analysis month) of sales: revenue and buyers split
@@ -252,7 +335,11 @@ async fn headers_layer(mut res: Response) -> Response {
 /// The dashboard's routes, to be nested under `/ui`:
 /// `Router::new().nest("/ui", ui::router(state, settings))`.
 pub fn router(state: AppState, settings: UiSettings) -> Router {
-    let ui = UiState::new(state, settings);
+    router_with(UiState::new(state, settings))
+}
+
+/// [`router`] over a dashboard state the caller keeps (to install views, as the bench does).
+pub fn router_with(ui: UiState) -> Router {
     Router::new()
         .route("/", get(pages::portals))
         .route("/login", get(pages::login_page).post(pages::login))
@@ -262,10 +349,24 @@ pub fn router(state: AppState, settings: UiSettings) -> Router {
         .route("/p/{portal}/rfm", get(pages::rfm))
         .route("/p/{portal}/segments", get(pages::segments))
         .route("/p/{portal}/segments.csv", get(pages::export_csv))
+        .route("/p/{portal}/segments.xlsx", get(pages::export_xlsx))
         .route("/p/{portal}/touches", get(pages::touches))
+        .route("/p/{portal}/touches/retry", post(pages::retry))
+        .route("/p/{portal}/plan", post(pages::dry_run))
+        .route("/p/{portal}/apply", post(pages::apply))
+        .route("/p/{portal}/mapping", get(pages::mapping))
         .fallback(pages::not_found)
         .layer(axum::middleware::map_response(headers_layer))
         .with_state(ui)
+}
+
+/// [`router`] with the server's `[server.ui]` settings ([`UiSettings::from_config`]); when
+/// the dashboard is disabled or nobody may log in, a router whose every route answers 404.
+pub fn router_from_config(state: AppState) -> Router {
+    match UiSettings::from_config(&state.ui) {
+        Some(s) => router(state, s),
+        None => disabled(),
+    }
 }
 
 /// [`router`] with [`UiSettings::from_env`]; when the login is not configured, a router whose
