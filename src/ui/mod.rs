@@ -33,7 +33,7 @@ use axum::routing::{get, post};
 use rebuy_core::PortalId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What the dashboard shows of one portal's analysis, computed once per cache period.
 #[derive(Debug)]
@@ -44,15 +44,24 @@ pub struct PortalView {
     pub months: Vec<Month>,
     /// When it was computed.
     pub computed_at: jiff::Timestamp,
+    /// Per customer (parallel to `analysis.customers`): lower-cased name, emails and key, so
+    /// a search does not lower-case a million names per request.
+    pub search: Vec<Box<str>>,
 }
 
 impl PortalView {
     /// A view of an analysis and its months.
     pub fn new(analysis: Analysis, months: Vec<Month>) -> PortalView {
+        let search = analysis
+            .customers
+            .iter()
+            .map(|c| pages::search_text(c).into_boxed_str())
+            .collect();
         PortalView {
             computed_at: analysis.as_of,
             analysis,
             months,
+            search,
         }
     }
 }
@@ -72,14 +81,140 @@ pub struct Month {
     pub repeat_customers: u64,
 }
 
-/// One portal's cached view and the lock of its computation.
-#[derive(Default)]
-struct SlotInner {
-    value: Mutex<Option<(Instant, Arc<PortalView>)>>,
+/// A value computed on demand and kept: the first request computes it (one computation at a
+/// time; other requests wait for its result); once it is older than its TTL, requests keep
+/// getting it while one background task computes the next. Clearing it makes the next request
+/// wait for a fresh one, and drops any background result started before the clear.
+struct Cached<T> {
+    value: Mutex<Option<(Instant, Arc<T>)>>,
     computing: Arc<tokio::sync::Mutex<()>>,
+    generation: std::sync::atomic::AtomicU64,
 }
 
-type Slot = Arc<SlotInner>;
+impl<T> Default for Cached<T> {
+    fn default() -> Self {
+        Cached {
+            value: Mutex::new(None),
+            computing: Arc::default(),
+            generation: Default::default(),
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Cached<T> {
+    fn current(&self) -> Option<(Instant, Arc<T>)> {
+        self.value.lock().expect("ui cache value lock").clone()
+    }
+
+    fn store(&self, generation: u64, v: Arc<T>) {
+        let mut slot = self.value.lock().expect("ui cache value lock");
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+            *slot = Some((Instant::now(), v));
+        }
+    }
+
+    async fn get<Fut>(
+        self: &Arc<Self>,
+        ttl: Duration,
+        what: &'static str,
+        compute: impl FnOnce() -> Fut,
+    ) -> anyhow::Result<Arc<T>>
+    where
+        Fut: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+    {
+        use std::sync::atomic::Ordering::SeqCst;
+        if let Some((at, v)) = self.current() {
+            if at.elapsed() >= ttl
+                && let Ok(computing) = self.computing.clone().try_lock_owned()
+            {
+                let me = self.clone();
+                let generation = self.generation.load(SeqCst);
+                let fut = compute();
+                tokio::spawn(async move {
+                    let _computing = computing;
+                    match fut.await {
+                        Ok(v) => me.store(generation, Arc::new(v)),
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "ui: refreshing the {what} failed; the previous one is kept");
+                        }
+                    }
+                });
+            }
+            return Ok(v);
+        }
+        let _computing = self.computing.lock().await;
+        if let Some((_, v)) = self.current() {
+            return Ok(v); // computed while this request waited
+        }
+        let generation = self.generation.load(SeqCst);
+        let v = Arc::new(compute().await?);
+        self.store(generation, v.clone());
+        Ok(v)
+    }
+
+    fn clear(&self) {
+        let mut slot = self.value.lock().expect("ui cache value lock");
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *slot = None;
+    }
+
+    fn set(&self, v: T) {
+        let mut slot = self.value.lock().expect("ui cache value lock");
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *slot = Some((Instant::now(), Arc::new(v)));
+    }
+}
+
+/// How long the touches and portals pages reuse a read of the outbox.
+pub const OUTBOX_TTL: Duration = Duration::from_secs(5);
+
+/// The outbox as the touches and portals pages show it, read at most once per [`OUTBOX_TTL`]
+/// (a big outbox takes a while to decode; pages must not wait for it).
+#[derive(Debug)]
+pub struct OutboxSnapshot {
+    /// Every entry, newest first.
+    pub entries: Vec<crate::outbox::Entry>,
+    /// Entries by state: pending, in flight, done, failed.
+    pub counts: [usize; 4],
+    /// Per local day (portal time zone): enqueued, done, failed.
+    pub days: std::collections::BTreeMap<jiff::civil::Date, [usize; 3]>,
+}
+
+impl OutboxSnapshot {
+    /// Reads a portal's outbox.
+    pub fn read(rt: &crate::server::PortalRuntime) -> anyhow::Result<OutboxSnapshot> {
+        use crate::outbox::ActionState;
+        let mut entries = rt.store.outbox_all()?;
+        entries.sort_by_key(|e| std::cmp::Reverse(e.seq));
+        let tz = &rt.cfg.time_zone;
+        let day = |t: jiff::Timestamp| t.to_zoned(tz.clone()).date();
+        let mut counts = [0usize; 4];
+        let mut days: std::collections::BTreeMap<jiff::civil::Date, [usize; 3]> =
+            Default::default();
+        for e in &entries {
+            days.entry(day(e.created_at)).or_default()[0] += 1;
+            match &e.state {
+                ActionState::Pending => counts[0] += 1,
+                ActionState::InFlight { .. } => counts[1] += 1,
+                ActionState::Done { at, .. } => {
+                    counts[2] += 1;
+                    days.entry(day(*at)).or_default()[1] += 1;
+                }
+                ActionState::Failed { at, .. } => {
+                    counts[3] += 1;
+                    days.entry(day(*at)).or_default()[2] += 1;
+                }
+            }
+        }
+        Ok(OutboxSnapshot {
+            entries,
+            counts,
+            days,
+        })
+    }
+}
 
 /// Shared state of the dashboard.
 #[derive(Clone)]
@@ -90,7 +225,8 @@ pub struct UiState {
     pub settings: Arc<UiSettings>,
     /// Sessions.
     pub sessions: Arc<auth::Sessions>,
-    cache: Arc<Mutex<HashMap<PortalId, Slot>>>,
+    cache: Arc<Mutex<HashMap<PortalId, Arc<Cached<PortalView>>>>>,
+    outboxes: Arc<Mutex<HashMap<PortalId, Arc<Cached<OutboxSnapshot>>>>>,
     /// The last dry-run plan of each portal, waiting for its apply button.
     plans: Arc<Mutex<HashMap<PortalId, Arc<DryRun>>>>,
 }
@@ -115,13 +251,14 @@ impl UiState {
             sessions: Arc::new(auth::Sessions::default()),
             cache: Arc::new(Mutex::new(HashMap::new())),
             plans: Arc::default(),
+            outboxes: Arc::default(),
         }
     }
 
     /// Installs a precomputed view of a portal (the bench builds one for a synthetic portal
     /// that has no cache to analyse); it is served until the TTL runs out.
     pub fn put_view(&self, id: &PortalId, view: PortalView) {
-        *self.slot(id).value.lock().expect("ui view lock") = Some((Instant::now(), Arc::new(view)));
+        self.slot(id).set(view);
     }
 
     /// The portal's waiting dry-run plan.
@@ -146,7 +283,7 @@ impl UiState {
         }
     }
 
-    fn slot(&self, id: &PortalId) -> Slot {
+    fn slot(&self, id: &PortalId) -> Arc<Cached<PortalView>> {
         self.cache
             .lock()
             .expect("ui cache lock")
@@ -155,10 +292,18 @@ impl UiState {
             .clone()
     }
 
-    /// The cached view of a portal. The first request computes it (one computation per
-    /// portal at a time; other requests wait for its result); once it is older than the TTL,
-    /// requests keep getting it while one background task computes the next, so no page waits
-    /// for an analysis after the first.
+    fn outbox_slot(&self, id: &PortalId) -> Arc<Cached<OutboxSnapshot>> {
+        self.outboxes
+            .lock()
+            .expect("ui outbox cache lock")
+            .entry(id.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// The cached view of a portal ([`Cached`]: computed by the first request, then refreshed
+    /// in the background once older than the cache TTL, so no page waits for an analysis
+    /// after the first).
     pub async fn view(&self, id: &PortalId) -> anyhow::Result<Arc<PortalView>> {
         let rt = self
             .app
@@ -166,40 +311,35 @@ impl UiState {
             .get(id)
             .ok_or_else(|| anyhow::anyhow!("unknown portal {}", id.0))?
             .clone();
-        let slot = self.slot(id);
-        let current = slot.value.lock().expect("ui view lock").clone();
-        if let Some((at, v)) = current {
-            if at.elapsed() >= self.settings.cache_ttl
-                && let Ok(computing) = slot.computing.clone().try_lock_owned()
-            {
-                let slot = slot.clone();
-                tokio::spawn(async move {
-                    let _computing = computing;
-                    match compute_view(rt).await {
-                        Ok(v) => {
-                            *slot.value.lock().expect("ui view lock") =
-                                Some((Instant::now(), Arc::new(v)));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %format!("{e:#}"), "ui: refreshing the analysis failed; the previous one is kept");
-                        }
-                    }
-                });
-            }
-            return Ok(v);
-        }
-        let _computing = slot.computing.lock().await;
-        if let Some((_, v)) = slot.value.lock().expect("ui view lock").clone() {
-            return Ok(v); // computed while this request waited
-        }
-        let view = Arc::new(compute_view(rt).await?);
-        *slot.value.lock().expect("ui view lock") = Some((Instant::now(), view.clone()));
-        Ok(view)
+        self.slot(id)
+            .get(self.settings.cache_ttl, "analysis", move || {
+                compute_view(rt)
+            })
+            .await
     }
 
     /// Drops a portal's cached view (the next page computes it again and waits for it).
     pub async fn invalidate(&self, id: &PortalId) {
-        *self.slot(id).value.lock().expect("ui view lock") = None;
+        self.slot(id).clear();
+    }
+
+    /// A portal's outbox as last read (at most [`OUTBOX_TTL`] old, refreshed in the
+    /// background).
+    pub async fn outbox(
+        &self,
+        rt: &crate::server::PortalRuntime,
+    ) -> anyhow::Result<Arc<OutboxSnapshot>> {
+        let rt = rt.clone();
+        self.outbox_slot(&rt.cfg.id)
+            .get(OUTBOX_TTL, "outbox", move || async move {
+                tokio::task::spawn_blocking(move || OutboxSnapshot::read(&rt)).await?
+            })
+            .await
+    }
+
+    /// Drops a portal's outbox snapshot (after the dashboard itself changed the outbox).
+    pub fn invalidate_outbox(&self, id: &PortalId) {
+        self.outbox_slot(id).clear();
     }
 }
 

@@ -480,8 +480,16 @@ pub async fn portals(
     let l = c.lang;
     let mut list: Vec<_> = ui.app.portals.values().cloned().collect();
     list.sort_by(|a, b| a.cfg.id.cmp(&b.cfg.id));
+    // Failed touches from the outbox snapshot the touches page keeps (no decode per request).
+    let mut failed = Vec::with_capacity(list.len());
+    for rt in &list {
+        failed.push(ui.outbox(rt).await.map(|s| s.counts[3] as u64));
+    }
     let rows = tokio::task::spawn_blocking(move || {
-        list.into_iter().map(portal_status).collect::<Vec<_>>()
+        list.into_iter()
+            .zip(failed)
+            .map(|(rt, f)| portal_status(rt, f))
+            .collect::<Vec<_>>()
     })
     .await
     .unwrap_or_default();
@@ -543,7 +551,7 @@ struct PortalStatus {
     errors: Vec<String>,
 }
 
-fn portal_status(rt: crate::server::PortalRuntime) -> PortalStatus {
+fn portal_status(rt: crate::server::PortalRuntime, failed: anyhow::Result<u64>) -> PortalStatus {
     let store = &rt.store;
     let mut errors = Vec::new();
     let mut note = |r: Result<(), crate::store::StoreError>| {
@@ -584,10 +592,9 @@ fn portal_status(rt: crate::server::PortalRuntime) -> PortalStatus {
         count(EntityKind::Companies),
         count(EntityKind::Deals),
     );
-    let failed = store
-        .outbox_counts()
-        .map_err(|e| errors.push(e.to_string()))
-        .map_or(0, |c| c.failed);
+    let failed = failed
+        .map_err(|e| errors.push(format!("{e:#}")))
+        .unwrap_or(0);
     PortalStatus {
         id: rt.cfg.id.0.clone(),
         kind: rt.cfg.kind.as_str(),
@@ -907,6 +914,21 @@ pub struct Filter {
     abc: Option<String>,
     xyz: Option<String>,
     q: Option<String>,
+    /// The digits of `q` when it has three or more (a phone search).
+    digits: Option<String>,
+}
+
+/// What a search looks in besides phones: the lower-cased name, emails and customer key, one
+/// string per customer (kept in the [`PortalView`]).
+pub fn search_text(c: &CustomerRow) -> String {
+    let mut s = c.name.to_lowercase();
+    for e in &c.emails {
+        s.push('\u{1}');
+        s.push_str(&e.to_lowercase());
+    }
+    s.push('\u{1}');
+    s.push_str(&c.key.to_string());
+    s
 }
 
 fn nonempty(s: &Option<String>) -> Option<&str> {
@@ -923,23 +945,45 @@ impl Filter {
             abc: nonempty(&p.abc).map(str::to_ascii_uppercase),
             xyz: nonempty(&p.xyz).map(str::to_ascii_uppercase),
             q: nonempty(&p.q).map(str::to_lowercase),
+            digits: nonempty(&p.q)
+                .map(|q| q.chars().filter(char::is_ascii_digit).collect::<String>())
+                .filter(|d| d.len() >= 3),
         }
     }
 
     /// Whether a customer passes.
     pub fn matches(&self, c: &CustomerRow) -> bool {
+        self.matches_with(c, None)
+    }
+
+    /// [`matches`](Self::matches) with the customer's [`search_text`] when it is at hand.
+    pub fn matches_with(&self, c: &CustomerRow, text: Option<&str>) -> bool {
         self.segment.is_none_or(|s| c.rfm_segment == s)
             && self.r.is_none_or(|r| c.r == r)
             && self.f.is_none_or(|f| c.f == f)
             && self.abc.as_deref().is_none_or(|x| c.abc.as_str() == x)
             && self.xyz.as_deref().is_none_or(|x| c.xyz.as_str() == x)
             && self.q.as_deref().is_none_or(|q| {
-                let digits: String = q.chars().filter(char::is_ascii_digit).collect();
-                c.name.to_lowercase().contains(q)
-                    || c.key.to_string().contains(q)
-                    || c.emails.iter().any(|e| e.to_lowercase().contains(q))
-                    || (digits.len() >= 3 && c.phones.iter().any(|p| p.contains(&digits)))
+                let in_text = match text {
+                    Some(t) => t.contains(q),
+                    None => search_text(c).contains(q),
+                };
+                in_text
+                    || self
+                        .digits
+                        .as_deref()
+                        .is_some_and(|d| c.phones.iter().any(|p| p.contains(d)))
             })
+    }
+
+    /// The customers of a view that pass, in order.
+    pub fn select<'a>(&self, v: &'a PortalView) -> impl Iterator<Item = &'a CustomerRow> {
+        v.analysis
+            .customers
+            .iter()
+            .enumerate()
+            .filter(move |(i, c)| self.matches_with(c, v.search.get(*i).map(|s| &**s)))
+            .map(|(_, c)| c)
     }
 
     /// Whether it lets every customer through.
@@ -1023,7 +1067,7 @@ pub async fn segments(
     let matches: Vec<&CustomerRow> = if filter.is_empty() {
         Vec::new()
     } else {
-        a.customers.iter().filter(|r| filter.matches(r)).collect()
+        filter.select(&v).collect()
     };
     let total = if filter.is_empty() {
         a.customers.len()
@@ -1145,7 +1189,7 @@ async fn export(
     );
     // A whole base takes a while to write: off the request threads.
     let built = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-        let rows = v.analysis.customers.iter().filter(|r| filter.matches(r));
+        let rows = filter.select(&v);
         if xlsx {
             render::write_segments_xlsx(rows).map_err(|e| e.to_string())
         } else {
@@ -1208,32 +1252,22 @@ pub async fn touches(
             l.t("No such portal.", "Нет такого портала."),
         );
     };
-    let tz = rt.cfg.time_zone.clone();
-    let loaded = rt.store.blocking(|s| s.outbox_all()).await;
-    let mut entries = match loaded {
-        Ok(e) => e,
-        Err(e) => return error_page(&c, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    let snap = match ui.outbox(&rt).await {
+        Ok(s) => s,
+        Err(e) => return error_page(&c, StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
     };
-    entries.sort_by_key(|e| std::cmp::Reverse(e.seq));
+    let entries = &snap.entries;
+    let days = &snap.days;
     let label = |k: &str| match k {
         "pending" => l.t("planned", "запланировано"),
         "in_flight" => l.t("sending", "отправляется"),
         "done" => l.t("applied", "применено"),
         _ => l.t("failed", "ошибка"),
     };
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    // Per local day: planned (enqueued), applied, failed.
-    let mut days: std::collections::BTreeMap<jiff::civil::Date, [usize; 3]> = Default::default();
-    let day = |t: jiff::Timestamp| t.to_zoned(tz.clone()).date();
-    for e in &entries {
-        *counts.entry(state_name(&e.state)).or_default() += 1;
-        days.entry(day(e.created_at)).or_default()[0] += 1;
-        match &e.state {
-            ActionState::Done { at, .. } => days.entry(day(*at)).or_default()[1] += 1,
-            ActionState::Failed { at, .. } => days.entry(day(*at)).or_default()[2] += 1,
-            _ => {}
-        }
-    }
+    let counts: HashMap<&str, usize> = ["pending", "in_flight", "done", "failed"]
+        .into_iter()
+        .zip(snap.counts)
+        .collect();
     let want = nonempty(&p.state);
     let shown: Vec<_> = entries
         .iter()
@@ -1406,6 +1440,7 @@ pub async fn retry(
     match rt.store.blocking(move |s| s.outbox_retry(&k)).await {
         Ok(crate::outbox::RetryOutcome::Requeued) => {
             tracing::info!(portal = %rt.cfg.id, key = %key, "ui: failed action queued again");
+            ui.invalidate_outbox(&rt.cfg.id);
             rt.drain_now.notify_one();
             let q = url::form_urlencoded::Serializer::new(String::new())
                 .append_pair("retried", &key)
@@ -1485,6 +1520,7 @@ pub async fn apply(
     match crate::writeback::enqueue_plan(&rt.store, plan).await {
         Ok(r) => {
             tracing::info!(portal = %rt.cfg.id, new = r.added, already = r.already, "ui: plan applied");
+            ui.invalidate_outbox(&rt.cfg.id);
             rt.drain_now.notify_one();
             let q = format!("applied={}&already={}", r.added, r.already);
             Redirect::to(&touches_url(&portal, &q)).into_response()
