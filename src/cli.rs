@@ -661,7 +661,8 @@ fn cmd_status(cfg: &Config) -> Result<ExitCode> {
 }
 
 async fn cmd_serve(cfg: Config, config_path: &std::path::Path) -> Result<()> {
-    let state = crate::server::AppState::new(&cfg, true)?;
+    let mut state = crate::server::AppState::new(&cfg, true)?;
+    state.playbooks_dir = crate::writeback::playbooks_dir(config_path);
     let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.server.listen))?;

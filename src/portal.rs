@@ -90,7 +90,8 @@ pub fn b24_settings(p: &PortalConfig) -> Result<rebuy_bitrix24::B24Settings, Con
     Ok(s)
 }
 
-/// A portal ready to talk to its CRM.
+/// A portal ready to talk to its CRM (clones share the connector and tokens).
+#[derive(Clone)]
 pub struct PortalHandle {
     /// The connector.
     pub connector: Arc<dyn Connector>,

@@ -421,15 +421,19 @@ pub async fn apply_plan(
     opts: &DrainOptions,
     max_wait: Duration,
 ) -> Result<ApplyReport> {
-    let s = store.clone();
-    let actions = plan.actions.clone();
-    let enqueued = tokio::task::spawn_blocking(move || s.outbox_enqueue(actions))
-        .await
-        .context("outbox writer task failed")??;
+    let enqueued = enqueue_plan(store, plan).await?;
     let mut report = drain_all(conn, store, opts, max_wait).await?;
     report.planned = plan.actions.len();
     report.enqueued = enqueued;
     Ok(report)
+}
+
+/// Commits a plan's actions to the outbox (known keys are skipped): the first half of
+/// [`apply_plan`], alone for callers whose outbox another task drains (the dashboard's apply
+/// button wakes the server's drainer).
+pub async fn enqueue_plan(store: &Store, plan: &Plan) -> Result<EnqueueReport> {
+    let actions = plan.actions.clone();
+    Ok(store.blocking(move |s| s.outbox_enqueue(actions)).await?)
 }
 
 /// Drains the outbox, waiting for backoffs up to `max_wait`.
@@ -663,36 +667,182 @@ pub fn print_outbox_status(store: &Store) -> Result<()> {
     Ok(())
 }
 
+/// What a portal's mapping check found: the CRM's pipelines, users and fields, and every
+/// problem of the mapping and playbooks against them. Built by [`mapping_report`] for both
+/// `rebuy mapping` and the dashboard's mapping page.
+#[derive(Debug)]
+pub struct MappingReport {
+    /// Pipelines (amoCRM) or deal categories (Bitrix24) with their stages.
+    pub pipelines: Vec<Pipeline>,
+    /// Users.
+    pub users: Vec<User>,
+    /// Custom fields; `None` when the connector does not list them (or the CRM was not
+    /// reached).
+    pub fields: Option<Vec<FieldDef>>,
+    /// amoCRM customers mode and statuses; `None` when the CRM has no customers entity (or
+    /// was not reached).
+    pub customers: Option<rebuy_core::CustomersFunnel>,
+    /// `Some(why)` when the CRM could not be reached and the lists are the cache's (pipelines
+    /// and users from the last sync, no fields).
+    pub offline: Option<String>,
+    /// Problems of the mapping and playbooks; empty = they resolve.
+    pub problems: Vec<playbooks::Problem>,
+    /// The resolved rules, when there is no problem.
+    pub rules: Option<Rules>,
+    /// The playbooks' own `[[test]]` cases run with these rules, and the failures
+    /// (`file: [[test]] ...`).
+    pub test_cases: usize,
+    /// Failed test cases.
+    pub test_failures: Vec<String>,
+}
+
+impl MappingReport {
+    /// Whether all is well: no problem and no failed playbook test.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty() && self.test_failures.is_empty()
+    }
+}
+
+/// Lists the CRM's pipelines, users and custom fields and checks the portal's mapping and
+/// playbooks against them (problems, then the playbooks' `[[test]]` cases). With
+/// `cached_after = Some(limit)`, a CRM that fails or has not answered within `limit` (the
+/// connector retries transient errors for up to half a minute) is not an error: the cache's
+/// pipelines and users stand in and [`MappingReport::offline`] says why. `None` waits for
+/// the CRM and returns its error.
+pub async fn mapping_report(
+    p: &PortalConfig,
+    store: &Store,
+    conn: &dyn Connector,
+    playbooks_dir: Option<&Path>,
+    cached_after: Option<Duration>,
+) -> Result<MappingReport> {
+    type Live = (
+        Vec<Pipeline>,
+        Vec<User>,
+        Option<Vec<FieldDef>>,
+        Option<rebuy_core::CustomersFunnel>,
+    );
+    async fn live(p: &PortalConfig, conn: &dyn Connector) -> Result<Live> {
+        let pipelines = conn
+            .pipelines()
+            .await
+            .with_context(|| format!("portal {}: listing pipelines", p.id))?;
+        let users = conn
+            .users()
+            .await
+            .with_context(|| format!("portal {}: listing users", p.id))?;
+        let fields = match conn.custom_fields().await {
+            Ok(f) => Some(f),
+            Err(rebuy_core::ConnectorError::Unsupported { .. }) => None,
+            Err(e) => return Err(e).with_context(|| format!("portal {}: listing fields", p.id)),
+        };
+        let customers = match conn.customers_funnel().await {
+            Ok(c) => Some(c),
+            Err(rebuy_core::ConnectorError::Unsupported { .. }) => None,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("portal {}: reading the customers mode", p.id));
+            }
+        };
+        Ok((pipelines, users, fields, customers))
+    }
+    let listed = match cached_after {
+        Some(limit) => match tokio::time::timeout(limit, live(p, conn)).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!(
+                "portal {}: the CRM did not answer within {} s",
+                p.id,
+                limit.as_secs_f64()
+            )),
+        },
+        None => live(p, conn).await,
+    };
+    let (pipelines, users, fields, customers, offline) = match listed {
+        Ok((pl, u, f, c)) => (pl, u, f, c, None),
+        Err(e) if cached_after.is_some() => {
+            let (pl, u) = store
+                .blocking(|s| Ok((s.all::<Pipeline>()?, s.all::<User>()?)))
+                .await?;
+            (pl, u, None, None, Some(format!("{e:#}")))
+        }
+        Err(e) => return Err(e),
+    };
+    let facts = CrmFacts {
+        crm: p.kind,
+        pipelines: &pipelines,
+        users: &users,
+        fields: fields.as_deref(),
+        customers: customers.as_ref(),
+        company_customers: p.analytics.mode == analytics::Mode::B2b,
+    };
+    let mut report = MappingReport {
+        pipelines: Vec::new(),
+        users: Vec::new(),
+        fields: None,
+        customers: None,
+        offline,
+        problems: Vec::new(),
+        rules: None,
+        test_cases: 0,
+        test_failures: Vec::new(),
+    };
+    match playbooks::resolve(&p.id.0, &p.mapping, playbooks_dir, facts) {
+        Err(problems) => report.problems = problems,
+        Ok(rules) => {
+            // The playbooks' own [[test]] cases, with this portal's rules.
+            let mapping = playbooks::mapping::parse(&p.mapping).unwrap_or_default();
+            let dir = mapping
+                .playbooks_dir
+                .as_deref()
+                .map(std::path::PathBuf::from)
+                .or(playbooks_dir.map(Path::to_path_buf));
+            for name in &mapping.playbooks {
+                let Ok(src) = playbooks::find_playbook(name, dir.as_deref()) else {
+                    continue;
+                };
+                let Ok((mut pb, _)) = playbooks::parse_playbook(&src) else {
+                    continue;
+                };
+                if pb.name.is_empty() {
+                    pb.name = Path::new(name)
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| name.clone());
+                }
+                report.test_cases += pb.tests.len();
+                for f in plan::run_playbook_tests(&rules, &pb, &p.time_zone) {
+                    report
+                        .test_failures
+                        .push(format!("{}: [[test]] {f}", src.file));
+                }
+            }
+            report.rules = Some(rules);
+        }
+    }
+    report.pipelines = pipelines;
+    report.users = users;
+    report.fields = fields;
+    report.customers = customers;
+    Ok(report)
+}
+
 /// `rebuy mapping`: lists the CRM's pipelines, stages, users and fields, and checks the
-/// portal's mapping and playbooks against them, naming every problem. Returns whether all is
-/// well.
+/// portal's mapping and playbooks against them, naming every problem ([`mapping_report`]).
+/// Returns whether all is well.
 pub async fn cmd_mapping(cfg: &Config, config_path: &Path, portal: &str) -> Result<bool> {
     let (p, store) = crate::cli::portal_store(cfg, portal)?;
     let handle = crate::portal::open(p, store.clone())?;
-    let conn = handle.connector.as_ref();
-    let pipelines = conn
-        .pipelines()
-        .await
-        .with_context(|| format!("portal {}: listing pipelines", p.id))?;
-    let users = conn
-        .users()
-        .await
-        .with_context(|| format!("portal {}: listing users", p.id))?;
-    let fields = match conn.custom_fields().await {
-        Ok(f) => Some(f),
-        Err(rebuy_core::ConnectorError::Unsupported { .. }) => None,
-        Err(e) => return Err(e).with_context(|| format!("portal {}: listing fields", p.id)),
-    };
-    let customers = match conn.customers_funnel().await {
-        Ok(c) => Some(c),
-        Err(rebuy_core::ConnectorError::Unsupported { .. }) => None,
-        Err(e) => {
-            return Err(e).with_context(|| format!("portal {}: reading the customers mode", p.id));
-        }
-    };
+    let r = mapping_report(
+        p,
+        &store,
+        handle.connector.as_ref(),
+        playbooks_dir(config_path).as_deref(),
+        None,
+    )
+    .await?;
     println!("portal {} ({})", p.id, p.kind.as_str());
     println!("pipelines:");
-    for pl in &pipelines {
+    for pl in &r.pipelines {
         println!(
             "  {} ({}){}",
             pl.name,
@@ -703,14 +853,14 @@ pub async fn cmd_mapping(cfg: &Config, config_path: &Path, portal: &str) -> Resu
             println!("    {:<40} {:>12} {:?}", s.name, s.id.0, s.kind);
         }
     }
-    if let Some(c) = &customers {
+    if let Some(c) = &r.customers {
         println!("customers mode: {}", c.mode);
         for s in &c.statuses {
             println!("    {:<40} {:>12} customer status", s.name, s.id.0);
         }
     }
     println!("users:");
-    for u in &users {
+    for u in &r.users {
         println!(
             "  {:<40} {:>12}{}",
             u.name,
@@ -718,7 +868,7 @@ pub async fn cmd_mapping(cfg: &Config, config_path: &Path, portal: &str) -> Resu
             if u.active { "" } else { " (inactive)" }
         );
     }
-    match &fields {
+    match &r.fields {
         Some(fields) => {
             println!("custom fields:");
             for f in fields {
@@ -737,84 +887,40 @@ pub async fn cmd_mapping(cfg: &Config, config_path: &Path, portal: &str) -> Resu
         }
         None => println!("custom fields: not listed by this CRM connector"),
     }
-    let b2b = p.analytics.mode == analytics::Mode::B2b;
-    let problems = playbooks::check(
-        &p.id.0,
-        &p.mapping,
-        playbooks_dir(config_path).as_deref(),
-        CrmFacts {
-            crm: p.kind,
-            pipelines: &pipelines,
-            users: &users,
-            fields: fields.as_deref(),
-            customers: customers.as_ref(),
-            company_customers: b2b,
-        },
-    );
-    if problems.is_empty() {
-        // The playbooks' own [[test]] cases, with this portal's rules.
-        let facts = CrmFacts {
-            crm: p.kind,
-            pipelines: &pipelines,
-            users: &users,
-            fields: fields.as_deref(),
-            customers: customers.as_ref(),
-            company_customers: b2b,
-        };
-        let dir = playbooks_dir(config_path);
-        let rules = playbooks::resolve(&p.id.0, &p.mapping, dir.as_deref(), facts)
-            .map_err(|e| anyhow::anyhow!("{}", playbooks::format_problems(&e)))?;
-        for m in &rules.missing_fields {
-            println!(
-                "missing field: {} {:?} ({}, {}): will be created by `rebuy apply` (create_missing = true)",
-                m.entity.as_str(),
-                m.name,
-                m.key,
-                match &m.kind {
-                    rebuy_core::FieldKind::Text => "text".to_owned(),
-                    rebuy_core::FieldKind::Date => "date".to_owned(),
-                    rebuy_core::FieldKind::Select(v) => format!("select of {}", v.len()),
-                }
-            );
-        }
-        let mapping = playbooks::mapping::parse(&p.mapping).unwrap_or_default();
-        let dir = mapping
-            .playbooks_dir
-            .as_deref()
-            .map(std::path::PathBuf::from)
-            .or(dir);
-        let mut failed = 0;
-        let mut cases = 0;
-        for name in &mapping.playbooks {
-            let Ok(src) = playbooks::find_playbook(name, dir.as_deref()) else {
-                continue;
-            };
-            let Ok((mut pb, _)) = playbooks::parse_playbook(&src) else {
-                continue;
-            };
-            if pb.name.is_empty() {
-                pb.name = Path::new(name)
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| name.clone());
-            }
-            cases += pb.tests.len();
-            for f in plan::run_playbook_tests(&rules, &pb, &p.time_zone) {
-                failed += 1;
-                println!("  {}: [[test]] {f}", src.file);
-            }
-        }
-        if failed > 0 {
-            println!("\nmapping and playbooks: {failed} of {cases} playbook test case(s) failed");
-            return Ok(false);
-        }
-        println!("\nmapping and playbooks: ok ({cases} playbook test case(s) pass)");
-        Ok(true)
-    } else {
-        println!("\nmapping and playbooks: {} problem(s):", problems.len());
-        print!("{}", playbooks::format_problems(&problems));
-        Ok(false)
+    if !r.problems.is_empty() {
+        println!("\nmapping and playbooks: {} problem(s):", r.problems.len());
+        print!("{}", playbooks::format_problems(&r.problems));
+        return Ok(false);
     }
+    for m in r.rules.iter().flat_map(|r| &r.missing_fields) {
+        println!(
+            "missing field: {} {:?} ({}, {}): will be created by `rebuy apply` (create_missing = true)",
+            m.entity.as_str(),
+            m.name,
+            m.key,
+            match &m.kind {
+                rebuy_core::FieldKind::Text => "text".to_owned(),
+                rebuy_core::FieldKind::Date => "date".to_owned(),
+                rebuy_core::FieldKind::Select(v) => format!("select of {}", v.len()),
+            }
+        );
+    }
+    for f in &r.test_failures {
+        println!("  {f}");
+    }
+    if !r.test_failures.is_empty() {
+        println!(
+            "\nmapping and playbooks: {} of {} playbook test case(s) failed",
+            r.test_failures.len(),
+            r.test_cases
+        );
+        return Ok(false);
+    }
+    println!(
+        "\nmapping and playbooks: ok ({} playbook test case(s) pass)",
+        r.test_cases
+    );
+    Ok(true)
 }
 
 /// Routes one incoming deal (the server's webhook path): classifies it against the dataset

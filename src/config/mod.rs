@@ -14,7 +14,8 @@ mod resolve;
 
 pub use raw::load_layers;
 pub use resolve::{
-    AuthConfig, Config, ConfigProblem, PortalConfig, ServerSettings, SyncSettings, resolve,
+    AuthConfig, Config, ConfigProblem, PortalConfig, ServerSettings, SyncSettings, UiConfig,
+    UiUser, resolve,
 };
 
 use std::path::Path;

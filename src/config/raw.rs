@@ -16,12 +16,19 @@ pub fn load_layers(path: &Path) -> Result<serde_json::Value, ConfigProblem> {
     }
     Figment::new()
         .merge(Toml::file_exact(path))
-        // REBUY_CONFIG, REBUY_LOG_FORMAT and REBUY_FAILPOINTS are read elsewhere, not config keys.
-        .merge(
-            Env::prefixed("REBUY_")
-                .split("__")
-                .ignore(&["config", "log_format", "failpoints"]),
-        )
+        // Variables read elsewhere, not config keys: REBUY_CONFIG, REBUY_LOG_FORMAT,
+        // REBUY_FAILPOINTS, the dashboard's fallback login (read by `[server.ui]`'s resolution)
+        // and the browser tests' switch.
+        .merge(Env::prefixed("REBUY_").split("__").ignore(&[
+            "config",
+            "log_format",
+            "failpoints",
+            "ui_user",
+            "ui_password",
+            "ui_cookie_secure",
+            "ui_cache_ttl_secs",
+            "require_browser",
+        ]))
         .extract::<serde_json::Value>()
         .map_err(|e| {
             let key = e.path.join(".");

@@ -162,6 +162,10 @@ pub struct ServerSettings {
     pub daily_hour: u8,
     /// Seconds between outbox drains.
     pub outbox_interval_secs: u64,
+    /// `[server.ui]`: the dashboard (resolved separately: it reads passwords from the
+    /// environment).
+    #[serde(skip)]
+    pub ui: UiConfig,
 }
 
 impl Default for ServerSettings {
@@ -172,8 +176,189 @@ impl Default for ServerSettings {
             sync_interval_mins: 15,
             daily_hour: 9,
             outbox_interval_secs: 10,
+            ui: UiConfig::default(),
         }
     }
+}
+
+/// `[server.ui]`: the dashboard under `/ui`. Without users (from the table or from
+/// `REBUY_UI_USER` / `REBUY_UI_PASSWORD`) it is off: there is no anonymous access.
+#[derive(Debug, Clone)]
+pub struct UiConfig {
+    /// Whether `/ui` is served at all (default true; it still needs a user).
+    pub enabled: bool,
+    /// Who may log in.
+    pub users: Vec<UiUser>,
+    /// How long a login lasts.
+    pub session_ttl: std::time::Duration,
+    /// Interface language when neither `?lang=`, the cookie nor `Accept-Language` decide:
+    /// `en` or `ru`.
+    pub default_lang: String,
+    /// Mark cookies `Secure` (default true; false only for plain-HTTP set-ups such as tests).
+    pub cookie_secure: bool,
+    /// How long a portal's analysis is reused by the pages before it is computed again.
+    pub cache_ttl: std::time::Duration,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            users: Vec::new(),
+            session_ttl: std::time::Duration::from_secs(8 * 3600),
+            default_lang: "en".into(),
+            cookie_secure: true,
+            cache_ttl: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+/// One dashboard login.
+#[derive(Debug, Clone)]
+pub struct UiUser {
+    /// Login name.
+    pub name: String,
+    /// The password as the env var holds it: `sha256:<64 hex digits>` (its SHA-256) or the
+    /// password itself.
+    pub password: SecretString,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUi {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    users: Vec<RawUiUser>,
+    #[serde(default)]
+    session_hours: Option<f64>,
+    #[serde(default)]
+    default_lang: Option<String>,
+    #[serde(default)]
+    cookie_secure: Option<bool>,
+    #[serde(default)]
+    cache_ttl_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUiUser {
+    name: String,
+    password_env: String,
+}
+
+/// Whether a stored password is a well-formed `sha256:` digest, or plain text (any).
+fn password_form_ok(pw: &str) -> bool {
+    match pw.strip_prefix("sha256:") {
+        Some(h) => h.trim().len() == 64 && h.trim().chars().all(|c| c.is_ascii_hexdigit()),
+        None => true,
+    }
+}
+
+/// Resolves `[server.ui]` (absent: defaults), reading passwords from the environment and
+/// falling back to `REBUY_UI_USER` / `REBUY_UI_PASSWORD`, `REBUY_UI_COOKIE_SECURE` and
+/// `REBUY_UI_CACHE_TTL_SECS` for what the table does not set.
+fn resolve_ui(
+    cx: &mut Ctx<'_>,
+    value: Option<&serde_json::Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> UiConfig {
+    let mut ui = UiConfig::default();
+    let raw = match value {
+        Some(v) => match cx.parse::<RawUi>("server.ui", v) {
+            Some(r) => Some(r),
+            None => return ui,
+        },
+        None => None,
+    };
+    let env_flag = |k: &str| {
+        env(k).map(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "no"))
+    };
+    ui.cookie_secure = raw
+        .as_ref()
+        .and_then(|r| r.cookie_secure)
+        .or_else(|| env_flag("REBUY_UI_COOKIE_SECURE"))
+        .unwrap_or(true);
+    let ttl = raw
+        .as_ref()
+        .and_then(|r| r.cache_ttl_secs)
+        .or_else(|| env("REBUY_UI_CACHE_TTL_SECS").and_then(|v| v.trim().parse().ok()));
+    if let Some(t) = ttl {
+        ui.cache_ttl = std::time::Duration::from_secs(t);
+    }
+    let Some(raw) = raw else {
+        // No table: the environment's single admin, if set.
+        ui.users = env_user(env).into_iter().collect();
+        return ui;
+    };
+    ui.enabled = raw.enabled.unwrap_or(true);
+    if let Some(h) = raw.session_hours {
+        if h.is_finite() && h > 0.0 && h <= 24.0 * 90.0 {
+            ui.session_ttl = std::time::Duration::from_secs_f64(h * 3600.0);
+        } else {
+            cx.problem(
+                "server.ui.session_hours",
+                format!("{h} is not between 0 and 2160 hours (90 days)"),
+            );
+        }
+    }
+    if let Some(l) = raw.default_lang {
+        match l.trim().to_ascii_lowercase().as_str() {
+            "en" | "ru" => ui.default_lang = l.trim().to_ascii_lowercase(),
+            _ => cx.problem(
+                "server.ui.default_lang",
+                format!("{l:?} is not a language of the dashboard: use \"en\" or \"ru\""),
+            ),
+        }
+    }
+    let mut names = HashSet::new();
+    for (i, u) in raw.users.into_iter().enumerate() {
+        let key = format!("server.ui.users[{i}]");
+        let name = u.name.trim().to_owned();
+        if name.is_empty() {
+            cx.problem(&format!("{key}.name"), "is empty");
+            continue;
+        }
+        if !names.insert(name.clone()) {
+            cx.problem(&format!("{key}.name"), format!("duplicate user {name:?}"));
+            continue;
+        }
+        let var = u.password_env.trim();
+        let Some(password) = secret_from_env(cx, &format!("{key}.password_env"), var, env) else {
+            continue;
+        };
+        use secrecy::ExposeSecret;
+        if !password_form_ok(password.expose_secret()) {
+            cx.problem(
+                &format!("{key}.password_env"),
+                format!(
+                    "environment variable {var} starts with \"sha256:\" but is not followed by 64 hex digits"
+                ),
+            );
+            continue;
+        }
+        ui.users.push(UiUser { name, password });
+    }
+    if ui.users.is_empty() && names.is_empty() {
+        ui.users = env_user(env).into_iter().collect();
+        if ui.enabled && ui.users.is_empty() {
+            cx.problem(
+                "server.ui.users",
+                "no users: add [[server.ui.users]] with name and password_env, set REBUY_UI_USER and REBUY_UI_PASSWORD, or set enabled = false",
+            );
+        }
+    }
+    ui
+}
+
+/// The single admin of `REBUY_UI_USER` / `REBUY_UI_PASSWORD`, when both are set and non-empty.
+fn env_user(env: &dyn Fn(&str) -> Option<String>) -> Option<UiUser> {
+    let name = env("REBUY_UI_USER").filter(|s| !s.trim().is_empty())?;
+    let password = env("REBUY_UI_PASSWORD").filter(|s| !s.is_empty())?;
+    Some(UiUser {
+        name: name.trim().to_owned(),
+        password: SecretString::from(password),
+    })
 }
 
 #[derive(Deserialize)]
@@ -290,10 +475,17 @@ pub fn resolve(
     let Some(top) = cx.parse::<RawTop>("", doc) else {
         return Err(cx.problems);
     };
-    let server = match &top.server {
+    // `[server.ui]` is resolved on its own (it reads the environment); the rest by serde.
+    let mut server_value = top.server.clone();
+    let ui_value = server_value
+        .as_mut()
+        .and_then(|v| v.as_object_mut())
+        .and_then(|o| o.remove("ui"));
+    let mut server = match &server_value {
         Some(v) => cx.parse::<ServerSettings>("server", v).unwrap_or_default(),
         None => ServerSettings::default(),
     };
+    server.ui = resolve_ui(&mut cx, ui_value.as_ref(), env);
     if server.daily_hour > 23 {
         cx.problem("server.daily_hour", "must be between 0 and 23");
     }
@@ -620,5 +812,124 @@ mod tests {
         if let Err(p) = resolve(&d, "rebuy.example.toml", &env) {
             panic!("{}", format_problems(&p));
         }
+    }
+
+    const PORTAL: &str = r#"
+        [[portal]]
+        id = "shop"
+        kind = "amocrm"
+        base_url = "https://shop.amocrm.ru"
+        [portal.auth]
+        type = "oauth"
+        client_id = "abc"
+        client_secret_env = "SHOP_SECRET"
+        redirect_uri = "https://example.com/cb"
+    "#;
+
+    #[test]
+    fn ui_table_resolves_users_from_the_environment() {
+        let d = doc(&format!(
+            r#"
+            [server.ui]
+            session_hours = 2
+            default_lang = "RU"
+            cookie_secure = false
+            [[server.ui.users]]
+            name = "anna"
+            password_env = "ANNA_PW"
+            [[server.ui.users]]
+            name = "boris"
+            password_env = "BORIS_PW"
+            {PORTAL}"#
+        ));
+        let env = |k: &str| match k {
+            "SHOP_SECRET" => Some("s".to_owned()),
+            "ANNA_PW" => Some("plain".to_owned()),
+            "BORIS_PW" => Some(format!("sha256:{}", "ab".repeat(32))),
+            "REBUY_UI_USER" => Some("ignored".to_owned()),
+            "REBUY_UI_PASSWORD" => Some("ignored".to_owned()),
+            _ => None,
+        };
+        let c = resolve(&d, "rebuy.toml", &env).unwrap();
+        let ui = &c.server.ui;
+        assert!(ui.enabled && !ui.cookie_secure);
+        let names: Vec<&str> = ui.users.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["anna", "boris"], "the table's users, not the env's");
+        assert_eq!(ui.session_ttl, std::time::Duration::from_secs(7200));
+        assert_eq!(ui.default_lang, "ru");
+    }
+
+    #[test]
+    fn ui_falls_back_to_the_env_admin_and_reports_problems() {
+        let d = doc(PORTAL);
+        let env = |k: &str| match k {
+            "SHOP_SECRET" => Some("s".to_owned()),
+            "REBUY_UI_USER" => Some("admin".to_owned()),
+            "REBUY_UI_PASSWORD" => Some("pw".to_owned()),
+            _ => None,
+        };
+        let c = resolve(&d, "rebuy.toml", &env).unwrap();
+        assert_eq!(c.server.ui.users.len(), 1);
+        assert_eq!(c.server.ui.users[0].name, "admin");
+        assert!(c.server.ui.cookie_secure);
+        // No table and no env: off, without a problem.
+        let c = resolve(&d, "rebuy.toml", &super::tests::env).unwrap();
+        assert!(c.server.ui.users.is_empty());
+
+        let bad = doc(&format!(
+            r#"
+            [server.ui]
+            session_hours = -1
+            default_lang = "de"
+            colour = "red"
+            {PORTAL}"#
+        ));
+        let text = format_problems(&resolve(&bad, "rebuy.toml", &super::tests::env).unwrap_err());
+        assert!(
+            text.contains("rebuy.toml: server.ui.colour: unknown field `colour`"),
+            "{text}"
+        );
+        let bad = doc(&format!(
+            r#"
+            [server.ui]
+            session_hours = -1
+            default_lang = "de"
+            [[server.ui.users]]
+            name = "anna"
+            password_env = "NOT_SET"
+            [[server.ui.users]]
+            name = "anna"
+            password_env = "SHOP_SECRET"
+            [[server.ui.users]]
+            name = "bad"
+            password_env = "BAD_HASH"
+            {PORTAL}"#
+        ));
+        let env = |k: &str| match k {
+            "SHOP_SECRET" => Some("s".to_owned()),
+            "BAD_HASH" => Some("sha256:xyz".to_owned()),
+            _ => None,
+        };
+        let text = format_problems(&resolve(&bad, "rebuy.toml", &env).unwrap_err());
+        for needle in [
+            "server.ui.session_hours: -1 is not between",
+            "server.ui.default_lang: \"de\" is not a language",
+            "server.ui.users[0].password_env: environment variable NOT_SET is not set",
+            "server.ui.users[1].name: duplicate user \"anna\"",
+            "server.ui.users[2].password_env: environment variable BAD_HASH starts with \"sha256:\"",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        let none = doc(&format!("[server.ui]\n{PORTAL}"));
+        let text = format_problems(&resolve(&none, "rebuy.toml", &super::tests::env).unwrap_err());
+        assert!(text.contains("server.ui.users: no users"), "{text}");
+        let off = doc(&format!("[server.ui]\nenabled = false\n{PORTAL}"));
+        assert!(
+            !resolve(&off, "rebuy.toml", &super::tests::env)
+                .unwrap()
+                .server
+                .ui
+                .enabled
+        );
     }
 }

@@ -23,5 +23,7 @@ pub(crate) mod queue_tables {
     pub(crate) use super::queue::{OUTBOX, OUTBOX_PENDING};
 }
 
-pub use queue::{Action, ActionState, EnqueueReport, Entry, OutboxCounts, marker_for};
+pub use queue::{
+    Action, ActionState, EnqueueReport, Entry, OutboxCounts, RetryOutcome, marker_for,
+};
 pub use worker::{DrainOptions, DrainReport, drain};

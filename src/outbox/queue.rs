@@ -92,6 +92,17 @@ pub struct EnqueueReport {
     pub already: u64,
 }
 
+/// What [`Store::outbox_retry`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// The failed entry is pending again.
+    Requeued,
+    /// The entry is not failed (pending, in flight or done): nothing changed.
+    NotFailed,
+    /// No entry has that key.
+    Missing,
+}
+
 /// Entries by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct OutboxCounts {
@@ -253,6 +264,37 @@ impl Store {
         }
     }
 
+    /// Puts a failed entry back in the queue (an operator's retry): pending again, due now,
+    /// with a fresh attempt budget; the CRM's last message is kept in `last_error`. Entries in
+    /// any other state are left alone.
+    pub fn outbox_retry(&self, key: &str) -> Result<RetryOutcome, StoreError> {
+        self.write(|w| {
+            let txn = w.txn();
+            let mut entries = txn.open_table(OUTBOX).map_err(|e| self.err(e))?;
+            let mut pending = txn.open_table(OUTBOX_PENDING).map_err(|e| self.err(e))?;
+            let mut entry: Entry = match entries.get(key).map_err(|e| self.err(e))? {
+                Some(v) => {
+                    decode(v.value()).map_err(|m| self.err(format!("outbox[{key}]: {m}")))?
+                }
+                None => return Ok(RetryOutcome::Missing),
+            };
+            let ActionState::Failed { code, message, .. } = &entry.state else {
+                return Ok(RetryOutcome::NotFailed);
+            };
+            entry.last_error = Some(format!("{code}: {message}"));
+            entry.state = ActionState::Pending;
+            entry.attempts = 0;
+            entry.not_before = None;
+            let mut buf = Vec::new();
+            encode(&entry, &mut buf).map_err(|e| self.err(e))?;
+            entries
+                .insert(key, buf.as_slice())
+                .map_err(|e| self.err(e))?;
+            pending.insert(entry.seq, key).map_err(|e| self.err(e))?;
+            Ok(RetryOutcome::Requeued)
+        })
+    }
+
     /// Every entry (for status and tests), in key order.
     pub fn outbox_all(&self) -> Result<Vec<Entry>, StoreError> {
         let txn = self.db().begin_read().map_err(|e| self.err(e))?;
@@ -308,6 +350,36 @@ mod tests {
             customer: "c:1".into(),
             summary: "call".into(),
         }
+    }
+
+    #[test]
+    fn a_failed_entry_is_requeued_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &rebuy_core::PortalId("t".into())).unwrap();
+        store.outbox_enqueue(vec![task("k1"), task("k2")]).unwrap();
+        assert_eq!(store.outbox_retry("k1").unwrap(), RetryOutcome::NotFailed);
+        assert_eq!(store.outbox_retry("nope").unwrap(), RetryOutcome::Missing);
+        let mut e = store.outbox_get("k1").unwrap().unwrap();
+        e.attempts = 5;
+        e.state = ActionState::Failed {
+            code: "rejected".into(),
+            message: "closed stage".into(),
+            at: Timestamp::now(),
+        };
+        store.outbox_update(&[e]).unwrap();
+        assert_eq!(store.outbox_due(Timestamp::now(), 10).unwrap().len(), 1);
+        assert_eq!(store.outbox_retry("k1").unwrap(), RetryOutcome::Requeued);
+        let e = store.outbox_get("k1").unwrap().unwrap();
+        assert_eq!((e.state.clone(), e.attempts), (ActionState::Pending, 0));
+        assert_eq!(e.last_error.as_deref(), Some("rejected: closed stage"));
+        let due: Vec<String> = store
+            .outbox_due(Timestamp::now(), 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action.key)
+            .collect();
+        assert_eq!(due, ["k1", "k2"], "back in its place, oldest first");
+        assert_eq!(store.outbox_retry("k1").unwrap(), RetryOutcome::NotFailed);
     }
 
     #[test]

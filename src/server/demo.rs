@@ -18,22 +18,16 @@ impl AppState {
     pub fn from_stores(portals: Vec<(PortalConfig, Store)>, durable_inbox: bool) -> Self {
         let mut map = std::collections::HashMap::new();
         for (cfg, store) in portals {
-            let notify = std::sync::Arc::new(tokio::sync::Notify::new());
-            let inbox =
-                super::inbox::InboxWriter::start(store.clone(), durable_inbox, notify.clone());
             map.insert(
                 cfg.id.clone(),
-                super::PortalRuntime {
-                    cfg,
-                    store,
-                    inbox,
-                    notify,
-                },
+                super::PortalRuntime::new(cfg, store, durable_inbox),
             );
         }
         Self {
             portals: std::sync::Arc::new(map),
             metrics: super::metrics::Metrics::new(),
+            ui: crate::config::UiConfig::default(),
+            playbooks_dir: None,
         }
     }
 }

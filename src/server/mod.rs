@@ -43,6 +43,39 @@ pub struct PortalRuntime {
     pub inbox: InboxWriter,
     /// Wakes its worker when events arrive.
     pub notify: Arc<Notify>,
+    /// Wakes its scheduler to drain the outbox now (the dashboard's apply and retry): one
+    /// drainer per portal, so an action is never sent twice by two concurrent drains.
+    pub drain_now: Arc<Notify>,
+    /// Its connector, opened once and shared by the scheduler and the dashboard (one rate
+    /// limiter and one token refresher per portal).
+    handle: Arc<std::sync::Mutex<Option<crate::portal::PortalHandle>>>,
+}
+
+impl PortalRuntime {
+    /// A portal over an opened store, with its inbox writer started.
+    pub fn new(cfg: PortalConfig, store: Store, durable_inbox: bool) -> Self {
+        let notify = Arc::new(Notify::new());
+        let inbox = InboxWriter::start(store.clone(), durable_inbox, notify.clone());
+        PortalRuntime {
+            cfg,
+            store,
+            inbox,
+            notify,
+            drain_now: Arc::new(Notify::new()),
+            handle: Arc::default(),
+        }
+    }
+
+    /// The portal's connector handle, opened on first use.
+    pub fn handle(&self) -> Result<crate::portal::PortalHandle, rebuy_core::ConnectorError> {
+        let mut slot = self.handle.lock().expect("portal handle lock");
+        if let Some(h) = slot.as_ref() {
+            return Ok(h.clone());
+        }
+        let h = crate::portal::open(&self.cfg, self.store.clone())?;
+        *slot = Some(h.clone());
+        Ok(h)
+    }
 }
 
 /// Shared state of the server.
@@ -52,6 +85,11 @@ pub struct AppState {
     pub portals: Arc<HashMap<PortalId, PortalRuntime>>,
     /// Prometheus rendering.
     pub metrics: metrics::Metrics,
+    /// The dashboard's `[server.ui]` settings.
+    pub ui: crate::config::UiConfig,
+    /// The playbooks directory beside the config file, if any (the dashboard's mapping and
+    /// plan pages read it as `rebuy mapping` and `rebuy plan` do).
+    pub playbooks_dir: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -61,21 +99,16 @@ impl AppState {
         let mut portals = HashMap::new();
         for p in &cfg.portals {
             let store = Store::open(&cfg.data_dir, &p.id)?;
-            let notify = Arc::new(Notify::new());
-            let inbox = InboxWriter::start(store.clone(), durable_inbox, notify.clone());
             portals.insert(
                 p.id.clone(),
-                PortalRuntime {
-                    cfg: p.clone(),
-                    store,
-                    inbox,
-                    notify,
-                },
+                PortalRuntime::new(p.clone(), store, durable_inbox),
             );
         }
         Ok(Self {
             portals: Arc::new(portals),
             metrics: metrics::Metrics::new(),
+            ui: cfg.server.ui.clone(),
+            playbooks_dir: None,
         })
     }
 
@@ -110,8 +143,9 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The dashboard is on when REBUY_UI_USER and REBUY_UI_PASSWORD are set (else /ui is 404).
-    let app = router(state.clone()).nest("/ui", crate::ui::router_from_env(state));
+    // The dashboard is on when `[server.ui]` (or REBUY_UI_USER / REBUY_UI_PASSWORD) gives it a
+    // user (else /ui is 404).
+    let app = router(state.clone()).nest("/ui", crate::ui::router_from_config(state));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -21,7 +21,7 @@ pub fn spawn_all(
 ) -> TaskTracker {
     let tracker = TaskTracker::new();
     for p in state.portals.values() {
-        let handle = match crate::portal::open(&p.cfg, p.store.clone()) {
+        let handle = match p.handle() {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(portal = %p.cfg.id, error = %e, "Portal cannot start; its webhooks are still stored.");
@@ -175,6 +175,7 @@ async fn schedule_loop(
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(drain_every) => {}
+            () = p.drain_now.notified() => {}
         }
         let report = crate::outbox::drain(
             conn.as_ref(),

@@ -42,6 +42,12 @@ impl Lang {
     /// The language of a request: `?lang=` first, then the cookie, then `Accept-Language`
     /// (the first supported tag by quality), then English.
     pub fn detect(query: Option<&str>, headers: &HeaderMap) -> Lang {
+        Lang::detect_or(query, headers, Lang::En)
+    }
+
+    /// [`detect`](Self::detect) with `default` when nothing in the request decides (the
+    /// `[server.ui] default_lang`).
+    pub fn detect_or(query: Option<&str>, headers: &HeaderMap, default: Lang) -> Lang {
         if let Some(l) = query.and_then(Lang::parse) {
             return l;
         }
@@ -52,7 +58,7 @@ impl Lang {
             .get(axum::http::header::ACCEPT_LANGUAGE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        Lang::from_accept_language(accept).unwrap_or_default()
+        Lang::from_accept_language(accept).unwrap_or(default)
     }
 
     /// The best supported language of an `Accept-Language` value.
@@ -138,5 +144,8 @@ mod tests {
         h.insert("cookie", "rebuy_lang=en".parse().unwrap());
         assert_eq!(Lang::detect(None, &h), Lang::En);
         assert_eq!(Lang::detect(Some("ru"), &h), Lang::Ru);
+        let none = HeaderMap::new();
+        assert_eq!(Lang::detect(None, &none), Lang::En);
+        assert_eq!(Lang::detect_or(None, &none, Lang::Ru), Lang::Ru);
     }
 }

@@ -9,11 +9,13 @@
 //! Pages (see [`pages`]): portals (connection, tokens, last sync, errors, connect button to
 //! `/oauth/{portal}/start`), a portal's overview (figures, warnings, monthly SVG charts), the
 //! RFM heatmap and the ABC x XYZ matrix (cells link to their customers), segments (search,
-//! filters, CSV export with phones and emails), touches (the outbox). English or Russian
+//! filters, pages of 100, CSV and XLSX export with phones and emails), touches (the outbox
+//! with a retry button on failures; the dry-run plan with an apply button), mapping (the
+//! CRM's pipelines, users and fields the mapping uses, and its problems). English or Russian
 //! ([`i18n`]).
 //!
-//! Enabling it: set `REBUY_UI_USER` and `REBUY_UI_PASSWORD` ([`UiSettings::from_env`]);
-//! without them every `/ui` route answers 404. Security: see [`auth`]; pages are sent with
+//! Enabling it: `[server.ui]` users, or `REBUY_UI_USER` and `REBUY_UI_PASSWORD`
+//! ([`UiSettings::from_config`]); without a user every `/ui` route answers 404. Security: see [`auth`]; pages are sent with
 //! `Cache-Control: no-store`, a strict Content-Security-Policy and `X-Frame-Options: DENY`.
 pub mod auth;
 pub mod i18n;
@@ -31,7 +33,7 @@ use axum::routing::{get, post};
 use rebuy_core::PortalId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What the dashboard shows of one portal's analysis, computed once per cache period.
 #[derive(Debug)]
@@ -42,6 +44,26 @@ pub struct PortalView {
     pub months: Vec<Month>,
     /// When it was computed.
     pub computed_at: jiff::Timestamp,
+    /// Per customer (parallel to `analysis.customers`): lower-cased name, emails and key, so
+    /// a search does not lower-case a million names per request.
+    pub search: Vec<Box<str>>,
+}
+
+impl PortalView {
+    /// A view of an analysis and its months.
+    pub fn new(analysis: Analysis, months: Vec<Month>) -> PortalView {
+        let search = analysis
+            .customers
+            .iter()
+            .map(|c| pages::search_text(c).into_boxed_str())
+            .collect();
+        PortalView {
+            computed_at: analysis.as_of,
+            analysis,
+            months,
+            search,
+        }
+    }
 }
 
 /// One month of the trend charts.
@@ -59,7 +81,140 @@ pub struct Month {
     pub repeat_customers: u64,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Arc<PortalView>)>>>;
+/// A value computed on demand and kept: the first request computes it (one computation at a
+/// time; other requests wait for its result); once it is older than its TTL, requests keep
+/// getting it while one background task computes the next. Clearing it makes the next request
+/// wait for a fresh one, and drops any background result started before the clear.
+struct Cached<T> {
+    value: Mutex<Option<(Instant, Arc<T>)>>,
+    computing: Arc<tokio::sync::Mutex<()>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl<T> Default for Cached<T> {
+    fn default() -> Self {
+        Cached {
+            value: Mutex::new(None),
+            computing: Arc::default(),
+            generation: Default::default(),
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Cached<T> {
+    fn current(&self) -> Option<(Instant, Arc<T>)> {
+        self.value.lock().expect("ui cache value lock").clone()
+    }
+
+    fn store(&self, generation: u64, v: Arc<T>) {
+        let mut slot = self.value.lock().expect("ui cache value lock");
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+            *slot = Some((Instant::now(), v));
+        }
+    }
+
+    async fn get<Fut>(
+        self: &Arc<Self>,
+        ttl: Duration,
+        what: &'static str,
+        compute: impl FnOnce() -> Fut,
+    ) -> anyhow::Result<Arc<T>>
+    where
+        Fut: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+    {
+        use std::sync::atomic::Ordering::SeqCst;
+        if let Some((at, v)) = self.current() {
+            if at.elapsed() >= ttl
+                && let Ok(computing) = self.computing.clone().try_lock_owned()
+            {
+                let me = self.clone();
+                let generation = self.generation.load(SeqCst);
+                let fut = compute();
+                tokio::spawn(async move {
+                    let _computing = computing;
+                    match fut.await {
+                        Ok(v) => me.store(generation, Arc::new(v)),
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "ui: refreshing the {what} failed; the previous one is kept");
+                        }
+                    }
+                });
+            }
+            return Ok(v);
+        }
+        let _computing = self.computing.lock().await;
+        if let Some((_, v)) = self.current() {
+            return Ok(v); // computed while this request waited
+        }
+        let generation = self.generation.load(SeqCst);
+        let v = Arc::new(compute().await?);
+        self.store(generation, v.clone());
+        Ok(v)
+    }
+
+    fn clear(&self) {
+        let mut slot = self.value.lock().expect("ui cache value lock");
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *slot = None;
+    }
+
+    fn set(&self, v: T) {
+        let mut slot = self.value.lock().expect("ui cache value lock");
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *slot = Some((Instant::now(), Arc::new(v)));
+    }
+}
+
+/// How long the touches and portals pages reuse a read of the outbox.
+pub const OUTBOX_TTL: Duration = Duration::from_secs(5);
+
+/// The outbox as the touches and portals pages show it, read at most once per [`OUTBOX_TTL`]
+/// (a big outbox takes a while to decode; pages must not wait for it).
+#[derive(Debug)]
+pub struct OutboxSnapshot {
+    /// Every entry, newest first.
+    pub entries: Vec<crate::outbox::Entry>,
+    /// Entries by state: pending, in flight, done, failed.
+    pub counts: [usize; 4],
+    /// Per local day (portal time zone): enqueued, done, failed.
+    pub days: std::collections::BTreeMap<jiff::civil::Date, [usize; 3]>,
+}
+
+impl OutboxSnapshot {
+    /// Reads a portal's outbox.
+    pub fn read(rt: &crate::server::PortalRuntime) -> anyhow::Result<OutboxSnapshot> {
+        use crate::outbox::ActionState;
+        let mut entries = rt.store.outbox_all()?;
+        entries.sort_by_key(|e| std::cmp::Reverse(e.seq));
+        let tz = &rt.cfg.time_zone;
+        let day = |t: jiff::Timestamp| t.to_zoned(tz.clone()).date();
+        let mut counts = [0usize; 4];
+        let mut days: std::collections::BTreeMap<jiff::civil::Date, [usize; 3]> =
+            Default::default();
+        for e in &entries {
+            days.entry(day(e.created_at)).or_default()[0] += 1;
+            match &e.state {
+                ActionState::Pending => counts[0] += 1,
+                ActionState::InFlight { .. } => counts[1] += 1,
+                ActionState::Done { at, .. } => {
+                    counts[2] += 1;
+                    days.entry(day(*at)).or_default()[1] += 1;
+                }
+                ActionState::Failed { at, .. } => {
+                    counts[3] += 1;
+                    days.entry(day(*at)).or_default()[2] += 1;
+                }
+            }
+        }
+        Ok(OutboxSnapshot {
+            entries,
+            counts,
+            days,
+        })
+    }
+}
 
 /// Shared state of the dashboard.
 #[derive(Clone)]
@@ -70,7 +225,21 @@ pub struct UiState {
     pub settings: Arc<UiSettings>,
     /// Sessions.
     pub sessions: Arc<auth::Sessions>,
-    cache: Arc<Mutex<HashMap<PortalId, Slot>>>,
+    cache: Arc<Mutex<HashMap<PortalId, Arc<Cached<PortalView>>>>>,
+    outboxes: Arc<Mutex<HashMap<PortalId, Arc<Cached<OutboxSnapshot>>>>>,
+    /// The last dry-run plan of each portal, waiting for its apply button.
+    plans: Arc<Mutex<HashMap<PortalId, Arc<DryRun>>>>,
+}
+
+/// A dry-run plan computed by the touches page, kept until it is applied or replaced.
+#[derive(Debug)]
+pub struct DryRun {
+    /// Random id the apply form carries, so an apply is of the plan the person saw.
+    pub id: String,
+    /// The plan, or why it could not be made.
+    pub plan: Result<crate::plan::Plan, String>,
+    /// When it was computed.
+    pub computed_at: jiff::Timestamp,
 }
 
 impl UiState {
@@ -81,10 +250,40 @@ impl UiState {
             settings: Arc::new(settings),
             sessions: Arc::new(auth::Sessions::default()),
             cache: Arc::new(Mutex::new(HashMap::new())),
+            plans: Arc::default(),
+            outboxes: Arc::default(),
         }
     }
 
-    fn slot(&self, id: &PortalId) -> Slot {
+    /// Installs a precomputed view of a portal (the bench builds one for a synthetic portal
+    /// that has no cache to analyse); it is served until the TTL runs out.
+    pub fn put_view(&self, id: &PortalId, view: PortalView) {
+        self.slot(id).set(view);
+    }
+
+    /// The portal's waiting dry-run plan.
+    pub fn dry_run(&self, id: &PortalId) -> Option<Arc<DryRun>> {
+        self.plans.lock().expect("ui plans lock").get(id).cloned()
+    }
+
+    /// Keeps a dry-run plan for the apply button (replacing the previous one).
+    pub fn set_dry_run(&self, id: &PortalId, run: DryRun) {
+        self.plans
+            .lock()
+            .expect("ui plans lock")
+            .insert(id.clone(), Arc::new(run));
+    }
+
+    /// Takes the portal's dry-run plan if its id is `plan_id` (an apply consumes it).
+    pub fn take_dry_run(&self, id: &PortalId, plan_id: &str) -> Option<Arc<DryRun>> {
+        let mut plans = self.plans.lock().expect("ui plans lock");
+        match plans.get(id) {
+            Some(r) if r.id == plan_id => plans.remove(id),
+            _ => None,
+        }
+    }
+
+    fn slot(&self, id: &PortalId) -> Arc<Cached<PortalView>> {
         self.cache
             .lock()
             .expect("ui cache lock")
@@ -93,8 +292,18 @@ impl UiState {
             .clone()
     }
 
-    /// The cached view of a portal, computed when missing or older than the TTL. One
-    /// computation per portal at a time; other requests for it wait for its result.
+    fn outbox_slot(&self, id: &PortalId) -> Arc<Cached<OutboxSnapshot>> {
+        self.outboxes
+            .lock()
+            .expect("ui outbox cache lock")
+            .entry(id.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// The cached view of a portal ([`Cached`]: computed by the first request, then refreshed
+    /// in the background once older than the cache TTL, so no page waits for an analysis
+    /// after the first).
     pub async fn view(&self, id: &PortalId) -> anyhow::Result<Arc<PortalView>> {
         let rt = self
             .app
@@ -102,32 +311,46 @@ impl UiState {
             .get(id)
             .ok_or_else(|| anyhow::anyhow!("unknown portal {}", id.0))?
             .clone();
-        let slot = self.slot(id);
-        let mut guard = slot.lock().await;
-        if let Some((at, v)) = guard.as_ref()
-            && at.elapsed() < self.settings.cache_ttl
-        {
-            return Ok(v.clone());
-        }
-        let view = tokio::task::spawn_blocking(move || -> anyhow::Result<PortalView> {
-            let (data, analysis) = crate::analyse::analyse_portal(&rt.store, &rt.cfg, None)?;
-            let months = monthly(&data, &analysis, &rt.cfg, 12);
-            Ok(PortalView {
-                computed_at: analysis.as_of,
-                analysis,
-                months,
+        self.slot(id)
+            .get(self.settings.cache_ttl, "analysis", move || {
+                compute_view(rt)
             })
-        })
-        .await??;
-        let view = Arc::new(view);
-        *guard = Some((Instant::now(), view.clone()));
-        Ok(view)
+            .await
     }
 
-    /// Drops a portal's cached view (the next page computes it again).
+    /// Drops a portal's cached view (the next page computes it again and waits for it).
     pub async fn invalidate(&self, id: &PortalId) {
-        *self.slot(id).lock().await = None;
+        self.slot(id).clear();
     }
+
+    /// A portal's outbox as last read (at most [`OUTBOX_TTL`] old, refreshed in the
+    /// background).
+    pub async fn outbox(
+        &self,
+        rt: &crate::server::PortalRuntime,
+    ) -> anyhow::Result<Arc<OutboxSnapshot>> {
+        let rt = rt.clone();
+        self.outbox_slot(&rt.cfg.id)
+            .get(OUTBOX_TTL, "outbox", move || async move {
+                tokio::task::spawn_blocking(move || OutboxSnapshot::read(&rt)).await?
+            })
+            .await
+    }
+
+    /// Drops a portal's outbox snapshot (after the dashboard itself changed the outbox).
+    pub fn invalidate_outbox(&self, id: &PortalId) {
+        self.outbox_slot(id).clear();
+    }
+}
+
+/// Analyses a portal's cache on a blocking thread: the analysis and its monthly trend.
+async fn compute_view(rt: crate::server::PortalRuntime) -> anyhow::Result<PortalView> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<PortalView> {
+        let (data, analysis) = crate::analyse::analyse_portal(&rt.store, &rt.cfg, None)?;
+        let months = monthly(&data, &analysis, &rt.cfg, 12);
+        Ok(PortalView::new(analysis, months))
+    })
+    .await?
 }
 
 /// The last `n` months (ending with the analysis month) of sales: revenue and buyers split
@@ -252,7 +475,11 @@ async fn headers_layer(mut res: Response) -> Response {
 /// The dashboard's routes, to be nested under `/ui`:
 /// `Router::new().nest("/ui", ui::router(state, settings))`.
 pub fn router(state: AppState, settings: UiSettings) -> Router {
-    let ui = UiState::new(state, settings);
+    router_with(UiState::new(state, settings))
+}
+
+/// [`router`] over a dashboard state the caller keeps (to install views, as the bench does).
+pub fn router_with(ui: UiState) -> Router {
     Router::new()
         .route("/", get(pages::portals))
         .route("/login", get(pages::login_page).post(pages::login))
@@ -262,10 +489,24 @@ pub fn router(state: AppState, settings: UiSettings) -> Router {
         .route("/p/{portal}/rfm", get(pages::rfm))
         .route("/p/{portal}/segments", get(pages::segments))
         .route("/p/{portal}/segments.csv", get(pages::export_csv))
+        .route("/p/{portal}/segments.xlsx", get(pages::export_xlsx))
         .route("/p/{portal}/touches", get(pages::touches))
+        .route("/p/{portal}/touches/retry", post(pages::retry))
+        .route("/p/{portal}/plan", post(pages::dry_run))
+        .route("/p/{portal}/apply", post(pages::apply))
+        .route("/p/{portal}/mapping", get(pages::mapping))
         .fallback(pages::not_found)
         .layer(axum::middleware::map_response(headers_layer))
         .with_state(ui)
+}
+
+/// [`router`] with the server's `[server.ui]` settings ([`UiSettings::from_config`]); when
+/// the dashboard is disabled or nobody may log in, a router whose every route answers 404.
+pub fn router_from_config(state: AppState) -> Router {
+    match UiSettings::from_config(&state.ui) {
+        Some(s) => router(state, s),
+        None => disabled(),
+    }
 }
 
 /// [`router`] with [`UiSettings::from_env`]; when the login is not configured, a router whose

@@ -6,7 +6,7 @@
 //! text, and customer rows their key in `data-key`, for tests and scripts.
 // `Result<_, Response>` is the early-return of a handler: boxing the response gains nothing.
 #![allow(clippy::result_large_err)]
-use super::auth::{self, SESSION_COOKIE, SESSION_TTL, Session, csrf_ok, set_cookie};
+use super::auth::{self, SESSION_COOKIE, Session, csrf_ok, set_cookie};
 use super::i18n::{LANG_COOKIE, Lang};
 use super::svg::{Bar, stacked_bars};
 use super::{PortalView, UiState};
@@ -46,12 +46,55 @@ pub struct Params {
     pub q: Option<String>,
     /// Outbox state filter: `pending`, `in_flight`, `done`, `failed`.
     pub state: Option<String>,
+    /// Page of a list, from 1.
+    pub page: Option<String>,
+    /// After an apply: actions new in the outbox.
+    pub applied: Option<String>,
+    /// After an apply: actions already there.
+    pub already: Option<String>,
+    /// After a retry: the requeued action's key.
+    pub retried: Option<String>,
 }
 
-/// Most customer rows shown on one page (the CSV export has them all).
-pub const MAX_ROWS: usize = 500;
-/// Most outbox entries shown.
-pub const MAX_TOUCHES: usize = 1000;
+/// Customer rows on one page of a list (the exports have them all).
+pub const PAGE_ROWS: usize = 100;
+/// Outbox entries on one page.
+pub const PAGE_TOUCHES: usize = 100;
+/// How long the mapping page waits for the CRM's lists before it shows the cached ones.
+pub const MAPPING_CRM_WAIT: Duration = Duration::from_secs(3);
+/// Planned actions listed under a dry-run plan.
+pub const PLAN_ROWS: usize = 200;
+
+/// The requested page (from 1) of `total` items in pages of `per`, clamped to the last one;
+/// returns the page and the number of pages.
+fn page_of(p: &Params, total: usize, per: usize) -> (usize, usize) {
+    let pages = total.div_ceil(per).max(1);
+    let page = nonempty(&p.page)
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, pages);
+    (page, pages)
+}
+
+/// Previous / next links of a paged list; `query` is the list's filter query (may be empty).
+fn pager(l: Lang, query: &str, page: usize, pages: usize) -> Markup {
+    let link = |n: usize| {
+        if query.is_empty() {
+            format!("?page={n}")
+        } else {
+            format!("?{query}&page={n}")
+        }
+    };
+    html! {
+        @if pages > 1 {
+            p.pager data-page=(page) data-pages=(pages) {
+                @if page > 1 { a href=(link(page - 1)) rel="prev" { "← " (l.t("previous", "назад")) } " " }
+                (l.t("page", "страница")) " " (page) " / " (pages)
+                @if page < pages { " " a href=(link(page + 1)) rel="next" { (l.t("next", "далее")) " →" } }
+            }
+        }
+    }
+}
 
 /// What every page knows about the request.
 struct Ctx {
@@ -61,10 +104,10 @@ struct Ctx {
     session: Session,
 }
 
-fn lang_of(p: &Params, headers: &HeaderMap) -> (Lang, bool) {
+fn lang_of(ui: &UiState, p: &Params, headers: &HeaderMap) -> (Lang, bool) {
     let q = p.lang.as_deref().and_then(Lang::parse);
     (
-        q.unwrap_or_else(|| Lang::detect(None, headers)),
+        q.unwrap_or_else(|| Lang::detect_or(None, headers, ui.settings.default_lang)),
         q.is_some(),
     )
 }
@@ -78,7 +121,7 @@ fn session(ui: &UiState, headers: &HeaderMap) -> Option<(String, Session)> {
 
 /// The page context, or a redirect to the login page.
 fn ctx(ui: &UiState, headers: &HeaderMap, p: &Params) -> Result<Ctx, Response> {
-    let (lang, set_lang) = lang_of(p, headers);
+    let (lang, set_lang) = lang_of(ui, p, headers);
     match session(ui, headers) {
         Some((_, session)) => Ok(Ctx {
             lang,
@@ -143,7 +186,7 @@ fn layout(c: &Ctx, title: &str, portal: Option<(&str, &str)>, body: Markup) -> M
                     a href="/ui" { (l.t("Portals", "Порталы")) }
                     @if let Some((id, cur)) = portal {
                         span { "›" }
-                        @for (slug, name) in [("", l.t("Overview", "Обзор")), ("/rfm", l.t("RFM and ABC/XYZ", "RFM и ABC/XYZ")), ("/segments", l.t("Segments", "Сегменты")), ("/touches", l.t("Touches", "Касания"))] {
+                        @for (slug, name) in [("", l.t("Overview", "Обзор")), ("/rfm", l.t("RFM and ABC/XYZ", "RFM и ABC/XYZ")), ("/segments", l.t("Segments", "Сегменты")), ("/touches", l.t("Touches", "Касания")), ("/mapping", l.t("Mapping", "Сопоставление"))] {
                             a href={"/ui/p/" (id) (slug)} class=[(cur == slug).then_some("cur")] { (name) }
                         }
                     }
@@ -293,11 +336,11 @@ pub async fn login_page(
     headers: HeaderMap,
     Query(p): Query<Params>,
 ) -> Response {
-    let (lang, _) = lang_of(&p, &headers);
+    let (lang, _) = lang_of(&ui, &p, &headers);
     if session(&ui, &headers).is_some() {
         return Redirect::to("/ui").into_response();
     }
-    let (id, s) = ui.sessions.create(None);
+    let (id, s) = ui.sessions.create(None, auth::LOGIN_TTL);
     let mut res = html_response(StatusCode::OK, login_markup(lang, &s.csrf, None));
     if let Ok(v) = HeaderValue::from_str(&set_cookie(
         SESSION_COOKIE,
@@ -317,7 +360,7 @@ pub async fn login(
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
-    let lang = Lang::detect(None, &headers);
+    let lang = Lang::detect_or(None, &headers, ui.settings.default_lang);
     let Some(sid) = auth::cookie(&headers, SESSION_COOKIE) else {
         return (
             StatusCode::FORBIDDEN,
@@ -335,7 +378,7 @@ pub async fn login(
     if !csrf_ok(&s, f.csrf.as_deref()) {
         return (StatusCode::FORBIDDEN, "bad CSRF token").into_response();
     }
-    if !ui.settings.check(&f.user, &f.password) {
+    let Some(user) = ui.settings.check(&f.user, &f.password) else {
         tracing::warn!(user = %f.user, "ui: failed login");
         // Slows down guessing; the anonymous session and its token stay valid for a retry.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -350,14 +393,14 @@ pub async fn login(
                 )),
             ),
         );
-    }
+    };
     ui.sessions.remove(&sid);
-    let (id, _) = ui.sessions.create(Some(ui.settings.admin_user.clone()));
+    let (id, _) = ui.sessions.create(Some(user), ui.settings.session_ttl);
     let mut res = Redirect::to("/ui").into_response();
     if let Ok(v) = HeaderValue::from_str(&set_cookie(
         SESSION_COOKIE,
         &id,
-        SESSION_TTL,
+        ui.settings.session_ttl,
         ui.settings.cookie_secure,
     )) {
         res.headers_mut().append(header::SET_COOKIE, v);
@@ -437,8 +480,16 @@ pub async fn portals(
     let l = c.lang;
     let mut list: Vec<_> = ui.app.portals.values().cloned().collect();
     list.sort_by(|a, b| a.cfg.id.cmp(&b.cfg.id));
+    // Failed touches from the outbox snapshot the touches page keeps (no decode per request).
+    let mut failed = Vec::with_capacity(list.len());
+    for rt in &list {
+        failed.push(ui.outbox(rt).await.map(|s| s.counts[3] as u64));
+    }
     let rows = tokio::task::spawn_blocking(move || {
-        list.into_iter().map(portal_status).collect::<Vec<_>>()
+        list.into_iter()
+            .zip(failed)
+            .map(|(rt, f)| portal_status(rt, f))
+            .collect::<Vec<_>>()
     })
     .await
     .unwrap_or_default();
@@ -500,7 +551,7 @@ struct PortalStatus {
     errors: Vec<String>,
 }
 
-fn portal_status(rt: crate::server::PortalRuntime) -> PortalStatus {
+fn portal_status(rt: crate::server::PortalRuntime, failed: anyhow::Result<u64>) -> PortalStatus {
     let store = &rt.store;
     let mut errors = Vec::new();
     let mut note = |r: Result<(), crate::store::StoreError>| {
@@ -541,10 +592,9 @@ fn portal_status(rt: crate::server::PortalRuntime) -> PortalStatus {
         count(EntityKind::Companies),
         count(EntityKind::Deals),
     );
-    let failed = store
-        .outbox_counts()
-        .map_err(|e| errors.push(e.to_string()))
-        .map_or(0, |c| c.failed);
+    let failed = failed
+        .map_err(|e| errors.push(format!("{e:#}")))
+        .unwrap_or(0);
     PortalStatus {
         id: rt.cfg.id.0.clone(),
         kind: rt.cfg.kind.as_str(),
@@ -864,6 +914,21 @@ pub struct Filter {
     abc: Option<String>,
     xyz: Option<String>,
     q: Option<String>,
+    /// The digits of `q` when it has three or more (a phone search).
+    digits: Option<String>,
+}
+
+/// What a search looks in besides phones: the lower-cased name, emails and customer key, one
+/// string per customer (kept in the [`PortalView`]).
+pub fn search_text(c: &CustomerRow) -> String {
+    let mut s = c.name.to_lowercase();
+    for e in &c.emails {
+        s.push('\u{1}');
+        s.push_str(&e.to_lowercase());
+    }
+    s.push('\u{1}');
+    s.push_str(&c.key.to_string());
+    s
 }
 
 fn nonempty(s: &Option<String>) -> Option<&str> {
@@ -880,23 +945,55 @@ impl Filter {
             abc: nonempty(&p.abc).map(str::to_ascii_uppercase),
             xyz: nonempty(&p.xyz).map(str::to_ascii_uppercase),
             q: nonempty(&p.q).map(str::to_lowercase),
+            digits: nonempty(&p.q)
+                .map(|q| q.chars().filter(char::is_ascii_digit).collect::<String>())
+                .filter(|d| d.len() >= 3),
         }
     }
 
     /// Whether a customer passes.
     pub fn matches(&self, c: &CustomerRow) -> bool {
+        self.matches_with(c, None)
+    }
+
+    /// [`matches`](Self::matches) with the customer's [`search_text`] when it is at hand.
+    pub fn matches_with(&self, c: &CustomerRow, text: Option<&str>) -> bool {
         self.segment.is_none_or(|s| c.rfm_segment == s)
             && self.r.is_none_or(|r| c.r == r)
             && self.f.is_none_or(|f| c.f == f)
             && self.abc.as_deref().is_none_or(|x| c.abc.as_str() == x)
             && self.xyz.as_deref().is_none_or(|x| c.xyz.as_str() == x)
             && self.q.as_deref().is_none_or(|q| {
-                let digits: String = q.chars().filter(char::is_ascii_digit).collect();
-                c.name.to_lowercase().contains(q)
-                    || c.key.to_string().contains(q)
-                    || c.emails.iter().any(|e| e.to_lowercase().contains(q))
-                    || (digits.len() >= 3 && c.phones.iter().any(|p| p.contains(&digits)))
+                let in_text = match text {
+                    Some(t) => t.contains(q),
+                    None => search_text(c).contains(q),
+                };
+                in_text
+                    || self
+                        .digits
+                        .as_deref()
+                        .is_some_and(|d| c.phones.iter().any(|p| p.contains(d)))
             })
+    }
+
+    /// The customers of a view that pass, in order.
+    pub fn select<'a>(&self, v: &'a PortalView) -> impl Iterator<Item = &'a CustomerRow> {
+        v.analysis
+            .customers
+            .iter()
+            .enumerate()
+            .filter(move |(i, c)| self.matches_with(c, v.search.get(*i).map(|s| &**s)))
+            .map(|(_, c)| c)
+    }
+
+    /// Whether it lets every customer through.
+    pub fn is_empty(&self) -> bool {
+        self.segment.is_none()
+            && self.r.is_none()
+            && self.f.is_none()
+            && self.abc.is_none()
+            && self.xyz.is_none()
+            && self.q.is_none()
     }
 
     /// The query string of this filter (for links and the export).
@@ -965,19 +1062,41 @@ pub async fn segments(
     let a = &v.analysis;
     let cur = a.currency.as_str();
     let filter = Filter::from_params(&p);
-    let rows: Vec<&CustomerRow> = a.customers.iter().filter(|r| filter.matches(r)).collect();
-    let export = format!("/ui/p/{portal}/segments.csv?{}", filter.query());
+    let query = filter.query();
+    // The page's rows: a slice of the customers, or of the matches of one filtering pass.
+    let matches: Vec<&CustomerRow> = if filter.is_empty() {
+        Vec::new()
+    } else {
+        filter.select(&v).collect()
+    };
+    let total = if filter.is_empty() {
+        a.customers.len()
+    } else {
+        matches.len()
+    };
+    let (page_no, pages) = page_of(&p, total, PAGE_ROWS);
+    let range = (page_no - 1) * PAGE_ROWS..(page_no * PAGE_ROWS).min(total);
+    let page_rows: Vec<&CustomerRow> = if filter.is_empty() {
+        a.customers[range].iter().collect()
+    } else {
+        matches[range].to_vec()
+    };
+    let export = format!("/ui/p/{portal}/segments.csv?{query}");
+    let export_xlsx = format!("/ui/p/{portal}/segments.xlsx?{query}");
     let sel = |cur: Option<&str>, v: &str| cur.is_some_and(|c| c.eq_ignore_ascii_case(v));
     let body = html! {
         h2 { (l.t("Segments", "Сегменты")) }
         table {
-            tr { th { (l.t("Segment", "Сегмент")) } th.n { (l.t("Customers", "Клиентов")) } th.n { (l.t("Revenue", "Выручка")) } th { "CSV" } }
+            tr { th { (l.t("Segment", "Сегмент")) } th.n { (l.t("Customers", "Клиентов")) } th.n { (l.t("Revenue", "Выручка")) } th { (l.t("Export", "Выгрузка")) } }
             @for s in &a.segments {
                 tr data-segment=(s.segment.as_str()) {
                     td { a href={"?segment=" (s.segment.as_str())} { (l.segment(s.segment)) } }
                     td.n { (s.customers) }
                     td.n { (money(s.revenue, cur)) }
-                    td { a href={"/ui/p/" (portal) "/segments.csv?segment=" (s.segment.as_str())} { "CSV" } }
+                    td {
+                        a href={"/ui/p/" (portal) "/segments.csv?segment=" (s.segment.as_str())} { "CSV" } " · "
+                        a href={"/ui/p/" (portal) "/segments.xlsx?segment=" (s.segment.as_str())} { "XLSX" }
+                    }
                 }
             }
         }
@@ -996,26 +1115,29 @@ pub async fn segments(
             label { "XYZ" select name="xyz" { option value="" { "—" } @for x in ["X", "Y", "Z"] { option value=(x) selected[sel(filter.xyz.as_deref(), x)] { (x) } } } }
             button type="submit" { (l.t("Show", "Показать")) }
             a.button href=(export) data-export="csv" { (l.t("Export CSV", "Выгрузить CSV")) }
+            a.button href=(export_xlsx) data-export="xlsx" { (l.t("Export XLSX", "Выгрузить XLSX")) }
         }
-        p data-count=(rows.len()) {
-            (l.t("Customers found: ", "Найдено клиентов: ")) strong { (rows.len()) }
-            @if rows.len() > MAX_ROWS { " " (l.t("(first 500 shown; the export has all)", "(показаны первые 500; в выгрузке все)")) }
+        p data-count=(total) {
+            (l.t("Customers found: ", "Найдено клиентов: ")) strong { (total) }
+            @if pages > 1 { " " (l.t("(100 per page; the exports have all)", "(по 100 на странице; в выгрузках все)")) }
         }
+        (pager(l, &query, page_no, pages))
         table {
             tr {
                 th { (l.t("Customer", "Клиент")) } th { (l.t("Name", "Имя")) } th { (l.t("Phones", "Телефоны")) } th { "Email" }
                 th { (l.t("Segment", "Сегмент")) } th { "RFM" } th { "ABC/XYZ" } th.n { (l.t("Purchases", "Покупок")) }
                 th.n { (l.t("Revenue", "Выручка")) } th { (l.t("Last purchase", "Последняя покупка")) } th { (l.t("Cycle", "Цикл")) }
             }
-            @for r in rows.iter().take(MAX_ROWS) {
+            @for r in &page_rows {
                 tr data-key=(r.key) {
                     td { (r.key) } td { (r.name) } td { (r.phones.join(", ")) } td { (r.emails.join(", ")) }
                     td { (l.segment(r.rfm_segment)) } td { (r.r) (r.f) (r.m) } td { (r.abc.as_str()) (r.xyz.as_str()) }
-                    td.n { (r.purchases) } td.n { (money(r.revenue, cur)) } td { (r.last_purchase) }
+                    td.n { (r.purchases) } td.n data-value=(r.revenue) { (money(r.revenue, cur)) } td { (r.last_purchase) }
                     td { @if let Some(s) = r.cycle_status { (l.cycle(s)) } }
                 }
             }
         }
+        (pager(l, &query, page_no, pages))
     };
     let title = format!("{} · {}", portal, l.t("Segments", "Сегменты"));
     page(&ui, &c, &title, Some((&portal, "/segments")), body)
@@ -1029,31 +1151,68 @@ pub async fn export_csv(
     headers: HeaderMap,
     Query(p): Query<Params>,
 ) -> Response {
-    let (_, v) = match portal_ctx(&ui, &headers, &p, &portal).await {
+    export(ui, portal, headers, p, false).await
+}
+
+/// `GET /ui/p/{portal}/segments.xlsx`: the same rows and columns as the CSV in an XLSX sheet
+/// (phones and emails as text, numbers as numbers, dates as dates).
+pub async fn export_xlsx(
+    State(ui): State<UiState>,
+    Path(portal): Path<String>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    export(ui, portal, headers, p, true).await
+}
+
+async fn export(
+    ui: UiState,
+    portal: String,
+    headers: HeaderMap,
+    p: Params,
+    xlsx: bool,
+) -> Response {
+    let (c, v) = match portal_ctx(&ui, &headers, &p, &portal).await {
         Ok(x) => x,
         Err(r) => return r,
     };
     let filter = Filter::from_params(&p);
-    let mut out = Vec::new();
-    if let Err(e) = render::write_segments(
-        v.analysis.customers.iter().filter(|r| filter.matches(r)),
-        render::Format::Csv,
-        &mut out,
-    ) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
-    }
     let name = format!(
-        "{}-{}-{}.csv",
+        "{}-{}-{}.{}",
         portal.replace(
             |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
             ""
         ),
         filter.slug(),
-        v.analysis.as_of_date
+        v.analysis.as_of_date,
+        if xlsx { "xlsx" } else { "csv" }
     );
+    // A whole base takes a while to write: off the request threads.
+    let built = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        let rows = filter.select(&v);
+        if xlsx {
+            render::write_segments_xlsx(rows).map_err(|e| e.to_string())
+        } else {
+            let mut out = Vec::new();
+            render::write_segments(rows, render::Format::Csv, &mut out)
+                .map_err(|e| e.to_string())?;
+            Ok(out)
+        }
+    })
+    .await;
+    let out = match built {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return error_page(&c, StatusCode::UNPROCESSABLE_ENTITY, &e),
+        Err(e) => return error_page(&c, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let content_type = if xlsx {
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    } else {
+        "text/csv; charset=utf-8"
+    };
     (
         [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (header::CONTENT_TYPE, content_type.to_string()),
             (
                 header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"{name}\""),
@@ -1064,7 +1223,17 @@ pub async fn export_csv(
         .into_response()
 }
 
-/// `GET /ui/p/{portal}/touches`: outbox entries, newest first, with the CRM's answer.
+fn state_name(s: &ActionState) -> &'static str {
+    match s {
+        ActionState::Pending => "pending",
+        ActionState::InFlight { .. } => "in_flight",
+        ActionState::Done { .. } => "done",
+        ActionState::Failed { .. } => "failed",
+    }
+}
+
+/// `GET /ui/p/{portal}/touches`: actions by day, the outbox (newest first, 100 a page) with
+/// the CRM's answer and a retry button on failures, and the dry-run plan with its apply button.
 pub async fn touches(
     State(ui): State<UiState>,
     Path(portal): Path<String>,
@@ -1083,49 +1252,120 @@ pub async fn touches(
             l.t("No such portal.", "Нет такого портала."),
         );
     };
-    let loaded = tokio::task::spawn_blocking(move || rt.store.outbox_all()).await;
-    let mut entries = match loaded {
-        Ok(Ok(e)) => e,
-        Ok(Err(e)) => return error_page(&c, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        Err(e) => return error_page(&c, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    let snap = match ui.outbox(&rt).await {
+        Ok(s) => s,
+        Err(e) => return error_page(&c, StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
     };
-    entries.sort_by_key(|e| std::cmp::Reverse(e.seq));
-    let state_name = |s: &ActionState| match s {
-        ActionState::Pending => "pending",
-        ActionState::InFlight { .. } => "in_flight",
-        ActionState::Done { .. } => "done",
-        ActionState::Failed { .. } => "failed",
-    };
+    let entries = &snap.entries;
+    let days = &snap.days;
     let label = |k: &str| match k {
         "pending" => l.t("planned", "запланировано"),
         "in_flight" => l.t("sending", "отправляется"),
         "done" => l.t("applied", "применено"),
         _ => l.t("failed", "ошибка"),
     };
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for e in &entries {
-        *counts.entry(state_name(&e.state)).or_default() += 1;
-    }
+    let counts: HashMap<&str, usize> = ["pending", "in_flight", "done", "failed"]
+        .into_iter()
+        .zip(snap.counts)
+        .collect();
     let want = nonempty(&p.state);
     let shown: Vec<_> = entries
         .iter()
         .filter(|e| want.is_none_or(|w| state_name(&e.state) == w))
         .collect();
+    let (page_no, pages) = page_of(&p, shown.len(), PAGE_TOUCHES);
+    let range = (page_no - 1) * PAGE_TOUCHES..(page_no * PAGE_TOUCHES).min(shown.len());
+    let query = want.map_or_else(String::new, |w| format!("state={w}"));
+    let run = ui.dry_run(&rt.cfg.id);
+    let csrf = c.session.csrf.clone();
     let body = html! {
+        @if let Some(n) = nonempty(&p.applied) {
+            p.ok data-notice="applied" {
+                (l.t("Plan applied: new actions in the outbox: ", "План применён: новых действий в очереди: ")) strong { (n) }
+                @if let Some(a) = nonempty(&p.already) { "; " (l.t("already there: ", "уже были: ")) (a) }
+                ". " (l.t("They are being sent to the CRM.", "Они отправляются в CRM."))
+            }
+        }
+        @if let Some(k) = nonempty(&p.retried) {
+            p.ok data-notice="retried" { (l.t("Queued again: ", "Снова в очереди: ")) code { (k) } }
+        }
+        h2 id="plan" { (l.t("Dry-run plan", "План (без записи)")) }
+        @match run.as_deref() {
+            Some(crate::ui::DryRun { plan: Ok(plan), id, computed_at }) => {
+                p data-plan-actions=(plan.actions.len()) {
+                    (l.t("Plan as of ", "План на ")) (ts(Some(plan.as_of))) " (" (plan.as_of_date) "): "
+                    strong { (plan.actions.len()) } " " (l.t("action(s); nothing is written until it is applied.", "действий; ничего не записано, пока план не применён."))
+                    " " small { (l.t("computed ", "рассчитан ")) (ts(Some(*computed_at))) }
+                }
+                @if !plan.actions.is_empty() {
+                    table {
+                        tr { th { (l.t("Rule", "Правило")) } th.n { (l.t("Actions", "Действий")) } }
+                        @for (rule, n) in plan.counts() { tr data-rule=(rule) { td { (rule) } td.n data-value=(n) { (n) } } }
+                    }
+                }
+                @if plan.funnel_without_deal > 0 {
+                    p { (plan.funnel_without_deal) " " (l.t("customer(s) get a new deal in the funnel pipeline.", "клиентам будет создана сделка в воронке.")) }
+                }
+                @if !plan.skipped.is_empty() {
+                    p { (l.t("Skipped: ", "Пропущено: ")) (plan.skipped.len()) }
+                }
+                form method="post" action={"/ui/p/" (portal) "/apply"} style="display:inline" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    input type="hidden" name="plan" value=(id);
+                    button type="submit" data-action="apply" disabled[plan.actions.is_empty()] { (l.t("Apply the plan", "Применить план")) }
+                }
+                " "
+                form method="post" action={"/ui/p/" (portal) "/plan"} style="display:inline" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button type="submit" data-action="plan" { (l.t("Plan again", "Пересчитать план")) }
+                }
+                @if !plan.actions.is_empty() {
+                    table {
+                        tr { th { (l.t("Rule", "Правило")) } th { (l.t("Customer", "Клиент")) } th { (l.t("Action", "Действие")) } th { (l.t("Key", "Ключ")) } }
+                        @for a in plan.actions.iter().take(PLAN_ROWS) {
+                            tr data-plan-action=(a.key) { td { (a.rule) } td { (a.customer) } td { (a.summary) } td { small { (a.key) } } }
+                        }
+                    }
+                    @if plan.actions.len() > PLAN_ROWS { p { (l.t("First 200 actions shown.", "Показаны первые 200 действий.")) } }
+                }
+            }
+            Some(crate::ui::DryRun { plan: Err(e), .. }) => {
+                p.err data-plan-error="" { (e) }
+                form method="post" action={"/ui/p/" (portal) "/plan"} {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button type="submit" data-action="plan" { (l.t("Plan again", "Пересчитать план")) }
+                }
+            }
+            None => {
+                p { (l.t("Plan the playbooks now to see what would be written before anything is sent.", "Рассчитайте план по сценариям, чтобы увидеть, что будет записано, до отправки.")) }
+                form method="post" action={"/ui/p/" (portal) "/plan"} {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button type="submit" data-action="plan" { (l.t("Plan now (dry run)", "Рассчитать план (без записи)")) }
+                }
+            }
+        }
+        h2 { (l.t("By day", "По дням")) }
+        table {
+            tr { th { (l.t("Day", "День")) } th.n { (l.t("Planned", "Запланировано")) } th.n { (l.t("Applied", "Применено")) } th.n { (l.t("Failed", "Ошибок")) } }
+            @for (d, [planned, done, failed]) in days.iter().rev().take(14) {
+                tr data-day=(d) { td { (d) } td.n { (planned) } td.n { (done) } td.n class=[(*failed > 0).then_some("err")] { (failed) } }
+            }
+        }
+        h2 { (l.t("Outbox", "Очередь")) }
         p {
             a href="?" class=[want.is_none().then_some("cur")] { (l.t("all", "все")) " (" (entries.len()) ")" }
             @for k in ["pending", "in_flight", "done", "failed"] {
                 " · " a href={"?state=" (k)} data-state-count=(k) data-value=(counts.get(k).copied().unwrap_or(0)) { (label(k)) " (" (counts.get(k).copied().unwrap_or(0)) ")" }
             }
         }
-        @if shown.len() > MAX_TOUCHES { p { (l.t("Newest 1000 shown.", "Показаны последние 1000.")) } }
+        (pager(l, &query, page_no, pages))
         table {
             tr {
                 th { (l.t("Planned at", "Запланировано")) } th { (l.t("Rule", "Правило")) } th { (l.t("Customer", "Клиент")) }
                 th { (l.t("Action", "Действие")) } th { (l.t("State", "Состояние")) } th.n { (l.t("Attempts", "Попыток")) }
-                th { (l.t("CRM answer", "Ответ CRM")) }
+                th { (l.t("CRM answer", "Ответ CRM")) } th {}
             }
-            @for e in shown.iter().take(MAX_TOUCHES) {
+            @for e in &shown[range] {
                 @let st = state_name(&e.state);
                 tr data-touch=(e.action.key) data-state=(st) {
                     td { (ts(Some(e.created_at))) } td { (e.action.rule) } td { (e.action.customer) } td { (e.action.summary) }
@@ -1140,12 +1380,354 @@ pub async fn touches(
                         }
                         @if let Some(err) = &e.last_error { br; small.err { (err) } }
                     }
+                    td {
+                        @if st == "failed" {
+                            form method="post" action={"/ui/p/" (portal) "/touches/retry"} {
+                                input type="hidden" name="csrf" value=(csrf);
+                                input type="hidden" name="key" value=(e.action.key);
+                                button type="submit" data-action="retry" { (l.t("Retry", "Повторить")) }
+                            }
+                        }
+                    }
                 }
             }
         }
+        (pager(l, &query, page_no, pages))
     };
     let title = format!("{} · {}", portal, l.t("Touches", "Касания"));
     page(&ui, &c, &title, Some((&portal, "/touches")), body)
+}
+
+/// The portal of a POST, after its session and CSRF check.
+fn post_portal(
+    ui: &UiState,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+    portal: &str,
+) -> Result<crate::server::PortalRuntime, Response> {
+    check_post(ui, headers, form)?;
+    ui.app
+        .portal(portal)
+        .cloned()
+        .ok_or_else(|| (StatusCode::NOT_FOUND, "no such portal").into_response())
+}
+
+fn touches_url(portal: &str, query: &str) -> String {
+    let portal: String = url::form_urlencoded::byte_serialize(portal.as_bytes()).collect();
+    if query.is_empty() {
+        format!("/ui/p/{portal}/touches")
+    } else {
+        format!("/ui/p/{portal}/touches?{query}")
+    }
+}
+
+/// `POST /ui/p/{portal}/touches/retry` (`key`, `csrf`): puts a failed action back in the
+/// outbox and wakes the portal's drainer.
+pub async fn retry(
+    State(ui): State<UiState>,
+    Path(portal): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let rt = match post_portal(&ui, &headers, &form, &portal) {
+        Ok(rt) => rt,
+        Err(r) => return r,
+    };
+    let Some(key) = form.get("key").cloned().filter(|k| !k.is_empty()) else {
+        return (StatusCode::BAD_REQUEST, "missing key").into_response();
+    };
+    let k = key.clone();
+    match rt.store.blocking(move |s| s.outbox_retry(&k)).await {
+        Ok(crate::outbox::RetryOutcome::Requeued) => {
+            tracing::info!(portal = %rt.cfg.id, key = %key, "ui: failed action queued again");
+            ui.invalidate_outbox(&rt.cfg.id);
+            rt.drain_now.notify_one();
+            let q = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("retried", &key)
+                .finish();
+            Redirect::to(&touches_url(&portal, &q)).into_response()
+        }
+        Ok(crate::outbox::RetryOutcome::NotFailed) => (
+            StatusCode::CONFLICT,
+            "this action has not failed (it is pending, being sent or done): nothing to retry",
+        )
+            .into_response(),
+        Ok(crate::outbox::RetryOutcome::Missing) => {
+            (StatusCode::NOT_FOUND, "no such action in the outbox").into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// `POST /ui/p/{portal}/plan` (`csrf`): plans the portal now as `rebuy plan` does (nothing is
+/// written) and keeps the plan for the apply button.
+pub async fn dry_run(
+    State(ui): State<UiState>,
+    Path(portal): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let rt = match post_portal(&ui, &headers, &form, &portal) {
+        Ok(rt) => rt,
+        Err(r) => return r,
+    };
+    // The connector is read only for the custom-field list when the mapping names fields.
+    let handle = rt.handle().ok();
+    let plan = crate::writeback::plan_portal(
+        &rt.cfg,
+        &rt.store,
+        handle.as_ref().map(|h| h.connector.as_ref()),
+        ui.app.playbooks_dir.as_deref(),
+        jiff::Timestamp::now(),
+    )
+    .await
+    .map_err(|e| format!("{e:#}"));
+    ui.set_dry_run(
+        &rt.cfg.id,
+        crate::ui::DryRun {
+            id: auth::random_token(),
+            plan,
+            computed_at: jiff::Timestamp::now(),
+        },
+    );
+    Redirect::to(&format!("{}#plan", touches_url(&portal, ""))).into_response()
+}
+
+/// `POST /ui/p/{portal}/apply` (`csrf`, `plan`): commits the dry-run plan the person saw to the
+/// outbox ([`crate::writeback::enqueue_plan`], as `rebuy apply` does; known keys are skipped)
+/// and wakes the portal's drainer, which sends it under the CRM's rate limit.
+pub async fn apply(
+    State(ui): State<UiState>,
+    Path(portal): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let rt = match post_portal(&ui, &headers, &form, &portal) {
+        Ok(rt) => rt,
+        Err(r) => return r,
+    };
+    let plan_id = form.get("plan").map(String::as_str).unwrap_or("");
+    let Some(run) = ui.take_dry_run(&rt.cfg.id, plan_id) else {
+        return (
+            StatusCode::CONFLICT,
+            "this plan is no longer the current one (applied already, or planned again): open the touches page and plan again",
+        )
+            .into_response();
+    };
+    let Ok(plan) = &run.plan else {
+        return (StatusCode::CONFLICT, "the plan failed: nothing to apply").into_response();
+    };
+    match crate::writeback::enqueue_plan(&rt.store, plan).await {
+        Ok(r) => {
+            tracing::info!(portal = %rt.cfg.id, new = r.added, already = r.already, "ui: plan applied");
+            ui.invalidate_outbox(&rt.cfg.id);
+            rt.drain_now.notify_one();
+            let q = format!("applied={}&already={}", r.added, r.already);
+            Redirect::to(&touches_url(&portal, &q)).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
+    }
+}
+
+/// `GET /ui/p/{portal}/mapping`: the CRM's pipelines, stages, users and fields, which of them
+/// the mapping and playbooks use, and the problems `rebuy mapping` finds (the same
+/// [`crate::writeback::mapping_report`]). When the CRM cannot be reached, the cached pipelines
+/// and users stand in and the page says so.
+pub async fn mapping(
+    State(ui): State<UiState>,
+    Path(portal): Path<String>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    let c = match ctx(&ui, &headers, &p) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let l = c.lang;
+    let Some(rt) = ui.app.portal(&portal).cloned() else {
+        return error_page(
+            &c,
+            StatusCode::NOT_FOUND,
+            l.t("No such portal.", "Нет такого портала."),
+        );
+    };
+    let report = match rt.handle() {
+        Ok(h) => {
+            crate::writeback::mapping_report(
+                &rt.cfg,
+                &rt.store,
+                h.connector.as_ref(),
+                ui.app.playbooks_dir.as_deref(),
+                Some(MAPPING_CRM_WAIT),
+            )
+            .await
+        }
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    };
+    let r = match report {
+        Ok(r) => r,
+        Err(e) => {
+            return error_page(&c, StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}"));
+        }
+    };
+    let body = mapping_body(l, &rt.cfg, &r);
+    let title = format!("{} · {}", portal, l.t("Mapping", "Сопоставление"));
+    page(&ui, &c, &title, Some((&portal, "/mapping")), body)
+}
+
+fn mapping_body(
+    l: Lang,
+    cfg: &crate::config::PortalConfig,
+    r: &crate::writeback::MappingReport,
+) -> Markup {
+    use std::collections::BTreeMap;
+    // What each pipeline, stage, user and field is used for.
+    let mut pipeline_use: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    let mut stage_use: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut user_use: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+    let mut field_use: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    let sales = &cfg.analytics.sale_pipelines;
+    for pl in &r.pipelines {
+        if sales.is_empty() || sales.contains(&pl.id.0) {
+            pipeline_use
+                .entry(pl.id.0.to_string())
+                .or_default()
+                .push(l.t("sales analytics", "аналитика продаж"));
+        }
+        for st in &pl.stages {
+            if cfg.analytics.sale_stages.contains(&st.id.0) {
+                stage_use
+                    .entry(st.id.0.clone())
+                    .or_default()
+                    .push(l.t("sale stage", "этап продажи").to_string());
+            }
+        }
+    }
+    if let Some(rules) = &r.rules {
+        if let Some(rep) = &rules.repeat {
+            pipeline_use
+                .entry(rep.pipeline.0.to_string())
+                .or_default()
+                .push(l.t("repeat routing", "повторные продажи"));
+            stage_use
+                .entry(rep.stage.0.clone())
+                .or_default()
+                .push(l.t("routed deals", "сюда попадают повторные").to_string());
+        }
+        if let Some(f) = &rules.funnel {
+            pipeline_use
+                .entry(f.pipeline.0.to_string())
+                .or_default()
+                .push(l.t("customer funnel", "воронка клиентов"));
+            for (i, (id, _)) in f.stages.iter().enumerate() {
+                stage_use.entry(id.0.clone()).or_default().push(format!(
+                    "{} {}",
+                    l.t("funnel step", "шаг воронки"),
+                    i + 1
+                ));
+            }
+        }
+        if let Some(u) = rules.default_responsible {
+            user_use
+                .entry(u.0)
+                .or_default()
+                .push(l.t("default responsible", "ответственный по умолчанию"));
+        }
+        if let Some(f) = &rules.fields {
+            for (id, what) in [
+                (&f.rfm_segment, l.t("RFM segment", "RFM-сегмент")),
+                (&f.abc, "ABC"),
+                (&f.xyz, "XYZ"),
+            ] {
+                if let Some(id) = id {
+                    field_use.entry(id.clone()).or_default().push(what);
+                }
+            }
+            if let Some((id, _)) = &f.next_purchase {
+                field_use
+                    .entry(id.clone())
+                    .or_default()
+                    .push(l.t("next purchase", "следующая покупка"));
+            }
+        }
+    }
+    let mapping = crate::playbooks::mapping::parse(&cfg.mapping).unwrap_or_default();
+    html! {
+        @if let Some(why) = &r.offline {
+            div.warn data-offline="" {
+                strong { (l.t("The CRM could not be reached: ", "CRM недоступна: ")) }
+                (why) br;
+                (l.t("Showing the pipelines and users cached by the last sync; custom fields are not known.", "Показаны воронки и пользователи из кэша последней синхронизации; пользовательские поля неизвестны."))
+            }
+        }
+        @if r.problems.is_empty() && r.test_failures.is_empty() {
+            p.ok data-mapping="ok" {
+                (l.t("The mapping and playbooks resolve against the CRM", "Сопоставление и сценарии сходятся с CRM"))
+                " (" (r.test_cases) " " (l.t("playbook test case(s) pass", "тестов сценариев проходят")) ")."
+            }
+        } @else {
+            div.warn data-mapping="problems" {
+                strong { (r.problems.len() + r.test_failures.len()) " " (l.t("problem(s):", "проблем(ы):")) }
+                ul {
+                    @for pr in &r.problems { li data-problem=(pr.key) { (pr.to_string()) } }
+                    @for f in &r.test_failures { li data-problem="test" { (f) } }
+                }
+            }
+        }
+        h2 { (l.t("Playbooks", "Сценарии")) }
+        @if mapping.playbooks.is_empty() {
+            p { (l.t("No playbooks in the mapping.", "В сопоставлении нет сценариев.")) }
+        } @else {
+            ul { @for pb in &mapping.playbooks { li data-playbook=(pb) { (pb) } } }
+        }
+        @if let Some(rules) = &r.rules {
+            p { (l.t("Touch rules: ", "Правил касаний: ")) strong data-rules=(rules.rules.len()) { (rules.rules.len()) } }
+        }
+        h2 { (l.t("Pipelines and stages", "Воронки и этапы")) }
+        table {
+            tr { th { (l.t("Pipeline / stage", "Воронка / этап")) } th { "id" } th { (l.t("Kind", "Тип")) } th { (l.t("Used for", "Используется")) } }
+            @for pl in &r.pipelines {
+                tr data-pipeline=(pl.id.0) {
+                    th { (pl.name) @if pl.is_main { " " small { (l.t("(main)", "(основная)")) } } }
+                    td { (pl.id.0) } td {}
+                    td data-used=(pipeline_use.get(&pl.id.0.to_string()).map_or(0, Vec::len)) {
+                        @if let Some(u) = pipeline_use.get(&pl.id.0.to_string()) { (u.join(", ")) }
+                    }
+                }
+                @for st in &pl.stages {
+                    tr data-stage=(st.id.0) {
+                        td { "    " (st.name) } td { (st.id.0) } td { (format!("{:?}", st.kind)) }
+                        td { @if let Some(u) = stage_use.get(&st.id.0) { (u.join(", ")) } }
+                    }
+                }
+            }
+        }
+        h2 { (l.t("Users", "Пользователи")) }
+        table {
+            tr { th { (l.t("Name", "Имя")) } th { "id" } th { (l.t("Active", "Активен")) } th { (l.t("Used for", "Используется")) } }
+            @for u in &r.users {
+                tr data-user=(u.id.0) {
+                    td { (u.name) } td { (u.id.0) } td { @if u.active { "✓" } @else { "—" } }
+                    td { @if let Some(x) = user_use.get(&u.id.0) { (x.join(", ")) } }
+                }
+            }
+        }
+        h2 { (l.t("Custom fields", "Пользовательские поля")) }
+        @match &r.fields {
+            Some(fields) => {
+                table {
+                    tr { th { (l.t("Entity", "Сущность")) } th { (l.t("Name", "Название")) } th { "id" } th { (l.t("Type", "Тип")) } th { (l.t("Used for", "Используется")) } }
+                    @for f in fields {
+                        tr data-field=(f.id) {
+                            td { (f.entity.as_str()) } td { (f.name) } td { (f.id) } td { (f.field_type) @if let Some(code) = &f.code { " [" (code) "]" } }
+                            td data-used=(field_use.get(&f.id.to_string()).map_or(0, Vec::len)) { @if let Some(x) = field_use.get(&f.id.to_string()) { (x.join(", ")) } }
+                        }
+                    }
+                }
+            }
+            None => p { (l.t("Not listed (the CRM was not reached, or its connector does not list fields).", "Не получены (CRM недоступна или её коннектор не отдаёт список полей).")) }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,49 @@ fn config_check_lists_every_problem() {
 }
 
 #[test]
+fn config_check_lists_ui_problems_and_ignores_the_ui_env_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_config(dir.path(), &[("one", "http://127.0.0.1:9", 7)]);
+    // The dashboard's fallback login and the browser tests' switch are not config keys.
+    let env = [
+        ("REBUY_UI_USER", "admin"),
+        ("REBUY_UI_PASSWORD", "pw"),
+        ("REBUY_REQUIRE_BROWSER", "1"),
+    ];
+    let out = rebuy(
+        &["--config", good.to_str().unwrap(), "config", "check"],
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = dir.path().join("bad-ui.toml");
+    let text = std::fs::read_to_string(&good).unwrap()
+        + r#"
+        [server.ui]
+        default_lang = "fr"
+        [[server.ui.users]]
+        name = "anna"
+        password_env = "REBUY_TEST_UNSET_UI_PASSWORD"
+        "#;
+    std::fs::write(&bad, text).unwrap();
+    let out = rebuy(
+        &["--config", bad.to_str().unwrap(), "config", "check"],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "bad-ui.toml: server.ui.default_lang: \"fr\" is not a language",
+        "server.ui.users[0].password_env: environment variable REBUY_TEST_UNSET_UI_PASSWORD is not set",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
+#[test]
 fn unknown_portal_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &[("one", "http://127.0.0.1:9", 7)]);

@@ -1,6 +1,7 @@
 //! End-to-end tests of the whole sidecar against the emulators, on 127.0.0.1 ports.
 //! One test binary (ripgrep / svix style); each module is one area.
 mod bitrix;
+mod browser;
 mod cli;
 mod serve;
 mod support;

@@ -8,8 +8,6 @@ use rebuy::server::AppState;
 use rebuy::ui::UiSettings;
 use rebuy_core::{DealId, PipelineId, StageId, WriteOp};
 use rebuy_emulator::amocrm::AmoConfig;
-use secrecy::SecretString;
-use std::time::Duration;
 
 const USER: &str = "admin";
 const PASSWORD: &str = "correct horse battery staple";
@@ -93,6 +91,23 @@ impl Client {
         Self::resp(r.send().await.unwrap()).await
     }
 
+    async fn get_bytes(
+        &self,
+        path: &str,
+        cookie: &str,
+    ) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        (status, headers, r.bytes().await.unwrap().to_vec())
+    }
+
     async fn post(&self, path: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> Resp {
         let mut r = self.http.post(format!("{}{path}", self.base)).form(form);
         if let Some(c) = cookie {
@@ -145,12 +160,9 @@ async fn serve(app: axum::Router) -> String {
 }
 
 fn settings() -> UiSettings {
-    UiSettings {
-        admin_user: USER.into(),
-        admin_password_hash_or_plain: SecretString::from(PASSWORD),
-        cookie_secure: false,
-        cache_ttl: Duration::from_secs(300),
-    }
+    let mut s = UiSettings::single(USER, PASSWORD);
+    s.cookie_secure = false;
+    s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,7 +399,7 @@ async fn the_dashboard_logs_in_and_shows_the_analysis_of_the_cache() {
         )
         .await;
     assert_eq!(page.status, 200);
-    assert_eq!(keys_of(&page.body).len() as u64, seg.customers.min(500));
+    assert_eq!(keys_of(&page.body).len() as u64, seg.customers.min(100));
     let someone = want
         .customers
         .iter()
@@ -439,6 +451,25 @@ async fn the_dashboard_logs_in_and_shows_the_analysis_of_the_cache() {
         members.iter().any(|c| !c.phones.is_empty()),
         "the export carries phones"
     );
+    // The same segment as XLSX: same rows and columns, typed cells.
+    let (status, headers, bytes) = c
+        .get_bytes(
+            &format!("/ui/p/test/segments.xlsx?segment={}", seg.segment.as_str()),
+            &session,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers["content-type"],
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    );
+    assert!(
+        headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .ends_with(".xlsx\"")
+    );
+    assert_xlsx_equals(&bytes, &members);
 
     // Touches: the failed entry with the CRM's message, escaped.
     let t = c.get("/ui/p/test/touches", cookie).await;
@@ -520,4 +551,402 @@ async fn without_a_login_the_dashboard_is_off() {
         let r = reqwest::get(format!("{base}{path}")).await.unwrap();
         assert_eq!(r.status(), 404, "{path}");
     }
+}
+
+/// Asserts that an XLSX export holds exactly `want`'s rows in order, under the CSV's header:
+/// phones, emails, names and keys as text cells, counts and scores as numbers, amounts as
+/// numbers equal to the decimal, dates as date cells, flags as booleans.
+pub(crate) fn assert_xlsx_equals(bytes: &[u8], want: &[&rebuy::analytics::CustomerRow]) {
+    use calamine::{Data, Reader, Xlsx};
+    use rust_decimal::prelude::ToPrimitive;
+    let mut wb: Xlsx<_> = calamine::open_workbook_from_rs(std::io::Cursor::new(bytes.to_vec()))
+        .expect("a readable XLSX file");
+    let range = wb.worksheet_range("customers").expect("a customers sheet");
+    let rows: Vec<&[Data]> = range.rows().collect();
+    let header: Vec<String> = rows[0].iter().map(|c| c.to_string()).collect();
+    assert_eq!(header, rebuy::analytics::render::COLUMNS);
+    assert_eq!(rows.len() - 1, want.len(), "one row per customer");
+    let col = |n: &str| header.iter().position(|h| h == n).unwrap();
+    let text = |d: &Data| match d {
+        Data::String(s) => s.clone(),
+        Data::Empty => String::new(),
+        other => panic!("expected a text cell, got {other:?}"),
+    };
+    let num = |d: &Data| match d {
+        Data::Float(f) => *f,
+        Data::Int(i) => *i as f64,
+        other => panic!("expected a number cell, got {other:?}"),
+    };
+    // Excel's serial day number of a date (1900 date system).
+    let serial = |d: jiff::civil::Date| {
+        d.to_zoned(jiff::tz::TimeZone::UTC)
+            .unwrap()
+            .timestamp()
+            .as_second()
+            .div_euclid(86_400) as f64
+            + 25_569.0
+    };
+    let date = |d: &Data| match d {
+        Data::DateTime(x) => x.as_f64(),
+        other => panic!("expected a date cell, got {other:?}"),
+    };
+    for (row, c) in rows[1..].iter().zip(want) {
+        assert_eq!(text(&row[col("customer")]), c.key.to_string());
+        assert_eq!(text(&row[col("name")]), c.name);
+        assert_eq!(text(&row[col("phones")]), c.phones.join(";"));
+        assert_eq!(text(&row[col("emails")]), c.emails.join(";"));
+        assert_eq!(text(&row[col("rfm_segment")]), c.rfm_segment.as_str());
+        assert_eq!(num(&row[col("purchases")]), f64::from(c.purchases));
+        assert_eq!(num(&row[col("r")]), f64::from(c.r));
+        assert_eq!(num(&row[col("f")]), f64::from(c.f));
+        assert_eq!(num(&row[col("recency_days")]), c.recency_days as f64);
+        assert_eq!(num(&row[col("revenue")]), c.revenue.to_f64().unwrap());
+        assert_eq!(date(&row[col("first_purchase")]), serial(c.first_purchase));
+        assert_eq!(date(&row[col("last_purchase")]), serial(c.last_purchase));
+        assert_eq!(row[col("one_time")], Data::Bool(c.one_time));
+        assert_eq!(row[col("sleeping")], Data::Bool(c.sleeping));
+    }
+    assert!(
+        want.iter().any(|c| !c.phones.is_empty()),
+        "the export carries phones"
+    );
+}
+
+/// Logs in through the form; returns the session's `Cookie` value.
+async fn login(c: &Client) -> String {
+    let page = c.get("/ui/login", None).await;
+    let anon = cookie_pair(&page.set_cookie("rebuy_ui").unwrap());
+    let ok = c
+        .post(
+            "/ui/login",
+            Some(&anon),
+            &[
+                ("user", USER),
+                ("password", PASSWORD),
+                ("csrf", &csrf_of(&page.body)),
+            ],
+        )
+        .await;
+    assert_eq!(ok.status, 303);
+    cookie_pair(&ok.set_cookie("rebuy_ui").unwrap())
+}
+
+/// Every `attr="..."` value on a page, in order.
+fn attrs_of(html: &str, attr: &str) -> Vec<String> {
+    html.split(&format!(" {attr}=\""))
+        .skip(1)
+        .map(|s| s[..s.find('"').unwrap()].to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn touches_retry_plan_apply_and_the_mapping_page() {
+    use rebuy::outbox::RetryOutcome;
+    use rebuy_core::{Pipeline, PortalId, User};
+    // The demo mapping keeps the customer funnel on amoCRM customers.
+    let mut account = amo_config(73, 80, 300);
+    account.customers_mode = "periodicity".into();
+    let env = amo_env(account).await;
+    sync(&env, true).await.unwrap();
+    let mut cfg = config(env.dir.path(), &env.emu.base_url);
+    cfg.portals[0].mapping = rebuy::writeback::demo_mapping();
+    // A second portal whose CRM is down (nothing listens on port 1), with the first one's
+    // cache of pipelines and users and its tokens; its mapping names a pipeline that is not
+    // there.
+    let mut down = cfg.portals[0].clone();
+    down.id = PortalId("down".into());
+    down.base_url = "http://127.0.0.1:1/".parse().unwrap();
+    down.mapping = serde_json::json!({"repeat_pipeline": "No such pipeline"});
+    cfg.portals.push(down);
+    let pipelines: Vec<Pipeline> = env.store.all().unwrap();
+    let users: Vec<User> = env.store.all().unwrap();
+    let tokens = env.store.load_tokens().unwrap().unwrap();
+    drop(env.store);
+    let state = AppState::new(&cfg, true).unwrap();
+    let down_store = state.portal("down").unwrap().store.clone();
+    down_store
+        .write(|w| {
+            w.put_all(&pipelines)?;
+            w.put_all(&users)
+        })
+        .unwrap();
+    down_store.save_tokens(&tokens).unwrap();
+    let rt = state.portal("test").unwrap().clone();
+    let store = rt.store.clone();
+
+    // A failed touch.
+    let action = Action {
+        key: "test/after_purchase_7/contact:1/2026-01-01".into(),
+        op: WriteOp::MoveDeal {
+            deal: DealId(1),
+            pipeline: PipelineId(2),
+            stage: StageId("3".into()),
+        },
+        rule: "after_purchase_7".into(),
+        customer: "contact:1".into(),
+        summary: "move deal 1".into(),
+    };
+    store.outbox_enqueue(vec![action.clone()]).unwrap();
+    let mut entry = store.outbox_get(&action.key).unwrap().unwrap();
+    entry.attempts = 6;
+    entry.state = ActionState::Failed {
+        code: "rejected".into(),
+        message: "Stage 3 is closed".into(),
+        at: jiff::Timestamp::now(),
+    };
+    store.outbox_update(&[entry]).unwrap();
+
+    let app = axum::Router::new().nest("/ui", rebuy::ui::router(state.clone(), settings()));
+    let c = Client {
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        base: serve(app).await,
+    };
+    let session = login(&c).await;
+    let cookie = Some(session.as_str());
+
+    // Retry: a button on the failed row; CSRF-checked; the action is pending again.
+    let t = c.get("/ui/p/test/touches", cookie).await;
+    assert!(t.body.contains("data-action=\"retry\""));
+    let csrf = csrf_of(&t.body);
+    let key = action.key.as_str();
+    assert_eq!(
+        c.post("/ui/p/test/touches/retry", cookie, &[("key", key)])
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        c.post(
+            "/ui/p/test/touches/retry",
+            None,
+            &[("key", key), ("csrf", &csrf)]
+        )
+        .await
+        .status,
+        401
+    );
+    let r = c
+        .post(
+            "/ui/p/test/touches/retry",
+            cookie,
+            &[("key", key), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    assert!(r.location().starts_with("/ui/p/test/touches?retried="));
+    let e = store.outbox_get(key).unwrap().unwrap();
+    assert_eq!((e.state, e.attempts), (ActionState::Pending, 0));
+    assert_eq!(e.last_error.as_deref(), Some("rejected: Stage 3 is closed"));
+    let t = c.get(r.location(), cookie).await;
+    assert!(t.body.contains("data-notice=\"retried\""));
+    assert!(!t.body.contains("data-action=\"retry\""), "no failure left");
+    let again = c
+        .post(
+            "/ui/p/test/touches/retry",
+            cookie,
+            &[("key", key), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(again.status, 409, "only a failed action is retried");
+    assert_eq!(store.outbox_retry("nope").unwrap(), RetryOutcome::Missing);
+
+    // Dry run: nothing planned until asked; the plan shown is the library's.
+    assert!(!t.body.contains("data-plan-actions"));
+    assert_eq!(
+        c.post("/ui/p/test/plan", cookie, &[]).await.status,
+        403,
+        "CSRF"
+    );
+    let before = store.outbox_counts().unwrap();
+    let r = c.post("/ui/p/test/plan", cookie, &[("csrf", &csrf)]).await;
+    assert_eq!((r.status, r.location()), (303, "/ui/p/test/touches#plan"));
+    let conn = rt.handle().unwrap().connector;
+    let want = rebuy::writeback::plan_portal(
+        &rt.cfg,
+        &store,
+        Some(conn.as_ref()),
+        None,
+        jiff::Timestamp::now(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !want.actions.is_empty(),
+        "the demo playbooks plan something"
+    );
+    let t = c.get("/ui/p/test/touches", cookie).await;
+    assert_eq!(
+        attrs_of(&t.body, "data-plan-actions")[0],
+        want.actions.len().to_string()
+    );
+    for (rule, n) in want.counts() {
+        assert_eq!(
+            attr_after(&t.body, &format!("data-rule=\"{rule}\""), "data-value").unwrap(),
+            n.to_string(),
+            "rule {rule}"
+        );
+    }
+    let shown = attrs_of(&t.body, "data-plan-action");
+    let expected: Vec<String> = want
+        .actions
+        .iter()
+        .take(200)
+        .map(|a| a.key.clone())
+        .collect();
+    assert_eq!(shown, expected, "the plan's actions, in order");
+    assert_eq!(
+        store.outbox_counts().unwrap(),
+        before,
+        "a dry run writes nothing"
+    );
+
+    // Apply: only the plan the page showed, once.
+    let plan_id = attr_after(&t.body, "name=\"plan\"", "value").unwrap();
+    assert_eq!(
+        c.post(
+            "/ui/p/test/apply",
+            cookie,
+            &[("csrf", &csrf), ("plan", "not-the-plan")]
+        )
+        .await
+        .status,
+        409
+    );
+    assert_eq!(
+        c.post("/ui/p/test/apply", cookie, &[("plan", &plan_id)])
+            .await
+            .status,
+        403
+    );
+    let r = c
+        .post(
+            "/ui/p/test/apply",
+            cookie,
+            &[("csrf", &csrf), ("plan", &plan_id)],
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    let loc = r.location().to_owned();
+    let q: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(loc.split_once('?').unwrap().1.as_bytes())
+            .into_owned()
+            .collect();
+    let added: usize = q["applied"].parse().unwrap();
+    let already: usize = q["already"].parse().unwrap();
+    assert_eq!(added + already, want.actions.len());
+    for a in &want.actions {
+        assert!(
+            store.outbox_get(&a.key).unwrap().is_some(),
+            "{} in the outbox",
+            a.key
+        );
+    }
+    let t = c.get(&loc, cookie).await;
+    assert!(t.body.contains("data-notice=\"applied\""));
+    assert_eq!(
+        c.post(
+            "/ui/p/test/apply",
+            cookie,
+            &[("csrf", &csrf), ("plan", &plan_id)]
+        )
+        .await
+        .status,
+        409,
+        "an applied plan is gone"
+    );
+
+    // Mapping, live: the CRM's pipelines, users and fields, and `rebuy mapping`'s verdict.
+    let report = rebuy::writeback::mapping_report(&rt.cfg, &store, conn.as_ref(), None, None)
+        .await
+        .unwrap();
+    let m = c.get("/ui/p/test/mapping", cookie).await;
+    assert_eq!(m.status, 200);
+    assert!(!m.body.contains("data-offline"));
+    assert_eq!(
+        m.body.contains("data-mapping=\"ok\""),
+        report.ok(),
+        "{:?}",
+        report.problems
+    );
+    let ids = |v: Vec<String>| {
+        let mut v = v;
+        v.sort();
+        v
+    };
+    assert_eq!(
+        ids(attrs_of(&m.body, "data-pipeline")),
+        ids(env
+            .emu
+            .emulator
+            .with_data(|d| d.pipelines.keys().map(|k| k.to_string()).collect()))
+    );
+    assert_eq!(
+        ids(attrs_of(&m.body, "data-user")),
+        ids(report.users.iter().map(|u| u.id.0.to_string()).collect())
+    );
+    let fields = report.fields.as_ref().expect("amoCRM lists its fields");
+    assert_eq!(attrs_of(&m.body, "data-field").len(), fields.len());
+    assert!(
+        report.ok(),
+        "the demo mapping resolves: {:?}",
+        report.problems
+    );
+    let seg_field = fields
+        .iter()
+        .find(|f| f.name == "Сегмент" && f.entity == rebuy_core::EntityKind::Contacts)
+        .unwrap();
+    assert_ne!(
+        attr_after(
+            &m.body,
+            &format!("data-field=\"{}\"", seg_field.id),
+            "data-used"
+        )
+        .unwrap(),
+        "0",
+        "the segment field is marked as used"
+    );
+    for pb in attrs_of(&m.body, "data-playbook") {
+        assert!(
+            rebuy::writeback::demo_mapping()["playbooks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p == &serde_json::Value::String(pb.clone()))
+        );
+    }
+    assert!(!attrs_of(&m.body, "data-playbook").is_empty());
+
+    // Mapping, CRM down: the cached pipelines, said so, and the mapping's problems, within
+    // the page's wait for the CRM.
+    let asked = std::time::Instant::now();
+    let m = c.get("/ui/p/down/mapping", cookie).await;
+    assert!(
+        asked.elapsed() < rebuy::ui::pages::MAPPING_CRM_WAIT + std::time::Duration::from_secs(2)
+    );
+    assert_eq!(m.status, 200);
+    assert!(m.body.contains("data-offline"), "{}", m.body);
+    assert_eq!(
+        ids(attrs_of(&m.body, "data-pipeline")),
+        ids(pipelines.iter().map(|p| p.id.0.to_string()).collect())
+    );
+    let drt = state.portal("down").unwrap();
+    let down_report = rebuy::writeback::mapping_report(
+        &drt.cfg,
+        &drt.store,
+        drt.handle().unwrap().connector.as_ref(),
+        None,
+        Some(rebuy::ui::pages::MAPPING_CRM_WAIT),
+    )
+    .await
+    .unwrap();
+    assert!(down_report.offline.is_some());
+    assert!(!down_report.problems.is_empty());
+    assert!(m.body.contains("data-mapping=\"problems\""));
+    assert_eq!(
+        attrs_of(&m.body, "data-problem").len(),
+        down_report.problems.len()
+    );
 }
