@@ -22,9 +22,9 @@ use super::error::{ApiError, hal, item_errors};
 use super::render;
 use super::state::*;
 use super::writes::{
-    CfChange, CustomerWrite, Errs, FieldCreated, TagSpec, apply_cf, batch_response, get_str,
-    get_u64, parse_batch, parse_json, reject, request_id, resolve_tags, updated_item, validate_cf,
-    validate_tags,
+    CfChange, CustomerWrite, Errs, FieldCreated, TagSpec, apply_cf, batch_response, changed_keys,
+    get_str, get_u64, parse_batch, parse_json, reject, request_id, resolve_tags, updated_item,
+    validate_cf, validate_links, validate_tags,
 };
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -284,57 +284,15 @@ fn validate_customer(
     };
     let emb = item.get("_embedded");
     let tags = validate_tags(d, emb, &mut errs);
-    let mut contacts: Vec<AmoLeadContact> = Vec::new();
-    let mut company = None;
-    if creating && let Some(emb) = emb {
-        if let Some(arr) = emb.get("contacts").and_then(Value::as_array) {
-            for (k, c) in arr.iter().enumerate() {
-                match c.get("id").and_then(Value::as_u64) {
-                    Some(cid) if d.contacts.contains_key(&cid) => contacts.push(AmoLeadContact {
-                        id: cid,
-                        is_main: c
-                            .get("is_main")
-                            .and_then(Value::as_bool)
-                            .unwrap_or(contacts.is_empty()),
-                    }),
-                    Some(_) => errs.push(
-                        "NotFound",
-                        &format!("_embedded.contacts.{k}.id"),
-                        "Entity not found.",
-                    ),
-                    None => errs.invalid_type(&format!("_embedded.contacts.{k}.id"), "int"),
-                }
-            }
-        }
-        if let Some(arr) = emb.get("companies").and_then(Value::as_array) {
-            for (k, c) in arr.iter().enumerate().take(1) {
-                match c.get("id").and_then(Value::as_u64) {
-                    Some(cid) if d.companies.contains_key(&cid) => company = Some(cid),
-                    Some(_) => errs.push(
-                        "NotFound",
-                        &format!("_embedded.companies.{k}.id"),
-                        "Entity not found.",
-                    ),
-                    None => errs.invalid_type(&format!("_embedded.companies.{k}.id"), "int"),
-                }
-            }
-        }
-    }
+    let (contacts, company) = if creating {
+        validate_links(d, emb, &mut errs)
+    } else {
+        (Vec::new(), None)
+    };
     if !errs.0.is_empty() {
         return Err(item_errors(&rid, errs.0));
     }
-    let mut keys: Vec<String> = item
-        .as_object()
-        .map(|o| {
-            o.keys()
-                .filter(|k| *k != "id" && *k != "request_id" && *k != "_embedded")
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(e) = emb.and_then(Value::as_object) {
-        keys.extend(e.keys().map(|k| format!("_embedded.{k}")));
-    }
+    let keys = changed_keys(item, emb);
     Ok(CustomerChange {
         id,
         request_id: rid,

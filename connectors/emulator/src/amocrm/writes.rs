@@ -537,6 +537,70 @@ struct LeadChange {
 }
 
 /// Validates a lead item (`creating`: a POST item without `id`).
+/// The contacts (the first is main unless one says `is_main`) and the company linked by a new
+/// entity's `_embedded`, each checked to exist.
+pub(super) fn validate_links(
+    d: &AmoData,
+    emb: Option<&Value>,
+    errs: &mut Errs,
+) -> (Vec<AmoLeadContact>, Option<u64>) {
+    let mut contacts: Vec<AmoLeadContact> = Vec::new();
+    let mut company = None;
+    let Some(emb) = emb else {
+        return (contacts, company);
+    };
+    if let Some(arr) = emb.get("contacts").and_then(Value::as_array) {
+        for (k, c) in arr.iter().enumerate() {
+            match c.get("id").and_then(Value::as_u64) {
+                Some(cid) if d.contacts.contains_key(&cid) => contacts.push(AmoLeadContact {
+                    id: cid,
+                    is_main: c
+                        .get("is_main")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(contacts.is_empty()),
+                }),
+                Some(_) => errs.push(
+                    "NotFound",
+                    &format!("_embedded.contacts.{k}.id"),
+                    "Entity not found.",
+                ),
+                None => errs.invalid_type(&format!("_embedded.contacts.{k}.id"), "int"),
+            }
+        }
+    }
+    if let Some(arr) = emb.get("companies").and_then(Value::as_array) {
+        for (k, c) in arr.iter().enumerate().take(1) {
+            match c.get("id").and_then(Value::as_u64) {
+                Some(cid) if d.companies.contains_key(&cid) => company = Some(cid),
+                Some(_) => errs.push(
+                    "NotFound",
+                    &format!("_embedded.companies.{k}.id"),
+                    "Entity not found.",
+                ),
+                None => errs.invalid_type(&format!("_embedded.companies.{k}.id"), "int"),
+            }
+        }
+    }
+    (contacts, company)
+}
+
+/// The keys an item sets (`_embedded.*` spelled out), for the event log's changed fields.
+pub(super) fn changed_keys(item: &Value, emb: Option<&Value>) -> Vec<String> {
+    let mut keys: Vec<String> = item
+        .as_object()
+        .map(|o| {
+            o.keys()
+                .filter(|k| *k != "id" && *k != "request_id" && *k != "_embedded")
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(e) = emb.and_then(Value::as_object) {
+        keys.extend(e.keys().map(|k| format!("_embedded.{k}")));
+    }
+    keys
+}
+
 fn validate_lead(
     d: &AmoData,
     item: &Value,
@@ -636,57 +700,15 @@ fn validate_lead(
     };
     let emb = item.get("_embedded");
     let tags = validate_tags(d, emb, &mut errs);
-    let mut contacts = Vec::new();
-    let mut company = None;
-    if creating && let Some(emb) = emb {
-        if let Some(arr) = emb.get("contacts").and_then(Value::as_array) {
-            for (k, c) in arr.iter().enumerate() {
-                match c.get("id").and_then(Value::as_u64) {
-                    Some(cid) if d.contacts.contains_key(&cid) => contacts.push(AmoLeadContact {
-                        id: cid,
-                        is_main: c
-                            .get("is_main")
-                            .and_then(Value::as_bool)
-                            .unwrap_or(contacts.is_empty()),
-                    }),
-                    Some(_) => errs.push(
-                        "NotFound",
-                        &format!("_embedded.contacts.{k}.id"),
-                        "Entity not found.",
-                    ),
-                    None => errs.invalid_type(&format!("_embedded.contacts.{k}.id"), "int"),
-                }
-            }
-        }
-        if let Some(arr) = emb.get("companies").and_then(Value::as_array) {
-            for (k, c) in arr.iter().enumerate().take(1) {
-                match c.get("id").and_then(Value::as_u64) {
-                    Some(cid) if d.companies.contains_key(&cid) => company = Some(cid),
-                    Some(_) => errs.push(
-                        "NotFound",
-                        &format!("_embedded.companies.{k}.id"),
-                        "Entity not found.",
-                    ),
-                    None => errs.invalid_type(&format!("_embedded.companies.{k}.id"), "int"),
-                }
-            }
-        }
-    }
+    let (contacts, company) = if creating {
+        validate_links(d, emb, &mut errs)
+    } else {
+        (Vec::new(), None)
+    };
     if !errs.0.is_empty() {
         return Err(item_errors(&rid, errs.0));
     }
-    let mut keys: Vec<String> = item
-        .as_object()
-        .map(|o| {
-            o.keys()
-                .filter(|k| *k != "id" && *k != "request_id" && *k != "_embedded")
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(e) = emb.and_then(Value::as_object) {
-        keys.extend(e.keys().map(|k| format!("_embedded.{k}")));
-    }
+    let keys = changed_keys(item, emb);
     Ok(LeadChange {
         id,
         request_id: rid,
