@@ -259,14 +259,17 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     };
     let mut skipped = Vec::new();
     let mut funnel_without_deal = 0;
+    // Keys are unique by construction (one action per rule, customer and window). Every run
+    // is sorted (the routing actions here, the chunks on their threads): one k-way merge moves
+    // each action once, where a sort of the concatenation would merge the runs level by level.
+    actions.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    let mut runs = vec![actions];
     for (a, s, f) in results {
-        actions.extend(a);
+        runs.push(a);
         skipped.extend(s);
         funnel_without_deal += f;
     }
-    // Keys are unique by construction (one action per rule, customer and window). The stable
-    // sort finds the chunks' sorted runs and merges them.
-    actions.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut actions = merge_sorted_runs(runs);
     actions.dedup_by(|a, b| a.key == b.key);
     skipped.sort_by(|a, b| (&a.rule, &a.customer).cmp(&(&b.rule, &b.customer)));
     Plan {
@@ -277,6 +280,44 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         skipped,
         funnel_without_deal,
     }
+}
+
+/// Merges runs of actions each sorted by key into one sorted list. The heap holds each run's
+/// head key (moved out of its action, so sifting moves a `String`, not an action).
+fn merge_sorted_runs(runs: Vec<Vec<Action>>) -> Vec<Action> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    struct Runs {
+        iters: Vec<std::vec::IntoIter<Action>>,
+        heads: Vec<Option<Action>>,
+        heap: BinaryHeap<Reverse<(String, usize)>>,
+    }
+    impl Runs {
+        fn advance(&mut self, i: usize) {
+            if let Some(mut next) = self.iters[i].next() {
+                self.heap.push(Reverse((std::mem::take(&mut next.key), i)));
+                self.heads[i] = Some(next);
+            }
+        }
+    }
+    let total = runs.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(total);
+    let mut r = Runs {
+        heads: runs.iter().map(|_| None).collect(),
+        heap: BinaryHeap::with_capacity(runs.len()),
+        iters: runs.into_iter().map(Vec::into_iter).collect(),
+    };
+    for i in 0..r.iters.len() {
+        r.advance(i);
+    }
+    while let Some(Reverse((key, i))) = r.heap.pop() {
+        if let Some(mut a) = r.heads[i].take() {
+            a.key = key;
+            out.push(a);
+        }
+        r.advance(i);
+    }
+    out
 }
 
 /// The analysis row of a customer (rows are sorted by key).

@@ -700,3 +700,35 @@ fn the_customers_funnel_creates_once_then_moves_and_redates() {
             .contains("unknown customer status \"Нет такого\"")
     );
 }
+
+proptest::proptest! {
+    /// The k-way merge of sorted runs equals sorting their concatenation.
+    #[test]
+    fn merged_runs_equal_the_sorted_concatenation(
+        runs in proptest::collection::vec(proptest::collection::vec("[a-c]{0,4}", 0..20), 0..6)
+    ) {
+        let action = |key: &str| Action {
+            key: key.to_owned(),
+            op: WriteOp::FlagRepeat { deal: DealId(1) },
+            rule: "r".into(),
+            customer: key.to_owned(),
+            summary: String::new(),
+        };
+        let sorted_runs: Vec<Vec<Action>> = runs
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.sort();
+                r.iter().map(|k| action(k)).collect()
+            })
+            .collect();
+        let mut want: Vec<String> = runs.concat();
+        want.sort();
+        let got = merge_sorted_runs(sorted_runs);
+        let keys: Vec<&str> = got.iter().map(|a| a.key.as_str()).collect();
+        let customers: Vec<&str> = got.iter().map(|a| a.customer.as_str()).collect();
+        proptest::prop_assert_eq!(&keys, &want);
+        // Each key came back on its own action.
+        proptest::prop_assert_eq!(keys, customers);
+    }
+}
