@@ -509,16 +509,6 @@ pub fn router_from_config(state: AppState) -> Router {
     }
 }
 
-/// [`router`] with [`UiSettings::from_env`]; when the login is not configured, a router whose
-/// every route answers 404 (the dashboard is off). For `server::router`:
-/// `.nest("/ui", crate::ui::router_from_env(state.clone()))`.
-pub fn router_from_env(state: AppState) -> Router {
-    match UiSettings::from_env() {
-        Some(s) => router(state, s),
-        None => disabled(),
-    }
-}
-
 /// The router of a disabled dashboard: 404 everywhere.
 pub fn disabled() -> Router {
     Router::new().fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found") })
