@@ -315,14 +315,6 @@ impl Store {
         Ok(r)
     }
 
-    /// Writes a page of records and the sync state that follows it, in one transaction.
-    pub fn put_page<T: Record>(&self, items: &[T], state: &SyncState) -> Result<(), StoreError> {
-        self.write(|w| {
-            w.put_all(items)?;
-            w.set_sync_state(T::KIND, state)
-        })
-    }
-
     /// One record by id.
     pub fn get<T: Record>(&self, id: u64) -> Result<Option<T>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
@@ -646,7 +638,12 @@ mod tests {
                 updated_from: Some(Timestamp::from_second(5).unwrap()),
                 ..Default::default()
             };
-            store.put_page(&[contact(1), contact(2)], &state).unwrap();
+            store
+                .write(|w| {
+                    w.put_all(&[contact(1), contact(2)])?;
+                    w.set_sync_state(EntityKind::Contacts, &state)
+                })
+                .unwrap();
         }
         let store = Store::open(dir.path(), &portal).unwrap();
         assert_eq!(store.count(EntityKind::Contacts).unwrap(), 2);

@@ -614,6 +614,25 @@ fn portal_status(rt: crate::server::PortalRuntime, failed: anyhow::Result<u64>) 
 // ---------------------------------------------------------------------------------------------
 // Portal pages.
 
+/// The context and runtime of a portal page, or the response to send instead (404 for a
+/// portal the config does not have).
+fn portal_runtime<'a>(
+    ui: &'a UiState,
+    headers: &HeaderMap,
+    p: &Params,
+    portal: &str,
+) -> Result<(Ctx, &'a crate::server::PortalRuntime), Response> {
+    let c = ctx(ui, headers, p)?;
+    match ui.app.portal(portal) {
+        Some(rt) => Ok((c, rt)),
+        None => Err(error_page(
+            &c,
+            StatusCode::NOT_FOUND,
+            c.lang.t("No such portal.", "Нет такого портала."),
+        )),
+    }
+}
+
 /// The context and cached view of a portal page, or the response to send instead.
 async fn portal_ctx(
     ui: &UiState,
@@ -621,16 +640,8 @@ async fn portal_ctx(
     p: &Params,
     portal: &str,
 ) -> Result<(Ctx, std::sync::Arc<PortalView>), Response> {
-    let c = ctx(ui, headers, p)?;
-    let id = PortalId(portal.to_owned());
-    if !ui.app.portals.contains_key(&id) {
-        return Err(error_page(
-            &c,
-            StatusCode::NOT_FOUND,
-            c.lang.t("No such portal.", "Нет такого портала."),
-        ));
-    }
-    match ui.view(&id).await {
+    let (c, rt) = portal_runtime(ui, headers, p, portal)?;
+    match ui.view(&rt.cfg.id).await {
         Ok(v) => Ok((c, v)),
         Err(e) => {
             tracing::error!(portal, error = %e, "ui: analysis failed");
@@ -1240,18 +1251,11 @@ pub async fn touches(
     headers: HeaderMap,
     Query(p): Query<Params>,
 ) -> Response {
-    let c = match ctx(&ui, &headers, &p) {
-        Ok(c) => c,
+    let (c, rt) = match portal_runtime(&ui, &headers, &p, &portal) {
+        Ok((c, rt)) => (c, rt.clone()),
         Err(r) => return r,
     };
     let l = c.lang;
-    let Some(rt) = ui.app.portal(&portal).cloned() else {
-        return error_page(
-            &c,
-            StatusCode::NOT_FOUND,
-            l.t("No such portal.", "Нет такого портала."),
-        );
-    };
     let snap = match ui.outbox(&rt).await {
         Ok(s) => s,
         Err(e) => return error_page(&c, StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
@@ -1539,18 +1543,11 @@ pub async fn mapping(
     headers: HeaderMap,
     Query(p): Query<Params>,
 ) -> Response {
-    let c = match ctx(&ui, &headers, &p) {
-        Ok(c) => c,
+    let (c, rt) = match portal_runtime(&ui, &headers, &p, &portal) {
+        Ok((c, rt)) => (c, rt.clone()),
         Err(r) => return r,
     };
     let l = c.lang;
-    let Some(rt) = ui.app.portal(&portal).cloned() else {
-        return error_page(
-            &c,
-            StatusCode::NOT_FOUND,
-            l.t("No such portal.", "Нет такого портала."),
-        );
-    };
     let report = match rt.handle() {
         Ok(h) => {
             crate::writeback::mapping_report(

@@ -203,6 +203,44 @@ pub struct Writes {
     pub requests_rejected: u64,
 }
 
+impl Writes {
+    /// Records an update of one `entity_type` entity: its custom field values, its new tags
+    /// (when the update set them) and the keys it touched.
+    fn record_update(
+        &mut self,
+        entity_type: &str,
+        id: u64,
+        cf: &[CfChange],
+        tags: Option<&[AmoTag]>,
+        keys: &[String],
+    ) {
+        for c in cf {
+            self.field_updates.push(FieldUpdate {
+                entity_type: entity_type.into(),
+                entity_id: id,
+                field_id: c.def.id,
+                values: c
+                    .values
+                    .as_ref()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| v.iter().map(|x| x.value.clone()).collect()),
+            });
+        }
+        if let Some(t) = tags {
+            self.tag_updates.push(TagUpdate {
+                entity_type: entity_type.into(),
+                entity_id: id,
+                tags: t.iter().map(|t| t.name.clone()).collect(),
+            });
+        }
+        self.entity_updates.push(EntityUpdate {
+            entity_type: entity_type.into(),
+            entity_id: id,
+            fields: keys.to_vec(),
+        });
+    }
+}
+
 /// Errors of one item.
 #[derive(Default)]
 pub(super) struct Errs(pub(super) Vec<Value>);
@@ -815,32 +853,7 @@ fn apply_lead(st: &Inner, d: &mut AmoData, ch: LeadChange, now: i64, by: u64) {
         }
     }
     d.touch_lead(id, now, by);
-    st.record_writes(|w| {
-        for c in &ch.cf {
-            w.field_updates.push(FieldUpdate {
-                entity_type: "leads".into(),
-                entity_id: id,
-                field_id: c.def.id,
-                values: c
-                    .values
-                    .as_ref()
-                    .filter(|v| !v.is_empty())
-                    .map(|v| v.iter().map(|x| x.value.clone()).collect()),
-            });
-        }
-        if let Some(t) = &new_tags {
-            w.tag_updates.push(TagUpdate {
-                entity_type: "leads".into(),
-                entity_id: id,
-                tags: t.iter().map(|t| t.name.clone()).collect(),
-            });
-        }
-        w.entity_updates.push(EntityUpdate {
-            entity_type: "leads".into(),
-            entity_id: id,
-            fields: ch.keys.clone(),
-        });
-    });
+    st.record_writes(|w| w.record_update("leads", id, &ch.cf, new_tags.as_deref(), &ch.keys));
 }
 
 pub(super) fn reject(st: &Inner, errors: Vec<Value>) -> ApiError {
@@ -1148,32 +1161,7 @@ fn apply_contact(st: &Inner, d: &mut AmoData, ch: ContactChange, now: i64, by: u
         );
     }
     d.touch_contact(id, now, by);
-    st.record_writes(|w| {
-        for c in &ch.cf {
-            w.field_updates.push(FieldUpdate {
-                entity_type: "contacts".into(),
-                entity_id: id,
-                field_id: c.def.id,
-                values: c
-                    .values
-                    .as_ref()
-                    .filter(|v| !v.is_empty())
-                    .map(|v| v.iter().map(|x| x.value.clone()).collect()),
-            });
-        }
-        if let Some(t) = &new_tags {
-            w.tag_updates.push(TagUpdate {
-                entity_type: "contacts".into(),
-                entity_id: id,
-                tags: t.iter().map(|t| t.name.clone()).collect(),
-            });
-        }
-        w.entity_updates.push(EntityUpdate {
-            entity_type: "contacts".into(),
-            entity_id: id,
-            fields: ch.keys.clone(),
-        });
-    });
+    st.record_writes(|w| w.record_update("contacts", id, &ch.cf, new_tags.as_deref(), &ch.keys));
 }
 
 /// `PATCH /api/v4/contacts`.
@@ -1264,32 +1252,7 @@ fn apply_company(st: &Inner, d: &mut AmoData, ch: ContactChange, now: i64, by: u
         }
     }
     d.touch_company(id, now, by);
-    st.record_writes(|w| {
-        for c in &ch.cf {
-            w.field_updates.push(FieldUpdate {
-                entity_type: "companies".into(),
-                entity_id: id,
-                field_id: c.def.id,
-                values: c
-                    .values
-                    .as_ref()
-                    .filter(|v| !v.is_empty())
-                    .map(|v| v.iter().map(|x| x.value.clone()).collect()),
-            });
-        }
-        if let Some(t) = &new_tags {
-            w.tag_updates.push(TagUpdate {
-                entity_type: "companies".into(),
-                entity_id: id,
-                tags: t.iter().map(|t| t.name.clone()).collect(),
-            });
-        }
-        w.entity_updates.push(EntityUpdate {
-            entity_type: "companies".into(),
-            entity_id: id,
-            fields: ch.keys.clone(),
-        });
-    });
+    st.record_writes(|w| w.record_update("companies", id, &ch.cf, new_tags.as_deref(), &ch.keys));
 }
 
 /// `PATCH /api/v4/companies`: name, responsible, custom fields, tags (as for contacts).
