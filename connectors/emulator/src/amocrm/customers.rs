@@ -23,8 +23,8 @@ use super::render;
 use super::state::*;
 use super::writes::{
     CfChange, CustomerWrite, Errs, FieldCreated, TagSpec, apply_cf, batch_response, changed_keys,
-    get_str, get_u64, parse_batch, parse_json, reject, request_id, resolve_tags, updated_item,
-    validate_cf, validate_links, validate_tags,
+    get_str, get_u64, parse_batch, parse_json, reject, request_id, resolve_tags, single_item,
+    updated_item, validate_all, validate_cf, validate_links, validate_tags,
 };
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -347,17 +347,8 @@ pub(crate) async fn create(
     let mut d = st.write();
     check_enabled(&d)?;
     let by = d.account.current_user_id;
-    let mut changes = Vec::new();
-    let mut errors = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        match validate_customer(&d, item, i, true) {
-            Ok(c) => changes.push(c),
-            Err(e) => errors.push(e),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(reject(&st, errors));
-    }
+    let changes = validate_all(&items, |item, i| validate_customer(&d, item, i, true))
+        .map_err(|errors| reject(&st, errors))?;
     let default_status = if d.account.customers_mode == "periodicity" {
         d.customer_statuses
             .iter()
@@ -475,17 +466,8 @@ pub(crate) async fn patch(
     let mut d = st.write();
     check_enabled(&d)?;
     let by = d.account.current_user_id;
-    let mut changes = Vec::new();
-    let mut errors = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        match validate_customer(&d, item, i, false) {
-            Ok(c) => changes.push(c),
-            Err(e) => errors.push(e),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(reject(&st, errors));
-    }
+    let changes = validate_all(&items, |item, i| validate_customer(&d, item, i, false))
+        .map_err(|errors| reject(&st, errors))?;
     let mut out = Vec::new();
     for ch in changes {
         let (id, rid) = (ch.id, ch.request_id.clone());
@@ -504,13 +486,7 @@ pub(crate) async fn patch_one(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let id: u64 = id.parse().map_err(|_| ApiError::NotFound)?;
-    let mut item = parse_json(&body)?;
-    let Some(obj) = item.as_object_mut() else {
-        return Err(ApiError::BadRequest(
-            "request body must be a JSON object".into(),
-        ));
-    };
-    obj.insert("id".into(), json!(id));
+    let item = single_item(&body, id)?;
     let now = st.now();
     let mut d = st.write();
     check_enabled(&d)?;

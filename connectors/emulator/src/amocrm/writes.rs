@@ -856,6 +856,39 @@ fn apply_lead(st: &Inner, d: &mut AmoData, ch: LeadChange, now: i64, by: u64) {
     st.record_writes(|w| w.record_update("leads", id, &ch.cf, new_tags.as_deref(), &ch.keys));
 }
 
+/// Validates every item of a batch: all the changes, or every item's error (amoCRM refuses a
+/// batch with any invalid item as a whole).
+pub(super) fn validate_all<C>(
+    items: &[Value],
+    mut validate: impl FnMut(&Value, usize) -> Result<C, Value>,
+) -> Result<Vec<C>, Vec<Value>> {
+    let mut changes = Vec::new();
+    let mut errors = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match validate(item, i) {
+            Ok(c) => changes.push(c),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(changes)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The body of a `PATCH /api/v4/{entity}/{id}`: one JSON object, given the path's id.
+pub(super) fn single_item(body: &Bytes, id: u64) -> Result<Value, ApiError> {
+    let mut item = parse_json(body)?;
+    let Some(obj) = item.as_object_mut() else {
+        return Err(ApiError::BadRequest(
+            "request body must be a JSON object".into(),
+        ));
+    };
+    obj.insert("id".into(), json!(id));
+    Ok(item)
+}
+
 pub(super) fn reject(st: &Inner, errors: Vec<Value>) -> ApiError {
     st.record_writes(|w| w.requests_rejected += 1);
     ApiError::Validation(errors)
@@ -883,17 +916,8 @@ pub(crate) async fn patch_leads(
     let now = st.now();
     let mut d = st.write();
     let by = d.account.current_user_id;
-    let mut changes = Vec::new();
-    let mut errors = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        match validate_lead(&d, item, i, false) {
-            Ok(c) => changes.push(c),
-            Err(e) => errors.push(e),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(reject(&st, errors));
-    }
+    let changes = validate_all(&items, |item, i| validate_lead(&d, item, i, false))
+        .map_err(|errors| reject(&st, errors))?;
     let mut out = Vec::new();
     for ch in changes {
         let (id, rid) = (ch.id, ch.request_id.clone());
@@ -913,13 +937,7 @@ pub(crate) async fn patch_lead(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let id: u64 = id.parse().map_err(|_| ApiError::NotFound)?;
-    let mut item = parse_json(&body)?;
-    let Some(obj) = item.as_object_mut() else {
-        return Err(ApiError::BadRequest(
-            "request body must be a JSON object".into(),
-        ));
-    };
-    obj.insert("id".into(), json!(id));
+    let item = single_item(&body, id)?;
     let now = st.now();
     let mut d = st.write();
     let by = d.account.current_user_id;
@@ -942,17 +960,8 @@ pub(crate) async fn create_leads(
     let now = st.now();
     let mut d = st.write();
     let by = d.account.current_user_id;
-    let mut changes = Vec::new();
-    let mut errors = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        match validate_lead(&d, item, i, true) {
-            Ok(c) => changes.push(c),
-            Err(e) => errors.push(e),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(reject(&st, errors));
-    }
+    let changes = validate_all(&items, |item, i| validate_lead(&d, item, i, true))
+        .map_err(|errors| reject(&st, errors))?;
     let mut out = Vec::new();
     for ch in changes {
         let id = d.new_id();
@@ -1174,17 +1183,8 @@ pub(crate) async fn patch_contacts(
     let now = st.now();
     let mut d = st.write();
     let by = d.account.current_user_id;
-    let mut changes = Vec::new();
-    let mut errors = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        match validate_contact(&d, item, i) {
-            Ok(c) => changes.push(c),
-            Err(e) => errors.push(e),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(reject(&st, errors));
-    }
+    let changes = validate_all(&items, |item, i| validate_contact(&d, item, i))
+        .map_err(|errors| reject(&st, errors))?;
     let mut out = Vec::new();
     for ch in changes {
         let (id, rid) = (ch.id, ch.request_id.clone());
@@ -1204,13 +1204,7 @@ pub(crate) async fn patch_contact(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let id: u64 = id.parse().map_err(|_| ApiError::NotFound)?;
-    let mut item = parse_json(&body)?;
-    let Some(obj) = item.as_object_mut() else {
-        return Err(ApiError::BadRequest(
-            "request body must be a JSON object".into(),
-        ));
-    };
-    obj.insert("id".into(), json!(id));
+    let item = single_item(&body, id)?;
     let now = st.now();
     let mut d = st.write();
     let by = d.account.current_user_id;
@@ -1265,17 +1259,8 @@ pub(crate) async fn patch_companies(
     let now = st.now();
     let mut d = st.write();
     let by = d.account.current_user_id;
-    let mut changes = Vec::new();
-    let mut errors = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        match validate_card(&d, item, i, true) {
-            Ok(c) => changes.push(c),
-            Err(e) => errors.push(e),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(reject(&st, errors));
-    }
+    let changes = validate_all(&items, |item, i| validate_card(&d, item, i, true))
+        .map_err(|errors| reject(&st, errors))?;
     let mut out = Vec::new();
     for ch in changes {
         let (id, rid) = (ch.id, ch.request_id.clone());
