@@ -277,77 +277,49 @@ pub(crate) async fn apply(client: &AmoClient, ops: &[WriteOp]) -> Vec<OpResult> 
             .filter(|(p, _)| *p == path)
             .map(|(_, x)| x.clone())
             .collect();
-        for chunk in items.chunks(MAX_BATCH) {
-            send_batch(
-                client,
-                Method::POST,
-                path,
-                chunk.to_vec(),
-                true,
-                &mut results,
-            )
-            .await;
-        }
+        send_all(client, Method::POST, path, &items, true, &mut results).await;
     }
-    for chunk in new_customers.chunks(MAX_BATCH) {
-        send_batch(
-            client,
-            Method::POST,
-            "api/v4/customers",
-            chunk.to_vec(),
-            true,
-            &mut results,
-        )
-        .await;
-    }
-    for chunk in customer_patches.chunks(MAX_BATCH) {
-        send_batch(
-            client,
-            Method::PATCH,
-            "api/v4/customers",
-            chunk.to_vec(),
-            false,
-            &mut results,
-        )
-        .await;
-    }
-    for chunk in new_leads.chunks(MAX_BATCH) {
-        send_batch(
-            client,
-            Method::POST,
-            "api/v4/leads",
-            chunk.to_vec(),
-            true,
-            &mut results,
-        )
-        .await;
-    }
+    send_all(
+        client,
+        Method::POST,
+        "api/v4/customers",
+        &new_customers,
+        true,
+        &mut results,
+    )
+    .await;
+    send_all(
+        client,
+        Method::PATCH,
+        "api/v4/customers",
+        &customer_patches,
+        false,
+        &mut results,
+    )
+    .await;
+    send_all(
+        client,
+        Method::POST,
+        "api/v4/leads",
+        &new_leads,
+        true,
+        &mut results,
+    )
+    .await;
 
-    for chunk in moves.chunks(MAX_BATCH) {
-        send_batch(
-            client,
-            Method::PATCH,
-            "api/v4/leads",
-            chunk.to_vec(),
-            false,
-            &mut results,
-        )
-        .await;
-    }
+    send_all(
+        client,
+        Method::PATCH,
+        "api/v4/leads",
+        &moves,
+        false,
+        &mut results,
+    )
+    .await;
     // Fixed order so runs are reproducible.
     for path in ["api/v4/leads", "api/v4/contacts", "api/v4/companies"] {
         if let Some(items) = fields.remove(path) {
-            for chunk in items.chunks(MAX_BATCH) {
-                send_batch(
-                    client,
-                    Method::PATCH,
-                    path,
-                    chunk.to_vec(),
-                    false,
-                    &mut results,
-                )
-                .await;
-            }
+            send_all(client, Method::PATCH, path, &items, false, &mut results).await;
         }
     }
     for chunk in flags.chunks(MAX_BATCH) {
@@ -386,17 +358,15 @@ pub(crate) async fn apply(client: &AmoClient, ops: &[WriteOp]) -> Vec<OpResult> 
                 _ => None,
             })
             .collect();
-        for chunk in items.chunks(MAX_BATCH) {
-            send_batch(
-                client,
-                Method::POST,
-                "api/v4/tasks",
-                chunk.to_vec(),
-                true,
-                &mut results,
-            )
-            .await;
-        }
+        send_all(
+            client,
+            Method::POST,
+            "api/v4/tasks",
+            &items,
+            true,
+            &mut results,
+        )
+        .await;
     }
 
     results
@@ -472,6 +442,28 @@ enum Answer {
 
 /// Sends one batch; re-sends without the items amoCRM rejected. `created` tells whether the
 /// answer's ids are new entities (tasks) to report as `created_id`.
+/// Sends `items` in bulk requests of at most [`MAX_BATCH`] (see [`send_batch`]).
+async fn send_all<T: Item + Clone>(
+    client: &AmoClient,
+    method: Method,
+    path: &str,
+    items: &[(usize, T)],
+    created: bool,
+    results: &mut [Option<OpResult>],
+) {
+    for chunk in items.chunks(MAX_BATCH) {
+        send_batch(
+            client,
+            method.clone(),
+            path,
+            chunk.to_vec(),
+            created,
+            results,
+        )
+        .await;
+    }
+}
+
 async fn send_batch<T: Item>(
     client: &AmoClient,
     method: Method,
