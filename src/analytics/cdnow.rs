@@ -1,11 +1,11 @@
-//! The CDNOW reproduction (see `../shared/data/cdnow/README.md`): customer summaries computed
+//! The CDNOW reproduction (see `tests/fixtures/cdnow/README.md`): customer summaries computed
 //! by the engine from the raw transactions equal the published ones, and the fitted BG/NBD and
 //! Gamma-Gamma parameters agree with the published ones within 0.5%.
 use super::tests::{contact, won};
 use super::*;
 use rebuy_core::{Currency, Money};
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/cdnow/");
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cdnow/");
 
 fn read(name: &str) -> String {
     std::fs::read_to_string(format!("{DIR}{name}"))

@@ -2,9 +2,10 @@
 //!
 //! The emulators are a product feature (integrators test their mappings against them with
 //! `rebuy emulate amocrm`) and the ground of every rebuy test, the demo and the benchmarks.
-//! They are written from the API facts in `docs/amocrm-api.md`, not from the client's types:
-//! this crate depends on no other rebuy crate, so a misreading of the API cannot pass on both
-//! sides.
+//! They are written from the API facts in this crate's `docs/`
+//! (`connectors/emulator/docs/amocrm.md`, `connectors/emulator/docs/bitrix24.md`), not from the
+//! client's types: this crate depends on no other rebuy crate, so a misreading of the API cannot
+//! pass on both sides.
 //!
 //! # Layout
 //! - [`seed`]: the deterministic, CRM-neutral data generator ([`seed::generate`]): people with

@@ -3,10 +3,10 @@
 //! `GET /api/v4/customers/statuses[/{id}]`, `PATCH /api/v4/customers/mode`, and
 //! `POST /api/v4/{leads|contacts|companies|customers}/custom_fields`.
 //!
-//! Faithful to `docs/amocrm-api.md` §4.6 and §7. The account's `customers_mode` gates them:
-//! `unavailable` (the tariff has no customers) answers 402 everywhere, the mode switch included;
-//! `disabled` answers 422 on the customers endpoints; the statuses exist only in `periodicity`
-//! mode (422 otherwise, as documented).
+//! Faithful to `docs/amocrm.md` of this crate, §4.6 and §7. The account's `customers_mode` gates
+//! them: `unavailable` (the tariff has no customers) answers 402 everywhere, the mode switch
+//! included; `disabled` answers 422 on the customers endpoints; the statuses exist only in
+//! `periodicity` mode (422 otherwise, as documented).
 //!
 //! # Choices where the doc is silent
 //! - At most 50 customers per write request (the library's recommendation); more is a 400.
@@ -35,7 +35,7 @@ use std::sync::Arc;
 /// Most customers in one write request.
 pub const MAX_CUSTOMERS_BATCH: usize = 50;
 
-/// Field types `POST .../custom_fields` accepts (docs §4.3).
+/// Field types `POST .../custom_fields` accepts (`docs/amocrm.md` §4.3).
 const FIELD_TYPES: &[&str] = &[
     "text",
     "numeric",

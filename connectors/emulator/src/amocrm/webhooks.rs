@@ -1,4 +1,4 @@
-//! Outgoing account webhooks (`docs/amocrm-api.md` §5) and the subscriptions API
+//! Outgoing account webhooks (`docs/amocrm.md` of this crate, §5) and the subscriptions API
 //! `GET/POST/DELETE /api/v4/webhooks` (§4.10).
 //!
 //! Every write lock on the account's data is a [`WriteGuard`]: when it is released, the

@@ -1,4 +1,4 @@
-//! The two limits of the Bitrix24 cloud (`docs/bitrix24-api.md` section 2).
+//! The two limits of the Bitrix24 cloud (`docs/bitrix24.md` of this crate, section 2).
 //!
 //! - [`LeakyBucket`]: every request adds 1; the level drains at `drain_per_sec`; a request that
 //!   would take the level above `capacity` is refused with 503 `QUERY_LIMIT_EXCEEDED` (and does

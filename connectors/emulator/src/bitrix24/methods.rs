@@ -1,6 +1,6 @@
 //! The REST methods: lists with `select`/`filter`/`order`/`start`, single gets, the funnel and
 //! stage directories, users, `batch`, and the writes later issues need. Each method returns a
-//! JSON value shaped like the examples of `docs/bitrix24-api.md` (built here with `json!`, never
+//! JSON value shaped like the examples of `docs/bitrix24.md` (built here with `json!`, never
 //! from the connector's types).
 use super::params::{as_i64, list_of, param, param_i64, parse_php, substitute};
 use super::state::*;

@@ -1,4 +1,4 @@
-//! OAuth 2.0 of Bitrix24 local and Marketplace apps (`docs/bitrix24-api.md` section 1).
+//! OAuth 2.0 of Bitrix24 local and Marketplace apps (`docs/bitrix24.md` of this crate, section 1).
 //!
 //! - `GET /oauth/authorize/?client_id=..&state=..` (portal side): 302 to the app's redirect URI
 //!   with `code`, `state`, `domain`, `member_id`, `scope`, `server_domain`. Codes live 30 s.

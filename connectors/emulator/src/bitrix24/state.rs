@@ -8,7 +8,7 @@
 //! their quantities. Every map is a `BTreeMap` by id, so the `>ID` filters that clients page by
 //! are range scans.
 //!
-//! Rendering follows `docs/bitrix24-api.md`: ids and money as strings (`"OPPORTUNITY":"19999.00"`),
+//! Rendering follows `docs/bitrix24.md`: ids and money as strings (`"OPPORTUNITY":"19999.00"`),
 //! `Y`/`N` flags, datetimes in the portal's zone with an offset, `null` for empty links. The
 //! field kinds ([`Kind`]) drive how filters compare values.
 use crate::seed::{ContactKind, Dataset, DealOutcome, StageKind};
