@@ -507,6 +507,9 @@ pub fn print_sync_report(portal: &str, r: &sync::SyncReport, ceiling_rps: Option
         ),
         None => println!(),
     }
+    for w in &r.warnings {
+        println!("  warning: {w}");
+    }
 }
 
 async fn cmd_sync(cfg: &Config, args: &SyncArgs) -> Result<ExitCode> {
@@ -643,14 +646,28 @@ fn cmd_status(cfg: &Config) -> Result<ExitCode> {
                     .map(|e| e.to_string())
                     .unwrap_or_else(|| "never (long-lived)".into())
             ),
-            None => println!(
-                "  token: none stored{}",
-                if matches!(p.auth, config::AuthConfig::OAuth { .. }) {
-                    " (run `rebuy auth`)"
-                } else {
-                    ""
+            None => match p.auth {
+                config::AuthConfig::OAuth { .. } => {
+                    println!("  token: none stored (run `rebuy auth`)")
                 }
-            ),
+                config::AuthConfig::LongLivedToken { .. } => {
+                    println!("  token: long-lived, from the environment")
+                }
+                config::AuthConfig::Webhook { .. } => {
+                    println!("  auth: inbound webhook URL, from the environment")
+                }
+            },
+        }
+        let w = crate::sync::last_warnings(&store)?;
+        if !w.warnings.is_empty() {
+            println!(
+                "  last sync ({}) went without {} optional part(s):",
+                w.at,
+                w.warnings.len()
+            );
+            for line in &w.warnings {
+                println!("    warning: {line}");
+            }
         }
         if let Some(r) = store.needs_reauth()? {
             println!("  NEEDS RE-AUTHORIZATION since {}: {}", r.at, r.reason);

@@ -46,6 +46,7 @@ pub fn emulator_portal(
         kind = "amocrm"
         base_url = "{base_url}"
         requests_per_sec = {rps}
+        exceed_documented_limit = true
         [portal.auth]
         type = "oauth"
         client_id = "{client_id}"

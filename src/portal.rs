@@ -13,12 +13,17 @@ pub const AMOCRM_DEFAULT_RPS: u32 = 7;
 /// Bitrix24's leaky bucket drains 2 requests per second (capacity 50) on non-Enterprise plans.
 pub const BITRIX24_DEFAULT_RPS: u32 = 2;
 
-/// The request ceiling of a portal (requests/s): the override or the CRM's documented limit.
-pub fn ceiling_rps(p: &PortalConfig) -> u32 {
-    p.requests_per_sec.unwrap_or(match p.kind {
+/// The CRM's documented request rate (requests/s).
+pub fn documented_rps(kind: CrmKind) -> u32 {
+    match kind {
         CrmKind::Amocrm => AMOCRM_DEFAULT_RPS,
         CrmKind::Bitrix24 => BITRIX24_DEFAULT_RPS,
-    })
+    }
+}
+
+/// The request ceiling of a portal (requests/s): the override or the CRM's documented limit.
+pub fn ceiling_rps(p: &PortalConfig) -> u32 {
+    p.requests_per_sec.unwrap_or(documented_rps(p.kind))
 }
 
 /// Requests a CRM allows at once above its rate: Bitrix24's leaky bucket holds 50; amoCRM's
@@ -138,8 +143,34 @@ pub fn amo_settings(p: &PortalConfig) -> Result<AmoSettings, ConnectorError> {
     })
 }
 
-/// Opens a portal: its store and its connector.
+/// Meta key of the connector's persisted [`rebuy_core::LimiterState`].
+const KEY_LIMITER: &str = "limiter_state";
+
+/// Opens a portal: its store and its connector. The connector's rate limiter starts from the
+/// state the previous process left in the store (so `rebuy sync && rebuy apply` does not
+/// start the second command with a full burst the CRM still counts against the first) and
+/// leaves its own there when it is dropped.
 pub fn open(p: &PortalConfig, store: Store) -> Result<PortalHandle, ConnectorError> {
+    let handle = open_connector(p, store)?;
+    match handle.store.meta::<rebuy_core::LimiterState>(KEY_LIMITER) {
+        Ok(Some(state)) => handle.connector.restore_limiter(&state),
+        Ok(None) => {}
+        // A state that cannot be read costs a burst, not the command.
+        Err(e) => tracing::warn!(portal = %p.id, error = %e, "Ignoring the saved limiter state"),
+    }
+    let store = handle.store.clone();
+    let portal = p.id.clone();
+    handle
+        .connector
+        .save_limiter_on_drop(Arc::new(move |state: &rebuy_core::LimiterState| {
+            if let Err(e) = store.set_meta(KEY_LIMITER, state) {
+                tracing::warn!(portal = %portal, error = %e, "Could not save the limiter state");
+            }
+        }));
+    Ok(handle)
+}
+
+fn open_connector(p: &PortalConfig, store: Store) -> Result<PortalHandle, ConnectorError> {
     match p.kind {
         CrmKind::Amocrm => {
             let settings = amo_settings(p)?;

@@ -453,6 +453,7 @@ pub async fn drain_all(
         total.reconciled += r.reconciled;
         total.failed += r.failed;
         total.retried += r.retried;
+        total.unconfirmed += r.unconfirmed;
         total.rounds += r.rounds;
         let Some(next) = store.outbox_next_due()? else {
             break;
@@ -617,11 +618,12 @@ pub fn print_apply_report(portal: &str, r: &ApplyReport) {
         r.planned, r.enqueued.added, r.enqueued.already
     );
     println!(
-        "  sent: {} done, {} found already done in the CRM, {} failed, {} waiting to retry; {} request(s) in {:.1} s ({:.1} actions/request, {:.0} actions/s)",
+        "  sent: {} done, {} found already done in the CRM, {} failed, {} waiting to retry, {} looked up after an unanswered send; {} request(s) in {:.1} s ({:.1} actions/request, {:.0} actions/s)",
         r.drain.done,
         r.drain.reconciled,
         r.drain.failed,
         r.drain.retried,
+        r.drain.unconfirmed,
         r.requests,
         secs,
         if r.requests > 0 {

@@ -388,6 +388,7 @@ const PORTAL_KEYS: &[&str] = &[
     "base_url",
     "time_zone",
     "requests_per_sec",
+    "exceed_documented_limit",
     "auth",
     "sync",
     "analytics",
@@ -404,6 +405,8 @@ struct RawPortal {
     time_zone: Option<String>,
     #[serde(default)]
     requests_per_sec: Option<u32>,
+    #[serde(default)]
+    exceed_documented_limit: bool,
     auth: serde_json::Value,
     #[serde(default)]
     sync: Option<serde_json::Value>,
@@ -616,6 +619,23 @@ fn resolve_portal(
     };
     if raw.requests_per_sec == Some(0) {
         cx.problem(&format!("{key}.requests_per_sec"), "must be at least 1");
+    }
+    // Over the documented limit a CRM answers 429/503, and amoCRM blocks the whole account
+    // after repeated 429s: only an explicit, separate key lets a portal go there (an account
+    // whose limit the CRM raised, an emulator).
+    let documented = crate::portal::documented_rps(raw.kind);
+    if let Some(r) = raw.requests_per_sec
+        && r > documented
+        && !raw.exceed_documented_limit
+    {
+        cx.problem(
+            &format!("{key}.requests_per_sec"),
+            format!(
+                "{r} is above {}'s documented limit of {documented} requests/s; set \
+                 exceed_documented_limit = true only if the CRM raised this account's limit",
+                raw.kind.as_str()
+            ),
+        );
     }
     let auth = cx
         .parse::<RawAuth>(&format!("{key}.auth"), &raw.auth)

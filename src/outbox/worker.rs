@@ -43,6 +43,9 @@ pub struct DrainReport {
     pub failed: u64,
     /// Actions put back for a later retry.
     pub retried: u64,
+    /// Sends whose outcome is unknown (the connection dropped after the request left): kept
+    /// in flight, so the next round looks in the CRM before sending anything again.
+    pub unconfirmed: u64,
     /// Rounds (each one or more bulk requests).
     pub rounds: u64,
 }
@@ -152,6 +155,27 @@ pub async fn drain(
                     };
                     e.last_error = None;
                     report.done += 1;
+                }
+                Err(ConnectorError::Unconfirmed { message })
+                    if e.attempts < opts.retry.max_attempts =>
+                {
+                    // It may have been applied: never send it blindly again. It stays in
+                    // flight, and the next round asks the CRM (find_created) first.
+                    let pause = match decide(
+                        &ConnectorError::transient(""),
+                        e.attempts,
+                        &opts.retry,
+                        rand::random::<f64>(),
+                    ) {
+                        Decision::Retry(d) => d,
+                        Decision::GiveUp => opts.retry.cap,
+                    };
+                    e.last_error = Some(format!("outcome unknown: {message}"));
+                    e.not_before = Some(
+                        now + SignedDuration::try_from(pause)
+                            .unwrap_or(SignedDuration::from_secs(1)),
+                    );
+                    report.unconfirmed += 1;
                 }
                 Err(err) => match decide(&err, e.attempts, &opts.retry, rand::random::<f64>()) {
                     Decision::Retry(after) => {

@@ -163,6 +163,10 @@ pub struct KindReport {
 pub struct SyncReport {
     /// Per entity kind.
     pub kinds: BTreeMap<EntityKind, KindReport>,
+    /// Optional data the CRM would not give (no right, no scope, no such method): the sync
+    /// went on without it. Kept in the store ([`SyncWarnings`]) for `status`, the dashboard and
+    /// `/metrics`.
+    pub warnings: Vec<String>,
     /// Wall time.
     pub elapsed: Duration,
     /// Connector traffic during this sync.
@@ -266,14 +270,23 @@ pub async fn sync_portal(
     };
     let mut report = SyncReport::default();
 
-    let account = conn.account().await.map_err(cerr("account"))?;
+    // Contacts, deals, users and pipelines are essential: without them there is nothing to
+    // analyse. Everything else (the account's details, companies, product rows, the deletion
+    // log) degrades to "none, with a warning" when the CRM refuses it for rights or scope, as
+    // real accounts do (an amoCRM user without rights to companies, a Bitrix24 webhook without
+    // a scope, a method an API implementation does not have).
+    let mut warnings = Vec::new();
+    let account = optional(conn.account().await, "account details", &mut warnings)
+        .map_err(cerr("account"))?;
     let users = conn.users().await.map_err(cerr("users"))?;
     let pipelines = conn.pipelines().await.map_err(cerr("pipelines"))?;
     let (nu, np) = (users.len() as u64, pipelines.len() as u64);
     store
         .blocking(move |s| {
             s.write(|w| {
-                w.set_meta(crate::store::tables::KEY_ACCOUNT, &account)?;
+                if let Some(account) = &account {
+                    w.set_meta(crate::store::tables::KEY_ACCOUNT, account)?;
+                }
                 w.replace_all::<User>(&users)?;
                 w.replace_all::<Pipeline>(&pipelines)?;
                 // Small tables are listed whole every time: each run is a full one for them.
@@ -318,13 +331,18 @@ pub async fn sync_portal(
         guarded(&sem, list_kind::<Deal>(&*conn, &store, opts, &*progress)),
         guarded(&sem, list_product_rows(&*conn, &store, opts, &*progress)),
     );
-    if let Some(rows) = rows.map_err(|e| e.into_sync(&portal, "product rows"))? {
+    let rows = optional_list(rows, "product rows", &mut warnings);
+    if let Some(rows) = rows
+        .map_err(|e| e.into_sync(&portal, "product rows"))?
+        .flatten()
+    {
         report.kinds.insert(EntityKind::ProductRows, rows);
     }
-    report.kinds.insert(
-        EntityKind::Companies,
-        companies.map_err(|e| e.into_sync(&portal, "companies"))?,
-    );
+    let companies = optional_list(companies, "companies", &mut warnings)
+        .map_err(|e| e.into_sync(&portal, "companies"))?;
+    report
+        .kinds
+        .insert(EntityKind::Companies, companies.unwrap_or_default());
     report.kinds.insert(
         EntityKind::Contacts,
         contacts.map_err(|e| e.into_sync(&portal, "contacts"))?,
@@ -344,8 +362,14 @@ pub async fn sync_portal(
                 }
             }
             // No deletion log (Bitrix24: events are not redelivered, so they cannot be
-            // trusted alone): compare the CRM's deal ids with the cache's, when due.
-            Err(ListError::Connector(ConnectorError::Unsupported { .. })) => {
+            // trusted alone; an amoCRM user without access to events): compare the CRM's deal
+            // ids with the cache's, when due.
+            Err(ListError::Connector(e)) if e.is_unavailable() => {
+                if !matches!(e, ConnectorError::Unsupported { .. }) {
+                    warnings.push(format!(
+                        "deletion log: {e}; deleted deals are found by comparing ids instead"
+                    ));
+                }
                 if reconcile_due(&store, opts).map_err(serr)? {
                     deals.deleted = reconcile_deal_ids(&*conn, &store)
                         .await
@@ -363,6 +387,15 @@ pub async fn sync_portal(
             .map_err(serr)?;
     }
     report.kinds.insert(EntityKind::Deals, deals);
+    let kept = SyncWarnings {
+        at: Timestamp::now(),
+        warnings: warnings.clone(),
+    };
+    store
+        .blocking(move |s| s.set_meta(KEY_SYNC_WARNINGS, &kept))
+        .await
+        .map_err(serr)?;
+    report.warnings = warnings;
     report.elapsed = started.elapsed();
     let after = conn.stats();
     report.traffic = StatsSnapshot {
@@ -372,6 +405,58 @@ pub async fn sync_portal(
         transient: after.transient - before.transient,
     };
     Ok(report)
+}
+
+/// Meta key of the last sync's [`SyncWarnings`].
+pub const KEY_SYNC_WARNINGS: &str = "sync_warnings";
+
+/// The optional data the last sync of a portal went without.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SyncWarnings {
+    /// When the sync ended.
+    pub at: Timestamp,
+    /// One line each.
+    pub warnings: Vec<String>,
+}
+
+/// The last sync's warnings of a portal (none before its first sync).
+pub fn last_warnings(store: &Store) -> Result<SyncWarnings, StoreError> {
+    Ok(store
+        .meta::<SyncWarnings>(KEY_SYNC_WARNINGS)?
+        .unwrap_or_default())
+}
+
+/// An optional call: the CRM refusing it for rights, scope or a missing method is a warning
+/// and `None`; any other failure stays an error.
+fn optional<T>(
+    r: Result<T, ConnectorError>,
+    what: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<T>, ConnectorError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_unavailable() => {
+            tracing::warn!(what, error = %e, "Optional CRM data unavailable; going on without it");
+            warnings.push(format!("{what}: {e}; going on without them"));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// [`optional`] for a listing.
+fn optional_list<T>(
+    r: Result<T, ListError>,
+    what: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<T>, ListError> {
+    match r {
+        Err(ListError::Connector(e)) => {
+            optional(Err(e), what, warnings).map_err(ListError::Connector)
+        }
+        Ok(v) => Ok(Some(v)),
+        Err(e) => Err(e),
+    }
 }
 
 async fn guarded<T>(sem: &tokio::sync::Semaphore, fut: impl std::future::Future<Output = T>) -> T {

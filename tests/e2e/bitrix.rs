@@ -445,3 +445,42 @@ async fn bitrix24_new_deal_of_a_past_customer_is_moved_and_tasked_within_5_s() {
     );
     cancel.cancel();
 }
+
+/// A webhook without the scope of currencies and product rows (403 `insufficient_scope`): the
+/// first sync caches contacts and deals and reports what it went without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_without_optional_scopes_still_syncs() {
+    let emu = B24Emulator::spawn(b24_config(58, 80, 240)).await.unwrap();
+    emu.emulator
+        .set_denied(&["crm.currency.base.get", "crm.item.productrow.list"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &emu, false, None);
+    let p = &cfg.portals[0];
+    let store = Store::open(dir.path(), &p.id).unwrap();
+    let report = sync(p, &store, SyncOptions::default()).await;
+    let (contacts, deals) = emu
+        .emulator
+        .with_data(|d| (d.contacts.len() as u64, d.deals.len() as u64));
+    assert_eq!(store.count(EntityKind::Contacts).unwrap(), contacts);
+    assert_eq!(store.count(EntityKind::Deals).unwrap(), deals);
+    assert_eq!(report.warnings.len(), 2, "{:?}", report.warnings);
+    assert!(
+        report.warnings[0].starts_with("account details:"),
+        "{:?}",
+        report.warnings
+    );
+    assert!(
+        report.warnings[0].contains("insufficient_scope"),
+        "{:?}",
+        report.warnings
+    );
+    assert!(
+        report.warnings[1].starts_with("product rows:"),
+        "{:?}",
+        report.warnings
+    );
+    let kept = rebuy::sync::last_warnings(&store).unwrap();
+    assert_eq!(kept.warnings, report.warnings);
+    // Amounts without a currency of their own fall back to RUB, and nothing else failed.
+    assert!(store.count(EntityKind::ProductRows).unwrap() == 0);
+}

@@ -226,6 +226,7 @@ fn config(data_dir: &Path, base_url: &str) -> Config {
         kind = "amocrm"
         base_url = "{base_url}"
         requests_per_sec = {TEST_RPS}
+        exceed_documented_limit = true
         [portal.auth]
         type = "oauth"
         client_id = "{}"

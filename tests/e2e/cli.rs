@@ -297,3 +297,64 @@ fn demo_runs_end_to_end() {
         "{stdout}"
     );
 }
+
+/// An amoCRM user without rights to companies and events (403): the sync still caches
+/// contacts and deals, exits 0 with a warning, and `rebuy status` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_without_rights_to_optional_data_warns_and_succeeds() {
+    let env = amo_env(amo_config(33, 120, 360)).await;
+    env.emulator()
+        .set_denied(&["/api/v4/companies", "/api/v4/events"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &[("shop", &env.emu.base_url, TEST_RPS)]);
+    let cfg = config.to_str().unwrap().to_owned();
+    let args = |extra: &[&str]| {
+        let mut a = vec!["--config".to_owned(), cfg.clone()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let out = rebuy_async(args(&["auth", "--portal", "shop"]), vec![]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for round in ["full", "incremental"] {
+        let out = rebuy_async(args(&["sync", "--portal", "shop", "--quiet"]), vec![]).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{round}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("warning: companies:"), "{round}: {stdout}");
+        if round == "incremental" {
+            assert!(stdout.contains("warning: deletion log:"), "{stdout}");
+        }
+    }
+    let store = rebuy::store::Store::open(&dir.path().join("data"), &"shop".into()).unwrap();
+    let (contacts, leads) = env
+        .emulator()
+        .with_data(|d| (d.contacts.len() as u64, d.leads.len() as u64));
+    assert_eq!(store.count(EntityKind::Contacts).unwrap(), contacts);
+    assert_eq!(store.count(EntityKind::Deals).unwrap(), leads);
+    assert_eq!(store.count(EntityKind::Companies).unwrap(), 0);
+    drop(store);
+    let out = rebuy_async(args(&["status"]), vec![]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("went without 2 optional part(s)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("warning: companies:"), "{stdout}");
+
+    // Essential data stays essential: without contacts the sync fails.
+    env.emulator().set_denied(&["/api/v4/contacts"]);
+    let out = rebuy_async(args(&["sync", "--portal", "shop", "--quiet"]), vec![]).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("syncing contacts"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

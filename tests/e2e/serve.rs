@@ -25,6 +25,7 @@ fn config_with_id(data_dir: &std::path::Path, base_url: &str, id: &str) -> Confi
         kind = "amocrm"
         base_url = "{base_url}"
         requests_per_sec = {TEST_RPS}
+        exceed_documented_limit = true
         [portal.auth]
         type = "oauth"
         client_id = "{}"
@@ -492,7 +493,7 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook_and_logs_no_sec
     std::fs::write(
         &config_path,
         format!(
-            "data_dir = {:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\n[[portal]]\nid = \"shop\"\nkind = \"amocrm\"\nbase_url = \"{}\"\nrequests_per_sec = {TEST_RPS}\n\
+            "data_dir = {:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\n[[portal]]\nid = \"shop\"\nkind = \"amocrm\"\nbase_url = \"{}\"\nrequests_per_sec = {TEST_RPS}\nexceed_documented_limit = true\n\
              [portal.auth]\ntype = \"oauth\"\nclient_id = \"{}\"\nclient_secret_env = \"EMULATOR_CLIENT_SECRET\"\nredirect_uri = \"{}\"\n\
              [portal.webhooks]\nsecret_env = \"HOOK_SECRET\"\n",
             dir.path().join("data").display().to_string(),

@@ -269,7 +269,7 @@ pub fn write_config(dir: &std::path::Path, portals: &[(&str, &str, u32)]) -> std
     let mut text = format!("data_dir = {:?}\n", dir.join("data").display().to_string());
     for (id, base_url, rps) in portals {
         text.push_str(&format!(
-            "[[portal]]\nid = \"{id}\"\nkind = \"amocrm\"\nbase_url = \"{base_url}\"\nrequests_per_sec = {rps}\n\
+            "[[portal]]\nid = \"{id}\"\nkind = \"amocrm\"\nbase_url = \"{base_url}\"\nrequests_per_sec = {rps}\nexceed_documented_limit = true\n\
              [portal.auth]\ntype = \"oauth\"\nclient_id = \"{}\"\nclient_secret_env = \"EMULATOR_CLIENT_SECRET\"\nredirect_uri = \"{}\"\n",
             cfg.client_id, cfg.redirect_uri
         ));

@@ -180,6 +180,7 @@ async fn injected_faults_give_the_same_cache_as_a_fault_free_run() {
         slow_rate: 0.05,
         slow_ms: 50,
         drop_rate: 0.05,
+        drop_after_write_rate: 0.05,
         malformed_rate: 0.05,
     };
     let faulty = amo_env(cfg).await;
@@ -189,6 +190,7 @@ async fn injected_faults_give_the_same_cache_as_a_fault_free_run() {
         slow_rate: 0.05,
         slow_ms: 50,
         drop_rate: 0.05,
+        drop_after_write_rate: 0.05,
         malformed_rate: 0.05,
     });
     let report = sync(&faulty, true).await.expect("sync survives faults");

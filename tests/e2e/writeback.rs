@@ -492,7 +492,7 @@ async fn killed_between_send_and_done_then_rerun_creates_no_duplicate() {
     std::fs::write(
         &cfg_path,
         format!(
-            "data_dir = {:?}\n[[portal]]\nid = \"p\"\nkind = \"amocrm\"\nbase_url = \"{}\"\nrequests_per_sec = {TEST_RPS}\n\
+            "data_dir = {:?}\n[[portal]]\nid = \"p\"\nkind = \"amocrm\"\nbase_url = \"{}\"\nrequests_per_sec = {TEST_RPS}\nexceed_documented_limit = true\n\
              [portal.auth]\ntype = \"oauth\"\nclient_id = \"{}\"\nclient_secret_env = \"EMULATOR_CLIENT_SECRET\"\nredirect_uri = \"{}\"\n\
              [portal.mapping]\nplaybooks = [{:?}]\n",
             dir.path().join("data").display().to_string(),
@@ -829,7 +829,7 @@ async fn fields_and_customers_are_created_once_across_crashes() {
     std::fs::write(
         &cfg_path,
         format!(
-            "data_dir = {:?}\n[[portal]]\nid = \"p\"\nkind = \"amocrm\"\nbase_url = \"{}\"\nrequests_per_sec = {TEST_RPS}\n\
+            "data_dir = {:?}\n[[portal]]\nid = \"p\"\nkind = \"amocrm\"\nbase_url = \"{}\"\nrequests_per_sec = {TEST_RPS}\nexceed_documented_limit = true\n\
              [portal.auth]\ntype = \"oauth\"\nclient_id = \"{}\"\nclient_secret_env = \"EMULATOR_CLIENT_SECRET\"\nredirect_uri = \"{}\"\n\
              [portal.mapping.funnel]\nentity = \"customers\"\nstages = [\"Больше 30 дней\", \"30 дней до покупки\", \"7 дней до покупки\", \"Ожидается покупка\"]\n\
              [portal.mapping.fields]\nrfm_segment = \"Сегмент RFM\"\nabc = \"ABC-класс\"\nnext_purchase = \"Ожидаемая покупка\"\ncreate_missing = true\n",
@@ -970,4 +970,55 @@ async fn fields_and_customers_are_created_once_across_crashes() {
         after.customers_created.len(),
         before.customers_created.len()
     );
+}
+
+/// A connection dropped after amoCRM ran a bulk task POST: the outbox does not send it again
+/// blindly (50 duplicate tasks), it looks the tasks up by their markers first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_after_the_write_create_no_duplicate() {
+    let mut env = amo_env(amo_config(47, 400, 1000)).await;
+    sync(&env, true).await.unwrap();
+    let pb = write_playbook(
+        &env,
+        "spring",
+        "[[seasonal]]\nid = \"spring\"\ndate = \"03-05\"\ngoal = \"Поздравить с весной\"\n",
+    );
+    env.portal.mapping = json!({"playbooks": [pb]});
+    let as_of = writeback::parse_plan_as_of("2026-03-02", &env.portal).unwrap();
+    let plan = plan_at(&env, as_of).await;
+    let planned = plan.actions.len();
+    assert!(planned > 100, "several bulk requests: {planned}");
+    // Every other request runs and then loses its answer.
+    env.emulator()
+        .set_faults(rebuy_emulator::faults::FaultConfig {
+            drop_after_write_rate: 0.5,
+            ..Default::default()
+        });
+    let conn = connector(&env);
+    let report = writeback::apply_plan(
+        conn.as_ref(),
+        &env.store,
+        &plan,
+        &DrainOptions::default(),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("apply");
+    assert!(
+        env.emulator().stats().faults_injected > 0,
+        "connections were dropped: {report:?} {:?}",
+        env.emulator().stats()
+    );
+    assert!(report.drain.unconfirmed > 0, "{report:?}");
+    assert!(report.drain.reconciled > 0, "found by marker: {report:?}");
+    assert_eq!(report.drain.failed, 0, "{report:?}");
+    let tasks = env.emulator().writes().tasks_created;
+    let mut markers: Vec<&str> = tasks
+        .iter()
+        .map(|t| t.text.rsplit_once("#rebuy:").unwrap().1)
+        .collect();
+    markers.sort();
+    markers.dedup();
+    assert_eq!(markers.len(), planned, "every task is there");
+    assert_eq!(tasks.len(), planned, "and none twice");
 }

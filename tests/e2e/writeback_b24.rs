@@ -60,7 +60,7 @@ async fn b24_env(cfg: B24Config) -> Env {
     let emu = B24Emulator::spawn(cfg).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "data_dir = {:?}\n[[portal]]\nid = \"b24\"\nkind = \"bitrix24\"\nbase_url = \"{}\"\nrequests_per_sec = 100\n[portal.auth]\ntype = \"webhook\"\nurl_env = \"B24_WEBHOOK\"\n",
+        "data_dir = {:?}\n[[portal]]\nid = \"b24\"\nkind = \"bitrix24\"\nbase_url = \"{}\"\nrequests_per_sec = 100\nexceed_documented_limit = true\n[portal.auth]\ntype = \"webhook\"\nurl_env = \"B24_WEBHOOK\"\n",
         dir.path().display().to_string(),
         emu.base_url
     );
@@ -679,7 +679,7 @@ async fn b24_killed_between_send_and_done_then_rerun_creates_no_duplicate() {
     std::fs::write(
         &cfg_path,
         format!(
-            "data_dir = {:?}\n[[portal]]\nid = \"b\"\nkind = \"bitrix24\"\nbase_url = \"{}\"\nrequests_per_sec = 100\n\
+            "data_dir = {:?}\n[[portal]]\nid = \"b\"\nkind = \"bitrix24\"\nbase_url = \"{}\"\nrequests_per_sec = 100\nexceed_documented_limit = true\n\
              [portal.auth]\ntype = \"webhook\"\nurl_env = \"B24_WEBHOOK\"\n\
              [portal.mapping]\nplaybooks = [{:?}]\n\
              [portal.mapping.funnel]\npipeline = \"Повторные продажи\"\n\
@@ -845,4 +845,54 @@ async fn b24_b2b_segment_fields_go_on_the_company_card() {
     // Once.
     apply_at(&env, Timestamp::now() + SignedDuration::from_hours(1)).await;
     assert_eq!(env.writes_of("crm.company.userfield.add").len(), 1);
+}
+
+/// A connection dropped after the portal ran a `batch` of to-dos: nothing is sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b24_dropped_connections_after_the_write_create_no_duplicate() {
+    let mut env = b24_env(b24_config(67, 400, 1000)).await;
+    sync(&env, true).await;
+    let pb = write_playbook(
+        &env,
+        "spring",
+        "[[seasonal]]\nid = \"spring\"\ndate = \"03-05\"\ngoal = \"Поздравить с весной\"\n",
+    );
+    env.portal.mapping = json!({"playbooks": [pb]});
+    let as_of = writeback::parse_plan_as_of("2026-03-02", &env.portal).unwrap();
+    let plan = plan_at(&env, as_of).await;
+    let planned = plan.actions.len();
+    assert!(planned > 100, "several batches: {planned}");
+    env.emulator()
+        .set_faults(rebuy_emulator::faults::FaultConfig {
+            drop_after_write_rate: 0.5,
+            ..Default::default()
+        });
+    let conn = connector(&env);
+    let report = writeback::apply_plan(
+        conn.as_ref(),
+        &env.store,
+        &plan,
+        &DrainOptions::default(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert!(
+        report.drain.unconfirmed > 0,
+        "{report:?} {:?}",
+        env.emulator().stats()
+    );
+    assert_eq!(report.drain.failed, 0, "{report:?}");
+    let todos = env.writes_of("crm.activity.todo.add");
+    let mut markers: Vec<String> = todos
+        .iter()
+        .map(|w| {
+            let text = w.params["description"].as_str().unwrap_or_default();
+            text.rsplit_once("#rebuy:").unwrap().1.to_owned()
+        })
+        .collect();
+    markers.sort();
+    markers.dedup();
+    assert_eq!(markers.len(), planned, "every to-do is there");
+    assert_eq!(todos.len(), planned, "and none twice");
 }

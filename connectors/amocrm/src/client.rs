@@ -6,11 +6,16 @@
 //! 3. send with `Authorization: Bearer`;
 //! 4. a 401 reports the token to [`TokenManager::on_unauthorized`] (single-flight refresh) and
 //!    repeats the request once with the new token; a second 401 is [`ConnectorError::Auth`];
-//! 5. classify: 429 -> `RateLimited`, 5xx / connection errors / timeouts / truncated JSON ->
-//!    `Transient`, non-JSON 403 -> `Blocked` (never retried: retrying lengthens a block), other
-//!    answers go to the caller's decoder;
+//! 5. classify: 429 -> `RateLimited` (and the limiter halves its rate), 5xx / connection
+//!    errors / timeouts / truncated JSON -> `Transient`, non-JSON 403 -> `Blocked` (never
+//!    retried: retrying lengthens a block), other answers go to the caller's decoder;
 //! 6. retryable errors are retried after [`rebuy_core::retry::decide`]'s delay (full jitter),
 //!    up to the policy's attempt cap.
+//!
+//! A write (any method but `GET`) is repeated here only when it surely did not run: a 429, or
+//! a connection that could not be made. Once its body may have reached amoCRM (the
+//! connection dropped after sending, a timeout, a gateway 5xx, an answer cut short) it fails
+//! as [`ConnectorError::Unconfirmed`], and the caller looks in the CRM before sending it again.
 //!
 //! Nothing serialises requests but the limiter: concurrent calls on one client are fine and
 //! keep the limiter's pipe full when a response takes longer than a slot.
@@ -112,6 +117,21 @@ pub(crate) struct Inner {
     pub(crate) products:
         std::sync::Mutex<std::collections::HashMap<u64, (String, rust_decimal::Decimal)>>,
     pub(crate) prefetch: Prefetch,
+    /// Where the limiter's state goes when the last clone is dropped.
+    pub(crate) limiter_saver: std::sync::Mutex<Option<rebuy_core::LimiterSaver>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let saver = self
+            .limiter_saver
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(save) = saver {
+            save(&self.limiter.state());
+        }
+    }
 }
 
 impl std::fmt::Debug for AmoClient {
@@ -131,6 +151,11 @@ pub(crate) struct Req {
 }
 
 impl Req {
+    /// Whether repeating the request can change anything in the CRM.
+    fn is_write(&self) -> bool {
+        self.method != Method::GET && self.method != Method::HEAD
+    }
+
     pub(crate) fn get(url: Url) -> Self {
         Self {
             method: Method::GET,
@@ -188,6 +213,7 @@ impl AmoClient {
                 letter_task_type: OnceCell::new(),
                 products: Default::default(),
                 prefetch: Prefetch::default(),
+                limiter_saver: Default::default(),
             }),
         })
     }
@@ -242,6 +268,7 @@ impl AmoClient {
             if matches!(err, ConnectorError::Transient { .. }) {
                 self.inner.stats.transient.fetch_add(1, Ordering::Relaxed);
             }
+
             match decide(&err, attempt, policy, rand::random::<f64>()) {
                 Decision::Retry(delay) => {
                     self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -299,8 +326,17 @@ impl AmoClient {
         }
         let transport = |e: reqwest::Error| {
             // reqwest's message names the URL (never the token, which is a header).
-            ConnectorError::Transient {
-                message: format!("{} {}: {e}", req.method, req.url.path()),
+            let what = if e.is_timeout() {
+                "timed out"
+            } else {
+                "failed"
+            };
+            let message = format!("{} {} {what}: {e}", req.method, req.url.path());
+            // A connection never made carried nothing: safe to repeat, write or not.
+            if req.is_write() && !e.is_connect() {
+                ConnectorError::Unconfirmed { message }
+            } else {
+                ConnectorError::Transient { message }
             }
         };
         let resp = builder.send().await.map_err(transport)?;
@@ -331,6 +367,7 @@ impl AmoClient {
                 .stats
                 .rate_limited
                 .fetch_add(1, Ordering::Relaxed);
+            self.inner.limiter.on_rate_limited();
             return Err(ConnectorError::RateLimited {
                 retry_after: reply.retry_after,
                 message: format!("429 from amoCRM on {} {}", req.method, req.url.path()),
@@ -346,11 +383,24 @@ impl AmoClient {
             });
         }
         if status.is_server_error() {
-            return Err(ConnectorError::Transient {
-                message: format!("{status} from amoCRM on {} {}", req.method, req.url.path()),
-            });
+            let message = format!("{status} from amoCRM on {} {}", req.method, req.url.path());
+            // A 503 is the gateway refusing before the API ran; other 5xx may come after.
+            return Err(
+                if req.is_write() && status != StatusCode::SERVICE_UNAVAILABLE {
+                    ConnectorError::Unconfirmed { message }
+                } else {
+                    ConnectorError::Transient { message }
+                },
+            );
         }
-        decode(status, &reply.body)
+        self.inner.limiter.on_success();
+        decode(status, &reply.body).map_err(|e| match e {
+            // A 2xx cut short: the write ran, its answer is lost.
+            ConnectorError::Transient { message } if req.is_write() => {
+                ConnectorError::Unconfirmed { message }
+            }
+            e => e,
+        })
     }
 
     /// `GET` a JSON document: `Ok(None)` on 204 (amoCRM's "nothing here"), `NotFound` on 404.

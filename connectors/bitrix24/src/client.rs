@@ -189,7 +189,24 @@ pub(crate) struct Inner {
     pub(crate) limiter: Arc<Limiter>,
     pub(crate) budget: OperatingBudget,
     pub(crate) stats: ConnectorStats,
-    pub(crate) currency: tokio::sync::OnceCell<rebuy_core::Currency>,
+    /// The account currency, fetched once; or why the portal would not tell (no `crm` rights
+    /// to currencies, a missing method), also kept so it is asked once.
+    pub(crate) currency: tokio::sync::OnceCell<Result<rebuy_core::Currency, ConnectorError>>,
+    /// Where the limiter's state goes when the last clone is dropped.
+    pub(crate) limiter_saver: std::sync::Mutex<Option<rebuy_core::LimiterSaver>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let saver = self
+            .limiter_saver
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(save) = saver {
+            save(&self.limiter.state());
+        }
+    }
 }
 
 impl std::fmt::Debug for B24Client {
@@ -207,6 +224,22 @@ struct Req<'a> {
     /// Methods whose operating budget this request spends (batch: every command's).
     spends: Vec<&'a str>,
     body: Value,
+}
+
+impl Req<'_> {
+    /// Whether repeating the request can change anything in the portal: any method but a
+    /// plain read, a `batch` holding any such method.
+    fn is_write(&self) -> bool {
+        self.spends.iter().any(|m| !is_read(m))
+    }
+}
+
+/// Reads by name (`*.list`, `*.get`, `*.fields`, `profile`, `app.info`, `scope`, ...); every
+/// other method is taken as a write, the safe side.
+pub(crate) fn is_read(method: &str) -> bool {
+    let last = method.rsplit('.').next().unwrap_or(method);
+    matches!(last, "list" | "get" | "fields" | "info" | "getlist")
+        || matches!(method, "profile" | "scope" | "methods" | "batch")
 }
 
 impl B24Client {
@@ -296,6 +329,7 @@ impl B24Client {
                 settings,
                 stats: ConnectorStats::default(),
                 currency: tokio::sync::OnceCell::new(),
+                limiter_saver: Default::default(),
             }),
         })
     }
@@ -470,8 +504,19 @@ impl B24Client {
             inner.stats.requests.fetch_add(1, Ordering::Relaxed);
             let transport = |e: reqwest::Error| {
                 // Never print the URL of a webhook: its path is the secret.
-                ConnectorError::Transient {
-                    message: format!("{}: {}", req.method, e.without_url()),
+                let what = if e.is_timeout() {
+                    "timed out"
+                } else {
+                    "failed"
+                };
+                let connect_failed = e.is_connect();
+                let message = format!("{} {what}: {}", req.method, e.without_url());
+                // A connection never made carried nothing: safe to repeat. Anything later may
+                // have run the write.
+                if req.is_write() && !connect_failed {
+                    ConnectorError::Unconfirmed { message }
+                } else {
+                    ConnectorError::Transient { message }
                 }
             };
             let resp = inner
@@ -494,6 +539,14 @@ impl B24Client {
                             m.on_unauthorized(t).await?;
                         }
                         continue;
+                    }
+                    // The token is fine; the app or webhook lacks the method's scope.
+                    _ if e.error == "insufficient_scope" => {
+                        return Err(ConnectorError::Rejected {
+                            status: 401,
+                            code: Some(e.error),
+                            message: format!("{}: {}", req.method, e.error_description),
+                        });
                     }
                     _ => {
                         return Err(ConnectorError::Auth {
@@ -542,36 +595,62 @@ impl B24Client {
             });
         }
         if status.is_server_error() {
-            return Err(ConnectorError::Transient {
-                message: format!("{} from Bitrix24 on {}", status.as_u16(), req.method),
+            let message = format!("{} from Bitrix24 on {}", status.as_u16(), req.method);
+            // QUERY_LIMIT_EXCEEDED was handled above; any other 5xx may come after the write.
+            return Err(if req.is_write() {
+                ConnectorError::Unconfirmed { message }
+            } else {
+                ConnectorError::Transient { message }
             });
         }
         if status.is_success() {
             inner.limiter.on_success();
-            return decode(body);
+            return decode(body).map_err(|e| match e {
+                // A 2xx cut short: the write ran, its answer is lost.
+                ConnectorError::Transient { message } if req.is_write() => {
+                    ConnectorError::Unconfirmed { message }
+                }
+                e => e,
+            });
         }
         let e = api.unwrap_or_default();
         Err(api_error(status.as_u16(), &e, req.method))
     }
 
-    /// The account currency (`crm.currency.base.get`), fetched once.
+    /// The account currency (`crm.currency.base.get`), fetched once. A portal that refuses
+    /// the method (rights, scope, an implementation without it) answers the same refusal
+    /// every time without asking again.
     pub(crate) async fn currency(&self) -> Result<rebuy_core::Currency, ConnectorError> {
         self.inner
             .currency
             .get_or_try_init(|| async {
-                let env: Envelope<Value> = self
+                let env: Envelope<Value> = match self
                     .call("crm.currency.base.get", serde_json::json!({}))
-                    .await?;
+                    .await
+                {
+                    Ok(env) => env,
+                    Err(e) if e.is_unavailable() => return Ok(Err(e)),
+                    Err(e) => return Err(e),
+                };
                 let code = env
                     .result
                     .as_str()
                     .filter(|s| !s.is_empty())
                     .unwrap_or("RUB")
                     .to_owned();
-                Ok::<_, ConnectorError>(rebuy_core::Currency::new(&code))
+                Ok::<_, ConnectorError>(Ok(rebuy_core::Currency::new(&code)))
             })
-            .await
-            .cloned()
+            .await?
+            .clone()
+    }
+
+    /// The currency of amounts that name none: the account's, or RUB where the portal would
+    /// not tell it (the sync reports that as a warning on the account).
+    pub(crate) async fn default_currency(&self) -> Result<rebuy_core::Currency, ConnectorError> {
+        match self.currency().await {
+            Err(e) if e.is_unavailable() => Ok(rebuy_core::Currency::new("RUB")),
+            r => r,
+        }
     }
 }
 

@@ -252,6 +252,22 @@ impl Connector for B24Client {
         CrmKind::Bitrix24
     }
 
+    fn limiter_state(&self) -> Option<rebuy_core::LimiterState> {
+        Some(self.inner.limiter.state())
+    }
+
+    fn restore_limiter(&self, state: &rebuy_core::LimiterState) {
+        self.inner.limiter.restore(state);
+    }
+
+    fn save_limiter_on_drop(&self, saver: rebuy_core::LimiterSaver) {
+        *self
+            .inner
+            .limiter_saver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(saver);
+    }
+
     fn stats(&self) -> StatsSnapshot {
         self.snapshot()
     }
@@ -379,7 +395,7 @@ impl Connector for B24Client {
         cursor: Option<&Cursor>,
     ) -> Result<Page<Deal>, ConnectorError> {
         let after = parse_cursor(cursor)?;
-        let currency = self.currency().await?;
+        let currency = self.default_currency().await?;
         let (rows, next) = self
             .chained::<wire::Deal>("crm.deal.list", DEAL_SELECT, &query_filter(query), after)
             .await?;
@@ -438,7 +454,7 @@ impl Connector for B24Client {
     }
 
     async fn deal(&self, id: DealId) -> Result<Option<Deal>, ConnectorError> {
-        let currency = self.currency().await?;
+        let currency = self.default_currency().await?;
         let p = json!({"id": id.0});
         let cmds = vec![
             batch::command(0, "crm.deal.get", &p),

@@ -35,6 +35,8 @@ pub const BURST_MARGIN: u32 = 2;
 pub struct Limiter {
     gcra: RateLimiter<NotKeyed, InMemoryState, DefaultClock, NoOpMiddleware>,
     backoff: Mutex<Backoff>,
+    /// The portal's bucket level as this client estimates it, and when (for persistence).
+    level: Mutex<(f64, Instant)>,
     capacity: u32,
     drain_per_sec: f64,
 }
@@ -71,6 +73,7 @@ impl Limiter {
         Self {
             gcra: RateLimiter::direct(quota),
             backoff: Mutex::new(Backoff::default()),
+            level: Mutex::new((0.0, Instant::now())),
             capacity,
             drain_per_sec,
         }
@@ -100,6 +103,41 @@ impl Limiter {
             }
         }
         self.gcra.until_ready().await;
+        let mut l = self.level.lock().unwrap_or_else(|e| e.into_inner());
+        *l = (self.level_at(*l, Instant::now()) + 1.0, Instant::now());
+    }
+
+    fn level_at(&self, (level, at): (f64, Instant), now: Instant) -> f64 {
+        let drained = now.saturating_duration_since(at).as_secs_f64() * self.drain_per_sec;
+        (level - drained).max(0.0)
+    }
+
+    /// The estimated bucket level now, to be persisted (see [`Limiter::restore`]).
+    pub fn state(&self) -> rebuy_core::LimiterState {
+        let l = *self.level.lock().unwrap_or_else(|e| e.into_inner());
+        rebuy_core::LimiterState {
+            bucket_level: self.level_at(l, Instant::now()),
+            at_unix_ms: jiff::Timestamp::now().as_millisecond(),
+            ..Default::default()
+        }
+    }
+
+    /// Starts from a level persisted by an earlier process: what has not drained since is
+    /// taken from the burst, so this process does not send a full burst into a bucket the
+    /// portal still counts as partly full.
+    pub fn restore(&self, state: &rebuy_core::LimiterState) {
+        let elapsed_ms = (jiff::Timestamp::now().as_millisecond() - state.at_unix_ms).max(0);
+        let left = (state.bucket_level - elapsed_ms as f64 / 1000.0 * self.drain_per_sec)
+            .clamp(0.0, f64::from(self.capacity));
+        let cells = left.ceil() as u32;
+        for _ in 0..cells {
+            if self.gcra.check().is_err() {
+                break;
+            }
+        }
+        let mut l = self.level.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        *l = (self.level_at(*l, now).max(left), now);
     }
 
     /// Records a 503 `QUERY_LIMIT_EXCEEDED`: pauses every request of the portal, longer after

@@ -16,7 +16,10 @@
 //! its owner is checked (`NOT_FOUND` for a deleted deal) instead of silently creating an
 //! orphan task.
 //!
-//! A batch is retried whole only when no command ran (transport failures, 503, 5xx); a
+//! A batch is repeated by the client only when it surely did not run (503
+//! `QUERY_LIMIT_EXCEEDED`, a connection never made). Once it may have reached the portal (a
+//! drop after sending, a timeout, another 5xx, an answer cut short) every op of it fails as
+//! `Unconfirmed` and the outbox looks for what was created before sending anything again. A
 //! command refused inside the batch is reported for its op alone (`RateLimited` for
 //! `OPERATION_TIME_LIMIT`, so the outbox retries it later) and never repeated here, so a
 //! succeeded write is not sent twice by this layer.
@@ -213,7 +216,7 @@ pub(crate) async fn apply(
                             message: format!("{} answered false", c.method),
                         })),
                         Some(v) => out.push(Ok(outcome(&c.method, &v))),
-                        None => out.push(Err(ConnectorError::Transient {
+                        None => out.push(Err(ConnectorError::Unconfirmed {
                             message: format!("{} has no result in the batch answer", c.method),
                         })),
                     }

@@ -292,9 +292,44 @@ impl ConnectorStats {
     }
 }
 
+/// What a client's rate limiter knows of the CRM's counters, kept between processes so that
+/// `rebuy sync && rebuy apply` does not start the second command with a full burst while the
+/// CRM still counts the first one's requests. Times are Unix milliseconds (wall clock: the
+/// state outlives the process and its monotonic clock).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LimiterState {
+    /// When the latest requests left (amoCRM's sliding window), oldest first.
+    #[serde(default)]
+    pub sent_unix_ms: Vec<i64>,
+    /// The estimated level of the CRM's leaky bucket (Bitrix24) at `at_unix_ms`.
+    #[serde(default)]
+    pub bucket_level: f64,
+    /// When the state was taken.
+    #[serde(default)]
+    pub at_unix_ms: i64,
+    /// The adaptive share of the rate in use (1.0 = the full paced rate; lower after 429s).
+    #[serde(default)]
+    pub rate_factor: Option<f64>,
+}
+
+/// Receives a connector's [`LimiterState`] when the connector is dropped.
+pub type LimiterSaver = std::sync::Arc<dyn Fn(&LimiterState) + Send + Sync>;
+
 /// A CRM, as the sidecar sees it.
 #[async_trait]
 pub trait Connector: Send + Sync {
+    /// The rate limiter's state, to be persisted between processes (`None`: nothing to keep).
+    fn limiter_state(&self) -> Option<LimiterState> {
+        None
+    }
+
+    /// Starts the rate limiter from a state persisted by an earlier process.
+    fn restore_limiter(&self, _state: &LimiterState) {}
+
+    /// Hands the limiter's state to `saver` when the connector is dropped (the end of a
+    /// command), so the next process can [`Connector::restore_limiter`] from it.
+    fn save_limiter_on_drop(&self, _saver: LimiterSaver) {}
+
     /// Which CRM this is.
     fn kind(&self) -> CrmKind;
 

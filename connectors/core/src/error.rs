@@ -41,6 +41,15 @@ pub enum ConnectorError {
         /// What failed.
         message: String,
     },
+    /// A write whose request may have reached the CRM failed without an answer (the connection
+    /// dropped after it was sent, a timeout, a gateway error, a cut body): it may or may not
+    /// have been applied. Never repeated blindly: the caller (the outbox) looks in the CRM
+    /// first and sends again only what is not there.
+    #[error("outcome unknown: {message}")]
+    Unconfirmed {
+        /// What failed.
+        message: String,
+    },
     /// The entity does not exist (amoCRM 204/404 on a single entity, Bitrix24 "Not found").
     #[error("not found: {what}")]
     NotFound {
@@ -96,11 +105,35 @@ impl ConnectorError {
             ConnectorError::RateLimited { .. } => "rate_limited",
             ConnectorError::Blocked { .. } => "blocked",
             ConnectorError::Transient { .. } => "transient",
+            ConnectorError::Unconfirmed { .. } => "unconfirmed",
             ConnectorError::NotFound { .. } => "not_found",
             ConnectorError::Invalid { .. } => "invalid",
             ConnectorError::Rejected { .. } => "rejected",
             ConnectorError::Unsupported { .. } => "unsupported",
             ConnectorError::Store { .. } => "store",
+        }
+    }
+
+    /// Whether the CRM refused access to this part of the API (a missing right or scope, a
+    /// method or endpoint the account does not have), as opposed to a fault of the call: the
+    /// sync treats such answers for optional data as "none, with a warning".
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ConnectorError::NotFound { .. } | ConnectorError::Unsupported { .. } => true,
+            ConnectorError::Rejected { status, code, .. } => {
+                matches!(*status, 403 | 404 | 405)
+                    || code.as_deref().is_some_and(|c| {
+                        matches!(
+                            c,
+                            "insufficient_scope"
+                                | "ERROR_METHOD_NOT_FOUND"
+                                | "METHOD_NOT_FOUND"
+                                | "ACCESS_DENIED"
+                                | "ERROR_ACCESS_DENIED"
+                        )
+                    })
+            }
+            _ => false,
         }
     }
 

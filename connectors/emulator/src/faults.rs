@@ -2,15 +2,18 @@
 //!
 //! A [`FaultConfig`] holds the share of requests that get each fault; a [`FaultPicker`] draws
 //! faults from a seeded generator, so a sequential client sees the same faults on every run.
-//! The emulators apply faults to API calls only (never to the inspection endpoints), and a
-//! faulted write is never applied: faults cost retries, never data.
+//! The emulators apply faults to API calls only (never to the inspection endpoints). A faulted
+//! write is not applied, except under [`Fault::DropAfterWrite`]: the write is applied and the
+//! connection dropped before the answer, the case where a client that sends the write again
+//! creates a duplicate.
 use crate::rng::Rng;
 use std::time::Duration;
 
 /// Shares of requests (each in `0.0..=1.0`) that get a fault. The default is no faults.
 ///
 /// The shares are tried in this order on one uniform draw: 5xx, extra 429, dropped connection,
-/// malformed body, slow answer; so their sum should stay `<= 1.0`.
+/// dropped connection after a write, malformed body, slow answer; so their sum should stay
+/// `<= 1.0`.
 #[derive(Clone, Default, Debug, PartialEq)]
 pub struct FaultConfig {
     /// Answer 502, 503 or 504 (nginx HTML or a JSON problem) without running the request.
@@ -22,8 +25,12 @@ pub struct FaultConfig {
     pub slow_rate: f64,
     /// The delay of a slow answer, in milliseconds.
     pub slow_ms: u64,
-    /// Start a 200 answer and abort the connection in the middle of the body.
+    /// Start a 200 answer and abort the connection in the middle of the body (a write is not
+    /// applied).
     pub drop_rate: f64,
+    /// Apply a write, then abort the connection in the middle of its answer (reads drawn for
+    /// it are served normally).
+    pub drop_after_write_rate: f64,
     /// Answer 200 with a truncated JSON body (reads only; a malformed write answer is sent
     /// without applying the write).
     pub malformed_rate: f64,
@@ -35,8 +42,8 @@ impl FaultConfig {
         Self::default()
     }
 
-    /// The same mild mix on every kind: `rate` of 5xx, extra 429s, drops and malformed bodies
-    /// each, and `rate` of slow answers of 200 ms.
+    /// The same mild mix on every kind: `rate` of 5xx, extra 429s, drops, drops after the
+    /// write and malformed bodies each, and `rate` of slow answers of 200 ms.
     pub fn uniform(rate: f64) -> Self {
         Self {
             error_5xx_rate: rate,
@@ -44,6 +51,7 @@ impl FaultConfig {
             slow_rate: rate,
             slow_ms: 200,
             drop_rate: rate,
+            drop_after_write_rate: rate,
             malformed_rate: rate,
         }
     }
@@ -55,6 +63,7 @@ impl FaultConfig {
             self.extra_429_rate,
             self.slow_rate,
             self.drop_rate,
+            self.drop_after_write_rate,
             self.malformed_rate,
         ]
         .iter()
@@ -80,6 +89,8 @@ pub enum Fault {
     Slow(Duration),
     /// Abort the connection mid-body.
     Drop,
+    /// Apply the write, then abort the connection mid-answer (reads are served normally).
+    DropAfterWrite,
     /// Truncate the JSON body.
     Malformed,
 }
@@ -121,6 +132,9 @@ impl FaultPicker {
         }
         if hit(cfg.drop_rate) {
             return Fault::Drop;
+        }
+        if hit(cfg.drop_after_write_rate) {
+            return Fault::DropAfterWrite;
         }
         if hit(cfg.malformed_rate) {
             return Fault::Malformed;

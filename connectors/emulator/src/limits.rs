@@ -1,7 +1,9 @@
 //! Request rate limits the way CRM gateways enforce them.
 //!
-//! [`Limiter`] is a token bucket (capacity = rate, refilled at `rate` tokens per second, so a
-//! client may burst `rate` requests and then sustain `rate` per second) plus the escalation
+//! [`Limiter`] counts the requests it accepted in the last second, a sliding window as amoCRM's
+//! gateway counts them: a request is refused with 429 when `rate` were already accepted in the
+//! second before it, wherever that second starts (stricter than a token bucket, which lets a
+//! client that sends slightly faster than the rate through for a while), plus the escalation
 //! amoCRM applies to clients that keep hitting the limit: more than `block_after` rejected
 //! requests within [`VIOLATION_WINDOW`] block the integration. The block is sticky: it is lifted
 //! only by [`Limiter::reset_block`] (in real life, by the CRM's support).
@@ -25,12 +27,14 @@ pub enum Admission {
     Blocked,
 }
 
-/// A token bucket with violation escalation.
+/// The span of the sliding window.
+pub const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// A sliding one-second window with violation escalation.
 #[derive(Debug)]
 pub struct Limiter {
     rate: u32,
-    tokens: f64,
-    last: Instant,
+    accepted: VecDeque<Instant>,
     block_after: u32,
     violations: VecDeque<Instant>,
     blocked: bool,
@@ -42,19 +46,17 @@ impl Limiter {
     pub fn new(per_sec: u32, block_after: u32) -> Self {
         Self {
             rate: per_sec,
-            tokens: per_sec as f64,
-            last: Instant::now(),
+            accepted: VecDeque::new(),
             block_after,
             violations: VecDeque::new(),
             blocked: false,
         }
     }
 
-    /// Changes the rate; the bucket starts full.
+    /// Changes the rate; the window starts empty.
     pub fn set_rate(&mut self, per_sec: u32) {
         self.rate = per_sec;
-        self.tokens = per_sec as f64;
-        self.last = Instant::now();
+        self.accepted.clear();
     }
 
     /// The current rate (`0` = unlimited).
@@ -85,12 +87,15 @@ impl Limiter {
             return Admission::Allowed;
         }
         let now = Instant::now();
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        let cap = self.rate as f64;
-        self.tokens = (self.tokens + elapsed * cap).min(cap);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        while self
+            .accepted
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= RATE_WINDOW)
+        {
+            self.accepted.pop_front();
+        }
+        if self.accepted.len() < self.rate as usize {
+            self.accepted.push_back(now);
             return Admission::Allowed;
         }
         self.violations.push_back(now);
@@ -111,8 +116,7 @@ impl Limiter {
     pub fn reset_block(&mut self) {
         self.blocked = false;
         self.violations.clear();
-        self.tokens = self.rate as f64;
-        self.last = Instant::now();
+        self.accepted.clear();
     }
 }
 
@@ -121,14 +125,31 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn burst_then_refill() {
+    async fn any_one_second_window_holds_at_most_the_rate() {
         let mut l = Limiter::new(7, 0);
         assert!((0..7).all(|_| l.admit() == Admission::Allowed));
         assert_eq!(l.admit(), Admission::RateLimited);
+        // 300 ms later the first seven are still inside the window: a token bucket would have
+        // refilled two slots here.
         tokio::time::advance(Duration::from_millis(300)).await;
-        assert_eq!(l.admit(), Admission::Allowed); // 2.1 tokens refilled
-        assert_eq!(l.admit(), Admission::Allowed);
         assert_eq!(l.admit(), Admission::RateLimited);
+        tokio::time::advance(Duration::from_millis(700)).await;
+        assert!((0..7).all(|_| l.admit() == Admission::Allowed));
+        assert_eq!(l.admit(), Admission::RateLimited);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_rate_just_above_the_limit_is_refused() {
+        // 7.5 requests/s, evenly spaced: every window of one second holds 8 at some point.
+        let mut l = Limiter::new(7, 0);
+        let mut refused = 0;
+        for _ in 0..75 {
+            if l.admit() == Admission::RateLimited {
+                refused += 1;
+            }
+            tokio::time::advance(Duration::from_micros(133_334)).await;
+        }
+        assert!(refused >= 4, "refused {refused}");
     }
 
     #[tokio::test(start_paused = true)]

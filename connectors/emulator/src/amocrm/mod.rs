@@ -1,7 +1,8 @@
 //! The amoCRM emulator: OAuth 2.0, REST API v4, rate limits and blocks, fault injection.
 //!
-//! Faithful to `docs/amocrm-api.md`; where the doc and this emulator disagree, the emulator is
-//! wrong. Every request goes through one gate (see [`AmoEmulator::router`]) in this order:
+//! Faithful to `connectors/emulator/docs/amocrm.md`; where the doc and this emulator disagree,
+//! the emulator is wrong. Every request goes through one gate (see [`AmoEmulator::router`]) in
+//! this order:
 //!
 //! 1. inspection endpoints (`/_emulator/...`) pass straight through, uncounted;
 //! 2. a blocked integration gets the nginx `403 Forbidden` page on every path, the token
@@ -157,6 +158,8 @@ pub(crate) struct Inner {
     cursors: Mutex<std::collections::HashMap<String, api::PageCursor>>,
     /// Outgoing webhooks.
     delivery: Delivery,
+    /// API path prefixes this integration's user has no rights to (403).
+    denied: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -236,6 +239,7 @@ impl AmoEmulator {
             version: AtomicU64::new(0),
             cursors: Mutex::new(Default::default()),
             delivery: Delivery::new(cfg.delivery.clone(), true, webhooks::USER_AGENT),
+            denied: Mutex::new(Vec::new()),
             cfg,
         };
         Self(Arc::new(inner))
@@ -391,6 +395,12 @@ impl AmoEmulator {
     /// Replaces the fault mix.
     pub fn set_faults(&self, f: FaultConfig) {
         lock(&self.0.faults).0 = f;
+    }
+
+    /// Takes rights away: API paths starting with one of `prefixes` (`/api/v4/companies`)
+    /// answer 403 with amoCRM's problem body, as for a user without access to that entity.
+    pub fn set_denied(&self, prefixes: &[&str]) {
+        *lock(&self.0.denied) = prefixes.iter().map(|p| (*p).to_owned()).collect();
     }
 
     /// Changes the rate limit (`0` = unlimited); the bucket starts full.
@@ -771,10 +781,19 @@ async fn serve_api(st: &Arc<Inner>, fault: Fault, req: Request, next: Next) -> R
     if let Err(e) = oauth::check_bearer(st, req.headers()) {
         return e.into_response();
     }
+    let path = req.uri().path();
+    if lock(&st.denied)
+        .iter()
+        .any(|p| path.starts_with(p.as_str()))
+    {
+        return error::problem(403, "Forbidden", "Access denied");
+    }
     let is_read = req.method() == Method::GET;
     match fault {
-        Fault::Drop => {
-            let head: Bytes = if is_read {
+        // A read is served normally under a drop after the write.
+        Fault::DropAfterWrite if is_read => next.run(req).await,
+        Fault::Drop | Fault::DropAfterWrite => {
+            let head: Bytes = if is_read || fault == Fault::DropAfterWrite {
                 let resp = next.run(req).await;
                 let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
                     .await

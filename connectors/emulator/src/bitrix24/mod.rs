@@ -1,8 +1,9 @@
 //! The Bitrix24 emulator: OAuth 2.0 and inbound webhooks, the REST methods rebuy uses,
 //! `batch`, the leaky-bucket and operating-time limits, fault injection.
 //!
-//! Faithful to `docs/bitrix24-api.md`; where the doc and this emulator disagree, the emulator is
-//! wrong. One portal per emulator. Every `/rest/...` request passes, in this order:
+//! Faithful to `connectors/emulator/docs/bitrix24.md`; where the doc and this emulator disagree,
+//! the emulator is wrong. One portal per emulator. Every `/rest/...` request passes, in this
+//! order:
 //!
 //! 1. the leaky bucket of the portal (`batch` counts once): a full bucket answers 503
 //!    `QUERY_LIMIT_EXCEEDED` "Too many requests";
@@ -218,6 +219,8 @@ pub(crate) struct Inner {
     delivery: Delivery,
     /// The served base URL (for `auth[client_endpoint]`), once known.
     base_url: Mutex<Option<String>>,
+    /// Methods outside the caller's scope (403 `insufficient_scope`).
+    denied: Mutex<Vec<String>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -259,6 +262,13 @@ impl Inner {
                 429,
                 "OPERATION_TIME_LIMIT",
                 "Method is blocked due to operation time limit.",
+            ));
+        }
+        if lock(&self.denied).iter().any(|m| m == method) {
+            return Err(ApiErr::new(
+                403,
+                "insufficient_scope",
+                "The request requires higher privileges than provided by the webhook token",
             ));
         }
         let r = methods::call(self, method, p, caller);
@@ -358,6 +368,7 @@ impl B24Emulator {
             admin,
             started: Instant::now(),
             delivery: Delivery::new(cfg.delivery.clone(), false, "Bitrix24 Webhook Engine"),
+            denied: Mutex::new(Vec::new()),
             base_url: Mutex::new(None),
             cfg,
         };
@@ -437,6 +448,12 @@ impl B24Emulator {
     /// Spends every refresh token issued so far: the next refresh gets `invalid_grant`.
     pub fn revoke_refresh_tokens(&self) {
         lock(&self.0.oauth).revoke_refresh_tokens();
+    }
+
+    /// Narrows the caller's scope: `methods` (`crm.currency.base.get`) answer 403
+    /// `insufficient_scope`, alone or inside a `batch`.
+    pub fn set_denied(&self, methods: &[&str]) {
+        *lock(&self.0.denied) = methods.iter().map(|m| (*m).to_owned()).collect();
     }
 
     /// Replaces the fault mix.
@@ -1010,6 +1027,10 @@ async fn rest(st: Arc<Inner>, path: String, params: Result<Map<String, Value>, (
         }
     };
     match fault {
+        Fault::DropAfterWrite if writes => broken(
+            Fault::Drop,
+            Bytes::from(serde_json::to_vec(&resp.1).unwrap_or_default()),
+        ),
         Fault::Drop | Fault::Malformed => broken(
             fault,
             Bytes::from(serde_json::to_vec(&resp.1).unwrap_or_default()),
