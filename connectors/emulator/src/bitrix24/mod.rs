@@ -218,6 +218,8 @@ pub(crate) struct Inner {
     delivery: Delivery,
     /// The served base URL (for `auth[client_endpoint]`), once known.
     base_url: Mutex<Option<String>>,
+    /// Whether the app is installed on the portal (`app.info`'s `INSTALLED`).
+    installed: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -237,6 +239,10 @@ impl Inner {
         let wall = jiff::Timestamp::now().as_second();
         let seeded = self.cfg.seed.now.as_second() + self.started.elapsed().as_secs() as i64;
         wall.max(seeded)
+    }
+
+    pub(crate) fn app_installed(&self) -> bool {
+        self.installed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub(crate) fn count_batch_command(&self, method: &str) {
@@ -359,6 +365,7 @@ impl B24Emulator {
             started: Instant::now(),
             delivery: Delivery::new(cfg.delivery.clone(), false, "Bitrix24 Webhook Engine"),
             base_url: Mutex::new(None),
+            installed: std::sync::atomic::AtomicBool::new(true),
             cfg,
         };
         Self(Arc::new(inner))
@@ -427,6 +434,24 @@ impl B24Emulator {
     /// An authorization code as if the administrator consented (30 s, single use).
     pub fn issue_authorization_code(&self) -> String {
         lock(&self.0.oauth).issue_code()
+    }
+
+    /// Removes the app from the portal, as an administrator does: every token issued so far
+    /// dies (`invalid_token`, `invalid_grant`), its event handlers are unbound, and `app.info`
+    /// says `INSTALLED: false` until [`Self::install_app`].
+    pub fn uninstall_app(&self) {
+        self.0
+            .installed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        lock(&self.0.oauth).revoke_all();
+        lock(&self.0.events).bindings.clear();
+    }
+
+    /// Installs the app again (after [`Self::uninstall_app`]); tokens come from new codes.
+    pub fn install_app(&self) {
+        self.0
+            .installed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Makes every access token issued so far expire now.
