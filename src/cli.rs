@@ -701,6 +701,23 @@ async fn cmd_serve(cfg: Config, config_path: &std::path::Path) -> Result<()> {
             cancel.cancel();
         }
     };
+    // `/metrics` without a token on an address of its own, when configured (keep it internal).
+    if let Some(addr) = &cfg.server.metrics_listen {
+        let metrics_listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} (server.metrics_listen)"))?;
+        tracing::info!(listen = %addr, "Serving /metrics.");
+        let app = crate::server::metrics::open_router(state.clone());
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics_listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "The metrics listener failed.");
+            }
+        });
+    }
     crate::server::serve(listener, state, shutdown)
         .await
         .context("serving")?;

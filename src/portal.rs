@@ -92,6 +92,8 @@ pub fn b24_settings(p: &PortalConfig) -> Result<rebuy_bitrix24::B24Settings, Con
         s.drain_per_sec = f64::from(r);
     }
     s.product_rows = p.sync.product_rows;
+    // A client_endpoint or domain of a token answer or an event is followed only to these.
+    s.allowed_hosts = p.allowed_hosts.clone();
     Ok(s)
 }
 

@@ -146,6 +146,9 @@ pub struct PortalConfig {
     /// Bitrix24: the application token of an outgoing webhook configured by hand (apps receive
     /// theirs at install instead).
     pub application_token: Option<SecretString>,
+    /// Bitrix24: hosts besides `base_url`'s that a `client_endpoint` or `domain` of a token
+    /// answer or an event may name (a portal renamed to another domain); `host` or `host:port`.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[server]`: the long-lived `rebuy serve` process.
@@ -162,6 +165,13 @@ pub struct ServerSettings {
     pub daily_hour: u8,
     /// Seconds between outbox drains.
     pub outbox_interval_secs: u64,
+    /// The environment variable holding the bearer token `/metrics` asks for on `listen`.
+    pub metrics_token_env: Option<String>,
+    /// A separate address where `/metrics` is served without a token (keep it internal).
+    pub metrics_listen: Option<String>,
+    /// The token of `metrics_token_env`, read at resolution.
+    #[serde(skip)]
+    pub metrics_token: Option<SecretString>,
     /// `[server.ui]`: the dashboard (resolved separately: it reads passwords from the
     /// environment).
     #[serde(skip)]
@@ -176,6 +186,9 @@ impl Default for ServerSettings {
             sync_interval_mins: 15,
             daily_hour: 9,
             outbox_interval_secs: 10,
+            metrics_token_env: None,
+            metrics_listen: None,
+            metrics_token: None,
             ui: UiConfig::default(),
         }
     }
@@ -394,6 +407,7 @@ const PORTAL_KEYS: &[&str] = &[
     "analytics",
     "mapping",
     "webhooks",
+    "allowed_hosts",
 ];
 
 #[derive(Deserialize)]
@@ -416,6 +430,8 @@ struct RawPortal {
     mapping: Option<serde_json::Value>,
     #[serde(default)]
     webhooks: Option<serde_json::Value>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -500,6 +516,17 @@ pub fn resolve(
                 server.listen
             ),
         );
+    }
+    if let Some(addr) = &server.metrics_listen
+        && addr.parse::<std::net::SocketAddr>().is_err()
+    {
+        cx.problem(
+            "server.metrics_listen",
+            format!("{addr:?} is not an address such as 127.0.0.1:9090"),
+        );
+    }
+    if let Some(var) = server.metrics_token_env.clone() {
+        server.metrics_token = secret_from_env(&mut cx, "server.metrics_token_env", &var, env);
     }
     let data_dir = top.data_dir.unwrap_or_else(|| PathBuf::from("data"));
     if top.portal.is_empty() {
@@ -729,6 +756,14 @@ fn resolve_portal(
             );
         }
     }
+    for (i, h) in raw.allowed_hosts.iter().enumerate() {
+        if !host_entry_ok(h) {
+            cx.problem(
+                &format!("{key}.allowed_hosts[{i}]"),
+                format!("{h:?} is not a host name (such as new-name.bitrix24.ru or host:port)"),
+            );
+        }
+    }
     if cx.problems.len() > before {
         return None;
     }
@@ -745,7 +780,22 @@ fn resolve_portal(
         mapping: raw.mapping.unwrap_or(serde_json::Value::Null),
         webhook_secret,
         application_token,
+        allowed_hosts: raw
+            .allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect(),
     })
+}
+
+/// Whether an `allowed_hosts` entry is a bare `host` or `host:port` (no scheme, path or
+/// credentials).
+fn host_entry_ok(entry: &str) -> bool {
+    let e = entry.trim();
+    !e.is_empty()
+        && !e.contains(['/', '@', '?', '#', '\\', ' '])
+        && url::Url::parse(&format!("https://{e}/"))
+            .is_ok_and(|u| u.host_str().is_some_and(|h| !h.is_empty()))
 }
 
 #[cfg(test)]
@@ -781,6 +831,55 @@ mod tests {
         assert_eq!(c.portals[0].id.0, "shop");
         assert_eq!(c.portals[0].sync.overlap_secs, 300);
         assert_eq!(c.portals[0].time_zone_name, "Europe/Moscow");
+    }
+
+    #[test]
+    fn allowed_hosts_and_metrics_settings_are_checked() {
+        let d = doc(r#"
+            [server]
+            metrics_token_env = "METRICS_NOT_SET"
+            metrics_listen = "nowhere"
+            [[portal]]
+            id = "b24"
+            kind = "bitrix24"
+            base_url = "https://x.bitrix24.ru"
+            allowed_hosts = ["new.bitrix24.ru", "https://evil.example/rest", "ok.example:8443"]
+            [portal.auth]
+            type = "oauth"
+            client_id = "local.1"
+            client_secret_env = "SHOP_SECRET"
+            redirect_uri = "https://example.com/cb"
+        "#);
+        let text = format_problems(&resolve(&d, "rebuy.toml", &env).unwrap_err());
+        for needle in [
+            "server.metrics_token_env: environment variable METRICS_NOT_SET is not set",
+            "server.metrics_listen: \"nowhere\" is not an address",
+            "portal[0].allowed_hosts[1]: \"https://evil.example/rest\" is not a host name",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert!(!text.contains("allowed_hosts[0]") && !text.contains("allowed_hosts[2]"));
+        let ok = doc(r#"
+            [server]
+            metrics_token_env = "SHOP_SECRET"
+            [[portal]]
+            id = "b24"
+            kind = "bitrix24"
+            base_url = "https://x.bitrix24.ru"
+            allowed_hosts = ["New.Bitrix24.ru"]
+            [portal.auth]
+            type = "oauth"
+            client_id = "local.1"
+            client_secret_env = "SHOP_SECRET"
+            redirect_uri = "https://example.com/cb"
+        "#);
+        let c = resolve(&ok, "rebuy.toml", &env).unwrap();
+        assert_eq!(c.portals[0].allowed_hosts, vec!["new.bitrix24.ru"]);
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            c.server.metrics_token.as_ref().map(|t| t.expose_secret()),
+            Some("s3cret")
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ impl AppState {
             metrics: super::metrics::Metrics::new(),
             ui: crate::config::UiConfig::default(),
             playbooks_dir: None,
+            metrics_token: None,
         }
     }
 }

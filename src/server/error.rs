@@ -41,6 +41,14 @@ impl AppError {
             message: message.into(),
         }
     }
+    /// 404: nothing is served at this path here.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: message.into(),
+        }
+    }
     /// 400: a malformed body.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self {

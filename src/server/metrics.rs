@@ -1,5 +1,11 @@
 //! `/metrics` in the Prometheus text format. Counters and gauges are kept in the process-wide
 //! `metrics` recorder; this module installs it once and renders it.
+//!
+//! The series name every portal, so `/metrics` is not public: on the main listener it asks for
+//! `Authorization: Bearer <token>` (the token is read from the env var `[server]
+//! metrics_token_env` names; compared in constant time), and without that key it is 404 there.
+//! `[server] metrics_listen` serves it without a token on an address of its own (keep that one
+//! internal).
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -36,7 +42,55 @@ impl Default for Metrics {
     }
 }
 
-/// `GET /metrics`.
+/// `GET /metrics` on the main listener: 401 without a bearer token, 403 with a wrong one, 404
+/// when no `metrics_token_env` is configured.
+pub async fn render_guarded(
+    State(state): State<super::AppState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use secrecy::ExposeSecret;
+    use subtle::ConstantTimeEq;
+    let Some(expected) = &state.metrics_token else {
+        return super::error::AppError::not_found(
+            "metrics are not served on this address: set [server] metrics_token_env or metrics_listen",
+        )
+        .into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    let Some(given) = given else {
+        let mut r =
+            super::error::AppError::unauthorized("metrics need a bearer token").into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    };
+    let ok: bool = given
+        .trim()
+        .as_bytes()
+        .ct_eq(expected.expose_secret().as_bytes())
+        .into();
+    if !ok {
+        return super::error::AppError::forbidden("wrong metrics token").into_response();
+    }
+    render(State(state)).await.into_response()
+}
+
+/// The router of `[server] metrics_listen`: `/metrics` without a token, nothing else.
+pub fn open_router(state: super::AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(render))
+        .with_state(state)
+}
+
+/// `GET /metrics`, unguarded (the `metrics_listen` address).
 pub async fn render(State(state): State<super::AppState>) -> impl IntoResponse {
     for (id, p) in state.portals.iter() {
         if let Ok(depth) = p.store.inbox_depth() {

@@ -90,6 +90,9 @@ pub struct AppState {
     /// The playbooks directory beside the config file, if any (the dashboard's mapping and
     /// plan pages read it as `rebuy mapping` and `rebuy plan` do).
     pub playbooks_dir: Option<std::path::PathBuf>,
+    /// The bearer token `/metrics` asks for on the main listener (`[server]
+    /// metrics_token_env`); `None`: `/metrics` is 404 there.
+    pub metrics_token: Option<secrecy::SecretString>,
 }
 
 impl AppState {
@@ -109,6 +112,7 @@ impl AppState {
             metrics: metrics::Metrics::new(),
             ui: cfg.server.ui.clone(),
             playbooks_dir: None,
+            metrics_token: cfg.server.metrics_token.clone(),
         })
     }
 
@@ -131,7 +135,7 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth/{portal}/callback", get(oauth::callback))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(webhooks::readyz))
-        .route("/metrics", get(metrics::render))
+        .route("/metrics", get(metrics::render_guarded))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

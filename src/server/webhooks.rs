@@ -207,7 +207,7 @@ pub async fn amocrm_disconnect(
 
 /// `POST /hooks/bitrix24/{portal}`: events and app install/uninstall. Every event carries
 /// `auth[application_token]`, compared in constant time with the one stored at install (or
-/// configured for an outgoing webhook).
+/// configured for an outgoing webhook). An install is checked by [`b24_install`].
 pub async fn bitrix24(
     State(state): State<AppState>,
     Path(portal): Path<String>,
@@ -234,35 +234,7 @@ pub async fn bitrix24(
         .map(|s| s.expose_secret().to_owned())
         .or(stored);
     if event == "ONAPPINSTALL" {
-        // The install event brings the token. A re-install (app update) must present the same
-        // domain; a token already known must match unless the app was uninstalled.
-        let domain = field(&pairs, "auth[domain]").unwrap_or_default();
-        let portal_host = p.cfg.base_url.host_str().unwrap_or_default();
-        let port_suffix = p
-            .cfg
-            .base_url
-            .port()
-            .map(|x| format!(":{x}"))
-            .unwrap_or_default();
-        if domain != portal_host && domain != format!("{portal_host}{port_suffix}") {
-            return Err(AppError::forbidden(format!(
-                "install for domain {domain:?}, not this portal's {portal_host:?}"
-            )));
-        }
-        if let Some(exp) = &expected
-            && !ct_eq(token, exp)
-        {
-            return Err(AppError::forbidden(
-                "application token differs from the installed app's",
-            ));
-        }
-        let token = SecretString::from(token.to_owned());
-        let store = p.store.clone();
-        tokio::task::spawn_blocking(move || store.set_meta(KEY_APP_TOKEN, &token.expose_secret()))
-            .await
-            .map_err(|e| AppError::unavailable(e.to_string()))?
-            .map_err(|e| AppError::unavailable(e.to_string()))?;
-        return store_event(&p, "bitrix24", &headers, body).await;
+        return b24_install(&p, &pairs, token, expected, &headers, body).await;
     }
     let Some(expected) = expected else {
         return Err(AppError::forbidden(
@@ -273,6 +245,152 @@ pub async fn bitrix24(
         return Err(AppError::forbidden("wrong application token"));
     }
     store_event(&p, "bitrix24", &headers, body).await
+}
+
+fn refuse_install(portal: &str, reason: &str) -> AppError {
+    metrics::counter!("rebuy_installs_refused_total", "portal" => portal.to_owned()).increment(1);
+    tracing::warn!(portal = %portal, reason = %reason, "Refused a Bitrix24 app install.");
+    AppError::forbidden(format!("install refused: {reason}"))
+}
+
+/// `ONAPPINSTALL`: the only event that brings tokens, so the only one that could hand the
+/// portal to someone else. Before the 2xx:
+/// - the event's `domain` must be the portal's host (or one of its `allowed_hosts`);
+/// - a **connected** portal (tokens stored, no "needs re-authorization" mark) never gets new
+///   tokens from an install: an install presenting the known application token is an app update
+///   (handlers are bound again); without a known application token (connected through
+///   `rebuy auth`), the application token is learnt only after the check below;
+/// - a portal **awaiting** an install (no tokens, or uninstalled / needing re-authorization)
+///   stores the tokens only after the check below, and commits them before answering.
+///
+/// The check, as the Bitrix24 docs advise: the supplied access token is sent to the portal's
+/// configured `base_url` (never to the event's `client_endpoint` or `domain`) with `app.info`,
+/// which must answer for this app; the event's `member_id` must match the one the portal's
+/// earlier tokens carried, when known. Anything else is 403 and nothing is stored.
+async fn b24_install(
+    p: &PortalRuntime,
+    pairs: &[(String, String)],
+    app_token: &str,
+    expected: Option<String>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
+    let portal = p.cfg.id.0.as_str();
+    if !matches!(p.cfg.auth, crate::config::AuthConfig::OAuth { .. }) {
+        return Err(refuse_install(
+            portal,
+            "the portal is not configured as an OAuth app",
+        ));
+    }
+    let settings =
+        crate::portal::b24_settings(&p.cfg).map_err(|e| AppError::unavailable(e.to_string()))?;
+    let domain = field(pairs, "auth[domain]").unwrap_or_default();
+    if !settings.domain_allowed(domain) {
+        return Err(refuse_install(
+            portal,
+            &format!("domain {domain:?} is neither the portal's host nor in allowed_hosts"),
+        ));
+    }
+    if let Some(cfg_token) = &p.cfg.application_token
+        && !ct_eq(app_token, cfg_token.expose_secret())
+    {
+        return Err(refuse_install(
+            portal,
+            "application token differs from the configured one",
+        ));
+    }
+    let (stored, reauth) = p
+        .store
+        .blocking(|s| Ok((s.load_tokens()?, s.needs_reauth()?)))
+        .await
+        .map_err(|e| AppError::unavailable(e.to_string()))?;
+    let connected = stored.is_some() && reauth.is_none();
+    if connected && let Some(known) = &expected {
+        if !ct_eq(app_token, known) {
+            return Err(refuse_install(
+                portal,
+                "the portal is connected and the application token differs from its app's",
+            ));
+        }
+        // An app update of the installed app: its tokens stay, its handlers are bound again.
+        return store_event(p, "bitrix24", headers, body).await;
+    }
+    let Some(access) = field(pairs, "auth[access_token]").filter(|t| !t.is_empty()) else {
+        return Err(refuse_install(portal, "no auth[access_token]"));
+    };
+    let refresh = field(pairs, "auth[refresh_token]").filter(|t| !t.is_empty());
+    if !connected && refresh.is_none() {
+        return Err(refuse_install(portal, "no auth[refresh_token]"));
+    }
+    let member_id = field(pairs, "auth[member_id]");
+    if let Some(known) = stored.as_ref().and_then(|t| t.extra.get("member_id"))
+        && member_id.is_none_or(|m| !ct_eq(m, known))
+    {
+        return Err(refuse_install(
+            portal,
+            "member_id is not the one this portal's tokens carry",
+        ));
+    }
+    let access = SecretString::from(access.to_owned());
+    match rebuy_bitrix24::auth::verify_token(&settings, &access).await {
+        Ok(_) => {}
+        Err(
+            e @ (rebuy_core::ConnectorError::Transient { .. }
+            | rebuy_core::ConnectorError::RateLimited { .. }),
+        ) => {
+            tracing::warn!(portal = %portal, error = %e, "Could not verify a Bitrix24 install: the portal did not answer.");
+            return Err(AppError::unavailable(
+                "the portal could not be asked to verify the install",
+            ));
+        }
+        Err(e) => {
+            return Err(refuse_install(
+                portal,
+                &format!("the portal did not confirm the token ({e})"),
+            ));
+        }
+    }
+    if !connected {
+        let mut extra = std::collections::BTreeMap::new();
+        for k in ["domain", "member_id", "client_endpoint", "server_endpoint"] {
+            if let Some(v) = field(pairs, &format!("auth[{k}]")).filter(|v| !v.is_empty()) {
+                extra.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        if let Some(ep) = extra.get("client_endpoint")
+            && !url::Url::parse(ep).is_ok_and(|u| settings.endpoint_allowed(&u))
+        {
+            tracing::warn!(portal = %portal, "The install's client_endpoint is neither the portal's host nor in allowed_hosts; it is not kept.");
+            extra.remove("client_endpoint");
+        }
+        let expires_in = field(pairs, "auth[expires_in]")
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(3600);
+        let tokens = rebuy_core::TokenSet {
+            access_token: access,
+            refresh_token: refresh.map(|r| SecretString::from(r.to_owned())),
+            expires_at: Timestamp::now()
+                .checked_add(jiff::SignedDuration::from_secs(expires_in))
+                .ok(),
+            extra,
+        };
+        let handle = p
+            .handle()
+            .map_err(|e| AppError::unavailable(e.to_string()))?;
+        // Committed before the 2xx, like every token set.
+        handle
+            .tokens
+            .install(tokens)
+            .await
+            .map_err(|e| AppError::unavailable(format!("cannot store the tokens: {e}")))?;
+        tracing::info!(portal = %portal, "Bitrix24 app installed: tokens verified with the portal and stored.");
+    }
+    let token = SecretString::from(app_token.to_owned());
+    p.store
+        .blocking(move |s| s.set_meta(KEY_APP_TOKEN, &token.expose_secret()))
+        .await
+        .map_err(|e| AppError::unavailable(e.to_string()))?;
+    store_event(p, "bitrix24", headers, body).await
 }
 
 /// `GET /readyz`: every portal's store answers.

@@ -18,31 +18,11 @@ pub enum Change {
     Upsert(EntityKind, u64),
     /// Remove this record.
     Delete(EntityKind, u64),
-    /// The Bitrix24 app was installed (or updated): store its tokens, bind the handlers.
-    Install(InstallAuth),
+    /// The Bitrix24 app was installed (or updated): bind the handlers. Its tokens are not taken
+    /// from the event here: the webhook endpoint verified and stored them before answering.
+    Install,
     /// The Bitrix24 app was removed: the portal needs a new install.
     Uninstall,
-}
-
-/// Tokens an `ONAPPINSTALL` delivered.
-#[derive(Clone, PartialEq, Eq)]
-pub struct InstallAuth {
-    /// Access token.
-    pub access_token: String,
-    /// Refresh token.
-    pub refresh_token: String,
-    /// Lifetime of the access token.
-    pub expires_in: u64,
-    /// Not-secret extras kept with the tokens (domain, member_id, client_endpoint).
-    pub extra: std::collections::BTreeMap<String, String>,
-}
-
-impl std::fmt::Debug for InstallAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InstallAuth")
-            .field("extra", &self.extra)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The events rebuy binds on a Bitrix24 portal at install.
@@ -79,33 +59,7 @@ fn b24_changes(event: &InboxEvent) -> Result<Vec<Change>, ProcessError> {
             one(id.map(|i| Change::Upsert(EntityKind::Companies, i)))
         }
         K::CompanyDelete => one(id.map(|i| Change::Delete(EntityKind::Companies, i))),
-        K::AppInstall => {
-            let a = &ev.auth;
-            let (Some(access), Some(refresh)) = (a.access_token.clone(), a.refresh_token.clone())
-            else {
-                return Err(ProcessError::Parse {
-                    seq: event.seq,
-                    message: "ONAPPINSTALL without tokens".into(),
-                });
-            };
-            let mut extra = std::collections::BTreeMap::new();
-            for (k, v) in [
-                ("domain", &a.domain),
-                ("member_id", &a.member_id),
-                ("client_endpoint", &a.client_endpoint),
-                ("server_endpoint", &a.server_endpoint),
-            ] {
-                if let Some(v) = v {
-                    extra.insert(k.to_owned(), v.clone());
-                }
-            }
-            one(Some(Change::Install(InstallAuth {
-                access_token: access,
-                refresh_token: refresh,
-                expires_in: a.expires_in.unwrap_or(3600),
-                extra,
-            })))
-        }
+        K::AppInstall => one(Some(Change::Install)),
         K::AppUninstall => one(Some(Change::Uninstall)),
         K::Other(_) => Ok(Vec::new()),
     }
@@ -278,7 +232,7 @@ pub fn changes(event: &InboxEvent) -> Result<Vec<Change>, ProcessError> {
 pub struct WorkerCtx {
     /// The portal's connector.
     pub conn: Arc<dyn Connector>,
-    /// Its token manager (an install replaces the tokens in it).
+    /// Its token manager.
     pub tokens: Arc<rebuy_core::TokenManager>,
     /// This portal's Bitrix24 event handler URL (`{public_url}/hooks/bitrix24/{portal}`), when
     /// the server knows its public URL.
@@ -302,17 +256,17 @@ pub async fn apply_changes(
     let conn = ctx.conn.as_ref();
     for c in changes {
         match c {
-            Change::Install(auth) => {
-                let tokens = rebuy_core::TokenSet {
-                    access_token: secrecy::SecretString::from(auth.access_token.clone()),
-                    refresh_token: Some(secrecy::SecretString::from(auth.refresh_token.clone())),
-                    expires_at: jiff::Timestamp::now()
-                        .checked_add(jiff::SignedDuration::from_secs(auth.expires_in as i64))
-                        .ok(),
-                    extra: auth.extra.clone(),
-                };
-                // Committed before use, like every token set.
-                ctx.tokens.install(tokens).await?;
+            Change::Install => {
+                // Only a portal whose tokens the endpoint verified and stored binds handlers
+                // (an install event stored by an older version carried unverified tokens:
+                // they are never used).
+                let connected = store
+                    .blocking(|s| Ok(s.load_tokens()?.is_some() && s.needs_reauth()?.is_none()))
+                    .await?;
+                if !connected {
+                    tracing::warn!(portal = %p.cfg.id, "An install event for a portal without verified tokens: no handlers bound.");
+                    continue;
+                }
                 match &ctx.handler_url {
                     Some(url) => conn.subscribe(url, &B24_EVENTS).await?,
                     None => tracing::warn!(

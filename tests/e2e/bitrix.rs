@@ -19,7 +19,7 @@ fn b24_config(seed: u64, contacts: usize, deals: usize) -> B24Config {
 
 /// A config with one Bitrix24 portal on the emulator; `oauth` picks the app auth, else the
 /// inbound webhook.
-fn config(
+pub(crate) fn config(
     dir: &std::path::Path,
     emu: &RunningB24,
     oauth: bool,
@@ -352,6 +352,7 @@ async fn bitrix24_new_deal_of_a_past_customer_is_moved_and_tasked_within_5_s() {
         )
         .append_pair("auth[expires_in]", "3600")
         .append_pair("auth[domain]", emu.base_url.trim_start_matches("http://"))
+        .append_pair("auth[member_id]", &emu.emulator.config().member_id)
         .append_pair(
             "auth[application_token]",
             &emu.emulator.config().application_token,

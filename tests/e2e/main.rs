@@ -3,6 +3,7 @@
 mod bitrix;
 mod browser;
 mod cli;
+mod security;
 mod serve;
 mod support;
 mod sync;

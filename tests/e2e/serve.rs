@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const HOOK_SECRET: &str = "hook-secret-5f2c";
+const METRICS_TOKEN: &str = "metrics-token-9d1e";
 
 /// A config with one amoCRM portal on `base_url` and one Bitrix24 portal (unused endpoint).
 fn config(data_dir: &std::path::Path, base_url: &str) -> Config {
@@ -20,6 +21,8 @@ fn config_with_id(data_dir: &std::path::Path, base_url: &str, id: &str) -> Confi
     let text = format!(
         r#"
         data_dir = "{}"
+        [server]
+        metrics_token_env = "METRICS_TOKEN"
         [[portal]]
         id = "{id}"
         kind = "amocrm"
@@ -58,6 +61,7 @@ fn config_with_id(data_dir: &std::path::Path, base_url: &str, id: &str) -> Confi
         "HOOK_SECRET" => Some(HOOK_SECRET.to_owned()),
         "B24_URL" => Some("https://b24.example.bitrix24.ru/rest/1/abc/".to_owned()),
         "B24_APP_TOKEN" => Some("app-token-1".to_owned()),
+        "METRICS_TOKEN" => Some(METRICS_TOKEN.to_owned()),
         _ => None,
     };
     rebuy::config::resolve(&doc, "test.toml", &env).unwrap()
@@ -298,12 +302,28 @@ async fn metrics_and_health_answer() {
         amo_body(31_000_001, "rebuy-demo", "leads[update][0][id]=77"),
     )
     .await;
-    let m = reqwest::get(format!("{}/metrics", srv.url))
-        .await
-        .unwrap()
-        .text()
+    // The series name every portal: no token, no metrics.
+    let http = reqwest::Client::new();
+    let metrics = format!("{}/metrics", srv.url);
+    let anonymous = http.get(&metrics).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let anonymous = anonymous.text().await.unwrap();
+    assert!(!anonymous.contains("shop"), "{anonymous}");
+    let wrong = http
+        .get(&metrics)
+        .bearer_auth("metrics-token-9d1f")
+        .send()
         .await
         .unwrap();
+    assert_eq!(wrong.status(), 403);
+    let m = http
+        .get(&metrics)
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.status(), 200);
+    let m = m.text().await.unwrap();
     assert!(m.contains("rebuy_webhooks_total"), "{m}");
     assert!(m.contains("rebuy_inbox_depth"), "{m}");
     srv.cancel.cancel();
@@ -443,6 +463,7 @@ fn spawn_serve(config: &std::path::Path, log: &std::path::Path) -> ServeProcess 
         .args(["--config", config.to_str().unwrap(), "serve"])
         .env("EMULATOR_CLIENT_SECRET", AmoConfig::default().client_secret)
         .env("HOOK_SECRET", HOOK_SECRET)
+        .env("METRICS_TOKEN", METRICS_TOKEN)
         .env("RUST_LOG", "debug")
         .env_remove("REBUY_FAILPOINTS")
         .stdout(std::process::Stdio::null())
@@ -465,7 +486,10 @@ async fn wait_ready(url: &str) {
 }
 
 async fn inbox_depth(url: &str) -> Option<u64> {
-    let text = reqwest::get(format!("{url}/metrics"))
+    let text = reqwest::Client::new()
+        .get(format!("{url}/metrics"))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
         .await
         .ok()?
         .text()
@@ -493,7 +517,7 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook_and_logs_no_sec
     std::fs::write(
         &config_path,
         format!(
-            "data_dir = {:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\n[[portal]]\nid = \"shop\"\nkind = \"amocrm\"\nbase_url = \"{}\"\nrequests_per_sec = {TEST_RPS}\nexceed_documented_limit = true\n\
+            "data_dir = {:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_token_env = \"METRICS_TOKEN\"\n[[portal]]\nid = \"shop\"\nkind = \"amocrm\"\nbase_url = \"{}\"\nrequests_per_sec = {TEST_RPS}\nexceed_documented_limit = true\n\
              [portal.auth]\ntype = \"oauth\"\nclient_id = \"{}\"\nclient_secret_env = \"EMULATOR_CLIENT_SECRET\"\nredirect_uri = \"{}\"\n\
              [portal.webhooks]\nsecret_env = \"HOOK_SECRET\"\n",
             dir.path().join("data").display().to_string(),
@@ -512,7 +536,10 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook_and_logs_no_sec
             "--portal".into(),
             "shop".into(),
         ],
-        vec![("HOOK_SECRET".into(), HOOK_SECRET.into())],
+        vec![
+            ("HOOK_SECRET".into(), HOOK_SECRET.into()),
+            ("METRICS_TOKEN".into(), METRICS_TOKEN.into()),
+        ],
     )
     .await;
     assert!(
@@ -620,6 +647,7 @@ async fn kill_9_under_webhook_load_loses_no_acknowledged_webhook_and_logs_no_sec
     use secrecy::ExposeSecret;
     for secret in [
         HOOK_SECRET.to_owned(),
+        METRICS_TOKEN.to_owned(),
         emu_cfg.client_secret.clone(),
         tokens.access_token.expose_secret().to_owned(),
         tokens.refresh_token.unwrap().expose_secret().to_owned(),

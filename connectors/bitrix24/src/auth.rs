@@ -131,6 +131,99 @@ pub async fn exchange_code(settings: &B24Settings, code: &str) -> Result<TokenSe
     Ok(token_set(resp, BTreeMap::new(), None))
 }
 
+/// What `app.info` answers about the application a token belongs to (documented fields).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AppInfo {
+    /// The app's local id on the portal.
+    #[serde(rename = "ID", default)]
+    pub id: Option<Value>,
+    /// The app's code: a local app's `client_id` (`local.…`), a Marketplace app's `vendor.app`.
+    #[serde(rename = "CODE", default)]
+    pub code: String,
+    /// `L` local, `F` free, `P` paid, ...
+    #[serde(rename = "STATUS", default)]
+    pub status: Option<String>,
+    /// Whether the installation is finished.
+    #[serde(rename = "INSTALLED", default)]
+    pub installed: Option<Value>,
+    /// The portal's plan (`ru_project`).
+    #[serde(rename = "LICENSE", default)]
+    pub license: Option<String>,
+}
+
+/// Checks an access token that arrived from outside (the `ONAPPINSTALL` event): asks the portal
+/// at its configured address (never an address named by the event) for `app.info` with it, as
+/// the Bitrix24 docs advise before trusting an install's `application_token`. A token the portal
+/// refuses is [`ConnectorError::Auth`]; a local app's token must belong to this app (`CODE` is
+/// its `client_id`), else [`ConnectorError::Rejected`]. One request, no retries, no redirects.
+pub async fn verify_token(
+    settings: &B24Settings,
+    access_token: &SecretString,
+) -> Result<AppInfo, ConnectorError> {
+    let client_id = match &settings.auth {
+        B24Auth::OAuth { client_id, .. } => client_id.as_str(),
+        B24Auth::Webhook { .. } => {
+            return Err(ConnectorError::Invalid {
+                path: "auth".into(),
+                message: "an inbound-webhook portal has no app tokens to verify".into(),
+            });
+        }
+    };
+    let url = settings
+        .base()
+        .join("rest/app.info")
+        .map_err(|e| ConnectorError::Invalid {
+            path: "base_url".into(),
+            message: e.to_string(),
+        })?;
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("rebuy-bitrix24/", env!("CARGO_PKG_VERSION")))
+        .timeout(
+            settings
+                .request_timeout
+                .min(std::time::Duration::from_secs(10)),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| ConnectorError::Invalid {
+            path: "http client".into(),
+            message: e.to_string(),
+        })?;
+    let transport = |e: reqwest::Error| ConnectorError::Transient {
+        message: format!("app.info: {}", e.without_url()),
+    };
+    let resp = http
+        .post(url)
+        .json(&serde_json::json!({"auth": access_token.expose_secret()}))
+        .send()
+        .await
+        .map_err(transport)?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(transport)?;
+    if !status.is_success() {
+        let e: crate::wire::ApiError = serde_json::from_slice(&body).unwrap_or_default();
+        if status == http::StatusCode::UNAUTHORIZED {
+            return Err(ConnectorError::Auth {
+                message: format!("app.info: the portal refused the token: {}", e.error),
+            });
+        }
+        return Err(crate::client::api_error(status.as_u16(), &e, "app.info"));
+    }
+    let env: crate::wire::Envelope<AppInfo> = crate::client::decode_json(&body)?;
+    let info = env.result;
+    if client_id.starts_with("local.") && info.code != client_id {
+        return Err(ConnectorError::Rejected {
+            status: status.as_u16(),
+            code: None,
+            message: format!(
+                "app.info: the token belongs to app {:?}, not to this one",
+                info.code
+            ),
+        });
+    }
+    Ok(info)
+}
+
 /// Renews Bitrix24 tokens with the refresh token.
 pub struct B24Refresher {
     oauth: Result<OAuthClient, ConnectorError>,

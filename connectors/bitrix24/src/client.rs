@@ -97,6 +97,10 @@ pub struct B24Settings {
     /// Fetch the deals' product rows: a full sync lists them as their own chained stream
     /// (2,500 rows per request), incremental deal pages and single deals carry theirs.
     pub product_rows: bool,
+    /// Hosts besides `base_url`'s that a `client_endpoint` or `domain` of a token answer or an
+    /// event may name (`new-name.bitrix24.ru`, or `host:port` for a port other than the
+    /// scheme's default). Any other address is never called.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl B24Settings {
@@ -147,7 +151,46 @@ impl B24Settings {
             request_timeout: Duration::from_secs(55),
             batch_size: 50,
             product_rows: true,
+            allowed_hosts: Vec::new(),
         }
+    }
+
+    /// Whether `url` may be called for this portal: http(s) (https only when the portal itself
+    /// is https), no credentials in it, and its host and port are the portal's own or listed in
+    /// [`Self::allowed_hosts`]. Everything a token answer or an event names passes here before
+    /// a request goes to it.
+    pub fn endpoint_allowed(&self, url: &Url) -> bool {
+        let base = &self.base_url;
+        let scheme_ok = match base.scheme() {
+            "https" => url.scheme() == "https",
+            _ => matches!(url.scheme(), "http" | "https"),
+        };
+        if !scheme_ok || !url.username().is_empty() || url.password().is_some() {
+            return false;
+        }
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let port = url.port_or_known_default();
+        if base.host_str() == Some(host) && base.port_or_known_default() == port {
+            return true;
+        }
+        self.allowed_hosts.iter().any(|entry| {
+            Url::parse(&format!("{}://{}/", url.scheme(), entry.trim()))
+                .ok()
+                .is_some_and(|e| e.host_str() == Some(host) && e.port_or_known_default() == port)
+        })
+    }
+
+    /// Whether a `domain` (`x.bitrix24.ru`, `host:port`) of a token answer or an event is this
+    /// portal's or an allowed one (see [`Self::endpoint_allowed`]).
+    pub fn domain_allowed(&self, domain: &str) -> bool {
+        let domain = domain.trim();
+        if domain.is_empty() || domain.contains(['/', '@', '?', '#', '\\']) {
+            return false;
+        }
+        Url::parse(&format!("{}://{domain}/", self.base_url.scheme()))
+            .is_ok_and(|u| self.endpoint_allowed(&u))
     }
 
     /// `base_url` with a trailing slash.
@@ -192,6 +235,8 @@ pub(crate) struct Inner {
     /// The account currency, fetched once; or why the portal would not tell (no `crm` rights
     /// to currencies, a missing method), also kept so it is asked once.
     pub(crate) currency: tokio::sync::OnceCell<Result<rebuy_core::Currency, ConnectorError>>,
+    /// The last refused `client_endpoint` (warned about once, not on every call).
+    refused_endpoint: std::sync::Mutex<Option<String>>,
     /// Where the limiter's state goes when the last clone is dropped.
     pub(crate) limiter_saver: std::sync::Mutex<Option<rebuy_core::LimiterSaver>>,
 }
@@ -330,6 +375,7 @@ impl B24Client {
                 stats: ConnectorStats::default(),
                 currency: tokio::sync::OnceCell::new(),
                 limiter_saver: Default::default(),
+                refused_endpoint: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -448,19 +494,39 @@ impl B24Client {
 
     /// The portal's REST address as the OAuth server last gave it (`client_endpoint` of the
     /// token answer): a portal that moved to another domain keeps working, since every refresh
-    /// brings the current address. `None` when the tokens carry none usable (then the
-    /// configured `base_url` serves).
-    async fn client_endpoint(m: &TokenManager) -> Option<Url> {
+    /// brings the current address. Only an address [`B24Settings::endpoint_allowed`] accepts is
+    /// followed; any other is refused with a warning (once per address) and the configured
+    /// `base_url` serves. `None` also when the tokens carry none usable.
+    async fn client_endpoint(&self, m: &TokenManager) -> Option<Url> {
         let tokens = m.tokens().await.ok()?;
         let raw = tokens.extra.get("client_endpoint")?;
         let mut url = Url::parse(raw).ok()?;
         if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
             return None;
         }
+        let settings = &self.inner.settings;
+        if !settings.endpoint_allowed(&url) {
+            let mut last = self
+                .inner
+                .refused_endpoint
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.as_deref() != Some(raw.as_str()) {
+                warn!(
+                    portal = %settings.base_url,
+                    host = url.host_str().unwrap_or(""),
+                    "Not following the client_endpoint of the tokens: its host is neither the portal's nor in allowed_hosts; calls stay on the configured address"
+                );
+                *last = Some(raw.clone());
+            }
+            return None;
+        }
         if !url.path().ends_with('/') {
             let path = format!("{}/", url.path());
             url.set_path(&path);
         }
+        url.set_query(None);
+        url.set_fragment(None);
         Some(url)
     }
 
@@ -485,7 +551,7 @@ impl B24Client {
             let (token, endpoint) = match &inner.tokens {
                 Some(m) => {
                     let token = m.access_token().await?;
-                    (Some(token), Self::client_endpoint(m).await)
+                    (Some(token), self.client_endpoint(m).await)
                 }
                 None => (None, None),
             };
@@ -740,6 +806,36 @@ mod tests {
         }
         let err = decode_json::<Envelope<Value>>(br#"{"result":{"a":"#).unwrap_err();
         assert!(matches!(err, ConnectorError::Transient { .. }));
+    }
+
+    #[test]
+    fn only_the_portal_and_allowed_hosts_may_be_called() {
+        let mut s = B24Settings::oauth(
+            "https://x.bitrix24.ru".parse().unwrap(),
+            "local.1",
+            SecretString::from("s"),
+            "https://r",
+        );
+        let ok = |s: &B24Settings, u: &str| s.endpoint_allowed(&Url::parse(u).unwrap());
+        assert!(ok(&s, "https://x.bitrix24.ru/rest/"));
+        assert!(ok(&s, "https://X.Bitrix24.ru:443/rest/"));
+        assert!(
+            !ok(&s, "http://x.bitrix24.ru/rest/"),
+            "no downgrade to plain HTTP"
+        );
+        assert!(!ok(&s, "https://x.bitrix24.ru:8443/rest/"), "another port");
+        assert!(!ok(&s, "https://evil.example/rest/"));
+        assert!(!ok(&s, "https://x.bitrix24.ru.evil.example/rest/"));
+        assert!(!ok(&s, "https://user@x.bitrix24.ru/rest/"));
+        assert!(!s.domain_allowed("evil.example"));
+        assert!(s.domain_allowed("x.bitrix24.ru"));
+        assert!(!s.domain_allowed("x.bitrix24.ru/evil"));
+        s.allowed_hosts = vec!["new.bitrix24.ru".into(), "alt.example:8443".into()];
+        assert!(ok(&s, "https://new.bitrix24.ru/rest/"));
+        assert!(!ok(&s, "https://new.bitrix24.ru:444/rest/"));
+        assert!(ok(&s, "https://alt.example:8443/rest/"));
+        assert!(!ok(&s, "https://alt.example/rest/"));
+        assert!(s.domain_allowed("new.bitrix24.ru"));
     }
 
     #[test]

@@ -768,6 +768,12 @@ async fn calls_follow_client_endpoint_after_a_domain_change() {
             unreachable!("OAuth settings")
         };
         *oauth_server = Some(s.base_url.clone());
+        // The new address is one the integrator allowed.
+        s.allowed_hosts = vec![format!(
+            "{}:{}",
+            s.base_url.host_str().unwrap(),
+            s.base_url.port().unwrap()
+        )];
         s.base_url = old.parse().unwrap();
     })
     .await;
@@ -785,4 +791,56 @@ async fn calls_follow_client_endpoint_after_a_domain_change() {
         dead.contacts(&ListQuery::default(), None).await,
         Err(ConnectorError::Transient { .. })
     ));
+}
+
+/// A `client_endpoint` naming a host that is neither the portal's nor allowed (here: in the
+/// stored token answer, as a forged install or a hostile token server would leave it) is never
+/// called: every request stays on the configured portal.
+#[tokio::test]
+async fn a_client_endpoint_on_a_host_not_allowed_is_never_called() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let run = B24Emulator::spawn(fast_cfg(40, 40)).await.unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let foreign = format!("http://{}/rest/", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            axum::Json(serde_json::json!({"result": [], "total": 0}))
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let s = oauth_settings(&run);
+    let code = run.emulator.issue_authorization_code();
+    let mut tokens = auth::exchange_code(&s, &code).await.unwrap();
+    tokens
+        .extra
+        .insert("client_endpoint".into(), foreign.clone());
+    let store = Arc::new(MemoryTokenStore::new(Some(tokens)));
+    let mgr = Arc::new(TokenManager::new(
+        store,
+        Some(Arc::new(auth::B24Refresher::new(&s))),
+    ));
+    let client = B24Client::new(s.clone(), Some(mgr)).unwrap();
+    let (contacts, _) = all_contacts(&client, &ListQuery::default()).await.unwrap();
+    assert_eq!(contacts.len(), 40, "the portal itself answered");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "the foreign host was called"
+    );
+
+    // The same host on another port is another host; listing it allows it.
+    assert!(!s.endpoint_allowed(&foreign.parse().unwrap()));
+    let mut allowed = s.clone();
+    allowed.allowed_hosts = vec![
+        foreign
+            .trim_start_matches("http://")
+            .trim_end_matches("/rest/")
+            .into(),
+    ];
+    assert!(allowed.endpoint_allowed(&foreign.parse().unwrap()));
 }

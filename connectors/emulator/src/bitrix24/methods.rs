@@ -184,6 +184,7 @@ pub(crate) fn call(
             Ok(MethodOk::of(Value::Array(list)))
         }
         "event.offline.get" => event_offline_get(st, p),
+        "app.info" => app_info(st, caller),
         "batch" => Err(ApiErr::new(
             405,
             "ERROR_BATCH_METHOD_NOT_ALLOWED",
@@ -1422,6 +1423,31 @@ const KNOWN_EVENTS: &[&str] = &[
     "ONAPPINSTALL",
     "ONAPPUNINSTALL",
 ];
+
+/// `app.info`: the application the calling token belongs to (documented fields only: there is
+/// no `member_id` in it). Outside an application context (an inbound webhook) it is refused.
+fn app_info(st: &Inner, caller: &Caller) -> Result<MethodOk, ApiErr> {
+    if !caller.app {
+        return Err(ApiErr::new(
+            400,
+            "ACCESS_DENIED",
+            "Access denied! Application context required",
+        ));
+    }
+    Ok(MethodOk::of(json!({
+        "ID": 7,
+        "CODE": st.cfg.client_id,
+        "VERSION": 1,
+        "STATUS": "L",
+        "INSTALLED": st.app_installed(),
+        "PAYMENT_EXPIRED": "N",
+        "DAYS": null,
+        "LANGUAGE_ID": "ru",
+        "LICENSE": "ru_project",
+        "LICENSE_TYPE": "project",
+        "LICENSE_FAMILY": "project",
+    })))
+}
 
 fn event_bind(st: &Inner, p: &Map<String, Value>, caller: &Caller) -> Result<MethodOk, ApiErr> {
     if !caller.app {

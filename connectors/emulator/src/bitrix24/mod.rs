@@ -221,6 +221,8 @@ pub(crate) struct Inner {
     base_url: Mutex<Option<String>>,
     /// Methods outside the caller's scope (403 `insufficient_scope`).
     denied: Mutex<Vec<String>>,
+    /// Whether the app is installed on the portal (`app.info`'s `INSTALLED`).
+    installed: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -240,6 +242,10 @@ impl Inner {
         let wall = jiff::Timestamp::now().as_second();
         let seeded = self.cfg.seed.now.as_second() + self.started.elapsed().as_secs() as i64;
         wall.max(seeded)
+    }
+
+    pub(crate) fn app_installed(&self) -> bool {
+        self.installed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub(crate) fn count_batch_command(&self, method: &str) {
@@ -370,6 +376,7 @@ impl B24Emulator {
             delivery: Delivery::new(cfg.delivery.clone(), false, "Bitrix24 Webhook Engine"),
             denied: Mutex::new(Vec::new()),
             base_url: Mutex::new(None),
+            installed: std::sync::atomic::AtomicBool::new(true),
             cfg,
         };
         Self(Arc::new(inner))
@@ -438,6 +445,24 @@ impl B24Emulator {
     /// An authorization code as if the administrator consented (30 s, single use).
     pub fn issue_authorization_code(&self) -> String {
         lock(&self.0.oauth).issue_code()
+    }
+
+    /// Removes the app from the portal, as an administrator does: every token issued so far
+    /// dies (`invalid_token`, `invalid_grant`), its event handlers are unbound, and `app.info`
+    /// says `INSTALLED: false` until [`Self::install_app`].
+    pub fn uninstall_app(&self) {
+        self.0
+            .installed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        lock(&self.0.oauth).revoke_all();
+        lock(&self.0.events).bindings.clear();
+    }
+
+    /// Installs the app again (after [`Self::uninstall_app`]); tokens come from new codes.
+    pub fn install_app(&self) {
+        self.0
+            .installed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Makes every access token issued so far expire now.

@@ -154,6 +154,14 @@ impl OAuthState {
         }
     }
 
+    /// Revokes every access token and spends every refresh token (the app was removed).
+    pub fn revoke_all(&mut self) {
+        for a in self.access.values_mut() {
+            a.revoked = true;
+        }
+        self.revoke_refresh_tokens();
+    }
+
     /// Spends every refresh token (as if another client used them): the next refresh is refused.
     pub fn revoke_refresh_tokens(&mut self) {
         for r in self.refresh.values_mut() {
