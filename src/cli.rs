@@ -555,10 +555,16 @@ async fn cmd_auth(cfg: &Config, args: &AuthArgs) -> Result<ExitCode> {
         .portal(&args.portal)
         .with_context(|| format!("unknown portal {:?}: not in the config", args.portal))?;
     if !matches!(p.auth, config::AuthConfig::OAuth { .. }) {
-        bail!(
-            "portal {}: auth type is not oauth; nothing to authorise",
-            p.id
+        // A long-lived token or an inbound webhook URL is already the authorisation.
+        println!(
+            "portal {}: {} needs no authorization: its credentials come from the environment",
+            p.id,
+            match p.auth {
+                config::AuthConfig::LongLivedToken { .. } => "a long-lived token",
+                _ => "an inbound webhook",
+            }
         );
+        return Ok(ExitCode::SUCCESS);
     }
     let store = Store::open(&cfg.data_dir, &p.id)?;
     let state = random_state();

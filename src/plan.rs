@@ -327,6 +327,10 @@ pub fn find_customer(rows: &[CustomerRow], key: CustomerKey) -> Option<&Customer
         .map(|i| &rows[i])
 }
 
+/// How far a deal's creation time may lie ahead of the planning instant and still be routed:
+/// the CRM's clock and ours differ by seconds, sometimes minutes.
+pub const CLOCK_SKEW: jiff::SignedDuration = jiff::SignedDuration::from_mins(10);
+
 /// Routes one open deal, for the server's webhook path and for [`plan`]: a repeat deal (the
 /// customer bought before it was created) not yet in the repeat pipeline is moved to the
 /// repeat stage, flagged, and its manager gets a task with the customer's history, due at the
@@ -354,13 +358,29 @@ pub fn plan_for_deal(
             .funnel
             .as_ref()
             .is_some_and(|f| f.pipeline() == Some(deal.pipeline))
-        || deal.created_at > as_of
     {
+        return Vec::new();
+    }
+    // A webhook's deal may carry the CRM's clock, a little ahead of ours: minutes of skew are
+    // tolerated; a deal from further in the future (planning a past date) is not routed.
+    if deal.created_at > as_of + CLOCK_SKEW {
+        tracing::debug!(
+            deal = deal.id.0,
+            created_at = %deal.created_at,
+            %as_of,
+            "Not routed: created after the planning instant (beyond the clock-skew allowance)"
+        );
         return Vec::new();
     }
     let today = day_number(as_of.to_zoned(tz.clone()).date());
     let created = day_number(deal.created_at.to_zoned(tz.clone()).date());
     if today - created > i64::from(routing.max_age_days) {
+        tracing::debug!(
+            deal = deal.id.0,
+            age_days = today - created,
+            max_age_days = routing.max_age_days,
+            "Not routed: older than repeat_max_age_days"
+        );
         return Vec::new();
     }
     let cust = key.to_string();

@@ -732,3 +732,43 @@ proptest::proptest! {
         proptest::prop_assert_eq!(keys, customers);
     }
 }
+
+#[test]
+fn a_deal_slightly_ahead_of_our_clock_is_still_routed() {
+    let rules = rules_for(serde_json::json!({
+        "repeat_pipeline": "Повторные продажи",
+        "default_responsible": "Анна Смирнова",
+    }));
+    let buy = date(2026, 1, 15);
+    let rows = [row(7, &[date(2025, 12, 1), buy], Some(date(2026, 3, 20)))];
+    let f = [facts(7, &[date(2025, 12, 1), buy], &[])];
+    let as_of = date(2026, 3, 2)
+        .at(12, 10, 0, 0)
+        .to_zoned(msk())
+        .unwrap()
+        .timestamp();
+    let deals = [
+        // The CRM's clock is 40 s ahead of ours: routed.
+        repeat_deal(
+            910,
+            7,
+            as_of + jiff::SignedDuration::from_secs(40),
+            Some(101),
+        ),
+        // Created an hour after the planning instant (a plan for a past date): not routed.
+        repeat_deal(
+            911,
+            7,
+            as_of + jiff::SignedDuration::from_hours(1),
+            Some(101),
+        ),
+    ];
+    let p = run(&rules, as_of, &rows, &f, &deals);
+    let routed: Vec<&str> = p
+        .actions
+        .iter()
+        .filter(|a| a.key.contains("/repeat_route/"))
+        .map(|a| a.key.as_str())
+        .collect();
+    assert_eq!(routed, ["shop/repeat_route/contact:7/deal:910"]);
+}

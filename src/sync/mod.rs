@@ -30,25 +30,25 @@ use std::time::{Duration, Instant};
 /// What went wrong in a sync.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
+    // The cause is part of the message and deliberately not a `source()`: printed with its
+    // chain (`{:#}`), a sourced cause would appear twice.
     /// The CRM failed.
-    #[error("portal {portal}: syncing {kind}: {source}")]
+    #[error("portal {portal}: syncing {kind}: {error}")]
     Connector {
         /// Portal.
         portal: String,
         /// Entity kind.
         kind: &'static str,
         /// The connector error.
-        #[source]
-        source: ConnectorError,
+        error: ConnectorError,
     },
     /// The cache failed.
-    #[error("portal {portal}: {source}")]
+    #[error("portal {portal}: {error}")]
     Store {
         /// Portal.
         portal: String,
         /// The store error.
-        #[source]
-        source: StoreError,
+        error: StoreError,
     },
 }
 
@@ -56,7 +56,7 @@ impl SyncError {
     /// The connector error, when the CRM was the cause.
     pub fn connector_error(&self) -> Option<&ConnectorError> {
         match self {
-            SyncError::Connector { source, .. } => Some(source),
+            SyncError::Connector { error, .. } => Some(error),
             SyncError::Store { .. } => None,
         }
     }
@@ -258,15 +258,15 @@ pub async fn sync_portal(
     let portal = store.portal().0.clone();
     let cerr = |kind: &'static str| {
         let portal = portal.clone();
-        move |source| SyncError::Connector {
+        move |error| SyncError::Connector {
             portal: portal.clone(),
             kind,
-            source,
+            error,
         }
     };
-    let serr = |source| SyncError::Store {
+    let serr = |error| SyncError::Store {
         portal: portal.clone(),
-        source,
+        error,
     };
     let mut report = SyncReport::default();
 
@@ -472,14 +472,14 @@ enum ListError {
 impl ListError {
     fn into_sync(self, portal: &str, kind: &'static str) -> SyncError {
         match self {
-            ListError::Connector(source) => SyncError::Connector {
+            ListError::Connector(error) => SyncError::Connector {
                 portal: portal.to_owned(),
                 kind,
-                source,
+                error,
             },
-            ListError::Store(source) => SyncError::Store {
+            ListError::Store(error) => SyncError::Store {
                 portal: portal.to_owned(),
-                source,
+                error,
             },
         }
     }
