@@ -485,3 +485,47 @@ async fn a_webhook_without_optional_scopes_still_syncs() {
     // Amounts without a currency of their own fall back to RUB, and nothing else failed.
     assert!(store.count(EntityKind::ProductRows).unwrap() == 0);
 }
+
+/// Two commands back to back (`rebuy sync && rebuy apply`): the second starts from the bucket
+/// level the first left in the store, instead of a full burst the portal still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_command_starts_from_the_bucket_the_first_left() {
+    let emu = B24Emulator::spawn(b24_config(59, 20, 40)).await.unwrap();
+    // A bucket of 50 draining 10/s on both sides, so the test takes seconds, not minutes.
+    emu.emulator.set_bucket(50, 10.0);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &emu, false, None);
+    let mut p = cfg.portals[0].clone();
+    p.requests_per_sec = Some(10);
+    let store = Store::open(dir.path(), &p.id).unwrap();
+    let calls = |n: usize| {
+        let p = p.clone();
+        let store = store.clone();
+        async move {
+            let conn = rebuy::portal::open(&p, store).unwrap().connector;
+            for _ in 0..n {
+                conn.users().await.expect("users");
+            }
+            // Dropping the connector (the end of a command) keeps its limiter state.
+        }
+    };
+    calls(45).await;
+    assert_eq!(
+        emu.emulator.stats().query_limit_503,
+        0,
+        "the first burst fits"
+    );
+    let started = std::time::Instant::now();
+    calls(45).await;
+    assert_eq!(
+        emu.emulator.stats().query_limit_503,
+        0,
+        "the second command did not overrun the portal's bucket"
+    );
+    // It had to wait for the bucket to drain: about 40 of its 45 calls at 10/s.
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
