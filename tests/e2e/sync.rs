@@ -229,3 +229,23 @@ async fn malformed_answers_fail_cleanly_and_write_nothing() {
         assert_eq!(env.store.count(kind).unwrap(), 0, "nothing half-written");
     }
 }
+
+/// amoCRM counts requests in any one-second window: two full syncs back to back at the
+/// default rate (each from a fresh connector, as two commands would) get no 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_syncs_at_the_default_rate_get_no_429_from_a_sliding_window() {
+    let mut cfg = amo_config(17, 1500, 4000);
+    cfg.rate_limit_per_sec = 7;
+    let env = amo_env(cfg).await;
+    assert_eq!(rebuy::portal::ceiling_rps(&env.portal), 7);
+    let first = sync(&env, true).await.expect("first sync");
+    let second = sync(&env, true).await.expect("second sync");
+    let stats = env.emulator().stats();
+    assert!(stats.requests >= 40, "{stats:?}");
+    assert_eq!(stats.rate_limited_429, 0, "{stats:?}");
+    assert_eq!(first.traffic.rate_limited + second.traffic.rate_limited, 0);
+    // Still close to the limit: at least 5.5 requests/s over the two syncs.
+    let secs = (first.elapsed + second.elapsed).as_secs_f64();
+    let rps = (first.traffic.requests + second.traffic.requests) as f64 / secs;
+    assert!(rps >= 5.5, "{rps:.2} requests/s");
+}

@@ -107,7 +107,7 @@ pub(crate) struct Inner {
     pub(crate) base: Url,
     pub(crate) settings: AmoSettings,
     pub(crate) tokens: Arc<TokenManager>,
-    pub(crate) limiter: Limiter,
+    pub(crate) limiter: Arc<Limiter>,
     pub(crate) stats: ConnectorStats,
     /// The account currency, fetched once (`/api/v4/account`).
     pub(crate) currency: OnceCell<Currency>,
@@ -205,7 +205,14 @@ impl AmoClient {
             inner: Arc::new(Inner {
                 http,
                 base: settings.base(),
-                limiter: Limiter::new(rate),
+                limiter: Limiter::for_portal(
+                    &format!(
+                        "{}:{}",
+                        settings.base_url.host_str().unwrap_or(""),
+                        settings.base_url.port_or_known_default().unwrap_or(0)
+                    ),
+                    rate,
+                ),
                 settings,
                 tokens,
                 stats: ConnectorStats::default(),

@@ -18,11 +18,13 @@
 //! [`Limiter::state`] and restored in the next process with [`Limiter::restore`], so a
 //! command started right after another one does not overrun the window they share.
 //!
-//! One limiter per [`crate::AmoClient`], i.e. per portal; nothing is global.
+//! The window is the account's, not the client's: every [`crate::AmoClient`] of one account
+//! in a process (a command's connector still finishing a prefetch while the next one starts,
+//! the server's connectors) shares one limiter through [`Limiter::for_portal`].
 use rebuy_core::LimiterState;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
@@ -49,7 +51,26 @@ struct State {
     factor: f64,
 }
 
+fn registry() -> &'static Mutex<HashMap<String, Weak<Limiter>>> {
+    static R: OnceLock<Mutex<HashMap<String, Weak<Limiter>>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
 impl Limiter {
+    /// The limiter shared by every client of `portal` (the account's host and port) at this
+    /// rate in this process; created on first use.
+    pub fn for_portal(portal: &str, per_sec: NonZeroU32) -> Arc<Limiter> {
+        let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        reg.retain(|_, w| w.strong_count() > 0);
+        let key = format!("{portal}|{per_sec}");
+        if let Some(l) = reg.get(&key).and_then(Weak::upgrade) {
+            return l;
+        }
+        let l = Arc::new(Limiter::new(per_sec));
+        reg.insert(key, Arc::downgrade(&l));
+        l
+    }
+
     /// A limiter of at most `per_sec` requests per second (see the module docs).
     pub fn new(per_sec: NonZeroU32) -> Self {
         Self {
