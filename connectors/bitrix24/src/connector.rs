@@ -131,13 +131,16 @@ impl B24Client {
         filter: &Map<String, Value>,
         after: u64,
     ) -> Result<(Vec<W>, Option<u64>), ConnectorError> {
-        let cmds = batch::chain_list(
-            method,
-            after,
-            self.inner.settings.batch_size,
-            select,
-            filter,
-        );
+        // An incremental listing usually finds a handful of changed records: its first page
+        // asks one list call, not a chain of 50 that would spend 49 calls' operating time on
+        // empty answers. A full first page means there is more, and the chain takes over.
+        let incremental_start = after == 0 && filter.keys().any(|k| k.ends_with("DATE_MODIFY"));
+        let n = if incremental_start {
+            1
+        } else {
+            self.inner.settings.batch_size
+        };
+        let cmds = batch::chain_list(method, after, n, select, filter);
         self.run_chain::<Vec<W>, W>(method, &cmds, after, |rows| rows)
             .await
     }

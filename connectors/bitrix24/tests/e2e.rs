@@ -379,6 +379,28 @@ async fn incremental_listing_by_date_modify() {
     .unwrap();
     assert_eq!(deals.iter().map(|d| d.id.0).collect::<Vec<_>>(), vec![id]);
     assert_eq!(deals[0].name, "Изменено");
+    // A few changed records cost one list call (and one for the changed deal's product
+    // rows), not a chain of 50.
+    assert_eq!(run.emulator.stats().batch_commands, 2);
+
+    // Many changed records still come whole, the chain taking over after the first page.
+    let since = ts(run.emulator.now());
+    let ids: Vec<u64> = run
+        .emulator
+        .with_data(|d| d.deals.keys().copied().take(120).collect());
+    for id in &ids {
+        assert!(run.emulator.update_deal(*id, |d| d.title.push('!')));
+    }
+    let deals = all_deals(
+        &client,
+        &ListQuery {
+            updated_from: Some(since),
+            updated_to: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(deals.iter().map(|d| d.id.0).collect::<Vec<_>>(), ids);
 }
 
 #[tokio::test]
