@@ -273,7 +273,7 @@ pub fn group_digits(s: &str) -> String {
 fn money(d: Decimal, currency: &str) -> String {
     format!(
         "{} {currency}",
-        group_digits(&d.round_dp(2).normalize().to_string())
+        crate::playbooks::templates::group_money(d, '\u{202f}', '.')
     )
 }
 
