@@ -387,7 +387,7 @@ fn repeat_deals_are_moved_flagged_and_tasked_with_history() {
     assert_eq!(responsible.0, 101);
     assert_eq!(
         text,
-        "Повторная заявка от клиента Клиент 7: 2 покупок, последняя 15.01.2026, выручка 2 000 ₽, сегмент лояльные, следующая покупка ожидается 20.03.2026"
+        "Повторная заявка от клиента Клиент 7: 2 покупки, последняя 15.01.2026, выручка 2 000 ₽, сегмент лояльные, следующая покупка ожидается 20.03.2026"
     );
     assert_eq!(due.to_zoned(msk()).strftime("%H:%M").to_string(), "13:00");
     let WriteOp::CreateTask { responsible, .. } = &p.actions[5].op else {

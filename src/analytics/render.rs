@@ -305,23 +305,9 @@ fn pct(v: Option<f64>) -> String {
 }
 
 fn money(v: Decimal) -> String {
-    // Thousands separated by spaces, as Russian users read amounts.
-    let s = v.round_dp(2).to_string();
-    let (int, frac) = s
-        .split_once('.')
-        .map_or((s.as_str(), None), |(a, b)| (a, Some(b)));
-    let (sign, digits) = int.strip_prefix('-').map_or(("", int), |d| ("-", d));
-    let mut grouped = String::new();
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            grouped.push(' ');
-        }
-        grouped.push(ch);
-    }
-    match frac {
-        Some(f) => format!("{sign}{grouped}.{f}"),
-        None => format!("{sign}{grouped}"),
-    }
+    // Thousands separated by spaces, as Russian users read amounts; kopecks only when present,
+    // so amoCRM's whole amounts and Bitrix24's `.00` ones print alike.
+    crate::playbooks::templates::group_money(v, ' ', '.')
 }
 
 /// The `rebuy report` text: figures, concentration, RFM grid, segments, ABC x XYZ, models,
@@ -504,6 +490,7 @@ mod tests {
         assert_eq!(money(Decimal::new(123456789, 2)), "1 234 567.89");
         assert_eq!(money(Decimal::new(-1000, 0)), "-1 000");
         assert_eq!(money(Decimal::new(999, 0)), "999");
+        assert_eq!(money(Decimal::new(39857605000, 2)), "398 576 050");
     }
 
     #[test]

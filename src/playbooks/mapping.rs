@@ -13,6 +13,8 @@
 //! default_responsible = "Анна Смирнова"         # when a deal has no manager
 //! horizon_days = 7                             # plan touches due up to this many days ahead
 //! lookback_days = 3                            # ... and this many days back (missed runs)
+//! auto_apply = false                           # `rebuy serve`'s daily run writes (else it plans)
+//! route_repeat_leads = true                    # `rebuy serve` routes repeat leads by webhook
 //! holidays = ["2027-01-01", "2027-01-07"]
 //! [portal.mapping.business_hours]
 //! start = "10:00"
@@ -123,6 +125,39 @@ pub struct Mapping {
     /// ... and this many days before it (touches missed by runs that did not happen).
     #[serde(default = "d3")]
     pub lookback_days: u32,
+    /// Whether `rebuy serve`'s daily run (and its re-plan after a won deal) writes its plan to
+    /// the CRM. Off by default: the server then only plans, and the plan waits in the
+    /// dashboard for Apply. Turning it on takes effect with the next local day's run, which
+    /// never catches up on days before it (see [`crate::server::runtime`]).
+    #[serde(default)]
+    pub auto_apply: bool,
+    /// Whether `rebuy serve` routes a repeat lead to `repeat_pipeline` (move, flag, task) as
+    /// its webhook arrives. Default true: naming `repeat_pipeline` is the request to route, a
+    /// routed lead is one write for one new inquiry (never a backlog), and a repeat customer
+    /// waiting for the next Apply would wait for nothing. False leaves repeat deals to
+    /// `rebuy apply` / the dashboard's Apply (and to the daily run with `auto_apply`).
+    #[serde(default = "yes")]
+    pub route_repeat_leads: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The write switches of a raw `[portal.mapping]`: `(auto_apply, route_repeat_leads)`. A
+/// mapping that does not parse writes nothing (`(false, false)`); its problems are reported
+/// by `rebuy config check` and `rebuy mapping`.
+pub fn write_switches(value: &serde_json::Value) -> (bool, bool) {
+    if value.is_null() {
+        return (false, false);
+    }
+    match parse(value) {
+        Ok(m) => (
+            m.auto_apply,
+            m.route_repeat_leads && m.repeat_pipeline.is_some(),
+        ),
+        Err(_) => (false, false),
+    }
 }
 
 impl Default for Mapping {
@@ -142,6 +177,8 @@ impl Default for Mapping {
             fields: None,
             horizon_days: 7,
             lookback_days: 3,
+            auto_apply: false,
+            route_repeat_leads: true,
         }
     }
 }
@@ -268,10 +305,35 @@ mod tests {
     fn null_is_the_default_and_unknown_keys_are_refused() {
         let m = parse(&serde_json::Value::Null).unwrap();
         assert_eq!((m.horizon_days, m.lookback_days), (7, 3));
+        assert!(!m.auto_apply, "the server writes nothing unless asked");
         let (key, reason) =
             parse(&json!({"funnel": {"pipeline": 1, "stages": [], "colour": 1}})).unwrap_err();
         assert_eq!(key, "funnel.colour");
         assert!(reason.contains("colour"), "{reason}");
+    }
+
+    #[test]
+    fn write_switches_default_to_planning_only_and_routing_when_a_pipeline_is_named() {
+        assert_eq!(write_switches(&serde_json::Value::Null), (false, false));
+        assert_eq!(
+            write_switches(&json!({"playbooks": ["water_delivery"]})),
+            (false, false)
+        );
+        assert_eq!(
+            write_switches(&json!({"repeat_pipeline": "R"})),
+            (false, true)
+        );
+        assert_eq!(
+            write_switches(
+                &json!({"repeat_pipeline": "R", "route_repeat_leads": false, "auto_apply": true})
+            ),
+            (true, false)
+        );
+        // A mapping that does not parse writes nothing.
+        assert_eq!(
+            write_switches(&json!({"auto_apply": true, "colour": 1})),
+            (false, false)
+        );
     }
 
     #[test]

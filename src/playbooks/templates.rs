@@ -9,24 +9,28 @@
 //! Variables: `name`, `purchases`, `deals`, `last_purchase`, `first_purchase`, `revenue`,
 //! `segment` (Russian label), `segment_code`, `abc`, `xyz`, `next_purchase`, `days_left`,
 //! `goal`, `offer`, `products`, `manager`, `step`, `playbook`, `rule`.
+//!
+//! Filters: `plural(one, few, many)` puts a count with the Russian word form that agrees with
+//! it: `{{ purchases | plural("покупка", "покупки", "покупок") }}` gives "1 покупка",
+//! "2 покупки", "5 покупок", "11 покупок", "21 покупка" ([`ru_plural`]).
 use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
 
 /// The repeat-lead task.
-pub const REPEAT_LEAD: &str = "Повторная заявка от клиента {{ name }}: {{ purchases }} покупок, последняя {{ last_purchase }}, выручка {{ revenue }} ₽, сегмент {{ segment }}, следующая покупка ожидается {{ next_purchase }}";
+pub const REPEAT_LEAD: &str = "Повторная заявка от клиента {{ name }}: {{ purchases | plural(\"покупка\", \"покупки\", \"покупок\") }}, последняя {{ last_purchase }}, выручка {{ revenue }} ₽, сегмент {{ segment }}, следующая покупка ожидается {{ next_purchase }}";
 /// A touch after a purchase.
-pub const AFTER_PURCHASE: &str = "{{ goal }}: {{ name }}. Покупка {{ last_purchase }}{% if products %} ({{ products }}){% endif %}. Всего покупок: {{ purchases }}, выручка {{ revenue }} ₽, сегмент {{ segment }}.";
+pub const AFTER_PURCHASE: &str = "{{ goal }}: {{ name }}. Покупка {{ last_purchase }}{% if products %} ({{ products }}){% endif %}. Всего {{ purchases | plural(\"покупка\", \"покупки\", \"покупок\") }}, выручка {{ revenue }} ₽, сегмент {{ segment }}.";
 /// A reminder before the next purchase.
-pub const BEFORE_NEXT: &str = "{{ goal }}: {{ name }}. Следующая покупка ожидается {{ next_purchase }}; последняя {{ last_purchase }}{% if products %} ({{ products }}){% endif %}. Покупок: {{ purchases }}, выручка {{ revenue }} ₽.";
+pub const BEFORE_NEXT: &str = "{{ goal }}: {{ name }}. Следующая покупка ожидается {{ next_purchase }}; последняя {{ last_purchase }}{% if products %} ({{ products }}){% endif %}. Всего {{ purchases | plural(\"покупка\", \"покупки\", \"покупок\") }}, выручка {{ revenue }} ₽.";
 /// A seasonal or holiday touch.
-pub const SEASONAL: &str = "{{ goal }}: {{ name }}. Последняя покупка {{ last_purchase }}, покупок: {{ purchases }}, сегмент {{ segment }}.";
+pub const SEASONAL: &str = "{{ goal }}: {{ name }}. Последняя покупка {{ last_purchase }}, всего {{ purchases | plural(\"покупка\", \"покупки\", \"покупок\") }}, сегмент {{ segment }}.";
 /// A product chain touch.
 pub const PRODUCT_CHAIN: &str =
     "{{ goal }}: {{ name }} купил(а) {{ products }} {{ last_purchase }}. Предложить: {{ offer }}.";
 /// A reactivation step.
-pub const REACTIVATION: &str = "{{ goal }} (шаг {{ step }}): {{ name }}. Последняя покупка {{ last_purchase }}, покупок: {{ purchases }}, выручка {{ revenue }} ₽. Мягкое касание, без давления.";
+pub const REACTIVATION: &str = "{{ goal }} (шаг {{ step }}): {{ name }}. Последняя покупка {{ last_purchase }}, всего {{ purchases | plural(\"покупка\", \"покупки\", \"покупок\") }}, выручка {{ revenue }} ₽. Мягкое касание, без давления.";
 /// A reward.
-pub const REWARD: &str = "{{ goal }}: {{ name }}. Покупок: {{ purchases }}, выручка {{ revenue }} ₽, сегмент {{ segment }}.";
+pub const REWARD: &str = "{{ goal }}: {{ name }}. Всего {{ purchases | plural(\"покупка\", \"покупки\", \"покупок\") }}, выручка {{ revenue }} ₽, сегмент {{ segment }}.";
 
 /// What a template sees.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -93,6 +97,9 @@ impl Templates {
     pub fn new() -> Self {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.add_filter("plural", |n: i64, one: &str, few: &str, many: &str| {
+            ru_plural(n, [one, few, many])
+        });
         Self { env }
     }
 
@@ -142,30 +149,62 @@ impl TaskContext<'_> {
     }
 }
 
+/// Which Russian form agrees with the count `n`: 0 "one" (1, 21, 101, but not 11), 1 "few"
+/// (2-4, 22-24, but not 12-14), 2 "many" (0, 5-20, 25-30, 111...).
+pub fn ru_plural_form(n: i64) -> usize {
+    let n = n.unsigned_abs();
+    let (m10, m100) = (n % 10, n % 100);
+    if m10 == 1 && m100 != 11 {
+        0
+    } else if (2..=4).contains(&m10) && !(12..=14).contains(&m100) {
+        1
+    } else {
+        2
+    }
+}
+
+/// The count and the form of the word that agrees with it: `ru_plural(21, ["покупка",
+/// "покупки", "покупок"])` is "21 покупка".
+pub fn ru_plural(n: i64, forms: [&str; 3]) -> String {
+    format!("{n} {}", forms[ru_plural_form(n)])
+}
+
 /// `DD.MM.YYYY`.
 pub fn ru_date(d: jiff::civil::Date) -> String {
     format!("{:02}.{:02}.{:04}", d.day(), d.month(), d.year())
 }
 
-/// Whole currency units with spaces between thousands, kopecks only when not zero.
+/// Whole currency units with spaces between thousands, kopecks only when not zero
+/// (`1 234 567`, `1 500,50`): the task texts of both CRMs.
 pub fn ru_money(v: rust_decimal::Decimal) -> String {
+    group_money(v, ' ', ',')
+}
+
+/// Money rounded to kopecks, thousands separated by `sep`, and two decimals after `mark` only
+/// when they are not zero: the same amount prints the same whether the CRM sent `398576050`
+/// (amoCRM) or `398576050.00` (Bitrix24).
+pub fn group_money(v: rust_decimal::Decimal, sep: char, mark: char) -> String {
     let v = v.round_dp(2);
-    let neg = v.is_sign_negative();
+    let neg = v.is_sign_negative() && !v.is_zero();
     let whole = v.abs().trunc();
     let frac = (v.abs() - whole).round_dp(2);
     let digits = whole.to_string();
     let mut out = String::new();
+    if neg {
+        out.push('-');
+    }
     for (i, ch) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(' ');
+            out.push(sep);
         }
         out.push(ch);
     }
     if !frac.is_zero() {
         let kop = (frac * rust_decimal::Decimal::ONE_HUNDRED).trunc();
-        out.push_str(&format!(",{kop:0>2}"));
+        out.push(mark);
+        out.push_str(&format!("{kop:0>2}"));
     }
-    if neg { format!("-{out}") } else { out }
+    out
 }
 
 /// The Russian label of an RFM segment.
@@ -198,7 +237,7 @@ mod tests {
         let s = t.render("repeat", &TaskContext::sample()).unwrap();
         assert_eq!(
             s,
-            "Повторная заявка от клиента Иван Петров: 3 покупок, последняя 01.03.2026, выручка 12 500 ₽, сегмент лояльные, следующая покупка ожидается 01.04.2026"
+            "Повторная заявка от клиента Иван Петров: 3 покупки, последняя 01.03.2026, выручка 12 500 ₽, сегмент лояльные, следующая покупка ожидается 01.04.2026"
         );
     }
 
@@ -219,5 +258,75 @@ mod tests {
         assert_eq!(ru_money(dec!(999)), "999");
         assert_eq!(ru_money(dec!(1500.5)), "1 500,50");
         assert_eq!(ru_money(dec!(0)), "0");
+        // Bitrix24 sends amounts with two decimals: the same text as amoCRM's whole numbers.
+        assert_eq!(ru_money(dec!(398576050.00)), ru_money(dec!(398576050)));
+        assert_eq!(ru_money(dec!(398576050.00)), "398 576 050");
+        assert_eq!(ru_money(dec!(-1000.05)), "-1 000,05");
+        assert_eq!(
+            group_money(dec!(1234.5), '\u{202f}', '.'),
+            "1\u{202f}234.50"
+        );
+    }
+
+    #[test]
+    fn russian_plural_forms_follow_the_last_two_digits() {
+        let f = ["покупка", "покупки", "покупок"];
+        for (n, want) in [
+            (0, "0 покупок"),
+            (1, "1 покупка"),
+            (2, "2 покупки"),
+            (4, "4 покупки"),
+            (5, "5 покупок"),
+            (11, "11 покупок"),
+            (12, "12 покупок"),
+            (14, "14 покупок"),
+            (21, "21 покупка"),
+            (22, "22 покупки"),
+            (25, "25 покупок"),
+            (44, "44 покупки"),
+            (101, "101 покупка"),
+            (111, "111 покупок"),
+            (112, "112 покупок"),
+            (1021, "1021 покупка"),
+        ] {
+            assert_eq!(ru_plural(n, f), want, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn every_default_template_agrees_in_number() {
+        let mut t = Templates::new();
+        let all = [
+            REPEAT_LEAD,
+            AFTER_PURCHASE,
+            BEFORE_NEXT,
+            SEASONAL,
+            PRODUCT_CHAIN,
+            REACTIVATION,
+            REWARD,
+        ];
+        for (i, src) in all.iter().enumerate() {
+            t.add(&i.to_string(), src).unwrap();
+        }
+        for n in [1, 2, 5, 11, 21, 22, 25, 44] {
+            let ctx = TaskContext {
+                purchases: n,
+                ..TaskContext::sample()
+            };
+            for i in 0..all.len() {
+                let s = t.render(&i.to_string(), &ctx).unwrap();
+                assert!(
+                    !s.contains(&format!("{n} покупок")) || ru_plural_form(n.into()) == 2,
+                    "{s}"
+                );
+                assert!(!s.contains("окупок:"), "a count after a label: {s}");
+                if all[i].contains("purchases") {
+                    assert!(
+                        s.contains(&ru_plural(n.into(), ["покупка", "покупки", "покупок"])),
+                        "{s}"
+                    );
+                }
+            }
+        }
     }
 }

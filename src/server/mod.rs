@@ -46,6 +46,9 @@ pub struct PortalRuntime {
     /// Wakes its scheduler to drain the outbox now (the dashboard's apply and retry): one
     /// drainer per portal, so an action is never sent twice by two concurrent drains.
     pub drain_now: Arc<Notify>,
+    /// The plan waiting for the dashboard's Apply: the last dry run a person asked for, or the
+    /// daily run's plan when it only plans (`auto_apply` off), whichever is newer.
+    waiting_plan: Arc<std::sync::Mutex<Option<Arc<crate::ui::DryRun>>>>,
     /// Its connector, opened once and shared by the scheduler and the dashboard (one rate
     /// limiter and one token refresher per portal).
     handle: Arc<std::sync::Mutex<Option<crate::portal::PortalHandle>>>,
@@ -62,7 +65,30 @@ impl PortalRuntime {
             inbox,
             notify,
             drain_now: Arc::new(Notify::new()),
+            waiting_plan: Arc::default(),
             handle: Arc::default(),
+        }
+    }
+
+    /// The plan waiting for Apply, if any.
+    pub fn waiting_plan(&self) -> Option<Arc<crate::ui::DryRun>> {
+        self.waiting_plan
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Keeps a plan for Apply, replacing the previous one.
+    pub fn set_waiting_plan(&self, run: crate::ui::DryRun) {
+        *self.waiting_plan.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(run));
+    }
+
+    /// Takes the waiting plan if its id is `plan_id` (an apply consumes it).
+    pub fn take_waiting_plan(&self, plan_id: &str) -> Option<Arc<crate::ui::DryRun>> {
+        let mut slot = self.waiting_plan.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some(r) if r.id == plan_id => slot.take(),
+            _ => None,
         }
     }
 

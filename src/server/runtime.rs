@@ -89,6 +89,9 @@ fn jitter(base: Duration) -> Duration {
 
 /// Meta key: the local date of the last daily planning run.
 const KEY_DAILY_PLANNED: &str = "daily_planned_on";
+/// Meta key: the first local date whose daily run writes (set by the first run that sees
+/// `auto_apply = true`, to the day after; removed by a run that sees it off).
+const KEY_AUTO_SINCE: &str = "auto_apply_since";
 
 /// Publishes the connector's traffic counters and token refreshes as metrics.
 fn export_metrics(p: &PortalRuntime, conn: &dyn Connector, tokens: &rebuy_core::TokenManager) {
@@ -102,53 +105,170 @@ fn export_metrics(p: &PortalRuntime, conn: &dyn Connector, tokens: &rebuy_core::
     metrics::gauge!("rebuy_token_refreshes", "portal" => id).set(tokens.refreshes() as f64);
 }
 
-/// The daily run at `daily_hour` local time: plan the playbooks (funnel moves, touches,
-/// segment fields) and commit them to the outbox, once per local day. Returns whether it ran.
+/// What the daily run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DailyRun {
+    /// Not due: before `daily_hour`, already run today, or no mapping.
+    NotDue,
+    /// Planned only (`auto_apply` off, or on since today: it writes from the next day's run);
+    /// the plan waits in the dashboard for Apply. Nothing was written.
+    Planned {
+        /// Actions in the plan.
+        actions: usize,
+    },
+    /// Planned and committed to the outbox (the scheduler sends it).
+    Applied {
+        /// New actions in the outbox.
+        added: u64,
+        /// The lookback used: never back before the first writing day.
+        lookback_days: u32,
+    },
+}
+
+/// The daily run at `daily_hour` local time, once per local day. Returns whether it ran.
+/// See [`daily_planning_at`].
 pub async fn daily_planning(
     p: &PortalRuntime,
     conn: &dyn Connector,
     s: &ServerSettings,
     playbooks_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<bool> {
-    if p.cfg.mapping.is_null() {
-        return Ok(false);
-    }
-    let now = jiff::Timestamp::now();
-    let local = now.to_zoned(p.cfg.time_zone.clone());
-    if local.hour() < i8::try_from(s.daily_hour).unwrap_or(9) {
-        return Ok(false);
-    }
-    let today = local.date().to_string();
-    let last: Option<String> = p.store.meta(KEY_DAILY_PLANNED)?;
-    if last.as_deref() == Some(today.as_str()) {
-        return Ok(false);
-    }
-    let added = replan_now(p, conn, playbooks_dir).await?;
-    p.store.set_meta(KEY_DAILY_PLANNED, &today)?;
-    tracing::info!(portal = %p.cfg.id, new = added, "Daily planning done.");
-    Ok(true)
+    let r = daily_planning_at(p, conn, s, playbooks_dir, jiff::Timestamp::now()).await?;
+    Ok(r != DailyRun::NotDue)
 }
 
-/// Plans the portal now and commits the actions to the outbox (the scheduler drains it).
+/// The daily run at `now`: plans the playbooks (funnel moves, touches, segment fields, repeat
+/// routing of open deals). Without `[portal.mapping] auto_apply = true` it only plans: the plan
+/// is kept for the dashboard's Apply and nothing is written. With it, the first run that sees
+/// it on still only plans and records the next local day as the first writing day; from that
+/// day on each run commits its plan to the outbox, looking back at most to that day (so turning
+/// auto-apply on never sends a backlog of the days before).
+pub async fn daily_planning_at(
+    p: &PortalRuntime,
+    conn: &dyn Connector,
+    s: &ServerSettings,
+    playbooks_dir: Option<&std::path::Path>,
+    now: jiff::Timestamp,
+) -> anyhow::Result<DailyRun> {
+    if p.cfg.mapping.is_null() {
+        return Ok(DailyRun::NotDue);
+    }
+    let local = now.to_zoned(p.cfg.time_zone.clone());
+    if local.hour() < i8::try_from(s.daily_hour).unwrap_or(9) {
+        return Ok(DailyRun::NotDue);
+    }
+    let today = local.date();
+    let last: Option<String> = p.store.meta(KEY_DAILY_PLANNED)?;
+    if last.as_deref() == Some(today.to_string().as_str()) {
+        return Ok(DailyRun::NotDue);
+    }
+    let (auto, _) = crate::playbooks::mapping::write_switches(&p.cfg.mapping);
+    let since = auto_apply_since(p, auto, today)?;
+    let run = match auto_apply_lookback(p, now) {
+        Some(lookback_days) => {
+            let added = replan_now(p, conn, playbooks_dir, now, Some(lookback_days)).await?;
+            tracing::info!(portal = %p.cfg.id, new = added, lookback_days, "Daily run: planned and committed to the outbox (auto_apply).");
+            DailyRun::Applied {
+                added,
+                lookback_days,
+            }
+        }
+        _ => {
+            let plan =
+                crate::writeback::plan_portal(&p.cfg, &p.store, Some(conn), playbooks_dir, now)
+                    .await?;
+            let actions = plan.actions.len();
+            p.set_waiting_plan(crate::ui::DryRun {
+                id: crate::ui::auth::random_token(),
+                plan: Ok(plan),
+                computed_at: jiff::Timestamp::now(),
+                by_daily_run: true,
+            });
+            match since {
+                Some(since) => {
+                    tracing::info!(portal = %p.cfg.id, actions, first_writing_day = %since, "Daily run: planned only; auto_apply writes from the next day's run.")
+                }
+                None => {
+                    tracing::info!(portal = %p.cfg.id, actions, "Daily run: planned only (auto_apply is off); the plan waits in the dashboard for Apply.")
+                }
+            }
+            DailyRun::Planned { actions }
+        }
+    };
+    p.store.set_meta(KEY_DAILY_PLANNED, &today.to_string())?;
+    Ok(run)
+}
+
+/// The first local day whose daily run writes, when `auto_apply` is on: recorded as the day
+/// after the first run that sees it on; forgotten when a run sees it off.
+fn auto_apply_since(
+    p: &PortalRuntime,
+    auto: bool,
+    today: jiff::civil::Date,
+) -> anyhow::Result<Option<jiff::civil::Date>> {
+    let stored: Option<String> = p.store.meta(KEY_AUTO_SINCE)?;
+    if !auto {
+        if stored.is_some() {
+            p.store.write(|w| w.remove_meta(KEY_AUTO_SINCE))?;
+        }
+        return Ok(None);
+    }
+    if let Some(d) = stored.and_then(|s| s.parse::<jiff::civil::Date>().ok()) {
+        return Ok(Some(d));
+    }
+    let first = today.tomorrow()?;
+    p.store.set_meta(KEY_AUTO_SINCE, &first.to_string())?;
+    Ok(Some(first))
+}
+
+/// When the portal's planned writes go out without a person now (`auto_apply` is on and its
+/// first writing day has come): the lookback its runs use, the mapping's `lookback_days` but
+/// never back before that first day. `None`: only a person's Apply writes.
+pub fn auto_apply_lookback(p: &PortalRuntime, now: jiff::Timestamp) -> Option<u32> {
+    let (auto, _) = crate::playbooks::mapping::write_switches(&p.cfg.mapping);
+    if !auto {
+        return None;
+    }
+    let today = now.to_zoned(p.cfg.time_zone.clone()).date();
+    let since = p
+        .store
+        .meta::<String>(KEY_AUTO_SINCE)
+        .ok()
+        .flatten()?
+        .parse::<jiff::civil::Date>()
+        .ok()?;
+    if since > today {
+        return None;
+    }
+    let configured = crate::playbooks::mapping::parse(&p.cfg.mapping)
+        .map(|m| m.lookback_days)
+        .unwrap_or(0);
+    let since_days = u32::try_from((today - since).get_days().max(0)).unwrap_or(0);
+    Some(configured.min(since_days))
+}
+
+/// Plans the portal at `now` and commits the actions to the outbox (the scheduler drains it);
+/// `lookback_days` overrides the mapping's. Only for a portal whose writes go out without a
+/// person ([`auto_apply_active`]).
 pub async fn replan_now(
     p: &PortalRuntime,
     conn: &dyn Connector,
     playbooks_dir: Option<&std::path::Path>,
+    now: jiff::Timestamp,
+    lookback_days: Option<u32>,
 ) -> anyhow::Result<u64> {
+    let mut cfg = p.cfg.clone();
+    if let (Some(n), Some(m)) = (lookback_days, cfg.mapping.as_object_mut()) {
+        m.insert("lookback_days".into(), serde_json::json!(n));
+    }
     // Segment fields the mapping allows to create exist before anything is planned into them.
     let fields =
-        crate::writeback::create_missing_fields(&p.cfg, &p.store, conn, playbooks_dir).await?;
+        crate::writeback::create_missing_fields(&cfg, &p.store, conn, playbooks_dir).await?;
     for f in &fields.failed {
         tracing::warn!(portal = %p.cfg.id, field = %f, "Could not create a segment field.");
     }
-    let plan = crate::writeback::plan_portal(
-        &p.cfg,
-        &p.store,
-        Some(conn),
-        playbooks_dir,
-        jiff::Timestamp::now(),
-    )
-    .await?;
+    let plan =
+        crate::writeback::plan_portal(&cfg, &p.store, Some(conn), playbooks_dir, now).await?;
     let added = p
         .store
         .blocking(move |s| s.outbox_enqueue(plan.actions))
@@ -187,14 +307,25 @@ async fn schedule_loop(
             tracing::warn!(portal = %p.cfg.id, error = %e, "Outbox drain failed.");
         }
         export_metrics(&p, conn.as_ref(), &tokens);
-        // A won deal arrived by webhook: schedule its touches now (at most once a minute).
+        // A won deal arrived by webhook: schedule its touches now (at most once a minute), when
+        // the portal's writes go out without a person (auto_apply); else the next daily run
+        // plans them and they wait for Apply.
         if !p.cfg.mapping.is_null()
             && last_replan
                 .is_none_or(|t: tokio::time::Instant| t.elapsed() >= Duration::from_secs(60))
             && replan.swap(false, std::sync::atomic::Ordering::SeqCst)
+            && let Some(lookback) = auto_apply_lookback(&p, jiff::Timestamp::now())
         {
             last_replan = Some(tokio::time::Instant::now());
-            match replan_now(&p, conn.as_ref(), playbooks_dir.as_deref()).await {
+            match replan_now(
+                &p,
+                conn.as_ref(),
+                playbooks_dir.as_deref(),
+                jiff::Timestamp::now(),
+                Some(lookback),
+            )
+            .await
+            {
                 Ok(n) => {
                     tracing::info!(portal = %p.cfg.id, new = n, "Re-planned after a won deal.")
                 }

@@ -142,14 +142,17 @@ impl Reactor {
 }
 
 /// Routes one open deal as it arrives: a repeat sale goes to the repeat pipeline with a task,
-/// through the outbox, at once. Our own writes echo back as events; they find the deal already
+/// through the outbox, at once, when the mapping names `repeat_pipeline` and keeps
+/// `route_repeat_leads` on (its default). Our own writes echo back as events; they find the deal already
 /// in the repeat pipeline (nothing planned) and the idempotency keys stop any repeat.
 async fn react_to_deal(
     p: &PortalRuntime,
     ctx: &WorkerCtx,
     deal: &rebuy_core::Deal,
 ) -> Result<(), ProcessError> {
-    if deal.state != rebuy_core::DealState::Open || p.cfg.mapping.is_null() {
+    if deal.state != rebuy_core::DealState::Open
+        || !crate::playbooks::mapping::write_switches(&p.cfg.mapping).1
+    {
         return Ok(());
     }
     let prep = ctx.reactor.prepared(p, ctx).await?;

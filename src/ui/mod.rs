@@ -227,11 +227,10 @@ pub struct UiState {
     pub sessions: Arc<auth::Sessions>,
     cache: Arc<Mutex<HashMap<PortalId, Arc<Cached<PortalView>>>>>,
     outboxes: Arc<Mutex<HashMap<PortalId, Arc<Cached<OutboxSnapshot>>>>>,
-    /// The last dry-run plan of each portal, waiting for its apply button.
-    plans: Arc<Mutex<HashMap<PortalId, Arc<DryRun>>>>,
 }
 
-/// A dry-run plan computed by the touches page, kept until it is applied or replaced.
+/// A dry-run plan computed by the touches page or by the server's daily run (when it only
+/// plans), kept until it is applied or replaced.
 #[derive(Debug)]
 pub struct DryRun {
     /// Random id the apply form carries, so an apply is of the plan the person saw.
@@ -240,6 +239,8 @@ pub struct DryRun {
     pub plan: Result<crate::plan::Plan, String>,
     /// When it was computed.
     pub computed_at: jiff::Timestamp,
+    /// Made by the server's daily run (`auto_apply` off), not by a person's Plan button.
+    pub by_daily_run: bool,
 }
 
 impl UiState {
@@ -250,7 +251,6 @@ impl UiState {
             settings: Arc::new(settings),
             sessions: Arc::new(auth::Sessions::default()),
             cache: Arc::new(Mutex::new(HashMap::new())),
-            plans: Arc::default(),
             outboxes: Arc::default(),
         }
     }
@@ -261,26 +261,21 @@ impl UiState {
         self.slot(id).set(view);
     }
 
-    /// The portal's waiting dry-run plan.
+    /// The portal's waiting plan (a dry run, or the daily run's plan).
     pub fn dry_run(&self, id: &PortalId) -> Option<Arc<DryRun>> {
-        self.plans.lock().expect("ui plans lock").get(id).cloned()
+        self.app.portals.get(id)?.waiting_plan()
     }
 
     /// Keeps a dry-run plan for the apply button (replacing the previous one).
     pub fn set_dry_run(&self, id: &PortalId, run: DryRun) {
-        self.plans
-            .lock()
-            .expect("ui plans lock")
-            .insert(id.clone(), Arc::new(run));
+        if let Some(p) = self.app.portals.get(id) {
+            p.set_waiting_plan(run);
+        }
     }
 
-    /// Takes the portal's dry-run plan if its id is `plan_id` (an apply consumes it).
+    /// Takes the portal's waiting plan if its id is `plan_id` (an apply consumes it).
     pub fn take_dry_run(&self, id: &PortalId, plan_id: &str) -> Option<Arc<DryRun>> {
-        let mut plans = self.plans.lock().expect("ui plans lock");
-        match plans.get(id) {
-            Some(r) if r.id == plan_id => plans.remove(id),
-            _ => None,
-        }
+        self.app.portals.get(id)?.take_waiting_plan(plan_id)
     }
 
     fn slot(&self, id: &PortalId) -> Arc<Cached<PortalView>> {

@@ -273,7 +273,7 @@ pub fn group_digits(s: &str) -> String {
 fn money(d: Decimal, currency: &str) -> String {
     format!(
         "{} {currency}",
-        group_digits(&d.round_dp(2).normalize().to_string())
+        crate::playbooks::templates::group_money(d, '\u{202f}', '.')
     )
 }
 
@@ -1294,8 +1294,27 @@ pub async fn touches(
             p.ok data-notice="retried" { (l.t("Queued again: ", "Снова в очереди: ")) code { (k) } }
         }
         h2 id="plan" { (l.t("Dry-run plan", "План (без записи)")) }
+        @let (auto_apply, routing) = crate::playbooks::mapping::write_switches(&rt.cfg.mapping);
+        p data-auto-apply=(if auto_apply { "on" } else { "off" }) {
+            @if auto_apply {
+                (l.t("Auto-apply is on: the daily run commits its plan (touches, funnel moves, segment fields) to the outbox and it is sent to the CRM, starting with the run of the day after it was turned on, without catching up on the days before.",
+                     "Автоприменение включено: ежедневный запуск ставит свой план (касания, переходы по воронке, поля сегментов) в очередь, и он отправляется в CRM — начиная с запуска следующего дня после включения, без догоняющей отправки за прошедшие дни."))
+            } @else {
+                (l.t("Auto-apply is off: the daily run only plans. Nothing (touches, funnel moves, segment fields) is written to the CRM until someone presses Apply here or runs rebuy apply.",
+                     "Автоприменение выключено: ежедневный запуск только рассчитывает план. Ничего (касания, переходы по воронке, поля сегментов) не записывается в CRM, пока кто-нибудь не нажмёт «Применить» здесь или не запустит rebuy apply."))
+            }
+            " "
+            @if routing {
+                (l.t("Repeat leads are routed to the repeat pipeline as they arrive (route_repeat_leads).", "Повторные заявки переносятся в воронку повторных продаж сразу по поступлении (route_repeat_leads)."))
+            } @else {
+                (l.t("Repeat leads are not routed as they arrive.", "Повторные заявки не переносятся автоматически по поступлении."))
+            }
+        }
         @match run.as_deref() {
-            Some(crate::ui::DryRun { plan: Ok(plan), id, computed_at }) => {
+            Some(crate::ui::DryRun { plan: Ok(plan), id, computed_at, by_daily_run }) => {
+                @if *by_daily_run {
+                    p data-plan-source="daily" { (l.t("Planned by the daily run; it waits for Apply.", "Рассчитан ежедневным запуском; ждёт применения.")) }
+                }
                 p data-plan-actions=(plan.actions.len()) {
                     (l.t("Plan as of ", "План на ")) (ts(Some(plan.as_of))) " (" (plan.as_of_date) "): "
                     strong { (plan.actions.len()) } " " (l.t("action(s); nothing is written until it is applied.", "действий; ничего не записано, пока план не применён."))
@@ -1492,6 +1511,7 @@ pub async fn dry_run(
             id: auth::random_token(),
             plan,
             computed_at: jiff::Timestamp::now(),
+            by_daily_run: false,
         },
     );
     Redirect::to(&format!("{}#plan", touches_url(&portal, ""))).into_response()

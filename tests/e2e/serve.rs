@@ -757,49 +757,161 @@ async fn amocrm_new_lead_of_a_past_customer_is_moved_and_tasked_within_5_s() {
     srv.cancel.cancel();
 }
 
+/// A mapping with playbooks, the funnel-free write-back (touches, segment fields) and repeat
+/// routing, as an integrator would start with.
+fn playbooks_mapping(auto_apply: bool) -> serde_json::Value {
+    serde_json::json!({
+        "playbooks": ["water_delivery", "reactivation"],
+        "repeat_pipeline": "Повторные продажи",
+        "fields": {"entity": "contacts", "rfm_segment": "Сегмент"},
+        "auto_apply": auto_apply,
+    })
+}
+
+const DAY: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn daily_planning_runs_once_per_local_day_and_fills_the_outbox() {
+async fn serve_without_auto_apply_only_plans_and_writes_nothing() {
     let env = amo_env(amo_config(91, 150, 450)).await;
     sync(&env, true).await.unwrap();
     let mut cfg = routing_config(env.dir.path(), &env.emu.base_url, "test");
-    cfg.portals[0].mapping = serde_json::json!({
-        "repeat_pipeline": "Повторные продажи",
-        "fields": {"entity": "contacts", "rfm_segment": "Сегмент"},
-    });
+    cfg.portals[0].mapping = playbooks_mapping(false);
+    cfg.server.daily_hour = 0;
+    cfg.server.outbox_interval_secs = 1;
+    drop(env.store);
+    // The whole server runs: the scheduler drains the outbox every second.
+    let srv = start_server(&cfg, true).await;
+    let p = srv.state.portal("test").unwrap().clone();
+    let conn = p.handle().unwrap().connector;
+    let now = jiff::Timestamp::now();
+    // Three daily runs on three days: each plans, none writes.
+    for day in 0..3 {
+        let run = runtime::daily_planning_at(&p, conn.as_ref(), &cfg.server, None, now + DAY * day)
+            .await
+            .unwrap();
+        let runtime::DailyRun::Planned { actions } = run else {
+            panic!("day {day}: without auto_apply the daily run only plans, got {run:?}");
+        };
+        assert!(actions > 0, "the playbooks plan something on this base");
+        let again =
+            runtime::daily_planning_at(&p, conn.as_ref(), &cfg.server, None, now + DAY * day)
+                .await
+                .unwrap();
+        assert_eq!(again, runtime::DailyRun::NotDue, "once per local day");
+    }
+    let waiting = p
+        .waiting_plan()
+        .expect("the daily run's plan waits for Apply");
+    assert!(waiting.by_daily_run);
+    assert!(!waiting.plan.as_ref().unwrap().actions.is_empty());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let w = env.emu.emulator.writes();
+    assert_eq!(
+        (
+            w.requests_applied,
+            w.tasks_created.len(),
+            w.field_updates.len(),
+            w.lead_moves.len()
+        ),
+        (0, 0, 0, 0),
+        "nothing is written without auto_apply or Apply"
+    );
+    assert_eq!(
+        p.store.outbox_counts().unwrap().pending,
+        0,
+        "nothing queued"
+    );
+    srv.cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_apply_writes_from_the_next_days_run_without_catching_up() {
+    let env = amo_env(amo_config(92, 150, 450)).await;
+    sync(&env, true).await.unwrap();
+    let mut cfg = routing_config(env.dir.path(), &env.emu.base_url, "test");
+    cfg.portals[0].mapping = playbooks_mapping(true);
+    // A longer horizon, so this small base has touches to write.
+    cfg.portals[0].mapping["horizon_days"] = serde_json::json!(60);
     cfg.server.daily_hour = 0;
     drop(env.store);
     let state = AppState::new(&cfg, true).unwrap();
     let p = state.portal("test").unwrap().clone();
-    let conn = rebuy::portal::open(&p.cfg, p.store.clone())
-        .unwrap()
-        .connector;
-    let ran = runtime::daily_planning(&p, conn.as_ref(), &cfg.server, None)
+    let conn = p.handle().unwrap().connector;
+    let now = jiff::Timestamp::now();
+    // The day auto-apply is first seen on: its run still only plans.
+    let first = runtime::daily_planning_at(&p, conn.as_ref(), &cfg.server, None, now)
         .await
         .unwrap();
-    assert!(ran, "the first run of the day plans");
-    let planned = p.store.outbox_counts().unwrap();
-    let expected = rebuy::writeback::plan_portal(
-        &p.cfg,
-        &p.store,
-        Some(conn.as_ref()),
-        None,
-        jiff::Timestamp::now(),
-    )
-    .await
-    .unwrap();
     assert!(
-        !expected.actions.is_empty(),
-        "the playbooks plan something on this base"
+        matches!(first, runtime::DailyRun::Planned { .. }),
+        "auto-apply starts with the next day's run: {first:?}"
     );
+    assert_eq!(p.store.outbox_counts().unwrap().pending, 0);
+    assert_eq!(env.emu.emulator.writes().requests_applied, 0);
+    // The next day's run writes, looking back no further than that day.
+    let day1 = now + DAY;
+    let run = runtime::daily_planning_at(&p, conn.as_ref(), &cfg.server, None, day1)
+        .await
+        .unwrap();
+    let runtime::DailyRun::Applied {
+        added,
+        lookback_days,
+    } = run
+    else {
+        panic!("the next day's run applies: {run:?}");
+    };
     assert_eq!(
-        planned.pending,
+        lookback_days, 0,
+        "no catch-up of days before auto-apply was on"
+    );
+    assert!(added > 0, "the playbooks plan something on this base");
+    let mut no_lookback = cfg.portals[0].clone();
+    no_lookback.mapping["lookback_days"] = serde_json::json!(0);
+    let expected =
+        rebuy::writeback::plan_portal(&no_lookback, &p.store, Some(conn.as_ref()), None, day1)
+            .await
+            .unwrap();
+    assert_eq!(
+        added,
         expected.actions.len() as u64,
         "every planned action is in the outbox"
     );
-    let again = runtime::daily_planning(&p, conn.as_ref(), &cfg.server, None)
+    rebuy::writeback::drain_all(
+        conn.as_ref(),
+        &p.store,
+        &rebuy::outbox::DrainOptions::default(),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let w = env.emu.emulator.writes();
+    assert!(!w.tasks_created.is_empty(), "auto-apply writes the touches");
+    let day1_start = day1
+        .to_zoned(cfg.portals[0].time_zone.clone())
+        .start_of_day()
+        .unwrap()
+        .timestamp()
+        .as_second();
+    for t in &w.tasks_created {
+        assert!(
+            t.complete_till >= day1_start,
+            "no task for a day before the first writing day: {t:?}"
+        );
+    }
+    // The day after, the lookback may reach back to the first writing day.
+    let run = runtime::daily_planning_at(&p, conn.as_ref(), &cfg.server, None, day1 + DAY)
         .await
         .unwrap();
-    assert!(!again, "once per local day");
+    assert!(
+        matches!(
+            run,
+            runtime::DailyRun::Applied {
+                lookback_days: 1,
+                ..
+            }
+        ),
+        "{run:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -807,10 +919,21 @@ async fn a_deal_won_by_webhook_gets_its_after_purchase_touches_within_seconds() 
     let env = amo_env(amo_config(93, 150, 450)).await;
     sync(&env, true).await.unwrap();
     let mut cfg = routing_config(env.dir.path(), &env.emu.base_url, "test");
-    cfg.portals[0].mapping = serde_json::json!({"playbooks": ["car_dealer"]});
+    cfg.portals[0].mapping = serde_json::json!({"playbooks": ["car_dealer"], "auto_apply": true});
     cfg.server.outbox_interval_secs = 1;
+    cfg.server.daily_hour = 0;
     drop(env.store);
     let srv = start_server(&cfg, true).await;
+    // Auto-apply was turned on yesterday: yesterday's run planned only, today's runs write.
+    {
+        let p = srv.state.portal("test").unwrap();
+        let conn = p.handle().unwrap().connector;
+        let yesterday = jiff::Timestamp::now() - DAY;
+        let run = runtime::daily_planning_at(p, conn.as_ref(), &cfg.server, None, yesterday)
+            .await
+            .unwrap();
+        assert!(matches!(run, runtime::DailyRun::Planned { .. }), "{run:?}");
+    }
     let emu = env.emu.emulator.clone();
     emu.register_webhook(
         &format!("{}/hooks/amocrm/test/{HOOK_SECRET}", srv.url),

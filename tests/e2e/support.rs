@@ -307,3 +307,20 @@ pub async fn rebuy_async(
     .await
     .unwrap()
 }
+
+/// Asserts every "<count> покупк…" in a task text agrees in number ("1 покупка", "2 покупки",
+/// "5 покупок", "21 покупка") and that the text has at least one such count.
+pub fn assert_purchase_counts_agree(text: &str) {
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '.')
+        .collect();
+    let mut seen = 0;
+    for w in words.windows(2) {
+        if let (Ok(n), true) = (w[0].parse::<i64>(), w[1].starts_with("покуп")) {
+            let want = rebuy::playbooks::templates::ru_plural(n, ["покупка", "покупки", "покупок"]);
+            assert_eq!(format!("{} {}", w[0], w[1]), want, "in {text:?}");
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no purchase count in {text:?}");
+}

@@ -3,7 +3,7 @@
 //! the cyclic funnel on a deal category, a crash between send and done, dry run, one bad
 //! action among good ones, a playbook naming an unknown stage, and segment fields created
 //! once (`crm.contact.userfield.add`).
-use crate::support::rebuy_async;
+use crate::support::{assert_purchase_counts_agree, rebuy_async};
 use jiff::civil::{Date, Time, Weekday};
 use jiff::{SignedDuration, Timestamp};
 use rebuy::config::PortalConfig;
@@ -341,7 +341,8 @@ async fn b24_a_repeat_lead_is_moved_flagged_and_tasked_once() {
     assert_eq!(todos.len(), 1);
     let text = param(&todos[0], "description").as_str().unwrap();
     assert!(text.starts_with("Повторная заявка от клиента"), "{text}");
-    assert!(text.contains("покупок, последняя"), "{text}");
+    assert!(text.contains(", последняя"), "{text}");
+    assert_purchase_counts_agree(text);
     env.emulator().with_data(|d| {
         let x = &d.deals[&repeat_lead];
         assert_eq!(
