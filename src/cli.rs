@@ -218,6 +218,10 @@ pub struct EmulateArgs {
     /// `unavailable`); `periodicity` turns the customers entity and its statuses on.
     #[arg(long, value_parser = ["disabled", "periodicity", "segments", "unavailable"])]
     pub customers_mode: Option<String>,
+    /// amoCRM only: a long-lived token (private integration) the emulator accepts as a
+    /// bearer token besides the OAuth tokens it issues.
+    #[arg(long)]
+    pub long_lived_token: Option<String>,
 }
 
 /// Sets up logging: `RUST_LOG` filters (default `info`), text or JSON lines on stderr.

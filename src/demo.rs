@@ -215,6 +215,9 @@ pub async fn emulate_amocrm(a: crate::cli::EmulateArgs) -> Result<()> {
     if let Some(m) = a.customers_mode {
         cfg.customers_mode = m;
     }
+    if let Some(t) = a.long_lived_token {
+        cfg.long_lived_token = Some(t);
+    }
     rebuy_emulator::amocrm::run_amocrm(cfg, a.port)
         .await
         .context("running the amoCRM emulator")

@@ -148,6 +148,21 @@ mod tests {
     }
 
     #[test]
+    fn body_sends_commands_in_insertion_order() {
+        let commands: Vec<Command> = ["deal", "contact", "10", "2"]
+            .iter()
+            .map(|k| Command {
+                key: (*k).to_owned(),
+                method: "user.get".to_owned(),
+                line: format!("user.get?k={k}"),
+            })
+            .collect();
+        let text = serde_json::to_string(&body(&commands, false)).unwrap();
+        let at = |k: &str| text.find(&format!("\"{k}\":")).unwrap();
+        assert!(at("deal") < at("contact") && at("contact") < at("10") && at("10") < at("2"));
+    }
+
+    #[test]
     fn chains_reference_the_previous_command() {
         let c = chain_list("crm.deal.list", 10, 3, &["ID"], &Default::default());
         assert_eq!(c.len(), 3);

@@ -406,3 +406,103 @@ async fn writes_category_rules_and_events() {
             .any(|w| w.method == "crm.item.update")
     );
 }
+
+/// The body is sent as raw text so that the key order on the wire is the one written here.
+async fn post_raw(run: &RunningB24, method: &str, body: String) -> Value {
+    let r = http()
+        .post(format!("{}/rest/{method}", run.base_url))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn batch_runs_commands_in_the_order_sent() {
+    let run = B24Emulator::spawn(cfg()).await.unwrap();
+    let (access, _) = token(&run).await;
+    // "deal" sorts after "contact" as text, yet it is sent first and must run first.
+    let body = format!(
+        r#"{{"auth":"{access}","halt":0,"cmd":{{
+            "deal":"crm.deal.list?order[ID]=ASC&filter[>CONTACT_ID]=0&select[]=ID&select[]=CONTACT_ID&start=-1",
+            "contact":"crm.contact.list?filter[ID]=$result[deal][0][CONTACT_ID]&select[]=ID&start=-1"
+        }}}}"#
+    );
+    let v = post_raw(&run, "batch", body).await;
+    let r = &v["result"];
+    assert_eq!(r["result_error"], json!([]));
+    let keys: Vec<&String> = r["result"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["deal", "contact"], "answered in the order sent");
+    let contact_of_deal = r["result"]["deal"][0]["CONTACT_ID"].as_str().unwrap();
+    let contacts = r["result"]["contact"].as_array().unwrap();
+    assert_eq!(contacts.len(), 1, "the reference resolved: {contacts:?}");
+    assert_eq!(contacts[0]["ID"].as_str().unwrap(), contact_of_deal);
+
+    // Keys "1".."12" (b24pysdk's fast listing) run numerically, not as text ("10" < "2"):
+    // each command starts after the first row of the one before it.
+    let cmd: Vec<String> = (1..=12)
+        .map(|k| {
+            let after = if k == 1 {
+                "0".to_owned()
+            } else {
+                format!("$result[{}][0][ID]", k - 1)
+            };
+            format!(
+                r#""{k}":"crm.deal.list?order[ID]=ASC&filter[>ID]={after}&select[]=ID&start=-1""#
+            )
+        })
+        .collect();
+    let body = format!(r#"{{"auth":"{access}","cmd":{{{}}}}}"#, cmd.join(","));
+    let v = post_raw(&run, "batch", body).await;
+    let r = &v["result"];
+    assert_eq!(r["result_error"], json!([]));
+    let keys: Vec<String> = r["result"].as_object().unwrap().keys().cloned().collect();
+    let sent: Vec<String> = (1..=12).map(|k| k.to_string()).collect();
+    assert_eq!(keys, sent);
+    let times: Vec<String> = r["result_time"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(times, sent);
+    let deal_ids: Vec<u64> = run
+        .emulator
+        .with_data(|d| d.deals.keys().copied().collect());
+    for k in 1..=12usize {
+        let first = r["result"][k.to_string()][0]["ID"].as_str().unwrap();
+        assert_eq!(first, deal_ids[k - 1].to_string(), "command {k}");
+    }
+}
+
+#[tokio::test]
+async fn batch_form_body_runs_commands_in_the_order_sent() {
+    let run = B24Emulator::spawn(cfg()).await.unwrap();
+    let (access, _) = token(&run).await;
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("auth", &access)
+        .append_pair(
+            "cmd[deal]",
+            "crm.deal.list?order[ID]=ASC&filter[>CONTACT_ID]=0&select[]=CONTACT_ID&start=-1",
+        )
+        .append_pair(
+            "cmd[contact]",
+            "crm.contact.list?filter[ID]=$result[deal][0][CONTACT_ID]&select[]=ID&start=-1",
+        )
+        .finish();
+    let r = http()
+        .post(format!("{}/rest/batch", run.base_url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let r = &v["result"];
+    let keys: Vec<&String> = r["result"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["deal", "contact"]);
+    assert_eq!(r["result"]["contact"].as_array().unwrap().len(), 1);
+}

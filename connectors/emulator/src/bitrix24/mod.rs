@@ -21,9 +21,10 @@
 //!
 //! # Choices where the doc is silent
 //! - Lists without `order` are sorted by `ID` ascending.
-//! - `batch` runs its commands in the order of their keys (sorted as text): clients should use
-//!   zero-padded keys (`c00`, `c01`, ...). A `$result[...]` reference to something missing
-//!   becomes an empty string (an empty `>ID` filter then means `> 0`).
+//! - `batch` runs its commands in the order they were sent (a JSON object's keys, or a form's
+//!   `cmd[...]` fields, as they appear: PHP arrays keep insertion order) and answers in that
+//!   order; keys are never sorted. A `$result[...]` reference to something missing becomes an
+//!   empty string (an empty `>ID` filter then means `> 0`).
 //! - The emulator's clock for data changes is `max(wall clock, seed.now + uptime)`; token
 //!   expiry uses the wall clock.
 //! - `OAuth` calls run as the portal administrator (the first seeded user); webhook calls as
