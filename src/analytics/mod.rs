@@ -39,6 +39,7 @@ pub mod dataset;
 pub mod figures;
 pub mod gamma_gamma;
 pub mod optim;
+pub mod pareto_nbd;
 pub mod render;
 pub mod rfm;
 pub mod settings;
