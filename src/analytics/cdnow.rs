@@ -122,6 +122,25 @@ fn pareto_nbd_fit_on_published_summary_matches_published() {
 }
 
 #[test]
+fn mbgnbd_fit_on_published_summary_matches_published() {
+    let rows = published_summary();
+    let t0 = std::time::Instant::now();
+    let p = mbgnbd::fit(&rows).expect("fit");
+    eprintln!(
+        "mbg/nbd fit in {:?}, ll {:.2}",
+        t0.elapsed(),
+        p.log_likelihood
+    );
+    assert!(p.converged);
+    assert_params(
+        "mbg/nbd",
+        [p.r, p.alpha, p.a, p.b],
+        [0.5248, 6.183, 0.8914, 1.614],
+        ["r", "alpha", "a", "b"],
+    );
+}
+
+#[test]
 fn gamma_gamma_fit_on_published_summary_matches_lifetimes() {
     let rows: Vec<(f64, f64)> = csv_rows("cdnow_customers_summary_with_transactions.csv")
         .iter()

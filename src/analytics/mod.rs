@@ -38,6 +38,7 @@ mod classify;
 pub mod dataset;
 pub mod figures;
 pub mod gamma_gamma;
+pub mod mbgnbd;
 pub mod optim;
 pub mod pareto_nbd;
 pub mod render;
