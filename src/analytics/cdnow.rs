@@ -81,6 +81,65 @@ fn bgnbd_fit_on_published_summary_matches_lifetimes() {
     );
 }
 
+fn published_summary() -> Vec<bgnbd::SummaryRow> {
+    let rows: Vec<(u32, f64, f64)> = csv_rows("cdnow_customers_summary.csv")
+        .iter()
+        .map(|r| (r[1] as u32, r[2], r[3]))
+        .collect();
+    bgnbd::aggregate(rows)
+}
+
+fn assert_params(what: &str, got: [f64; 4], want: [f64; 4], names: [&str; 4]) {
+    eprintln!("{what}: {names:?} = {got:?}");
+    for i in 0..4 {
+        assert!(
+            within(got[i], want[i], 0.005),
+            "{what}: {} = {} vs {}",
+            names[i],
+            got[i],
+            want[i]
+        );
+    }
+}
+
+#[test]
+fn pareto_nbd_fit_on_published_summary_matches_published() {
+    let rows = published_summary();
+    let t0 = std::time::Instant::now();
+    let p = pareto_nbd::fit(&rows).expect("fit");
+    eprintln!(
+        "pareto/nbd fit in {:?}, ll {:.2}",
+        t0.elapsed(),
+        p.log_likelihood
+    );
+    assert!(p.converged);
+    assert_params(
+        "pareto/nbd",
+        [p.r, p.alpha, p.s, p.beta],
+        [0.5533, 10.577, 0.6063, 11.669],
+        ["r", "alpha", "s", "beta"],
+    );
+}
+
+#[test]
+fn mbgnbd_fit_on_published_summary_matches_published() {
+    let rows = published_summary();
+    let t0 = std::time::Instant::now();
+    let p = mbgnbd::fit(&rows).expect("fit");
+    eprintln!(
+        "mbg/nbd fit in {:?}, ll {:.2}",
+        t0.elapsed(),
+        p.log_likelihood
+    );
+    assert!(p.converged);
+    assert_params(
+        "mbg/nbd",
+        [p.r, p.alpha, p.a, p.b],
+        [0.5248, 6.183, 0.8914, 1.614],
+        ["r", "alpha", "a", "b"],
+    );
+}
+
 #[test]
 fn gamma_gamma_fit_on_published_summary_matches_lifetimes() {
     let rows: Vec<(f64, f64)> = csv_rows("cdnow_customers_summary_with_transactions.csv")
