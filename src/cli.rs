@@ -354,6 +354,25 @@ fn config_check(path: &std::path::Path) -> Result<ExitCode> {
     match config::load(path, &env_lookup) {
         Ok(cfg) => {
             println!("{}: ok ({} portals)", path.display(), cfg.portals.len());
+            // With a cache, the managers who own customers but cannot be given work.
+            for p in &cfg.portals {
+                if p.mapping.is_null() || !crate::store::portal_path(&cfg.data_dir, &p.id).exists()
+                {
+                    continue;
+                }
+                let Ok(store) = Store::open(&cfg.data_dir, &p.id) else {
+                    continue;
+                };
+                let users: Vec<rebuy_core::User> = store.all().unwrap_or_default();
+                if users.is_empty() {
+                    continue;
+                }
+                if let Ok(owners) = crate::writeback::unusable_owners(&store, p, &users) {
+                    for o in owners {
+                        println!("warning: portal {}: {} (cached users)", p.id, o.describe());
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(problems) => {

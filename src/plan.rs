@@ -409,7 +409,7 @@ pub fn plan_for_deal(
             summary: format!("flag deal {} as a repeat sale", deal.id.0),
         },
     ];
-    let Some(responsible) = deal.responsible.or(rules.default_responsible) else {
+    let Some(responsible) = rules.deal_responsible(deal.responsible) else {
         return out;
     };
     let manager = rules
@@ -455,6 +455,12 @@ pub fn plan_for_deal(
         customer: cust,
     });
     out
+}
+
+/// Who gets a created funnel deal or amoCRM customer: the last deal's manager when usable,
+/// else `default_responsible`, else the CRM's default (none given).
+fn input_rules_deal_responsible(rules: &Rules, facts: &CustomerFacts) -> Option<UserId> {
+    rules.deal_responsible(facts.sales.last().and_then(|s| s.manager))
 }
 
 fn user_label(rules: &Rules, u: UserId) -> String {
@@ -792,7 +798,7 @@ impl Planner<'_, '_> {
         rule: &str,
     ) -> Option<UserId> {
         match r {
-            Responsible::DealManager => manager.or(self.input.rules.default_responsible),
+            Responsible::DealManager => self.input.rules.deal_responsible(manager),
             Responsible::User(u) => Some(*u),
             Responsible::Team { members, .. } => {
                 let n = members.len() as u64;
@@ -811,10 +817,17 @@ impl Planner<'_, '_> {
         let customer = self.cust.clone();
         let Some(responsible) = self.responsible(&task.responsible, t.manager, ordinal, &task.rule)
         else {
+            let reason = match t.manager {
+                Some(m) => format!(
+                    "no responsible: the deal's manager {} is inactive or gone from the CRM and the mapping has no default_responsible",
+                    user_label(rules, m)
+                ),
+                None => "no responsible: the deal has no manager and the mapping has no default_responsible".into(),
+            };
             self.skipped.push(Skipped {
                 rule: task.rule.clone(),
                 customer,
-                reason: "no responsible: the deal has no manager and the mapping has no default_responsible".into(),
+                reason,
             });
             return;
         };
@@ -902,7 +915,7 @@ impl Planner<'_, '_> {
                     stage: target_id.clone(),
                     contact,
                     company,
-                    responsible: facts.sales.last().and_then(|s| s.manager),
+                    responsible: input_rules_deal_responsible(self.input.rules, facts),
                     price: row.expected_order_value.map(|v| v.round()),
                 },
                 rule: "funnel".into(),
@@ -1009,7 +1022,7 @@ impl Planner<'_, '_> {
                         status: status.clone(),
                         next_date: next_at,
                         next_price,
-                        responsible: facts.sales.last().and_then(|s| s.manager),
+                        responsible: input_rules_deal_responsible(self.input.rules, facts),
                     },
                     rule: "funnel".into(),
                     customer,

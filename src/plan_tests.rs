@@ -771,4 +771,57 @@ fn a_deal_slightly_ahead_of_our_clock_is_still_routed() {
         .map(|a| a.key.as_str())
         .collect();
     assert_eq!(routed, ["shop/repeat_route/contact:7/deal:910"]);
+
+fn inactive_or_deleted_managers_get_no_task_and_the_default_takes_over() {
+    let buy = date(2026, 3, 2);
+    let mut rows = Vec::new();
+    let mut f = Vec::new();
+    // Customer 1: an active manager; 2: inactive (103); 3: gone from the CRM (999).
+    for (c, manager) in [(1, 101), (2, 103), (3, 999)] {
+        rows.push(row(c, &[buy], None));
+        let mut x = facts(c, &[buy], &[]);
+        x.sales[0].manager = Some(UserId(manager));
+        f.push(x);
+    }
+    let deals = [repeat_deal(50, 2, morning(buy), Some(103))];
+    let mapping = serde_json::json!({
+        "playbooks": ["car_dealer"],
+        "repeat_pipeline": "Повторные продажи",
+        "horizon_days": 30,
+        "lookback_days": 0,
+    });
+    // Without a default: the inactive and deleted managers' touches are skipped, with why.
+    let rules = rules_for(mapping.clone());
+    let p = run(&rules, morning(buy), &rows, &f, &deals);
+    let t = tasks(&p);
+    assert!(!t.is_empty());
+    assert!(t.iter().all(|(_, _, resp, _)| *resp == 101), "{t:?}");
+    assert!(
+        p.skipped
+            .iter()
+            .any(|s| s.customer == "contact:2" && s.reason.contains("inactive")),
+        "{:?}",
+        p.skipped
+    );
+    // With a default: it takes their customers, including the repeat-lead task.
+    let mut m = mapping;
+    m["default_responsible"] = serde_json::json!("Анна Смирнова");
+    let rules = rules_for(m);
+    let p = run(&rules, morning(buy), &rows, &f, &deals);
+    let t = tasks(&p);
+    assert!(
+        t.iter().all(|(_, _, resp, _)| *resp != 103 && *resp != 999),
+        "{t:?}"
+    );
+    for c in ["contact:2", "contact:3"] {
+        assert!(
+            t.iter()
+                .any(|(_, key, resp, _)| key.contains(&format!("/{c}/")) && *resp == 100),
+            "{c} goes to the default: {t:?}"
+        );
+    }
+    assert!(
+        t.iter()
+            .any(|(rule, _, resp, _)| rule == "repeat_task" && *resp == 100)
+    );
 }

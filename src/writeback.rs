@@ -696,6 +696,93 @@ pub struct MappingReport {
     pub test_cases: usize,
     /// Failed test cases.
     pub test_failures: Vec<String>,
+    /// Managers who still own customers (the manager of a customer's last won deal in the
+    /// cache) but are inactive or gone from the CRM: their customers' tasks go to
+    /// `default_responsible` (or are skipped without one).
+    pub unusable_owners: Vec<UnusableOwner>,
+}
+
+/// A manager who owns customers but cannot be given work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnusableOwner {
+    /// The user.
+    pub user: rebuy_core::UserId,
+    /// Its name, when the CRM still lists it.
+    pub name: Option<String>,
+    /// Inactive (listed) or missing (not listed).
+    pub inactive: bool,
+    /// Customers whose last won deal is theirs.
+    pub customers: u64,
+}
+
+impl UnusableOwner {
+    /// One line: `user 7 "Name" is inactive: 12 customer(s) affected`.
+    pub fn describe(&self) -> String {
+        format!(
+            "user {}{} {}: {} customer(s) affected (their tasks go to default_responsible; without it they are skipped)",
+            self.user.0,
+            self.name
+                .as_deref()
+                .map(|n| format!(" {n:?}"))
+                .unwrap_or_default(),
+            if self.inactive {
+                "is inactive in the CRM"
+            } else {
+                "is no longer in the CRM"
+            },
+            self.customers
+        )
+    }
+}
+
+/// The managers of customers' last won deals (from the cache) who are inactive or missing
+/// among `users`, with how many customers each owns. A customer is the deal's company on a
+/// B2B portal, else its main contact.
+pub fn unusable_owners(
+    store: &Store,
+    p: &PortalConfig,
+    users: &[User],
+) -> Result<Vec<UnusableOwner>> {
+    use std::collections::{BTreeMap, HashMap};
+    let deals: Vec<Deal> = store.all()?;
+    let b2b = p.analytics.mode == analytics::Mode::B2b;
+    // Customer -> (closed or created, manager) of its last won deal.
+    let mut last: HashMap<(u8, u64), (Timestamp, Option<rebuy_core::UserId>)> = HashMap::new();
+    for d in deals.iter().filter(|d| d.state == DealState::Won) {
+        let key = match (
+            b2b,
+            d.company_id,
+            d.main_contact_id.or(d.contact_ids.first().copied()),
+        ) {
+            (true, Some(c), _) => (1, c.0),
+            (_, _, Some(c)) => (0, c.0),
+            (_, Some(c), None) => (1, c.0),
+            _ => continue,
+        };
+        let at = d.closed_at.unwrap_or(d.created_at);
+        let e = last.entry(key).or_insert((at, d.responsible_user_id));
+        if at >= e.0 {
+            *e = (at, d.responsible_user_id);
+        }
+    }
+    let known: HashMap<rebuy_core::UserId, &User> = users.iter().map(|u| (u.id, u)).collect();
+    let mut counts: BTreeMap<rebuy_core::UserId, u64> = BTreeMap::new();
+    for (_, m) in last.values() {
+        if let Some(m) = m
+            && known.get(m).is_none_or(|u| !u.active)
+        {
+            *counts.entry(*m).or_default() += 1;
+        }
+    }
+    Ok(counts
+        .into_iter()
+        .map(|(user, customers)| UnusableOwner {
+            user,
+            name: known.get(&user).map(|u| u.name.clone()),
+            inactive: known.contains_key(&user),
+            customers,
+        })
+        .collect())
 }
 
 impl MappingReport {
@@ -787,6 +874,7 @@ pub async fn mapping_report(
         rules: None,
         test_cases: 0,
         test_failures: Vec::new(),
+        unusable_owners: Vec::new(),
     };
     match playbooks::resolve(&p.id.0, &p.mapping, playbooks_dir, facts) {
         Err(problems) => report.problems = problems,
@@ -820,6 +908,9 @@ pub async fn mapping_report(
             }
             report.rules = Some(rules);
         }
+    }
+    if !users.is_empty() {
+        report.unusable_owners = unusable_owners(store, p, &users)?;
     }
     report.pipelines = pipelines;
     report.users = users;
@@ -888,6 +979,9 @@ pub async fn cmd_mapping(cfg: &Config, config_path: &Path, portal: &str) -> Resu
             }
         }
         None => println!("custom fields: not listed by this CRM connector"),
+    }
+    for o in &r.unusable_owners {
+        println!("warning: {}", o.describe());
     }
     if !r.problems.is_empty() {
         println!("\nmapping and playbooks: {} problem(s):", r.problems.len());

@@ -303,8 +303,10 @@ pub struct Rules {
     pub hours: Hours,
     /// Fallback responsible.
     pub default_responsible: Option<UserId>,
-    /// User names for templates.
+    /// User names for templates (every user the CRM lists, active or not).
     pub user_names: BTreeMap<UserId, String>,
+    /// Users the CRM lists as inactive: never given a task or a deal.
+    pub inactive_users: std::collections::BTreeSet<UserId>,
     /// Plan horizon.
     pub horizon_days: u32,
     /// Plan lookback.
@@ -314,6 +316,21 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// Whether `u` may be given work: not inactive, and listed by the CRM (when the CRM's
+    /// users are known at all; a user missing from the list was deleted).
+    pub fn usable(&self, u: UserId) -> bool {
+        !self.inactive_users.contains(&u)
+            && (self.user_names.is_empty() || self.user_names.contains_key(&u))
+    }
+
+    /// The responsible chain for work attached to a deal: its manager when usable, else the
+    /// mapping's `default_responsible` (checked active when resolved).
+    pub fn deal_responsible(&self, manager: Option<UserId>) -> Option<UserId> {
+        manager
+            .filter(|u| self.usable(*u))
+            .or(self.default_responsible)
+    }
+
     /// No playbooks, no routing: plans nothing (used by tests and as a base).
     pub fn empty() -> Self {
         let mut templates = Templates::new();
@@ -328,6 +345,7 @@ impl Rules {
             hours: Hours::default(),
             default_responsible: None,
             user_names: BTreeMap::new(),
+            inactive_users: std::collections::BTreeSet::new(),
             horizon_days: 7,
             lookback_days: 3,
             playbooks: Vec::new(),
@@ -478,6 +496,12 @@ pub fn resolve(
         on_companies: false,
     };
     r.rules.user_names = crm.users.iter().map(|u| (u.id, u.name.clone())).collect();
+    r.rules.inactive_users = crm
+        .users
+        .iter()
+        .filter(|u| !u.active)
+        .map(|u| u.id)
+        .collect();
     r.rules.horizon_days = m.horizon_days;
     r.rules.lookback_days = m.lookback_days;
     r.hours(&mfile, &m);

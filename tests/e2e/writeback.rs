@@ -1019,3 +1019,53 @@ async fn dropped_connections_after_the_write_create_no_duplicate() {
     assert_eq!(markers.len(), planned, "every task is there");
     assert_eq!(tasks.len(), planned, "and none twice");
 }
+
+/// A manager marked inactive still owns customers: `rebuy mapping`'s report names them with the
+/// count, and no task goes to them (their customers' go to `default_responsible`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inactive_managers_get_no_tasks_and_are_reported_with_their_customers() {
+    let mut env = amo_env(amo_config(95, 300, 900)).await;
+    sync(&env, true).await.unwrap();
+    let (inactive, default) = env.emulator().with_data(|d| {
+        let inactive = d.users.values().find(|u| !u.is_active).unwrap().id;
+        let active = d.users.values().find(|u| u.is_active).unwrap().name.clone();
+        (inactive, active)
+    });
+    env.portal.mapping = json!({
+        "playbooks": ["water_delivery", "reactivation"],
+        "default_responsible": default,
+        "horizon_days": 90,
+        "lookback_days": 0,
+    });
+    let conn = connector(&env);
+    let report = writeback::mapping_report(&env.portal, &env.store, conn.as_ref(), None, None)
+        .await
+        .unwrap();
+    let owner = report
+        .unusable_owners
+        .iter()
+        .find(|o| o.user.0 == inactive)
+        .unwrap_or_else(|| {
+            panic!(
+                "the inactive manager is reported: {:?}",
+                report.unusable_owners
+            )
+        });
+    assert!(owner.inactive && owner.customers > 0, "{owner:?}");
+    assert!(owner.describe().contains("customer(s) affected"));
+    let (plan, r) = apply_at(&env, Timestamp::now()).await;
+    assert_eq!(r.drain.failed, 0, "{r:?}");
+    let w = env.emulator().writes();
+    assert!(
+        !w.tasks_created.is_empty(),
+        "the playbooks plan tasks on this base"
+    );
+    let to_inactive = w
+        .tasks_created
+        .iter()
+        .filter(|t| t.responsible_user_id == inactive)
+        .count();
+    assert_eq!(to_inactive, 0, "no task for an inactive manager");
+    assert!(plan.actions.iter().all(|a| !matches!(&a.op,
+        WriteOp::CreateTask { responsible, .. } if responsible.0 == inactive)));
+}
