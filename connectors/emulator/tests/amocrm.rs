@@ -1622,3 +1622,111 @@ async fn custom_fields_are_created_with_validation_and_listed() {
     assert_eq!(w.fields_created.len(), 2);
     assert_eq!(w.fields_created[0].enums, ["champions", "lost"]);
 }
+
+#[tokio::test]
+async fn lead_filters_of_the_docs_are_honoured_and_others_refused() {
+    let env = Env::new(cfg()).await;
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let all = |v: &Value| -> Vec<Value> {
+        v["_embedded"]["leads"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    // A lead with a custom field value to look for.
+    let (lead, cf) = env.run.emulator.with_data(|d| {
+        let l = d
+            .leads
+            .values()
+            .find(|l| {
+                l.custom_fields
+                    .iter()
+                    .any(|f| f.values.iter().any(|v| v.value.is_string()))
+            })
+            .or_else(|| d.leads.values().next())
+            .cloned()
+            .expect("a lead");
+        let cf = l.custom_fields.iter().find_map(|f| {
+            f.values
+                .iter()
+                .find_map(|v| v.value.as_str().map(|s| (f.field_id, s.to_owned())))
+        });
+        (l, cf)
+    });
+    let count = |pred: &dyn Fn(&rebuy_emulator::amocrm::AmoLead) -> bool| {
+        env.run
+            .emulator
+            .with_data(|d| d.leads.values().filter(|l| pred(l)).count())
+    };
+    let fetch_all = |q: String| {
+        let env = &env;
+        async move {
+            let mut out = Vec::new();
+            for page in 1.. {
+                let r = env
+                    .get(&format!("/api/v4/leads?limit=250&page={page}&{q}"))
+                    .await;
+                if r.status() == StatusCode::NO_CONTENT {
+                    break;
+                }
+                assert_eq!(r.status(), StatusCode::OK, "{q}");
+                let v: Value = r.json().await.expect("json");
+                let items = all(&v);
+                let n = items.len();
+                out.extend(items);
+                if n < 250 {
+                    break;
+                }
+            }
+            out
+        }
+    };
+
+    // price: exact and range.
+    let got = fetch_all(format!("filter[price]={}", lead.price)).await;
+    assert!(got.iter().all(|l| l["price"] == json!(lead.price)));
+    assert_eq!(got.len(), count(&|l| l.price == lead.price));
+    let (lo, hi) = (lead.price - 1000, lead.price + 1000);
+    let got = fetch_all(format!("filter[price][from]={lo}&filter[price][to]={hi}")).await;
+    assert_eq!(got.len(), count(&|l| (lo..=hi).contains(&l.price)));
+    assert!(got.iter().any(|l| l["id"] == json!(lead.id)));
+    // name, created_by, updated_by.
+    let got = fetch_all(format!("filter[name]={}", enc(&lead.name))).await;
+    assert!(got.iter().all(|l| l["name"] == json!(lead.name)));
+    assert!(got.iter().any(|l| l["id"] == json!(lead.id)));
+    let got = fetch_all(format!("filter[created_by][]={}", lead.created_by)).await;
+    assert_eq!(got.len(), count(&|l| l.created_by == lead.created_by));
+    let got = fetch_all(format!("filter[updated_by]={}", lead.updated_by)).await;
+    assert_eq!(got.len(), count(&|l| l.updated_by == lead.updated_by));
+    let got = fetch_all(format!("filter[created_by]={}", u64::MAX)).await;
+    assert!(got.is_empty());
+    // custom_fields_values.
+    if let Some((field, value)) = cf {
+        let got = fetch_all(format!(
+            "filter[custom_fields_values][{field}][]={}",
+            enc(&value)
+        ))
+        .await;
+        assert!(got.iter().any(|l| l["id"] == json!(lead.id)));
+        assert_eq!(
+            got.len(),
+            count(&|l| l.custom_fields.iter().any(|f| f.field_id == field
+                && f.values
+                    .iter()
+                    .any(|v| v.value.as_str() == Some(value.as_str()))))
+        );
+    }
+    // Filters the emulator does not implement answer 400, never an unfiltered list.
+    for (path, q) in [
+        ("leads", "filter[colour]=red"),
+        ("leads", "filter[price][from]=cheap"),
+        ("contacts", "filter[price]=5"),
+        ("companies", "filter[name]=x"),
+    ] {
+        let r = env.get(&format!("/api/v4/{path}?{q}")).await;
+        assert_eq!(r.status(), 400, "{path}?{q}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let e: Value = r.json().await.expect("json");
+        assert_eq!(e["status"], 400);
+    }
+}

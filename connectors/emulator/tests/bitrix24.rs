@@ -506,3 +506,42 @@ async fn batch_form_body_runs_commands_in_the_order_sent() {
     assert_eq!(keys, ["deal", "contact"]);
     assert_eq!(r["result"]["contact"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn an_unreadable_filter_date_is_an_error_not_an_empty_list() {
+    let run = B24Emulator::spawn(cfg()).await.unwrap();
+    let (access, _) = token(&run).await;
+    for bad in ["yesterday", "2024-13-45T00:00:00+03:00", ""] {
+        let (s, v) = post(
+            &run,
+            "crm.deal.list",
+            json!({"auth": access, "filter": {">DATE_MODIFY": bad}, "select": ["ID"]}),
+        )
+        .await;
+        assert_eq!(s, 400, "{bad:?}: {v}");
+        assert_eq!(v["error"], json!(""), "{v}");
+        assert!(
+            v["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("DATE_MODIFY")
+        );
+    }
+    // Inside a batch the command fails on its own.
+    let (_, v) = post(
+        &run,
+        "batch",
+        json!({"auth": access, "cmd": {"a": "crm.contact.list?filter%5B%3E%3DDATE_CREATE%5D=soon"}}),
+    )
+    .await;
+    assert!(v["result"]["result_error"]["a"].is_object(), "{v}");
+    // Readable dates still filter.
+    let (s, v) = post(
+        &run,
+        "crm.deal.list",
+        json!({"auth": access, "filter": {">DATE_MODIFY": "2000-01-01T00:00:00+03:00"}, "select": ["ID"]}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["total"], json!(300));
+}

@@ -570,14 +570,41 @@ pub(crate) async fn customer_fields(
     fields_of(st, ctx, "customers").await
 }
 
+/// The `filter[...]` keys `GET /api/v4/leads` honours (`docs/amocrm.md` §4); any other is a
+/// 400, never silently ignored.
+const LEAD_FILTERS: &[&str] = &[
+    "id",
+    "name",
+    "price",
+    "statuses",
+    "pipeline_id",
+    "created_by",
+    "updated_by",
+    "responsible_user_id",
+    "created_at",
+    "updated_at",
+    "closed_at",
+    "custom_fields_values",
+];
+
 /// `GET /api/v4/leads`.
 pub(crate) async fn leads(State(st): State<Arc<Inner>>, ctx: Ctx) -> Result<Response, ApiError> {
     let q = &ctx.q;
+    q.only_filters(LEAD_FILTERS)?;
     let (page, limit) = q.paging(250)?;
     let ids = sorted(q.ids(&["filter", "id"])?);
     let updated = q.range("updated_at")?;
     let created = q.range("created_at")?;
     let closed = q.range("closed_at")?;
+    let price = q.num_range(&["filter", "price"])?;
+    let names: Option<Vec<String>> = q.strings(&["filter", "name"]);
+    let created_by: Option<HashSet<u64>> = q
+        .ids(&["filter", "created_by"])?
+        .map(|v| v.into_iter().collect());
+    let updated_by: Option<HashSet<u64>> = q
+        .ids(&["filter", "updated_by"])?
+        .map(|v| v.into_iter().collect());
+    let cf = q.custom_field_filters()?;
     let pipeline_ids: Option<HashSet<u64>> = q
         .ids(&["filter", "pipeline_id"])?
         .map(|v| v.into_iter().collect());
@@ -605,6 +632,17 @@ pub(crate) async fn leads(State(st): State<Arc<Inner>>, ctx: Ctx) -> Result<Resp
         updated.contains(l.updated_at)
             && created.contains(l.created_at)
             && closed.contains_opt(l.closed_at)
+            && price.contains(l.price)
+            && names
+                .as_ref()
+                .is_none_or(|n| n.iter().any(|n| n == &l.name))
+            && created_by
+                .as_ref()
+                .is_none_or(|s| s.contains(&l.created_by))
+            && updated_by
+                .as_ref()
+                .is_none_or(|s| s.contains(&l.updated_by))
+            && cf.iter().all(|f| f.matches(&l.custom_fields))
             && pipeline_ids
                 .as_ref()
                 .is_none_or(|s| s.contains(&l.pipeline_id))
@@ -657,6 +695,13 @@ pub(crate) async fn lead(
 /// `GET /api/v4/contacts`.
 pub(crate) async fn contacts(State(st): State<Arc<Inner>>, ctx: Ctx) -> Result<Response, ApiError> {
     let q = &ctx.q;
+    q.only_filters(&[
+        "id",
+        "name",
+        "responsible_user_id",
+        "created_at",
+        "updated_at",
+    ])?;
     let (page, limit) = q.paging(250)?;
     let ids = sorted(q.ids(&["filter", "id"])?);
     let updated = q.range("updated_at")?;
@@ -723,6 +768,7 @@ pub(crate) async fn companies(
     ctx: Ctx,
 ) -> Result<Response, ApiError> {
     let q = &ctx.q;
+    q.only_filters(&["id", "responsible_user_id", "created_at", "updated_at"])?;
     let (page, limit) = q.paging(250)?;
     let ids = sorted(q.ids(&["filter", "id"])?);
     let updated = q.range("updated_at")?;

@@ -44,6 +44,47 @@ impl Range {
     }
 }
 
+/// One `filter[custom_fields_values][{field_id}]` condition.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CfFilter {
+    pub field_id: u64,
+    pub test: CfTest,
+}
+
+/// What a custom field's values must satisfy.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum CfTest {
+    /// One of the values equals one of these (as text; an enum id counts too).
+    AnyOf(Vec<String>),
+    /// A number (or unix time) in this range.
+    Range(Range),
+}
+
+impl CfFilter {
+    /// Whether an entity's custom fields pass.
+    pub fn matches(&self, fields: &[crate::amocrm::AmoFieldValue]) -> bool {
+        let Some(f) = fields.iter().find(|f| f.field_id == self.field_id) else {
+            return false;
+        };
+        f.values.iter().any(|v| {
+            let text = match &v.value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            match &self.test {
+                CfTest::AnyOf(want) => want
+                    .iter()
+                    .any(|w| w == &text || v.enum_id.is_some_and(|e| w == &e.to_string())),
+                CfTest::Range(r) => text
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .is_some_and(|n| r.contains(n as i64)),
+            }
+        })
+    }
+}
+
 /// Sort order of a list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OrderBy {
@@ -151,6 +192,79 @@ impl Query {
             r.to = parse(&["filter", field, "to"], v)?;
         }
         Ok(r)
+    }
+
+    /// A numeric range of any field: `filter[f][from]`, `filter[f][to]`, or `filter[f]=n`.
+    pub fn num_range(&self, path: &[&str]) -> Result<Range, ApiError> {
+        let mut r = Range::default();
+        let parse = |p: &[&str], v: &str| {
+            let v = v.trim();
+            v.parse::<i64>()
+                .or_else(|_| v.parse::<f64>().map(|f| f as i64))
+                .map_err(|_| bad(p, v))
+        };
+        if let Some(v) = self.get(path) {
+            let t = parse(path, v)?;
+            r = Range { from: t, to: t };
+        }
+        let mut from = path.to_vec();
+        from.push("from");
+        if let Some(v) = self.get(&from) {
+            r.from = parse(&from, v)?;
+        }
+        let mut to = path.to_vec();
+        to.push("to");
+        if let Some(v) = self.get(&to) {
+            r.to = parse(&to, v)?;
+        }
+        Ok(r)
+    }
+
+    /// `filter[custom_fields_values][{field_id}]`: per field, the values asked for (any of
+    /// them matches) or a `[from]`/`[to]` range.
+    pub fn custom_field_filters(&self) -> Result<Vec<CfFilter>, ApiError> {
+        let mut ids: Vec<String> = Vec::new();
+        for (k, _) in &self.pairs {
+            if k.len() >= 3 && k[0] == "filter" && k[1] == "custom_fields_values" {
+                if !ids.contains(&k[2]) {
+                    ids.push(k[2].clone());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for id in ids {
+            let field_id = id.parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "invalid field id {id:?} in filter[custom_fields_values]"
+                ))
+            })?;
+            let path = ["filter", "custom_fields_values", id.as_str()];
+            let ranged = self.has(&[path[0], path[1], path[2], "from"])
+                || self.has(&[path[0], path[1], path[2], "to"]);
+            let test = if ranged {
+                CfTest::Range(self.num_range(&path)?)
+            } else {
+                CfTest::AnyOf(self.values(&path).into_iter().map(str::to_owned).collect())
+            };
+            out.push(CfFilter { field_id, test });
+        }
+        Ok(out)
+    }
+
+    /// 400 for a `filter[...]` this endpoint does not implement (never silently ignored).
+    pub fn only_filters(&self, known: &[&str]) -> Result<(), ApiError> {
+        for (k, _) in &self.pairs {
+            if k.first().is_some_and(|f| f == "filter") {
+                let name = k.get(1).map(String::as_str).unwrap_or("");
+                if !known.contains(&name) {
+                    return Err(ApiError::BadRequest(format!(
+                        "filter[{name}] is not supported here (supported: {})",
+                        known.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `page` (1-based, default 1) and `limit` (default 50, larger than `max` silently capped).

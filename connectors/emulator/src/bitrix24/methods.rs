@@ -432,6 +432,17 @@ fn list<E: Entity>(
     p: &Map<String, Value>,
 ) -> Result<MethodOk, ApiErr> {
     let conds = parse_filter(p);
+    // A date the portal cannot read is an error, not a filter that matches nothing.
+    for c in &conds {
+        if kind_of::<E>(&c.field) == Kind::Time {
+            if let Some(v) = c.values.iter().find(|v| parse_time(v).is_none()) {
+                return Err(ApiErr::crm(&format!(
+                    "Invalid date value {v:?} of filter field {}",
+                    c.field
+                )));
+            }
+        }
+    }
     let fields = expand_select::<E>(p, &uf_names);
     let order = parse_order(p);
     let start = param_i64(p, "start").unwrap_or(0);
