@@ -771,7 +771,9 @@ fn a_deal_slightly_ahead_of_our_clock_is_still_routed() {
         .map(|a| a.key.as_str())
         .collect();
     assert_eq!(routed, ["shop/repeat_route/contact:7/deal:910"]);
+}
 
+#[test]
 fn inactive_or_deleted_managers_get_no_task_and_the_default_takes_over() {
     let buy = date(2026, 3, 2);
     let mut rows = Vec::new();
