@@ -75,6 +75,78 @@ pub fn analyse_portal(
     Ok((data, analysis))
 }
 
+/// `rebuy backtest` output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BacktestFormat {
+    /// A terminal table.
+    Table,
+    /// JSON.
+    Json,
+}
+
+/// The backtest of a portal's cached history: the holdout ends at `as_of` (now when `None`)
+/// and lasts `holdout_days` (default 273, or half the history when it is shorter).
+pub fn backtest_portal(
+    store: &Store,
+    portal: &PortalConfig,
+    as_of: Option<Timestamp>,
+    holdout_days: Option<u32>,
+) -> Result<analytics::backtest::Backtest> {
+    let data = load_dataset(store, portal)
+        .with_context(|| format!("portal {}: reading the cache", portal.id))?;
+    let as_of = as_of.unwrap_or_else(Timestamp::now);
+    let (days, end) =
+        analytics::purchase_days(&data, &portal.analytics, as_of, portal.time_zone.clone());
+    let first = days.iter().filter_map(|d| d.first()).min().copied();
+    let Some(first) = first else {
+        anyhow::bail!(
+            "portal {}: no purchases in the cache to backtest",
+            portal.id
+        );
+    };
+    let holdout = match holdout_days {
+        Some(h) => h as i64,
+        None => 273.min((end - first) / 2).max(1),
+    };
+    Ok(analytics::backtest::backtest(
+        &days,
+        end - holdout,
+        end,
+        portal.analytics.model.as_deref(),
+    ))
+}
+
+/// `rebuy backtest`.
+pub fn cmd_backtest(
+    store: &Store,
+    portal: &PortalConfig,
+    as_of: Option<Timestamp>,
+    holdout_days: Option<u32>,
+    format: BacktestFormat,
+) -> Result<()> {
+    let b = backtest_portal(store, portal, as_of, holdout_days)?;
+    let mut out = std::io::stdout().lock();
+    match format {
+        BacktestFormat::Table => {
+            writeln!(
+                out,
+                "backtest of {}: calibration to {}, holdout {} .. {} ({} customers)",
+                portal.id,
+                analytics::date_of_day(b.cutoff_day),
+                analytics::date_of_day(b.cutoff_day + 1),
+                analytics::date_of_day(b.end_day),
+                b.customers
+            )?;
+            write!(out, "{}", analytics::backtest::render_table(&b))?;
+        }
+        BacktestFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &b)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}
+
 /// Parses `--as-of`: a date (`2026-11-23`, end of that day in the portal's zone) or an
 /// RFC 3339 instant.
 pub fn parse_as_of(s: &str, portal: &PortalConfig) -> Result<Timestamp> {

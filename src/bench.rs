@@ -38,6 +38,8 @@ pub enum BenchCommand {
         #[arg(long)]
         compare_fast_bitrix24: bool,
     },
+    /// The model backtest on CDNOW's published 39 + 39 week split (built-in sample).
+    Backtest,
     /// The analytics on a synthetic base: dataset build, whole analysis, BG/NBD fit alone.
     Analytics {
         /// Customers.
@@ -135,6 +137,17 @@ pub enum BenchCommand {
 /// Runs a benchmark.
 pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
+        BenchCommand::Backtest => {
+            let b = crate::analytics::backtest::cdnow();
+            println!(
+                "CDNOW (1/10 sample, 39 + 39 weeks: calibration to {}, holdout to {}, {} customers)",
+                crate::analytics::date_of_day(b.cutoff_day),
+                crate::analytics::date_of_day(b.end_day),
+                b.customers
+            );
+            print!("{}", crate::analytics::backtest::render_table(&b));
+            Ok(())
+        }
         BenchCommand::Sync {
             contacts,
             leads,

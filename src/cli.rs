@@ -61,6 +61,8 @@ pub enum Command {
     Segments(SegmentsArgs),
     /// Business figures, the RFM grid, ABC x XYZ and warnings as terminal tables.
     Report(ReportArgs),
+    /// Split the cached history, fit every model on the calibration part and score the holdout.
+    Backtest(BacktestArgs),
     /// Print the planned CRM writes (playbooks, routing, funnel); writes nothing.
     Plan(PlanArgs),
     /// Plan, commit the actions to the outbox and send them to the CRM.
@@ -137,6 +139,24 @@ pub struct ReportArgs {
     /// Analysis date or instant.
     #[arg(long)]
     pub as_of: Option<String>,
+}
+
+/// `rebuy backtest` arguments.
+#[derive(Debug, Args)]
+pub struct BacktestArgs {
+    /// Portal id.
+    #[arg(long)]
+    pub portal: String,
+    /// Holdout length in days, ending at the analysis date (default: 273 days, 39 weeks, or
+    /// half the history when it is shorter than 78 weeks).
+    #[arg(long)]
+    pub holdout_days: Option<u32>,
+    /// End of the holdout: a date or an RFC 3339 instant; now when omitted.
+    #[arg(long)]
+    pub as_of: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = crate::analyse::BacktestFormat::Table)]
+    pub format: crate::analyse::BacktestFormat,
 }
 
 /// `rebuy plan` arguments.
@@ -288,6 +308,17 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 .map(|s| crate::analyse::parse_as_of(s, p))
                 .transpose()?;
             crate::analyse::cmd_report(&store, p, as_of)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backtest(a) => {
+            let cfg = load_config(&cli.config)?;
+            let (p, store) = portal_store(&cfg, &a.portal)?;
+            let as_of = a
+                .as_of
+                .as_deref()
+                .map(|s| crate::analyse::parse_as_of(s, p))
+                .transpose()?;
+            crate::analyse::cmd_backtest(&store, p, as_of, a.holdout_days, a.format)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Plan(a) => {

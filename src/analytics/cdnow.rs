@@ -227,3 +227,27 @@ fn summaries_from_raw_transactions_equal_the_published_ones() {
     let gg = a.models.gamma_gamma.expect("gamma-gamma fitted");
     assert_gg(&gg, "engine, raw transactions");
 }
+
+/// The 39 + 39 week backtest on the raw transactions: every model fitted on the calibration
+/// weeks, scored on the holdout; the chosen model reaches Pareto/NBD's published figures.
+#[test]
+fn backtest_of_the_published_split() {
+    let b = backtest::cdnow();
+    eprintln!("{}", backtest::render_table(&b));
+    assert_eq!(b.customers, 2357);
+    let actual = b.rows[0].actual;
+    assert_eq!(actual, 1882.0);
+    let chosen = b.rows.iter().find(|r| r.chosen).expect("chosen");
+    assert_eq!(chosen.kind, backtest::Kind::Model, "{}", b.reason);
+    // Pareto/NBD's published per-customer MAE on this split; the published tracking MAPE
+    // (1.33%) is not reached by either MAPE definition here (see the table).
+    assert!(chosen.mae <= 0.755, "MAE {}", chosen.mae);
+    assert!(chosen.mape_pct.is_finite() && chosen.holdout_mape_pct.is_finite());
+    let hiatus = b.rows.iter().find(|r| r.name == "hiatus").expect("hiatus");
+    assert!(
+        chosen.auc > hiatus.auc,
+        "AUC {} vs {}",
+        chosen.auc,
+        hiatus.auc
+    );
+}

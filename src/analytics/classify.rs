@@ -212,6 +212,7 @@ pub(crate) fn pass(
     as_of_day: i64,
     tz: &TimeZone,
     period: &Period,
+    keep_days: bool,
 ) -> (Vec<Core>, Vec<DealClassification>, Counters) {
     let groups = data.groups.len() as u32;
     let threads = std::thread::available_parallelism()
@@ -225,6 +226,7 @@ pub(crate) fn pass(
                 let (a, b) = (t * chunk, ((t + 1) * chunk).min(groups));
                 s.spawn(move || {
                     let mut w = Worker::new(data, settings, ctx, as_of, as_of_day, tz, period);
+                    w.keep_days = keep_days;
                     for g in a..b {
                         w.customer(g);
                     }
@@ -274,6 +276,8 @@ struct Worker<'a> {
     purchases: Vec<(i64, i64, Decimal, u32)>,
     days: Vec<(i64, Decimal)>,
     gaps: Vec<f64>,
+    /// Keep each customer's purchase days in its [`Core`] (the backtest needs them).
+    keep_days: bool,
 }
 
 impl<'a> Worker<'a> {
@@ -303,6 +307,7 @@ impl<'a> Worker<'a> {
             purchases: Vec::new(),
             days: Vec::new(),
             gaps: Vec::new(),
+            keep_days: false,
         }
     }
 
@@ -442,6 +447,11 @@ impl<'a> Worker<'a> {
             median_gap,
             consumption_days,
             fig,
+            days: if self.keep_days {
+                self.days.iter().map(|d| d.0).collect()
+            } else {
+                Vec::new()
+            },
         });
     }
 }

@@ -30,6 +30,7 @@
 //!   after it are not classified.
 //! - The model time unit is the day (`alpha` is in days).
 pub mod abc_xyz;
+pub mod backtest;
 pub mod bench;
 pub mod bgnbd;
 #[cfg(test)]
@@ -199,6 +200,8 @@ pub(crate) struct Core {
     pub median_gap: Option<f64>,
     pub consumption_days: Option<f64>,
     pub fig: figures::CustomerFigures,
+    /// The purchase days (only when asked for: see [`purchase_days`]).
+    pub days: Vec<i64>,
 }
 
 const DAY: i64 = 86_400;
@@ -210,7 +213,7 @@ pub(crate) fn local_day(ts: i64, tz: &TimeZone) -> i64 {
 }
 
 /// The civil date of a day number (Howard Hinnant's `civil_from_days`).
-pub(crate) fn date_of_day(z: i64) -> Date {
+pub fn date_of_day(z: i64) -> Date {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -243,6 +246,25 @@ fn to_money(v: f64) -> Option<Decimal> {
     (cents.is_finite() && cents.abs() < 9.0e15).then(|| Decimal::new(cents as i64, 2))
 }
 
+/// Every customer's purchase days (local day numbers, distinct, ascending) up to `as_of`, in
+/// customer-key order, with the analysis date's day number: the input of [`backtest`].
+pub fn purchase_days(
+    data: &Dataset,
+    settings: &Settings,
+    as_of: Timestamp,
+    tz: TimeZone,
+) -> (Vec<Vec<i64>>, i64) {
+    let mut warnings = Vec::new();
+    let ctx = Ctx::new(data, settings, &mut warnings);
+    let as_of_s = as_of.as_second();
+    let as_of_day = local_day(as_of_s, &tz);
+    let period = figures::Period::new(as_of_day, settings);
+    let (mut cores, _, _) =
+        classify::pass(data, settings, &ctx, as_of_s, as_of_day, &tz, &period, true);
+    cores.sort_by_cached_key(|c| data.groups[c.group as usize].key);
+    (cores.into_iter().map(|c| c.days).collect(), as_of_day)
+}
+
 /// Runs the whole analysis. Pure and deterministic: the same inputs give the same output.
 pub fn analyse(data: &Dataset, settings: &Settings, as_of: Timestamp, tz: TimeZone) -> Analysis {
     let mut warnings = Vec::new();
@@ -252,8 +274,9 @@ pub fn analyse(data: &Dataset, settings: &Settings, as_of: Timestamp, tz: TimeZo
     let period = figures::Period::new(as_of_day, settings);
 
     // 1. One pass per customer: purchases, classification of its deals, per-customer facts.
-    let (mut cores, mut deals, counters) =
-        classify::pass(data, settings, &ctx, as_of_s, as_of_day, &tz, &period);
+    let (mut cores, mut deals, counters) = classify::pass(
+        data, settings, &ctx, as_of_s, as_of_day, &tz, &period, false,
+    );
     deals.sort_unstable_by_key(|d| d.deal_id);
     counters.warn(data, &mut warnings);
     cores.sort_by_cached_key(|c| data.groups[c.group as usize].key);

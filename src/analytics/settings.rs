@@ -162,6 +162,9 @@ pub struct Settings {
     // ---- models --------------------------------------------------------------------------------
     /// Fit BG/NBD and Gamma-Gamma and predict P(alive), expected purchases and CLV.
     pub models: bool,
+    /// The model that drives the predictions, pinned (`"Pareto/NBD"`, `"BG/NBD"`, `"MBG/NBD"`,
+    /// `"hiatus"`, `"personal cycle"`); by default `rebuy backtest` chooses it.
+    pub model: Option<String>,
     /// CLV horizon in days (summed in 30-day steps).
     pub clv_horizon_days: u32,
     /// Annual discount rate of the CLV (0.1 = 10% a year).
@@ -206,6 +209,7 @@ impl Default for Settings {
             sleeping_after_days: 180,
             consumption: Vec::new(),
             models: true,
+            model: None,
             clv_horizon_days: 365,
             discount_rate_annual: 0.10,
             period_days: 365,
