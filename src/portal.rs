@@ -142,6 +142,7 @@ pub fn amo_settings(p: &PortalConfig) -> Result<AmoSettings, ConnectorError> {
         retry: rebuy_core::retry::RetryPolicy::default(),
         request_timeout: Duration::from_secs(30),
         prefetch: 2,
+        max_answer_bytes: rebuy_core::body::DEFAULT_MAX_ANSWER_BYTES,
     })
 }
 

@@ -58,6 +58,8 @@ pub struct AmoSettings {
     pub request_timeout: Duration,
     /// Listing pages fetched ahead of the caller (full listings in id order only); 0 disables.
     pub prefetch: usize,
+    /// The largest answer read; a larger one is refused (`Invalid`) without being buffered.
+    pub max_answer_bytes: usize,
 }
 
 impl AmoSettings {
@@ -79,6 +81,7 @@ impl AmoSettings {
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(20),
             prefetch: 2,
+            max_answer_bytes: rebuy_core::body::DEFAULT_MAX_ANSWER_BYTES,
         }
     }
 
@@ -354,7 +357,20 @@ impl AmoClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = resp.bytes().await.map_err(transport)?;
+        let limit = self.inner.settings.max_answer_bytes;
+        let body = match rebuy_core::body::read_capped(resp, limit).await {
+            Ok(b) => bytes::Bytes::from(b),
+            Err(rebuy_core::body::ReadError::Transport(e)) => return Err(transport(e)),
+            Err(rebuy_core::body::ReadError::TooLarge { limit }) => {
+                let what = format!(
+                    "amoCRM {} {} {}",
+                    self.inner.base.host_str().unwrap_or(""),
+                    req.method,
+                    req.url.path()
+                );
+                return Err(rebuy_core::body::ReadError::too_large(limit, &what));
+            }
+        };
         Ok(Reply {
             status,
             retry_after,

@@ -101,6 +101,8 @@ pub struct B24Settings {
     /// event may name (`new-name.bitrix24.ru`, or `host:port` for a port other than the
     /// scheme's default). Any other address is never called.
     pub allowed_hosts: Vec<String>,
+    /// The largest answer read; a larger one is refused (`Invalid`) without being buffered.
+    pub max_answer_bytes: usize,
 }
 
 impl B24Settings {
@@ -152,6 +154,7 @@ impl B24Settings {
             batch_size: 50,
             product_rows: true,
             allowed_hosts: Vec::new(),
+            max_answer_bytes: rebuy_core::body::DEFAULT_MAX_ANSWER_BYTES,
         }
     }
 
@@ -593,7 +596,19 @@ impl B24Client {
                 .await
                 .map_err(transport)?;
             let status = resp.status();
-            let bytes = resp.bytes().await.map_err(transport)?;
+            let limit = inner.settings.max_answer_bytes;
+            let bytes = match rebuy_core::body::read_capped(resp, limit).await {
+                Ok(b) => b,
+                Err(rebuy_core::body::ReadError::Transport(e)) => return Err(transport(e)),
+                Err(rebuy_core::body::ReadError::TooLarge { limit }) => {
+                    let what = format!(
+                        "Bitrix24 {} {}",
+                        inner.settings.base_url.host_str().unwrap_or(""),
+                        req.method
+                    );
+                    return Err(rebuy_core::body::ReadError::too_large(limit, &what));
+                }
+            };
             if status == StatusCode::UNAUTHORIZED {
                 let e: ApiError = serde_json::from_slice(&bytes).unwrap_or_default();
                 let refreshable = matches!(e.error.as_str(), "expired_token" | "invalid_token");

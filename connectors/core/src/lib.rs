@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod body;
 pub mod connector;
 pub mod error;
 pub mod ids;
