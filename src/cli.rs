@@ -673,6 +673,13 @@ pub fn random_state() -> String {
 }
 
 fn cmd_status(cfg: &Config) -> Result<ExitCode> {
+    if let Some(mode) = crate::store::exposed_mode(&cfg.data_dir) {
+        println!(
+            "warning: the data directory {} is open to other users (mode {mode:o}) and holds the \
+             portals' tokens: chmod 700 it",
+            cfg.data_dir.display()
+        );
+    }
     for p in &cfg.portals {
         println!("portal {} ({}, {})", p.id, p.kind.as_str(), p.base_url);
         let store = match Store::open(&cfg.data_dir, &p.id) {

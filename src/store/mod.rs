@@ -177,15 +177,32 @@ pub fn portal_path(data_dir: &Path, portal: &PortalId) -> PathBuf {
 impl Store {
     /// Opens (or creates) the store of `portal` in `data_dir`.
     pub fn open(data_dir: &Path, portal: &PortalId) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Db {
+        // The stores hold the portals' tokens: the directory is created for its owner alone.
+        let mut dir = std::fs::DirBuilder::new();
+        dir.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+        dir.create(data_dir).map_err(|e| StoreError::Db {
             path: data_dir.to_owned(),
             message: format!("cannot create data directory: {e}"),
         })?;
+        if let Some(mode) = exposed_mode(data_dir) {
+            tracing::warn!(
+                path = %data_dir.display(),
+                mode = format!("{mode:o}"),
+                "The data directory holds tokens and is open to other users; chmod 700 it"
+            );
+        }
         Self::open_path(&portal_path(data_dir, portal), portal.clone())
     }
 
-    /// Opens (or creates) a store at an explicit path.
+    /// Opens (or creates) a store at an explicit path. The file is made readable and writable
+    /// by its owner alone (0600): it holds the portal's tokens.
     pub fn open_path(path: &Path, portal: PortalId) -> Result<Self, StoreError> {
+        restrict_file(path).map_err(|e| StoreError::Db {
+            path: path.to_owned(),
+            message: format!("cannot create the store file for its owner alone: {e}"),
+        })?;
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)
@@ -609,10 +626,77 @@ impl Writer<'_> {
     }
 }
 
+/// The permission bits of `path` that let users other than its owner read, write or enter it,
+/// when there are any (Unix; `None` elsewhere).
+pub fn exposed_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Creates the store file 0600 when it does not exist (redb initialises an empty file), and
+/// takes group and other access away from an existing one.
+fn restrict_file(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rebuy_core::{ContactId, Phone};
+
+    #[cfg(unix)]
+    #[test]
+    fn the_data_directory_and_store_files_are_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let store = Store::open(&dir, &PortalId("p".into())).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(store.path()), 0o600);
+        assert_eq!(exposed_mode(&dir), None);
+        let file = store.path().to_owned();
+        drop(store);
+        // A file made readable by others (an old version, a copy) is tightened at open.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(exposed_mode(&dir), Some(0o755));
+        let store = Store::open(&dir, &PortalId("p".into())).unwrap();
+        assert_eq!(mode(store.path()), 0o600);
+    }
 
     fn contact(id: u64) -> Contact {
         Contact {
