@@ -65,6 +65,19 @@ impl Default for SeedConfig {
 }
 
 impl SeedConfig {
+    /// The generated history's period for a banner, with how far its end lies before today:
+    /// a history that ended months ago makes every customer look lapsed.
+    pub fn period_line(&self) -> String {
+        let day = |t: Timestamp| t.to_zoned(jiff::tz::TimeZone::UTC).date();
+        let behind = (Timestamp::now().as_second() - self.now.as_second()) / 86_400;
+        let note = if behind > 1 {
+            format!("; it ends {behind} days before today, so recent-activity figures look dated")
+        } else {
+            String::new()
+        };
+        format!("{} .. {}{note}", day(self.start), day(self.now))
+    }
+
     /// A config with the given seed and sizes, 8 users, and three years of history ending at the
     /// fixed [`DEFAULT_NOW_SECS`].
     pub fn new(seed: u64, contacts: usize, deals: usize) -> Self {

@@ -295,3 +295,14 @@ fn fewer_deals_than_contacts_still_exact() {
     let d = seed::generate(&SeedConfig::new(3, 0, 0));
     assert!(d.contacts.is_empty() && d.companies.is_empty());
 }
+
+#[test]
+fn the_banner_names_the_period_and_how_old_it_is() {
+    let cfg = rebuy_emulator::seed::SeedConfig::new(1, 10, 30);
+    let line = cfg.period_line();
+    assert!(line.contains(".. 2026-03-01"), "{line}");
+    // The fixed end lies in the past on any date after it: the banner says so.
+    if jiff::Timestamp::now() > cfg.now + jiff::SignedDuration::from_hours(48) {
+        assert!(line.contains("days before today"), "{line}");
+    }
+}

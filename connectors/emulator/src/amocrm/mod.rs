@@ -687,6 +687,7 @@ pub async fn run_amocrm(cfg: AmoConfig, port: u16) -> std::io::Result<()> {
         c.seed.seed,
         started.elapsed()
     );
+    println!("  history:        {}", c.seed.period_line());
     println!("  client_id:      {}", c.client_id);
     println!("  client_secret:  {}", c.client_secret);
     println!("  redirect_uri:   {}", c.redirect_uri);

@@ -721,6 +721,7 @@ pub async fn run_bitrix24(cfg: B24Config, port: u16) -> std::io::Result<()> {
         c.seed.seed,
         started.elapsed()
     );
+    println!("  history:        {}", c.seed.period_line());
     println!("  client_id:      {}", c.client_id);
     println!("  client_secret:  {}", c.client_secret);
     println!("  redirect_uri:   {}", c.redirect_uri);
