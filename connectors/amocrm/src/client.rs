@@ -121,19 +121,13 @@ pub(crate) struct Inner {
         std::sync::Mutex<std::collections::HashMap<u64, (String, rust_decimal::Decimal)>>,
     pub(crate) prefetch: Prefetch,
     /// Where the limiter's state goes when the last clone is dropped.
-    pub(crate) limiter_saver: std::sync::Mutex<Option<rebuy_core::LimiterSaver>>,
+    pub(crate) limiter_saver: rebuy_core::SaverSlot,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let saver = self
-            .limiter_saver
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(save) = saver {
-            save(&self.limiter.state());
-        }
+        let limiter = &self.limiter;
+        self.limiter_saver.fire(|| limiter.state());
     }
 }
 

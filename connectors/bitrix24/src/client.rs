@@ -241,19 +241,13 @@ pub(crate) struct Inner {
     /// The last refused `client_endpoint` (warned about once, not on every call).
     refused_endpoint: std::sync::Mutex<Option<String>>,
     /// Where the limiter's state goes when the last clone is dropped.
-    pub(crate) limiter_saver: std::sync::Mutex<Option<rebuy_core::LimiterSaver>>,
+    pub(crate) limiter_saver: rebuy_core::SaverSlot,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let saver = self
-            .limiter_saver
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(save) = saver {
-            save(&self.limiter.state());
-        }
+        let limiter = &self.limiter;
+        self.limiter_saver.fire(|| limiter.state());
     }
 }
 

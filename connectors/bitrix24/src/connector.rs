@@ -255,20 +255,12 @@ impl Connector for B24Client {
         CrmKind::Bitrix24
     }
 
-    fn limiter_state(&self) -> Option<rebuy_core::LimiterState> {
-        Some(self.inner.limiter.state())
-    }
-
     fn restore_limiter(&self, state: &rebuy_core::LimiterState) {
         self.inner.limiter.restore(state);
     }
 
     fn save_limiter_on_drop(&self, saver: rebuy_core::LimiterSaver) {
-        *self
-            .inner
-            .limiter_saver
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(saver);
+        self.inner.limiter_saver.set(saver);
     }
 
     fn stats(&self) -> StatsSnapshot {

@@ -315,14 +315,28 @@ pub struct LimiterState {
 /// Receives a connector's [`LimiterState`] when the connector is dropped.
 pub type LimiterSaver = std::sync::Arc<dyn Fn(&LimiterState) + Send + Sync>;
 
+/// Where a connector keeps its [`LimiterSaver`] until it is dropped.
+#[derive(Default)]
+pub struct SaverSlot(std::sync::Mutex<Option<LimiterSaver>>);
+
+impl SaverSlot {
+    /// Sets (or replaces) the saver.
+    pub fn set(&self, saver: LimiterSaver) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(saver);
+    }
+
+    /// Hands `state()` to the saver, once, if one was set (call from the connector's `Drop`).
+    pub fn fire(&mut self, state: impl FnOnce() -> LimiterState) {
+        let saver = self.0.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(save) = saver {
+            save(&state());
+        }
+    }
+}
+
 /// A CRM, as the sidecar sees it.
 #[async_trait]
 pub trait Connector: Send + Sync {
-    /// The rate limiter's state, to be persisted between processes (`None`: nothing to keep).
-    fn limiter_state(&self) -> Option<LimiterState> {
-        None
-    }
-
     /// Starts the rate limiter from a state persisted by an earlier process.
     fn restore_limiter(&self, _state: &LimiterState) {}
 
