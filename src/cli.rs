@@ -71,6 +71,9 @@ pub enum Command {
     Mapping(MappingArgs),
     /// Run the sidecar: webhooks, scheduled syncs, the outbox.
     Serve,
+    /// Hash a dashboard password (argon2id) for a `[server.ui]` user's password variable.
+    /// Reads the password from the first line of standard input.
+    HashPassword,
     /// Run the whole product against built-in emulators and print what it did.
     Demo(crate::demo::DemoArgs),
     /// Run a CRM emulator.
@@ -346,6 +349,23 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        Command::HashPassword => {
+            let mut line = String::new();
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("password (shown as typed; pipe it in to keep it off the screen): ");
+            }
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                anyhow::bail!("empty password on standard input");
+            }
+            let hash = crate::ui::auth::hash_password(password)
+                .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
+            println!("{hash}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve => {
             let cfg = load_config(&cli.config)?;
             cmd_serve(cfg, &cli.config)
@@ -385,6 +405,11 @@ fn config_check(path: &std::path::Path) -> Result<ExitCode> {
     match config::load(path, &env_lookup) {
         Ok(cfg) => {
             println!("{}: ok ({} portals)", path.display(), cfg.portals.len());
+            for (user, form) in cfg.server.ui.weak_passwords() {
+                if let Some(w) = form.warning() {
+                    println!("warning: server.ui user {user:?}: {w}");
+                }
+            }
             // With a cache, the managers who own customers but cannot be given work.
             for p in &cfg.portals {
                 if p.mapping.is_null() || !crate::store::portal_path(&cfg.data_dir, &p.id).exists()
@@ -751,6 +776,11 @@ async fn cmd_serve(cfg: Config, config_path: &std::path::Path) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", cfg.server.listen))?;
     tracing::info!(listen = %cfg.server.listen, portals = cfg.portals.len(), "Serving.");
+    for (user, form) in cfg.server.ui.weak_passwords() {
+        if let Some(w) = form.warning() {
+            tracing::warn!(user = ?user, "Dashboard user: {w}.");
+        }
+    }
     let cancel = tokio_util::sync::CancellationToken::new();
     let tasks = crate::server::runtime::spawn_all(
         &state,

@@ -211,6 +211,17 @@ pub struct UiConfig {
     pub cookie_secure: bool,
     /// How long a portal's analysis is reused by the pages before it is computed again.
     pub cache_ttl: std::time::Duration,
+    /// The header a reverse proxy puts the client's address in (`X-Real-IP`), for the
+    /// per-address login limit; unset: the connection's peer address.
+    pub client_ip_header: Option<String>,
+}
+
+impl UiConfig {
+    /// Users whose password is not an argon2 hash (plain text or unsalted `sha256:`), with
+    /// what to tell the operator.
+    pub fn weak_passwords(&self) -> Vec<(String, crate::ui::auth::PasswordForm)> {
+        crate::ui::auth::weak_passwords(self.users.iter().map(|u| (u.name.as_str(), &u.password)))
+    }
 }
 
 impl Default for UiConfig {
@@ -222,6 +233,7 @@ impl Default for UiConfig {
             default_lang: "en".into(),
             cookie_secure: true,
             cache_ttl: std::time::Duration::from_secs(300),
+            client_ip_header: None,
         }
     }
 }
@@ -231,8 +243,8 @@ impl Default for UiConfig {
 pub struct UiUser {
     /// Login name.
     pub name: String,
-    /// The password as the env var holds it: `sha256:<64 hex digits>` (its SHA-256) or the
-    /// password itself.
+    /// The password as the env var holds it: an argon2 PHC string (`rebuy hash-password`),
+    /// or, deprecated, `sha256:<64 hex digits>` (its SHA-256) or the password itself.
     pub password: SecretString,
 }
 
@@ -251,6 +263,8 @@ struct RawUi {
     cookie_secure: Option<bool>,
     #[serde(default)]
     cache_ttl_secs: Option<u64>,
+    #[serde(default)]
+    client_ip_header: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -258,14 +272,6 @@ struct RawUi {
 struct RawUiUser {
     name: String,
     password_env: String,
-}
-
-/// Whether a stored password is a well-formed `sha256:` digest, or plain text (any).
-fn password_form_ok(pw: &str) -> bool {
-    match pw.strip_prefix("sha256:") {
-        Some(h) => h.trim().len() == 64 && h.trim().chars().all(|c| c.is_ascii_hexdigit()),
-        None => true,
-    }
 }
 
 /// Resolves `[server.ui]` (absent: defaults), reading passwords from the environment and
@@ -305,6 +311,17 @@ fn resolve_ui(
         return ui;
     };
     ui.enabled = raw.enabled.unwrap_or(true);
+    if let Some(h) = raw.client_ip_header {
+        let h = h.trim();
+        if axum::http::HeaderName::from_bytes(h.as_bytes()).is_ok() {
+            ui.client_ip_header = Some(h.to_ascii_lowercase());
+        } else {
+            cx.problem(
+                "server.ui.client_ip_header",
+                format!("{h:?} is not an HTTP header name"),
+            );
+        }
+    }
     if let Some(h) = raw.session_hours {
         if h.is_finite() && h > 0.0 && h <= 24.0 * 90.0 {
             ui.session_ttl = std::time::Duration::from_secs_f64(h * 3600.0);
@@ -341,12 +358,10 @@ fn resolve_ui(
             continue;
         };
         use secrecy::ExposeSecret;
-        if !password_form_ok(password.expose_secret()) {
+        if let Err(why) = crate::ui::auth::check_stored_password(password.expose_secret()) {
             cx.problem(
                 &format!("{key}.password_env"),
-                format!(
-                    "environment variable {var} starts with \"sha256:\" but is not followed by 64 hex digits"
-                ),
+                format!("environment variable {var} {why}"),
             );
             continue;
         }

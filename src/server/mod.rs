@@ -176,7 +176,11 @@ pub async fn serve(
     // The dashboard is on when `[server.ui]` (or REBUY_UI_USER / REBUY_UI_PASSWORD) gives it a
     // user (else /ui is 404).
     let app = router(state.clone()).nest("/ui", crate::ui::router_from_config(state));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer address reaches handlers (the login's per-address limit).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

@@ -2,11 +2,11 @@
 //! constant-time password check, in-memory sessions and their CSRF tokens.
 //!
 //! A session is a random 256-bit id in the `rebuy_ui` cookie (`HttpOnly`, `SameSite=Strict`,
-//! `Path=/ui`, `Secure` when [`UiSettings::cookie_secure`]). The login page starts an
-//! anonymous session whose CSRF token the login form carries; a successful login replaces it
-//! with a new authenticated session (a new id: no session fixation). Every POST form carries
-//! its session's CSRF token, compared in constant time. Sessions live in memory: a restart
-//! logs everyone out.
+//! `Path=/ui`, `Secure` when [`UiSettings::cookie_secure`]), created only by a successful
+//! login (a new id: no session fixation). The login form itself keeps no state on the server:
+//! its token is an HMAC of the `rebuy_login` cookie's nonce ([`LoginGuard`]), and attempts
+//! are rate limited per address and per user. Every POST form carries its session's CSRF
+//! token, compared in constant time. Sessions live in memory: a restart logs everyone out.
 use axum::http::HeaderMap;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
@@ -29,8 +29,8 @@ pub const MAX_SESSIONS: usize = 10_000;
 /// whose resolution falls back to `REBUY_UI_USER` / `REBUY_UI_PASSWORD`.
 #[derive(Debug, Clone)]
 pub struct UiSettings {
-    /// Who may log in: name and password (`sha256:<64 hex digits>`, the SHA-256 of the
-    /// password, or the password itself).
+    /// Who may log in: name and stored password (an argon2 PHC string from `rebuy
+    /// hash-password`; deprecated: `sha256:<64 hex digits>`, or the password itself).
     pub users: Vec<(String, SecretString)>,
     /// Mark the cookies `Secure` (set it whenever the dashboard is reached over HTTPS).
     pub cookie_secure: bool,
@@ -40,6 +40,9 @@ pub struct UiSettings {
     pub session_ttl: Duration,
     /// Language when the request does not choose one.
     pub default_lang: super::i18n::Lang,
+    /// Behind a reverse proxy: the header holding the client's address (`X-Real-IP`,
+    /// `X-Forwarded-For`), so login limits apply per client and not to the proxy.
+    pub client_ip_header: Option<String>,
 }
 
 impl UiSettings {
@@ -51,6 +54,7 @@ impl UiSettings {
             cache_ttl: Duration::from_secs(300),
             session_ttl: SESSION_TTL,
             default_lang: super::i18n::Lang::En,
+            client_ip_header: None,
         }
     }
 
@@ -70,6 +74,7 @@ impl UiSettings {
             cache_ttl: c.cache_ttl,
             session_ttl: c.session_ttl,
             default_lang: super::i18n::Lang::parse(&c.default_lang).unwrap_or_default(),
+            client_ip_header: c.client_ip_header.clone(),
         })
     }
 
@@ -95,29 +100,161 @@ impl UiSettings {
         Some(s)
     }
 
-    /// The user whose name and password these are. Every user is compared, in constant time
-    /// in the name and password, so the answer's timing tells nothing about which part is wrong.
+    /// The user whose name and password these are. The name is compared with every user in
+    /// constant time; the password is then verified against that user's stored form (an
+    /// argon2 PHC string, a `sha256:` digest or plain text), and when no user has the name a
+    /// dummy argon2 verification runs instead where argon2 hashes are in use, so the answer's
+    /// timing does not tell whether the name exists. Argon2 is slow on purpose: call it off
+    /// the async runtime (`spawn_blocking`).
     pub fn check(&self, user: &str, password: &str) -> Option<String> {
         let given_user = Sha256::digest(user.as_bytes());
-        let given = Sha256::digest(password.as_bytes());
-        let mut found = None;
-        for (name, stored) in &self.users {
-            let want = stored.expose_secret();
-            let expected: [u8; 32] = match want
-                .strip_prefix("sha256:")
-                .and_then(|h| hex::decode(h.trim()).ok())
-                .and_then(|v| <[u8; 32]>::try_from(v).ok())
-            {
-                Some(h) => h,
-                None => Sha256::digest(want.as_bytes()).into(),
-            };
-            let user_ok = given_user.ct_eq(&Sha256::digest(name.as_bytes()));
-            let pass_ok = given.as_slice().ct_eq(&expected);
-            if bool::from(user_ok & pass_ok) {
-                found = Some(name.clone());
+        let mut found: Option<&(String, SecretString)> = None;
+        for entry in &self.users {
+            let user_ok = given_user.ct_eq(&Sha256::digest(entry.0.as_bytes()));
+            if bool::from(user_ok) {
+                found = Some(entry);
             }
         }
-        found
+        match found {
+            Some((name, stored)) => {
+                verify_password(stored.expose_secret(), password).then(|| name.clone())
+            }
+            None => {
+                if self
+                    .users
+                    .iter()
+                    .any(|(_, p)| PasswordForm::of(p.expose_secret()) == PasswordForm::Argon2)
+                {
+                    let _ = verify_password(DUMMY_ARGON2, password);
+                }
+                None
+            }
+        }
+    }
+
+    /// Users whose password is kept in a weak form (plain text or unsalted SHA-256), for the
+    /// warnings at start and in `rebuy config check`.
+    pub fn weak_passwords(&self) -> Vec<(String, PasswordForm)> {
+        weak_passwords(self.users.iter().map(|(n, p)| (n.as_str(), p)))
+    }
+}
+
+/// How a dashboard password is stored in its environment variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordForm {
+    /// An argon2 PHC string (`$argon2id$v=19$...`), as `rebuy hash-password` prints: the
+    /// recommended form.
+    Argon2,
+    /// `sha256:<64 hex digits>`: unsalted, deprecated (a leaked digest is cracked fast).
+    Sha256,
+    /// The password itself: works, with a warning.
+    Plain,
+}
+
+impl PasswordForm {
+    /// The form of a stored password.
+    pub fn of(stored: &str) -> PasswordForm {
+        if stored.starts_with("$argon2") {
+            PasswordForm::Argon2
+        } else if stored.starts_with("sha256:") {
+            PasswordForm::Sha256
+        } else {
+            PasswordForm::Plain
+        }
+    }
+
+    /// What to tell the operator about a password kept in this form (`None` for argon2).
+    pub fn warning(self) -> Option<&'static str> {
+        match self {
+            PasswordForm::Argon2 => None,
+            PasswordForm::Sha256 => Some(
+                "its password is an unsalted sha256: digest (deprecated): store the output of `rebuy hash-password` instead",
+            ),
+            PasswordForm::Plain => Some(
+                "its password is stored as plain text: store the output of `rebuy hash-password` instead",
+            ),
+        }
+    }
+}
+
+/// The users among `users` whose stored password is not an argon2 hash.
+pub fn weak_passwords<'a>(
+    users: impl Iterator<Item = (&'a str, &'a SecretString)>,
+) -> Vec<(String, PasswordForm)> {
+    users
+        .map(|(n, p)| (n.to_owned(), PasswordForm::of(p.expose_secret())))
+        .filter(|(_, f)| *f != PasswordForm::Argon2)
+        .collect()
+}
+
+/// Whether a stored password is well formed: an argon2 PHC string that parses, a `sha256:`
+/// digest of 64 hex digits, or plain text (anything else). The error names what is wrong.
+pub fn check_stored_password(stored: &str) -> Result<PasswordForm, String> {
+    match PasswordForm::of(stored) {
+        PasswordForm::Argon2 => match argon2::PasswordHash::new(stored) {
+            Ok(h) if h.salt.is_some() && h.hash.is_some() => Ok(PasswordForm::Argon2),
+            Ok(_) => Err("starts with \"$argon2\" but has no salt or no hash".to_owned()),
+            Err(e) => Err(format!(
+                "starts with \"$argon2\" but is not a valid argon2 hash ({e})"
+            )),
+        },
+        PasswordForm::Sha256 => {
+            let h = stored["sha256:".len()..].trim();
+            if h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()) {
+                Ok(PasswordForm::Sha256)
+            } else {
+                Err("starts with \"sha256:\" but is not followed by 64 hex digits".to_owned())
+            }
+        }
+        PasswordForm::Plain => Ok(PasswordForm::Plain),
+    }
+}
+
+/// An argon2id hash of `password` with a fresh random salt, in the PHC string form the
+/// dashboard's password variables take (what `rebuy hash-password` prints). Uses the argon2
+/// crate's defaults (argon2id, 19 MiB, 2 passes: the OWASP recommendation).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::PasswordHasher;
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let salt = argon2::password_hash::SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A valid argon2id hash of nothing anyone types, verified when the name matches no user.
+const DUMMY_ARGON2: &str = "$argon2id$v=19$m=19456,t=2,p=1$cmVidXktZHVtbXktc2FsdA$pNbf0wV7ePbq1iu2UymUxyAhtdHwDRMsbq5iNkD0qyw";
+
+/// `password` against one stored form (constant time in the comparison).
+fn verify_password(stored: &str, password: &str) -> bool {
+    match PasswordForm::of(stored) {
+        PasswordForm::Argon2 => {
+            use argon2::PasswordVerifier;
+            argon2::PasswordHash::new(stored).is_ok_and(|h| {
+                argon2::Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+        }
+        form => {
+            let expected: [u8; 32] = match form {
+                PasswordForm::Sha256 => match hex::decode(stored["sha256:".len()..].trim())
+                    .ok()
+                    .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                {
+                    Some(h) => h,
+                    None => return false,
+                },
+                _ => Sha256::digest(stored.as_bytes()).into(),
+            };
+            bool::from(
+                Sha256::digest(password.as_bytes())
+                    .as_slice()
+                    .ct_eq(&expected),
+            )
+        }
     }
 }
 
@@ -185,6 +322,150 @@ impl Sessions {
     }
 }
 
+/// The login form's cookie: a random nonce the form's token is bound to.
+pub const LOGIN_COOKIE: &str = "rebuy_login";
+/// Login attempts one client address may make per minute (the burst too).
+pub const LOGIN_ATTEMPTS_PER_IP_PER_MINUTE: u32 = 20;
+/// Login attempts one user name may get per minute, from all addresses together.
+pub const LOGIN_ATTEMPTS_PER_USER_PER_MINUTE: u32 = 10;
+
+type Keyed<K> = governor::DefaultKeyedRateLimiter<K>;
+
+/// Guards the login form without keeping state per visitor: the form's CSRF token is an
+/// HMAC of the login cookie's nonce and an expiry under a per-process key, so a flood of
+/// anonymous login pages stores nothing and cannot push out someone in the middle of logging
+/// in; and attempts are rate limited per client address and per user name (names that are no
+/// user share one bucket, so made-up names cannot grow the table).
+pub struct LoginGuard {
+    key: [u8; 32],
+    by_ip: Keyed<std::net::IpAddr>,
+    by_user: Keyed<String>,
+    calls: std::sync::atomic::AtomicU64,
+    /// Nonces of forms that logged someone in, until they expire: a form logs in once.
+    used: Mutex<HashMap<String, u64>>,
+}
+
+impl std::fmt::Debug for LoginGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginGuard").finish_non_exhaustive()
+    }
+}
+
+impl Default for LoginGuard {
+    fn default() -> Self {
+        Self::new(
+            LOGIN_ATTEMPTS_PER_IP_PER_MINUTE,
+            LOGIN_ATTEMPTS_PER_USER_PER_MINUTE,
+        )
+    }
+}
+
+/// Why a login attempt was not even checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginRefused {
+    /// Too many attempts from this address or for this user; retry after the duration.
+    TooMany(Duration),
+}
+
+impl LoginGuard {
+    /// A guard allowing `per_ip` attempts a minute from one address and `per_user` for one
+    /// user name (both at least 1).
+    pub fn new(per_ip: u32, per_user: u32) -> LoginGuard {
+        use std::num::NonZeroU32;
+        let q = |n: u32| governor::Quota::per_minute(NonZeroU32::new(n.max(1)).expect("max(1)"));
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        LoginGuard {
+            key,
+            by_ip: governor::RateLimiter::keyed(q(per_ip)),
+            by_user: governor::RateLimiter::keyed(q(per_user)),
+            calls: Default::default(),
+            used: Mutex::default(),
+        }
+    }
+
+    fn mac(&self, nonce: &str, expires: u64) -> String {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        mac.update(b"rebuy-login\0");
+        mac.update(nonce.as_bytes());
+        mac.update(b"\0");
+        mac.update(&expires.to_be_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// A new login form: the nonce for [`LOGIN_COOKIE`] and the form's token
+    /// (`<unix expiry>.<hex HMAC>`), valid for [`LOGIN_TTL`].
+    pub fn issue(&self) -> (String, String) {
+        let nonce = random_token();
+        let expires = unix_now() + LOGIN_TTL.as_secs();
+        let token = format!("{expires}.{}", self.mac(&nonce, expires));
+        (nonce, token)
+    }
+
+    /// Whether a submitted token belongs to the cookie's nonce and has not expired
+    /// (constant-time comparison).
+    pub fn token_ok(&self, nonce: &str, token: Option<&str>) -> bool {
+        let Some((exp, mac)) = token.and_then(|t| t.split_once('.')) else {
+            return false;
+        };
+        let Ok(expires) = exp.parse::<u64>() else {
+            return false;
+        };
+        if expires < unix_now() || nonce.len() != 64 {
+            return false;
+        }
+        if self.used.lock().expect("login lock").contains_key(nonce) {
+            return false;
+        }
+        let want = self.mac(nonce, expires);
+        mac.len() == want.len() && bool::from(mac.as_bytes().ct_eq(want.as_bytes()))
+    }
+
+    /// Marks a form's nonce used after it logged someone in (only successful logins are
+    /// remembered, so the table is as small as the number of logins in [`LOGIN_TTL`]).
+    pub fn consume(&self, nonce: &str) {
+        let now = unix_now();
+        let mut used = self.used.lock().expect("login lock");
+        used.retain(|_, exp| *exp >= now);
+        used.insert(nonce.to_owned(), now + LOGIN_TTL.as_secs());
+    }
+
+    /// Counts one attempt from `ip` for `user` (a configured user's name, or `None` for any
+    /// other name); refused when either bucket is empty.
+    pub fn attempt(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        user: Option<&str>,
+    ) -> Result<(), LoginRefused> {
+        use governor::clock::{Clock, DefaultClock};
+        // Forget idle keys now and then, so the address table stays small.
+        let n = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % 1024 == 1023 {
+            self.by_ip.retain_recent();
+            self.by_user.retain_recent();
+        }
+        let now = DefaultClock::default().now();
+        if let Some(ip) = ip {
+            self.by_ip
+                .check_key(&ip)
+                .map_err(|w| LoginRefused::TooMany(w.wait_time_from(now)))?;
+        }
+        let key = user.map_or_else(|| "\0unknown".to_owned(), str::to_owned);
+        self.by_user
+            .check_key(&key)
+            .map_err(|w| LoginRefused::TooMany(w.wait_time_from(now)))
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Whether a submitted CSRF token is the session's (constant time).
 pub fn csrf_ok(session: &Session, submitted: Option<&str>) -> bool {
     match submitted {
@@ -247,6 +528,82 @@ mod tests {
             two.check("boris", "a").is_none(),
             "a password is its user's only"
         );
+    }
+
+    #[test]
+    fn argon2_hashes_and_weak_forms() {
+        let hash = hash_password("s3cret").unwrap();
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert_ne!(
+            hash,
+            hash_password("s3cret").unwrap(),
+            "a fresh salt each time"
+        );
+        assert_eq!(check_stored_password(&hash), Ok(PasswordForm::Argon2));
+        let s = settings(&hash);
+        assert_eq!(s.check("admin", "s3cret").as_deref(), Some("admin"));
+        assert!(s.check("admin", "s3cret!").is_none());
+        assert!(s.check("nobody", "s3cret").is_none());
+        assert!(s.weak_passwords().is_empty());
+        assert!(check_stored_password("$argon2id$v=19$garbage").is_err());
+        assert!(
+            argon2::PasswordHash::new(DUMMY_ARGON2).is_ok(),
+            "the dummy must cost a real verification"
+        );
+        let plain = settings("pw");
+        assert_eq!(
+            plain.weak_passwords(),
+            vec![("admin".to_owned(), PasswordForm::Plain)]
+        );
+        let sha = settings(&format!("sha256:{}", hex::encode(Sha256::digest(b"pw"))));
+        assert_eq!(sha.weak_passwords()[0].1, PasswordForm::Sha256);
+        assert!(check_stored_password("sha256:12").is_err());
+    }
+
+    #[test]
+    fn login_tokens_are_bound_to_their_nonce() {
+        let g = LoginGuard::default();
+        let (nonce, token) = g.issue();
+        assert!(g.token_ok(&nonce, Some(&token)));
+        let (other, _) = g.issue();
+        assert!(!g.token_ok(&other, Some(&token)));
+        assert!(!g.token_ok(&nonce, None));
+        assert!(!g.token_ok(&nonce, Some("1.abc")));
+        // An expired token with a valid MAC is refused.
+        let old = unix_now() - 1;
+        assert!(!g.token_ok(&nonce, Some(&format!("{old}.{}", g.mac(&nonce, old)))));
+        // A form logs in once.
+        g.consume(&nonce);
+        assert!(!g.token_ok(&nonce, Some(&token)));
+        // Another process's key does not verify.
+        assert!(!LoginGuard::default().token_ok(&nonce, Some(&token)));
+    }
+
+    #[test]
+    fn login_attempts_are_limited_per_address_and_user() {
+        let g = LoginGuard::new(2, 2);
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(g.attempt(Some(a), Some("admin")).is_ok());
+        assert!(g.attempt(Some(b), Some("admin")).is_ok());
+        // The user's bucket is empty, whichever address asks.
+        assert!(matches!(
+            g.attempt(Some(b), Some("admin")),
+            Err(LoginRefused::TooMany(_))
+        ));
+        assert!(g.attempt(Some(a), Some("anna")).is_ok());
+        // Address a has now used 2 of its 2 (b's refused attempt still counted for b).
+        let Err(LoginRefused::TooMany(wait)) = g.attempt(Some(a), Some("boris")) else {
+            panic!("address a is over its limit");
+        };
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
+        // Unknown names share one bucket.
+        assert!(g.attempt(None, None).is_ok());
+        assert!(g.attempt(None, None).is_ok());
+        assert!(g.attempt(None, None).is_err());
     }
 
     #[test]

@@ -225,6 +225,8 @@ pub struct UiState {
     pub settings: Arc<UiSettings>,
     /// Sessions.
     pub sessions: Arc<auth::Sessions>,
+    /// The login form's tokens and attempt limits.
+    pub login: Arc<auth::LoginGuard>,
     cache: Arc<Mutex<HashMap<PortalId, Arc<Cached<PortalView>>>>>,
     outboxes: Arc<Mutex<HashMap<PortalId, Arc<Cached<OutboxSnapshot>>>>>,
 }
@@ -250,6 +252,7 @@ impl UiState {
             app,
             settings: Arc::new(settings),
             sessions: Arc::new(auth::Sessions::default()),
+            login: Arc::new(auth::LoginGuard::default()),
             cache: Arc::new(Mutex::new(HashMap::new())),
             outboxes: Arc::default(),
         }

@@ -340,11 +340,12 @@ pub async fn login_page(
     if session(&ui, &headers).is_some() {
         return Redirect::to("/ui").into_response();
     }
-    let (id, s) = ui.sessions.create(None, auth::LOGIN_TTL);
-    let mut res = html_response(StatusCode::OK, login_markup(lang, &s.csrf, None));
+    // Nothing is stored per visitor: the token is bound to the cookie's nonce by an HMAC.
+    let (nonce, token) = ui.login.issue();
+    let mut res = html_response(StatusCode::OK, login_markup(lang, &token, None));
     if let Ok(v) = HeaderValue::from_str(&set_cookie(
-        SESSION_COOKIE,
-        &id,
+        auth::LOGIN_COOKIE,
+        &nonce,
         auth::LOGIN_TTL,
         ui.settings.cookie_secure,
     )) {
@@ -353,40 +354,84 @@ pub async fn login_page(
     res
 }
 
-/// `POST /ui/login`: checks the CSRF token of the login page's session and the credentials;
-/// on success a new session replaces it.
+/// The client's address: the configured proxy header's first address when the dashboard
+/// sits behind a reverse proxy (`[server.ui] client_ip_header`), else the peer's.
+fn client_ip(
+    ui: &UiState,
+    headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<std::net::IpAddr> {
+    if let Some(h) = &ui.settings.client_ip_header {
+        return headers
+            .get(h.as_str())
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok());
+    }
+    peer.map(|a| a.ip())
+}
+
+/// `POST /ui/login`: checks the login form's token, the attempt limits (per address and per
+/// user: 429 with `Retry-After` past them) and the credentials; on success a new session.
 pub async fn login(
     State(ui): State<UiState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
     let lang = Lang::detect_or(None, &headers, ui.settings.default_lang);
-    let Some(sid) = auth::cookie(&headers, SESSION_COOKIE) else {
+    let Some(nonce) = auth::cookie(&headers, auth::LOGIN_COOKIE) else {
+        return (StatusCode::FORBIDDEN, "no login form: open /ui/login first").into_response();
+    };
+    if !ui.login.token_ok(&nonce, f.csrf.as_deref()) {
         return (
             StatusCode::FORBIDDEN,
-            "no login session: open /ui/login first",
+            "bad or expired login form: open /ui/login again",
         )
             .into_response();
-    };
-    let Some(s) = ui.sessions.get(&sid) else {
-        return (
-            StatusCode::FORBIDDEN,
-            "login session expired: open /ui/login again",
-        )
-            .into_response();
-    };
-    if !csrf_ok(&s, f.csrf.as_deref()) {
-        return (StatusCode::FORBIDDEN, "bad CSRF token").into_response();
     }
-    let Some(user) = ui.settings.check(&f.user, &f.password) else {
-        tracing::warn!(user = %f.user, "ui: failed login");
-        // Slows down guessing; the anonymous session and its token stay valid for a retry.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    let token = f.csrf.clone().unwrap_or_default();
+    let known = ui
+        .settings
+        .users
+        .iter()
+        .find(|(n, _)| *n == f.user)
+        .map(|(n, _)| n.as_str());
+    let ip = client_ip(&ui, &headers, peer.map(|p| p.0.0));
+    if let Err(auth::LoginRefused::TooMany(wait)) = ui.login.attempt(ip, known) {
+        // `?` quotes and escapes the name: no log lines forged through it.
+        tracing::warn!(user = ?f.user, ip = ?ip, "ui: login attempts over the limit");
+        let mut res = html_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            login_markup(
+                lang,
+                &token,
+                Some(lang.t(
+                    "Too many login attempts. Try again in a minute.",
+                    "Слишком много попыток входа. Попробуйте через минуту.",
+                )),
+            ),
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return res;
+    }
+    let settings = ui.settings.clone();
+    let (user, password) = (f.user.clone(), f.password);
+    // Argon2 takes tens of milliseconds of CPU: off the async workers.
+    let checked = tokio::task::spawn_blocking(move || settings.check(&user, &password))
+        .await
+        .ok()
+        .flatten();
+    let Some(user) = checked else {
+        tracing::warn!(user = ?f.user, ip = ?ip, "ui: failed login");
+        // The form's token stays valid for a retry.
         return html_response(
             StatusCode::UNAUTHORIZED,
             login_markup(
                 lang,
-                &s.csrf,
+                &token,
                 Some(lang.t(
                     "Wrong user or password.",
                     "Неверный пользователь или пароль.",
@@ -394,16 +439,26 @@ pub async fn login(
             ),
         );
     };
-    ui.sessions.remove(&sid);
+    ui.login.consume(&nonce);
     let (id, _) = ui.sessions.create(Some(user), ui.settings.session_ttl);
     let mut res = Redirect::to("/ui").into_response();
-    if let Ok(v) = HeaderValue::from_str(&set_cookie(
-        SESSION_COOKIE,
-        &id,
-        ui.settings.session_ttl,
-        ui.settings.cookie_secure,
-    )) {
-        res.headers_mut().append(header::SET_COOKIE, v);
+    for c in [
+        set_cookie(
+            SESSION_COOKIE,
+            &id,
+            ui.settings.session_ttl,
+            ui.settings.cookie_secure,
+        ),
+        set_cookie(
+            auth::LOGIN_COOKIE,
+            "",
+            Duration::ZERO,
+            ui.settings.cookie_secure,
+        ),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            res.headers_mut().append(header::SET_COOKIE, v);
+        }
     }
     res
 }

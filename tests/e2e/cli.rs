@@ -91,6 +91,85 @@ fn config_check_lists_ui_problems_and_ignores_the_ui_env_fallback() {
     }
 }
 
+/// `rebuy hash-password` prints an argon2id hash that logs in; `config check` accepts it
+/// silently and warns about plain and `sha256:` passwords.
+#[test]
+fn hash_password_and_weak_password_warnings() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rebuy"))
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let ui = rebuy::ui::UiSettings::single("anna", &hash);
+    assert_eq!(ui.check("anna", "correct horse").as_deref(), Some("anna"));
+    assert!(ui.check("anna", "correct horse\n").is_none());
+
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_config(dir.path(), &[("one", "http://127.0.0.1:9", 7)]);
+    let path = dir.path().join("ui.toml");
+    let text = std::fs::read_to_string(&good).unwrap()
+        + r#"
+        [server.ui]
+        [[server.ui.users]]
+        name = "anna"
+        password_env = "ANNA_PW"
+        [[server.ui.users]]
+        name = "boris"
+        password_env = "BORIS_PW"
+        [[server.ui.users]]
+        name = "vera"
+        password_env = "VERA_PW"
+        "#;
+    std::fs::write(&path, text).unwrap();
+    let sha = format!("sha256:{}", "ab".repeat(32));
+    let out = rebuy(
+        &["--config", path.to_str().unwrap(), "config", "check"],
+        &[("ANNA_PW", &hash), ("BORIS_PW", "plain"), ("VERA_PW", &sha)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("\"anna\""), "{text}");
+    assert!(
+        text.contains("user \"boris\": its password is stored as plain text"),
+        "{text}"
+    );
+    assert!(
+        text.contains("user \"vera\": its password is an unsalted sha256"),
+        "{text}"
+    );
+    let out = rebuy(
+        &["--config", path.to_str().unwrap(), "config", "check"],
+        &[
+            ("ANNA_PW", "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA"),
+            ("BORIS_PW", "b"),
+            ("VERA_PW", "v"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("ANNA_PW starts with \"$argon2\" but has no salt or no hash"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn unknown_portal_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 //! page's figures compared with the analysis of the same cache. HTTP-level (reqwest with a
 //! manual `Cookie` header); no browser.
 use crate::support::*;
+use futures::StreamExt;
 use rebuy::config::Config;
 use rebuy::outbox::{Action, ActionState};
 use rebuy::server::AppState;
@@ -227,10 +228,15 @@ async fn the_dashboard_logs_in_and_shows_the_analysis_of_the_cache() {
     );
     assert_eq!(c.get("/ui/nope", None).await.status, 404);
 
-    // The login page starts an anonymous session with a secure-by-default cookie.
+    // The login page sets a nonce cookie (secure by default) its form's token is bound to; it
+    // starts no session.
     let page = c.get("/ui/login", None).await;
     assert_eq!(page.status, 200);
-    let set = page.set_cookie("rebuy_ui").expect("session cookie");
+    assert!(
+        page.set_cookie("rebuy_ui").is_none(),
+        "no session before a login"
+    );
+    let set = page.set_cookie("rebuy_login").expect("login cookie");
     assert!(
         set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/ui"),
         "{set}"
@@ -244,7 +250,28 @@ async fn the_dashboard_logs_in_and_shows_the_analysis_of_the_cache() {
     );
     let anon = cookie_pair(&set);
     let login_csrf = csrf_of(&page.body);
-    assert_eq!(login_csrf.len(), 64);
+    assert!(login_csrf.len() > 64, "{login_csrf}");
+    // Another login page's cookie does not fit this form.
+    let other = cookie_pair(
+        &c.get("/ui/login", None)
+            .await
+            .set_cookie("rebuy_login")
+            .unwrap(),
+    );
+    assert_eq!(
+        c.post(
+            "/ui/login",
+            Some(&other),
+            &[
+                ("user", USER),
+                ("password", PASSWORD),
+                ("csrf", &login_csrf)
+            ],
+        )
+        .await
+        .status,
+        403
+    );
 
     // Wrong password, no CSRF token, no session: refused.
     let wrong = c
@@ -276,7 +303,7 @@ async fn the_dashboard_logs_in_and_shows_the_analysis_of_the_cache() {
         )
         .await;
     assert_eq!(no_session.status, 403);
-    // The anonymous session opens no page.
+    // The login cookie opens no page.
     assert_eq!(c.get("/ui", Some(&anon)).await.status, 303);
 
     // Login: a new session id (no fixation); the anonymous one is gone.
@@ -305,7 +332,7 @@ async fn the_dashboard_logs_in_and_shows_the_analysis_of_the_cache() {
             ],
         )
         .await;
-    assert_eq!(replay.status, 403, "the login session is used up");
+    assert_eq!(replay.status, 403, "a login form logs in once");
     let cookie = Some(session.as_str());
 
     // Portals: connected, then flagged for re-authorization with a connect button.
@@ -554,6 +581,132 @@ async fn without_a_login_the_dashboard_is_off() {
     }
 }
 
+/// The login form against guessing and floods, on argon2-hashed passwords: a flood of
+/// anonymous login pages (more than the session table holds) stores nothing, so someone who
+/// opened the form before it still logs in; guesses are limited per user and per client
+/// address (429 with `Retry-After`), and a limited user's right password waits too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_are_rate_limited_and_a_flood_logs_nobody_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "http://127.0.0.1:9");
+    let state = AppState::new(&cfg, true).unwrap();
+    let mut s = UiSettings::single(USER, &rebuy::ui::auth::hash_password(PASSWORD).unwrap());
+    for u in ["anna", "boris"] {
+        s.users
+            .push((u.into(), rebuy::ui::auth::hash_password(u).unwrap().into()));
+    }
+    s.cookie_secure = false;
+    s.client_ip_header = Some("x-real-ip".into());
+    let app = axum::Router::new().nest("/ui", rebuy::ui::router(state, s));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = |ip: &'static str| {
+        let http = http.clone();
+        let url = format!("{base}/ui/login");
+        async move {
+            let r = http.get(url).header("x-real-ip", ip).send().await.unwrap();
+            let cookie = r
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .find(|v| v.starts_with("rebuy_login="))
+                .unwrap();
+            (cookie_pair(&cookie), csrf_of(&r.text().await.unwrap()))
+        }
+    };
+    let post = |ip: &'static str, form: &(String, String), user: &str, pw: &str| {
+        http.post(format!("{base}/ui/login"))
+            .header("x-real-ip", ip)
+            .header("cookie", form.0.clone())
+            .form(&[("user", user), ("password", pw), ("csrf", form.1.as_str())])
+            .send()
+    };
+
+    // Someone opens the form; then a flood of anonymous login pages.
+    let early = page("10.0.0.1").await;
+    let flood = rebuy::ui::auth::MAX_SESSIONS + 1_000;
+    let statuses: Vec<u16> = futures::stream::iter(0..flood)
+        .map(|_| {
+            let http = http.clone();
+            let url = format!("{base}/ui/login");
+            async move { http.get(url).send().await.unwrap().status().as_u16() }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    let ok = post("10.0.0.1", &early, USER, PASSWORD).await.unwrap();
+    assert_eq!(
+        ok.status(),
+        303,
+        "the form opened before the flood still logs in"
+    );
+
+    // Guessing one user's password: 10 attempts a minute are checked, the rest wait.
+    let form = page("10.0.0.2").await;
+    let mut checked = 0;
+    for i in 0..15 {
+        let r = post("10.0.0.2", &form, USER, &format!("guess {i}"))
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            401 => checked += 1,
+            429 => {
+                let wait: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=60).contains(&wait), "{wait}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // One of the user's 10 went to the successful login above.
+    assert_eq!(checked, 9);
+    let from_elsewhere = post("10.0.0.3", &page("10.0.0.3").await, USER, PASSWORD)
+        .await
+        .unwrap();
+    assert_eq!(
+        from_elsewhere.status(),
+        429,
+        "the user's bucket holds for every address"
+    );
+
+    // One address: 20 attempts a minute over all users (counted first, so one address burns
+    // at most 20 of a user's). 10.0.0.2 has used 15 of them; anna takes 5 more.
+    for _ in 0..5 {
+        assert_eq!(
+            post("10.0.0.2", &form, "anna", "x").await.unwrap().status(),
+            401
+        );
+    }
+    assert_eq!(
+        post("10.0.0.2", &form, "boris", "boris")
+            .await
+            .unwrap()
+            .status(),
+        429,
+        "the address is over its limit"
+    );
+    let boris = post("10.0.0.4", &page("10.0.0.4").await, "boris", "boris")
+        .await
+        .unwrap();
+    assert_eq!(boris.status(), 303, "another address is not");
+}
+
 /// Asserts that an XLSX export holds exactly `want`'s rows in order, under the CSV's header:
 /// phones, emails, names and keys as text cells, counts and scores as numbers, amounts as
 /// numbers equal to the decimal, dates as date cells, flags as booleans.
@@ -616,7 +769,7 @@ pub(crate) fn assert_xlsx_equals(bytes: &[u8], want: &[&rebuy::analytics::Custom
 /// Logs in through the form; returns the session's `Cookie` value.
 async fn login(c: &Client) -> String {
     let page = c.get("/ui/login", None).await;
-    let anon = cookie_pair(&page.set_cookie("rebuy_ui").unwrap());
+    let anon = cookie_pair(&page.set_cookie("rebuy_login").unwrap());
     let ok = c
         .post(
             "/ui/login",
