@@ -71,6 +71,12 @@ pub enum Command {
     Mapping(MappingArgs),
     /// Run the sidecar: webhooks, scheduled syncs, the outbox.
     Serve,
+    /// The webhook inbox's dead-letter table: list it, or put events back to be processed.
+    Inbox {
+        /// What to do.
+        #[command(subcommand)]
+        action: InboxAction,
+    },
     /// Hash a dashboard password (argon2id) for a `[server.ui]` user's password variable.
     /// Reads the password from the first line of standard input.
     HashPassword,
@@ -186,6 +192,27 @@ pub struct ApplyArgs {
     /// Plan instant (see `rebuy plan`).
     #[arg(long)]
     pub as_of: Option<String>,
+}
+
+/// `rebuy inbox ...`
+#[derive(Debug, Subcommand)]
+pub enum InboxAction {
+    /// List the dead-letter events (sequence, CRM, received, attempts, last error).
+    Dead {
+        /// Portal id.
+        #[arg(long)]
+        portal: String,
+    },
+    /// Put dead-letter events back into the inbox (all, or the given sequences); the running
+    /// server's worker, or the next `rebuy serve`, processes them.
+    Replay {
+        /// Portal id.
+        #[arg(long)]
+        portal: String,
+        /// Sequences to put back (default: all).
+        #[arg(long = "seq")]
+        seqs: Vec<u64>,
+    },
 }
 
 /// `rebuy mapping` arguments.
@@ -348,6 +375,33 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(2)
             })
+        }
+        Command::Inbox { action } => {
+            let cfg = load_config(&cli.config)?;
+            match action {
+                InboxAction::Dead { portal } => {
+                    let (_, store) = portal_store(&cfg, &portal)?;
+                    let dead = store.inbox_dead()?;
+                    println!("{} dead-letter event(s) in portal {portal}", dead.len());
+                    for d in dead {
+                        println!(
+                            "  seq {}  {}  received {}  {} attempts, given up {}: {}",
+                            d.event.seq,
+                            d.event.crm,
+                            d.event.received_at,
+                            d.attempts,
+                            d.dead_at,
+                            d.last_error
+                        );
+                    }
+                }
+                InboxAction::Replay { portal, seqs } => {
+                    let (_, store) = portal_store(&cfg, &portal)?;
+                    let n = store.inbox_replay(&seqs)?;
+                    println!("{n} event(s) put back into the inbox of portal {portal}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::HashPassword => {
             let mut line = String::new();
@@ -763,6 +817,13 @@ fn cmd_status(cfg: &Config) -> Result<ExitCode> {
         }
         if let Some(r) = store.needs_reauth()? {
             println!("  NEEDS RE-AUTHORIZATION since {}: {}", r.at, r.reason);
+        }
+        let dead = store.inbox_dead_count()?;
+        if dead > 0 {
+            println!(
+                "  WEBHOOKS GIVEN UP: {dead} in the dead-letter table (rebuy inbox dead --portal {} lists them; rebuy inbox replay puts them back)",
+                p.id
+            );
         }
         crate::writeback::print_outbox_status(&store)?;
     }

@@ -169,6 +169,10 @@ pub struct ServerSettings {
     pub metrics_token_env: Option<String>,
     /// A separate address where `/metrics` is served without a token (keep it internal).
     pub metrics_listen: Option<String>,
+    /// Failed attempts after which a webhook moves to the dead-letter table.
+    pub inbox_max_attempts: u32,
+    /// Days a webhook's dedup key is kept (a redelivery within them has no second effect).
+    pub inbox_dedupe_days: u32,
     /// The token of `metrics_token_env`, read at resolution.
     #[serde(skip)]
     pub metrics_token: Option<SecretString>,
@@ -188,6 +192,8 @@ impl Default for ServerSettings {
             outbox_interval_secs: 10,
             metrics_token_env: None,
             metrics_listen: None,
+            inbox_max_attempts: 10,
+            inbox_dedupe_days: 7,
             metrics_token: None,
             ui: UiConfig::default(),
         }
@@ -520,6 +526,15 @@ pub fn resolve(
         None => ServerSettings::default(),
     };
     server.ui = resolve_ui(&mut cx, ui_value.as_ref(), env);
+    if server.inbox_max_attempts == 0 {
+        cx.problem("server.inbox_max_attempts", "must be at least 1");
+    }
+    if server.inbox_dedupe_days == 0 {
+        cx.problem(
+            "server.inbox_dedupe_days",
+            "must be at least 1 (amoCRM redelivers a webhook for hours)",
+        );
+    }
     if server.daily_hour > 23 {
         cx.problem("server.daily_hour", "must be between 0 and 23");
     }

@@ -5,6 +5,12 @@
 //! must not lie. One fsync per webhook would cap ingest at the disk's sync rate, so writes are
 //! group-committed: a writer thread per portal takes every event waiting in its channel,
 //! commits them in one transaction, and only then acknowledges each request.
+//!
+//! An event whose processing fails is retried with a growing delay while the events behind it
+//! go on (no head-of-line blocking); after `[server] inbox_max_attempts` failures it moves to
+//! the dead-letter table, shown by `rebuy status`, the dashboard and `/metrics`, and put back
+//! by `rebuy inbox replay`. Dedup keys are pruned after `[server] inbox_dedupe_days`; events
+//! are stored in the compact store codec (JSON rows of older versions are still read).
 use crate::store::{Store, StoreError};
 use jiff::Timestamp;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -15,6 +21,68 @@ use tokio::sync::{mpsc, oneshot};
 pub(crate) const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
 /// Dedup keys of events seen (key -> sequence), so a redelivered webhook has one effect.
 pub(crate) const INBOX_SEEN: TableDefinition<&str, u64> = TableDefinition::new("inbox_seen");
+/// When each dedup key was stored ((unix seconds, sequence) -> key), for pruning.
+pub(crate) const INBOX_SEEN_AT: TableDefinition<(i64, u64), &str> =
+    TableDefinition::new("inbox_seen_at");
+/// Failed attempts of events still in the inbox (sequence -> [`Retry`]).
+pub(crate) const INBOX_RETRY: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox_retry");
+/// Events that failed too often (sequence -> [`DeadEvent`]).
+pub(crate) const INBOX_DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox_dead");
+
+/// The failed attempts of one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// The last failure.
+    pub last_error: String,
+    /// Not tried again before this.
+    pub retry_at: Timestamp,
+}
+
+/// An event moved out of the inbox after too many failures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadEvent {
+    /// The event as received.
+    pub event: InboxEvent,
+    /// How often it failed.
+    pub attempts: u32,
+    /// The last failure.
+    pub last_error: String,
+    /// When it was given up.
+    pub dead_at: Timestamp,
+}
+
+/// What a recorded failure did with its event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failed {
+    /// It stays in the inbox and is tried again from this time.
+    Retry(Timestamp),
+    /// It moved to the dead-letter table.
+    Dead,
+}
+
+/// The delay before the next attempt after `attempts` failures: 2, 4, 8 s ... capped at an
+/// hour, so ten attempts span about two hours (a CRM hiccup passes; a broken event does not).
+pub fn retry_delay(attempts: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(2u64.saturating_pow(attempts.min(12)).min(3600))
+}
+
+/// Encodes an event row: the store codec (a version byte, then postcard, the body as bytes).
+fn encode_event(ev: &InboxEvent) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::with_capacity(ev.body.len() + 96);
+    crate::store::codec::encode(ev, &mut buf)?;
+    Ok(buf)
+}
+
+/// Decodes an event row: the codec, or the JSON rows of versions before it.
+fn decode_event(bytes: &[u8]) -> Result<InboxEvent, String> {
+    if bytes.first() == Some(&b'{') {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    } else {
+        crate::store::codec::decode(bytes)
+    }
+}
 
 /// A webhook as received.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +130,7 @@ impl Store {
             let txn = w.txn();
             let mut inbox = txn.open_table(INBOX).map_err(|e| self.err(e))?;
             let mut seen = txn.open_table(INBOX_SEEN).map_err(|e| self.err(e))?;
+            let mut seen_at = txn.open_table(INBOX_SEEN_AT).map_err(|e| self.err(e))?;
             let mut next: u64 = w.get_meta::<u64>("inbox_seq")?.unwrap_or(0);
             let mut out = Vec::with_capacity(events.len());
             for ev in events.iter_mut() {
@@ -71,34 +140,214 @@ impl Store {
                 }
                 ev.seq = next;
                 next += 1;
-                let bytes = serde_json::to_vec(&*ev).map_err(|e| self.err(e))?;
+                let bytes = encode_event(ev).map_err(|e| self.err(e))?;
                 inbox
                     .insert(ev.seq, bytes.as_slice())
                     .map_err(|e| self.err(e))?;
                 seen.insert(ev.dedup_key.as_str(), ev.seq)
                     .map_err(|e| self.err(e))?;
+                seen_at
+                    .insert((ev.received_at.as_second(), ev.seq), ev.dedup_key.as_str())
+                    .map_err(|e| self.err(e))?;
                 out.push(Accepted::Stored(ev.seq));
             }
             drop(inbox);
             drop(seen);
+            drop(seen_at);
             w.set_meta("inbox_seq", &next)?;
             Ok(out)
         })
     }
 
-    /// Up to `limit` unprocessed events, oldest first.
+    /// Up to `limit` unprocessed events, oldest first (every one, waiting for a retry or not).
     pub fn inbox_pending(&self, limit: usize) -> Result<Vec<InboxEvent>, StoreError> {
+        self.inbox_due(limit, None)
+    }
+
+    /// Up to `limit` unprocessed events, oldest first, without those waiting for a retry
+    /// after `now` (`None`: all).
+    pub fn inbox_due(
+        &self,
+        limit: usize,
+        now: Option<Timestamp>,
+    ) -> Result<Vec<InboxEvent>, StoreError> {
         let txn = self.db().begin_read().map_err(|e| self.err(e))?;
         let inbox = txn.open_table(INBOX).map_err(|e| self.err(e))?;
+        let retry = txn.open_table(INBOX_RETRY).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        for row in inbox.iter().map_err(|e| self.err(e))?.take(limit) {
+        for row in inbox.iter().map_err(|e| self.err(e))? {
+            if out.len() >= limit {
+                break;
+            }
             let (k, v) = row.map_err(|e| self.err(e))?;
+            if let Some(now) = now
+                && let Some(r) = retry.get(k.value()).map_err(|e| self.err(e))?
+            {
+                let r: Retry = crate::store::codec::decode(r.value())
+                    .map_err(|e| self.err(format!("inbox_retry[{}]: {e}", k.value())))?;
+                if r.retry_at > now {
+                    continue;
+                }
+            }
             out.push(
-                serde_json::from_slice(v.value())
+                decode_event(v.value())
                     .map_err(|e| self.err(format!("inbox[{}]: {e}", k.value())))?,
             );
         }
         Ok(out)
+    }
+
+    /// Records a failed attempt of event `seq`: it waits [`retry_delay`] before the next, or,
+    /// at `max_attempts`, moves to the dead-letter table.
+    pub fn inbox_failed(
+        &self,
+        seq: u64,
+        error: &str,
+        max_attempts: u32,
+        now: Timestamp,
+    ) -> Result<Failed, StoreError> {
+        self.write(|w| {
+            let txn = w.txn();
+            let mut inbox = txn.open_table(INBOX).map_err(|e| self.err(e))?;
+            let mut retry = txn.open_table(INBOX_RETRY).map_err(|e| self.err(e))?;
+            let attempts = match retry.get(seq).map_err(|e| self.err(e))? {
+                Some(r) => {
+                    crate::store::codec::decode::<Retry>(r.value())
+                        .map_err(|e| self.err(e))?
+                        .attempts
+                }
+                None => 0,
+            } + 1;
+            if attempts >= max_attempts.max(1) {
+                let Some(row) = inbox.remove(seq).map_err(|e| self.err(e))? else {
+                    return Ok(Failed::Dead);
+                };
+                let event = decode_event(row.value()).map_err(|e| self.err(e))?;
+                drop(row);
+                retry.remove(seq).map_err(|e| self.err(e))?;
+                let dead = DeadEvent {
+                    event,
+                    attempts,
+                    last_error: error.to_owned(),
+                    dead_at: now,
+                };
+                let mut buf = Vec::new();
+                crate::store::codec::encode(&dead, &mut buf).map_err(|e| self.err(e))?;
+                txn.open_table(INBOX_DEAD)
+                    .map_err(|e| self.err(e))?
+                    .insert(seq, buf.as_slice())
+                    .map_err(|e| self.err(e))?;
+                return Ok(Failed::Dead);
+            }
+            let retry_at = now.checked_add(retry_delay(attempts)).unwrap_or(now);
+            let r = Retry {
+                attempts,
+                last_error: error.to_owned(),
+                retry_at,
+            };
+            let mut buf = Vec::new();
+            crate::store::codec::encode(&r, &mut buf).map_err(|e| self.err(e))?;
+            retry.insert(seq, buf.as_slice()).map_err(|e| self.err(e))?;
+            Ok(Failed::Retry(retry_at))
+        })
+    }
+
+    /// The dead-letter table, oldest first.
+    pub fn inbox_dead(&self) -> Result<Vec<DeadEvent>, StoreError> {
+        let txn = self.db().begin_read().map_err(|e| self.err(e))?;
+        let Ok(dead) = txn.open_table(INBOX_DEAD) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for row in dead.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            out.push(
+                crate::store::codec::decode(v.value())
+                    .map_err(|e| self.err(format!("inbox_dead[{}]: {e}", k.value())))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// How many events are in the dead-letter table.
+    pub fn inbox_dead_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db().begin_read().map_err(|e| self.err(e))?;
+        match txn.open_table(INBOX_DEAD) {
+            Ok(t) => t.len().map_err(|e| self.err(e)),
+            Err(_) => Ok(0),
+        }
+    }
+
+    /// Puts dead events back into the inbox with no failed attempts (`seqs` empty: all of
+    /// them); returns how many went back.
+    pub fn inbox_replay(&self, seqs: &[u64]) -> Result<usize, StoreError> {
+        self.write(|w| {
+            let txn = w.txn();
+            let mut dead = txn.open_table(INBOX_DEAD).map_err(|e| self.err(e))?;
+            let mut inbox = txn.open_table(INBOX).map_err(|e| self.err(e))?;
+            let wanted: Vec<u64> = if seqs.is_empty() {
+                let mut all = Vec::new();
+                for row in dead.iter().map_err(|e| self.err(e))? {
+                    all.push(row.map_err(|e| self.err(e))?.0.value());
+                }
+                all
+            } else {
+                seqs.to_vec()
+            };
+            let mut n = 0;
+            for seq in wanted {
+                let Some(row) = dead.remove(seq).map_err(|e| self.err(e))? else {
+                    continue;
+                };
+                let d: DeadEvent =
+                    crate::store::codec::decode(row.value()).map_err(|e| self.err(e))?;
+                drop(row);
+                let bytes = encode_event(&d.event).map_err(|e| self.err(e))?;
+                inbox
+                    .insert(seq, bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Forgets dedup keys stored before `cutoff` (a redelivery older than that is processed
+    /// again, harmlessly: processing is idempotent); returns how many went.
+    pub fn inbox_prune_seen(&self, cutoff: Timestamp) -> Result<usize, StoreError> {
+        self.write(|w| {
+            let txn = w.txn();
+            let mut seen = txn.open_table(INBOX_SEEN).map_err(|e| self.err(e))?;
+            let mut seen_at = txn.open_table(INBOX_SEEN_AT).map_err(|e| self.err(e))?;
+            let mut old = Vec::new();
+            for row in seen_at
+                .range(..(cutoff.as_second(), 0))
+                .map_err(|e| self.err(e))?
+            {
+                let (k, v) = row.map_err(|e| self.err(e))?;
+                old.push((k.value(), v.value().to_owned()));
+            }
+            for (k, key) in &old {
+                seen_at.remove(*k).map_err(|e| self.err(e))?;
+                // A key stored again later (a redelivery after a replay) is not removed.
+                if seen
+                    .get(key.as_str())
+                    .map_err(|e| self.err(e))?
+                    .map(|v| v.value())
+                    == Some(k.1)
+                {
+                    seen.remove(key.as_str()).map_err(|e| self.err(e))?;
+                }
+            }
+            Ok(old.len())
+        })
+    }
+
+    /// How many dedup keys are kept.
+    pub fn inbox_seen_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db().begin_read().map_err(|e| self.err(e))?;
+        let seen = txn.open_table(INBOX_SEEN).map_err(|e| self.err(e))?;
+        seen.len().map_err(|e| self.err(e))
     }
 
     /// Unprocessed events.
@@ -108,12 +357,16 @@ impl Store {
         inbox.len().map_err(|e| self.err(e))
     }
 
-    /// Removes processed events (their dedup keys stay, so redeliveries stay ignored).
+    /// Removes processed events and their failure records (their dedup keys stay, so
+    /// redeliveries stay ignored).
     pub fn inbox_done(&self, seqs: &[u64]) -> Result<(), StoreError> {
         self.write(|w| {
-            let mut inbox = w.txn().open_table(INBOX).map_err(|e| self.err(e))?;
+            let txn = w.txn();
+            let mut inbox = txn.open_table(INBOX).map_err(|e| self.err(e))?;
+            let mut retry = txn.open_table(INBOX_RETRY).map_err(|e| self.err(e))?;
             for s in seqs {
                 inbox.remove(*s).map_err(|e| self.err(e))?;
+                retry.remove(*s).map_err(|e| self.err(e))?;
             }
             Ok(())
         })
@@ -187,5 +440,115 @@ impl InboxWriter {
             .await
             .map_err(|_| "inbox writer stopped".to_owned())?;
         rx.await.map_err(|_| "inbox writer stopped".to_owned())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rebuy_core::PortalId;
+
+    fn event(body: &str, at: Timestamp) -> InboxEvent {
+        InboxEvent {
+            seq: 0,
+            crm: "amocrm".into(),
+            received_at: at,
+            content_type: "application/x-www-form-urlencoded".into(),
+            body: body.as_bytes().to_vec(),
+            dedup_key: dedup_key("amocrm", body.as_bytes()),
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), &PortalId("p".into())).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn failures_wait_then_go_to_the_dead_letters_and_come_back() {
+        let (_d, s) = store();
+        let now = Timestamp::now();
+        let mut evs = vec![event("a=1", now), event("b=2", now)];
+        s.inbox_store(&mut evs).unwrap();
+        assert_eq!(
+            s.inbox_failed(0, "boom", 3, now).unwrap(),
+            Failed::Retry(now + retry_delay(1))
+        );
+        // Waiting: not due now, the one behind it is.
+        let due: Vec<u64> = s
+            .inbox_due(10, Some(now))
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(due, vec![1]);
+        let later = now + std::time::Duration::from_secs(3);
+        assert_eq!(s.inbox_due(10, Some(later)).unwrap().len(), 2);
+        assert!(matches!(
+            s.inbox_failed(0, "boom", 3, later).unwrap(),
+            Failed::Retry(_)
+        ));
+        assert_eq!(
+            s.inbox_failed(0, "still boom", 3, later).unwrap(),
+            Failed::Dead
+        );
+        assert_eq!(s.inbox_depth().unwrap(), 1);
+        let dead = s.inbox_dead().unwrap();
+        assert_eq!((dead.len(), dead[0].attempts), (1, 3));
+        assert_eq!(dead[0].last_error, "still boom");
+        assert_eq!(dead[0].event.body, b"a=1");
+        // Its dedup key stays: a redelivery is still a duplicate.
+        let mut again = vec![event("a=1", later)];
+        assert_eq!(
+            s.inbox_store(&mut again).unwrap(),
+            vec![Accepted::Duplicate(0)]
+        );
+        // Replay: back with no attempts, due at once.
+        assert_eq!(s.inbox_replay(&[]).unwrap(), 1);
+        assert_eq!(s.inbox_dead_count().unwrap(), 0);
+        assert_eq!(s.inbox_due(10, Some(now)).unwrap().len(), 2);
+        s.inbox_done(&[0, 1]).unwrap();
+        assert_eq!(s.inbox_depth().unwrap(), 0);
+    }
+
+    #[test]
+    fn rows_are_compact_and_old_json_rows_still_read() {
+        let body = "leads[update][0][id]=123456&leads[update][0][name]=%D0%97%D0%B0%D0%BA%D0%B0%D0%B7&account[id]=31000001&account[subdomain]=shop".repeat(4);
+        let ev = event(&body, Timestamp::now());
+        let row = encode_event(&ev).unwrap();
+        assert!(
+            row.len() < body.len() + 128,
+            "{} bytes for a {}-byte body",
+            row.len(),
+            body.len()
+        );
+        assert_eq!(decode_event(&row).unwrap(), ev);
+        let json = serde_json::to_vec(&ev).unwrap();
+        assert!(
+            json.len() > 3 * body.len(),
+            "the old form was the bloated one"
+        );
+        assert_eq!(decode_event(&json).unwrap(), ev);
+    }
+
+    #[test]
+    fn dedup_keys_are_pruned_after_the_window() {
+        let (_d, s) = store();
+        let old = Timestamp::now() - std::time::Duration::from_secs(10 * 86_400);
+        let new = Timestamp::now();
+        let mut evs = vec![event("old=1", old), event("new=1", new)];
+        s.inbox_store(&mut evs).unwrap();
+        assert_eq!(s.inbox_seen_count().unwrap(), 2);
+        let cutoff = new - std::time::Duration::from_secs(7 * 86_400);
+        assert_eq!(s.inbox_prune_seen(cutoff).unwrap(), 1);
+        assert_eq!(s.inbox_seen_count().unwrap(), 1);
+        let mut again = vec![event("new=1", new), event("old=1", new)];
+        let got = s.inbox_store(&mut again).unwrap();
+        assert_eq!(got[0], Accepted::Duplicate(1));
+        assert!(
+            matches!(got[1], Accepted::Stored(_)),
+            "a forgotten key is new again"
+        );
     }
 }

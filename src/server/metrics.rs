@@ -96,6 +96,10 @@ pub async fn render(State(state): State<super::AppState>) -> impl IntoResponse {
         if let Ok(depth) = p.store.inbox_depth() {
             ::metrics::gauge!("rebuy_inbox_depth", "portal" => id.0.clone()).set(depth as f64);
         }
+        if let Ok(dead) = p.store.inbox_dead_count() {
+            ::metrics::gauge!("rebuy_inbox_dead_letters", "portal" => id.0.clone())
+                .set(dead as f64);
+        }
         if let Ok(w) = crate::sync::last_warnings(&p.store) {
             ::metrics::gauge!("rebuy_sync_warnings", "portal" => id.0.clone())
                 .set(w.warnings.len() as f64);

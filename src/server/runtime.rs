@@ -38,9 +38,11 @@ pub fn spawn_all(
             playbooks_dir: playbooks_dir.clone(),
             reactor: Arc::default(),
             replan: Arc::default(),
+            inbox_max_attempts: settings.inbox_max_attempts,
         };
         let replan = ctx.replan.clone();
-        tracker.spawn(inbox_loop(p.clone(), ctx, cancel.clone()));
+        let dedupe = Duration::from_secs(u64::from(settings.inbox_dedupe_days) * 86_400);
+        tracker.spawn(inbox_loop(p.clone(), ctx, dedupe, cancel.clone()));
         tracker.spawn(schedule_loop(
             p.clone(),
             handle.connector,
@@ -55,9 +57,31 @@ pub fn spawn_all(
     tracker
 }
 
-async fn inbox_loop(p: PortalRuntime, ctx: worker::WorkerCtx, cancel: CancellationToken) {
+async fn inbox_loop(
+    p: PortalRuntime,
+    ctx: worker::WorkerCtx,
+    dedupe: Duration,
+    cancel: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(200);
+    let mut pruned_at: Option<std::time::Instant> = None;
     loop {
+        // Dedup keys older than the retention window go, hourly.
+        if pruned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
+            pruned_at = Some(std::time::Instant::now());
+            let cutoff = jiff::Timestamp::now()
+                .checked_sub(dedupe)
+                .unwrap_or(jiff::Timestamp::MIN);
+            match p.store.blocking(move |s| s.inbox_prune_seen(cutoff)).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(portal = %p.cfg.id, pruned = n, "Forgot old webhook dedup keys.")
+                }
+                Err(e) => {
+                    tracing::warn!(portal = %p.cfg.id, error = %e, "Pruning webhook dedup keys failed.")
+                }
+            }
+        }
         match worker::process_once(&p, &ctx).await {
             Ok(0) => {
                 backoff = Duration::from_millis(200);

@@ -247,6 +247,8 @@ pub struct WorkerCtx {
     /// Set when a deal was won: the scheduler re-plans the portal's touches within seconds
     /// (debounced), so after-purchase schedules do not wait for the daily run.
     pub replan: Arc<std::sync::atomic::AtomicBool>,
+    /// Failures after which an event moves to the dead-letter table.
+    pub inbox_max_attempts: u32,
 }
 
 /// Applies changes to the cache, fetching upserted records from the CRM.
@@ -331,33 +333,83 @@ fn remover(
     move |s| s.write(|w| w.remove(kind, &[id]).map(|_| ()))
 }
 
-/// Processes what is in a portal's inbox now; returns how many events were done. Events whose
-/// CRM fetch fails stay for the next round; events that cannot be parsed are dropped with an
-/// error log (they would fail forever).
+/// Whether a failure is about the whole account or connection (the queue waits and no event
+/// is blamed) rather than about this event (it is retried later, then dead-lettered, and the
+/// events behind it go on).
+fn blames_the_account(e: &ProcessError) -> bool {
+    match e {
+        ProcessError::Connector(c) => matches!(
+            c,
+            ConnectorError::RateLimited { .. }
+                | ConnectorError::Blocked { .. }
+                | ConnectorError::Auth { .. }
+                | ConnectorError::NeedsReauth { .. }
+                | ConnectorError::Store { .. }
+        ),
+        ProcessError::Store(_) => true,
+        ProcessError::Parse { .. } | ProcessError::Plan(_) => false,
+    }
+}
+
+/// Processes what is due in a portal's inbox now; returns how many events were done (or
+/// given up). An event that fails for its own reasons (the CRM rejects its record, a
+/// transient fault, a body that no longer parses) is retried after a growing delay while the
+/// events behind it go on, and after `max_attempts` failures moves to the dead-letter table;
+/// a failure of the whole account (rate limit, block, authorisation, the cache) stops the
+/// round without blaming the event.
 pub async fn process_once(p: &PortalRuntime, ctx: &WorkerCtx) -> Result<usize, ProcessError> {
     let store = p.store.clone();
-    let events = store.blocking(|s| s.inbox_pending(256)).await?;
+    let now = jiff::Timestamp::now();
+    let events = store.blocking(move |s| s.inbox_due(256, Some(now))).await?;
     let mut done = Vec::new();
+    let mut gave_up = 0;
     let mut result = Ok(());
     for ev in &events {
-        match changes(ev) {
-            Ok(ch) => {
-                if let Err(e) = apply_changes(p, ctx, &ch).await {
-                    result = Err(e);
-                    break;
-                }
+        let outcome = match changes(ev) {
+            Ok(ch) => apply_changes(p, ctx, &ch).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {
                 let lag = jiff::Timestamp::now()
                     .duration_since(ev.received_at)
                     .as_secs_f64();
                 metrics::histogram!("rebuy_webhook_processing_lag_seconds", "portal" => p.cfg.id.0.clone()).record(lag);
+                done.push(ev.seq);
+            }
+            Err(e) if blames_the_account(&e) => {
+                result = Err(e);
+                break;
             }
             Err(e) => {
-                tracing::error!(portal = %p.cfg.id, seq = ev.seq, error = %e, "Dropping an unprocessable webhook.")
+                let (seq, msg, max) = (ev.seq, e.to_string(), ctx.inbox_max_attempts);
+                let transient = matches!(
+                    &e,
+                    ProcessError::Connector(ConnectorError::Transient { .. })
+                );
+                let failed = store
+                    .blocking(move |s| s.inbox_failed(seq, &msg, max, jiff::Timestamp::now()))
+                    .await?;
+                match failed {
+                    super::inbox::Failed::Dead => {
+                        gave_up += 1;
+                        metrics::counter!("rebuy_inbox_dead_letters_total", "portal" => p.cfg.id.0.clone()).increment(1);
+                        tracing::error!(portal = %p.cfg.id, seq, error = %e, "A webhook failed {max} times: moved to the dead-letter table (rebuy inbox replay puts it back).");
+                    }
+                    super::inbox::Failed::Retry(at) => {
+                        tracing::warn!(portal = %p.cfg.id, seq, error = %e, retry_at = %at, "A webhook failed; it is retried later and the events behind it go on.");
+                    }
+                }
+                // A transient fault may be the CRM's, not the event's: pause the round (the
+                // loop backs off) rather than burn every event's attempts in one outage.
+                if transient {
+                    result = Err(e);
+                    break;
+                }
             }
         }
-        done.push(ev.seq);
     }
-    let n = done.len();
+    let n = done.len() + gave_up;
     if !done.is_empty() {
         store.blocking(move |s| s.inbox_done(&done)).await?;
     }

@@ -298,6 +298,12 @@ impl Store {
                 .map_err(|e| self.err(e))?;
             txn.open_table(crate::server::inbox::INBOX_SEEN)
                 .map_err(|e| self.err(e))?;
+            txn.open_table(crate::server::inbox::INBOX_SEEN_AT)
+                .map_err(|e| self.err(e))?;
+            txn.open_table(crate::server::inbox::INBOX_RETRY)
+                .map_err(|e| self.err(e))?;
+            txn.open_table(crate::server::inbox::INBOX_DEAD)
+                .map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))
     }

@@ -577,7 +577,17 @@ pub async fn portals(
                     }
                     td.n { (s.contacts) } td.n { (s.companies) } td.n { (s.deals) }
                     td.n class=[(s.failed > 0).then_some("err")] { (s.failed) }
-                    td.err { @for e in &s.errors { (e) br; } }
+                    td.err {
+                        @if s.dead_letters > 0 {
+                            span data-dead-letters=(s.dead_letters) {
+                                (l.t("Webhooks given up after repeated failures: ", "Вебхуков, отложенных после повторных ошибок: "))
+                                (s.dead_letters)
+                                " (rebuy inbox dead / replay)"
+                            }
+                            br;
+                        }
+                        @for e in &s.errors { (e) br; }
+                    }
                 }
             }
         }
@@ -603,6 +613,7 @@ struct PortalStatus {
     companies: u64,
     deals: u64,
     failed: u64,
+    dead_letters: u64,
     errors: Vec<String>,
 }
 
@@ -650,6 +661,10 @@ fn portal_status(rt: crate::server::PortalRuntime, failed: anyhow::Result<u64>) 
     let failed = failed
         .map_err(|e| errors.push(format!("{e:#}")))
         .unwrap_or(0);
+    let dead_letters = store
+        .inbox_dead_count()
+        .map_err(|e| errors.push(e.to_string()))
+        .unwrap_or(0);
     PortalStatus {
         id: rt.cfg.id.0.clone(),
         kind: rt.cfg.kind.as_str(),
@@ -662,6 +677,7 @@ fn portal_status(rt: crate::server::PortalRuntime, failed: anyhow::Result<u64>) 
         companies,
         deals,
         failed,
+        dead_letters,
         errors,
     }
 }

@@ -977,3 +977,87 @@ async fn a_deal_won_by_webhook_gets_its_after_purchase_touches_within_seconds() 
     }
     srv.cancel.cancel();
 }
+
+/// One webhook whose record the CRM always refuses does not hold the portal's queue: the
+/// events behind it are processed at once, it is retried after a delay, then moved to the
+/// dead-letter table (counted in `/metrics`), and a replay processes it once the CRM lets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_webhook_goes_to_the_dead_letters_without_blocking_the_rest() {
+    let env = amo_env(amo_config(43, 60, 200)).await;
+    let mut cfg = config_with_id(env.dir.path(), &env.emu.base_url, "test");
+    cfg.server.inbox_max_attempts = 2;
+    sync(&env, true).await.unwrap();
+    drop(env.store);
+    let srv = start_server(&cfg, true).await;
+    let emu = env.emu.emulator.clone();
+    let (contact, pipeline, status) = emu.with_data(|d| {
+        let l = d.leads.values().next().unwrap();
+        (l.contacts[0].id, l.pipeline_id, l.status_id)
+    });
+    let refused = emu.add_lead(contact, 1_000, pipeline, status).unwrap();
+    let fine = emu.add_lead(contact, 2_000, pipeline, status).unwrap();
+    emu.set_denied(&[&format!("/api/v4/leads/{refused}")]);
+    let (account, subdomain) = emu.with_data(|d| (d.account.id, d.account.subdomain.clone()));
+    let hook = format!("{}/hooks/amocrm/test/{HOOK_SECRET}", srv.url);
+    for lead in [refused, fine] {
+        let body = amo_body(
+            account,
+            &subdomain,
+            &format!(
+                "leads[add][0][id]={lead}&leads[add][0][status_id]={status}&leads[add][0][pipeline_id]={pipeline}"
+            ),
+        );
+        let (s, text) = post(&hook, FORM, body).await;
+        assert_eq!(s, 200, "{text}");
+    }
+    let store = srv.state.portal("test").unwrap().store.clone();
+    let started = std::time::Instant::now();
+    while store.get::<Deal>(fine).unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the event behind the failing one waited"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while store.inbox_dead_count().unwrap() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the failing event was not given up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = store.inbox_dead().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 2);
+    assert!(dead[0].last_error.contains("403"), "{}", dead[0].last_error);
+    assert_eq!(store.inbox_depth().unwrap(), 0);
+    assert!(store.get::<Deal>(refused).unwrap().is_none());
+    let m = reqwest::Client::new()
+        .get(format!("{}/metrics", srv.url))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("rebuy_inbox_dead_letters{portal=\"test\"} 1")),
+        "{m}"
+    );
+
+    // The CRM lets rebuy read it again; a replay processes it.
+    emu.set_denied(&[]);
+    assert_eq!(store.inbox_replay(&[]).unwrap(), 1);
+    let replayed = std::time::Instant::now();
+    while store.get::<Deal>(refused).unwrap().is_none() {
+        assert!(
+            replayed.elapsed() < Duration::from_secs(8),
+            "the replayed event was not processed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.inbox_dead_count().unwrap(), 0);
+    srv.cancel.cancel();
+}
