@@ -320,6 +320,36 @@ pub async fn apply_changes(
             },
             // Companies, users and pipelines change rarely: the scheduled sync picks them up.
             Change::Upsert(_, _) => {}
+            // A delete leaves the cache only when the CRM confirms the record is gone: an
+            // event is not proof (a forged or stale one must not erase customers).
+            Change::Delete(EntityKind::Deals, id) => match conn.deal(DealId(*id)).await? {
+                Some(deal) => {
+                    tracing::warn!(portal = %p.cfg.id, deal = id, "A delete event for a deal the CRM still has: kept.");
+                    let drop_rows = conn.lists_product_rows();
+                    store
+                        .blocking(move |s| {
+                            s.write(|w| {
+                                if drop_rows {
+                                    w.drop_product_rows_of(&[deal.id.0])?;
+                                }
+                                w.put_all(&[deal])
+                            })
+                        })
+                        .await?;
+                }
+                None => store.blocking(remover(EntityKind::Deals, *id)).await?,
+            },
+            Change::Delete(EntityKind::Contacts, id) => match conn.contact(ContactId(*id)).await? {
+                Some(c) => {
+                    tracing::warn!(portal = %p.cfg.id, contact = id, "A delete event for a contact the CRM still has: kept.");
+                    store
+                        .blocking(move |s| s.write(|w| w.put_all(&[c])))
+                        .await?
+                }
+                None => store.blocking(remover(EntityKind::Contacts, *id)).await?,
+            },
+            // Companies have no single-record read in the connector: their deletes apply as
+            // sent, and the next full sync or reconciliation restores a wrong one.
             Change::Delete(kind, id) => store.blocking(remover(*kind, *id)).await?,
         }
     }

@@ -1061,3 +1061,59 @@ async fn a_failing_webhook_goes_to_the_dead_letters_without_blocking_the_rest() 
     assert_eq!(store.inbox_dead_count().unwrap(), 0);
     srv.cancel.cancel();
 }
+
+/// A delete event removes a record only when the CRM confirms it is gone: a forged or stale
+/// delete for a deal and a contact the CRM still has leaves both cached, a real one removes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_events_are_checked_with_the_crm() {
+    let env = amo_env(amo_config(44, 60, 200)).await;
+    let cfg = config_with_id(env.dir.path(), &env.emu.base_url, "test");
+    sync(&env, true).await.unwrap();
+    drop(env.store);
+    let srv = start_server(&cfg, true).await;
+    let emu = env.emu.emulator.clone();
+    let (kept_lead, kept_contact, gone_lead) = emu.with_data(|d| {
+        let mut leads = d.leads.values();
+        let a = leads.next().unwrap();
+        let b = leads.next().unwrap();
+        (a.id, a.contacts[0].id, b.id)
+    });
+    assert!(emu.delete_lead(gone_lead));
+    let (account, subdomain) = emu.with_data(|d| (d.account.id, d.account.subdomain.clone()));
+    let store = srv.state.portal("test").unwrap().store.clone();
+    assert!(store.get::<Deal>(gone_lead).unwrap().is_some());
+    let body = amo_body(
+        account,
+        &subdomain,
+        &format!(
+            "leads[delete][0][id]={kept_lead}&contacts[delete][0][id]={kept_contact}&leads[delete][1][id]={gone_lead}"
+        ),
+    );
+    let (s, text) = post(
+        &format!("{}/hooks/amocrm/test/{HOOK_SECRET}", srv.url),
+        FORM,
+        body,
+    )
+    .await;
+    assert_eq!(s, 200, "{text}");
+    let started = std::time::Instant::now();
+    while store.get::<Deal>(gone_lead).unwrap().is_some() || store.inbox_depth().unwrap() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the delete event was not processed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        store.get::<Deal>(kept_lead).unwrap().is_some(),
+        "a deal the CRM has stays"
+    );
+    assert!(
+        store
+            .get::<rebuy_core::Contact>(kept_contact)
+            .unwrap()
+            .is_some(),
+        "a contact the CRM has stays"
+    );
+    srv.cancel.cancel();
+}
