@@ -122,6 +122,13 @@ pub async fn amocrm(
         return Err(AppError::unauthorized("wrong webhook secret"));
     }
     let pairs = form_pairs(&headers, &body)?;
+    // The check below and the parser must read the same account: a repeated key would let
+    // them read different ones.
+    for key in ["account[id]", "account[subdomain]"] {
+        if pairs.iter().filter(|(k, _)| k == key).count() > 1 {
+            return Err(AppError::bad_request(format!("{key} is repeated")));
+        }
+    }
     let account_id = field(&pairs, "account[id]");
     let subdomain = field(&pairs, "account[subdomain]");
     if account_id.is_none() && subdomain.is_none() {
@@ -188,6 +195,43 @@ pub async fn amocrm_disconnect(
     let expected = hex::encode(mac.finalize().into_bytes());
     if !ct_eq(&signature.to_ascii_lowercase(), &expected) {
         return Err(AppError::forbidden("bad signature"));
+    }
+    // The signature covers the account the hook names, so a hook signed for another account
+    // (the same integration installed elsewhere) is valid: it must name this portal's.
+    let stored: Option<Account> = p
+        .store
+        .meta(KEY_ACCOUNT)
+        .map_err(|e| AppError::unavailable(e.to_string()))?;
+    if let Some(acc) = stored
+        && acc.id.to_string() != *account_id
+    {
+        return Err(AppError::forbidden(
+            "the hook's account is not this portal's",
+        ));
+    }
+    if p.store
+        .needs_reauth()
+        .map_err(|e| AppError::unavailable(e.to_string()))?
+        .is_some()
+    {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"status": "already disconnected"})),
+        ));
+    }
+    // The signature never changes for an account, so a recorded hook could be replayed after
+    // a reconnect: ask the CRM. A token it still accepts means the integration is connected
+    // and the hook is stale; only a refused token (or no answer in time) is believed.
+    if let Ok(handle) = p.handle() {
+        let probe = tokio::time::timeout(
+            std::time::Duration::from_millis(1500),
+            handle.connector.account(),
+        )
+        .await;
+        if let Ok(Ok(_)) = probe {
+            tracing::warn!(portal = %portal, "A disconnect hook while amoCRM still accepts the integration's token: ignored (replayed or stale).");
+            return Ok((StatusCode::OK, Json(json!({"status": "still connected"}))));
+        }
     }
     let store = p.store.clone();
     let account_id = account_id.clone();

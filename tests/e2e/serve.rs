@@ -1117,3 +1117,62 @@ async fn delete_events_are_checked_with_the_crm() {
     );
     srv.cancel.cancel();
 }
+
+/// The disconnect hook names an account and its signature is the same every time: a hook
+/// signed for another account is refused, and a recorded hook replayed while amoCRM still
+/// accepts the integration's token changes nothing; after the account really disconnects,
+/// the same hook marks the portal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_or_foreign_disconnect_hook_changes_nothing() {
+    use hmac::{KeyInit, Mac};
+    let env = amo_env(amo_config(45, 20, 40)).await;
+    let cfg = config_with_id(env.dir.path(), &env.emu.base_url, "test");
+    sync(&env, true).await.unwrap();
+    drop(env.store);
+    let srv = start_server(&cfg, false).await;
+    let emu = AmoConfig::default();
+    let account = env.emu.emulator.with_data(|d| d.account.id);
+    let hook = |acc: u64| {
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(emu.client_secret.as_bytes()).unwrap();
+        mac.update(format!("{}|{acc}", emu.client_id).as_bytes());
+        format!(
+            "{}/hooks/amocrm/test/disconnect?account_id={acc}&client_uuid={}&signature={}",
+            srv.url,
+            emu.client_id,
+            hex::encode(mac.finalize().into_bytes())
+        )
+    };
+    let store = srv.state.portal("test").unwrap().store.clone();
+    let foreign = reqwest::get(hook(account + 1)).await.unwrap();
+    assert_eq!(foreign.status(), 403);
+    let replayed = reqwest::get(hook(account)).await.unwrap();
+    assert_eq!(replayed.status(), 200);
+    assert!(replayed.text().await.unwrap().contains("still connected"));
+    assert!(store.needs_reauth().unwrap().is_none());
+    env.emu.emulator.disconnect_integration();
+    let real = reqwest::get(hook(account)).await.unwrap();
+    assert_eq!(real.status(), 200);
+    assert!(real.text().await.unwrap().contains("\"disconnected\""));
+    assert!(store.needs_reauth().unwrap().is_some());
+    srv.cancel.cancel();
+}
+
+/// An amoCRM webhook naming its account twice is refused: the account check and the parser
+/// must not read different ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amocrm_webhook_with_a_repeated_account_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "http://127.0.0.1:9");
+    let srv = start_server(&cfg, false).await;
+    let (status, text) = post(
+        &format!("{}/hooks/amocrm/shop/{HOOK_SECRET}", srv.url),
+        FORM,
+        "leads[add][0][id]=5&account[id]=31000001&account[subdomain]=rebuy-demo&account[id]=999"
+            .to_owned(),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("account[id] is repeated"), "{text}");
+    srv.cancel.cancel();
+}

@@ -392,6 +392,12 @@ impl AmoEmulator {
         lock(&self.0.oauth).expire_all();
     }
 
+    /// The account disconnects the integration (as amoCRM does before it calls the
+    /// integration's disconnect hook): access tokens stop working, refresh tokens are revoked.
+    pub fn disconnect_integration(&self) {
+        lock(&self.0.oauth).revoke_all();
+    }
+
     /// Replaces the fault mix.
     pub fn set_faults(&self, f: FaultConfig) {
         lock(&self.0.faults).0 = f;

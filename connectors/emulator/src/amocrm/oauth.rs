@@ -82,6 +82,15 @@ impl OAuthState {
         }
     }
 
+    /// The account turned the integration off: every access token stops working and every
+    /// refresh token is revoked.
+    pub fn revoke_all(&mut self) {
+        self.expire_all();
+        for r in self.refresh.values_mut() {
+            r.used = true;
+        }
+    }
+
     fn issue_tokens(&mut self, cfg: &super::AmoConfig, user_id: u64) -> Value {
         let jti = self.hex(80);
         let iat = jiff::Timestamp::now().as_second();
