@@ -133,9 +133,7 @@ pub async fn resolve_rules(
 }
 
 fn is_sale(s: &Settings, d: &Deal) -> bool {
-    let pipeline_ok = s.sale_pipelines.is_empty() || s.sale_pipelines.contains(&d.pipeline_id.0);
-    pipeline_ok
-        && ((s.won_is_sale && d.state == DealState::Won) || s.sale_stages.contains(&d.stage_id.0))
+    s.is_sale(d.state, d.pipeline_id.0, &d.stage_id.0)
 }
 
 /// Builds the per-customer facts and the open deals from the cache, against an analysis.

@@ -11,7 +11,7 @@ use super::figures::{self, Period};
 use super::settings::{PurchaseTime, Settings};
 use super::{Core, abc_xyz, local_day};
 use jiff::tz::TimeZone;
-use rebuy_core::{Deal, DealId, DealState};
+use rebuy_core::{Deal, DealId};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
@@ -134,11 +134,12 @@ impl Ctx {
     }
 
     pub fn is_sale(&self, d: &DealRec) -> bool {
-        if !self.sale_pipeline[d.pipeline as usize] {
-            return false;
-        }
-        (self.won && d.state == DealState::Won)
-            || (d.state != DealState::Lost && self.sale_stage[d.stage as usize])
+        super::settings::sale_rule(
+            self.won,
+            d.state,
+            self.sale_pipeline[d.pipeline as usize],
+            self.sale_stage[d.stage as usize],
+        )
     }
 
     pub fn purchase_ts(&self, d: &DealRec) -> i64 {

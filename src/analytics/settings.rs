@@ -219,7 +219,32 @@ impl Default for Settings {
     }
 }
 
+/// What counts as a sale: the one rule the analysis, the write-back facts and the dashboard
+/// all use. A deal counts when its pipeline is a sale pipeline, and it is won (with
+/// `won_is_sale`) or sits in a sale stage without being lost (a lost deal left in "paid,
+/// delivering" is not a purchase). Callers that intern pipelines and stages pass membership.
+pub fn sale_rule(
+    won_is_sale: bool,
+    state: rebuy_core::DealState,
+    in_sale_pipeline: bool,
+    in_sale_stage: bool,
+) -> bool {
+    use rebuy_core::DealState;
+    in_sale_pipeline
+        && ((won_is_sale && state == DealState::Won) || (state != DealState::Lost && in_sale_stage))
+}
+
 impl Settings {
+    /// Whether a deal in this state, pipeline and stage counts as a sale ([`sale_rule`]).
+    pub fn is_sale(&self, state: rebuy_core::DealState, pipeline: u64, stage: &str) -> bool {
+        sale_rule(
+            self.won_is_sale,
+            state,
+            self.sale_pipelines.is_empty() || self.sale_pipelines.contains(&pipeline),
+            self.sale_stages.iter().any(|s| s == stage),
+        )
+    }
+
     /// Every problem of these settings, as lowercase phrases naming the key. Empty when valid.
     pub fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -347,6 +372,33 @@ fn is_currency_code(c: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rebuy_core::DealState;
+
+    /// The case the three former copies disagreed on: a lost deal left in a sale stage.
+    #[test]
+    fn a_lost_deal_in_a_sale_stage_is_not_a_sale() {
+        let s = Settings {
+            sale_stages: vec!["paid".into()],
+            sale_pipelines: vec![7],
+            ..Settings::default()
+        };
+        assert!(
+            s.is_sale(DealState::Open, 7, "paid"),
+            "open in a sale stage"
+        );
+        assert!(
+            !s.is_sale(DealState::Lost, 7, "paid"),
+            "lost in a sale stage"
+        );
+        assert!(s.is_sale(DealState::Won, 7, "delivered"), "won");
+        assert!(!s.is_sale(DealState::Won, 8, "paid"), "another pipeline");
+        let no_won = Settings {
+            won_is_sale: false,
+            ..s.clone()
+        };
+        assert!(!no_won.is_sale(DealState::Won, 7, "delivered"));
+        assert!(no_won.is_sale(DealState::Won, 7, "paid"));
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -362,7 +362,6 @@ pub fn monthly(
     n: usize,
 ) -> Vec<Month> {
     use crate::analytics::PurchaseTime;
-    use rebuy_core::DealState;
     use rust_decimal::prelude::ToPrimitive;
     let s = &portal.analytics;
     let tz = &portal.time_zone;
@@ -398,12 +397,11 @@ pub fn monthly(
                 .pipelines
                 .get(d.pipeline as usize)
                 .is_some_and(|p| s.sale_pipelines.contains(p));
-        let by_stage = d.state != DealState::Lost
-            && data
-                .stages
-                .get(d.stage as usize)
-                .is_some_and(|st| s.sale_stages.contains(st));
-        if !in_pipeline || !((s.won_is_sale && d.state == DealState::Won) || by_stage) {
+        let in_stage = data
+            .stages
+            .get(d.stage as usize)
+            .is_some_and(|st| s.sale_stages.contains(st));
+        if !crate::analytics::settings::sale_rule(s.won_is_sale, d.state, in_pipeline, in_stage) {
             continue;
         }
         let ts = match s.purchase_time {
