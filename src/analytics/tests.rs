@@ -829,3 +829,21 @@ fn a_sound_model_drives_the_predictions_with_next_purchase_intervals() {
         assert!(dated > a.customers.len() / 2, "{dated}");
     }
 }
+
+#[test]
+fn an_unknown_model_pin_is_named() {
+    let s = Settings {
+        model: Some("Pareto".into()),
+        ..Settings::default()
+    };
+    let p = s.validate();
+    assert!(
+        p.iter().any(|m| m.starts_with("model \"Pareto\" is not one of Pareto/NBD, BG/NBD")),
+        "{p:?}"
+    );
+    let ok = Settings {
+        model: Some(" mbg/cnbd-k ".into()),
+        ..Settings::default()
+    };
+    assert!(ok.validate().is_empty(), "{:?}", ok.validate());
+}
