@@ -38,7 +38,8 @@ pub enum BenchCommand {
         #[arg(long)]
         compare_fast_bitrix24: bool,
     },
-    /// The model backtest on CDNOW's published 39 + 39 week split (built-in sample).
+    /// The model backtest on CDNOW's published 39 + 39 week split (built-in sample), then on
+    /// a generated base of periodic buyers (Erlang-k gaps).
     Backtest,
     /// The analytics on a synthetic base: dataset build, whole analysis, BG/NBD fit alone.
     Analytics {
@@ -141,6 +142,17 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             let b = crate::analytics::backtest::cdnow();
             println!(
                 "CDNOW (1/10 sample, 39 + 39 weeks: calibration to {}, holdout to {}, {} customers)",
+                crate::analytics::date_of_day(b.cutoff_day),
+                crate::analytics::date_of_day(b.end_day),
+                b.customers
+            );
+            print!("{}", crate::analytics::backtest::render_table(&b));
+            let customers = 20_000;
+            let b = crate::analytics::backtest::periodic(customers, 14);
+            println!(
+                "\n{} ({} generated customers, seed 14, 52 + 39 weeks: calibration to {}, holdout to {}, {} customers)",
+                crate::analytics::periodic::NAME,
+                customers,
                 crate::analytics::date_of_day(b.cutoff_day),
                 crate::analytics::date_of_day(b.end_day),
                 b.customers

@@ -1204,6 +1204,7 @@ pub fn run_playbook_tests(
             sleeping: false,
             p_alive: None,
             expected_purchases_90d: None,
+            next_purchase_forecast: None,
             expected_order_value: None,
             clv: None,
         };

@@ -127,6 +127,7 @@ pub(crate) fn row(contact: u64, purchases: &[Date], next: Option<Date>) -> Custo
         sleeping: false,
         p_alive: None,
         expected_purchases_90d: None,
+        next_purchase_forecast: None,
         expected_order_value: None,
         clv: None,
     }

@@ -1330,6 +1330,7 @@ pub fn bench_plan(customers: usize) -> Result<String> {
             sleeping: t0 - last > 180,
             p_alive: None,
             expected_purchases_90d: None,
+            next_purchase_forecast: None,
             expected_order_value: None,
             clv: None,
         });

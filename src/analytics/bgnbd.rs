@@ -11,7 +11,7 @@
 //! times rescaled so that the largest T is 10 (as `lifetimes` does), with Nelder-Mead as a
 //! fallback.
 #![allow(clippy::needless_range_loop)] // index loops over small fixed arrays read clearer
-use super::optim::{bfgs, bfgs_from, nelder_mead};
+use super::fit;
 use super::special::{digamma, hyp2f1, hyp2f1_multi, ln_gamma};
 use serde::Serialize;
 
@@ -123,34 +123,8 @@ fn ll_grad(c: &Compiled, p: [f64; 4]) -> (f64, [f64; 4]) {
     let [r, alpha, a, b] = p;
     let ln_v: Vec<f64> = c.times.iter().map(|t| (alpha + t).ln()).collect();
     let inv: Vec<f64> = c.times.iter().map(|t| 1.0 / (alpha + t)).collect();
-    let rows = &c.rows;
-    let threads = if rows.len() >= 20_000 {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8)
-    } else {
-        1
-    };
     let (ln_v, inv) = (&ln_v[..], &inv[..]);
-    if threads <= 1 {
-        return ll_grad_chunk(rows, ln_v, inv, r, alpha, a, b);
-    }
-    let chunk = rows.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = rows
-            .chunks(chunk)
-            .map(|c| s.spawn(move || ll_grad_chunk(c, ln_v, inv, r, alpha, a, b)))
-            .collect();
-        let mut total = (0.0, [0.0; 4]);
-        for h in handles {
-            let (f, g) = h.join().expect("likelihood worker panicked");
-            total.0 += f;
-            for i in 0..4 {
-                total.1[i] += g[i];
-            }
-        }
-        total
-    })
+    fit::par_sum(&c.rows, |rows| ll_grad_chunk(rows, ln_v, inv, r, alpha, a, b))
 }
 
 fn x_terms(x: u32, r: f64, alpha: f64, a: f64, b: f64) -> XTerms {
@@ -241,13 +215,7 @@ const SAMPLE_ROWS: usize = 20_000;
 fn objective(c: &Compiled, n: f64) -> impl Fn(&[f64; 4]) -> (f64, [f64; 4]) + '_ {
     move |lp: &[f64; 4]| {
         let p = lp.map(f64::exp);
-        let (f, g) = ll_grad(c, p);
-        // d/d ln(p) = p d/dp.
-        let mut gl = [0.0; 4];
-        for i in 0..4 {
-            gl[i] = -g[i] * p[i] / n;
-        }
-        (-f / n, gl)
+        fit::to_log_space(ll_grad(c, p), &p, n)
     }
 }
 
@@ -265,63 +233,29 @@ pub fn fit(rows: &[SummaryRow]) -> Option<BgNbdParams> {
 /// [`fit`] that starts on a sample of `sample_rows` rows when there are more than four times
 /// as many (0: never).
 fn fit_sampled(rows: &[SummaryRow], sample_rows: usize) -> Option<BgNbdParams> {
-    if rows.is_empty() || !rows.iter().any(|r| r.x > 0) {
-        return None;
-    }
-    let t_max = rows.iter().fold(0.0f64, |m, r| m.max(r.t));
-    let scale = if t_max > 0.0 { 10.0 / t_max } else { 1.0 };
-    let scaled: Vec<SummaryRow> = rows
-        .iter()
-        .map(|r| SummaryRow {
-            t_x: r.t_x * scale,
-            t: r.t * scale,
-            ..*r
-        })
-        .collect();
-    let n: f64 = scaled.iter().map(|r| r.count).sum();
+    let sc = fit::Scaled::new(rows)?;
     // Starting point: a moderate rate (r/alpha ~ purchases per unit of scaled time) and a
     // symmetric dropout prior; the scaled problem is well conditioned around it.
-    let purchases: f64 = scaled.iter().map(|r| r.count * r.x as f64).sum();
-    let exposure: f64 = scaled.iter().map(|r| r.count * r.t).sum::<f64>().max(1e-9);
-    let rate = (purchases / exposure).max(1e-3);
-    let x0 = [0.0, (1.0 / rate).ln(), 0.0, 0.0];
-    let compiled = Compiled::new(&scaled);
-    let full = objective(&compiled, n);
-    // Big bases: most of the work of finding the optimum is done on an evenly spread sample of
-    // the rows (sorted by x, so every purchase count is represented), whose mean likelihood has
-    // the same shape; the full data then only confirms and polishes it, starting from the
-    // sample's optimum and curvature (a few full evaluations instead of ~200).
-    let mut m = None;
-    if sample_rows > 0 && scaled.len() > 4 * sample_rows {
-        let stride = scaled.len() / sample_rows;
-        let sample: Vec<SummaryRow> = scaled.iter().step_by(stride).copied().collect();
-        let sample_n: f64 = sample.iter().map(|r| r.count).sum();
-        let sample_compiled = Compiled::new(&sample);
-        let warm = bfgs(objective(&sample_compiled, sample_n), x0, 1e-8, 500);
-        if warm.converged {
-            let polished = bfgs_from(&full, warm.x, Some(warm.inv_hessian), 1e-10, 500);
-            if polished.converged {
-                m = Some(polished);
-            }
-        }
-    }
-    let mut m = m.unwrap_or_else(|| bfgs(&full, x0, 1e-10, 500));
-    if !m.converged {
-        let nm = nelder_mead(|x| full(x).0, m.x, 0.3, 1e-13, 20_000);
-        m = bfgs(&full, nm.x, 1e-10, 500);
-        if !m.converged && nm.f < m.f {
-            m.x = nm.x;
-            m.f = nm.f;
-        }
-    }
+    let x0 = [0.0, (1.0 / sc.rate).ln(), 0.0, 0.0];
+    let compiled = Compiled::new(&sc.rows);
+    let full = objective(&compiled, sc.n);
+    let sample = sc.sample(sample_rows);
+    let sample_compiled = sample.as_ref().map(|s| (Compiled::new(s), fit::customers(s)));
+    let sample_obj = sample_compiled.as_ref().map(|(c, n)| objective(c, *n));
+    let m = fit::minimise(
+        &full,
+        sample_obj.as_ref().map(|f| f as fit::Objective<'_, 4>),
+        x0,
+        1e-10,
+    );
     let p = m.x.map(f64::exp);
     Some(BgNbdParams {
         r: p[0],
-        alpha: p[1] / scale,
+        alpha: p[1] / sc.scale,
         a: p[2],
         b: p[3],
         // Rescaling time by s shifts the log-likelihood by -ln(s) per repeat purchase.
-        log_likelihood: -m.f * n + scale.ln() * purchases,
+        log_likelihood: -m.f * sc.n + sc.scale.ln() * sc.purchases,
         converged: m.converged,
     })
 }

@@ -239,10 +239,11 @@ fn backtest_of_the_published_split() {
     assert_eq!(actual, 1882.0);
     let chosen = b.rows.iter().find(|r| r.chosen).expect("chosen");
     assert_eq!(chosen.kind, backtest::Kind::Model, "{}", b.reason);
-    // Pareto/NBD's published per-customer MAE on this split; the published tracking MAPE
-    // (1.33%) is not reached by either MAPE definition here (see the table).
+    // Pareto/NBD's published per-customer MAE and cumulative tracking MAPE (over the holdout
+    // weeks) on this split.
     assert!(chosen.mae <= 0.755, "MAE {}", chosen.mae);
-    assert!(chosen.mape_pct.is_finite() && chosen.holdout_mape_pct.is_finite());
+    assert!(chosen.mape_pct <= 1.33, "MAPE {}", chosen.mape_pct);
+    assert!(chosen.holdout_mape_pct.is_finite());
     let hiatus = b.rows.iter().find(|r| r.name == "hiatus").expect("hiatus");
     assert!(
         chosen.auc > hiatus.auc,

@@ -447,6 +447,7 @@ impl<'a> Worker<'a> {
             interval_cv,
             median_gap,
             consumption_days,
+            litt: self.gaps.iter().map(|g| g.ln()).sum(),
             fig,
             days: if self.keep_days {
                 self.days.iter().map(|d| d.0).collect()

@@ -6,7 +6,6 @@
 //! Money enters here as `f64` (a statistic of the spend distribution) and the expected order
 //! value leaves through [`GammaGammaParams::expected_order_value`] as `f64`; the caller converts
 //! it to `Decimal` rounded to kopecks at the boundary.
-use super::optim::{bfgs, nelder_mead};
 use super::special::{digamma, ln_gamma};
 use serde::Serialize;
 
@@ -76,15 +75,7 @@ pub fn fit(data: &[(f64, f64)]) -> Option<GammaGammaParams> {
         )
     };
     let x0 = [0.0, 1.0f64.ln() + 1.0, 1.0f64.ln()];
-    let mut m = bfgs(neg, x0, 1e-10, 1000);
-    if !m.converged {
-        let nm = nelder_mead(|x| neg(x).0, m.x, 0.3, 1e-13, 20_000);
-        m = bfgs(neg, nm.x, 1e-10, 1000);
-        if !m.converged && nm.f < m.f {
-            m.x = nm.x;
-            m.f = nm.f;
-        }
-    }
+    let m = super::fit::minimise(&neg, None, x0, 1e-10);
     let p = m.x.map(f64::exp);
     // The log-likelihood of the unscaled data differs by the Jacobian of the rescaling.
     let jac: f64 = rows.iter().map(|_| scale.ln()).sum::<f64>();

@@ -10,7 +10,7 @@
 //! largest T is 10, on the aggregated rows of [`SummaryRow`].
 #![allow(clippy::needless_range_loop)] // index loops over small fixed arrays read clearer
 use super::bgnbd::SummaryRow;
-use super::optim::{bfgs, nelder_mead};
+use super::fit;
 use super::special::{digamma, hyp2f1, ln_gamma};
 use serde::Serialize;
 
@@ -75,32 +75,7 @@ fn ll_grad(rows: &[SummaryRow], p: [f64; 4]) -> (f64, [f64; 4]) {
         }
         (ll, g)
     };
-    let threads = if rows.len() >= 20_000 {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8)
-    } else {
-        1
-    };
-    if threads <= 1 {
-        return chunk(rows);
-    }
-    let size = rows.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = rows
-            .chunks(size)
-            .map(|c| s.spawn(move || chunk(c)))
-            .collect();
-        let mut total = (0.0, [0.0; 4]);
-        for h in handles {
-            let (f, g) = h.join().expect("likelihood worker panicked");
-            total.0 += f;
-            for i in 0..4 {
-                total.1[i] += g[i];
-            }
-        }
-        total
-    })
+    fit::par_sum(rows, chunk)
 }
 
 /// The log-likelihood of `params` on `rows` (for reporting and tests).
@@ -111,50 +86,21 @@ pub fn log_likelihood(rows: &[SummaryRow], r: f64, alpha: f64, a: f64, b: f64) -
 /// Fits MBG/NBD by maximum likelihood. `None` when there are no rows or no customer ever came
 /// back.
 pub fn fit(rows: &[SummaryRow]) -> Option<MbgNbdParams> {
-    if rows.is_empty() || !rows.iter().any(|r| r.x > 0) {
-        return None;
-    }
-    let t_max = rows.iter().fold(0.0f64, |m, r| m.max(r.t));
-    let scale = if t_max > 0.0 { 10.0 / t_max } else { 1.0 };
-    let mut scaled: Vec<SummaryRow> = rows
-        .iter()
-        .map(|r| SummaryRow {
-            t_x: r.t_x * scale,
-            t: r.t * scale,
-            ..*r
-        })
-        .collect();
-    scaled.sort_by_key(|r| r.x);
-    let n: f64 = scaled.iter().map(|r| r.count).sum();
-    let purchases: f64 = scaled.iter().map(|r| r.count * r.x as f64).sum();
-    let exposure: f64 = scaled.iter().map(|r| r.count * r.t).sum::<f64>().max(1e-9);
-    let rate = (purchases / exposure).max(1e-3);
-    let x0 = [0.0, (1.0 / rate).ln(), 0.0, 0.0];
+    let mut sc = fit::Scaled::new(rows)?;
+    sc.rows.sort_by_key(|r| r.x);
+    let x0 = [0.0, (1.0 / sc.rate).ln(), 0.0, 0.0];
     let obj = |lp: &[f64; 4]| {
         let p = lp.map(f64::exp);
-        let (f, g) = ll_grad(&scaled, p);
-        let mut gl = [0.0; 4];
-        for i in 0..4 {
-            gl[i] = -g[i] * p[i] / n;
-        }
-        (-f / n, gl)
+        fit::to_log_space(ll_grad(&sc.rows, p), &p, sc.n)
     };
-    let mut m = bfgs(obj, x0, 1e-10, 500);
-    if !m.converged {
-        let nm = nelder_mead(|x| obj(x).0, m.x, 0.3, 1e-13, 20_000);
-        m = bfgs(obj, nm.x, 1e-10, 500);
-        if !m.converged && nm.f < m.f {
-            m.x = nm.x;
-            m.f = nm.f;
-        }
-    }
+    let m = fit::minimise(&obj, None, x0, 1e-10);
     let p = m.x.map(f64::exp);
     Some(MbgNbdParams {
         r: p[0],
-        alpha: p[1] / scale,
+        alpha: p[1] / sc.scale,
         a: p[2],
         b: p[3],
-        log_likelihood: -m.f * n + scale.ln() * purchases,
+        log_likelihood: -m.f * sc.n + sc.scale.ln() * sc.purchases,
         converged: m.converged,
     })
 }

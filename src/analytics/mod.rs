@@ -38,10 +38,13 @@ mod cdnow;
 mod classify;
 pub mod dataset;
 pub mod figures;
+pub(crate) mod fit;
 pub mod gamma_gamma;
+pub mod mbgcnbd;
 pub mod mbgnbd;
 pub mod optim;
 pub mod pareto_nbd;
+pub mod periodic;
 pub mod render;
 pub mod rfm;
 pub mod settings;
@@ -121,14 +124,32 @@ pub struct CustomerRow {
     pub one_time: bool,
     /// No purchase for `sleeping_after_days` or more.
     pub sleeping: bool,
-    /// BG/NBD probability of being alive.
+    /// The driving model's probability of being alive (`ModelParams::driving`; none when the
+    /// personal-cycle baseline drives).
     pub p_alive: Option<f64>,
-    /// BG/NBD expected purchases in the next 90 days.
+    /// The driving model's expected purchases in the next 90 days.
     pub expected_purchases_90d: Option<f64>,
-    /// Gamma-Gamma expected order value (kopecks-rounded).
+    /// The driving model's next purchase date with its 50% and 80% intervals (the date and
+    /// no intervals when the personal-cycle baseline drives).
+    pub next_purchase_forecast: Option<NextPurchase>,
+    /// Expected order value (kopecks-rounded): Gamma-Gamma, or the shrunk per-customer mean
+    /// when Gamma-Gamma has no finite mean (`ModelParams::order_value` says which).
     pub expected_order_value: Option<Decimal>,
     /// Predicted CLV over `clv_horizon_days`, discounted (kopecks-rounded).
     pub clv: Option<Decimal>,
+}
+
+/// When a customer is expected to buy next, if they buy again: the median of the wait from
+/// the analysis date, and the intervals between its 25% and 75% and its 10% and 90%
+/// quantiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct NextPurchase {
+    /// The median date.
+    pub date: Date,
+    /// The 50% interval (first, last day).
+    pub interval_50: Option<(Date, Date)>,
+    /// The 80% interval (first, last day).
+    pub interval_80: Option<(Date, Date)>,
 }
 
 /// Customers and revenue of one RFM segment.
@@ -153,6 +174,14 @@ pub struct ModelParams {
     pub customers: u64,
     /// Distinct likelihood rows.
     pub distinct_rows: u64,
+    /// The model (or the `personal cycle` baseline) behind P(alive), expected purchases, the
+    /// next-purchase forecast and CLV: the pinned one, else the first of
+    /// [`PRODUCT_MODELS`] whose fit is sound (a degenerate fit is reported in the warnings).
+    pub driving: Option<String>,
+    /// The driving model's parameters in words.
+    pub driving_params: String,
+    /// What the expected order values come from: `Gamma-Gamma` or `shrunk per-customer mean`.
+    pub order_value: Option<String>,
 }
 
 /// Everything the analytics computed for one portal at one instant.
@@ -199,6 +228,8 @@ pub(crate) struct Core {
     pub interval_cv: Option<f64>,
     pub median_gap: Option<f64>,
     pub consumption_days: Option<f64>,
+    /// Sum of the logarithms of the gaps between purchase days (MBG/CNBD-k's regularity).
+    pub litt: f64,
     pub fig: figures::CustomerFigures,
     /// The purchase days (only when asked for: see [`purchase_days`]).
     pub days: Vec<i64>,
@@ -419,8 +450,9 @@ pub fn analyse(data: &Dataset, settings: &Settings, as_of: Timestamp, tz: TimeZo
             cycle_status: status,
             one_time: c.n_days <= 1,
             sleeping: recency[i] >= settings.sleeping_after_days as i64,
-            p_alive: pred.map(|p| p.p_alive),
+            p_alive: pred.and_then(|p| p.p_alive),
             expected_purchases_90d: pred.map(|p| p.e90),
+            next_purchase_forecast: pred.and_then(|p| p.next),
             expected_order_value: pred.and_then(|p| p.eov),
             clv,
         });
@@ -519,10 +551,39 @@ fn identity_columns(data: &Dataset, g: u32) -> Identity {
 /// Model predictions of one customer.
 #[derive(Debug, Clone, Copy)]
 struct Prediction {
-    p_alive: f64,
+    p_alive: Option<f64>,
     e90: f64,
     eov: Option<Decimal>,
     clv: Option<Decimal>,
+    next: Option<NextPurchase>,
+}
+
+/// Prior weight, in orders, of the base's mean order value in the shrunk per-customer mean
+/// that stands in for Gamma-Gamma when its fit has no finite mean (q <= 1) or is missing.
+pub const SHRINK_ORDERS: f64 = 3.0;
+
+/// The models the predictions fall back through when none is pinned: the first whose fit is
+/// sound drives them, the personal-cycle baseline when none is.
+pub const PRODUCT_MODELS: [&str; 3] = ["BG/NBD", "MBG/NBD", "Pareto/NBD"];
+
+/// The first model of `chain` whose fit is sound, with one sentence per model passed over.
+fn choose_model(
+    chain: &[&str],
+    rows: &[bgnbd::SummaryRow],
+    gaps: mbgcnbd::GapLogs,
+    warnings: &mut Vec<String>,
+) -> Option<backtest::Fitted> {
+    let t_max = rows.iter().fold(0.0f64, |m, r| m.max(r.t));
+    for name in chain {
+        match backtest::fit_model(name, rows, gaps) {
+            Some(m) => match m.problem(t_max) {
+                None => return Some(m),
+                Some(p) => warnings.push(p),
+            },
+            None => warnings.push(format!("{name} could not be fitted on this base.")),
+        }
+    }
+    None
 }
 
 fn fit_models(
@@ -543,23 +604,91 @@ fn fit_models(
         gamma_gamma: None,
         customers: cores.len() as u64,
         distinct_rows: 0,
+        driving: None,
+        driving_params: String::new(),
+        order_value: None,
     };
     if !settings.models || cores.is_empty() {
         return (params, None);
     }
     let (rows, row_of) = bgnbd::aggregate_indexed(cores.iter().map(summary).collect());
     params.distinct_rows = rows.len() as u64;
-    let Some(bg) = bgnbd::fit(&rows) else {
+    if !rows.iter().any(|r| r.x > 0) {
         warnings.push("models skipped: no customer has a repeat purchase".into());
         return (params, None);
+    }
+    let gaps = mbgcnbd::GapLogs {
+        litt: cores.iter().map(|c| c.litt).sum(),
+        gaps: cores.iter().map(|c| (c.n_days - 1) as f64).sum(),
     };
-    if !bg.converged {
+    // The chain: the pinned model first (a baseline pin skips the models), then the default
+    // order. BG/NBD is always fitted: its parameters are reported.
+    let pin = settings.model.as_deref().map(str::trim);
+    let baseline_pinned = pin.is_some_and(|p| {
+        backtest::BASELINES
+            .iter()
+            .any(|b| b.eq_ignore_ascii_case(p))
+    });
+    let mut chain: Vec<&str> = Vec::new();
+    if let Some(m) = pin.and_then(|p| {
+        backtest::MODELS
+            .iter()
+            .find(|m| m.eq_ignore_ascii_case(p))
+    }) {
+        chain.push(m);
+    }
+    for m in PRODUCT_MODELS {
+        if !chain.contains(&m) {
+            chain.push(m);
+        }
+    }
+    let bg = bgnbd::fit(&rows);
+    if let Some(bg) = bg
+        && !bg.converged
+    {
         warnings.push(
             "bg/nbd fit did not converge: p_alive and expected purchases are approximate".into(),
         );
     }
-    params.bgnbd = Some(bg);
-    // zbar: the mean value of the repeat purchase days (f64: a statistic for the model).
+    params.bgnbd = bg;
+    let model = if baseline_pinned {
+        None
+    } else if chain[0] == "BG/NBD" && bg.is_some() {
+        let t_max = rows.iter().fold(0.0f64, |m, r| m.max(r.t));
+        let fitted = backtest::Fitted::Bg(bg.expect("checked"));
+        match fitted.problem(t_max) {
+            None => Some(fitted),
+            Some(p) => {
+                warnings.push(p);
+                choose_model(&chain[1..], &rows, gaps, warnings)
+            }
+        }
+    } else {
+        choose_model(&chain, &rows, gaps, warnings)
+    };
+    match &model {
+        Some(m) => {
+            params.driving = Some(m.name().to_string());
+            params.driving_params = m.describe();
+        }
+        None => {
+            params.driving = Some("personal cycle".into());
+            if !baseline_pinned {
+                warnings.push(
+                    "No model fits this base soundly, so the personal cycle (last purchase plus the customer's own mean gap) drives the predictions, without a P(alive)."
+                        .into(),
+                );
+            }
+        }
+    }
+    if let Some(m) = &model
+        && m.name() != chain[0]
+    {
+        warnings.push(format!("{} drives the predictions instead.", m.name()));
+    }
+
+    // Order values: zbar, the mean value of the repeat purchase days (f64: a statistic for
+    // the model).
     let zbar: Vec<f64> = cores
         .iter()
         .map(|c| {
@@ -577,20 +706,46 @@ fn fit_models(
         .map(|(c, &z)| ((c.n_days - 1) as f64, z))
         .collect();
     let gg = gamma_gamma::fit(&gg_data);
-    match &gg {
-        None => warnings
-            .push("gamma-gamma skipped: fewer than 2 customers with repeat purchases".into()),
-        Some(g) if g.q <= 1.0 => warnings.push(format!(
-            "gamma-gamma q = {:.3} <= 1: expected order value and clv left out",
-            g.q
-        )),
-        Some(g) if !g.converged => warnings.push("gamma-gamma fit did not converge".into()),
-        _ => {}
-    }
+    // The base's mean repeat order value, the prior of the shrunk per-customer mean.
+    let (sum_v, sum_x) = gg_data
+        .iter()
+        .fold((0.0, 0.0), |(v, n), &(x, z)| (v + x * z, n + x));
+    let base_mean = if sum_x > 0.0 { sum_v / sum_x } else { 0.0 };
+    let shrunk = |x: u32, z: f64| {
+        let xf = x as f64;
+        Some((xf * z + SHRINK_ORDERS * base_mean) / (xf + SHRINK_ORDERS))
+    };
+    let use_gg = match &gg {
+        Some(g) if g.q > 1.0 => {
+            if !g.converged {
+                warnings.push("gamma-gamma fit did not converge".into());
+            }
+            true
+        }
+        Some(g) => {
+            warnings.push(format!(
+                "Gamma-Gamma has no finite mean order value on this base (q = {:.3} <= 1), so order values and CLV use the shrunk per-customer mean: (x * mean repeat order + {SHRINK_ORDERS} * the base's mean repeat order {base_mean:.2}) / (x + {SHRINK_ORDERS}).",
+                g.q
+            ));
+            false
+        }
+        None => {
+            warnings.push(format!(
+                "Gamma-Gamma skipped (fewer than 2 customers with repeat purchases), so order values and CLV use the shrunk per-customer mean: (x * mean repeat order + {SHRINK_ORDERS} * the base's mean repeat order {base_mean:.2}) / (x + {SHRINK_ORDERS})."
+            ));
+            false
+        }
+    };
     params.gamma_gamma = gg;
+    params.order_value = Some(if use_gg {
+        "Gamma-Gamma".into()
+    } else {
+        "shrunk per-customer mean".into()
+    });
 
     // Per distinct row: P(alive), E[purchases in 90 days], discounted expected purchases over
-    // the CLV horizon in 30-day steps (each step discounted at its end).
+    // the CLV horizon in 30-day steps (each step discounted at its end), the next-purchase
+    // wait quantiles.
     let horizon = settings.clv_horizon_days as f64;
     let steps: Vec<(f64, f64)> = {
         let mut v = Vec::new();
@@ -601,72 +756,148 @@ fn fit_models(
         }
         v
     };
-    // The numerator of the conditional expectation depends on (x, T) only: compute it once
-    // per distinct pair (far fewer than rows), then divide by each row's alive denominator.
-    let mut pairs: Vec<(u32, f64)> = rows.iter().map(|r| (r.x, r.t)).collect();
-    pairs.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
-    pairs.dedup();
     let mut horizons: Vec<f64> = steps.iter().map(|s| s.0).collect();
     horizons.push(90.0);
-    let horizons = &horizons;
-    let per_pair = |&(x, t): &(u32, f64)| {
-        let e = bg.expected_numerators(horizons, x, t);
+    let discount = |e: &[f64]| {
         let mut prev = 0.0;
         let mut disc = 0.0;
         for (i, &(_, factor)) in steps.iter().enumerate() {
             disc += (e[i] - prev) * factor;
             prev = e[i];
         }
-        (e[steps.len()], disc)
+        disc
     };
+    type RowPred = (Option<f64>, f64, f64, [Option<f64>; 5]);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
-    let chunk = pairs.len().div_ceil(threads).max(1);
-    let pair_preds: Vec<(f64, f64)> = std::thread::scope(|s| {
-        let handles: Vec<_> = pairs
-            .chunks(chunk)
-            .map(|c| s.spawn(move || c.iter().map(per_pair).collect::<Vec<_>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("prediction worker panicked"))
-            .collect()
-    });
-    let row_preds: Vec<(f64, f64, f64)> = rows
-        .iter()
-        .map(|r| {
-            let j = pairs
-                .binary_search_by(|p| p.0.cmp(&r.x).then(p.1.total_cmp(&r.t)))
-                .expect("every row has its pair");
-            let d = bg.alive_denominator(r.x, r.t_x, r.t);
-            let clean = |v: f64| if v.is_finite() { v.max(0.0) } else { 0.0 };
-            (
-                1.0 / d,
-                clean(pair_preds[j].0 / d),
-                clean(pair_preds[j].1 / d),
-            )
-        })
-        .collect();
+    let row_preds: Vec<RowPred> = match &model {
+        Some(backtest::Fitted::Bg(bg)) => {
+            // The numerator of the conditional expectation depends on (x, T) only: compute it
+            // once per distinct pair (far fewer than rows), then divide by each row's alive
+            // denominator.
+            let mut pairs: Vec<(u32, f64)> = rows.iter().map(|r| (r.x, r.t)).collect();
+            pairs.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+            pairs.dedup();
+            let horizons = &horizons;
+            let per_pair = |&(x, t): &(u32, f64)| {
+                let e = bg.expected_numerators(horizons, x, t);
+                (e[steps.len()], discount(&e))
+            };
+            let chunk = pairs.len().div_ceil(threads).max(1);
+            let pair_preds: Vec<(f64, f64)> = std::thread::scope(|s| {
+                let handles: Vec<_> = pairs
+                    .chunks(chunk)
+                    .map(|c| s.spawn(move || c.iter().map(per_pair).collect::<Vec<_>>()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("prediction worker panicked"))
+                    .collect()
+            });
+            let fitted = backtest::Fitted::Bg(*bg);
+            rows.iter()
+                .map(|r| {
+                    let j = pairs
+                        .binary_search_by(|p| p.0.cmp(&r.x).then(p.1.total_cmp(&r.t)))
+                        .expect("every row has its pair");
+                    let d = bg.alive_denominator(r.x, r.t_x, r.t);
+                    let clean = |v: f64| if v.is_finite() { v.max(0.0) } else { 0.0 };
+                    (
+                        Some(1.0 / d),
+                        clean(pair_preds[j].0 / d),
+                        clean(pair_preds[j].1 / d),
+                        wait_quantiles(&fitted, r),
+                    )
+                })
+                .collect()
+        }
+        Some(m) => {
+            let horizons = &horizons;
+            let per_row = |r: &bgnbd::SummaryRow| {
+                let e = m.expected_many(horizons, r.x, r.t_x, r.t);
+                (
+                    Some(m.p_alive(r.x, r.t_x, r.t)),
+                    e[steps.len()],
+                    discount(&e),
+                    wait_quantiles(m, r),
+                )
+            };
+            let chunk = rows.len().div_ceil(threads).max(1);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = rows
+                    .chunks(chunk)
+                    .map(|c| s.spawn(move || c.iter().map(per_row).collect::<Vec<_>>()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("prediction worker panicked"))
+                    .collect()
+            })
+        }
+        None => {
+            // The personal cycle: purchases at last + n mean gaps, unless more than one
+            // cycle overdue; one-time buyers predict nothing and get no date.
+            rows.iter()
+                .map(|r| {
+                    if r.x == 0 {
+                        return (None, 0.0, 0.0, [None; 5]);
+                    }
+                    let gap = (r.t_x / r.x as f64).max(1.0);
+                    let since = r.t - r.t_x;
+                    let next = ((since / gap).floor() + 1.0) * gap - since;
+                    let by = |h: f64| {
+                        if since > 2.0 * gap || h < next {
+                            0.0
+                        } else {
+                            ((h - next) / gap).floor() + 1.0
+                        }
+                    };
+                    let e: Vec<f64> = horizons.iter().map(|&h| by(h)).collect();
+                    (
+                        None,
+                        e[steps.len()],
+                        discount(&e),
+                        [None, None, Some(next), None, None],
+                    )
+                })
+                .collect()
+        }
+    };
     let preds = cores
         .iter()
         .zip(&zbar)
         .zip(&row_of)
         .map(|((c, &zbar), &i)| {
             let x = c.n_days - 1;
-            let (p_alive, e90, disc) = row_preds[i as usize];
-            let eov = gg
-                .filter(|g| g.q > 1.0)
-                .and_then(|g| g.expected_order_value(x, zbar));
+            let (p_alive, e90, disc, q) = row_preds[i as usize];
+            let eov = if use_gg {
+                gg.and_then(|g| g.expected_order_value(x, zbar))
+            } else {
+                shrunk(x, zbar)
+            };
+            let day = |w: Option<f64>| w.map(|w| date_of_day(as_of_day + w.round() as i64));
+            let next = q[2].map(|m| NextPurchase {
+                date: date_of_day(as_of_day + m.round() as i64),
+                interval_50: day(q[1]).zip(day(q[3])),
+                interval_80: day(q[0]).zip(day(q[4])),
+            });
             Prediction {
                 p_alive,
                 e90,
                 eov: eov.and_then(to_money),
                 clv: eov.and_then(|v| to_money(v * disc)),
+                next,
             }
         })
         .collect();
     (params, Some(preds))
+}
+
+/// The 10%, 25%, 50%, 75% and 90% quantiles of the wait in days for the next purchase of an
+/// alive customer.
+fn wait_quantiles(m: &backtest::Fitted, r: &bgnbd::SummaryRow) -> [Option<f64>; 5] {
+    [0.1, 0.25, 0.5, 0.75, 0.9].map(|q| m.next_purchase_quantile(q, r.x, r.t_x, r.t))
 }
 
 /// Helper for the planner: the rows of one segment.

@@ -11,7 +11,7 @@
 //! log-parameters with a central-difference gradient, on times rescaled so the largest T is 10;
 //! big bases start on a sample of the rows, as BG/NBD does.
 use super::bgnbd::SummaryRow;
-use super::optim::{bfgs, bfgs_from, nelder_mead};
+use super::fit;
 use super::special::{ln_gamma, ln_hyp2f1_a_a1};
 use serde::Serialize;
 
@@ -82,27 +82,7 @@ fn ll(rows: &[SummaryRow], p: [f64; 4]) -> f64 {
             .map(|r| r.count * row_ll(p, r.x, r.t_x, r.t))
             .sum::<f64>()
     };
-    let threads = if rows.len() >= 20_000 {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8)
-    } else {
-        1
-    };
-    if threads <= 1 {
-        return chunk_ll(rows);
-    }
-    let size = rows.len().div_ceil(threads);
-    std::thread::scope(|sc| {
-        let handles: Vec<_> = rows
-            .chunks(size)
-            .map(|c| sc.spawn(move || chunk_ll(c)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("likelihood worker panicked"))
-            .sum()
-    })
+    fit::par_sum(rows, |c| (chunk_ll(c), [0.0; 0])).0
 }
 
 /// The log-likelihood of `params` on `rows` (for reporting and tests).
@@ -134,55 +114,27 @@ const SAMPLE_ROWS: usize = 10_000;
 /// Fits Pareto/NBD by maximum likelihood. `None` when there are no rows or no customer ever
 /// came back.
 pub fn fit(rows: &[SummaryRow]) -> Option<ParetoNbdParams> {
-    if rows.is_empty() || !rows.iter().any(|r| r.x > 0) {
-        return None;
-    }
-    let t_max = rows.iter().fold(0.0f64, |m, r| m.max(r.t));
-    let scale = if t_max > 0.0 { 10.0 / t_max } else { 1.0 };
-    let scaled: Vec<SummaryRow> = rows
-        .iter()
-        .map(|r| SummaryRow {
-            t_x: r.t_x * scale,
-            t: r.t * scale,
-            ..*r
-        })
-        .collect();
-    let n: f64 = scaled.iter().map(|r| r.count).sum();
-    let purchases: f64 = scaled.iter().map(|r| r.count * r.x as f64).sum();
-    let exposure: f64 = scaled.iter().map(|r| r.count * r.t).sum::<f64>().max(1e-9);
-    let rate = (purchases / exposure).max(1e-3);
+    let sc = fit::Scaled::new(rows)?;
     // A moderate rate and a mean lifetime of the order of the observation window.
-    let x0 = [0.0, (1.0 / rate).ln(), 0.0, 10f64.ln()];
-    let full = objective(&scaled, n);
-    let mut m = None;
-    if scaled.len() > 4 * SAMPLE_ROWS {
-        let stride = scaled.len() / SAMPLE_ROWS;
-        let sample: Vec<SummaryRow> = scaled.iter().step_by(stride).copied().collect();
-        let sample_n: f64 = sample.iter().map(|r| r.count).sum();
-        let warm = bfgs(objective(&sample, sample_n), x0, 1e-9, 500);
-        if warm.converged {
-            let polished = bfgs_from(&full, warm.x, Some(warm.inv_hessian), 1e-9, 200);
-            if polished.converged {
-                m = Some(polished);
-            }
-        }
-    }
-    let mut m = m.unwrap_or_else(|| bfgs(&full, x0, 1e-9, 500));
-    if !m.converged {
-        let nm = nelder_mead(|x| full(x).0, m.x, 0.3, 1e-13, 20_000);
-        m = bfgs(&full, nm.x, 1e-9, 500);
-        if !m.converged && nm.f < m.f {
-            m.x = nm.x;
-            m.f = nm.f;
-        }
-    }
+    let x0 = [0.0, (1.0 / sc.rate).ln(), 0.0, 10f64.ln()];
+    let full = objective(&sc.rows, sc.n);
+    let sample = sc.sample(SAMPLE_ROWS);
+    let sample_obj = sample
+        .as_ref()
+        .map(|s| objective(s, fit::customers(s)));
+    let m = fit::minimise(
+        &full,
+        sample_obj.as_ref().map(|f| f as fit::Objective<'_, 4>),
+        x0,
+        1e-9,
+    );
     let p = m.x.map(f64::exp);
     Some(ParetoNbdParams {
         r: p[0],
-        alpha: p[1] / scale,
+        alpha: p[1] / sc.scale,
         s: p[2],
-        beta: p[3] / scale,
-        log_likelihood: -m.f * n + scale.ln() * purchases,
+        beta: p[3] / sc.scale,
+        log_likelihood: -m.f * sc.n + sc.scale.ln() * sc.purchases,
         converged: m.converged,
     })
 }

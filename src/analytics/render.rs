@@ -35,7 +35,7 @@ impl FromStr for Format {
 }
 
 /// The columns of `rebuy segments`, in order.
-pub const COLUMNS: [&str; 28] = [
+pub const COLUMNS: [&str; 31] = [
     "customer",
     "contact_ids",
     "name",
@@ -64,7 +64,15 @@ pub const COLUMNS: [&str; 28] = [
     "one_time",
     "sleeping",
     "expected_order_value",
+    "next_purchase_forecast",
+    "next_purchase_50",
+    "next_purchase_80",
 ];
+
+/// An interval as `first..last`.
+fn span(v: Option<(jiff::civil::Date, jiff::civil::Date)>) -> String {
+    v.map_or_else(String::new, |(a, b)| format!("{a}..{b}"))
+}
 
 fn join<T: ToString>(v: &[T]) -> String {
     v.iter()
@@ -108,6 +116,9 @@ pub fn cells(c: &CustomerRow) -> Vec<String> {
         c.one_time.to_string(),
         c.sleeping.to_string(),
         opt(c.expected_order_value, |v| v.to_string()),
+        opt(c.next_purchase_forecast, |v| v.date.to_string()),
+        span(c.next_purchase_forecast.and_then(|v| v.interval_50)),
+        span(c.next_purchase_forecast.and_then(|v| v.interval_80)),
     ]
 }
 
@@ -168,6 +179,13 @@ pub fn typed_cells(c: &CustomerRow) -> Vec<XlsxCell> {
         Bool(c.one_time),
         Bool(c.sleeping),
         opt_money(c.expected_order_value),
+        c.next_purchase_forecast.map_or(Empty, |v| Date(v.date)),
+        c.next_purchase_forecast
+            .and_then(|v| v.interval_50)
+            .map_or(Empty, |v| Text(span(Some(v)))),
+        c.next_purchase_forecast
+            .and_then(|v| v.interval_80)
+            .map_or(Empty, |v| Text(span(Some(v)))),
     ]
 }
 

@@ -163,7 +163,8 @@ pub struct Settings {
     /// Fit BG/NBD and Gamma-Gamma and predict P(alive), expected purchases and CLV.
     pub models: bool,
     /// The model that drives the predictions, pinned (`"Pareto/NBD"`, `"BG/NBD"`, `"MBG/NBD"`,
-    /// `"hiatus"`, `"personal cycle"`); by default `rebuy backtest` chooses it.
+    /// `"MBG/CNBD-k"`, `"hiatus"`, `"personal cycle"`); the analysis passes over a pinned
+    /// model whose fit is degenerate to the first sound one of `PRODUCT_MODELS`.
     pub model: Option<String>,
     /// CLV horizon in days (summed in 30-day steps).
     pub clv_horizon_days: u32,
@@ -262,6 +263,17 @@ impl Settings {
             }
             if *rate <= Decimal::ZERO {
                 p.push(format!("rates.{code} must be positive, got {rate}"));
+            }
+        }
+        if let Some(m) = &self.model {
+            let known = super::backtest::MODELS
+                .iter()
+                .chain(super::backtest::BASELINES.iter());
+            if !known.clone().any(|k| k.eq_ignore_ascii_case(m.trim())) {
+                p.push(format!(
+                    "model {m:?} is not one of {}",
+                    known.copied().collect::<Vec<_>>().join(", ")
+                ));
             }
         }
         if let Some(t) = self.rfm_recency_thresholds_days

@@ -644,11 +644,36 @@ fn models_run_on_a_small_portal() {
     let (_, a) = run(&Settings::default(), &contacts, &[], &deals, "2024-12-31");
     let bg = a.models.bgnbd.expect("fitted");
     assert!(bg.r > 0.0 && bg.alpha > 0.0 && bg.a > 0.0 && bg.b > 0.0);
+    // Ten customers with 25-day gaps identify no model: each degenerate fit is named in one
+    // sentence and
+    // the personal cycle drives the predictions (no P(alive), a date for repeat buyers).
+    assert_eq!(a.models.driving.as_deref(), Some("personal cycle"), "{:?}", a.warnings);
+    assert!(
+        a.warnings
+            .iter()
+            .any(|w| w.starts_with("BG/NBD is not identified on this base")),
+        "{:?}",
+        a.warnings
+    );
     for r in &a.customers {
-        let p = r.p_alive.unwrap();
-        assert!((0.0..=1.0).contains(&p));
+        assert!(r.p_alive.is_none());
         assert!(r.expected_purchases_90d.unwrap() >= 0.0);
+        assert_eq!(r.next_purchase_forecast.is_some(), r.purchases > 1, "{r:?}");
     }
+    // A pinned model with a degenerate fit does not drive them either.
+    let pinned = Settings {
+        model: Some("mbg/nbd".into()),
+        ..Settings::default()
+    };
+    let (_, a) = run(&pinned, &contacts, &[], &deals, "2024-12-31");
+    assert_eq!(a.models.driving.as_deref(), Some("personal cycle"));
+    assert!(
+        a.warnings
+            .iter()
+            .any(|w| w.starts_with("MBG/NBD is not identified on this base")),
+        "{:?}",
+        a.warnings
+    );
     // Gamma-Gamma: every order is 100, so the expected order value is 100-ish.
     let settings = Settings {
         models: false,
@@ -766,4 +791,59 @@ fn crr_counts_new_customers_who_went_to_sleep_in_neither_end_nor_new() {
     );
     // One of the two customers of the start is still active: 50%, not (1 - 1) / 2 = 0.
     assert_eq!(f.crr, Some(0.5));
+}
+
+/// On a base that identifies the models the first sound one drives the predictions (a pin
+/// puts its model first): P(alive), expected purchases, CLV, and a next-purchase date inside
+/// its 50% interval inside its 80% interval.
+#[test]
+fn a_sound_model_drives_the_predictions_with_next_purchase_intervals() {
+    let data = crate::analytics::bench::synthetic_dataset(1_500, 6_000, 42);
+    let as_of: Timestamp = crate::analytics::bench::SYNTHETIC_AS_OF.parse().unwrap();
+    for (pin, want) in [(None, "BG/NBD"), (Some("MBG/CNBD-k"), "MBG/CNBD-k")] {
+        let s = Settings {
+            model: pin.map(str::to_string),
+            ..Settings::default()
+        };
+        let a = analyse(&data, &s, as_of, TimeZone::UTC);
+        assert_eq!(a.models.driving.as_deref(), Some(want), "{:?}", a.warnings);
+        assert!(!a.models.driving_params.is_empty());
+        let mut dated = 0;
+        for r in &a.customers {
+            let p = r.p_alive.unwrap();
+            assert!((0.0..=1.0).contains(&p));
+            assert!(r.expected_purchases_90d.unwrap() >= 0.0);
+            assert!(r.clv.is_some() && r.expected_order_value.is_some());
+            if let Some(n) = r.next_purchase_forecast {
+                dated += 1;
+                // An interval's upper end may lie beyond a century (then no interval).
+                if let Some((a50, b50)) = n.interval_50 {
+                    assert!(a50 <= n.date && n.date <= b50, "{n:?}");
+                    if let Some((a80, b80)) = n.interval_80 {
+                        assert!(a80 <= a50 && b50 <= b80, "{n:?}");
+                        assert!(a80 >= a.as_of_date);
+                    }
+                }
+            }
+        }
+        assert!(dated > a.customers.len() / 2, "{dated}");
+    }
+}
+
+#[test]
+fn an_unknown_model_pin_is_named() {
+    let s = Settings {
+        model: Some("Pareto".into()),
+        ..Settings::default()
+    };
+    let p = s.validate();
+    assert!(
+        p.iter().any(|m| m.starts_with("model \"Pareto\" is not one of Pareto/NBD, BG/NBD")),
+        "{p:?}"
+    );
+    let ok = Settings {
+        model: Some(" mbg/cnbd-k ".into()),
+        ..Settings::default()
+    };
+    assert!(ok.validate().is_empty(), "{:?}", ok.validate());
 }
