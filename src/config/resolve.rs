@@ -172,6 +172,17 @@ pub struct ServerSettings {
     /// The token of `metrics_token_env`, read at resolution.
     #[serde(skip)]
     pub metrics_token: Option<SecretString>,
+    /// Most connections open at once; past it the oldest idle one is closed.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (also the idle timeout of a
+    /// kept-alive connection).
+    pub header_timeout_secs: u64,
+    /// Longest pause, in seconds, between two pieces of a request body.
+    pub body_timeout_secs: u64,
+    /// Seconds a webhook, OAuth, health or metrics request may take in all (408 after it).
+    pub request_timeout_secs: u64,
+    /// Seconds shutdown waits for requests in flight before closing their connections.
+    pub shutdown_grace_secs: u64,
     /// `[server.ui]`: the dashboard (resolved separately: it reads passwords from the
     /// environment).
     #[serde(skip)]
@@ -189,7 +200,26 @@ impl Default for ServerSettings {
             metrics_token_env: None,
             metrics_listen: None,
             metrics_token: None,
+            max_connections: 1024,
+            header_timeout_secs: 10,
+            body_timeout_secs: 10,
+            request_timeout_secs: 30,
+            shutdown_grace_secs: 3,
             ui: UiConfig::default(),
+        }
+    }
+}
+
+impl ServerSettings {
+    /// The listener's timeouts and connection cap.
+    pub fn limits(&self) -> crate::server::listen::Limits {
+        use std::time::Duration;
+        crate::server::listen::Limits {
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
+            max_connections: self.max_connections,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
         }
     }
 }
@@ -507,6 +537,24 @@ pub fn resolve(
     server.ui = resolve_ui(&mut cx, ui_value.as_ref(), env);
     if server.daily_hour > 23 {
         cx.problem("server.daily_hour", "must be between 0 and 23");
+    }
+    if server.max_connections == 0 {
+        cx.problem("server.max_connections", "must be at least 1");
+    }
+    for (key, v) in [
+        ("server.header_timeout_secs", server.header_timeout_secs),
+        ("server.body_timeout_secs", server.body_timeout_secs),
+        ("server.request_timeout_secs", server.request_timeout_secs),
+    ] {
+        if !(1..=3600).contains(&v) {
+            cx.problem(key, format!("{v} is not between 1 and 3600 seconds"));
+        }
+    }
+    if server.shutdown_grace_secs > 60 {
+        cx.problem(
+            "server.shutdown_grace_secs",
+            format!("{} is more than 60 seconds", server.shutdown_grace_secs),
+        );
     }
     if server.listen.parse::<std::net::SocketAddr>().is_err() {
         cx.problem(
@@ -831,6 +879,36 @@ mod tests {
         assert_eq!(c.portals[0].id.0, "shop");
         assert_eq!(c.portals[0].sync.overlap_secs, 300);
         assert_eq!(c.portals[0].time_zone_name, "Europe/Moscow");
+    }
+
+    #[test]
+    fn listener_limits_resolve_and_are_checked() {
+        let portal = r#"
+            [[portal]]
+            id = "shop"
+            kind = "amocrm"
+            base_url = "https://shop.amocrm.ru"
+            [portal.auth]
+            type = "oauth"
+            client_id = "abc"
+            client_secret_env = "SHOP_SECRET"
+            redirect_uri = "https://example.com/cb"
+        "#;
+        let c = resolve(&doc(portal), "rebuy.toml", &env).unwrap();
+        assert_eq!(c.server.limits(), crate::server::listen::Limits::default());
+        let d = doc(&format!(
+            "[server]\nmax_connections = 0\nheader_timeout_secs = 0\nbody_timeout_secs = 5000\nrequest_timeout_secs = 7\nshutdown_grace_secs = 61\n{portal}"
+        ));
+        let text = format_problems(&resolve(&d, "rebuy.toml", &env).unwrap_err());
+        for needle in [
+            "server.max_connections: must be at least 1",
+            "server.header_timeout_secs: 0 is not between 1 and 3600 seconds",
+            "server.body_timeout_secs: 5000 is not between 1 and 3600 seconds",
+            "server.shutdown_grace_secs: 61 is more than 60 seconds",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert!(!text.contains("request_timeout_secs"), "{text}");
     }
 
     #[test]

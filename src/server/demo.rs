@@ -29,6 +29,7 @@ impl AppState {
             ui: crate::config::UiConfig::default(),
             playbooks_dir: None,
             metrics_token: None,
+            limits: Default::default(),
         }
     }
 }

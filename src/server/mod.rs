@@ -11,6 +11,7 @@ pub mod demo;
 pub mod error;
 pub mod fuzz;
 pub mod inbox;
+pub mod listen;
 pub mod metrics;
 mod oauth;
 pub mod runtime;
@@ -119,6 +120,8 @@ pub struct AppState {
     /// The bearer token `/metrics` asks for on the main listener (`[server]
     /// metrics_token_env`); `None`: `/metrics` is 404 there.
     pub metrics_token: Option<secrecy::SecretString>,
+    /// The listener's timeouts and connection cap (`[server]`).
+    pub limits: listen::Limits,
 }
 
 impl AppState {
@@ -139,6 +142,7 @@ impl AppState {
             ui: cfg.server.ui.clone(),
             playbooks_dir: None,
             metrics_token: cfg.server.metrics_token.clone(),
+            limits: cfg.server.limits(),
         })
     }
 
@@ -167,7 +171,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves `router(state)` and the dashboard under `/ui` on `listener` until `shutdown`
-/// resolves; in-flight requests finish.
+/// resolves, under the state's [`listen::Limits`]; in-flight requests finish within the
+/// shutdown grace period.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -175,8 +180,15 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // The dashboard is on when `[server.ui]` (or REBUY_UI_USER / REBUY_UI_PASSWORD) gives it a
     // user (else /ui is 404).
-    let app = router(state.clone()).nest("/ui", crate::ui::router_from_config(state));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.limits.clone();
+    let app = router(state.clone())
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .nest("/ui", crate::ui::router_from_config(state))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            limits.body_timeout,
+        ));
+    listen::run(listener, app, limits, shutdown).await
 }

@@ -8,15 +8,15 @@ use rebuy_emulator::amocrm::AmoConfig;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-const HOOK_SECRET: &str = "hook-secret-5f2c";
-const METRICS_TOKEN: &str = "metrics-token-9d1e";
+pub(crate) const HOOK_SECRET: &str = "hook-secret-5f2c";
+pub(crate) const METRICS_TOKEN: &str = "metrics-token-9d1e";
 
 /// A config with one amoCRM portal on `base_url` and one Bitrix24 portal (unused endpoint).
 fn config(data_dir: &std::path::Path, base_url: &str) -> Config {
     config_with_id(data_dir, base_url, "shop")
 }
 
-fn config_with_id(data_dir: &std::path::Path, base_url: &str, id: &str) -> Config {
+pub(crate) fn config_with_id(data_dir: &std::path::Path, base_url: &str, id: &str) -> Config {
     let emu = AmoConfig::default();
     let text = format!(
         r#"
@@ -67,13 +67,13 @@ fn config_with_id(data_dir: &std::path::Path, base_url: &str, id: &str) -> Confi
     rebuy::config::resolve(&doc, "test.toml", &env).unwrap()
 }
 
-struct Server {
-    url: String,
-    cancel: CancellationToken,
-    state: AppState,
+pub(crate) struct Server {
+    pub(crate) url: String,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) state: AppState,
 }
 
-async fn start_server(cfg: &Config, background: bool) -> Server {
+pub(crate) async fn start_server(cfg: &Config, background: bool) -> Server {
     let state = AppState::new(cfg, true).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -87,13 +87,13 @@ async fn start_server(cfg: &Config, background: bool) -> Server {
     Server { url, cancel, state }
 }
 
-fn amo_body(account_id: u64, subdomain: &str, items: &str) -> String {
+pub(crate) fn amo_body(account_id: u64, subdomain: &str, items: &str) -> String {
     format!(
         "{items}&account[subdomain]={subdomain}&account[id]={account_id}&account[_links][self]=https://{subdomain}.amocrm.ru"
     )
 }
 
-async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
+pub(crate) async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
     let r = reqwest::Client::new()
         .post(url)
         .header("content-type", content_type)
@@ -104,7 +104,7 @@ async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> 
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-const FORM: &str = "application/x-www-form-urlencoded";
+pub(crate) const FORM: &str = "application/x-www-form-urlencoded";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_get_their_documented_status_and_nothing_is_stored() {
@@ -329,14 +329,14 @@ async fn metrics_and_health_answer() {
     srv.cancel.cancel();
 }
 
-fn no_redirects() -> reqwest::Client {
+pub(crate) fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
 }
 
-fn query_param(url: &str, key: &str) -> Option<String> {
+pub(crate) fn query_param(url: &str, key: &str) -> Option<String> {
     url::Url::parse(url)
         .ok()?
         .query_pairs()
@@ -444,7 +444,7 @@ async fn disconnect_hook_checks_its_signature_and_marks_the_portal() {
 }
 
 /// A `rebuy serve` child process; killed on drop.
-struct ServeProcess(std::process::Child);
+pub(crate) struct ServeProcess(pub(crate) std::process::Child);
 
 impl Drop for ServeProcess {
     fn drop(&mut self) {
@@ -453,7 +453,7 @@ impl Drop for ServeProcess {
     }
 }
 
-fn spawn_serve(config: &std::path::Path, log: &std::path::Path) -> ServeProcess {
+pub(crate) fn spawn_serve(config: &std::path::Path, log: &std::path::Path) -> ServeProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -473,7 +473,7 @@ fn spawn_serve(config: &std::path::Path, log: &std::path::Path) -> ServeProcess 
     ServeProcess(child)
 }
 
-async fn wait_ready(url: &str) {
+pub(crate) async fn wait_ready(url: &str) {
     for _ in 0..200 {
         if let Ok(r) = reqwest::get(format!("{url}/readyz")).await
             && r.status() == 200

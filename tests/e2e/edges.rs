@@ -1,0 +1,234 @@
+//! The edges of `rebuy serve` under abuse: idle and slow sockets (slowloris) neither lock
+//! webhooks out nor hold shutdown up.
+use crate::serve::{HOOK_SECRET, amo_body, config_with_id};
+use rebuy::config::Config;
+use rebuy::server::AppState;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// A server on a free port whose `serve` future the test can wait for.
+struct Running {
+    url: String,
+    addr: std::net::SocketAddr,
+    state: AppState,
+    cancel: CancellationToken,
+    done: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn run(cfg: &Config) -> Running {
+    let state = AppState::new(cfg, true).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    let (st, c) = (state.clone(), cancel.clone());
+    let done =
+        tokio::spawn(async move { rebuy::server::serve(listener, st, c.cancelled_owned()).await });
+    Running {
+        url: format!("http://{addr}"),
+        addr,
+        state,
+        cancel,
+        done,
+    }
+}
+
+/// Opens `n` sockets that send nothing.
+async fn idle_sockets(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(TcpStream::connect(addr).await.unwrap());
+    }
+    v
+}
+
+/// Whether the server closed `s` within `within` (EOF or reset on read).
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    matches!(
+        tokio::time::timeout(within, s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[(v.len() * 99).div_ceil(100) - 1]
+}
+
+/// `n` distinct amoCRM webhooks, acknowledged one after another; their latencies.
+async fn webhook_acks(url: &str, from: u64, n: u64) -> Vec<Duration> {
+    let http = reqwest::Client::new();
+    let hook = format!("{url}/hooks/amocrm/shop/{HOOK_SECRET}");
+    let mut lat = Vec::new();
+    for i in from..from + n {
+        let body = amo_body(
+            31_000_001,
+            "rebuy-demo",
+            &format!("leads[update][0][id]={i}&leads[update][0][status_id]=1"),
+        );
+        let t = Instant::now();
+        let r = http
+            .post(&hook)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        lat.push(t.elapsed());
+    }
+    lat
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_sockets_neither_lock_out_webhooks_nor_hold_up_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_with_id(dir.path(), "http://127.0.0.1:9", "shop");
+    // A cap below the sockets opened (the default is 1,024; a lower one keeps the test light
+    // and makes the cap itself, not the descriptor limit, do the work).
+    cfg.server.max_connections = 256;
+    cfg.server.header_timeout_secs = 2;
+    cfg.server.body_timeout_secs = 1;
+    let srv = run(&cfg).await;
+
+    let baseline = p99(webhook_acks(&srv.url, 1, 100).await);
+
+    // 1,100 sockets that never send a byte, from one client.
+    let started = Instant::now();
+    let mut idle = idle_sockets(srv.addr, 1_100).await;
+    eprintln!("1,100 idle sockets opened in {:?}", started.elapsed());
+    // Webhooks from another client are still answered at once.
+    let lat = webhook_acks(&srv.url, 1_000, 200).await;
+    let under = p99(lat);
+    eprintln!("webhook ack p99: {baseline:?} alone, {under:?} with 1,100 idle sockets open");
+    assert!(
+        under <= Duration::from_millis(50),
+        "webhook ack p99 {under:?} with idle sockets open"
+    );
+    // The oldest idle sockets were closed to make room (the cap), the newest ones once the
+    // header timeout ran out.
+    assert!(
+        closed_within(&mut idle[0], Duration::from_millis(500)).await,
+        "the oldest idle socket is evicted"
+    );
+    let newest = idle.last_mut().unwrap();
+    assert!(
+        !closed_within(newest, Duration::from_millis(200)).await,
+        "a recent idle socket is not closed before its header timeout"
+    );
+    assert!(
+        closed_within(newest, Duration::from_secs(3)).await,
+        "an idle socket is closed after the header timeout"
+    );
+    drop(idle);
+
+    // A slow header (one byte at a time) is cut off by the header timeout, a stalled body by
+    // the body timeout.
+    let (mut slow_r, mut slow_w) = TcpStream::connect(srv.addr).await.unwrap().into_split();
+    let trickle = tokio::spawn(async move {
+        for b in b"POST /hooks/amocrm/shop/x HTTP/1.1\r\nHost: a\r\n".iter().cycle() {
+            if slow_w.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(4), slow_r.read_to_end(&mut rest)).await;
+    trickle.abort();
+    assert!(cut.is_ok(), "a slow header is cut off");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1_500),
+        "not before its header timeout: {:?}",
+        t.elapsed()
+    );
+    let mut stalled = TcpStream::connect(srv.addr).await.unwrap();
+    stalled
+        .write_all(
+            format!(
+                "POST /hooks/amocrm/shop/{HOOK_SECRET} HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nleads"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(4), stalled.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 4"),
+        "a stalled body gets a 4xx: {answer:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(3), "answered after {:?}", t.elapsed());
+    assert_eq!(
+        srv.state.portal("shop").unwrap().store.inbox_depth().unwrap(),
+        300,
+        "the stalled body stored nothing"
+    );
+
+    // Shutdown with 1,100 idle sockets and a request half sent ends within 5 s.
+    let _idle = idle_sockets(srv.addr, 1_100).await;
+    let mut half = TcpStream::connect(srv.addr).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHo").await.unwrap();
+    let t = Instant::now();
+    srv.cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), srv.done)
+        .await
+        .expect("serve ends within 5 s of shutdown")
+        .unwrap()
+        .unwrap();
+    eprintln!("shutdown with 1,100 idle sockets took {:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_serve_within_5_s_with_1100_idle_sockets_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let emu = rebuy_emulator::amocrm::AmoConfig::default();
+    let config_path = dir.path().join("rebuy.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "data_dir = {:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\n[[portal]]\nid = \"shop\"\nkind = \"amocrm\"\nbase_url = \"http://127.0.0.1:9\"\n\
+             [portal.auth]\ntype = \"oauth\"\nclient_id = \"{}\"\nclient_secret_env = \"EMULATOR_CLIENT_SECRET\"\nredirect_uri = \"{}\"\n\
+             [portal.webhooks]\nsecret_env = \"HOOK_SECRET\"\n",
+            dir.path().join("data").display().to_string(),
+            emu.client_id,
+            emu.redirect_uri
+        ),
+    )
+    .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = crate::serve::spawn_serve(&config_path, &dir.path().join("serve.log"));
+    crate::serve::wait_ready(&url).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let _idle = idle_sockets(addr, 1_100).await;
+    let acks = webhook_acks(&url, 1, 20).await;
+    eprintln!("webhook ack p99 with 1,100 idle sockets (binary): {:?}", p99(acks));
+    let t = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = loop {
+        if let Some(s) = server.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "rebuy serve still running 5 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("rebuy serve exited {status} {:?} after SIGTERM", t.elapsed());
+    assert!(status.success(), "{status}");
+}
