@@ -30,6 +30,8 @@ impl AppState {
             playbooks_dir: None,
             metrics_token: None,
             limits: Default::default(),
+            oauth: Default::default(),
+            link_key: None,
         }
     }
 }

@@ -13,7 +13,7 @@ pub mod fuzz;
 pub mod inbox;
 pub mod listen;
 pub mod metrics;
-mod oauth;
+pub mod oauth;
 pub mod runtime;
 mod webhooks;
 pub mod worker;
@@ -122,6 +122,10 @@ pub struct AppState {
     pub metrics_token: Option<secrecy::SecretString>,
     /// The listener's timeouts and connection cap (`[server]`).
     pub limits: listen::Limits,
+    /// OAuth flows started and not yet called back.
+    pub oauth: Arc<oauth::PendingStates>,
+    /// The key of signed start links (`rebuy auth --link`); `None`: no link is accepted.
+    pub link_key: Option<Arc<oauth::LinkKey>>,
 }
 
 impl AppState {
@@ -143,6 +147,14 @@ impl AppState {
             playbooks_dir: None,
             metrics_token: cfg.server.metrics_token.clone(),
             limits: cfg.server.limits(),
+            oauth: Arc::default(),
+            link_key: match oauth::LinkKey::load_or_create(&cfg.data_dir) {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "No OAuth start link key: signed start links are refused.");
+                    None
+                }
+            },
         })
     }
 

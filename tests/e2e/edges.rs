@@ -232,3 +232,144 @@ async fn sigterm_ends_serve_within_5_s_with_1100_idle_sockets_open() {
     eprintln!("rebuy serve exited {status} {:?} after SIGTERM", t.elapsed());
     assert!(status.success(), "{status}");
 }
+
+/// `n` anonymous OAuth starts, `conc` at a time, half bare and half with a forged signature;
+/// their statuses counted.
+async fn anonymous_starts(url: &str, n: usize, conc: usize) -> std::collections::BTreeMap<u16, usize> {
+    use futures::StreamExt;
+    let http = crate::serve::no_redirects();
+    let exp = jiff::Timestamp::now().as_second() + 3600;
+    let statuses: Vec<u16> = futures::stream::iter(0..n)
+        .map(|i| {
+            let http = http.clone();
+            let u = if i % 2 == 0 {
+                format!("{url}/oauth/shop/start")
+            } else {
+                format!("{url}/oauth/shop/start?exp={exp}&sig={:064x}", i)
+            };
+            async move { http.get(u).send().await.unwrap().status().as_u16() }
+        })
+        .buffer_unordered(conc)
+        .collect()
+        .await;
+    let mut counts = std::collections::BTreeMap::new();
+    for s in statuses {
+        *counts.entry(s).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_oauth_starts_are_refused_without_touching_the_store_and_links_still_connect() {
+    let emu = rebuy_emulator::amocrm::AmoEmulator::spawn(crate::support::amo_config(52, 10, 20))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with_id(dir.path(), &emu.base_url, "shop");
+    let srv = run(&cfg).await;
+    let store = srv.state.portal("shop").unwrap().store.clone();
+    let baseline = p99(webhook_acks(&srv.url, 1, 100).await);
+    let size = std::fs::metadata(store.path()).unwrap().len();
+
+    // 10,000 anonymous starts: 401 without a link, 403 with a forged one; nothing stored,
+    // nothing kept.
+    let t = Instant::now();
+    let counts = anonymous_starts(&srv.url, 10_000, 32).await;
+    eprintln!("10,000 anonymous starts in {:?}: {counts:?}", t.elapsed());
+    assert_eq!(
+        counts,
+        [(401, 5_000), (403, 5_000)].into_iter().collect(),
+        "every anonymous start refused"
+    );
+    assert!(srv.state.oauth.is_empty(), "no state kept");
+    assert_eq!(std::fs::metadata(store.path()).unwrap().len(), size, "the store did not grow");
+    assert!(
+        store
+            .meta::<serde_json::Value>("oauth_states")
+            .unwrap()
+            .is_none()
+    );
+
+    // Webhooks acknowledged while anonymous starts keep coming.
+    let attack = tokio::spawn({
+        let url = srv.url.clone();
+        async move { anonymous_starts(&url, 3_000, 32).await }
+    });
+    let under = p99(webhook_acks(&srv.url, 1_000, 100).await);
+    let refused = attack.await.unwrap();
+    eprintln!("webhook ack p99: {baseline:?} alone, {under:?} under anonymous OAuth starts");
+    assert_eq!(refused.values().sum::<usize>(), 3_000);
+    assert!(!refused.contains_key(&302), "{refused:?}");
+    assert!(
+        under <= Duration::from_millis(500),
+        "webhook ack p99 {under:?} under anonymous OAuth starts"
+    );
+
+    let http = crate::serve::no_redirects();
+    let key = srv.state.link_key.clone().unwrap();
+    // Links that are not this portal's, expired, or too long-lived are refused.
+    let now = jiff::Timestamp::now().as_second();
+    for (what, exp, portal) in [
+        ("another portal's", now + 600, "b24"),
+        ("expired", now - 1, "shop"),
+        ("valid for more than a week", now + 8 * 24 * 3600, "shop"),
+    ] {
+        let r = http
+            .get(format!(
+                "{}/oauth/shop/start?exp={exp}&sig={}",
+                srv.url,
+                key.sign(portal, exp)
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{what} link");
+    }
+
+    // The signed link connects the portal; the state works only in the browser that started.
+    let start = http
+        .get(key.start_link(&srv.url, "shop", Duration::from_secs(600)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 302);
+    let cookie = start.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let consent = start.headers()["location"].to_str().unwrap().to_owned();
+    let back = http.get(&consent).send().await.unwrap();
+    let redirect = back.headers()["location"].to_str().unwrap().to_owned();
+    let code = crate::serve::query_param(&redirect, "code").unwrap();
+    let state = crate::serve::query_param(&redirect, "state").unwrap();
+    let callback = format!("{}/oauth/shop/callback?code={code}&state={state}", srv.url);
+    let elsewhere = http
+        .get(&callback)
+        .header("cookie", "rebuy_oauth=0000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 403, "another browser's callback");
+    assert!(store.load_tokens().unwrap().is_none());
+    // That refusal used the state up: the person starts again and completes.
+    let start = http
+        .get(key.start_link(&srv.url, "shop", Duration::from_secs(600)))
+        .send()
+        .await
+        .unwrap();
+    let cookie2 = start.headers()["set-cookie"].to_str().unwrap();
+    let cookie2 = cookie2.split(';').next().unwrap().to_owned();
+    assert_ne!(cookie, cookie2);
+    let consent = start.headers()["location"].to_str().unwrap().to_owned();
+    let back = http.get(&consent).send().await.unwrap();
+    let redirect = back.headers()["location"].to_str().unwrap().to_owned();
+    let code = crate::serve::query_param(&redirect, "code").unwrap();
+    let state = crate::serve::query_param(&redirect, "state").unwrap();
+    let ok = http
+        .get(format!("{}/oauth/shop/callback?code={code}&state={state}", srv.url))
+        .header("cookie", &cookie2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(store.load_tokens().unwrap().is_some(), "tokens committed");
+    srv.cancel.cancel();
+}

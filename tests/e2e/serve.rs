@@ -354,12 +354,20 @@ async fn oauth_flow_connects_a_portal_and_refuses_wrong_or_replayed_state() {
     let srv = start_server(&cfg, false).await;
     let http = no_redirects();
 
-    let start = http
-        .get(format!("{}/oauth/shop/start", srv.url))
-        .send()
-        .await
-        .unwrap();
+    // A signed link, as `rebuy auth --link` prints it.
+    let link = srv.state.link_key.as_ref().unwrap().start_link(
+        &srv.url,
+        "shop",
+        Duration::from_secs(3600),
+    );
+    let start = http.get(&link).send().await.unwrap();
     assert_eq!(start.status(), 302);
+    let cookie = start.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("Path=/oauth/shop/") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let cookie = cookie.split(';').next().unwrap().to_owned();
     let consent = start.headers()["location"].to_str().unwrap().to_owned();
     assert!(consent.starts_with(&emu.base_url), "{consent}");
     // The emulator consents at once and redirects to the integration's redirect URI.
@@ -374,6 +382,7 @@ async fn oauth_flow_connects_a_portal_and_refuses_wrong_or_replayed_state() {
             "{}/oauth/shop/callback?code={code}&state=forged",
             srv.url
         ))
+        .header("cookie", &cookie)
         .send()
         .await
         .unwrap();
@@ -383,6 +392,7 @@ async fn oauth_flow_connects_a_portal_and_refuses_wrong_or_replayed_state() {
             "{}/oauth/shop/callback?code={code}&state={state}",
             srv.url
         ))
+        .header("cookie", &cookie)
         .send()
         .await
         .unwrap();
@@ -395,6 +405,7 @@ async fn oauth_flow_connects_a_portal_and_refuses_wrong_or_replayed_state() {
             "{}/oauth/shop/callback?code={code}&state={state}",
             srv.url
         ))
+        .header("cookie", &cookie)
         .send()
         .await
         .unwrap();
