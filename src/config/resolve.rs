@@ -149,6 +149,9 @@ pub struct PortalConfig {
     /// Bitrix24: hosts besides `base_url`'s that a `client_endpoint` or `domain` of a token
     /// answer or an event may name (a portal renamed to another domain); `host` or `host:port`.
     pub allowed_hosts: Vec<String>,
+    /// Largest CRM answer read, in bytes (`max_answer_mib`, default 64 MiB): a larger one is
+    /// refused unread with an error naming the portal and the endpoint.
+    pub max_answer_bytes: usize,
 }
 
 /// `[server]`: the long-lived `rebuy serve` process.
@@ -438,6 +441,7 @@ const PORTAL_KEYS: &[&str] = &[
     "mapping",
     "webhooks",
     "allowed_hosts",
+    "max_answer_mib",
 ];
 
 #[derive(Deserialize)]
@@ -462,6 +466,8 @@ struct RawPortal {
     webhooks: Option<serde_json::Value>,
     #[serde(default)]
     allowed_hosts: Vec<String>,
+    #[serde(default)]
+    max_answer_mib: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -812,6 +818,13 @@ fn resolve_portal(
             );
         }
     }
+    let max_answer_mib = raw.max_answer_mib.unwrap_or(DEFAULT_MAX_ANSWER_MIB);
+    if !(1..=4096).contains(&max_answer_mib) {
+        cx.problem(
+            &format!("{key}.max_answer_mib"),
+            format!("{max_answer_mib} is not between 1 and 4096 MiB"),
+        );
+    }
     if cx.problems.len() > before {
         return None;
     }
@@ -833,8 +846,13 @@ fn resolve_portal(
             .iter()
             .map(|h| h.trim().to_ascii_lowercase())
             .collect(),
+        max_answer_bytes: (max_answer_mib as usize) << 20,
     })
 }
+
+/// The default of `max_answer_mib`.
+pub const DEFAULT_MAX_ANSWER_MIB: u64 =
+    (rebuy_core::body::DEFAULT_MAX_ANSWER_BYTES >> 20) as u64;
 
 /// Whether an `allowed_hosts` entry is a bare `host` or `host:port` (no scheme, path or
 /// credentials).
@@ -879,6 +897,37 @@ mod tests {
         assert_eq!(c.portals[0].id.0, "shop");
         assert_eq!(c.portals[0].sync.overlap_secs, 300);
         assert_eq!(c.portals[0].time_zone_name, "Europe/Moscow");
+    }
+
+    #[test]
+    fn max_answer_mib_resolves_and_is_checked() {
+        let portal = |extra: &str| {
+            doc(&format!(
+                r#"
+            [[portal]]
+            id = "shop"
+            kind = "amocrm"
+            base_url = "https://shop.amocrm.ru"
+            {extra}
+            [portal.auth]
+            type = "oauth"
+            client_id = "abc"
+            client_secret_env = "SHOP_SECRET"
+            redirect_uri = "https://example.com/cb"
+        "#
+            ))
+        };
+        let c = resolve(&portal(""), "rebuy.toml", &env).unwrap();
+        assert_eq!(c.portals[0].max_answer_bytes, 64 << 20);
+        let c = resolve(&portal("max_answer_mib = 8"), "rebuy.toml", &env).unwrap();
+        assert_eq!(c.portals[0].max_answer_bytes, 8 << 20);
+        let text = format_problems(
+            &resolve(&portal("max_answer_mib = 0"), "rebuy.toml", &env).unwrap_err(),
+        );
+        assert!(
+            text.contains("portal[0].max_answer_mib: 0 is not between 1 and 4096 MiB"),
+            "{text}"
+        );
     }
 
     #[test]

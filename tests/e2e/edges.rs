@@ -373,3 +373,49 @@ async fn anonymous_oauth_starts_are_refused_without_touching_the_store_and_links
     assert!(store.load_tokens().unwrap().is_some(), "tokens committed");
     srv.cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_answer_mib_of_the_config_caps_the_portals_answers() {
+    // A server that announces a gigabyte and sends zeros until the client hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b' '; 64 << 10];
+                loop {
+                    let ok = sock.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.is_ok()
+                        && sock.write_all(&chunk).await.is_ok()
+                        && sock.write_all(b"\r\n").await.is_ok();
+                    if !ok {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_with_id(dir.path(), &base, "shop");
+    let text = format!(
+        "[[portal]]\nid = \"shop\"\nkind = \"amocrm\"\nbase_url = \"{base}\"\nmax_answer_mib = 2\n[portal.auth]\ntype = \"long_lived_token\"\ntoken_env = \"T\"\n"
+    );
+    use figment::providers::Format;
+    let doc: serde_json::Value = figment::Figment::from(figment::providers::Toml::string(&text))
+        .extract()
+        .unwrap();
+    let resolved = rebuy::config::resolve(&doc, "t.toml", &|k: &str| (k == "T").then(|| "tok".to_owned())).unwrap();
+    assert_eq!(resolved.portals[0].max_answer_bytes, 2 << 20);
+    cfg.portals[0] = resolved.portals[0].clone();
+    let store = rebuy::store::Store::open(&cfg.data_dir, &cfg.portals[0].id).unwrap();
+    let handle = rebuy::portal::open(&cfg.portals[0], store).unwrap();
+    let err = handle.connector.account().await.expect_err("over the cap");
+    let message = err.to_string();
+    assert!(message.contains("exceeds 2 MiB"), "{message}");
+    assert!(message.contains("/api/v4/account"), "{message}");
+}
