@@ -851,8 +851,7 @@ fn resolve_portal(
 }
 
 /// The default of `max_answer_mib`.
-pub const DEFAULT_MAX_ANSWER_MIB: u64 =
-    (rebuy_core::body::DEFAULT_MAX_ANSWER_BYTES >> 20) as u64;
+pub const DEFAULT_MAX_ANSWER_MIB: u64 = (rebuy_core::body::DEFAULT_MAX_ANSWER_BYTES >> 20) as u64;
 
 /// Whether an `allowed_hosts` entry is a bare `host` or `host:port` (no scheme, path or
 /// credentials).

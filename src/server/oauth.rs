@@ -166,9 +166,7 @@ impl PendingStates {
             return false;
         };
         let bound: [u8; 32] = Sha256::digest(nonce.as_bytes()).into();
-        p.portal == portal
-            && p.issued.elapsed() < STATE_TTL
-            && bool::from(bound.ct_eq(&p.binding))
+        p.portal == portal && p.issued.elapsed() < STATE_TTL && bool::from(bound.ct_eq(&p.binding))
     }
 
     /// Flows pending now.
@@ -213,7 +211,11 @@ pub fn begin(state: &AppState, p: &PortalRuntime) -> Result<Response, AppError> 
     let cookie = format!(
         "{FLOW_COOKIE}={nonce}; Path=/oauth/{portal}/; Max-Age={}; HttpOnly; SameSite=Lax{}",
         STATE_TTL.as_secs(),
-        if state.ui.cookie_secure { "; Secure" } else { "" }
+        if state.ui.cookie_secure {
+            "; Secure"
+        } else {
+            ""
+        }
     );
     let mut res = (StatusCode::FOUND, [(header::LOCATION, url.to_string())]).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -357,6 +359,9 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         let link = k.start_link("https://r.example/", "shop", Duration::from_secs(60));
-        assert!(link.starts_with("https://r.example/oauth/shop/start?exp="), "{link}");
+        assert!(
+            link.starts_with("https://r.example/oauth/shop/start?exp="),
+            "{link}"
+        );
     }
 }

@@ -621,7 +621,11 @@ async fn the_dashboard_in_headless_chromium() {
     assert_eq!(back.path(), redirect.path(), "{back}");
     let q: std::collections::HashMap<String, String> = back.query_pairs().into_owned().collect();
     assert!(!q["code"].is_empty());
-    assert_eq!(state.oauth.len(), 1, "the server issued the browser's state");
+    assert_eq!(
+        state.oauth.len(),
+        1,
+        "the server issued the browser's state"
+    );
     // That redirect URI is the server's callback in production: hand it the code and state.
     let mut callback = url::Url::parse(&format!("{base}/oauth/test/callback")).unwrap();
     callback

@@ -128,7 +128,10 @@ async fn idle_and_slow_sockets_neither_lock_out_webhooks_nor_hold_up_shutdown() 
     // the body timeout.
     let (mut slow_r, mut slow_w) = TcpStream::connect(srv.addr).await.unwrap().into_split();
     let trickle = tokio::spawn(async move {
-        for b in b"POST /hooks/amocrm/shop/x HTTP/1.1\r\nHost: a\r\n".iter().cycle() {
+        for b in b"POST /hooks/amocrm/shop/x HTTP/1.1\r\nHost: a\r\n"
+            .iter()
+            .cycle()
+        {
             if slow_w.write_all(&[*b]).await.is_err() {
                 break;
             }
@@ -163,9 +166,18 @@ async fn idle_and_slow_sockets_neither_lock_out_webhooks_nor_hold_up_shutdown() 
         answer.starts_with("HTTP/1.1 4"),
         "a stalled body gets a 4xx: {answer:?}"
     );
-    assert!(t.elapsed() < Duration::from_secs(3), "answered after {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "answered after {:?}",
+        t.elapsed()
+    );
     assert_eq!(
-        srv.state.portal("shop").unwrap().store.inbox_depth().unwrap(),
+        srv.state
+            .portal("shop")
+            .unwrap()
+            .store
+            .inbox_depth()
+            .unwrap(),
         300,
         "the stalled body stored nothing"
     );
@@ -173,7 +185,9 @@ async fn idle_and_slow_sockets_neither_lock_out_webhooks_nor_hold_up_shutdown() 
     // Shutdown with 1,100 idle sockets and a request half sent ends within 5 s.
     let _idle = idle_sockets(srv.addr, 1_100).await;
     let mut half = TcpStream::connect(srv.addr).await.unwrap();
-    half.write_all(b"GET /healthz HTTP/1.1\r\nHo").await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
     let t = Instant::now();
     srv.cancel.cancel();
     tokio::time::timeout(Duration::from_secs(5), srv.done)
@@ -212,7 +226,10 @@ async fn sigterm_ends_serve_within_5_s_with_1100_idle_sockets_open() {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let _idle = idle_sockets(addr, 1_100).await;
     let acks = webhook_acks(&url, 1, 20).await;
-    eprintln!("webhook ack p99 with 1,100 idle sockets (binary): {:?}", p99(acks));
+    eprintln!(
+        "webhook ack p99 with 1,100 idle sockets (binary): {:?}",
+        p99(acks)
+    );
     let t = Instant::now();
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &server.0.id().to_string()])
@@ -229,13 +246,20 @@ async fn sigterm_ends_serve_within_5_s_with_1100_idle_sockets_open() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    eprintln!("rebuy serve exited {status} {:?} after SIGTERM", t.elapsed());
+    eprintln!(
+        "rebuy serve exited {status} {:?} after SIGTERM",
+        t.elapsed()
+    );
     assert!(status.success(), "{status}");
 }
 
 /// `n` anonymous OAuth starts, `conc` at a time, half bare and half with a forged signature;
 /// their statuses counted.
-async fn anonymous_starts(url: &str, n: usize, conc: usize) -> std::collections::BTreeMap<u16, usize> {
+async fn anonymous_starts(
+    url: &str,
+    n: usize,
+    conc: usize,
+) -> std::collections::BTreeMap<u16, usize> {
     use futures::StreamExt;
     let http = crate::serve::no_redirects();
     let exp = jiff::Timestamp::now().as_second() + 3600;
@@ -282,7 +306,11 @@ async fn anonymous_oauth_starts_are_refused_without_touching_the_store_and_links
         "every anonymous start refused"
     );
     assert!(srv.state.oauth.is_empty(), "no state kept");
-    assert_eq!(std::fs::metadata(store.path()).unwrap().len(), size, "the store did not grow");
+    assert_eq!(
+        std::fs::metadata(store.path()).unwrap().len(),
+        size,
+        "the store did not grow"
+    );
     assert!(
         store
             .meta::<serde_json::Value>("oauth_states")
@@ -364,7 +392,10 @@ async fn anonymous_oauth_starts_are_refused_without_touching_the_store_and_links
     let code = crate::serve::query_param(&redirect, "code").unwrap();
     let state = crate::serve::query_param(&redirect, "state").unwrap();
     let ok = http
-        .get(format!("{}/oauth/shop/callback?code={code}&state={state}", srv.url))
+        .get(format!(
+            "{}/oauth/shop/callback?code={code}&state={state}",
+            srv.url
+        ))
         .header("cookie", &cookie2)
         .send()
         .await
@@ -390,7 +421,10 @@ async fn max_answer_mib_of_the_config_caps_the_portals_answers() {
                 }
                 let chunk = vec![b' '; 64 << 10];
                 loop {
-                    let ok = sock.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.is_ok()
+                    let ok = sock
+                        .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                        .await
+                        .is_ok()
                         && sock.write_all(&chunk).await.is_ok()
                         && sock.write_all(b"\r\n").await.is_ok();
                     if !ok {
@@ -409,7 +443,10 @@ async fn max_answer_mib_of_the_config_caps_the_portals_answers() {
     let doc: serde_json::Value = figment::Figment::from(figment::providers::Toml::string(&text))
         .extract()
         .unwrap();
-    let resolved = rebuy::config::resolve(&doc, "t.toml", &|k: &str| (k == "T").then(|| "tok".to_owned())).unwrap();
+    let resolved = rebuy::config::resolve(&doc, "t.toml", &|k: &str| {
+        (k == "T").then(|| "tok".to_owned())
+    })
+    .unwrap();
     assert_eq!(resolved.portals[0].max_answer_bytes, 2 << 20);
     cfg.portals[0] = resolved.portals[0].clone();
     let store = rebuy::store::Store::open(&cfg.data_dir, &cfg.portals[0].id).unwrap();
@@ -418,4 +455,81 @@ async fn max_answer_mib_of_the_config_caps_the_portals_answers() {
     let message = err.to_string();
     assert!(message.contains("exceeds 2 MiB"), "{message}");
     assert!(message.contains("/api/v4/account"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_of_rebuy_auth_starts_the_flow_on_the_server_sharing_its_data_dir() {
+    let emu = rebuy_emulator::amocrm::AmoEmulator::spawn(crate::support::amo_config(53, 5, 5))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let amo = rebuy_emulator::amocrm::AmoConfig::default();
+    let config_path = dir.path().join("rebuy.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "data_dir = {:?}\n[server]\npublic_url = \"{url}\"\n[[portal]]\nid = \"shop\"\nkind = \"amocrm\"\nbase_url = \"{}\"\n\
+             [portal.auth]\ntype = \"oauth\"\nclient_id = \"{}\"\nclient_secret_env = \"EMULATOR_CLIENT_SECRET\"\nredirect_uri = \"{}\"\n",
+            dir.path().join("data").display().to_string(),
+            emu.base_url,
+            amo.client_id,
+            amo.redirect_uri
+        ),
+    )
+    .unwrap();
+    let out = crate::support::rebuy(
+        &[
+            "--config",
+            config_path.to_str().unwrap(),
+            "auth",
+            "--portal",
+            "shop",
+            "--link",
+            "--valid-hours",
+            "2",
+        ],
+        &[("EMULATOR_CLIENT_SECRET", amo.client_secret.as_str())],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with(&format!("{url}/oauth/shop/start?exp=")))
+        .unwrap_or_else(|| panic!("no link in {stdout}"))
+        .to_owned();
+    // The server started afterwards on the same data directory checks it with the same key.
+    let env = |k: &str| (k == "EMULATOR_CLIENT_SECRET").then(|| amo.client_secret.clone());
+    let cfg = rebuy::config::load(&config_path, &env).unwrap();
+    let state = AppState::new(&cfg, true).unwrap();
+    let cancel = CancellationToken::new();
+    let (st, c) = (state.clone(), cancel.clone());
+    tokio::spawn(async move { rebuy::server::serve(listener, st, c.cancelled_owned()).await });
+    let http = crate::serve::no_redirects();
+    let start = http.get(&link).send().await.unwrap();
+    assert_eq!(start.status(), 302);
+    assert!(
+        start.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with(&emu.base_url)
+    );
+    let tampered = link.replace("/oauth/shop/", "/oauth/shap/");
+    assert_eq!(http.get(&tampered).send().await.unwrap().status(), 404);
+    let exp: i64 = crate::serve::query_param(&link, "exp")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let later = link.replace(&format!("exp={exp}"), &format!("exp={}", exp + 3600));
+    assert_eq!(
+        http.get(&later).send().await.unwrap().status(),
+        403,
+        "a longer life is not signed"
+    );
+    cancel.cancel();
 }

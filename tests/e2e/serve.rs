@@ -93,7 +93,11 @@ pub(crate) fn amo_body(account_id: u64, subdomain: &str, items: &str) -> String 
     )
 }
 
-pub(crate) async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
+pub(crate) async fn post(
+    url: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, String) {
     let r = reqwest::Client::new()
         .post(url)
         .header("content-type", content_type)

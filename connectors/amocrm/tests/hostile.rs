@@ -110,6 +110,9 @@ async fn the_cap_is_the_configured_one() {
         panic!("{err:?}");
     };
     assert!(message.contains("exceeds 1 MiB"), "{message}");
-    assert!(message.contains("/api/v4/account") && message.contains("127.0.0.1"), "{message}");
+    assert!(
+        message.contains("/api/v4/account") && message.contains("127.0.0.1"),
+        "{message}"
+    );
     assert!(grew < 32 << 20, "peak RSS grew {grew} bytes");
 }
