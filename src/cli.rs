@@ -232,6 +232,13 @@ pub struct AuthArgs {
     /// The authorization code, if you already have it (otherwise it is asked for).
     #[arg(long)]
     pub code: Option<String>,
+    /// Print a signed link that starts the OAuth flow on the running `rebuy serve`
+    /// (`/oauth/{portal}/start`) instead of authorising here; give it to whoever will consent.
+    #[arg(long, conflicts_with = "code")]
+    pub link: bool,
+    /// How long the link from `--link` is valid, in hours (at most 168).
+    #[arg(long, default_value_t = 24, requires = "link", value_parser = clap::value_parser!(u64).range(1..=168))]
+    pub valid_hours: u64,
 }
 
 /// `rebuy emulate ...`
@@ -696,6 +703,25 @@ async fn cmd_auth(cfg: &Config, args: &AuthArgs) -> Result<ExitCode> {
                 config::AuthConfig::LongLivedToken { .. } => "a long-lived token",
                 _ => "an inbound webhook",
             }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.link {
+        // Signed with the key `serve` checks, from the data directory; no store is opened, so
+        // this works while the server runs.
+        let key = crate::server::oauth::LinkKey::load_or_create(&cfg.data_dir)
+            .with_context(|| format!("reading the link key in {}", cfg.data_dir.display()))?;
+        let base = cfg
+            .server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", cfg.server.listen));
+        let valid = std::time::Duration::from_secs(args.valid_hours * 3600);
+        println!(
+            "Open this link within {} hour(s) to connect portal {} (it works for anyone who has it):\n\n  {}\n",
+            args.valid_hours,
+            p.id,
+            key.start_link(&base, &p.id.0, valid)
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -94,6 +94,7 @@ pub fn b24_settings(p: &PortalConfig) -> Result<rebuy_bitrix24::B24Settings, Con
     s.product_rows = p.sync.product_rows;
     // A client_endpoint or domain of a token answer or an event is followed only to these.
     s.allowed_hosts = p.allowed_hosts.clone();
+    s.max_answer_bytes = p.max_answer_bytes;
     Ok(s)
 }
 
@@ -142,7 +143,7 @@ pub fn amo_settings(p: &PortalConfig) -> Result<AmoSettings, ConnectorError> {
         retry: rebuy_core::retry::RetryPolicy::default(),
         request_timeout: Duration::from_secs(30),
         prefetch: 2,
-        max_answer_bytes: rebuy_core::body::DEFAULT_MAX_ANSWER_BYTES,
+        max_answer_bytes: p.max_answer_bytes,
     })
 }
 

@@ -140,7 +140,10 @@ impl Fitted {
     pub fn expected_many(&self, horizons: &[f64], x: u32, t_x: f64, t: f64) -> Vec<f64> {
         match self {
             Fitted::Cnbd(p) => p.expected_many(horizons, x, t_x, t),
-            _ => horizons.iter().map(|&h| self.expected(h, x, t_x, t)).collect(),
+            _ => horizons
+                .iter()
+                .map(|&h| self.expected(h, x, t_x, t))
+                .collect(),
         }
     }
 
@@ -467,8 +470,7 @@ pub fn backtest(days: &[Vec<i64>], cutoff: i64, end: i64, pin: Option<&str>) -> 
         // tracking MAPE of BTYDplus and the MBG/CNBD-k paper); the calibration weeks are fit.
         let hold_from = week_ends.partition_point(|&e| e <= cutoff);
         row.mape_pct = mape(&full_pred[hold_from..], &full_actual[hold_from..]);
-        let quantiles: Vec<[Option<f64>; 3]> =
-            row_of.iter().map(|&i| waits[i as usize]).collect();
+        let quantiles: Vec<[Option<f64>; 3]> = row_of.iter().map(|&i| waits[i as usize]).collect();
         (row.next_mdae_days, row.next_in_80) = next_figures(&quantiles, &next_wait);
         row.params = m.describe();
         row.fit_ms = fit_ms;
@@ -924,7 +926,11 @@ mod tests {
         // Against the hiatus heuristic the margin is near 0.01 on this set (0.0098 here):
         // recency alone tells much of who is still buying over 39 weeks.
         let hiatus = row("hiatus").auc;
-        assert!(chosen.auc >= hiatus + 0.005, "AUC {} vs {hiatus}", chosen.auc);
+        assert!(
+            chosen.auc >= hiatus + 0.005,
+            "AUC {} vs {hiatus}",
+            chosen.auc
+        );
         let cycle = row("personal cycle");
         assert!(
             chosen.next_mdae_days < cycle.next_mdae_days,
@@ -933,7 +939,11 @@ mod tests {
             cycle.next_mdae_days
         );
         // The 80% interval holds roughly 80% of the actual next purchases.
-        assert!((0.6..=0.95).contains(&chosen.next_in_80), "{}", chosen.next_in_80);
+        assert!(
+            (0.6..=0.95).contains(&chosen.next_in_80),
+            "{}",
+            chosen.next_in_80
+        );
     }
 
     #[test]

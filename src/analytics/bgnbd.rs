@@ -124,7 +124,9 @@ fn ll_grad(c: &Compiled, p: [f64; 4]) -> (f64, [f64; 4]) {
     let ln_v: Vec<f64> = c.times.iter().map(|t| (alpha + t).ln()).collect();
     let inv: Vec<f64> = c.times.iter().map(|t| 1.0 / (alpha + t)).collect();
     let (ln_v, inv) = (&ln_v[..], &inv[..]);
-    fit::par_sum(&c.rows, |rows| ll_grad_chunk(rows, ln_v, inv, r, alpha, a, b))
+    fit::par_sum(&c.rows, |rows| {
+        ll_grad_chunk(rows, ln_v, inv, r, alpha, a, b)
+    })
 }
 
 fn x_terms(x: u32, r: f64, alpha: f64, a: f64, b: f64) -> XTerms {
@@ -240,7 +242,9 @@ fn fit_sampled(rows: &[SummaryRow], sample_rows: usize) -> Option<BgNbdParams> {
     let compiled = Compiled::new(&sc.rows);
     let full = objective(&compiled, sc.n);
     let sample = sc.sample(sample_rows);
-    let sample_compiled = sample.as_ref().map(|s| (Compiled::new(s), fit::customers(s)));
+    let sample_compiled = sample
+        .as_ref()
+        .map(|s| (Compiled::new(s), fit::customers(s)));
     let sample_obj = sample_compiled.as_ref().map(|(c, n)| objective(c, *n));
     let m = fit::minimise(
         &full,

@@ -128,8 +128,7 @@ fn ll_grad(rows: &[SummaryRow], k: u32, p: [f64; 4]) -> (f64, [f64; 4]) {
             let cnt = row.count;
             ll += cnt * (base + lse);
             g[0] += cnt * (d_r + (1.0 - w) * (s_r / s - lt) - w * ltx);
-            g[1] += cnt
-                * (r / alpha + (1.0 - w) * (s_a / s - big_r / at) - w * big_r / atx);
+            g[1] += cnt * (r / alpha + (1.0 - w) * (s_a / s - big_r / at) - w * big_r / atx);
             g[2] += cnt * (d_a + w / a);
             g[3] += cnt * (d_b - w / (b + xf));
         }
@@ -190,7 +189,11 @@ pub fn fit(rows: &[SummaryRow], gaps: GapLogs) -> Option<MbgCnbdParams> {
         if !p.log_likelihood.is_finite() {
             break;
         }
-        falls = if p.log_likelihood < prev { falls + 1 } else { 0 };
+        falls = if p.log_likelihood < prev {
+            falls + 1
+        } else {
+            0
+        };
         prev = p.log_likelihood;
         if best.is_none_or(|b| p.log_likelihood > b.log_likelihood) {
             best = Some(p);
@@ -374,7 +377,8 @@ mod tests {
                     let mut alive = 0.0;
                     for j in 0..k {
                         let jf = j as f64;
-                        alive += (ln_gamma(big_r + jf) - ln_gamma(r) + r * alpha.ln()
+                        alive += (ln_gamma(big_r + jf) - ln_gamma(r)
+                            + r * alpha.ln()
                             + jf * e.max(1e-300).ln()
                             - ln_gamma(jf + 1.0)
                             - (big_r + jf) * (alpha + row.t).ln())
@@ -391,7 +395,10 @@ mod tests {
                 })
                 .sum();
             let (got, g) = ll_grad(&rows, k, p);
-            assert!((got - want).abs() < 1e-10 * want.abs(), "k {k}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-10 * want.abs(),
+                "k {k}: {got} vs {want}"
+            );
             for i in 0..4 {
                 let h = 1e-6 * p[i];
                 let (mut up, mut dn) = (p, p);
@@ -440,8 +447,14 @@ mod tests {
             (7, 18.0, 20.0, 5.0),
             (15, 2.5, 3.0, 52.0),
         ] {
-            let (e1, e2) = (c.expected_purchases(h, x, t_x, t), m.expected_purchases(h, x, t_x, t));
-            assert!((e1 - e2).abs() <= 1e-6 * e2.abs().max(1e-9), "{x} {t_x} {t} {h}: {e1} vs {e2}");
+            let (e1, e2) = (
+                c.expected_purchases(h, x, t_x, t),
+                m.expected_purchases(h, x, t_x, t),
+            );
+            assert!(
+                (e1 - e2).abs() <= 1e-6 * e2.abs().max(1e-9),
+                "{x} {t_x} {t} {h}: {e1} vs {e2}"
+            );
             let (p1, p2) = (c.p_alive(x, t_x, t), m.p_alive(x, t_x, t));
             assert!((p1 - p2).abs() <= 1e-12, "{p1} vs {p2}");
         }
@@ -463,7 +476,12 @@ mod tests {
         let f1 = fit_k(&base, GapLogs::default(), 1).unwrap();
         let f2 = mbgnbd::fit(&base).unwrap();
         assert!(f1.converged && f2.converged);
-        for (u, v) in [(f1.r, f2.r), (f1.alpha, f2.alpha), (f1.a, f2.a), (f1.b, f2.b)] {
+        for (u, v) in [
+            (f1.r, f2.r),
+            (f1.alpha, f2.alpha),
+            (f1.a, f2.a),
+            (f1.b, f2.b),
+        ] {
             assert!((u - v).abs() <= 1e-6 * v, "{f1:?} vs {f2:?}");
         }
         assert!((f1.log_likelihood - f2.log_likelihood).abs() < 1e-6);

@@ -630,11 +630,7 @@ fn fit_models(
             .any(|b| b.eq_ignore_ascii_case(p))
     });
     let mut chain: Vec<&str> = Vec::new();
-    if let Some(m) = pin.and_then(|p| {
-        backtest::MODELS
-            .iter()
-            .find(|m| m.eq_ignore_ascii_case(p))
-    }) {
+    if let Some(m) = pin.and_then(|p| backtest::MODELS.iter().find(|m| m.eq_ignore_ascii_case(p))) {
         chain.push(m);
     }
     for m in PRODUCT_MODELS {

@@ -119,9 +119,7 @@ pub fn fit(rows: &[SummaryRow]) -> Option<ParetoNbdParams> {
     let x0 = [0.0, (1.0 / sc.rate).ln(), 0.0, 10f64.ln()];
     let full = objective(&sc.rows, sc.n);
     let sample = sc.sample(SAMPLE_ROWS);
-    let sample_obj = sample
-        .as_ref()
-        .map(|s| objective(s, fit::customers(s)));
+    let sample_obj = sample.as_ref().map(|s| objective(s, fit::customers(s)));
     let m = fit::minimise(
         &full,
         sample_obj.as_ref().map(|f| f as fit::Objective<'_, 4>),

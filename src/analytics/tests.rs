@@ -647,7 +647,12 @@ fn models_run_on_a_small_portal() {
     // Ten customers with 25-day gaps identify no model: each degenerate fit is named in one
     // sentence and
     // the personal cycle drives the predictions (no P(alive), a date for repeat buyers).
-    assert_eq!(a.models.driving.as_deref(), Some("personal cycle"), "{:?}", a.warnings);
+    assert_eq!(
+        a.models.driving.as_deref(),
+        Some("personal cycle"),
+        "{:?}",
+        a.warnings
+    );
     assert!(
         a.warnings
             .iter()
@@ -838,7 +843,8 @@ fn an_unknown_model_pin_is_named() {
     };
     let p = s.validate();
     assert!(
-        p.iter().any(|m| m.starts_with("model \"Pareto\" is not one of Pareto/NBD, BG/NBD")),
+        p.iter()
+            .any(|m| m.starts_with("model \"Pareto\" is not one of Pareto/NBD, BG/NBD")),
         "{p:?}"
     );
     let ok = Settings {

@@ -149,6 +149,9 @@ pub struct PortalConfig {
     /// Bitrix24: hosts besides `base_url`'s that a `client_endpoint` or `domain` of a token
     /// answer or an event may name (a portal renamed to another domain); `host` or `host:port`.
     pub allowed_hosts: Vec<String>,
+    /// Largest CRM answer read, in bytes (`max_answer_mib`, default 64 MiB): a larger one is
+    /// refused unread with an error naming the portal and the endpoint.
+    pub max_answer_bytes: usize,
 }
 
 /// `[server]`: the long-lived `rebuy serve` process.
@@ -176,6 +179,17 @@ pub struct ServerSettings {
     /// The token of `metrics_token_env`, read at resolution.
     #[serde(skip)]
     pub metrics_token: Option<SecretString>,
+    /// Most connections open at once; past it the oldest idle one is closed.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (also the idle timeout of a
+    /// kept-alive connection).
+    pub header_timeout_secs: u64,
+    /// Longest pause, in seconds, between two pieces of a request body.
+    pub body_timeout_secs: u64,
+    /// Seconds a webhook, OAuth, health or metrics request may take in all (408 after it).
+    pub request_timeout_secs: u64,
+    /// Seconds shutdown waits for requests in flight before closing their connections.
+    pub shutdown_grace_secs: u64,
     /// `[server.ui]`: the dashboard (resolved separately: it reads passwords from the
     /// environment).
     #[serde(skip)]
@@ -195,7 +209,26 @@ impl Default for ServerSettings {
             inbox_max_attempts: 10,
             inbox_dedupe_days: 7,
             metrics_token: None,
+            max_connections: 1024,
+            header_timeout_secs: 10,
+            body_timeout_secs: 10,
+            request_timeout_secs: 30,
+            shutdown_grace_secs: 3,
             ui: UiConfig::default(),
+        }
+    }
+}
+
+impl ServerSettings {
+    /// The listener's timeouts and connection cap.
+    pub fn limits(&self) -> crate::server::listen::Limits {
+        use std::time::Duration;
+        crate::server::listen::Limits {
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
+            max_connections: self.max_connections,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
         }
     }
 }
@@ -429,6 +462,7 @@ const PORTAL_KEYS: &[&str] = &[
     "mapping",
     "webhooks",
     "allowed_hosts",
+    "max_answer_mib",
 ];
 
 #[derive(Deserialize)]
@@ -453,6 +487,8 @@ struct RawPortal {
     webhooks: Option<serde_json::Value>,
     #[serde(default)]
     allowed_hosts: Vec<String>,
+    #[serde(default)]
+    max_answer_mib: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -537,6 +573,24 @@ pub fn resolve(
     }
     if server.daily_hour > 23 {
         cx.problem("server.daily_hour", "must be between 0 and 23");
+    }
+    if server.max_connections == 0 {
+        cx.problem("server.max_connections", "must be at least 1");
+    }
+    for (key, v) in [
+        ("server.header_timeout_secs", server.header_timeout_secs),
+        ("server.body_timeout_secs", server.body_timeout_secs),
+        ("server.request_timeout_secs", server.request_timeout_secs),
+    ] {
+        if !(1..=3600).contains(&v) {
+            cx.problem(key, format!("{v} is not between 1 and 3600 seconds"));
+        }
+    }
+    if server.shutdown_grace_secs > 60 {
+        cx.problem(
+            "server.shutdown_grace_secs",
+            format!("{} is more than 60 seconds", server.shutdown_grace_secs),
+        );
     }
     if server.listen.parse::<std::net::SocketAddr>().is_err() {
         cx.problem(
@@ -794,6 +848,13 @@ fn resolve_portal(
             );
         }
     }
+    let max_answer_mib = raw.max_answer_mib.unwrap_or(DEFAULT_MAX_ANSWER_MIB);
+    if !(1..=4096).contains(&max_answer_mib) {
+        cx.problem(
+            &format!("{key}.max_answer_mib"),
+            format!("{max_answer_mib} is not between 1 and 4096 MiB"),
+        );
+    }
     if cx.problems.len() > before {
         return None;
     }
@@ -815,8 +876,12 @@ fn resolve_portal(
             .iter()
             .map(|h| h.trim().to_ascii_lowercase())
             .collect(),
+        max_answer_bytes: (max_answer_mib as usize) << 20,
     })
 }
+
+/// The default of `max_answer_mib`.
+pub const DEFAULT_MAX_ANSWER_MIB: u64 = (rebuy_core::body::DEFAULT_MAX_ANSWER_BYTES >> 20) as u64;
 
 /// Whether an `allowed_hosts` entry is a bare `host` or `host:port` (no scheme, path or
 /// credentials).
@@ -861,6 +926,67 @@ mod tests {
         assert_eq!(c.portals[0].id.0, "shop");
         assert_eq!(c.portals[0].sync.overlap_secs, 300);
         assert_eq!(c.portals[0].time_zone_name, "Europe/Moscow");
+    }
+
+    #[test]
+    fn max_answer_mib_resolves_and_is_checked() {
+        let portal = |extra: &str| {
+            doc(&format!(
+                r#"
+            [[portal]]
+            id = "shop"
+            kind = "amocrm"
+            base_url = "https://shop.amocrm.ru"
+            {extra}
+            [portal.auth]
+            type = "oauth"
+            client_id = "abc"
+            client_secret_env = "SHOP_SECRET"
+            redirect_uri = "https://example.com/cb"
+        "#
+            ))
+        };
+        let c = resolve(&portal(""), "rebuy.toml", &env).unwrap();
+        assert_eq!(c.portals[0].max_answer_bytes, 64 << 20);
+        let c = resolve(&portal("max_answer_mib = 8"), "rebuy.toml", &env).unwrap();
+        assert_eq!(c.portals[0].max_answer_bytes, 8 << 20);
+        let text = format_problems(
+            &resolve(&portal("max_answer_mib = 0"), "rebuy.toml", &env).unwrap_err(),
+        );
+        assert!(
+            text.contains("portal[0].max_answer_mib: 0 is not between 1 and 4096 MiB"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn listener_limits_resolve_and_are_checked() {
+        let portal = r#"
+            [[portal]]
+            id = "shop"
+            kind = "amocrm"
+            base_url = "https://shop.amocrm.ru"
+            [portal.auth]
+            type = "oauth"
+            client_id = "abc"
+            client_secret_env = "SHOP_SECRET"
+            redirect_uri = "https://example.com/cb"
+        "#;
+        let c = resolve(&doc(portal), "rebuy.toml", &env).unwrap();
+        assert_eq!(c.server.limits(), crate::server::listen::Limits::default());
+        let d = doc(&format!(
+            "[server]\nmax_connections = 0\nheader_timeout_secs = 0\nbody_timeout_secs = 5000\nrequest_timeout_secs = 7\nshutdown_grace_secs = 61\n{portal}"
+        ));
+        let text = format_problems(&resolve(&d, "rebuy.toml", &env).unwrap_err());
+        for needle in [
+            "server.max_connections: must be at least 1",
+            "server.header_timeout_secs: 0 is not between 1 and 3600 seconds",
+            "server.body_timeout_secs: 5000 is not between 1 and 3600 seconds",
+            "server.shutdown_grace_secs: 61 is more than 60 seconds",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert!(!text.contains("request_timeout_secs"), "{text}");
     }
 
     #[test]

@@ -29,6 +29,9 @@ impl AppState {
             ui: crate::config::UiConfig::default(),
             playbooks_dir: None,
             metrics_token: None,
+            limits: Default::default(),
+            oauth: Default::default(),
+            link_key: None,
         }
     }
 }

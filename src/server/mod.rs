@@ -11,8 +11,9 @@ pub mod demo;
 pub mod error;
 pub mod fuzz;
 pub mod inbox;
+pub mod listen;
 pub mod metrics;
-mod oauth;
+pub mod oauth;
 pub mod runtime;
 mod webhooks;
 pub mod worker;
@@ -119,6 +120,12 @@ pub struct AppState {
     /// The bearer token `/metrics` asks for on the main listener (`[server]
     /// metrics_token_env`); `None`: `/metrics` is 404 there.
     pub metrics_token: Option<secrecy::SecretString>,
+    /// The listener's timeouts and connection cap (`[server]`).
+    pub limits: listen::Limits,
+    /// OAuth flows started and not yet called back.
+    pub oauth: Arc<oauth::PendingStates>,
+    /// The key of signed start links (`rebuy auth --link`); `None`: no link is accepted.
+    pub link_key: Option<Arc<oauth::LinkKey>>,
 }
 
 impl AppState {
@@ -139,6 +146,15 @@ impl AppState {
             ui: cfg.server.ui.clone(),
             playbooks_dir: None,
             metrics_token: cfg.server.metrics_token.clone(),
+            limits: cfg.server.limits(),
+            oauth: Arc::default(),
+            link_key: match oauth::LinkKey::load_or_create(&cfg.data_dir) {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "No OAuth start link key: signed start links are refused.");
+                    None
+                }
+            },
         })
     }
 
@@ -167,7 +183,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves `router(state)` and the dashboard under `/ui` on `listener` until `shutdown`
-/// resolves; in-flight requests finish.
+/// resolves, under the state's [`listen::Limits`]; in-flight requests finish within the
+/// shutdown grace period.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -175,12 +192,15 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // The dashboard is on when `[server.ui]` (or REBUY_UI_USER / REBUY_UI_PASSWORD) gives it a
     // user (else /ui is 404).
-    let app = router(state.clone()).nest("/ui", crate::ui::router_from_config(state));
-    // The peer address reaches handlers (the login's per-address limit).
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let limits = state.limits.clone();
+    let app = router(state.clone())
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .nest("/ui", crate::ui::router_from_config(state))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            limits.body_timeout,
+        ));
+    listen::run(listener, app, limits, shutdown).await
 }

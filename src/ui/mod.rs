@@ -7,7 +7,7 @@
 //! per TTL per portal, on a blocking thread, and shared by every page).
 //!
 //! Pages (see [`pages`]): portals (connection, tokens, last sync, errors, connect button to
-//! `/oauth/{portal}/start`), a portal's overview (figures, warnings, monthly SVG charts), the
+//! `/ui/p/{portal}/connect`, which starts an OAuth flow), a portal's overview (figures, warnings, monthly SVG charts), the
 //! RFM heatmap and the ABC x XYZ matrix (cells link to their customers), segments (search,
 //! filters, pages of 100, CSV and XLSX export with phones and emails), touches (the outbox
 //! with a retry button on failures; the dry-run plan with an apply button), mapping (the
@@ -482,6 +482,7 @@ pub fn router_with(ui: UiState) -> Router {
         .route("/logout", post(pages::logout))
         .route("/p/{portal}", get(pages::overview))
         .route("/p/{portal}/refresh", post(pages::refresh))
+        .route("/p/{portal}/connect", get(pages::connect))
         .route("/p/{portal}/rfm", get(pages::rfm))
         .route("/p/{portal}/segments", get(pages::segments))
         .route("/p/{portal}/segments.csv", get(pages::export_csv))

@@ -519,6 +519,25 @@ pub async fn refresh(
     Redirect::to(&format!("/ui/p/{}", id.0)).into_response()
 }
 
+/// `GET /ui/p/{portal}/connect`: the Connect button. Starts an OAuth flow for the logged-in
+/// user (the session cookie is `SameSite=Strict`, so a link from another site lands on the
+/// login page instead) and redirects to the CRM's consent page.
+pub async fn connect(
+    State(ui): State<UiState>,
+    Path(portal): Path<String>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    let (_, rt) = match portal_runtime(&ui, &headers, &p, &portal) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match crate::server::oauth::begin(&ui.app, rt) {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Portals.
 
@@ -567,7 +586,7 @@ pub async fn portals(
                             ConnState::NeedsReauth(why) => span.err { (l.t("needs re-authorization", "нужна повторная авторизация")) ": " (why) },
                         }
                         @if s.oauth && !matches!(s.state, ConnState::Connected) {
-                            " " a.button href={"/oauth/" (s.id) "/start"} { (l.t("Connect", "Подключить")) }
+                            " " a.button href={"/ui/p/" (s.id) "/connect"} { (l.t("Connect", "Подключить")) }
                         }
                     }
                     td { (ts(s.expires)) }

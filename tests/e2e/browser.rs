@@ -584,14 +584,13 @@ async fn the_dashboard_in_headless_chromium() {
     assert_eq!(shown, pipelines);
     shot(&b, "10-mapping").await;
 
-    // Re-authorization: the connect button leads to the CRM's consent page with our client id
-    // and a state the server issued.
+    // Re-authorization: the connect button leads to the CRM's consent page with a state the
+    // server issued to this browser.
     store.set_needs_reauth("refresh token revoked").unwrap();
     b.goto(&format!("{base}/ui")).await.unwrap();
-    wait_for(&b, "a[href=\"/oauth/test/start\"]").await;
+    wait_for(&b, "a[href=\"/ui/p/test/connect\"]").await;
     shot(&b, "11-needs-reauth").await;
-    // What the button asks of the server: a redirect to the emulator's consent page with our
-    // client id and a state the server issued (kept in the portal's store).
+    // Without the dashboard's session or a signed link, nobody starts a flow.
     let no_redirects = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -601,27 +600,17 @@ async fn the_dashboard_in_headless_chromium() {
         .send()
         .await
         .unwrap();
-    assert_eq!(start.status(), 302);
-    let authorize = url::Url::parse(start.headers()["location"].to_str().unwrap()).unwrap();
-    let emu_base = url::Url::parse(&env.emu.base_url).unwrap();
-    assert_eq!(
-        (authorize.host_str(), authorize.port(), authorize.path()),
-        (emu_base.host_str(), emu_base.port(), "/oauth")
-    );
-    let q: std::collections::HashMap<String, String> =
-        authorize.query_pairs().into_owned().collect();
-    assert_eq!(q["client_id"], AmoConfig::default().client_id);
-    let issued = |state: &str| {
-        store
-            .meta::<std::collections::BTreeMap<String, jiff::Timestamp>>("oauth_states")
-            .unwrap()
-            .unwrap_or_default()
-            .contains_key(state)
-    };
-    assert!(issued(&q["state"]), "the server issued the state");
+    assert_eq!(start.status(), 401);
+    let anon = no_redirects
+        .get(format!("{base}/ui/p/test/connect"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.headers()["location"], "/ui/login");
+    assert!(state.oauth.is_empty(), "no flow started");
     // The browser follows the button: the emulated amoCRM consents at once and sends it to the
     // integration's redirect URI with a code and the state the server issued for this click.
-    click(&b, "a[href=\"/oauth/test/start\"]").await;
+    click(&b, "a[href=\"/ui/p/test/connect\"]").await;
     let redirect = url::Url::parse(&AmoConfig::default().redirect_uri).unwrap();
     let until = Instant::now() + Duration::from_secs(10);
     let mut back = b.current_url().await.unwrap();
@@ -632,9 +621,10 @@ async fn the_dashboard_in_headless_chromium() {
     assert_eq!(back.path(), redirect.path(), "{back}");
     let q: std::collections::HashMap<String, String> = back.query_pairs().into_owned().collect();
     assert!(!q["code"].is_empty());
-    assert!(
-        issued(&q["state"]),
-        "the browser's state was issued by the server"
+    assert_eq!(
+        state.oauth.len(),
+        1,
+        "the server issued the browser's state"
     );
     // That redirect URI is the server's callback in production: hand it the code and state.
     let mut callback = url::Url::parse(&format!("{base}/oauth/test/callback")).unwrap();
@@ -652,11 +642,11 @@ async fn the_dashboard_in_headless_chromium() {
         .unwrap();
     assert!(text.contains("Portal test is connected"), "{text}");
     shot(&b, "12-oauth-connected").await;
-    assert!(!issued(&q["state"]), "a state works once");
+    assert!(state.oauth.is_empty(), "a state works once");
     b.goto(&format!("{base}/ui")).await.unwrap();
     wait_for(&b, "tr[data-portal=test]").await;
     assert!(
-        b.find_all(Locator::Css("a[href=\"/oauth/test/start\"]"))
+        b.find_all(Locator::Css("a[href=\"/ui/p/test/connect\"]"))
             .await
             .unwrap()
             .is_empty(),

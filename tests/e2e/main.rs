@@ -3,6 +3,7 @@
 mod bitrix;
 mod browser;
 mod cli;
+mod edges;
 mod security;
 mod serve;
 mod support;

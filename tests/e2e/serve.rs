@@ -8,15 +8,15 @@ use rebuy_emulator::amocrm::AmoConfig;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-const HOOK_SECRET: &str = "hook-secret-5f2c";
-const METRICS_TOKEN: &str = "metrics-token-9d1e";
+pub(crate) const HOOK_SECRET: &str = "hook-secret-5f2c";
+pub(crate) const METRICS_TOKEN: &str = "metrics-token-9d1e";
 
 /// A config with one amoCRM portal on `base_url` and one Bitrix24 portal (unused endpoint).
 fn config(data_dir: &std::path::Path, base_url: &str) -> Config {
     config_with_id(data_dir, base_url, "shop")
 }
 
-fn config_with_id(data_dir: &std::path::Path, base_url: &str, id: &str) -> Config {
+pub(crate) fn config_with_id(data_dir: &std::path::Path, base_url: &str, id: &str) -> Config {
     let emu = AmoConfig::default();
     let text = format!(
         r#"
@@ -67,13 +67,13 @@ fn config_with_id(data_dir: &std::path::Path, base_url: &str, id: &str) -> Confi
     rebuy::config::resolve(&doc, "test.toml", &env).unwrap()
 }
 
-struct Server {
-    url: String,
-    cancel: CancellationToken,
-    state: AppState,
+pub(crate) struct Server {
+    pub(crate) url: String,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) state: AppState,
 }
 
-async fn start_server(cfg: &Config, background: bool) -> Server {
+pub(crate) async fn start_server(cfg: &Config, background: bool) -> Server {
     let state = AppState::new(cfg, true).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -87,13 +87,17 @@ async fn start_server(cfg: &Config, background: bool) -> Server {
     Server { url, cancel, state }
 }
 
-fn amo_body(account_id: u64, subdomain: &str, items: &str) -> String {
+pub(crate) fn amo_body(account_id: u64, subdomain: &str, items: &str) -> String {
     format!(
         "{items}&account[subdomain]={subdomain}&account[id]={account_id}&account[_links][self]=https://{subdomain}.amocrm.ru"
     )
 }
 
-async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
+pub(crate) async fn post(
+    url: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, String) {
     let r = reqwest::Client::new()
         .post(url)
         .header("content-type", content_type)
@@ -104,7 +108,7 @@ async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> 
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-const FORM: &str = "application/x-www-form-urlencoded";
+pub(crate) const FORM: &str = "application/x-www-form-urlencoded";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_get_their_documented_status_and_nothing_is_stored() {
@@ -329,14 +333,14 @@ async fn metrics_and_health_answer() {
     srv.cancel.cancel();
 }
 
-fn no_redirects() -> reqwest::Client {
+pub(crate) fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
 }
 
-fn query_param(url: &str, key: &str) -> Option<String> {
+pub(crate) fn query_param(url: &str, key: &str) -> Option<String> {
     url::Url::parse(url)
         .ok()?
         .query_pairs()
@@ -354,12 +358,20 @@ async fn oauth_flow_connects_a_portal_and_refuses_wrong_or_replayed_state() {
     let srv = start_server(&cfg, false).await;
     let http = no_redirects();
 
-    let start = http
-        .get(format!("{}/oauth/shop/start", srv.url))
-        .send()
-        .await
-        .unwrap();
+    // A signed link, as `rebuy auth --link` prints it.
+    let link = srv.state.link_key.as_ref().unwrap().start_link(
+        &srv.url,
+        "shop",
+        Duration::from_secs(3600),
+    );
+    let start = http.get(&link).send().await.unwrap();
     assert_eq!(start.status(), 302);
+    let cookie = start.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("Path=/oauth/shop/") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let cookie = cookie.split(';').next().unwrap().to_owned();
     let consent = start.headers()["location"].to_str().unwrap().to_owned();
     assert!(consent.starts_with(&emu.base_url), "{consent}");
     // The emulator consents at once and redirects to the integration's redirect URI.
@@ -374,6 +386,7 @@ async fn oauth_flow_connects_a_portal_and_refuses_wrong_or_replayed_state() {
             "{}/oauth/shop/callback?code={code}&state=forged",
             srv.url
         ))
+        .header("cookie", &cookie)
         .send()
         .await
         .unwrap();
@@ -383,6 +396,7 @@ async fn oauth_flow_connects_a_portal_and_refuses_wrong_or_replayed_state() {
             "{}/oauth/shop/callback?code={code}&state={state}",
             srv.url
         ))
+        .header("cookie", &cookie)
         .send()
         .await
         .unwrap();
@@ -395,6 +409,7 @@ async fn oauth_flow_connects_a_portal_and_refuses_wrong_or_replayed_state() {
             "{}/oauth/shop/callback?code={code}&state={state}",
             srv.url
         ))
+        .header("cookie", &cookie)
         .send()
         .await
         .unwrap();
@@ -444,7 +459,7 @@ async fn disconnect_hook_checks_its_signature_and_marks_the_portal() {
 }
 
 /// A `rebuy serve` child process; killed on drop.
-struct ServeProcess(std::process::Child);
+pub(crate) struct ServeProcess(pub(crate) std::process::Child);
 
 impl Drop for ServeProcess {
     fn drop(&mut self) {
@@ -453,7 +468,7 @@ impl Drop for ServeProcess {
     }
 }
 
-fn spawn_serve(config: &std::path::Path, log: &std::path::Path) -> ServeProcess {
+pub(crate) fn spawn_serve(config: &std::path::Path, log: &std::path::Path) -> ServeProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -473,7 +488,7 @@ fn spawn_serve(config: &std::path::Path, log: &std::path::Path) -> ServeProcess 
     ServeProcess(child)
 }
 
-async fn wait_ready(url: &str) {
+pub(crate) async fn wait_ready(url: &str) {
     for _ in 0..200 {
         if let Ok(r) = reqwest::get(format!("{url}/readyz")).await
             && r.status() == 200
@@ -1174,5 +1189,63 @@ async fn an_amocrm_webhook_with_a_repeated_account_is_refused() {
     .await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("account[id] is repeated"), "{text}");
+    srv.cancel.cancel();
+}
+
+/// The server's own listener hands the peer address to the dashboard's login: 20 attempts a
+/// minute from one address over all users, the 21st is refused with 429 even for a user whose
+/// own bucket is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_limit_applies_per_peer_address_on_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), "http://127.0.0.1:9");
+    cfg.server.ui.cookie_secure = false;
+    cfg.server.ui.users = ["anna", "boris", "vera"]
+        .iter()
+        .map(|n| rebuy::config::UiUser {
+            name: (*n).to_owned(),
+            password: format!("{n}-pw").into(),
+        })
+        .collect();
+    let srv = start_server(&cfg, false).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = http
+        .get(format!("{}/ui/login", srv.url))
+        .send()
+        .await
+        .unwrap();
+    let cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|v| v.starts_with("rebuy_login="))
+        .unwrap();
+    let html = page.text().await.unwrap();
+    let at = html.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+    let token = html[at..at + html[at..].find('"').unwrap()].to_owned();
+    let attempt = |user: &'static str| {
+        http.post(format!("{}/ui/login", srv.url))
+            .header("cookie", cookie.clone())
+            .form(&[
+                ("user", user),
+                ("password", "wrong"),
+                ("csrf", token.as_str()),
+            ])
+            .send()
+    };
+    for user in ["anna", "boris"] {
+        for _ in 0..10 {
+            assert_eq!(attempt(user).await.unwrap().status(), 401);
+        }
+    }
+    assert_eq!(
+        attempt("vera").await.unwrap().status(),
+        429,
+        "the address has used its 20"
+    );
     srv.cancel.cancel();
 }

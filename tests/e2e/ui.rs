@@ -216,6 +216,7 @@ async fn the_dashboard_logs_in_and_shows_the_analysis_of_the_cache() {
         "/ui/p/test/segments",
         "/ui/p/test/segments.csv",
         "/ui/p/test/touches",
+        "/ui/p/test/connect",
     ] {
         let r = c.get(path, None).await;
         assert_eq!((r.status, r.location()), (303, "/ui/login"), "{path}");
@@ -340,7 +341,7 @@ async fn the_dashboard_logs_in_and_shows_the_analysis_of_the_cache() {
     assert_eq!(portals.status, 200);
     assert!(portals.body.contains("data-portal=\"test\""));
     assert!(
-        portals.body.contains("connected") && !portals.body.contains("/oauth/test/start"),
+        portals.body.contains("connected") && !portals.body.contains("/ui/p/test/connect"),
         "{}",
         portals.body
     );
@@ -353,7 +354,23 @@ async fn the_dashboard_logs_in_and_shows_the_analysis_of_the_cache() {
         "{}",
         portals.body
     );
-    assert!(portals.body.contains("href=\"/oauth/test/start\""));
+    assert!(portals.body.contains("href=\"/ui/p/test/connect\""));
+    // The button starts an OAuth flow for the logged-in user: to the CRM's consent page, with a
+    // state kept in memory and a cookie binding it to this browser.
+    assert!(state.oauth.is_empty());
+    let connect = c.get("/ui/p/test/connect", cookie).await;
+    assert_eq!(connect.status, 302);
+    assert!(
+        connect.location().starts_with(&env.emu.base_url) && connect.location().contains("state="),
+        "{}",
+        connect.location()
+    );
+    let flow = connect.set_cookie("rebuy_oauth").expect("flow cookie");
+    assert!(
+        flow.contains("Path=/oauth/test/") && flow.contains("HttpOnly"),
+        "{flow}"
+    );
+    assert_eq!(state.oauth.len(), 1);
     let csrf = csrf_of(&portals.body);
 
     // Overview: the figures of the analysis, the charts.

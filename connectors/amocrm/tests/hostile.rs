@@ -92,3 +92,27 @@ async fn a_gigabyte_answer_is_refused_with_a_clean_error_and_flat_memory() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_cap_is_the_configured_one() {
+    // A 1 MiB cap refuses the same answer within its first MiB (chunked: no length to check
+    // up front), and names the configured size.
+    let addr = hostile_server(true).await;
+    let base = url::Url::parse(&format!("http://{addr}")).unwrap();
+    let mut settings = AmoSettings::new(base, "id", secrecy::SecretString::from("s"), "r");
+    settings.max_answer_bytes = 1 << 20;
+    let tokens = Arc::new(TokenManager::fixed(secrecy::SecretString::from("token")));
+    let client = AmoClient::new(settings, tokens).unwrap();
+    let before = peak_rss();
+    let err = client.account().await.expect_err("over the cap");
+    let grew = peak_rss().saturating_sub(before);
+    let ConnectorError::Invalid { message, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(message.contains("exceeds 1 MiB"), "{message}");
+    assert!(
+        message.contains("/api/v4/account") && message.contains("127.0.0.1"),
+        "{message}"
+    );
+    assert!(grew < 32 << 20, "peak RSS grew {grew} bytes");
+}
