@@ -1117,14 +1117,9 @@ async fn the_cap_and_one_touch_a_day_hold_in_the_crm_across_runs() {
     let now = cfg.seed.now;
     let mut env = amo_env(cfg).await;
     sync(&env, true).await.unwrap();
-    let default = env.emulator().with_data(|d| {
-        d.users
-            .values()
-            .find(|u| u.is_active)
-            .unwrap()
-            .name
-            .clone()
-    });
+    let default = env
+        .emulator()
+        .with_data(|d| d.users.values().find(|u| u.is_active).unwrap().name.clone());
     env.portal.mapping = json!({
         "playbooks": ["water_delivery", "reactivation"],
         "default_responsible": default,
@@ -1146,7 +1141,11 @@ async fn the_cap_and_one_touch_a_day_hold_in_the_crm_across_runs() {
     );
     let until = plan.pacing.deferred_until.expect("a last deferred day");
     let tasks = recorded_tasks(&env);
-    assert_eq!(tasks.len(), planned_tasks, "every planned task, none dropped");
+    assert_eq!(
+        tasks.len(),
+        planned_tasks,
+        "every planned task, none dropped"
+    );
     assert!(tasks.iter().any(|t| t.1 == until), "spread until {until}");
     // Competing touches of a customer-day became one task that lists the others.
     assert!(plan.pacing.merged > 0, "{:?}", plan.pacing);
@@ -1177,7 +1176,10 @@ async fn the_cap_and_one_touch_a_day_hold_in_the_crm_across_runs() {
     let over: Vec<_> = per_manager.iter().filter(|(_, n)| **n > CAP).collect();
     assert!(over.is_empty(), "managers over the cap: {over:?}");
     let twice: Vec<_> = per_customer.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "customers with two tasks a day: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "customers with two tasks a day: {twice:?}"
+    );
     // Due days are business days.
     assert!(
         tasks
