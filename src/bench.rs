@@ -855,6 +855,7 @@ async fn bench_apply_b24(actions: usize, rate: u32) -> Result<()> {
         .map(|i| {
             let (deal, user) = deals[i % deals.len()];
             crate::outbox::Action {
+                merged: Vec::new(),
                 key: format!("bench/bench.touch/deal:{deal}/{i}"),
                 op: rebuy_core::WriteOp::CreateTask {
                     entity: rebuy_core::EntityRef::Deal(rebuy_core::DealId(deal)),
@@ -1077,6 +1078,7 @@ async fn bench_ui(customers: usize, deals: usize, requests: usize, outbox: usize
         .collect();
     let actions: Vec<Action> = (0..outbox)
         .map(|i| Action {
+            merged: Vec::new(),
             key: format!("bench/after_purchase_7/contact:{i}/2025-01-01"),
             op: WriteOp::MoveDeal {
                 deal: DealId(i as u64 + 1),

@@ -41,7 +41,7 @@ use rebuy_core::{
 };
 use rust_decimal::Decimal;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// One won deal of a customer.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +90,63 @@ pub struct OpenDeal {
     pub created_at: Timestamp,
 }
 
+/// The tasks already in the outbox (pending, in flight or done), as far as the planner must
+/// respect them: their days count against the caps, their customer-days are taken, and the
+/// touches merged into them are not planned again. Built by [`Booked::add`] from the outbox
+/// entries; empty for a plan that ignores the outbox (tests, a fresh store).
+#[derive(Debug, Clone, Default)]
+pub struct Booked {
+    /// Keys of the tasks, with their due times.
+    pub tasks: HashMap<String, Timestamp>,
+    /// Keys merged into one of them.
+    pub merged: HashSet<String>,
+    /// Tasks per (responsible, local day number of the due time).
+    pub load: HashMap<(UserId, i64), u32>,
+    /// Tasks per (customer, local day number).
+    pub busy: HashMap<(String, i64), u32>,
+}
+
+impl Booked {
+    /// Records one outbox action (only tasks matter; a failed one was never created and is
+    /// left out by the caller).
+    pub fn add(&mut self, action: &Action, tz: &TimeZone) {
+        let WriteOp::CreateTask {
+            responsible, due, ..
+        } = &action.op
+        else {
+            return;
+        };
+        let day = day_number(due.to_zoned(tz.clone()).date());
+        self.tasks.insert(action.key.clone(), *due);
+        self.merged.extend(action.merged.iter().cloned());
+        *self.load.entry((*responsible, day)).or_default() += 1;
+        *self.busy.entry((action.customer.clone(), day)).or_default() += 1;
+    }
+}
+
+/// What the pacing rules did to a plan's tasks: one touch per customer a day, the quiet days
+/// after a purchase, the caps. Nothing is dropped silently: every touch not sent as planned is
+/// counted here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Pacing {
+    /// Touches merged into another task of the same customer and day (listed in its text).
+    pub merged: u64,
+    /// Touches merged by an earlier plan into a task already in the outbox.
+    pub merged_before: u64,
+    /// Repeat leads of a customer that already has a repeat-lead task in this plan (one task
+    /// per customer, listing the other leads).
+    pub repeat_leads_merged: u64,
+    /// "Runs out" reminders not planned: a purchase or an open deal within
+    /// `reminder_quiet_days` of the touch.
+    pub suppressed: u64,
+    /// Tasks moved to a later business day by a cap (or a customer's full day).
+    pub deferred: u64,
+    /// The last day a deferred task was moved to.
+    pub deferred_until: Option<Date>,
+    /// Deferred tasks per responsible: (user, count, last day).
+    pub deferred_by_manager: Vec<(UserId, u64, Date)>,
+}
+
 /// Everything [`plan`] reads.
 #[derive(Debug, Clone, Copy)]
 pub struct PlanInput<'a> {
@@ -109,6 +166,8 @@ pub struct PlanInput<'a> {
     pub facts: &'a [CustomerFacts],
     /// Open deals (repeat routing).
     pub open_deals: &'a [OpenDeal],
+    /// Tasks already in the outbox.
+    pub booked: &'a Booked,
 }
 
 /// Something the planner wanted to do and could not, with the reason.
@@ -138,6 +197,8 @@ pub struct Plan {
     /// Customers with a next purchase but no open deal in the funnel pipeline yet (each gets a
     /// `funnel_create` action).
     pub funnel_without_deal: u64,
+    /// What the pacing rules merged, suppressed and deferred.
+    pub pacing: Pacing,
 }
 
 impl Plan {
@@ -183,30 +244,21 @@ pub fn from_day_number(z: i64) -> Date {
 /// machine: the plan is the same on any number of cores.
 const CHUNK: usize = 32_768;
 
-/// What one chunk of customers planned: actions (sorted), skipped, funnel customers without a
-/// deal.
-type ChunkResult = (Vec<Action>, Vec<Skipped>, u64);
-
 /// Plans every action of a portal at `input.as_of`.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let as_of_date = input.as_of.to_zoned(input.tz.clone()).date();
     let today = day_number(as_of_date);
-    let mut actions = Vec::new();
-    // Repeat routing, in deal order.
+    let mut pacing = Pacing::default();
+    let (mut actions, mut metas) = plan_repeat_deals(input, today, &mut pacing);
+    // The newest open deal of each customer: a customer who is ordering right now gets no
+    // "runs out" reminder.
+    let mut open_since: HashMap<CustomerKey, i64> = HashMap::new();
     for d in input.open_deals {
-        let Some(key) = d.customer else { continue };
-        if d.class != DealClass::Repeat {
-            continue;
+        if let Some(k) = d.customer {
+            let day = day_number(d.created_at.to_zoned(input.tz.clone()).date());
+            let e = open_since.entry(k).or_insert(day);
+            *e = (*e).max(day);
         }
-        let row = find_customer(input.customers, key);
-        actions.extend(plan_for_deal(
-            input.portal,
-            input.as_of,
-            input.tz,
-            input.rules,
-            d,
-            row,
-        ));
     }
     // Customers in fixed chunks, on as many threads as there are cores. Each customer's
     // actions depend only on the customer (round-robin uses its position), so chunks are
@@ -229,13 +281,22 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             skipped: Vec::new(),
             funnel_without_deal: 0,
             cust: String::new(),
+            metas: Vec::new(),
+            suppressed: 0,
+            open_since: &open_since,
         };
         for i in range.0..range.1 {
             p.customer(i, &input.customers[i], &input.facts[i]);
         }
         // Sorted here, on the worker thread; the final sort only merges the sorted runs.
         p.actions.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        (p.actions, p.skipped, p.funnel_without_deal)
+        ChunkResult {
+            actions: p.actions,
+            skipped: p.skipped,
+            funnel_without_deal: p.funnel_without_deal,
+            metas: p.metas,
+            suppressed: p.suppressed,
+        }
     };
     let results: Vec<ChunkResult> = if threads <= 1 {
         chunks.iter().map(|c| run(*c)).collect()
@@ -264,13 +325,16 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     // each action once, where a sort of the concatenation would merge the runs level by level.
     actions.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     let mut runs = vec![actions];
-    for (a, s, f) in results {
-        runs.push(a);
-        skipped.extend(s);
-        funnel_without_deal += f;
+    for r in results {
+        runs.push(r.actions);
+        skipped.extend(r.skipped);
+        funnel_without_deal += r.funnel_without_deal;
+        metas.extend(r.metas);
+        pacing.suppressed += r.suppressed;
     }
     let mut actions = merge_sorted_runs(runs);
     actions.dedup_by(|a, b| a.key == b.key);
+    pace(input, today, &mut actions, metas, &mut pacing, &mut skipped);
     skipped.sort_by(|a, b| (&a.rule, &a.customer).cmp(&(&b.rule, &b.customer)));
     Plan {
         portal: input.portal.to_owned(),
@@ -279,7 +343,433 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         actions,
         skipped,
         funnel_without_deal,
+        pacing,
     }
+}
+
+/// Repeat routing of the open repeat deals, in deal order, with one repeat-lead task per
+/// customer however many of its leads are open: the task of its newest lead, listing the
+/// others; their own task keys are recorded as merged into it, so no later plan sends them.
+fn plan_repeat_deals(
+    input: &PlanInput<'_>,
+    today: i64,
+    pacing: &mut Pacing,
+) -> (Vec<Action>, Vec<TaskMeta>) {
+    let mut actions = Vec::new();
+    // Customer -> (index of its repeat task in `actions`, its deal's creation, its label).
+    let mut task_of: HashMap<CustomerKey, (usize, Timestamp, String)> = HashMap::new();
+    let mut others: HashMap<CustomerKey, Vec<(String, String)>> = HashMap::new();
+    for d in input.open_deals {
+        let Some(key) = d.customer else { continue };
+        if d.class != DealClass::Repeat {
+            continue;
+        }
+        let row = find_customer(input.customers, key);
+        for a in plan_for_deal(input.portal, input.as_of, input.tz, input.rules, d, row) {
+            if a.rule != "repeat_task" {
+                actions.push(a);
+                continue;
+            }
+            let label = format!("«{}» (сделка {})", d.name, d.id.0);
+            match task_of.get_mut(&key) {
+                None => {
+                    task_of.insert(key, (actions.len(), d.created_at, label));
+                    actions.push(a);
+                }
+                Some((i, at, carried)) => {
+                    pacing.repeat_leads_merged += 1;
+                    if d.created_at > *at {
+                        // The newer lead carries the task; the older one is listed.
+                        let old = std::mem::replace(&mut actions[*i], a);
+                        let old_label = std::mem::replace(carried, label);
+                        *at = d.created_at;
+                        others.entry(key).or_default().push((old.key, old_label));
+                    } else {
+                        others.entry(key).or_default().push((a.key, label));
+                    }
+                }
+            }
+        }
+    }
+    let mut metas = Vec::new();
+    for (key, (i, _, _)) in task_of {
+        let a = &mut actions[i];
+        let row = find_customer(input.customers, key);
+        if let Some(list) = others.remove(&key) {
+            let names: Vec<&str> = list.iter().map(|(_, n)| n.as_str()).collect();
+            if let WriteOp::CreateTask { text, .. } = &mut a.op {
+                text.push_str("\n\n");
+                text.push_str(templates::OTHER_LEADS);
+                text.push(' ');
+                text.push_str(&names.join(", "));
+            }
+            for (k, _) in list {
+                if k != a.key && !a.merged.contains(&k) {
+                    a.merged.push(k);
+                }
+            }
+        }
+        metas.push(TaskMeta {
+            key: a.key.clone(),
+            rank: u32::MAX,
+            value: row.map(customer_value).unwrap_or_default(),
+            deadline: today,
+            time: None,
+            goal: templates::REPEAT_GOAL.into(),
+        });
+    }
+    (actions, metas)
+}
+
+/// What a chunk of customers planned.
+struct ChunkResult {
+    actions: Vec<Action>,
+    skipped: Vec<Skipped>,
+    funnel_without_deal: u64,
+    metas: Vec<TaskMeta>,
+    suppressed: u64,
+}
+
+/// What the pacing pass needs to know of a planned task beyond its action.
+#[derive(Debug, Clone)]
+struct TaskMeta {
+    /// The action's key.
+    key: String,
+    /// Importance when touches compete for one customer-day: the higher wins the task.
+    rank: u32,
+    /// Expected value of the customer (CLV, else revenue so far): capacity goes to the
+    /// valuable customers first.
+    value: Decimal,
+    /// Local day number when the touch's window closes (the expected purchase for a reminder,
+    /// the touch's own day otherwise): the sooner, the more urgent.
+    deadline: i64,
+    /// The rule's preferred local time (for a task moved to another day).
+    time: Option<jiff::civil::Time>,
+    /// The goal, listed in the text of the task it is merged into.
+    goal: String,
+}
+
+/// The value a customer's touches are ranked by: CLV when the model gives one, else revenue.
+fn customer_value(row: &CustomerRow) -> Decimal {
+    row.clv.unwrap_or(row.revenue)
+}
+
+/// Importance of a trigger kind when touches of one customer compete for a day: a live
+/// purchase moment first (reminders, product offers), care after a purchase, then the
+/// calendar, rewards and soft reactivation.
+fn trigger_rank(t: &Trigger) -> u32 {
+    match t {
+        Trigger::BeforeNext { .. } => 6,
+        Trigger::ProductChain { .. } => 5,
+        Trigger::AfterPurchase { .. } => 4,
+        Trigger::Seasonal { .. } => 3,
+        Trigger::Reward { .. } => 2,
+        Trigger::Reactivation { .. } => 1,
+    }
+}
+
+/// A candidate of the capacity pass.
+struct Slot {
+    /// Index into the plan's actions.
+    idx: usize,
+    user: UserId,
+    desired: i64,
+    deadline: i64,
+    value: Decimal,
+    repeat: bool,
+    time: Option<jiff::civil::Time>,
+}
+
+/// The pacing pass over a sorted plan: drops touches merged into a task already in the
+/// outbox, merges competing touches of one customer-day into the most important one (its
+/// text lists the others' goals), then gives every new task a business day within the caps
+/// and the customer's one-touch day, moving what does not fit to the next business days by
+/// priority. Tasks already in the outbox keep their day (the outbox skips them).
+fn pace(
+    input: &PlanInput<'_>,
+    today: i64,
+    actions: &mut Vec<Action>,
+    metas: Vec<TaskMeta>,
+    pacing: &mut Pacing,
+    skipped: &mut Vec<Skipped>,
+) {
+    let rules = input.rules;
+    let booked = input.booked;
+    let tz = input.tz;
+    let meta: HashMap<String, TaskMeta> = metas.into_iter().map(|m| (m.key.clone(), m)).collect();
+    let local_day = |t: Timestamp| day_number(t.to_zoned(tz.clone()).date());
+    let mut drop = vec![false; actions.len()];
+    // 1. Tasks in the outbox keep the day they were given there (the outbox will not send
+    // them again); touches an earlier plan merged into one of them are not planned.
+    for (i, a) in actions.iter_mut().enumerate() {
+        let WriteOp::CreateTask {
+            due,
+            responsible,
+            text,
+            kind,
+            ..
+        } = &mut a.op
+        else {
+            continue;
+        };
+        if let Some(at) = booked.tasks.get(&a.key) {
+            if at != due {
+                *due = *at;
+                let z = at.to_zoned(tz.clone());
+                a.summary = task_summary(*kind, &z, &user_label(rules, *responsible), text);
+            }
+        } else if booked.merged.contains(&a.key) {
+            drop[i] = true;
+            pacing.merged_before += 1;
+        }
+    }
+    // 2. Competing new touches of one customer and day.
+    let mut groups: HashMap<(&str, i64), Vec<usize>> = HashMap::new();
+    for (i, a) in actions.iter().enumerate() {
+        if drop[i] || booked.tasks.contains_key(&a.key) {
+            continue;
+        }
+        if let WriteOp::CreateTask { due, .. } = &a.op {
+            groups
+                .entry((a.customer.as_str(), local_day(*due)))
+                .or_default()
+                .push(i);
+        }
+    }
+    let max = rules.touches_per_customer_day.max(1) as usize;
+    let rank = |i: usize| meta.get(&actions[i].key).map(|m| m.rank).unwrap_or(0);
+    let mut merges: Vec<(usize, Vec<usize>)> = Vec::new();
+    for (_, mut idx) in groups {
+        if idx.len() <= max {
+            continue;
+        }
+        idx.sort_by(|a, b| rank(*b).cmp(&rank(*a)).then(a.cmp(b)));
+        merges.push((idx[0], idx[max..].to_vec()));
+    }
+    merges.sort_unstable();
+    for (primary, rest) in merges {
+        let mut goals = Vec::new();
+        let mut keys = Vec::new();
+        for j in rest {
+            drop[j] = true;
+            pacing.merged += 1;
+            let a = &actions[j];
+            goals.push(
+                meta.get(&a.key)
+                    .map(|m| m.goal.clone())
+                    .unwrap_or_else(|| a.rule.clone()),
+            );
+            keys.push(a.key.clone());
+            keys.extend(a.merged.iter().cloned());
+        }
+        let p = &mut actions[primary];
+        if let WriteOp::CreateTask { text, .. } = &mut p.op {
+            text.push_str("\n\n");
+            text.push_str(templates::ALSO_DISCUSS);
+            for g in &goals {
+                text.push_str("\n— ");
+                text.push_str(g);
+            }
+        }
+        p.summary.push_str(&format!(" (+{} merged)", goals.len()));
+        p.merged.extend(keys);
+    }
+    // 3. Days within the caps and the customer's touches a day.
+    let mut slots: Vec<Slot> = Vec::new();
+    for (i, a) in actions.iter().enumerate() {
+        if drop[i] || booked.tasks.contains_key(&a.key) {
+            continue;
+        }
+        if let WriteOp::CreateTask {
+            due, responsible, ..
+        } = &a.op
+        {
+            let m = meta.get(&a.key);
+            let desired = local_day(*due);
+            slots.push(Slot {
+                idx: i,
+                user: *responsible,
+                desired,
+                deadline: m.map(|m| m.deadline).unwrap_or(desired),
+                value: m.map(|m| m.value).unwrap_or_default(),
+                repeat: m.is_some_and(|m| m.rank == u32::MAX),
+                time: m.and_then(|m| m.time),
+            });
+        }
+    }
+    slots.sort_by_key(|s| (s.desired, s.idx));
+    let mut load: HashMap<(UserId, i64), u32> = HashMap::new();
+    let mut busy: HashMap<(usize, i64), u32> = HashMap::new();
+    // Customers by index of their first action, so the busy map needs no string per task.
+    let mut cust_id: HashMap<&str, usize> = HashMap::new();
+    for s in &slots {
+        let n = cust_id.len();
+        cust_id.entry(actions[s.idx].customer.as_str()).or_insert(n);
+    }
+    for ((c, d), n) in &booked.busy {
+        if let Some(id) = cust_id.get(c.as_str()) {
+            *busy.entry((*id, *d)).or_default() += n;
+        }
+    }
+    let user_load = |load: &HashMap<(UserId, i64), u32>, u: UserId, day: i64| {
+        load.get(&(u, day)).copied().unwrap_or(0) + booked.load.get(&(u, day)).copied().unwrap_or(0)
+    };
+    let fits = |load: &HashMap<(UserId, i64), u32>,
+                busy: &HashMap<(usize, i64), u32>,
+                s: &Slot,
+                cust: usize,
+                day: i64|
+     -> bool {
+        if busy.get(&(cust, day)).copied().unwrap_or(0) as usize >= max {
+            return false;
+        }
+        if let Some(cap) = rules.manager_cap
+            && user_load(load, s.user, day) >= cap
+        {
+            return false;
+        }
+        rules.team_caps.iter().all(|(_, cap, members)| {
+            !members.contains(&s.user)
+                || members
+                    .iter()
+                    .map(|m| user_load(load, *m, day))
+                    .sum::<u32>()
+                    < *cap
+        })
+    };
+    // A task that finds no day within ten years has a calendar or caps that cannot work:
+    // it is reported, not planned.
+    const MAX_DAYS: i64 = 3660;
+    let mut placed: Vec<(usize, i64)> = Vec::with_capacity(slots.len());
+    let mut pool: Vec<usize> = Vec::new();
+    let mut next = 0;
+    let mut day = slots.first().map(|s| s.desired).unwrap_or(today);
+    let start = day;
+    loop {
+        while next < slots.len() && slots[next].desired <= day {
+            pool.push(next);
+            next += 1;
+        }
+        if pool.is_empty() {
+            if next == slots.len() {
+                break;
+            }
+            day = slots[next].desired;
+            continue;
+        }
+        // Priority: repeat leads, then tasks whose window has closed by this day, then by
+        // the customer's value, the window's end and the key.
+        pool.sort_by(|&a, &b| {
+            let (x, y) = (&slots[a], &slots[b]);
+            let class = |s: &Slot| {
+                if s.repeat {
+                    0
+                } else if s.deadline <= day {
+                    1
+                } else {
+                    2
+                }
+            };
+            class(x)
+                .cmp(&class(y))
+                .then(y.value.cmp(&x.value))
+                .then(x.deadline.cmp(&y.deadline))
+                .then(actions[x.idx].key.cmp(&actions[y.idx].key))
+        });
+        let mut rest = Vec::new();
+        for &c in &pool {
+            let s = &slots[c];
+            let cust = cust_id[actions[s.idx].customer.as_str()];
+            if fits(&load, &busy, s, cust, day) {
+                *load.entry((s.user, day)).or_default() += 1;
+                *busy.entry((cust, day)).or_default() += 1;
+                placed.push((c, day));
+            } else {
+                rest.push(c);
+            }
+        }
+        pool = rest;
+        if pool.is_empty() {
+            continue;
+        }
+        let following = from_day_number(day + 1);
+        day = day_number(rules.hours.working_day_from(following)).max(day + 1);
+        if day - start > MAX_DAYS {
+            for &c in &pool {
+                let a = &actions[slots[c].idx];
+                skipped.push(Skipped {
+                    rule: a.rule.clone(),
+                    customer: a.customer.clone(),
+                    reason: format!(
+                        "no business day within {MAX_DAYS} days has room under the caps"
+                    ),
+                });
+                drop[slots[c].idx] = true;
+            }
+            break;
+        }
+    }
+    // Move the deferred tasks to their day.
+    let mut by_manager: BTreeMap<UserId, (u64, Date)> = BTreeMap::new();
+    for (c, day) in placed {
+        let s = &slots[c];
+        if day == s.desired {
+            continue;
+        }
+        let date = from_day_number(day);
+        let due = rules.hours.slot(date, s.time, tz);
+        let a = &mut actions[s.idx];
+        if let WriteOp::CreateTask {
+            due: d,
+            responsible,
+            text,
+            kind,
+            ..
+        } = &mut a.op
+        {
+            *d = due.timestamp();
+            a.summary = task_summary(*kind, &due, &user_label(rules, *responsible), text);
+            if !a.merged.is_empty() {
+                a.summary
+                    .push_str(&format!(" (+{} merged)", a.merged.len()));
+            }
+            a.summary.push_str(&format!(
+                " (deferred from {} by the cap)",
+                from_day_number(s.desired)
+            ));
+        }
+        pacing.deferred += 1;
+        pacing.deferred_until = Some(pacing.deferred_until.map_or(date, |d| d.max(date)));
+        let e = by_manager.entry(s.user).or_insert((0, date));
+        e.0 += 1;
+        e.1 = e.1.max(date);
+    }
+    pacing.deferred_by_manager = by_manager
+        .into_iter()
+        .map(|(u, (n, d))| (u, n, d))
+        .collect();
+    if drop.iter().any(|d| *d) {
+        let mut i = 0;
+        actions.retain(|_| {
+            let keep = !drop[i];
+            i += 1;
+            keep
+        });
+    }
+}
+
+/// The one-line summary of a touch task.
+fn task_summary(kind: TaskKind, due: &jiff::Zoned, label: &str, text: &str) -> String {
+    format!(
+        "{} {} {:02}:{:02} {} {}: {}",
+        kind_str(kind),
+        due.date(),
+        due.hour(),
+        due.minute(),
+        due.offset(),
+        label,
+        first_line(text)
+    )
 }
 
 /// Merges runs of actions each sorted by key into one sorted list. The heap holds each run's
@@ -336,8 +826,9 @@ pub const CLOCK_SKEW: jiff::SignedDuration = jiff::SignedDuration::from_mins(10)
 /// repeat stage, flagged, and its manager gets a task with the customer's history, due at the
 /// next business-hours slot. New deals and returning inquiries (known non-buyers) get nothing:
 /// they stay in their pipeline on their existing contact. Deals older than
-/// `repeat_max_age_days` are left alone. Keys: `{portal}/repeat_route|repeat_flag|repeat_task/
-/// {customer}/deal:{id}`.
+/// `repeat_max_age_days` are left alone. Keys: `{portal}/repeat_route|repeat_flag/
+/// {customer}/deal:{id}` and `{portal}/repeat_task/{customer}/{local day the deal was
+/// created}` (one repeat-lead task per customer and day).
 pub fn plan_for_deal(
     portal: &str,
     as_of: Timestamp,
@@ -386,8 +877,13 @@ pub fn plan_for_deal(
     let cust = key.to_string();
     let window = format!("deal:{}", deal.id.0);
     let k = |rule: &str| format!("{portal}/{rule}/{cust}/{window}");
+    // The task is keyed by the customer and the lead's local day, not the deal: a customer
+    // who sends three leads in a day gets one task (the outbox keeps the first), on the
+    // webhook path as in a plan.
+    let created_day = deal.created_at.to_zoned(tz.clone()).date();
     let mut out = vec![
         Action {
+            merged: Vec::new(),
             key: k("repeat_route"),
             op: WriteOp::MoveDeal {
                 deal: deal.id,
@@ -402,6 +898,7 @@ pub fn plan_for_deal(
             ),
         },
         Action {
+            merged: Vec::new(),
             key: k("repeat_flag"),
             op: WriteOp::FlagRepeat { deal: deal.id },
             rule: "repeat_flag".into(),
@@ -436,7 +933,8 @@ pub fn plan_for_deal(
         .unwrap_or_else(|e| format!("Повторная заявка от клиента {} ({e})", ctx.name));
     let due = rules.hours.next_open(as_of, tz);
     out.push(Action {
-        key: k("repeat_task"),
+        merged: Vec::new(),
+        key: format!("{portal}/repeat_task/{cust}/{created_day}"),
         summary: format!(
             "call {} {} for repeat deal {}: {}",
             due.strftime("%Y-%m-%d %H:%M %Z"),
@@ -518,6 +1016,12 @@ struct Planner<'a, 'b> {
     funnel_without_deal: u64,
     /// The current customer's key as text.
     cust: String,
+    /// What the pacing pass needs of each task.
+    metas: Vec<TaskMeta>,
+    /// Reminders not planned for a recent purchase or open deal.
+    suppressed: u64,
+    /// Local day of each customer's newest open deal.
+    open_since: &'b HashMap<CustomerKey, i64>,
 }
 
 /// Where and for whom a touch is.
@@ -529,6 +1033,10 @@ struct Touch<'s> {
     sale: Option<&'s Sale>,
     offer: &'s str,
     step: u32,
+    /// [`TaskMeta::rank`].
+    rank: u32,
+    /// [`TaskMeta::deadline`].
+    deadline: i64,
 }
 
 impl Planner<'_, '_> {
@@ -562,7 +1070,9 @@ impl Planner<'_, '_> {
                         .any(|p| filter.iter().any(|f| p.contains(f.as_str())))
                 })
         };
-        for rule in &rules.rules {
+        for (ri, rule) in rules.rules.iter().enumerate() {
+            // Kind first, then playbook order.
+            let rank = trigger_rank(&rule.trigger) * 100_000 + (99_999 - ri.min(99_999) as u32);
             match &rule.trigger {
                 Trigger::AfterPurchase {
                     days,
@@ -592,6 +1102,8 @@ impl Planner<'_, '_> {
                             sale: Some(last),
                             offer: "",
                             step: 0,
+                            rank,
+                            deadline: day,
                         },
                     );
                 }
@@ -609,6 +1121,19 @@ impl Planner<'_, '_> {
                     {
                         continue;
                     }
+                    // A customer who bought, or opened a deal, just before (or since) the
+                    // touch's day has what would "run out": no reminder.
+                    let quiet = i64::from(rules.reminder_quiet_days);
+                    if quiet > 0
+                        && (day - last_day < quiet
+                            || self
+                                .open_since
+                                .get(&row.key)
+                                .is_some_and(|d| *d > day - quiet))
+                    {
+                        self.suppressed += 1;
+                        continue;
+                    }
                     self.touch(
                         ordinal,
                         row,
@@ -621,6 +1146,8 @@ impl Planner<'_, '_> {
                             sale: Some(last),
                             offer: "",
                             step: 0,
+                            rank,
+                            deadline: next,
                         },
                     );
                 }
@@ -655,6 +1182,8 @@ impl Planner<'_, '_> {
                                     sale: Some(last),
                                     offer: "",
                                     step: 0,
+                                    rank,
+                                    deadline: day_number(date),
                                 },
                             );
                         }
@@ -692,6 +1221,8 @@ impl Planner<'_, '_> {
                                 sale: Some(s),
                                 offer,
                                 step: 0,
+                                rank,
+                                deadline: day,
                             },
                         );
                     }
@@ -737,6 +1268,8 @@ impl Planner<'_, '_> {
                             sale: Some(last),
                             offer: "",
                             step: *step,
+                            rank,
+                            deadline: day,
                         },
                     );
                 }
@@ -778,6 +1311,8 @@ impl Planner<'_, '_> {
                                 sale: Some(last),
                                 offer: "",
                                 step: 0,
+                                rank,
+                                deadline: self.today,
                             },
                         );
                     }
@@ -858,20 +1393,17 @@ impl Planner<'_, '_> {
             due = rules.hours.next_open(input.as_of, input.tz);
         }
         let key = format!("{}/{}/{}/{}", input.portal, task.rule, customer, t.window);
+        self.metas.push(TaskMeta {
+            key: key.clone(),
+            rank: t.rank,
+            value: customer_value(row),
+            deadline: t.deadline,
+            time: task.time,
+            goal: task.goal.clone(),
+        });
         self.actions.push(Action {
-            summary: format!(
-                "{} {} {}: {}",
-                kind_str(task.kind),
-                format_args!(
-                    "{} {:02}:{:02} {}",
-                    due.date(),
-                    due.hour(),
-                    due.minute(),
-                    due.offset()
-                ),
-                user_label(rules, responsible),
-                first_line(&text)
-            ),
+            merged: Vec::new(),
+            summary: task_summary(task.kind, &due, &user_label(rules, responsible), &text),
             key,
             op: WriteOp::CreateTask {
                 entity: t.entity,
@@ -908,6 +1440,7 @@ impl Planner<'_, '_> {
                 CustomerKey::Company(c) => (row.contact_ids.first().copied(), Some(c)),
             };
             self.actions.push(Action {
+                merged: Vec::new(),
                 key: format!("{}/funnel_create/{}/{}", self.input.portal, customer, next),
                 op: WriteOp::CreateDeal {
                     name: format!("Повторная покупка: {}", row.name),
@@ -947,6 +1480,7 @@ impl Planner<'_, '_> {
             return;
         }
         self.actions.push(Action {
+            merged: Vec::new(),
             key: format!(
                 "{}/funnel/{}/{}-{}",
                 self.input.portal, customer, target_id.0, next
@@ -1014,6 +1548,7 @@ impl Planner<'_, '_> {
                     CustomerKey::Contact(_) => row.company_ids.first().copied(),
                 };
                 self.actions.push(Action {
+                    merged: Vec::new(),
                     key: format!("{}/customer_create/{}", input.portal, customer),
                     op: WriteOp::CreateCustomer {
                         name: row.name.clone(),
@@ -1050,6 +1585,7 @@ impl Planner<'_, '_> {
                     return;
                 }
                 self.actions.push(Action {
+                    merged: Vec::new(),
                     key: format!(
                         "{}/customer_move/{}/{}-{}",
                         input.portal, customer, status.0, next
@@ -1128,6 +1664,7 @@ impl Planner<'_, '_> {
         }
         let summary = format!("write segment fields: {}", window.join(", "));
         self.actions.push(Action {
+            merged: Vec::new(),
             key: format!(
                 "{}/fields/{}/{}",
                 self.input.portal,
@@ -1154,7 +1691,8 @@ impl Planner<'_, '_> {
 /// Runs a playbook's `[[test]]` cases through the planner: each case is one customer with the
 /// given purchase days (1,000 each, the last one with the case's products), planned at 08:00
 /// local on `as_of` with the portal's rules; the tasks of this playbook's rules must be exactly
-/// the expected `rule due-date` pairs. Returns one line per failing case.
+/// the expected `rule due-date` pairs (a touch merged into another task of the day, by one touch
+/// per customer a day, is `rule due-date merged`). Returns one line per failing case.
 pub fn run_playbook_tests(
     rules: &Rules,
     playbook: &crate::playbooks::rules::Playbook,
@@ -1241,19 +1779,32 @@ pub fn run_playbook_tests(
             customers: std::slice::from_ref(&row),
             facts: std::slice::from_ref(&facts),
             open_deals: &[],
+            booked: &Booked::default(),
         });
-        let mut got: Vec<String> = p
-            .actions
-            .iter()
-            .filter_map(|a| match &a.op {
-                WriteOp::CreateTask { due, .. } if a.rule.starts_with(&prefix) => Some(format!(
-                    "{} {}",
-                    &a.rule[prefix.len()..],
-                    due.to_zoned(tz.clone()).date()
-                )),
-                _ => None,
-            })
-            .collect();
+        let mut got: Vec<String> = Vec::new();
+        for a in &p.actions {
+            let WriteOp::CreateTask { due, .. } = &a.op else {
+                continue;
+            };
+            let day = due.to_zoned(tz.clone()).date();
+            if let Some(r) = a.rule.strip_prefix(&prefix) {
+                got.push(format!("{r} {day}"));
+            }
+            // Touches merged into this task (one touch per customer a day): `rule day merged`
+            // when merged into a touch of the same playbook; merged into another playbook's
+            // task, the touch still happens that day, and the case does not depend on which
+            // other playbooks the portal runs.
+            let own = a.rule.starts_with(&prefix);
+            for k in &a.merged {
+                if let Some(r) = k.split('/').nth(1).and_then(|r| r.strip_prefix(&prefix)) {
+                    got.push(if own {
+                        format!("{r} {day} merged")
+                    } else {
+                        format!("{r} {day}")
+                    });
+                }
+            }
+        }
         got.sort();
         let mut want = t.expect.clone();
         want.sort();

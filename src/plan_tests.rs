@@ -177,6 +177,7 @@ fn run(
         customers: rows,
         facts: f,
         open_deals: deals,
+        booked: &Booked::default(),
     })
 }
 
@@ -326,8 +327,14 @@ fn repeat_deals_are_moved_flagged_and_tasked_with_history() {
         "default_responsible": "Анна Смирнова",
     }));
     let buy = date(2026, 1, 15);
-    let rows = [row(7, &[date(2025, 12, 1), buy], Some(date(2026, 3, 20)))];
-    let f = [facts(7, &[date(2025, 12, 1), buy], &[])];
+    let rows = [
+        row(7, &[date(2025, 12, 1), buy], Some(date(2026, 3, 20))),
+        row(8, &[buy], None),
+    ];
+    let f = [
+        facts(7, &[date(2025, 12, 1), buy], &[]),
+        facts(8, &[buy], &[]),
+    ];
     let as_of = date(2026, 3, 2)
         .at(12, 10, 0, 0)
         .to_zoned(msk())
@@ -341,7 +348,7 @@ fn repeat_deals_are_moved_flagged_and_tasked_with_history() {
             Some(101),
         ),
         // No manager: the default responsible gets the task.
-        repeat_deal(901, 7, as_of - jiff::SignedDuration::from_hours(2), None),
+        repeat_deal(901, 8, as_of - jiff::SignedDuration::from_hours(2), None),
         // Too old to route.
         repeat_deal(
             902,
@@ -361,11 +368,11 @@ fn repeat_deals_are_moved_flagged_and_tasked_with_history() {
         keys,
         [
             "shop/repeat_flag/contact:7/deal:900",
-            "shop/repeat_flag/contact:7/deal:901",
+            "shop/repeat_flag/contact:8/deal:901",
             "shop/repeat_route/contact:7/deal:900",
-            "shop/repeat_route/contact:7/deal:901",
-            "shop/repeat_task/contact:7/deal:900",
-            "shop/repeat_task/contact:7/deal:901",
+            "shop/repeat_route/contact:8/deal:901",
+            "shop/repeat_task/contact:7/2026-03-02",
+            "shop/repeat_task/contact:8/2026-03-02",
         ]
     );
     let WriteOp::MoveDeal {
@@ -547,6 +554,11 @@ fn segment_fields_are_written_once_per_value_set() {
 #[test]
 fn built_in_playbooks_pass_their_own_cases() {
     let mut cases = 0;
+    // Every playbook at once, as the demo mapping runs them: a case does not depend on which
+    // other playbooks a portal runs (a touch merged into another playbook's task of the day
+    // still counts as planned).
+    let names: Vec<&str> = playbooks::BUILT_IN.iter().map(|(n, _)| *n).collect();
+    let all = rules_for(serde_json::json!({"playbooks": names}));
     for (name, _) in playbooks::BUILT_IN {
         let rules = rules_for(serde_json::json!({"playbooks": [name]}));
         let src = playbooks::find_playbook(name, None).unwrap();
@@ -555,6 +567,8 @@ fn built_in_playbooks_pass_their_own_cases() {
         cases += pb.tests.len();
         let failures = run_playbook_tests(&rules, &pb, &msk());
         assert!(failures.is_empty(), "{name}: {failures:#?}");
+        let failures = run_playbook_tests(&all, &pb, &msk());
+        assert!(failures.is_empty(), "{name} among all: {failures:#?}");
     }
     assert!(cases >= 5);
 }
@@ -709,6 +723,7 @@ proptest::proptest! {
         runs in proptest::collection::vec(proptest::collection::vec("[a-c]{0,4}", 0..20), 0..6)
     ) {
         let action = |key: &str| Action {
+            merged: Vec::new(),
             key: key.to_owned(),
             op: WriteOp::FlagRepeat { deal: DealId(1) },
             rule: "r".into(),
@@ -827,4 +842,410 @@ fn inactive_or_deleted_managers_get_no_task_and_the_default_takes_over() {
         t.iter()
             .any(|(rule, _, resp, _)| rule == "repeat_task" && *resp == 100)
     );
+}
+
+/// Rules from one playbook text written to a temporary file (kept alive by the returned dir),
+/// with the mapping's other keys.
+fn playbook_rules(text: &str, mut mapping: serde_json::Value) -> (tempfile::TempDir, Rules) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pb.toml");
+    std::fs::write(&path, text).unwrap();
+    mapping["playbooks"] = serde_json::json!([path.display().to_string()]);
+    (dir, rules_for(mapping))
+}
+
+/// The outbox after a plan was enqueued and sent: every task of it.
+fn booked_after(p: &Plan) -> Booked {
+    let mut b = Booked::default();
+    for a in &p.actions {
+        b.add(a, &msk());
+    }
+    b
+}
+
+fn run_booked(
+    rules: &Rules,
+    as_of: Timestamp,
+    rows: &[CustomerRow],
+    f: &[CustomerFacts],
+    booked: &Booked,
+) -> Plan {
+    let tz = msk();
+    plan(&PlanInput {
+        portal: "shop",
+        crm: CrmKind::Amocrm,
+        as_of,
+        tz: &tz,
+        rules,
+        customers: rows,
+        facts: f,
+        open_deals: &[],
+        booked,
+    })
+}
+
+/// Tasks per (responsible, local day).
+fn load(p: &Plan) -> BTreeMap<(u64, String), usize> {
+    let mut m = BTreeMap::new();
+    for (_, _, u, due) in tasks(p) {
+        *m.entry((u, due[..10].to_owned())).or_default() += 1;
+    }
+    m
+}
+
+const THANKS: &str = r#"
+[[after_purchase]]
+id = "thanks"
+days = 7
+goal = "Поблагодарить за покупку"
+time = "11:00"
+
+[[before_next_purchase]]
+id = "runs_out"
+days_before = 2
+goal = "Скоро закончится: предложить заказ"
+"#;
+
+#[test]
+fn the_manager_cap_defers_by_value_and_urgency_over_business_days_and_holds_across_runs() {
+    let (_dir, rules) = playbook_rules(
+        THANKS,
+        serde_json::json!({"max_tasks_per_manager_per_day": 3, "horizon_days": 0, "lookback_days": 0}),
+    );
+    // Customers 1..=10 bought on Thursday 2026-03-05: "thanks" is due Thursday 03-12 for all.
+    // 1..=7 are Иван's (101), 8..=10 Анна's (100). Value: revenue 1000 * id, and customer 1
+    // has the largest CLV of all.
+    let buy = date(2026, 3, 5);
+    let mut rows: Vec<CustomerRow> = (1..=10).map(|i| row(i, &[buy], None)).collect();
+    let mut f: Vec<CustomerFacts> = (1..=10).map(|i| facts(i, &[buy], &[])).collect();
+    for (i, r) in rows.iter_mut().enumerate() {
+        r.revenue = Decimal::from(1000 * (i as i64 + 1));
+    }
+    rows[0].clv = Some(dec!(1000000));
+    for x in f.iter_mut().skip(7) {
+        x.sales[0].manager = Some(UserId(100));
+    }
+    // Customer 11 (Анна's, the most valuable of all) has a reminder due the same Thursday, but
+    // its window closes only with the purchase on Saturday 03-14: the closed windows go first.
+    let mut r11 = row(
+        11,
+        &[date(2026, 2, 1), date(2026, 2, 14)],
+        Some(date(2026, 3, 14)),
+    );
+    r11.clv = Some(dec!(5000000));
+    let mut f11 = facts(11, &[date(2026, 2, 1), date(2026, 2, 14)], &[]);
+    f11.sales[1].manager = Some(UserId(100));
+    rows.push(r11);
+    f.push(f11);
+    let as_of = morning(date(2026, 3, 12));
+    let p = run(&rules, as_of, &rows, &f, &[]);
+    let t = tasks(&p);
+    assert_eq!(t.len(), 11, "nothing dropped: {t:?}");
+    assert!(load(&p).values().all(|n| *n <= 3), "{:?}", load(&p));
+    let day_of = |c: u64| {
+        t.iter()
+            .find(|x| x.1.contains(&format!("/contact:{c}/")))
+            .map(|x| x.3.clone())
+            .unwrap()
+    };
+    // Иван: CLV first, then revenue; Friday, then Monday (the weekend is skipped), at the
+    // rule's 11:00.
+    for (c, want) in [
+        (1, "2026-03-12 11:00"),
+        (7, "2026-03-12 11:00"),
+        (6, "2026-03-12 11:00"),
+        (5, "2026-03-13 11:00"),
+        (4, "2026-03-13 11:00"),
+        (3, "2026-03-13 11:00"),
+        (2, "2026-03-16 11:00"),
+        (8, "2026-03-12 11:00"),
+        (9, "2026-03-12 11:00"),
+        (10, "2026-03-12 11:00"),
+        (11, "2026-03-13 10:00"),
+    ] {
+        assert_eq!(day_of(c), want, "customer {c}");
+    }
+    assert_eq!(p.pacing.deferred, 5);
+    assert_eq!(p.pacing.deferred_until, Some(date(2026, 3, 16)));
+    assert_eq!(
+        p.pacing.deferred_by_manager,
+        vec![
+            (UserId(100), 1, date(2026, 3, 13)),
+            (UserId(101), 4, date(2026, 3, 16))
+        ]
+    );
+    let moved = p
+        .actions
+        .iter()
+        .find(|a| a.key.contains("/contact:2/"))
+        .unwrap();
+    assert!(
+        moved.summary.contains("2026-03-16 11:00")
+            && moved.summary.contains("deferred from 2026-03-12"),
+        "{}",
+        moved.summary
+    );
+
+    // The next run (the plan is in the outbox now): the same tasks keep their days, and a new
+    // customer's touch, however valuable, finds Thursday, Friday and Monday of Иван full.
+    let booked = booked_after(&p);
+    let mut rows2 = rows.clone();
+    let mut f2 = f.clone();
+    let mut r12 = row(12, &[buy], None);
+    r12.clv = Some(dec!(9000000));
+    rows2.push(r12);
+    f2.push(facts(12, &[buy], &[]));
+    let p2 = run_booked(&rules, as_of, &rows2, &f2, &booked);
+    let new: Vec<_> = tasks(&p2)
+        .into_iter()
+        .filter(|x| !booked.tasks.contains_key(&x.1))
+        .collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert!(new[0].1.contains("/contact:12/"));
+    // Monday has one of Иван's tasks booked: the new one joins it.
+    assert_eq!(new[0].3, "2026-03-16 11:00");
+    for x in tasks(&p2)
+        .iter()
+        .filter(|x| booked.tasks.contains_key(&x.1))
+    {
+        assert_eq!(
+            t.iter().find(|y| y.1 == x.1).unwrap().3,
+            x.3,
+            "a booked task is not moved"
+        );
+    }
+}
+
+#[test]
+fn a_team_cap_counts_every_member() {
+    let (_dir, rules) = playbook_rules(
+        "[[after_purchase]]\nid = \"x\"\ndays = 1\ngoal = \"Звонок\"\nresponsible = \"team:care\"\n",
+        serde_json::json!({
+            "teams": {"care": ["Иван Петров", "Ольга Сервис"]},
+            "max_tasks_per_team_per_day": {"care": 4},
+            "horizon_days": 0, "lookback_days": 0,
+        }),
+    );
+    let buy = date(2026, 3, 11);
+    let rows: Vec<CustomerRow> = (1..=6).map(|i| row(i, &[buy], None)).collect();
+    let f: Vec<CustomerFacts> = (1..=6).map(|i| facts(i, &[buy], &[])).collect();
+    let p = run(&rules, morning(date(2026, 3, 12)), &rows, &f, &[]);
+    let mut per_day: BTreeMap<String, usize> = BTreeMap::new();
+    for ((_, day), n) in load(&p) {
+        *per_day.entry(day).or_default() += n;
+    }
+    assert_eq!(
+        per_day,
+        BTreeMap::from([("2026-03-12".into(), 4), ("2026-03-13".into(), 2)])
+    );
+    // An unknown team is a problem of the mapping.
+    let err = playbooks::resolve(
+        "shop",
+        &serde_json::json!({"max_tasks_per_team_per_day": {"nobody": 3}, "max_tasks_per_manager_per_day": 0}),
+        None,
+        CrmFacts {
+            crm: CrmKind::Amocrm,
+            pipelines: &pipelines(),
+            users: &users(),
+            fields: None,
+            customers: None,
+            company_customers: false,
+        },
+    )
+    .unwrap_err();
+    let text = playbooks::format_problems(&err);
+    assert!(text.contains("max_tasks_per_team_per_day.nobody"), "{text}");
+    assert!(text.contains("max_tasks_per_manager_per_day"), "{text}");
+}
+
+#[test]
+fn competing_touches_of_a_customer_day_merge_into_the_most_important_once() {
+    let (_dir, rules) = playbook_rules(
+        THANKS,
+        serde_json::json!({"horizon_days": 0, "lookback_days": 3}),
+    );
+    // Bought Thursday 03-05 and 02-19: "thanks" (03-12) and the reminder two days before the
+    // next purchase on Saturday 03-14 (03-12) fall on the same Thursday.
+    let days = [date(2026, 2, 19), date(2026, 3, 5)];
+    let rows = [row(1, &days, Some(date(2026, 3, 14)))];
+    let mut f = [facts(1, &days, &[])];
+    f[0].sales[0].manager = Some(UserId(101));
+    let p = run(&rules, morning(date(2026, 3, 12)), &rows, &f, &[]);
+    let t = tasks(&p);
+    assert_eq!(t.len(), 1, "{t:?}");
+    // The reminder wins (a purchase moment); the thanks is listed in its text.
+    assert_eq!(t[0].1, "shop/pb.runs_out/contact:1/2026-03-14");
+    let a = &p.actions[0];
+    let WriteOp::CreateTask { text, .. } = &a.op else {
+        unreachable!()
+    };
+    assert!(
+        text.ends_with("Заодно обсудить:\n— Поблагодарить за покупку"),
+        "{text}"
+    );
+    assert_eq!(a.merged, ["shop/pb.thanks/contact:1/2026-03-12"]);
+    assert_eq!(p.pacing.merged, 1);
+
+    // The next day both touches are still in the lookback: the merged one is not sent alone.
+    let p2 = run_booked(
+        &rules,
+        morning(date(2026, 3, 13)),
+        &rows,
+        &f,
+        &booked_after(&p),
+    );
+    let keys: Vec<&str> = p2.actions.iter().map(|a| a.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["shop/pb.runs_out/contact:1/2026-03-14"],
+        "already in the outbox"
+    );
+    assert_eq!(p2.pacing.merged_before, 1);
+
+    // Two touches a day allowed: both, unmerged.
+    let (_dir2, rules2) = playbook_rules(
+        THANKS,
+        serde_json::json!({"horizon_days": 0, "lookback_days": 3, "max_touches_per_customer_per_day": 2}),
+    );
+    let p = run(&rules2, morning(date(2026, 3, 12)), &rows, &f, &[]);
+    assert_eq!(tasks(&p).len(), 2);
+    assert!(p.actions.iter().all(|a| a.merged.is_empty()));
+}
+
+#[test]
+fn a_customer_day_taken_in_the_outbox_is_skipped() {
+    let (_dir, rules) = playbook_rules(
+        "[[after_purchase]]\nid = \"a\"\ndays = 7\ngoal = \"A\"\n",
+        serde_json::json!({"max_tasks_per_manager_per_day": 1, "horizon_days": 0, "lookback_days": 0}),
+    );
+    let buy = date(2026, 3, 5);
+    let mut rows = [row(1, &[buy], None), row(2, &[buy], None)];
+    rows[1].revenue = dec!(50000);
+    let f = [facts(1, &[buy], &[]), facts(2, &[buy], &[])];
+    // Customer 1 already has a task on Friday (an earlier plan's).
+    let mut booked = Booked::default();
+    booked
+        .busy
+        .insert(("contact:1".into(), day_number(date(2026, 3, 13))), 1);
+    let p = run_booked(&rules, morning(date(2026, 3, 12)), &rows, &f, &booked);
+    let got: Vec<(String, String)> = tasks(&p)
+        .into_iter()
+        .map(|x| (x.1.split('/').nth(2).unwrap().to_owned(), x.3))
+        .collect();
+    // Customer 2 is worth more: Thursday. Customer 1 waits, past its taken Friday, to Monday.
+    assert_eq!(
+        got,
+        [
+            ("contact:1".to_owned(), "2026-03-16 10:00".to_owned()),
+            ("contact:2".to_owned(), "2026-03-12 10:00".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn reminders_are_quiet_after_a_purchase_or_an_open_deal() {
+    let (_dir, rules) = playbook_rules(
+        THANKS,
+        serde_json::json!({"horizon_days": 0, "lookback_days": 0}),
+    );
+    // All reminders are due Thursday 03-12 (the next purchase on Saturday 03-14).
+    let next = Some(date(2026, 3, 14));
+    let rows = [
+        // Bought 4 days before the reminder: it would ask someone who just ordered.
+        row(1, &[date(2026, 1, 10), date(2026, 3, 8)], next),
+        // Bought 12 days before: a normal cycle, the reminder stays.
+        row(2, &[date(2026, 1, 10), date(2026, 2, 28)], next),
+        // The same, but an order is open since Tuesday.
+        row(3, &[date(2026, 1, 10), date(2026, 2, 28)], next),
+    ];
+    let f = [
+        facts(1, &[date(2026, 1, 10), date(2026, 3, 8)], &[]),
+        facts(2, &[date(2026, 1, 10), date(2026, 2, 28)], &[]),
+        facts(3, &[date(2026, 1, 10), date(2026, 2, 28)], &[]),
+    ];
+    let open = OpenDeal {
+        class: DealClass::New,
+        ..repeat_deal(
+            700,
+            3,
+            date(2026, 3, 10)
+                .at(15, 0, 0, 0)
+                .to_zoned(msk())
+                .unwrap()
+                .timestamp(),
+            Some(101),
+        )
+    };
+    let as_of = morning(date(2026, 3, 12));
+    let p = run(&rules, as_of, &rows, &f, std::slice::from_ref(&open));
+    let keys: Vec<&str> = p.actions.iter().map(|a| a.key.as_str()).collect();
+    assert_eq!(keys, ["shop/pb.runs_out/contact:2/2026-03-14"]);
+    assert_eq!(p.pacing.suppressed, 2);
+    // reminder_quiet_days = 0 turns the rule off.
+    let (_dir2, loud) = playbook_rules(
+        THANKS,
+        serde_json::json!({"horizon_days": 0, "lookback_days": 0, "reminder_quiet_days": 0}),
+    );
+    let p = run(&loud, as_of, &rows, &f, std::slice::from_ref(&open));
+    assert_eq!(p.actions.len(), 3);
+    assert_eq!(p.pacing.suppressed, 0);
+}
+
+#[test]
+fn many_leads_of_one_customer_make_one_repeat_lead_task() {
+    let rules = rules_for(serde_json::json!({
+        "repeat_pipeline": "Повторные продажи",
+        "default_responsible": "Анна Смирнова",
+    }));
+    let buy = date(2026, 1, 15);
+    let rows = [row(7, &[date(2025, 12, 1), buy], Some(date(2026, 3, 20)))];
+    let f = [facts(7, &[date(2025, 12, 1), buy], &[])];
+    let as_of = date(2026, 3, 2)
+        .at(12, 10, 0, 0)
+        .to_zoned(msk())
+        .unwrap()
+        .timestamp();
+    let h = jiff::SignedDuration::from_hours;
+    let deals = [
+        repeat_deal(900, 7, as_of - h(2), Some(101)),
+        repeat_deal(901, 7, as_of - h(1), Some(101)),
+        // Yesterday's lead of the same customer.
+        repeat_deal(902, 7, as_of - h(24), Some(101)),
+    ];
+    let p = run(&rules, as_of, &rows, &f, &deals);
+    let routed = p
+        .actions
+        .iter()
+        .filter(|a| a.rule == "repeat_route")
+        .count();
+    assert_eq!(routed, 3, "every lead is routed");
+    let t: Vec<&Action> = p
+        .actions
+        .iter()
+        .filter(|a| a.rule == "repeat_task")
+        .collect();
+    assert_eq!(t.len(), 1, "one task for the customer");
+    assert_eq!(t[0].key, "shop/repeat_task/contact:7/2026-03-02");
+    let WriteOp::CreateTask { entity, text, .. } = &t[0].op else {
+        unreachable!()
+    };
+    assert_eq!(*entity, EntityRef::Deal(DealId(901)), "on the newest lead");
+    assert!(
+        text.contains("Другие заявки клиента:")
+            && text.contains("«Сделка #900» (сделка 900)")
+            && text.contains("«Сделка #902» (сделка 902)"),
+        "{text}"
+    );
+    assert_eq!(t[0].merged, ["shop/repeat_task/contact:7/2026-03-01"]);
+    assert_eq!(p.pacing.repeat_leads_merged, 2);
+    // On the webhook path, two leads of a day have one task key: the outbox keeps one.
+    let tz = msk();
+    let k = |d: &OpenDeal| {
+        plan_for_deal("shop", as_of, &tz, &rules, d, Some(&rows[0]))
+            .into_iter()
+            .find(|a| a.rule == "repeat_task")
+            .unwrap()
+            .key
+    };
+    assert_eq!(k(&deals[0]), k(&deals[1]));
 }

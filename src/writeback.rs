@@ -29,6 +29,8 @@ pub struct Prepared {
     pub open_deals: Vec<OpenDeal>,
     /// The resolved mapping and playbooks.
     pub rules: Rules,
+    /// The tasks already in the outbox (caps and customer-days count them).
+    pub booked: plan::Booked,
 }
 
 /// Parses `--as-of` for planning: an RFC 3339 instant, or a date meaning the start of that day
@@ -277,6 +279,7 @@ pub async fn create_missing_fields(
         .iter()
         .filter(|m| m.create)
         .map(|m| outbox::Action {
+            merged: Vec::new(),
             key: format!(
                 "{}/field_create/{}/{}",
                 portal.id,
@@ -361,12 +364,32 @@ pub async fn prepare(
     if on_customers && let Some(conn) = conn {
         attach_crm_customers(conn, portal, &analysis, &mut facts).await?;
     }
+    let tz = portal.time_zone.clone();
+    let booked = store
+        .blocking(move |s| -> Result<plan::Booked, crate::store::StoreError> {
+            Ok(booked_tasks(&s.outbox_all()?, &tz))
+        })
+        .await
+        .with_context(|| format!("portal {}: reading the outbox", portal.id))?;
     Ok(Prepared {
         analysis,
         facts,
         open_deals,
         rules,
+        booked,
     })
+}
+
+/// The tasks of the outbox that exist or will: pending, in flight or done (a failed one was
+/// never created, so it takes no room).
+pub fn booked_tasks(entries: &[outbox::Entry], tz: &jiff::tz::TimeZone) -> plan::Booked {
+    let mut b = plan::Booked::default();
+    for e in entries {
+        if !matches!(e.state, ActionState::Failed { .. }) {
+            b.add(&e.action, tz);
+        }
+    }
+    b
 }
 
 /// The plan of a prepared portal.
@@ -380,6 +403,7 @@ pub fn plan_prepared(portal: &PortalConfig, prep: &Prepared, as_of: Timestamp) -
         customers: &prep.analysis.customers,
         facts: &prep.facts,
         open_deals: &prep.open_deals,
+        booked: &prep.booked,
     })
 }
 
@@ -503,6 +527,9 @@ pub fn print_plan(plan: &Plan, format: PlanFormat) -> Result<()> {
             for a in &plan.actions {
                 println!("{:<72} {}", a.key, a.summary);
             }
+            for line in pacing_lines(plan) {
+                println!("\n{line}");
+            }
             if plan.funnel_without_deal > 0 {
                 println!(
                     "\nfunnel: {} customer(s) with a next purchase had no open deal in the funnel pipeline: one is created for each",
@@ -521,6 +548,49 @@ pub fn print_plan(plan: &Plan, format: PlanFormat) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the pacing rules did to a plan, for people: merged, suppressed and deferred touches
+/// (nothing waits or disappears without a line here).
+pub fn pacing_lines(plan: &Plan) -> Vec<String> {
+    let p = &plan.pacing;
+    let mut out = Vec::new();
+    if p.merged > 0 || p.merged_before > 0 || p.repeat_leads_merged > 0 {
+        out.push(format!(
+            "one touch per customer a day: {} touch(es) merged into another task of the same customer and day (listed in its text){}{}",
+            p.merged,
+            if p.merged_before > 0 {
+                format!(", {} merged earlier into a task already sent", p.merged_before)
+            } else {
+                String::new()
+            },
+            if p.repeat_leads_merged > 0 {
+                format!(
+                    ", {} more repeat lead(s) of a customer with one repeat-lead task",
+                    p.repeat_leads_merged
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
+    if p.suppressed > 0 {
+        out.push(format!(
+            "quiet days: {} \"runs out\" reminder(s) not planned (a purchase or an open deal within reminder_quiet_days)",
+            p.suppressed
+        ));
+    }
+    if let Some(until) = p.deferred_until {
+        let mut line = format!(
+            "deferred by the cap: {} task(s), spread until {until}",
+            p.deferred
+        );
+        for (u, n, last) in &p.deferred_by_manager {
+            line.push_str(&format!("\n  user {}: {n} task(s), until {last}", u.0));
+        }
+        out.push(line);
+    }
+    out
 }
 
 /// The playbooks directory of a config file: `playbooks/` beside it, when it exists.
@@ -1358,6 +1428,7 @@ pub fn bench_plan(customers: usize) -> Result<String> {
         customers: &rows,
         facts: &facts,
         open_deals: &[],
+        booked: &plan::Booked::default(),
     });
     let secs = started.elapsed().as_secs_f64();
     let mut out = format!(
@@ -1413,6 +1484,7 @@ pub async fn bench_apply(actions: usize, rate: u32) -> Result<String> {
         .map(|i| {
             let (lead, user) = leads[i % leads.len()];
             outbox::Action {
+                merged: Vec::new(),
                 key: format!("bench/bench.touch/lead:{lead}/{i}"),
                 op: rebuy_core::WriteOp::CreateTask {
                     entity: rebuy_core::EntityRef::Deal(rebuy_core::DealId(lead)),

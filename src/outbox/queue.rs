@@ -34,6 +34,10 @@ pub struct Action {
     pub customer: String,
     /// One line for people (`plan` output, dashboard).
     pub summary: String,
+    /// Keys of the touches merged into this task (one touch per customer a day): they are
+    /// done when this one is, and never planned as tasks of their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<String>,
 }
 
 /// Where an entry stands.
@@ -338,6 +342,7 @@ mod tests {
 
     fn task(key: &str) -> Action {
         Action {
+            merged: Vec::new(),
             key: key.to_owned(),
             op: WriteOp::CreateTask {
                 entity: EntityRef::Deal(DealId(1)),

@@ -15,6 +15,9 @@
 //! lookback_days = 3                            # ... and this many days back (missed runs)
 //! auto_apply = false                           # `rebuy serve`'s daily run writes (else it plans)
 //! route_repeat_leads = true                    # `rebuy serve` routes repeat leads by webhook
+//! max_tasks_per_manager_per_day = 40           # capacity (default: no cap); the rest waits
+//! max_touches_per_customer_per_day = 1         # competing touches merge into one task
+//! reminder_quiet_days = 7                      # no "runs out" reminder this soon after a purchase
 //! holidays = ["2027-01-01", "2027-01-07"]
 //! [portal.mapping.business_hours]
 //! start = "10:00"
@@ -22,6 +25,8 @@
 //! days = ["mon", "tue", "wed", "thu", "fri"]
 //! [portal.mapping.teams]
 //! service = ["Иван Петров", 6100005]
+//! [portal.mapping.max_tasks_per_team_per_day]  # a team's cap, over all its members
+//! service = 60
 //! [portal.mapping.funnel]                       # the cyclic customer funnel
 //! # entity = "leads"                           # leads (a lead pipeline / deal category) | customers
 //! pipeline = "Цикл клиента"                     # leads only
@@ -138,6 +143,26 @@ pub struct Mapping {
     /// `rebuy apply` / the dashboard's Apply (and to the daily run with `auto_apply`).
     #[serde(default = "yes")]
     pub route_repeat_leads: bool,
+    /// At most this many tasks per manager and local day (default: no cap). The planner moves
+    /// what does not fit to the manager's next business days, by priority (see
+    /// [`crate::plan`]); tasks already in the outbox for a day count against it.
+    pub max_tasks_per_manager_per_day: Option<u32>,
+    /// At most this many tasks per team (of `teams`) and local day, over all its members.
+    #[serde(default)]
+    pub max_tasks_per_team_per_day: BTreeMap<String, u32>,
+    /// At most this many tasks per customer and local day (default 1): more competing touches
+    /// merge into the most important one, whose text lists the others.
+    #[serde(default = "one")]
+    pub max_touches_per_customer_per_day: u32,
+    /// A `before_next_purchase` touch ("water runs out") is not planned when the customer
+    /// bought, or opened a deal, within this many days before the touch's day (default 7:
+    /// shorter than a typical consumption cycle, so the reminders of a normal cycle stay).
+    #[serde(default = "d7")]
+    pub reminder_quiet_days: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn yes() -> bool {
@@ -179,6 +204,10 @@ impl Default for Mapping {
             lookback_days: 3,
             auto_apply: false,
             route_repeat_leads: true,
+            max_tasks_per_manager_per_day: None,
+            max_tasks_per_team_per_day: BTreeMap::new(),
+            max_touches_per_customer_per_day: 1,
+            reminder_quiet_days: 7,
         }
     }
 }

@@ -313,6 +313,14 @@ pub struct Rules {
     pub lookback_days: u32,
     /// Playbooks in force.
     pub playbooks: Vec<String>,
+    /// Tasks per manager and local day (`None`: no cap).
+    pub manager_cap: Option<u32>,
+    /// Team caps: (team, tasks per local day over its members, members).
+    pub team_caps: Vec<(String, u32, Vec<UserId>)>,
+    /// Tasks per customer and local day; more merge into one.
+    pub touches_per_customer_day: u32,
+    /// No `before_next_purchase` touch within this many days of a purchase or an open deal.
+    pub reminder_quiet_days: u32,
 }
 
 impl Rules {
@@ -349,6 +357,10 @@ impl Rules {
             horizon_days: 7,
             lookback_days: 3,
             playbooks: Vec::new(),
+            manager_cap: None,
+            team_caps: Vec::new(),
+            touches_per_customer_day: 1,
+            reminder_quiet_days: 7,
         }
     }
 }
@@ -520,6 +532,7 @@ pub fn resolve(
         }
         r.teams.insert(team.clone(), ids);
     }
+    r.capacity(&mfile, &m);
     if let Some(p) = &m.repeat_pipeline {
         r.repeat(&mfile, &m, p);
     } else if m.repeat_stage.is_some() {
@@ -652,6 +665,55 @@ impl Resolver<'_> {
                 None
             }
         }
+    }
+
+    /// The capacity keys: caps of at least 1, team caps of teams the mapping defines.
+    fn capacity(&mut self, file: &str, m: &Mapping) {
+        if m.max_tasks_per_manager_per_day == Some(0) {
+            self.problem(
+                file,
+                "max_tasks_per_manager_per_day",
+                "0 would plan nothing: give at least 1, or leave the key out for no cap".into(),
+            );
+        }
+        self.rules.manager_cap = m.max_tasks_per_manager_per_day.filter(|c| *c > 0);
+        for (team, cap) in &m.max_tasks_per_team_per_day {
+            let key = format!("max_tasks_per_team_per_day.{team}");
+            if *cap == 0 {
+                self.problem(file, &key, "0 would plan nothing: give at least 1".into());
+                continue;
+            }
+            match self.teams.get(team) {
+                Some(members) => self
+                    .rules
+                    .team_caps
+                    .push((team.clone(), *cap, members.clone())),
+                None => {
+                    let known: Vec<&str> = self.teams.keys().map(String::as_str).collect();
+                    self.problem(
+                        file,
+                        &key,
+                        format!(
+                            "no team {team:?} in [portal.mapping.teams] (teams: {})",
+                            if known.is_empty() {
+                                "none".into()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    )
+                }
+            }
+        }
+        if m.max_touches_per_customer_per_day == 0 {
+            self.problem(
+                file,
+                "max_touches_per_customer_per_day",
+                "0 would plan no touch: give at least 1".into(),
+            );
+        }
+        self.rules.touches_per_customer_day = m.max_touches_per_customer_per_day.max(1);
+        self.rules.reminder_quiet_days = m.reminder_quiet_days;
     }
 
     fn hours(&mut self, file: &str, m: &Mapping) {

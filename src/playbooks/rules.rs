@@ -334,6 +334,7 @@ pub struct PlaybookTest {
     /// The plan date.
     pub as_of: jiff::civil::Date,
     /// Expected `rule due-date` pairs (`"satisfaction 2026-03-09"`), in any order; the plan
-    /// must hold exactly these tasks.
+    /// must hold exactly these tasks. A touch merged into another task of the same day (one
+    /// touch per customer a day) is written `"order_day 2026-03-16 merged"`.
     pub expect: Vec<String>,
 }

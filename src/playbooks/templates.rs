@@ -32,6 +32,13 @@ pub const REACTIVATION: &str = "{{ goal }} (шаг {{ step }}): {{ name }}. По
 /// A reward.
 pub const REWARD: &str = "{{ goal }}: {{ name }}. Всего {{ purchases | plural(\"покупка\", \"покупки\", \"покупок\") }}, выручка {{ revenue }} ₽, сегмент {{ segment }}.";
 
+/// Heads the goals of the touches merged into a task (one touch per customer a day).
+pub const ALSO_DISCUSS: &str = "Заодно обсудить:";
+/// Heads the other open leads of a customer in its one repeat-lead task.
+pub const OTHER_LEADS: &str = "Другие заявки клиента:";
+/// The goal of a repeat-lead task, when it is listed in another task.
+pub const REPEAT_GOAL: &str = "Повторная заявка клиента";
+
 /// What a template sees.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TaskContext<'a> {

@@ -114,10 +114,13 @@ pub async fn live_routing(
     // amoCRM: a past buyer writes again; a new lead appears in the main pipeline.
     let (buyer, pipeline, status, repeat_id) = amo
         .with_data(|d| {
+            // The buyer with the highest contact id: the write-back part of the demo routed
+            // a lead of the lowest one today, and a customer gets one repeat-lead task a day.
             let won = d
                 .leads
                 .values()
-                .find(|l| l.status_id == 142 && !l.contacts.is_empty());
+                .filter(|l| l.status_id == 142 && !l.contacts.is_empty())
+                .max_by_key(|l| l.contacts[0].id);
             let main = d.pipelines.values().find(|p| p.name != REPEAT);
             let repeat = d.pipelines.values().find(|p| p.name == REPEAT);
             match (won, main, repeat) {
@@ -158,7 +161,8 @@ pub async fn live_routing(
             let won = d
                 .deals
                 .values()
-                .find(|x| x.stage_semantic_id == "S" && x.contact_id.is_some())?;
+                .filter(|x| x.stage_semantic_id == "S" && x.contact_id.is_some())
+                .max_by_key(|x| x.contact_id)?;
             let repeat = d.categories.values().find(|c| c.name == REPEAT)?.id;
             let main = d.categories.values().find(|c| c.name != REPEAT)?.id;
             Some((won.contact_id?, main, repeat))

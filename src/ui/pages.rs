@@ -1422,6 +1422,24 @@ pub async fn touches(
                 @if !plan.skipped.is_empty() {
                     p { (l.t("Skipped: ", "Пропущено: ")) (plan.skipped.len()) }
                 }
+                @if plan.pacing.merged > 0 {
+                    p data-pacing="merged" data-value=(plan.pacing.merged) {
+                        (plan.pacing.merged) " " (l.t("touch(es) merged into another task of the same customer and day (one touch per customer a day; listed in its text).",
+                            "касаний объединено с другой задачей того же клиента в тот же день (одно касание в день; перечислены в её тексте)."))
+                    }
+                }
+                @if plan.pacing.suppressed > 0 {
+                    p data-pacing="suppressed" data-value=(plan.pacing.suppressed) {
+                        (plan.pacing.suppressed) " " (l.t("\"runs out\" reminder(s) not planned: the customer bought or has an open deal within reminder_quiet_days.",
+                            "напоминаний «скоро закончится» не запланировано: клиент купил или у него открыта сделка в пределах reminder_quiet_days."))
+                    }
+                }
+                @if let Some(until) = plan.pacing.deferred_until {
+                    p data-pacing="deferred" data-value=(plan.pacing.deferred) {
+                        (l.t("Deferred by the cap: ", "Перенесено из-за лимита задач: ")) strong { (plan.pacing.deferred) } " "
+                        (l.t("task(s), spread over the business days until ", "задач, распределены по рабочим дням до ")) (until) "."
+                    }
+                }
                 form method="post" action={"/ui/p/" (portal) "/apply"} style="display:inline" {
                     input type="hidden" name="csrf" value=(csrf);
                     input type="hidden" name="plan" value=(id);

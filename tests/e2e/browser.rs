@@ -298,6 +298,7 @@ async fn the_dashboard_in_headless_chromium() {
         (l.id, p.id, s.id)
     });
     let failed = Action {
+        merged: Vec::new(),
         key: format!("test/manual/lead:{lead}/2026-01-01"),
         op: WriteOp::MoveDeal {
             deal: DealId(lead),

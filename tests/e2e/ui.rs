@@ -180,6 +180,7 @@ async fn the_dashboard_logs_in_and_shows_the_analysis_of_the_cache() {
 
     // A failed touch with the CRM's message.
     let action = Action {
+        merged: Vec::new(),
         key: "test/after_purchase_7/contact:1/2026-01-01".into(),
         op: WriteOp::MoveDeal {
             deal: DealId(1),
@@ -847,6 +848,7 @@ async fn touches_retry_plan_apply_and_the_mapping_page() {
 
     // A failed touch.
     let action = Action {
+        merged: Vec::new(),
         key: "test/after_purchase_7/contact:1/2026-01-01".into(),
         op: WriteOp::MoveDeal {
             deal: DealId(1),

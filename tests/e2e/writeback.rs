@@ -1069,3 +1069,122 @@ async fn inactive_managers_get_no_tasks_and_are_reported_with_their_customers() 
     assert!(plan.actions.iter().all(|a| !matches!(&a.op,
         WriteOp::CreateTask { responsible, .. } if responsible.0 == inactive)));
 }
+
+/// Tasks the emulator recorded, with the customer each is about (found through the outbox:
+/// the marker in the task's text names its key): (responsible, local due day, customer).
+fn recorded_tasks(env: &Env) -> Vec<(u64, Date, String)> {
+    let by_marker: std::collections::HashMap<String, String> = env
+        .store
+        .outbox_all()
+        .unwrap()
+        .into_iter()
+        .map(|e| (rebuy::outbox::marker_for(&e.action.key), e.action.customer))
+        .collect();
+    let tz = env.portal.time_zone.clone();
+    env.emulator()
+        .writes()
+        .tasks_created
+        .iter()
+        .map(|t| {
+            let marker = t
+                .text
+                .rsplit("#rebuy:")
+                .next()
+                .map(|h| format!("#rebuy:{}", h.trim()))
+                .unwrap();
+            let customer = by_marker
+                .get(&marker)
+                .unwrap_or_else(|| panic!("task {} has no known marker: {:?}", t.id, t.text))
+                .clone();
+            let day = Timestamp::from_second(t.complete_till)
+                .unwrap()
+                .to_zoned(tz.clone())
+                .date();
+            (t.responsible_user_id, day, customer)
+        })
+        .collect()
+}
+
+/// A team's day is capped: with water delivery and reactivation on a few hundred customers and
+/// a cap of 3 tasks per manager a day, `apply` (twice, on consecutive days) leaves no manager
+/// with more than 3 tasks on any day and no customer with two tasks on one day; what did not
+/// fit was deferred, not dropped, and the plan said so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_and_one_touch_a_day_hold_in_the_crm_across_runs() {
+    const CAP: usize = 3;
+    let cfg = amo_config(151, 400, 1200);
+    // Planned at the end of the generated history, where its customers are alive.
+    let now = cfg.seed.now;
+    let mut env = amo_env(cfg).await;
+    sync(&env, true).await.unwrap();
+    let default = env
+        .emulator()
+        .with_data(|d| d.users.values().find(|u| u.is_active).unwrap().name.clone());
+    env.portal.mapping = json!({
+        "playbooks": ["water_delivery", "reactivation"],
+        "default_responsible": default,
+        "max_tasks_per_manager_per_day": CAP,
+        "horizon_days": 14,
+        "lookback_days": 3,
+    });
+    let (plan, r) = apply_at(&env, now).await;
+    assert_eq!(r.drain.failed, 0, "{r:?}");
+    let planned_tasks = plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a.op, WriteOp::CreateTask { .. }))
+        .count();
+    assert!(
+        plan.pacing.deferred > 0,
+        "the cap bites on this base: {:?}",
+        plan.pacing
+    );
+    let until = plan.pacing.deferred_until.expect("a last deferred day");
+    let tasks = recorded_tasks(&env);
+    assert_eq!(
+        tasks.len(),
+        planned_tasks,
+        "every planned task, none dropped"
+    );
+    assert!(tasks.iter().any(|t| t.1 == until), "spread until {until}");
+    // Competing touches of a customer-day became one task that lists the others.
+    assert!(plan.pacing.merged > 0, "{:?}", plan.pacing);
+    let listing = env
+        .emulator()
+        .writes()
+        .tasks_created
+        .iter()
+        .filter(|t| t.text.contains("Заодно обсудить:\n— "))
+        .count();
+    assert!(listing > 0, "a merged task lists the other goals");
+    // The next day's run adds the touches that came into the horizon, around the booked ones.
+    let (plan2, r2) = apply_at(&env, now + SignedDuration::from_hours(24)).await;
+    assert_eq!(r2.drain.failed, 0, "{r2:?}");
+    let tasks = recorded_tasks(&env);
+    assert!(
+        r2.enqueued.already > 0,
+        "the second run re-planned booked tasks: {:?} / {:?}",
+        r2.enqueued,
+        plan2.pacing
+    );
+    let mut per_manager: std::collections::BTreeMap<(u64, Date), usize> = Default::default();
+    let mut per_customer: std::collections::BTreeMap<(String, Date), usize> = Default::default();
+    for (u, day, c) in &tasks {
+        *per_manager.entry((*u, *day)).or_default() += 1;
+        *per_customer.entry((c.clone(), *day)).or_default() += 1;
+    }
+    let over: Vec<_> = per_manager.iter().filter(|(_, n)| **n > CAP).collect();
+    assert!(over.is_empty(), "managers over the cap: {over:?}");
+    let twice: Vec<_> = per_customer.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "customers with two tasks a day: {twice:?}"
+    );
+    // Due days are business days.
+    assert!(
+        tasks
+            .iter()
+            .all(|t| !matches!(t.1.weekday(), Weekday::Saturday | Weekday::Sunday)),
+        "weekend tasks"
+    );
+}
