@@ -34,9 +34,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         product_rows: bool,
         /// Bitrix24: then fetch the same contacts, companies and deals with the Python client
-        /// fast_bitrix24 (`pip install fast_bitrix24`; bench only) and compare the times.
+        /// fast_bitrix24 (`pip install fast_bitrix24`; bench only) and compare the times. Runs a
+        /// burst-sized portal first (`--burst-contacts`, `--burst-leads`, without product
+        /// rows: both clients list the same records), then the one of `--contacts` / `--leads`.
         #[arg(long)]
         compare_fast_bitrix24: bool,
+        /// Contacts of the burst-sized portal of `--compare-fast-bitrix24` (`0`: no such case).
+        #[arg(long, default_value_t = 10_000)]
+        burst_contacts: usize,
+        /// Deals of the burst-sized portal: with the contacts, it fits in the leaky bucket's 50
+        /// requests at 2,500 records per `batch`.
+        #[arg(long, default_value_t = 60_000)]
+        burst_leads: usize,
     },
     /// The model backtest on CDNOW's published 39 + 39 week split (built-in sample).
     Backtest,
@@ -155,6 +164,8 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             crm,
             product_rows,
             compare_fast_bitrix24,
+            burst_contacts,
+            burst_leads,
         } => {
             let crm = match crm.as_str() {
                 "amocrm" => rebuy_core::CrmKind::Amocrm,
@@ -162,6 +173,14 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
                 other => bail!("unknown CRM {other:?}: expected amocrm or bitrix24"),
             };
             for rate in rates {
+                if compare_fast_bitrix24
+                    && crm == rebuy_core::CrmKind::Bitrix24
+                    && burst_contacts + burst_leads > 0
+                {
+                    println!("burst-sized portal (fits in the bucket's burst):");
+                    bench_sync(crm, burst_contacts, burst_leads, rate, false, true).await?;
+                    println!("past-burst portal:");
+                }
                 bench_sync(
                     crm,
                     contacts,
