@@ -332,10 +332,10 @@ pub async fn sync_portal(
     // The big listings run concurrently so the shared rate limiter always has a request ready.
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
     let (companies, contacts, deals, rows) = tokio::join!(
-        guarded(&sem, list_kind::<Company>(&*conn, &store, opts, &*progress)),
-        guarded(&sem, list_kind::<Contact>(&*conn, &store, opts, &*progress)),
-        guarded(&sem, list_kind::<Deal>(&*conn, &store, opts, &*progress)),
-        guarded(&sem, list_product_rows(&*conn, &store, opts, &*progress)),
+        guarded(&sem, list_kind::<Company>(&conn, &store, opts, &*progress)),
+        guarded(&sem, list_kind::<Contact>(&conn, &store, opts, &*progress)),
+        guarded(&sem, list_kind::<Deal>(&conn, &store, opts, &*progress)),
+        guarded(&sem, list_product_rows(&conn, &store, opts, &*progress)),
     );
     let rows = optional_list(rows, "product rows", &mut warnings);
     if let Some(rows) = rows
@@ -497,8 +497,9 @@ fn minus(t: Timestamp, d: Duration) -> Timestamp {
 }
 
 /// Segments of one listing fetched at once (each holds one page in memory while it waits for
-/// its commit): enough to keep the rate limiter's burst busy on two cores.
-pub const SEGMENTS_IN_FLIGHT: usize = 6;
+/// its commit, about 2.5 MB of deals): enough that a portal's answer time, not the number of
+/// requests in flight, sets the pace within the burst.
+pub const SEGMENTS_IN_FLIGHT: usize = 12;
 
 /// Prefix of a listing's cursor that stands for several segments under way (see
 /// [`Connector::split`]): the segments' own cursors follow as a JSON array. The connector never
@@ -606,7 +607,7 @@ async fn run_segments<I, F, Fut>(
 where
     I: Send + Sync + 'static,
     F: Fn(Cursor) -> Fut,
-    Fut: std::future::Future<Output = Result<Page<I>, ConnectorError>>,
+    Fut: std::future::Future<Output = Result<Page<I>, ConnectorError>> + Send + 'static,
 {
     use futures::{StreamExt, TryStreamExt};
     let shared = tokio::sync::Mutex::new(SegmentsState {
@@ -621,7 +622,11 @@ where
         .map(|(i, first)| async move {
             let mut cur = first;
             loop {
-                let page = fetch(cur).await.map_err(ListError::Connector)?;
+                // A task of its own: the answers of several segments are decoded on all cores.
+                let page = tokio::spawn(fetch(cur))
+                    .await
+                    .map_err(|e| ListError::Store(store.err(e)))?
+                    .map_err(ListError::Connector)?;
                 let n = page.items.len() as u64;
                 let mut sh = shared.lock().await;
                 sh.open[i] = page.next.clone();
@@ -678,7 +683,7 @@ fn put_rows(
 }
 
 async fn list_kind<T: Listable + Send + 'static>(
-    conn: &dyn Connector,
+    conn_arc: &Arc<dyn Connector>,
     store: &Store,
     opts: &SyncOptions,
     progress: &dyn Progress,
@@ -711,9 +716,10 @@ async fn list_kind<T: Listable + Send + 'static>(
         updated_from: ip.updated_from,
         updated_to: None,
     };
+    let conn: &dyn Connector = &**conn_arc;
     let fetch = |c: Cursor| {
-        let query = &query;
-        async move { T::fetch(conn, query, Some(&c)).await }
+        let (conn, query) = (conn_arc.clone(), query.clone());
+        async move { T::fetch(&*conn, &query, Some(&c)).await }
     };
     let updated_at: fn(&T) -> Option<Timestamp> = |r| Some(T::updated_at(r));
     // A listing interrupted while it ran in segments resumes them all.
@@ -812,11 +818,12 @@ async fn list_kind<T: Listable + Send + 'static>(
 /// `--full`) or an earlier one was interrupted; `None` when there is nothing to do (incremental
 /// deal pages bring the rows of the deals that changed).
 async fn list_product_rows(
-    conn: &dyn Connector,
+    conn_arc: &Arc<dyn Connector>,
     store: &Store,
     opts: &SyncOptions,
     progress: &dyn Progress,
 ) -> Result<Option<KindReport>, ListError> {
+    let conn: &dyn Connector = &**conn_arc;
     if !conn.lists_product_rows() {
         return Ok(None);
     }
@@ -838,7 +845,10 @@ async fn list_product_rows(
         full: true,
         ..Default::default()
     };
-    let fetch = |c: Cursor| async move { conn.product_rows(Some(&c)).await };
+    let fetch = |c: Cursor| {
+        let conn = conn_arc.clone();
+        async move { conn.product_rows(Some(&c)).await }
+    };
     let resumed = segments_of(&ip.cursor);
     if resumed.len() >= 2 {
         let parts = resumed.into_iter().flatten().collect();
@@ -955,4 +965,36 @@ async fn apply_deletions(
         .await
         .map_err(ListError::Store)?;
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_cursors_survive_the_store() {
+        let open = vec![
+            Some(Cursor("id:5..10".into())),
+            None,
+            Some(Cursor("id:20".into())),
+        ];
+        let stored = segments_cursor(&open).unwrap();
+        assert!(stored.0.starts_with(SEGMENTS_PREFIX), "{stored:?}");
+        assert_eq!(
+            segments_of(&Some(stored)),
+            vec![Some(Cursor("id:5..10".into())), Some(Cursor("id:20".into()))]
+        );
+        // One segment left is stored as itself; none left means done.
+        assert_eq!(
+            segments_cursor(&[None, Some(Cursor("id:20".into()))]),
+            Some(Cursor("id:20".into()))
+        );
+        assert_eq!(segments_cursor(&[None, None]), None);
+        // A plain cursor (an older store, a sequential listing) is one segment.
+        assert_eq!(
+            segments_of(&Some(Cursor("id:42".into()))),
+            vec![Some(Cursor("id:42".into()))]
+        );
+        assert_eq!(segments_of(&None), vec![None]);
+    }
 }

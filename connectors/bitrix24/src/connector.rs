@@ -859,6 +859,19 @@ mod tests {
     }
 
     #[test]
+    fn segment_cursors_round_trip() {
+        assert_eq!(
+            parse_segment(Some(&segment_cursor(10, Some(99)))).unwrap(),
+            (10, Some(99))
+        );
+        assert_eq!(parse_segment(Some(&segment_cursor(7, None))).unwrap(), (7, None));
+        assert!(parse_segment(Some(&Cursor("id:9..3".into()))).is_err());
+        assert!(parse_segment(Some(&Cursor("id:9..x".into()))).is_err());
+        // Where only a plain cursor makes sense, a segment is refused.
+        assert!(parse_cursor(Some(&segment_cursor(1, Some(5)))).is_err());
+    }
+
+    #[test]
     fn incremental_filter_is_inclusive() {
         let q = ListQuery {
             updated_from: Some(jiff::Timestamp::from_second(1_772_355_600).unwrap()),

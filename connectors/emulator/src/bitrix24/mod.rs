@@ -100,6 +100,11 @@ pub struct B24Config {
     pub operating_window_secs: f64,
     /// Simulated execution time of one method call, counted towards the operating limit.
     pub method_cost_ms: u64,
+    /// Wall time one call takes on the portal (each command of a `batch` counts), slept before
+    /// answering: a real portal spends it in its database, where the emulator answers at once.
+    /// `0` (the default): no wait. Benchmarks set it so that requests in flight matter as they
+    /// do against a real portal.
+    pub call_time_ms: u64,
     /// Injected faults.
     pub faults: FaultConfig,
     /// Event delivery to online handlers (duplicates, drops, delays; the retry schedule is
@@ -126,6 +131,7 @@ impl Default for B24Config {
             operating_limit_secs: 480.0,
             operating_window_secs: 600.0,
             method_cost_ms: 5,
+            call_time_ms: 0,
             faults: FaultConfig::default(),
             delivery: DeliveryConfig::default(),
         }
@@ -1062,13 +1068,21 @@ async fn rest(st: Arc<Inner>, path: String, params: Result<Map<String, Value>, (
         return broken(fault, Bytes::from_static(b"{\"result\":{\"result\":{\"c0"));
     }
     // 4-5. Operating limit and the method.
-    let outcome = if method == "batch" {
+    let (outcome, calls) = if method == "batch" {
         *lock(&st.stats).by_method.entry(method.clone()).or_default() += 1;
-        methods::batch(&st, &params, &caller)
+        let calls = match params.get("cmd") {
+            Some(Value::Object(m)) => m.len(),
+            Some(Value::Array(a)) => a.len(),
+            _ => 0,
+        };
+        (methods::batch(&st, &params, &caller), calls)
     } else {
         *lock(&st.stats).by_method.entry(method.clone()).or_default() += 1;
-        st.run_metered(&method, &params, &caller)
+        (st.run_metered(&method, &params, &caller), 1)
     };
+    if st.cfg.call_time_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(st.cfg.call_time_ms * calls as u64)).await;
+    }
     let resp = match outcome {
         Ok(ok) => {
             let mut v = json!({"result": ok.result});
