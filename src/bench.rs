@@ -33,10 +33,32 @@ pub enum BenchCommand {
         /// Bitrix24: also list the deals' product rows (their own stream, counted as records).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         product_rows: bool,
-        /// Bitrix24: then fetch the same contacts, companies and deals with the Python client
-        /// fast_bitrix24 (`pip install fast_bitrix24`; bench only) and compare the times.
+        /// Bitrix24: list the same contacts, companies and deals with the Python client
+        /// fast_bitrix24 too (`pip install fast_bitrix24`; bench only) and compare the times,
+        /// on two portals without product rows (both clients list the same records): a
+        /// burst-sized one (`--burst-contacts`, `--burst-leads`) and one past the burst
+        /// (`--past-burst-contacts`, `--past-burst-leads`), instead of `--contacts` / `--leads`.
         #[arg(long)]
         compare_fast_bitrix24: bool,
+        /// Contacts of the past-burst portal of `--compare-fast-bitrix24`.
+        #[arg(long, default_value_t = 40_000)]
+        past_burst_contacts: usize,
+        /// Deals of the past-burst portal: with the contacts, about 65 requests for either
+        /// client, well past the bucket's 50.
+        #[arg(long, default_value_t = 120_000)]
+        past_burst_leads: usize,
+        /// Contacts of the burst-sized portal of `--compare-fast-bitrix24`.
+        #[arg(long, default_value_t = 10_000)]
+        burst_contacts: usize,
+        /// Deals of the burst-sized portal: with the contacts, it fits in the leaky bucket's 50
+        /// requests at 2,500 records per `batch`.
+        #[arg(long, default_value_t = 60_000)]
+        burst_leads: usize,
+        /// Bitrix24: milliseconds the emulated portal takes per list call (a `batch` of 50:
+        /// 50 times that), as a real portal's database does; 4 ms makes a `batch` of 2,500
+        /// rows take about 0.2 s, like the independent implementation of issue 12.
+        #[arg(long, default_value_t = 4)]
+        call_time_ms: u64,
     },
     /// The model backtest on CDNOW's published 39 + 39 week split (built-in sample), then on
     /// a generated base of periodic buyers (Erlang-k gaps).
@@ -167,6 +189,11 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             crm,
             product_rows,
             compare_fast_bitrix24,
+            burst_contacts,
+            burst_leads,
+            past_burst_contacts,
+            past_burst_leads,
+            call_time_ms,
         } => {
             let crm = match crm.as_str() {
                 "amocrm" => rebuy_core::CrmKind::Amocrm,
@@ -174,15 +201,33 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
                 other => bail!("unknown CRM {other:?}: expected amocrm or bitrix24"),
             };
             for rate in rates {
-                bench_sync(
-                    crm,
+                if compare_fast_bitrix24 && crm == rebuy_core::CrmKind::Bitrix24 {
+                    println!("burst-sized portal (fits in the bucket's burst):");
+                    let burst = SyncCase {
+                        contacts: burst_contacts,
+                        leads: burst_leads,
+                        rate,
+                        product_rows: false,
+                        call_time_ms,
+                    };
+                    bench_sync(crm, burst, true).await?;
+                    println!("past-burst portal:");
+                    let past = SyncCase {
+                        contacts: past_burst_contacts,
+                        leads: past_burst_leads,
+                        ..burst
+                    };
+                    bench_sync(crm, past, true).await?;
+                    continue;
+                }
+                let case = SyncCase {
                     contacts,
                     leads,
                     rate,
                     product_rows,
-                    compare_fast_bitrix24,
-                )
-                .await?;
+                    call_time_ms,
+                };
+                bench_sync(crm, case, compare_fast_bitrix24).await?;
             }
             Ok(())
         }
@@ -338,14 +383,29 @@ impl crate::sync::Progress for Samples {
     }
 }
 
-async fn bench_sync(
-    crm: rebuy_core::CrmKind,
+/// One portal of `bench sync`.
+#[derive(Debug, Clone, Copy)]
+struct SyncCase {
     contacts: usize,
     leads: usize,
     rate: u32,
     product_rows: bool,
+    /// Bitrix24: the emulated portal's time per call.
+    call_time_ms: u64,
+}
+
+async fn bench_sync(
+    crm: rebuy_core::CrmKind,
+    case: SyncCase,
     compare_fast_bitrix24: bool,
 ) -> Result<()> {
+    let SyncCase {
+        contacts,
+        leads,
+        rate,
+        product_rows,
+        call_time_ms,
+    } = case;
     let port = free_port()?;
     let exe = std::env::current_exe().context("locating the rebuy binary")?;
     let child = std::process::Command::new(exe)
@@ -358,6 +418,11 @@ async fn bench_sync(
             &contacts.to_string(),
         ])
         .args(["--leads", &leads.to_string(), "--rate", &rate.to_string()])
+        .args(if crm == rebuy_core::CrmKind::Bitrix24 {
+            vec!["--call-time-ms".to_owned(), call_time_ms.to_string()]
+        } else {
+            Vec::new()
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -401,13 +466,16 @@ async fn bench_sync(
         "bench sync ({}): {contacts} contacts + {leads} deals at {rate} req/s{}",
         crm.as_str(),
         if crm == rebuy_core::CrmKind::Bitrix24 {
-            if product_rows {
-                ", with product rows (their own >id-chained stream)"
-            } else {
-                ", without product rows"
-            }
+            format!(
+                "{}, {call_time_ms} ms per call on the portal",
+                if product_rows {
+                    ", with product rows (their own >id-chained stream)"
+                } else {
+                    ", without product rows"
+                }
+            )
         } else {
-            ""
+            String::new()
         }
     );
     let kinds: Vec<String> = report

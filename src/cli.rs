@@ -279,6 +279,10 @@ pub struct EmulateArgs {
     /// bearer token besides the OAuth tokens it issues.
     #[arg(long)]
     pub long_lived_token: Option<String>,
+    /// Bitrix24 only: milliseconds each REST call takes before its answer (each command of a
+    /// `batch` counts), as a real portal's database time; 0 answers at once.
+    #[arg(long, default_value_t = 0)]
+    pub call_time_ms: u64,
 }
 
 /// Sets up logging: `RUST_LOG` filters (default `info`), text or JSON lines on stderr.

@@ -235,6 +235,7 @@ pub async fn emulate_bitrix24(a: crate::cli::EmulateArgs) -> Result<()> {
     if let Some(t) = a.token_ttl {
         cfg.access_token_ttl_secs = t;
     }
+    cfg.call_time_ms = a.call_time_ms;
     rebuy_emulator::bitrix24::run_bitrix24(cfg, a.port)
         .await
         .context("running the Bitrix24 emulator")

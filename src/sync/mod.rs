@@ -10,6 +10,12 @@
 //! - fetching page N+1 overlaps with committing page N, so the rate limit, not the disk, sets
 //!   the pace.
 //!
+//! A full listing whose connector can split it ([`Connector::split`]) runs, after its first
+//! page, as several segments at once ([`SEGMENTS_IN_FLIGHT`]), so a CRM with a request burst
+//! (Bitrix24's leaky bucket) gets several requests in flight; each segment's pages are
+//! committed as above, with the cursors of all open segments, so a killed sync resumes every
+//! segment after its last committed page.
+//!
 //! Incremental listings ask for records modified since the last cursor minus an overlap
 //! (`sync.overlap_secs`): CRM timestamps have one-second resolution and clocks drift, and
 //! re-reading a few records is cheap while missing one is not. Deletions come from the CRM's
@@ -326,10 +332,10 @@ pub async fn sync_portal(
     // The big listings run concurrently so the shared rate limiter always has a request ready.
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
     let (companies, contacts, deals, rows) = tokio::join!(
-        guarded(&sem, list_kind::<Company>(&*conn, &store, opts, &*progress)),
-        guarded(&sem, list_kind::<Contact>(&*conn, &store, opts, &*progress)),
-        guarded(&sem, list_kind::<Deal>(&*conn, &store, opts, &*progress)),
-        guarded(&sem, list_product_rows(&*conn, &store, opts, &*progress)),
+        guarded(&sem, list_kind::<Company>(&conn, &store, opts, &*progress)),
+        guarded(&sem, list_kind::<Contact>(&conn, &store, opts, &*progress)),
+        guarded(&sem, list_kind::<Deal>(&conn, &store, opts, &*progress)),
+        guarded(&sem, list_product_rows(&conn, &store, opts, &*progress)),
     );
     let rows = optional_list(rows, "product rows", &mut warnings);
     if let Some(rows) = rows
@@ -490,8 +496,194 @@ fn minus(t: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(t)
 }
 
-async fn list_kind<T: Listable>(
-    conn: &dyn Connector,
+/// Segments of one listing fetched at once (each holds one page in memory while it waits for
+/// its commit, about 2.5 MB of deals): enough that a portal's answer time, not the number of
+/// requests in flight, sets the pace within the burst.
+pub const SEGMENTS_IN_FLIGHT: usize = 12;
+
+/// Prefix of a listing's cursor that stands for several segments under way (see
+/// [`Connector::split`]): the segments' own cursors follow as a JSON array. The connector never
+/// sees it; older single cursors read as one segment.
+const SEGMENTS_PREFIX: &str = "segments:";
+
+/// The segments a listing's stored cursor stands for (one, `None` = from the start, for a
+/// plain cursor).
+fn segments_of(cursor: &Option<Cursor>) -> Vec<Option<Cursor>> {
+    match cursor {
+        Some(c) => match c
+            .0
+            .strip_prefix(SEGMENTS_PREFIX)
+            .and_then(|rest| serde_json::from_str::<Vec<String>>(rest).ok())
+        {
+            Some(list) if !list.is_empty() => list.into_iter().map(|c| Some(Cursor(c))).collect(),
+            _ => vec![Some(c.clone())],
+        },
+        None => vec![None],
+    }
+}
+
+/// The stored cursor of the segments still open (`None`: all done).
+fn segments_cursor(open: &[Option<Cursor>]) -> Option<Cursor> {
+    let list: Vec<&str> = open.iter().flatten().map(|c| c.0.as_str()).collect();
+    match list.as_slice() {
+        [] => None,
+        [one] => Some(Cursor((*one).to_owned())),
+        _ => Some(Cursor(format!(
+            "{SEGMENTS_PREFIX}{}",
+            serde_json::to_string(&list).unwrap_or_default()
+        ))),
+    }
+}
+
+/// Marks an entity listing complete in `state`.
+fn finish_listing(state: &mut SyncState, ip: &InProgress) {
+    let now = Timestamp::now();
+    state.updated_from = Some(if ip.full {
+        ip.started_at
+    } else {
+        // Records modified while we listed have updated_at after started_at, so the
+        // next run starts no later than that.
+        match ip.max_updated {
+            Some(m) => m.min(ip.started_at),
+            None => state.updated_from.unwrap_or(ip.started_at),
+        }
+    });
+    state.last_sync_at = Some(now);
+    if ip.full {
+        state.last_full_at = Some(now);
+        state.deletions_from.get_or_insert(ip.started_at);
+    }
+    state.in_progress = None;
+}
+
+/// Marks the product row listing complete in `state`.
+fn finish_rows(state: &mut SyncState, ip: &InProgress) {
+    let now = Timestamp::now();
+    state.in_progress = None;
+    state.updated_from = Some(ip.started_at);
+    state.last_full_at = Some(now);
+    state.last_sync_at = Some(now);
+}
+
+/// Asks the connector to split the rest of a full listing; a failed split is no failure of
+/// the listing, which then goes on page after page.
+async fn try_split(conn: &dyn Connector, kind: EntityKind, next: &Cursor) -> Vec<Cursor> {
+    match conn.split(kind, next).await {
+        Ok(parts) if parts.len() >= 2 => parts,
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            tracing::warn!(kind = kind.as_str(), error = %e, "Could not split the listing; listing it page after page");
+            Vec::new()
+        }
+    }
+}
+
+/// What a segmented listing shares between its segments.
+struct SegmentsState {
+    ip: InProgress,
+    state: SyncState,
+    open: Vec<Option<Cursor>>,
+    report: KindReport,
+}
+
+/// Lists `parts` (consecutive segments of one listing) at once, at most [`SEGMENTS_IN_FLIGHT`]
+/// in flight. Each page is committed with the cursors of every segment as they stand after it,
+/// under one lock, so the stored cursor never runs ahead of committed data: a killed sync
+/// resumes each segment after its last committed page.
+#[allow(clippy::too_many_arguments)]
+async fn run_segments<I, F, Fut>(
+    store: &Store,
+    kind: EntityKind,
+    parts: Vec<Cursor>,
+    ip: InProgress,
+    state: SyncState,
+    report: KindReport,
+    progress: &dyn Progress,
+    fetch: F,
+    updated_at: fn(&I) -> Option<Timestamp>,
+    put: fn(&mut crate::store::Writer<'_>, &[I]) -> Result<(), StoreError>,
+    finish: fn(&mut SyncState, &InProgress),
+) -> Result<KindReport, ListError>
+where
+    I: Send + Sync + 'static,
+    F: Fn(Cursor) -> Fut,
+    Fut: std::future::Future<Output = Result<Page<I>, ConnectorError>> + Send + 'static,
+{
+    use futures::{StreamExt, TryStreamExt};
+    let shared = tokio::sync::Mutex::new(SegmentsState {
+        ip,
+        state,
+        open: parts.iter().cloned().map(Some).collect(),
+        report,
+    });
+    let shared = &shared;
+    let fetch = &fetch;
+    futures::stream::iter(parts.into_iter().enumerate())
+        .map(|(i, first)| async move {
+            let mut cur = first;
+            loop {
+                // A task of its own: the answers of several segments are decoded on all cores.
+                let page = tokio::spawn(fetch(cur))
+                    .await
+                    .map_err(|e| ListError::Store(store.err(e)))?
+                    .map_err(ListError::Connector)?;
+                let n = page.items.len() as u64;
+                let mut sh = shared.lock().await;
+                sh.open[i] = page.next.clone();
+                sh.ip.records += n;
+                let newest = page.items.iter().filter_map(updated_at).max();
+                sh.ip.max_updated = sh.ip.max_updated.max(newest);
+                sh.ip.cursor = segments_cursor(&sh.open);
+                let SegmentsState { ip, state, .. } = &mut *sh;
+                if ip.cursor.is_none() {
+                    finish(state, ip);
+                } else {
+                    state.in_progress = Some(ip.clone());
+                }
+                let st = sh.state.clone();
+                let items = page.items;
+                let s = store.clone();
+                // Committed under the lock: each commit's cursors cover exactly the pages
+                // committed before it.
+                tokio::task::spawn_blocking(move || {
+                    s.write(|w| {
+                        put(w, &items)?;
+                        w.set_sync_state(kind, &st)
+                    })
+                })
+                .await
+                .map_err(|e| ListError::Store(store.err(e)))?
+                .map_err(ListError::Store)?;
+                failpoint::hit("sync.after_page");
+                sh.report.records += n;
+                sh.report.pages += 1;
+                progress.page(kind, n);
+                drop(sh);
+                match page.next {
+                    Some(next) => cur = next,
+                    None => return Ok::<(), ListError>(()),
+                }
+            }
+        })
+        .buffer_unordered(SEGMENTS_IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(shared.lock().await.report)
+}
+
+fn put_records<T: Record>(w: &mut crate::store::Writer<'_>, items: &[T]) -> Result<(), StoreError> {
+    w.put_all(items)
+}
+
+fn put_rows(
+    w: &mut crate::store::Writer<'_>,
+    items: &[rebuy_core::DealProductRow],
+) -> Result<(), StoreError> {
+    w.put_product_rows(items)
+}
+
+async fn list_kind<T: Listable + Send + 'static>(
+    conn_arc: &Arc<dyn Connector>,
     store: &Store,
     opts: &SyncOptions,
     progress: &dyn Progress,
@@ -524,6 +716,25 @@ async fn list_kind<T: Listable>(
         updated_from: ip.updated_from,
         updated_to: None,
     };
+    let conn: &dyn Connector = &**conn_arc;
+    let fetch = |c: Cursor| {
+        let (conn, query) = (conn_arc.clone(), query.clone());
+        async move { T::fetch(&*conn, &query, Some(&c)).await }
+    };
+    let updated_at: fn(&T) -> Option<Timestamp> = |r| Some(T::updated_at(r));
+    // A listing interrupted while it ran in segments resumes them all.
+    let resumed = segments_of(&ip.cursor);
+    if resumed.len() >= 2 {
+        let parts = resumed.into_iter().flatten().collect();
+        return run_segments(
+            store, T::KIND, parts, ip, state, report, progress, fetch, updated_at,
+            put_records::<T>, finish_listing,
+        )
+        .await;
+    }
+    // A full listing splits after its first page, when the connector can (a small table never
+    // pays for the probe).
+    let mut may_split = ip.full;
     let mut pending: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
     loop {
         let page = T::fetch(conn, &query, ip.cursor.as_ref())
@@ -540,23 +751,7 @@ async fn list_kind<T: Listable>(
         ip.cursor = page.next.clone();
         let done = page.next.is_none();
         if done {
-            let now = Timestamp::now();
-            state.updated_from = Some(if ip.full {
-                ip.started_at
-            } else {
-                // Records modified while we listed have updated_at after started_at, so the
-                // next run starts no later than that.
-                match ip.max_updated {
-                    Some(m) => m.min(ip.started_at),
-                    None => state.updated_from.unwrap_or(ip.started_at),
-                }
-            });
-            state.last_sync_at = Some(now);
-            if ip.full {
-                state.last_full_at = Some(now);
-                state.deletions_from.get_or_insert(ip.started_at);
-            }
-            state.in_progress = None;
+            finish_listing(&mut state, &ip);
         } else {
             state.in_progress = Some(ip.clone());
         }
@@ -590,6 +785,24 @@ async fn list_kind<T: Listable>(
         if done {
             break;
         }
+        if std::mem::take(&mut may_split)
+            && let Some(next) = &page.next
+        {
+            let parts = try_split(conn, T::KIND, next).await;
+            if !parts.is_empty() {
+                if let Some(prev) = pending.take() {
+                    prev.await
+                        .map_err(|e| ListError::Store(store.err(e)))?
+                        .map_err(ListError::Store)?;
+                    failpoint::hit("sync.after_page");
+                }
+                return run_segments(
+                    store, T::KIND, parts, ip, state, report, progress, fetch, updated_at,
+                    put_records::<T>, finish_listing,
+                )
+                .await;
+            }
+        }
     }
     if let Some(prev) = pending.take() {
         prev.await
@@ -605,11 +818,12 @@ async fn list_kind<T: Listable>(
 /// `--full`) or an earlier one was interrupted; `None` when there is nothing to do (incremental
 /// deal pages bring the rows of the deals that changed).
 async fn list_product_rows(
-    conn: &dyn Connector,
+    conn_arc: &Arc<dyn Connector>,
     store: &Store,
     opts: &SyncOptions,
     progress: &dyn Progress,
 ) -> Result<Option<KindReport>, ListError> {
+    let conn: &dyn Connector = &**conn_arc;
     if !conn.lists_product_rows() {
         return Ok(None);
     }
@@ -627,12 +841,28 @@ async fn list_product_rows(
         },
         None => return Ok(None),
     };
-    let mut report = KindReport {
+    let report = KindReport {
         full: true,
         ..Default::default()
     };
+    let fetch = |c: Cursor| {
+        let conn = conn_arc.clone();
+        async move { conn.product_rows(Some(&c)).await }
+    };
+    let resumed = segments_of(&ip.cursor);
+    if resumed.len() >= 2 {
+        let parts = resumed.into_iter().flatten().collect();
+        return run_segments(
+            store, kind, parts, ip, state, report, progress, fetch, |_| None, put_rows,
+            finish_rows,
+        )
+        .await
+        .map(Some);
+    }
+    let mut report = report;
     // A listing from the start replaces the table: rows deleted in the CRM go with it.
     let mut clear = ip.cursor.is_none();
+    let mut may_split = true;
     loop {
         let page = conn
             .product_rows(ip.cursor.as_ref())
@@ -643,23 +873,20 @@ async fn list_product_rows(
         ip.cursor = page.next.clone();
         let done = page.next.is_none();
         if done {
-            let now = Timestamp::now();
-            state.in_progress = None;
-            state.updated_from = Some(ip.started_at);
-            state.last_full_at = Some(now);
-            state.last_sync_at = Some(now);
+            finish_rows(&mut state, &ip);
         } else {
             state.in_progress = Some(ip.clone());
         }
         let st = state.clone();
         let first = std::mem::take(&mut clear);
+        let items = page.items;
         store
             .blocking(move |s| {
                 s.write(|w| {
                     if first {
                         w.clear_product_rows()?;
                     }
-                    w.put_product_rows(&page.items)?;
+                    w.put_product_rows(&items)?;
                     w.set_sync_state(kind, &st)
                 })
             })
@@ -671,6 +898,19 @@ async fn list_product_rows(
         progress.page(kind, n);
         if done {
             return Ok(Some(report));
+        }
+        if std::mem::take(&mut may_split)
+            && let Some(next) = &page.next
+        {
+            let parts = try_split(conn, kind, next).await;
+            if !parts.is_empty() {
+                return run_segments(
+                    store, kind, parts, ip, state, report, progress, fetch, |_| None, put_rows,
+                    finish_rows,
+                )
+                .await
+                .map(Some);
+            }
         }
     }
 }
@@ -725,4 +965,36 @@ async fn apply_deletions(
         .await
         .map_err(ListError::Store)?;
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_cursors_survive_the_store() {
+        let open = vec![
+            Some(Cursor("id:5..10".into())),
+            None,
+            Some(Cursor("id:20".into())),
+        ];
+        let stored = segments_cursor(&open).unwrap();
+        assert!(stored.0.starts_with(SEGMENTS_PREFIX), "{stored:?}");
+        assert_eq!(
+            segments_of(&Some(stored)),
+            vec![Some(Cursor("id:5..10".into())), Some(Cursor("id:20".into()))]
+        );
+        // One segment left is stored as itself; none left means done.
+        assert_eq!(
+            segments_cursor(&[None, Some(Cursor("id:20".into()))]),
+            Some(Cursor("id:20".into()))
+        );
+        assert_eq!(segments_cursor(&[None, None]), None);
+        // A plain cursor (an older store, a sequential listing) is one segment.
+        assert_eq!(
+            segments_of(&Some(Cursor("id:42".into()))),
+            vec![Some(Cursor("id:42".into()))]
+        );
+        assert_eq!(segments_of(&None), vec![None]);
+    }
 }

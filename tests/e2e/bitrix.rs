@@ -6,6 +6,7 @@ use rebuy::store::Store;
 use rebuy::sync::{NoProgress, SyncOptions};
 use rebuy_core::{Deal, DealState, EntityKind};
 use rebuy_emulator::bitrix24::{B24Config, B24Emulator, RunningB24};
+use crate::support::rebuy_async;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -528,4 +529,106 @@ async fn the_second_command_starts_from_the_bucket_the_first_left() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// A full sync of a portal bigger than one `batch` splits each big listing into segments listed
+/// at once, within the bucket; killed (like `kill -9`) while they run, the next run resumes
+/// every segment after its last committed page: the cache ends equal to the portal, and the
+/// resumed run reads less than the whole portal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitrix24_segmented_full_sync_resumes_after_a_crash() {
+    let emu = B24Emulator::spawn(b24_config(83, 1500, 8000)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rebuy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[[portal]]\nid = \"seg\"\nkind = \"bitrix24\"\nbase_url = \"{}\"\n[portal.auth]\ntype = \"webhook\"\nurl_env = \"B24_WEBHOOK\"\n",
+            dir.path().join("data").display().to_string(),
+            emu.base_url
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap().to_owned();
+    let hook = emu.webhook_url();
+    let run = |failpoint: Option<&str>| {
+        let mut env = vec![("B24_WEBHOOK".to_owned(), hook.clone())];
+        if let Some(f) = failpoint {
+            env.push(("REBUY_FAILPOINTS".to_owned(), f.to_owned()));
+        }
+        let args = vec![
+            "--config".to_owned(),
+            cfg.clone(),
+            "sync".to_owned(),
+            "--portal".to_owned(),
+            "seg".to_owned(),
+            "--quiet".to_owned(),
+        ];
+        rebuy_async(args, env)
+    };
+    // Companies, contacts, the deals (a first page, then 3 segments) and the rows' first page
+    // make 7 commits: the 8th is one of the rows' segment pages (or a deals' one before it).
+    let out = run(Some("sync.after_page=8")).await;
+    assert!(!out.status.success(), "the failpoint aborts the process");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failpoint sync.after_page"));
+    let store = Store::open(&dir.path().join("data"), &"seg".into()).unwrap();
+    let segmented = [EntityKind::Deals, EntityKind::ProductRows]
+        .iter()
+        .filter_map(|k| store.sync_state(*k).unwrap().in_progress)
+        .filter_map(|ip| ip.cursor)
+        .any(|c| c.0.starts_with("segments:"));
+    let states: Vec<_> = [EntityKind::Deals, EntityKind::ProductRows]
+        .iter()
+        .map(|k| store.sync_state(*k).unwrap().in_progress.map(|ip| ip.cursor))
+        .collect();
+    assert!(
+        segmented,
+        "a listing was under way in segments: {states:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let partial = store.count(EntityKind::ProductRows).unwrap();
+    drop(store);
+
+    let out = run(None).await;
+    assert!(
+        out.status.success(),
+        "resume: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let store = Store::open(&dir.path().join("data"), &"seg".into()).unwrap();
+    emu.emulator.with_data(|d| {
+        assert_eq!(store.count(EntityKind::Deals).unwrap(), d.deals.len() as u64);
+        assert_eq!(
+            store.count(EntityKind::Contacts).unwrap(),
+            d.contacts.len() as u64
+        );
+        for id in d.deals.keys() {
+            assert!(store.get::<Deal>(*id).unwrap().is_some(), "deal {id} missing");
+        }
+        let rows: usize = d.deals.values().map(|x| x.products.len()).sum();
+        assert_eq!(
+            store.count(EntityKind::ProductRows).unwrap(),
+            rows as u64,
+            "every product row once"
+        );
+        // The resumed run finished the listings where they stopped, it did not start over.
+        let read: u64 = stdout
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("product_rows")
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or_else(|| panic!("report has a product_rows line: {stdout}"));
+        assert!(
+            read + partial >= rows as u64 && read < rows as u64,
+            "resumed run read {read} product rows of {rows} ({partial} before the crash)"
+        );
+    });
+    for k in [EntityKind::Deals, EntityKind::ProductRows] {
+        assert!(store.sync_state(k).unwrap().in_progress.is_none(), "{k:?} done");
+    }
+    assert_eq!(emu.emulator.stats().query_limit_503, 0, "never over the bucket");
 }

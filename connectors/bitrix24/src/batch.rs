@@ -75,15 +75,19 @@ pub fn command(i: usize, method: &str, params: &Value) -> Command {
 
 /// `n` chained list commands of `method` after id `after`: ordered by `ID`, `start=-1`, each
 /// starting after the last row (`[49]`, the 50th) of the previous one. `filter` holds extra
-/// conditions (`>=DATE_MODIFY`); `select` the fields.
+/// conditions (`>=DATE_MODIFY`, a segment's `<ID`); `select` the fields. With `count_last` the
+/// last command asks `start=0` instead, so its `total` tells how many rows the filter still
+/// holds after the chain (one count over a bounded id range, for segments).
 pub fn chain_list(
     method: &str,
     after: u64,
     n: usize,
     select: &[&str],
     filter: &serde_json::Map<String, Value>,
+    count_last: bool,
 ) -> Vec<Command> {
-    (0..n.max(1))
+    let n = n.max(1);
+    (0..n)
         .map(|i| {
             let from = if i == 0 {
                 Value::String(after.to_string())
@@ -92,11 +96,12 @@ pub fn chain_list(
             };
             let mut f = filter.clone();
             f.insert(">ID".into(), from);
+            let start = if count_last && i + 1 == n { 0 } else { -1 };
             let params = serde_json::json!({
                 "order": {"ID": "ASC"},
                 "filter": f,
                 "select": select,
-                "start": -1,
+                "start": start,
             });
             command(i, method, &params)
         })
@@ -104,20 +109,28 @@ pub fn chain_list(
 }
 
 /// Up to `n` chained `crm.item.productrow.list` calls of deal rows (`ownerType` `D`) after row
-/// `after`, ordered by `id`: like [`chain_list`], but this method answers
-/// `{"productRows": [...]}` with camelCase fields, so the reference reaches one level deeper.
-pub fn chain_product_rows(after: u64, n: usize) -> Vec<Command> {
-    (0..n.max(1))
+/// `after` (and below row `upto`, when given), ordered by `id`: like [`chain_list`], but this
+/// method answers `{"productRows": [...]}` with camelCase fields, so the reference reaches one
+/// level deeper. With an upper bound the last command counts (`start=0`), as in
+/// [`chain_list`].
+pub fn chain_product_rows(after: u64, upto: Option<u64>, n: usize) -> Vec<Command> {
+    let n = n.max(1);
+    (0..n)
         .map(|i| {
             let from = if i == 0 {
                 Value::String(after.to_string())
             } else {
                 Value::String(format!("$result[{}][productRows][49][id]", key(i - 1)))
             };
+            let mut filter = serde_json::json!({"=ownerType": "D", ">id": from});
+            if let Some(u) = upto {
+                filter["<id"] = Value::String(u.to_string());
+            }
+            let start = if upto.is_some() && i + 1 == n { 0 } else { -1 };
             let params = serde_json::json!({
-                "filter": {"=ownerType": "D", ">id": from},
+                "filter": filter,
                 "order": {"id": "ASC"},
-                "start": -1,
+                "start": start,
             });
             command(i, "crm.item.productrow.list", &params)
         })
@@ -164,7 +177,7 @@ mod tests {
 
     #[test]
     fn chains_reference_the_previous_command() {
-        let c = chain_list("crm.deal.list", 10, 3, &["ID"], &Default::default());
+        let c = chain_list("crm.deal.list", 10, 3, &["ID"], &Default::default(), false);
         assert_eq!(c.len(), 3);
         assert_eq!(c[0].key, "c00");
         assert!(c[0].line.contains("filter%5B%3EID%5D=10"), "{}", c[0].line);
@@ -175,5 +188,11 @@ mod tests {
             c[2].line
         );
         assert!(c[1].line.contains("start=-1"));
+        assert!(c[2].line.contains("start=-1"));
+        let c = chain_list("crm.deal.list", 10, 3, &["ID"], &Default::default(), true);
+        assert!(c[1].line.contains("start=-1") && c[2].line.contains("start=0"));
+        let r = chain_product_rows(7, Some(99), 2);
+        assert!(r[0].line.contains("filter%5B%3Cid%5D=99") && r[0].line.contains("start=-1"));
+        assert!(r[1].line.contains("start=0"), "{}", r[1].line);
     }
 }

@@ -9,6 +9,17 @@
 //! wrong never yields duplicates or gaps silently). The [`Cursor`] is `id:{last id}`, so a sync
 //! that crashed resumes after the last committed page.
 //!
+//! **Segments** ([`Connector::split`]). A full listing may run as several chains at once, so
+//! that the leaky bucket's burst carries several requests in flight instead of one after the
+//! other. One `batch` probes the table by rank: command *k* asks the `ID` of the row at
+//! `start = k x 2,500` after the cursor. Each segment is the id range between two probed ids,
+//! cursor `id:{after}..{upto}`, listed by the same chains with `<ID upto` added, whose last
+//! command counts (`start=0`): its `total` says whether rows remain after the chain, so a
+//! segment of 2,500 rows takes exactly one request (ids only grow, so a closed range never
+//! gains rows; one deleted during the probe may leave a row more, which the count reveals).
+//! The last segment is open-ended. Rows outside a segment's range end it, so a portal that
+//! ignored `<ID` would not make segments overlap for ever.
+//!
 //! **Incremental.** [`ListQuery::updated_from`] becomes `>=DATE_MODIFY` (inclusive, so the
 //! boundary second is read again: a one-second overlap that upserts absorb), `updated_to`
 //! `<=DATE_MODIFY`; the chain by `ID` stays the same.
@@ -87,23 +98,67 @@ const DEAL_SELECT: &[&str] = &[
 /// Deals per `crm.item.productrow.list` command.
 const ROWS_DEALS_PER_COMMAND: usize = 20;
 
-/// `id:{n}` -> n.
+/// `id:{n}` -> n (a segment cursor is refused: see [`parse_segment`]).
 pub(crate) fn parse_cursor(c: Option<&Cursor>) -> Result<u64, ConnectorError> {
-    match c {
-        None => Ok(0),
-        Some(c) => {
-            c.0.strip_prefix("id:")
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| ConnectorError::Invalid {
-                    path: "cursor".into(),
-                    message: format!("not a Bitrix24 cursor: {:?}", c.0),
-                })
-        }
+    match parse_segment(c)? {
+        (after, None) => Ok(after),
+        (_, Some(_)) => Err(bad_cursor(c)),
+    }
+}
+
+fn bad_cursor(c: Option<&Cursor>) -> ConnectorError {
+    ConnectorError::Invalid {
+        path: "cursor".into(),
+        message: format!(
+            "not a Bitrix24 cursor: {:?}",
+            c.map(|c| c.0.as_str()).unwrap_or("")
+        ),
+    }
+}
+
+/// `id:{after}` -> (after, None); `id:{after}..{upto}` (a segment: ids strictly between) ->
+/// (after, Some(upto)).
+pub(crate) fn parse_segment(c: Option<&Cursor>) -> Result<(u64, Option<u64>), ConnectorError> {
+    let Some(text) = c else { return Ok((0, None)) };
+    let rest = text.0.strip_prefix("id:").ok_or_else(|| bad_cursor(c))?;
+    match rest.split_once("..") {
+        None => rest.parse().map(|a| (a, None)).map_err(|_| bad_cursor(c)),
+        Some((a, b)) => match (a.parse::<u64>(), b.parse::<u64>()) {
+            (Ok(a), Ok(b)) if b > a => Ok((a, Some(b))),
+            _ => Err(bad_cursor(c)),
+        },
     }
 }
 
 fn cursor(last: u64) -> Cursor {
     Cursor(format!("id:{last}"))
+}
+
+/// The open-ended cursor after `last` (the last segment).
+fn cursor_open(last: u64) -> Cursor {
+    cursor(last)
+}
+
+/// The cursor after `last` within a segment that ends below `upto` (or open-ended).
+fn segment_cursor(last: u64, upto: Option<u64>) -> Cursor {
+    match upto {
+        Some(u) => Cursor(format!("id:{last}..{u}")),
+        None => cursor(last),
+    }
+}
+
+/// Rows of one probed segment: one full chain.
+fn segment_rows(batch_size: usize) -> usize {
+    batch_size * PAGE
+}
+
+/// `ID` (or `id`) of a row as Bitrix24 sends it: a string or a number.
+fn row_id(row: &Value, key: &str) -> Option<u64> {
+    match row.get(key)? {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
 }
 
 fn iso(t: jiff::Timestamp) -> String {
@@ -130,6 +185,7 @@ impl B24Client {
         select: &[&str],
         filter: &Map<String, Value>,
         after: u64,
+        upto: Option<u64>,
     ) -> Result<(Vec<W>, Option<u64>), ConnectorError> {
         // An incremental listing usually finds a handful of changed records: its first page
         // asks one list call, not a chain of 50 that would spend 49 calls' operating time on
@@ -140,8 +196,12 @@ impl B24Client {
         } else {
             self.inner.settings.batch_size
         };
-        let cmds = batch::chain_list(method, after, n, select, filter);
-        self.run_chain::<Vec<W>, W>(method, &cmds, after, |rows| rows)
+        let mut filter = filter.clone();
+        if let Some(u) = upto {
+            filter.insert("<ID".into(), Value::String(u.to_string()));
+        }
+        let cmds = batch::chain_list(method, after, n, select, &filter, upto.is_some());
+        self.run_chain::<Vec<W>, W>(method, &cmds, after, upto, |rows| rows)
             .await
     }
 
@@ -154,6 +214,7 @@ impl B24Client {
         method: &str,
         cmds: &[Command],
         after: u64,
+        upto: Option<u64>,
         rows_of: impl Fn(R) -> Vec<W>,
     ) -> Result<(Vec<W>, Option<u64>), ConnectorError> {
         let mut res = self.batch::<R>(cmds, true, true).await?;
@@ -189,12 +250,83 @@ impl B24Client {
                 }
                 last = r.id();
             }
+            // A segment ends at its upper bound, whatever the portal made of `<ID`.
+            if let Some(u) = upto
+                && last >= u
+            {
+                rows.extend(page.into_iter().filter(|r| r.id() < u));
+                return Ok((rows, None));
+            }
             rows.extend(page);
             if n < PAGE {
                 return Ok((rows, None));
             }
         }
+        // A segment's last command counted what its filter held: no more than it returned
+        // means the segment is done.
+        if upto.is_some()
+            && let Some(c) = cmds.last()
+            && let Some(total) = res.result_total.get(&c.key).and_then(|t| match t {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => s.parse().ok(),
+                _ => None,
+            })
+            && total <= PAGE as u64
+        {
+            return Ok((rows, None));
+        }
         Ok((rows, Some(last)))
+    }
+
+    /// Probes the rest of a full listing after `after` by rank (see the module doc): the ids
+    /// that start each following segment of [`segment_rows`] rows, ascending.
+    async fn probe_segments(
+        &self,
+        method: &str,
+        product_rows: bool,
+        after: u64,
+    ) -> Result<Vec<u64>, ConnectorError> {
+        let n = self.inner.settings.batch_size;
+        let step = segment_rows(n);
+        if step == 0 {
+            return Ok(Vec::new());
+        }
+        let cmds: Vec<Command> = (1..=n)
+            .map(|k| {
+                let params = if product_rows {
+                    json!({"filter": {"=ownerType": "D", ">id": after}, "order": {"id": "ASC"}, "start": k * step})
+                } else {
+                    json!({"filter": {">ID": after}, "order": {"ID": "ASC"}, "select": ["ID"], "start": k * step})
+                };
+                batch::command(k - 1, method, &params)
+            })
+            .collect();
+        let mut res = self.batch::<Value>(&cmds, false, true).await?;
+        let mut bounds: Vec<u64> = Vec::new();
+        for c in &cmds {
+            if let Some(e) = res.result_error.get(&c.key) {
+                return Err(api_error(400, e, &format!("{method} in batch ({})", c.key)));
+            }
+            let v = res.result.remove(&c.key).unwrap_or(Value::Null);
+            let rows = if product_rows {
+                v.get("productRows").cloned().unwrap_or(Value::Null)
+            } else {
+                v
+            };
+            let first = rows
+                .as_array()
+                .and_then(|a| a.first())
+                .and_then(|r| row_id(r, if product_rows { "id" } else { "ID" }));
+            match first {
+                // Past the end: the rest are empty too.
+                None => break,
+                // Ranks that do not map to growing ids (a table changing under the probe):
+                // keep what is consistent.
+                Some(id) if id <= bounds.last().copied().unwrap_or(after) => break,
+                Some(id) => bounds.push(id),
+            }
+        }
+        Ok(bounds)
     }
 
     /// Product rows of `deal_ids`, by deal.
@@ -349,18 +481,19 @@ impl Connector for B24Client {
         query: &ListQuery,
         cursor: Option<&Cursor>,
     ) -> Result<Page<Contact>, ConnectorError> {
-        let after = parse_cursor(cursor)?;
+        let (after, upto) = parse_segment(cursor)?;
         let (rows, next) = self
             .chained::<wire::Contact>(
                 "crm.contact.list",
                 CONTACT_SELECT,
                 &query_filter(query),
                 after,
+                upto,
             )
             .await?;
         Ok(Page {
             items: rows.into_iter().map(map::contact).collect(),
-            next: next.map(self::cursor),
+            next: next.map(|l| segment_cursor(l, upto)),
         })
     }
 
@@ -369,18 +502,19 @@ impl Connector for B24Client {
         query: &ListQuery,
         cursor: Option<&Cursor>,
     ) -> Result<Page<Company>, ConnectorError> {
-        let after = parse_cursor(cursor)?;
+        let (after, upto) = parse_segment(cursor)?;
         let (rows, next) = self
             .chained::<wire::Company>(
                 "crm.company.list",
                 COMPANY_SELECT,
                 &query_filter(query),
                 after,
+                upto,
             )
             .await?;
         Ok(Page {
             items: rows.into_iter().map(map::company).collect(),
-            next: next.map(self::cursor),
+            next: next.map(|l| segment_cursor(l, upto)),
         })
     }
 
@@ -389,10 +523,16 @@ impl Connector for B24Client {
         query: &ListQuery,
         cursor: Option<&Cursor>,
     ) -> Result<Page<Deal>, ConnectorError> {
-        let after = parse_cursor(cursor)?;
+        let (after, upto) = parse_segment(cursor)?;
         let currency = self.default_currency().await?;
         let (rows, next) = self
-            .chained::<wire::Deal>("crm.deal.list", DEAL_SELECT, &query_filter(query), after)
+            .chained::<wire::Deal>(
+                "crm.deal.list",
+                DEAL_SELECT,
+                &query_filter(query),
+                after,
+                upto,
+            )
             .await?;
         // Full listings leave products to the separate row stream ([`Connector::product_rows`]);
         // an incremental page brings the current rows of each of its deals, so the cache can
@@ -416,8 +556,41 @@ impl Connector for B24Client {
             .collect();
         Ok(Page {
             items,
-            next: next.map(self::cursor),
+            next: next.map(|l| segment_cursor(l, upto)),
         })
+    }
+
+    async fn split(
+        &self,
+        kind: rebuy_core::EntityKind,
+        cursor: &Cursor,
+    ) -> Result<Vec<Cursor>, ConnectorError> {
+        use rebuy_core::EntityKind as K;
+        let (after, upto) = parse_segment(Some(cursor))?;
+        if upto.is_some() {
+            return Ok(Vec::new());
+        }
+        let (method, product_rows) = match kind {
+            K::Contacts => ("crm.contact.list", false),
+            K::Companies => ("crm.company.list", false),
+            K::Deals => ("crm.deal.list", false),
+            K::ProductRows if self.inner.settings.product_rows => {
+                ("crm.item.productrow.list", true)
+            }
+            _ => return Ok(Vec::new()),
+        };
+        let bounds = self.probe_segments(method, product_rows, after).await?;
+        if bounds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(bounds.len() + 1);
+        let mut lo = after;
+        for b in bounds {
+            out.push(segment_cursor(lo, Some(b)));
+            lo = b - 1;
+        }
+        out.push(cursor_open(lo));
+        Ok(out)
     }
 
     fn lists_product_rows(&self) -> bool {
@@ -428,12 +601,16 @@ impl Connector for B24Client {
         &self,
         cursor: Option<&Cursor>,
     ) -> Result<Page<DealProductRow>, ConnectorError> {
-        let after = parse_cursor(cursor)?;
-        let cmds = batch::chain_product_rows(after, self.inner.settings.batch_size);
+        let (after, upto) = parse_segment(cursor)?;
+        let cmds = batch::chain_product_rows(after, upto, self.inner.settings.batch_size);
         let (rows, next) = self
-            .run_chain::<wire::ItemProductRows, _>("crm.item.productrow.list", &cmds, after, |r| {
-                r.product_rows
-            })
+            .run_chain::<wire::ItemProductRows, _>(
+                "crm.item.productrow.list",
+                &cmds,
+                after,
+                upto,
+                |r| r.product_rows,
+            )
             .await?;
         Ok(Page {
             items: rows
@@ -444,7 +621,7 @@ impl Connector for B24Client {
                     row: map::item_product_row(r),
                 })
                 .collect(),
-            next: next.map(self::cursor),
+            next: next.map(|l| segment_cursor(l, upto)),
         })
     }
 
@@ -506,7 +683,7 @@ impl Connector for B24Client {
     async fn deal_ids(&self, cursor: Option<&Cursor>) -> Result<Page<DealId>, ConnectorError> {
         let after = parse_cursor(cursor)?;
         let (rows, next) = self
-            .chained::<wire::IdOnly>("crm.deal.list", &["ID"], &Map::new(), after)
+            .chained::<wire::IdOnly>("crm.deal.list", &["ID"], &Map::new(), after, None)
             .await?;
         Ok(Page {
             items: rows.into_iter().map(|r| DealId(r.ID)).collect(),
@@ -679,6 +856,19 @@ mod tests {
         assert_eq!(parse_cursor(Some(&cursor(42))).unwrap(), 42);
         assert_eq!(parse_cursor(None).unwrap(), 0);
         assert!(parse_cursor(Some(&Cursor("page:3".into()))).is_err());
+    }
+
+    #[test]
+    fn segment_cursors_round_trip() {
+        assert_eq!(
+            parse_segment(Some(&segment_cursor(10, Some(99)))).unwrap(),
+            (10, Some(99))
+        );
+        assert_eq!(parse_segment(Some(&segment_cursor(7, None))).unwrap(), (7, None));
+        assert!(parse_segment(Some(&Cursor("id:9..3".into()))).is_err());
+        assert!(parse_segment(Some(&Cursor("id:9..x".into()))).is_err());
+        // Where only a plain cursor makes sense, a segment is refused.
+        assert!(parse_cursor(Some(&segment_cursor(1, Some(5)))).is_err());
     }
 
     #[test]

@@ -866,3 +866,95 @@ async fn a_client_endpoint_on_a_host_not_allowed_is_never_called() {
     ];
     assert!(allowed.endpoint_allowed(&foreign.parse().unwrap()));
 }
+
+/// Pages of one cursor until its end: (rows' ids, requests).
+async fn segment_ids<F, Fut>(start: Cursor, fetch: F) -> (Vec<u64>, u32)
+where
+    F: Fn(Cursor) -> Fut,
+    Fut: std::future::Future<Output = Page<u64>>,
+{
+    let (mut ids, mut pages, mut cur) = (Vec::new(), 0, start);
+    loop {
+        let p = fetch(cur).await;
+        pages += 1;
+        ids.extend(p.items);
+        match p.next {
+            Some(c) => cur = c,
+            None => return (ids, pages),
+        }
+    }
+}
+
+/// `split` cuts the rest of a listing into id ranges that together hold every row once, each
+/// closed range listed by a single request (its last command counts what is left), for deals
+/// and product rows alike; a row deleted after the probe leaves no gap and no repeat.
+#[tokio::test]
+async fn split_segments_cover_the_table_once() {
+    let run = B24Emulator::spawn(fast_cfg(300, 1000)).await.unwrap();
+    // 3 commands of 50: 150 rows a request, so 1,000 deals make several segments.
+    let client = webhook_client(&run, |s| s.batch_size = 3);
+    let q = ListQuery::default();
+    let first = client.deals(&q, None).await.unwrap();
+    assert_eq!(first.items.len(), 150);
+    let next = first.next.clone().unwrap();
+    let parts = client.split(EntityKind::Deals, &next).await.unwrap();
+    // One probe of 3 commands: 3 closed ranges of 150 deals, then the open rest (400).
+    assert_eq!(parts.len(), 4, "{parts:?}");
+    assert!(parts[..parts.len() - 1].iter().all(|c| c.0.contains("..")));
+    // A segment cannot be split again, and a plain cursor is needed for the deals' own paging.
+    assert!(client.split(EntityKind::Deals, &parts[0]).await.unwrap().is_empty());
+    let victim = run.emulator.with_data(|d| *d.deals.keys().nth(400).unwrap());
+    assert!(run.emulator.delete_deal(victim));
+    let mut ids: Vec<u64> = first.items.iter().map(|d| d.id.0).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let (got, pages) = segment_ids(part.clone(), |c| {
+            let client = &client;
+            let q = &q;
+            async move {
+                let p = client.deals(q, Some(&c)).await.unwrap();
+                Page {
+                    items: p.items.iter().map(|d| d.id.0).collect(),
+                    next: p.next,
+                }
+            }
+        })
+        .await;
+        if i + 1 < parts.len() {
+            assert_eq!(pages, 1, "segment {i} ({}) in one request", part.0);
+        }
+        ids.extend(got);
+    }
+    let expected: Vec<u64> = run
+        .emulator
+        .with_data(|d| d.deals.keys().copied().collect());
+    assert_eq!(ids, expected, "every deal once, in order");
+
+    // Product rows split the same way.
+    let first = client.product_rows(None).await.unwrap();
+    let parts = client
+        .split(EntityKind::ProductRows, first.next.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert!(parts.len() >= 2, "{parts:?}");
+    let mut rows: Vec<u64> = first.items.iter().map(|r| r.id).collect();
+    for part in &parts {
+        let (got, _) = segment_ids(part.clone(), |c| {
+            let client = &client;
+            async move {
+                let p = client.product_rows(Some(&c)).await.unwrap();
+                Page {
+                    items: p.items.iter().map(|r| r.id).collect(),
+                    next: p.next,
+                }
+            }
+        })
+        .await;
+        rows.extend(got);
+    }
+    let expected: Vec<u64> = run.emulator.with_data(|d| {
+        let mut v: Vec<u64> = d.deals.values().flat_map(|x| x.products.iter().map(|r| r.id)).collect();
+        v.sort_unstable();
+        v
+    });
+    assert_eq!(rows, expected, "every product row once, in order");
+}

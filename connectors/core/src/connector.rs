@@ -399,6 +399,17 @@ pub trait Connector: Send + Sync {
         })
     }
 
+    /// Splits the rest of a **full** listing of `kind` (contacts, companies, deals or product
+    /// rows) from `cursor` (the `next` of its first page) into consecutive segments that can be
+    /// listed at the same time, in ascending order: each returned cursor pages through its own
+    /// segment (its pages' `next` stay within it, `None` at its end) and together they cover the
+    /// rest exactly once. Empty (the default): list on one page after the other. The
+    /// connector's rate limiter still decides when each request leaves.
+    async fn split(&self, kind: EntityKind, cursor: &Cursor) -> Result<Vec<Cursor>, ConnectorError> {
+        let _ = (kind, cursor);
+        Ok(Vec::new())
+    }
+
     /// Whether [`Connector::product_rows`] lists the deals' product rows on their own. When it
     /// does, full deal listings leave `Deal::products` empty (the separate stream brings them,
     /// packed far denser than per-deal lookups), while incremental listings still attach the

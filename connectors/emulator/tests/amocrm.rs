@@ -1730,3 +1730,34 @@ async fn lead_filters_of_the_docs_are_honoured_and_others_refused() {
         assert_eq!(e["status"], 400);
     }
 }
+
+/// A known path asked with a method it does not serve: 405 as problem+json, with `Allow`.
+#[tokio::test]
+async fn other_http_methods_get_405_as_problem_json() {
+    let env = Env::new(cfg()).await;
+    for (method, path, allowed) in [
+        (reqwest::Method::DELETE, "/api/v4/leads", "PATCH"),
+        (reqwest::Method::PUT, "/api/v4/account", "GET"),
+        (reqwest::Method::POST, "/api/v4/companies/1", "GET"),
+    ] {
+        let r = env
+            .http
+            .request(method.clone(), env.url(path))
+            .bearer_auth(&env.token)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let allow = r.headers()["allow"].to_str().unwrap().to_owned();
+        assert!(allow.contains(allowed), "{allow}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["status"], 405, "{v}");
+        assert_eq!(v["title"], "Method Not Allowed");
+        assert_eq!(v["type"], "https://httpstatus.es/405");
+        assert!(v["detail"].as_str().unwrap().contains(method.as_str()), "{v}");
+    }
+    // An unknown path stays a 404.
+    let r = env.get("/api/v4/nothing-here").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}

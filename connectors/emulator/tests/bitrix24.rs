@@ -106,8 +106,25 @@ async fn oauth_authorize_token_refresh_rotation() {
     let r = refresh_with(refresh).await;
     assert_eq!(r.status().as_u16(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
-    let (s, _) = post(&run, "user.get", json!({"auth": access})).await;
-    assert_eq!(s, 401);
+    // The replaced access token answers as a token that no longer works does in the docs:
+    // 401 `expired_token` (on which clients refresh), not a success and not an unknown token.
+    let (s, v_old) = post(&run, "user.get", json!({"auth": access})).await;
+    assert_eq!(
+        (s, v_old),
+        (
+            401,
+            json!({"error": "expired_token", "error_description": "The access token provided has expired"})
+        )
+    );
+    // A token the portal never issued: the system errors' "invalid access token".
+    let (s, v_bad) = post(&run, "user.get", json!({"auth": "f".repeat(70)})).await;
+    assert_eq!(
+        (s, v_bad),
+        (
+            401,
+            json!({"error": "NO_AUTH_FOUND", "error_description": "Wrong authorization data"})
+        )
+    );
     // Expiry.
     let new_access = v["access_token"].as_str().unwrap().to_owned();
     run.emulator.expire_access_tokens();
@@ -544,4 +561,99 @@ async fn an_unreadable_filter_date_is_an_error_not_an_empty_list() {
     .await;
     assert_eq!(s, 200);
     assert_eq!(v["total"], json!(300));
+}
+
+#[tokio::test]
+async fn removed_app_token_is_invalid() {
+    let run = B24Emulator::spawn(cfg()).await.unwrap();
+    let (access, _) = token(&run).await;
+    run.emulator.uninstall_app();
+    let (s, v) = post(&run, "user.get", json!({"auth": access})).await;
+    assert_eq!((s, v["error"].as_str().unwrap()), (401, "invalid_token"));
+}
+
+#[tokio::test]
+async fn other_http_methods_get_405_in_the_rest_error_shape() {
+    let run = B24Emulator::spawn(cfg()).await.unwrap();
+    for (method, path) in [
+        (reqwest::Method::PUT, format!("{}crm.deal.list", run.webhook_url())),
+        (reqwest::Method::DELETE, format!("{}/rest/crm.deal.list", run.base_url)),
+        (reqwest::Method::PATCH, format!("{}/oauth/token/", run.base_url)),
+    ] {
+        let r = http().request(method.clone(), &path).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 405, "{method} {path}");
+        let allow = r.headers().get("allow").map(|h| h.to_str().unwrap().to_owned());
+        assert!(
+            allow.as_deref().is_some_and(|a| a.contains("GET") && a.contains("POST")),
+            "{allow:?}"
+        );
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "ERROR_METHOD_NOT_ALLOWED", "{v}");
+        assert!(
+            v["error_description"].as_str().unwrap().contains(method.as_str()),
+            "{v}"
+        );
+    }
+}
+
+/// Pages by `start` over the whole table: every page has the exact `total`, pages join up
+/// without gaps or repeats, and a descending order or an `ID` range pages the same way.
+#[tokio::test]
+async fn start_paging_counts_exactly_by_rank() {
+    let run = B24Emulator::spawn(cfg()).await.unwrap();
+    let all: Vec<u64> = run.emulator.with_data(|d| d.deals.keys().copied().collect());
+    assert!(all.len() > 120, "{}", all.len());
+    let hook = run.webhook_url();
+    let list = |params: Value| {
+        let url = format!("{hook}crm.deal.list");
+        async move {
+            let v: Value = http().post(url).json(&params).send().await.unwrap().json().await.unwrap();
+            v
+        }
+    };
+    let ids_of = |v: &Value| -> Vec<u64> {
+        v["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["ID"].as_str().unwrap().parse().unwrap())
+            .collect()
+    };
+    let mut got = Vec::new();
+    let mut start = 0u64;
+    loop {
+        let v = list(json!({"select": ["ID"], "start": start})).await;
+        assert_eq!(v["total"], json!(all.len()), "{start}");
+        got.extend(ids_of(&v));
+        match v["next"].as_u64() {
+            Some(n) => start = n,
+            None => break,
+        }
+    }
+    assert_eq!(got, all);
+    // Descending, second page.
+    let v = list(json!({"select": ["ID"], "order": {"ID": "DESC"}, "start": 50})).await;
+    let want: Vec<u64> = all.iter().rev().skip(50).take(50).copied().collect();
+    assert_eq!(ids_of(&v), want);
+    // An ID range, intersected: `>ID` and `>=ID` both given, `<ID` bounds the top.
+    let (lo, hi) = (all[10], all[100]);
+    let v = list(json!({"select": ["ID"], "filter": {">ID": lo, ">=ID": all[5], "<ID": hi}, "start": 50})).await;
+    let inside: Vec<u64> = all.iter().copied().filter(|i| *i > lo && *i < hi).collect();
+    assert_eq!(v["total"], json!(inside.len()));
+    assert_eq!(ids_of(&v), inside[50..].to_vec());
+    // An empty range.
+    let v = list(json!({"filter": {">ID": hi, "<ID": lo}})).await;
+    assert_eq!((v["total"].clone(), ids_of(&v).len()), (json!(0), 0));
+    // Another filter pages through its cached matches and sees a change made in between.
+    let stage: String = run.emulator.with_data(|d| d.deals.values().next().unwrap().stage_id.clone());
+    let matching: Vec<u64> =
+        run.emulator.with_data(|d| d.deals.values().filter(|x| x.stage_id == stage).map(|x| x.id).collect());
+    let v = list(json!({"select": ["ID"], "filter": {"STAGE_ID": stage}, "start": 0})).await;
+    assert_eq!(v["total"], json!(matching.len()));
+    assert_eq!(ids_of(&v), matching.iter().take(50).copied().collect::<Vec<_>>());
+    assert!(run.emulator.delete_deal(matching[0]));
+    let v = list(json!({"select": ["ID"], "filter": {"STAGE_ID": stage}, "start": 0})).await;
+    assert_eq!(v["total"], json!(matching.len() - 1));
+    let v = list(json!({"select": ["ID"], "start": 0})).await;
+    assert_eq!(v["total"], json!(all.len() - 1));
 }

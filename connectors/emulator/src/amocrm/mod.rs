@@ -342,6 +342,7 @@ impl AmoEmulator {
                 get(inspect_code).post(inspect_code),
             )
             .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn_with_state(st.clone(), gate))
             .with_state(st)
     }
@@ -856,6 +857,16 @@ async fn serve_api(st: &Arc<Inner>, fault: Fault, req: Request, next: Next) -> R
         }
         _ => next.run(req).await,
     }
+}
+
+/// A known path asked with an HTTP method it does not serve (`DELETE /api/v4/leads`): 405 as
+/// problem+json like every v4 error (axum adds the `Allow` header).
+async fn method_not_allowed(method: axum::http::Method) -> Response {
+    error::problem(
+        405,
+        "Method Not Allowed",
+        &format!("Method {method} is not allowed for this resource"),
+    )
 }
 
 async fn not_found() -> Response {

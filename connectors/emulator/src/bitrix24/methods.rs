@@ -89,15 +89,15 @@ pub(crate) fn call(
     match method {
         "crm.contact.list" => {
             let d = st.read();
-            list(&d.contacts, d.uf_names("contact"), p)
+            list(st, "contact", &d.contacts, d.uf_names("contact"), p)
         }
         "crm.company.list" => {
             let d = st.read();
-            list(&d.companies, d.uf_names("company"), p)
+            list(st, "company", &d.companies, d.uf_names("company"), p)
         }
         "crm.deal.list" => {
             let d = st.read();
-            list(&d.deals, d.uf_names("deal"), p)
+            list(st, "deal", &d.deals, d.uf_names("deal"), p)
         }
         "crm.contact.get" => {
             let d = st.read();
@@ -394,40 +394,97 @@ fn parse_order(p: &Map<String, Value>) -> Vec<(String, bool)> {
     }
 }
 
-fn id_bounds(conds: &[Cond]) -> (std::ops::Bound<u64>, std::ops::Bound<u64>) {
+/// The id range that the `ID` conditions of a filter (`>`, `>=`, `<`, `<=`, `=`) leave, all
+/// of them intersected; `None` when it is empty. Values are read like [`ord`] reads them (not a
+/// number = 0; ids start at 1).
+fn id_range(conds: &[Cond]) -> Option<(std::ops::Bound<u64>, std::ops::Bound<u64>)> {
     use std::ops::Bound::*;
-    let mut lo = Unbounded;
-    let mut hi = Unbounded;
-    for c in conds.iter().filter(|c| c.field == "ID") {
+    // Signed bounds first: `>ID -5` keeps everything, `<ID -5` nothing.
+    let mut lo: Option<(i64, bool)> = None; // (value, inclusive)
+    let mut hi: Option<(i64, bool)> = None;
+    let tighter_lo = |cur: Option<(i64, bool)>, v: i64, inc: bool| match cur {
+        Some((c, ci)) if c > v || (c == v && !ci) => Some((c, ci)),
+        _ => Some((v, inc)),
+    };
+    let tighter_hi = |cur: Option<(i64, bool)>, v: i64, inc: bool| match cur {
+        Some((c, ci)) if c < v || (c == v && !ci) => Some((c, ci)),
+        _ => Some((v, inc)),
+    };
+    for c in conds.iter().filter(|c| is_id_bound(c)) {
         let v = c
             .values
             .first()
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .unwrap_or(0)
-            .max(0) as u64;
+            .map(|v| v.trim().parse::<i64>().unwrap_or(0))
+            .unwrap_or(0);
         match c.op {
-            Op::Gt => lo = Excluded(v),
-            Op::Ge => lo = Included(v),
-            Op::Lt => hi = Excluded(v),
-            Op::Le => hi = Included(v),
-            Op::Eq => {
-                lo = Included(v);
-                hi = Included(v);
+            Op::Gt => lo = tighter_lo(lo, v, false),
+            Op::Ge => lo = tighter_lo(lo, v, true),
+            Op::Lt => hi = tighter_hi(hi, v, false),
+            Op::Le => hi = tighter_hi(hi, v, true),
+            _ => {
+                lo = tighter_lo(lo, v, true);
+                hi = tighter_hi(hi, v, true);
             }
-            _ => {}
         }
     }
-    if let (Included(a) | Excluded(a), Included(b) | Excluded(b)) = (lo, hi)
-        && a > b
-    {
-        return (Excluded(0), Excluded(0));
+    let lo_n = lo.map_or(1, |(v, inc)| if inc { v } else { v.saturating_add(1) });
+    let hi_n = hi.map_or(i64::MAX, |(v, inc)| if inc { v } else { v.saturating_sub(1) });
+    let lo_n = lo_n.max(1);
+    if hi_n < lo_n {
+        return None;
     }
-    (lo, hi)
+    let upper = if hi.is_none() {
+        Unbounded
+    } else {
+        Included(hi_n as u64)
+    };
+    Some((Included(lo_n as u64), upper))
 }
 
-/// A list call over `map`: 50 rows from `start` (`-1`: from the top, without counting).
+/// An `ID` condition that bounds a range (`>`, `>=`, `<`, `<=`, `=` with one value).
+fn is_id_bound(c: &Cond) -> bool {
+    c.field == "ID"
+        && c.values.len() <= 1
+        && matches!(c.op, Op::Gt | Op::Ge | Op::Lt | Op::Le | Op::Eq)
+}
+
+/// Matched ids of recent filtered or re-ordered listings, in page order, valid while the data
+/// has not changed (`generation`): paging through a filter with `start=N` scans the table once,
+/// not once per page.
+#[derive(Debug, Default)]
+pub(crate) struct ListCache {
+    entries: std::collections::VecDeque<(String, u64, std::sync::Arc<Vec<u64>>)>,
+}
+
+/// Listings kept in the [`ListCache`].
+const LIST_CACHE_SIZE: usize = 16;
+
+impl ListCache {
+    fn get(&self, key: &str, generation: u64) -> Option<std::sync::Arc<Vec<u64>>> {
+        self.entries
+            .iter()
+            .find(|(k, g, _)| *g == generation && k == key)
+            .map(|e| e.2.clone())
+    }
+    fn put(&mut self, key: String, generation: u64, ids: std::sync::Arc<Vec<u64>>) {
+        self.entries.retain(|(_, g, _)| *g == generation);
+        if self.entries.len() >= LIST_CACHE_SIZE {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((key, generation, ids));
+    }
+}
+
+/// A list call over `table`: 50 rows from `start` (`-1`: from the top, without counting).
+///
+/// Cost: ordered by `ID` and filtered by `ID` bounds only (how clients page through a table),
+/// the page and the exact `total` come from binary searches in the sorted ids; other filters
+/// or orders are computed once per data version and kept in `st`'s [`ListCache`] for the pages
+/// that follow.
 fn list<E: Entity>(
-    map: &BTreeMap<u64, E>,
+    st: &Inner,
+    name: &str,
+    table: &Indexed<E>,
     uf_names: Vec<String>,
     p: &Map<String, Value>,
 ) -> Result<MethodOk, ApiErr> {
@@ -450,58 +507,75 @@ fn list<E: Entity>(
     let offset = start.max(0) as usize;
     let by_id = order.is_empty() || (order.len() == 1 && order[0].0 == "ID");
     let asc = order.first().is_none_or(|o| o.1);
-    let mut page = Vec::with_capacity(PAGE);
-    let mut total = 0u64;
-    if by_id {
-        let (lo, hi) = id_bounds(&conds);
-        if matches!(
-            (lo, hi),
-            (std::ops::Bound::Excluded(0), std::ops::Bound::Excluded(0))
-        ) {
+    let rest: Vec<&Cond> = conds.iter().filter(|c| !is_id_bound(c)).collect();
+    let render = |ids: &[u64]| -> Vec<Value> {
+        ids.iter()
+            .filter_map(|id| table.get(id))
+            .map(|r| render_row(r, &fields))
+            .collect()
+    };
+    let (page, total) = if by_id && rest.is_empty() {
+        // Rows by rank: O(log n + page).
+        let Some(range) = id_range(&conds) else {
             return Ok(MethodOk {
                 result: json!([]),
-                total: count.then_some(0),
+                total: Some(0),
                 next: None,
             });
-        }
-        let range = map.range((lo, hi));
-        let iter: Box<dyn Iterator<Item = (&u64, &E)>> = if asc {
-            Box::new(range)
-        } else {
-            Box::new(range.rev())
         };
-        for (_, row) in iter {
-            if !matches(row, &conds) {
-                continue;
-            }
-            if total as usize >= offset && page.len() < PAGE {
-                page.push(render_row(row, &fields));
-            }
-            total += 1;
-            if !count && page.len() >= PAGE {
-                break;
-            }
-        }
-    } else {
-        let mut rows: Vec<&E> = map.values().filter(|r| matches(*r, &conds)).collect();
-        rows.sort_by(|a, b| {
-            for (f, asc) in &order {
-                let o = a.key(f).partial_cmp(&b.key(f)).unwrap_or(Ordering::Equal);
-                let o = if *asc { o } else { o.reverse() };
-                if o != Ordering::Equal {
-                    return o;
-                }
-            }
-            a.id().cmp(&b.id())
-        });
-        total = rows.len() as u64;
-        page = rows
-            .iter()
-            .skip(offset)
+        let (a, b) = table.span(range);
+        let ids = &table.ids()[a..b];
+        let from = offset.min(ids.len());
+        let to = (offset + PAGE).min(ids.len());
+        let page = if asc {
+            render(&ids[from..to])
+        } else {
+            let mut slice = ids[ids.len() - to..ids.len() - from].to_vec();
+            slice.reverse();
+            render(&slice)
+        };
+        (page, ids.len() as u64)
+    } else if by_id && !count {
+        // From the top without a count: scan until the page is full.
+        let Some(range) = id_range(&conds) else {
+            return Ok(MethodOk {
+                result: json!([]),
+                total: Some(0),
+                next: None,
+            });
+        };
+        let iter: Box<dyn Iterator<Item = (&u64, &E)>> = if asc {
+            Box::new(table.range(range))
+        } else {
+            Box::new(table.range(range).rev())
+        };
+        let page = iter
+            .filter(|(_, row)| matches(*row, &conds))
             .take(PAGE)
-            .map(|r| render_row(*r, &fields))
+            .map(|(_, row)| render_row(row, &fields))
             .collect();
-    }
+        (page, 0)
+    } else {
+        // Other filters or orders: the matching ids in order, once per data version.
+        let key = format!(
+            "{name}|{}|{}",
+            param(p, "filter").map(Value::to_string).unwrap_or_default(),
+            param(p, "order").map(Value::to_string).unwrap_or_default()
+        );
+        let generation = st.generation();
+        let cached = lock(&st.list_cache).get(&key, generation);
+        let ids = match cached {
+            Some(ids) => ids,
+            None => {
+                let ids = std::sync::Arc::new(matching_ids(table, &conds, &order, by_id, asc));
+                lock(&st.list_cache).put(key, generation, ids.clone());
+                ids
+            }
+        };
+        let from = offset.min(ids.len());
+        let to = (offset + PAGE).min(ids.len());
+        (render(&ids[from..to]), ids.len() as u64)
+    };
     if !count {
         // The docs' sample for start=-1: "total": 0 and no "next".
         return Ok(MethodOk {
@@ -518,8 +592,43 @@ fn list<E: Entity>(
     })
 }
 
+/// The ids of the rows matching `conds`, in the listing's order.
+fn matching_ids<E: Entity>(
+    table: &Indexed<E>,
+    conds: &[Cond],
+    order: &[(String, bool)],
+    by_id: bool,
+    asc: bool,
+) -> Vec<u64> {
+    let Some(range) = id_range(conds) else {
+        return Vec::new();
+    };
+    let mut rows: Vec<&E> = table
+        .range(range)
+        .map(|(_, r)| r)
+        .filter(|r| matches(*r, conds))
+        .collect();
+    if by_id {
+        if !asc {
+            rows.reverse();
+        }
+    } else {
+        rows.sort_by(|a, b| {
+            for (f, asc) in order {
+                let o = a.key(f).partial_cmp(&b.key(f)).unwrap_or(Ordering::Equal);
+                let o = if *asc { o } else { o.reverse() };
+                if o != Ordering::Equal {
+                    return o;
+                }
+            }
+            a.id().cmp(&b.id())
+        });
+    }
+    rows.iter().map(|r| r.id()).collect()
+}
+
 fn get<E: Entity>(
-    map: &BTreeMap<u64, E>,
+    map: &Indexed<E>,
     uf_names: Vec<String>,
     p: &Map<String, Value>,
 ) -> Result<MethodOk, ApiErr> {
@@ -626,6 +735,11 @@ fn product_row_list(st: &Inner, p: &Map<String, Value>) -> Result<MethodOk, ApiE
                 .collect()
         });
     let after = filter.get(">id").and_then(as_i64).unwrap_or(0).max(0) as u64;
+    // `<id`: an exclusive upper bound (how a client lists one id range of the rows).
+    let below = filter
+        .get("<id")
+        .and_then(as_i64)
+        .map(|v| v.max(0) as u64);
     let start = param_i64(p, "start").unwrap_or(0);
     let d = st.read();
     let mut rows = Vec::new();
@@ -633,7 +747,7 @@ fn product_row_list(st: &Inner, p: &Map<String, Value>) -> Result<MethodOk, ApiE
     let offset = start.max(0) as u64;
     let push = |deal: &B24Deal, rows: &mut Vec<Value>, total: &mut u64| {
         for (i, r) in deal.products.iter().enumerate() {
-            if r.id <= after {
+            if r.id <= after || below.is_some_and(|b| r.id >= b) {
                 continue;
             }
             if *total >= offset && rows.len() < PAGE {
@@ -654,23 +768,26 @@ fn product_row_list(st: &Inner, p: &Map<String, Value>) -> Result<MethodOk, ApiE
             }
         }
         None => {
-            for (&row_id, deal_id) in d.product_rows.range(after + 1..) {
-                if start < 0 && rows.len() >= PAGE {
-                    break;
-                }
-                let Some(deal) = d.deals.get(deal_id) else {
+            // By rank in the row index: the page and the exact total without a walk.
+            let upper = below.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+            let (a, b) = d
+                .product_rows
+                .span((std::ops::Bound::Excluded(after), upper));
+            let ids = &d.product_rows.ids()[a..b];
+            total = ids.len() as u64;
+            let from = (offset as usize).min(ids.len());
+            let to = (from + PAGE).min(ids.len());
+            for row_id in &ids[from..to] {
+                let Some(deal) = d.product_rows.get(row_id).and_then(|id| d.deals.get(id)) else {
                     continue;
                 };
                 if let Some((i, r)) = deal
                     .products
                     .iter()
                     .enumerate()
-                    .find(|(_, r)| r.id == row_id)
+                    .find(|(_, r)| r.id == *row_id)
                 {
-                    if total >= offset && rows.len() < PAGE {
-                        rows.push(item_product_row_json(deal.id, r, i));
-                    }
-                    total += 1;
+                    rows.push(item_product_row_json(deal.id, r, i));
                 }
             }
         }

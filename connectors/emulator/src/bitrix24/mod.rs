@@ -11,7 +11,8 @@
 //!    slow answers, dropped connections, truncated JSON (a faulted write is never applied);
 //! 3. authentication: `/rest/{user_id}/{secret}/{method}` (inbound webhook; a wrong secret is
 //!    401 `NO_AUTH_FOUND`) or `/rest/{method}` with an `auth` parameter in the query, the form
-//!    or the JSON body (401 `expired_token` / `invalid_token`; missing: 401 `NO_AUTH_FOUND`);
+//!    or the JSON body (401 `expired_token` when expired or replaced by a refresh, `invalid_token`
+//!    after the app was removed; missing or never issued: 401 `NO_AUTH_FOUND`);
 //! 4. the operating-time limit of the method (each nested `batch` command for its own method):
 //!    429 `OPERATION_TIME_LIMIT` with `operating_reset_at`;
 //! 5. the method. Every answer carries the `time` block; lists add `total` / `next`.
@@ -21,6 +22,9 @@
 //!
 //! # Choices where the doc is silent
 //! - Lists without `order` are sorted by `ID` ascending.
+//! - A known path asked with another HTTP method (REST takes GET and POST) answers 405 in the
+//!   REST error shape, `{"error":"ERROR_METHOD_NOT_ALLOWED","error_description":"..."}`, with
+//!   `Allow` (the code is this emulator's; Bitrix24 documents none for it).
 //! - `batch` runs its commands in the order they were sent (a JSON object's keys, or a form's
 //!   `cmd[...]` fields, as they appear: PHP arrays keep insertion order) and answers in that
 //!   order; keys are never sorted. A `$result[...]` reference to something missing becomes an
@@ -96,6 +100,11 @@ pub struct B24Config {
     pub operating_window_secs: f64,
     /// Simulated execution time of one method call, counted towards the operating limit.
     pub method_cost_ms: u64,
+    /// Wall time one call takes on the portal (each command of a `batch` counts), slept before
+    /// answering: a real portal spends it in its database, where the emulator answers at once.
+    /// `0` (the default): no wait. Benchmarks set it so that requests in flight matter as they
+    /// do against a real portal.
+    pub call_time_ms: u64,
     /// Injected faults.
     pub faults: FaultConfig,
     /// Event delivery to online handlers (duplicates, drops, delays; the retry schedule is
@@ -122,6 +131,7 @@ impl Default for B24Config {
             operating_limit_secs: 480.0,
             operating_window_secs: 600.0,
             method_cost_ms: 5,
+            call_time_ms: 0,
             faults: FaultConfig::default(),
             delivery: DeliveryConfig::default(),
         }
@@ -207,6 +217,11 @@ pub(crate) struct Caller {
 pub(crate) struct Inner {
     cfg: B24Config,
     data: RwLock<B24Data>,
+    /// Bumped whenever the data may change (each write lock): what [`methods::ListCache`]
+    /// entries are valid for.
+    generation: std::sync::atomic::AtomicU64,
+    /// Matched ids of recent filtered listings.
+    list_cache: Mutex<methods::ListCache>,
     oauth: Mutex<oauth::OAuthState>,
     bucket: Mutex<LeakyBucket>,
     operating: Mutex<Operating>,
@@ -236,7 +251,17 @@ impl Inner {
     }
 
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, B24Data> {
-        self.data.write().unwrap_or_else(|e| e.into_inner())
+        let guard = self.data.write().unwrap_or_else(|e| e.into_inner());
+        // Under the write lock: a reader holding the read lock sees the generation of the
+        // data it reads.
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        guard
+    }
+
+    /// The data's version (see [`Inner::write`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub(crate) fn now(&self) -> i64 {
@@ -372,6 +397,8 @@ impl B24Emulator {
             writes: Mutex::new(Vec::new()),
             events: Mutex::new(Events::default()),
             data: RwLock::new(data),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            list_cache: Mutex::new(methods::ListCache::default()),
             admin,
             started: Instant::now(),
             delivery: Delivery::new(cfg.delivery.clone(), false, "Bitrix24 Webhook Engine"),
@@ -403,6 +430,7 @@ impl B24Emulator {
                 "/_emulator/authorization_code",
                 get(inspect_code).post(inspect_code),
             )
+            .method_not_allowed_fallback(method_not_allowed)
             .with_state(self.0.clone())
     }
 
@@ -758,6 +786,16 @@ fn json_response(status: u16, v: &Value) -> Response {
     r
 }
 
+/// A known path asked with an HTTP method it does not serve (`PUT /rest/crm.deal.list`): 405 in
+/// the REST error shape (axum adds the `Allow` header).
+async fn method_not_allowed(method: axum::http::Method) -> Response {
+    error_response(
+        405,
+        "ERROR_METHOD_NOT_ALLOWED",
+        &format!("HTTP method {method} is not allowed here"),
+    )
+}
+
 fn error_response(status: u16, error: &str, description: &str) -> Response {
     json_response(
         status,
@@ -1004,6 +1042,10 @@ async fn rest(st: Arc<Inner>, path: String, params: Result<Map<String, Value>, (
                         "The access token provided is invalid",
                     );
                 }
+                oauth::TokenCheck::Unknown => {
+                    lock(&st.stats).unauthorized_401 += 1;
+                    return error_response(401, "NO_AUTH_FOUND", "Wrong authorization data");
+                }
             }
             (
                 *method,
@@ -1026,13 +1068,21 @@ async fn rest(st: Arc<Inner>, path: String, params: Result<Map<String, Value>, (
         return broken(fault, Bytes::from_static(b"{\"result\":{\"result\":{\"c0"));
     }
     // 4-5. Operating limit and the method.
-    let outcome = if method == "batch" {
+    let (outcome, calls) = if method == "batch" {
         *lock(&st.stats).by_method.entry(method.clone()).or_default() += 1;
-        methods::batch(&st, &params, &caller)
+        let calls = match params.get("cmd") {
+            Some(Value::Object(m)) => m.len(),
+            Some(Value::Array(a)) => a.len(),
+            _ => 0,
+        };
+        (methods::batch(&st, &params, &caller), calls)
     } else {
         *lock(&st.stats).by_method.entry(method.clone()).or_default() += 1;
-        st.run_metered(&method, &params, &caller)
+        (st.run_metered(&method, &params, &caller), 1)
     };
+    if st.cfg.call_time_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(st.cfg.call_time_ms * calls as u64)).await;
+    }
     let resp = match outcome {
         Ok(ok) => {
             let mut v = json!({"result": ok.result});

@@ -7,8 +7,11 @@
 //!   `server_endpoint` and `client_endpoint` = `{base}/rest/`. A refresh rotates the pair: the
 //!   used refresh token and the access token issued with it die; a reused or unknown grant is
 //!   400 `invalid_grant`, a bad client 401 `invalid_client`.
-//! - API calls with an expired token: 401 `expired_token`; with an unknown or revoked one: 401
-//!   `invalid_token`.
+//! - API calls with an expired token, or with the access token of a pair a refresh has replaced
+//!   ("both become invalid"; the documented answer to a token that no longer works is
+//!   `expired_token`, on which clients refresh): 401 `expired_token`; with a token the portal
+//!   never issued: 401 `NO_AUTH_FOUND` (the system errors' "invalid access token"); after the
+//!   app was removed: 401 `invalid_token` (met in practice; CRest: "need reinstall application").
 use crate::rng::Rng;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,7 +23,10 @@ pub const CODE_TTL: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 struct Access {
     expires_at: i64,
+    /// The app was removed.
     revoked: bool,
+    /// A refresh replaced the pair this token came with.
+    superseded: bool,
 }
 
 #[derive(Debug)]
@@ -43,10 +49,12 @@ pub struct OAuthState {
 pub enum TokenCheck {
     /// Valid.
     Ok,
-    /// 401 `expired_token`.
+    /// 401 `expired_token`: expired, or replaced by a refresh.
     Expired,
-    /// 401 `invalid_token`.
+    /// 401 `invalid_token`: the app was removed.
     Invalid,
+    /// 401 `NO_AUTH_FOUND`: never issued here.
+    Unknown,
 }
 
 /// A token endpoint failure: (HTTP status, `error`, `error_description`).
@@ -97,6 +105,7 @@ impl OAuthState {
             Access {
                 expires_at,
                 revoked: false,
+                superseded: false,
             },
         );
         self.refresh.insert(
@@ -131,7 +140,7 @@ impl OAuthState {
         r.used = true;
         let old = r.access.clone();
         if let Some(a) = self.access.get_mut(&old) {
-            a.revoked = true;
+            a.superseded = true;
         }
         Ok(self.issue_pair(ttl_secs))
     }
@@ -140,9 +149,11 @@ impl OAuthState {
     pub fn check(&self, token: &str) -> TokenCheck {
         match self.access.get(token) {
             Some(a) if a.revoked => TokenCheck::Invalid,
-            Some(a) if a.expires_at <= jiff::Timestamp::now().as_second() => TokenCheck::Expired,
+            Some(a) if a.superseded || a.expires_at <= jiff::Timestamp::now().as_second() => {
+                TokenCheck::Expired
+            }
             Some(_) => TokenCheck::Ok,
-            None => TokenCheck::Invalid,
+            None => TokenCheck::Unknown,
         }
     }
 

@@ -5,8 +5,9 @@
 //! deal categories (the main pipeline is category `0`, the others `1`, `2`, ...), stages get
 //! Bitrix24 codes (`NEW`, `PREPARATION`, ..., `WON`, `LOSE`, `APOLOGY`; `C{n}:` prefixed in
 //! category `n`), phones and emails become multi-fields with their own ids, product rows keep
-//! their quantities. Every map is a `BTreeMap` by id, so the `>ID` filters that clients page by
-//! are range scans.
+//! their quantities. Every table is an [`Indexed`] map by id: a `BTreeMap` (so the `>ID` filters that
+//! clients page by are range scans) with a sorted id list beside it, so a list page finds its
+//! rows and its exact `total` by binary search instead of walking the table.
 //!
 //! Rendering follows `docs/bitrix24.md`: ids and money as strings (`"OPPORTUNITY":"19999.00"`),
 //! `Y`/`N` flags, datetimes in the portal's zone with an offset, `null` for empty links. The
@@ -256,6 +257,94 @@ pub struct B24UserField {
     pub multiple: bool,
 }
 
+/// A table by id that also keeps its ids sorted in a vector, so that the rank of an id (how
+/// many rows come before it) is a binary search: a list page with `start=N` and its `total`
+/// cost the page, not the table. Reads go through `Deref` to the map; changes of the id set
+/// only through [`Indexed::insert`] and [`Indexed::remove`], which keep both in step.
+#[derive(Debug, Clone)]
+pub struct Indexed<V> {
+    map: BTreeMap<u64, V>,
+    ids: Vec<u64>,
+}
+
+impl<V> Default for Indexed<V> {
+    fn default() -> Self {
+        Self {
+            map: BTreeMap::new(),
+            ids: Vec::new(),
+        }
+    }
+}
+
+impl<V> std::ops::Deref for Indexed<V> {
+    type Target = BTreeMap<u64, V>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl<'a, V> IntoIterator for &'a Indexed<V> {
+    type Item = (&'a u64, &'a V);
+    type IntoIter = std::collections::btree_map::Iter<'a, u64, V>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.map.iter()
+    }
+}
+
+impl<V> Indexed<V> {
+    /// Inserts or replaces a row (ids grow in practice, so this is a push).
+    pub fn insert(&mut self, id: u64, v: V) -> Option<V> {
+        let old = self.map.insert(id, v);
+        if old.is_none() {
+            match self.ids.last() {
+                Some(last) if *last > id => {
+                    let at = self.ids.partition_point(|x| *x < id);
+                    self.ids.insert(at, id);
+                }
+                _ => self.ids.push(id),
+            }
+        }
+        old
+    }
+
+    /// Removes a row.
+    pub fn remove(&mut self, id: &u64) -> Option<V> {
+        let old = self.map.remove(id);
+        if old.is_some()
+            && let Ok(at) = self.ids.binary_search(id)
+        {
+            self.ids.remove(at);
+        }
+        old
+    }
+
+    /// A row to change in place (its id stays).
+    pub fn get_mut(&mut self, id: &u64) -> Option<&mut V> {
+        self.map.get_mut(id)
+    }
+
+    /// All ids, ascending.
+    pub fn ids(&self) -> &[u64] {
+        &self.ids
+    }
+
+    /// The positions in [`Indexed::ids`] of the ids within `range`: `lo..hi`.
+    pub fn span(&self, range: (std::ops::Bound<u64>, std::ops::Bound<u64>)) -> (usize, usize) {
+        use std::ops::Bound::*;
+        let lo = match range.0 {
+            Unbounded => 0,
+            Included(v) => self.ids.partition_point(|x| *x < v),
+            Excluded(v) => self.ids.partition_point(|x| *x <= v),
+        };
+        let hi = match range.1 {
+            Unbounded => self.ids.len(),
+            Included(v) => self.ids.partition_point(|x| *x <= v),
+            Excluded(v) => self.ids.partition_point(|x| *x < v),
+        };
+        (lo, hi.max(lo))
+    }
+}
+
 /// Everything a portal holds.
 #[derive(Debug, Clone, Default)]
 pub struct B24Data {
@@ -266,17 +355,17 @@ pub struct B24Data {
     /// Stages, by funnel, in sort order.
     pub stages: BTreeMap<u64, Vec<B24Stage>>,
     /// Contacts by id.
-    pub contacts: BTreeMap<u64, B24Contact>,
+    pub contacts: Indexed<B24Contact>,
     /// Companies by id.
-    pub companies: BTreeMap<u64, B24Company>,
+    pub companies: Indexed<B24Company>,
     /// Deals by id.
-    pub deals: BTreeMap<u64, B24Deal>,
+    pub deals: Indexed<B24Deal>,
     /// User fields of deals and contacts.
     pub user_fields: Vec<B24UserField>,
     /// Next id of a multi-field value, a product row, a task...
     pub next_id: u64,
     /// Product row index: row id -> deal id (for `crm.item.productrow.list`).
-    pub product_rows: BTreeMap<u64, u64>,
+    pub product_rows: Indexed<u64>,
     /// Timeline activities (to-dos added with `crm.activity.todo.add`), by id.
     pub activities: BTreeMap<u64, B24Activity>,
 }
