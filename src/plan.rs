@@ -40,6 +40,7 @@ use rebuy_core::{
     WriteOp,
 };
 use rust_decimal::Decimal;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -410,12 +411,11 @@ fn plan_repeat_deals(
             }
         }
         metas.push(TaskMeta {
-            key: a.key.clone(),
+            key: key_hash(&a.key),
             rank: u32::MAX,
             value: row.map(customer_value).unwrap_or_default(),
             deadline: today,
             time: None,
-            goal: templates::REPEAT_GOAL.into(),
         });
     }
     (actions, metas)
@@ -430,11 +430,13 @@ struct ChunkResult {
     suppressed: u64,
 }
 
-/// What the pacing pass needs to know of a planned task beyond its action.
-#[derive(Debug, Clone)]
+/// What the pacing pass needs to know of a planned task beyond its action. Plain data (no
+/// allocation per task): a planned portal has millions of tasks, and freeing millions of
+/// small strings costs the sequential pass more than the work itself.
+#[derive(Debug, Clone, Copy)]
 struct TaskMeta {
-    /// The action's key.
-    key: String,
+    /// [`key_hash`] of the action's key (a 64-bit collision only mis-ranks one task).
+    key: u64,
     /// Importance when touches compete for one customer-day: the higher wins the task.
     rank: u32,
     /// Expected value of the customer (CLV, else revenue so far): capacity goes to the
@@ -445,8 +447,12 @@ struct TaskMeta {
     deadline: i64,
     /// The rule's preferred local time (for a task moved to another day).
     time: Option<jiff::civil::Time>,
-    /// The goal, listed in the text of the task it is merged into.
-    goal: String,
+}
+
+/// The hash a [`TaskMeta`] is found by.
+fn key_hash(key: &str) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(key)
 }
 
 /// The value a customer's touches are ranked by: CLV when the model gives one, else revenue.
@@ -496,8 +502,22 @@ fn pace(
     let rules = input.rules;
     let booked = input.booked;
     let tz = input.tz;
-    let meta: HashMap<String, TaskMeta> = metas.into_iter().map(|m| (m.key.clone(), m)).collect();
-    let local_day = |t: Timestamp| day_number(t.to_zoned(tz.clone()).date());
+    // Sequential over every task of the portal: no key copies, a fast hasher, and each
+    // instant turned into a local day once (due times repeat: business-hour slots).
+    let meta: FxHashMap<u64, TaskMeta> = metas.iter().map(|m| (m.key, *m)).collect();
+    std::mem::drop(metas);
+    // A merged touch's goal, listed in the text of the task it joins.
+    let goal_of_rule: FxHashMap<&str, &str> = rules
+        .rules
+        .iter()
+        .map(|r| (r.task.rule.as_str(), r.task.goal.as_str()))
+        .collect();
+    let mut day_cache: FxHashMap<Timestamp, i64> = FxHashMap::default();
+    let mut local_day = |t: Timestamp| {
+        *day_cache
+            .entry(t)
+            .or_insert_with(|| day_number(t.to_zoned(tz.clone()).date()))
+    };
     let mut drop = vec![false; actions.len()];
     // 1. Tasks in the outbox keep the day they were given there (the outbox will not send
     // them again); touches an earlier plan merged into one of them are not planned.
@@ -523,21 +543,40 @@ fn pace(
             pacing.merged_before += 1;
         }
     }
-    // 2. Competing new touches of one customer and day.
-    let mut groups: HashMap<(&str, i64), Vec<usize>> = HashMap::new();
+    // 2. Competing new touches of one customer and day. Most customer-days hold one task:
+    // count first, and list the indices only of the crowded ones.
+    let mut task_day: Vec<i64> = vec![i64::MIN; actions.len()];
+    let mut counts: FxHashMap<(&str, i64), u32> = FxHashMap::default();
     for (i, a) in actions.iter().enumerate() {
         if drop[i] || booked.tasks.contains_key(&a.key) {
             continue;
         }
         if let WriteOp::CreateTask { due, .. } = &a.op {
+            let d = local_day(*due);
+            task_day[i] = d;
+            *counts.entry((a.customer.as_str(), d)).or_default() += 1;
+        }
+    }
+    let mut groups: FxHashMap<(&str, i64), Vec<usize>> = FxHashMap::default();
+    for (i, a) in actions.iter().enumerate() {
+        if task_day[i] != i64::MIN
+            && counts
+                .get(&(a.customer.as_str(), task_day[i]))
+                .is_some_and(|n| *n as usize > rules.touches_per_customer_day.max(1) as usize)
+        {
             groups
-                .entry((a.customer.as_str(), local_day(*due)))
+                .entry((a.customer.as_str(), task_day[i]))
                 .or_default()
                 .push(i);
         }
     }
+    std::mem::drop(counts);
     let max = rules.touches_per_customer_day.max(1) as usize;
-    let rank = |i: usize| meta.get(&actions[i].key).map(|m| m.rank).unwrap_or(0);
+    let rank = |i: usize| {
+        meta.get(&key_hash(&actions[i].key))
+            .map(|m| m.rank)
+            .unwrap_or(0)
+    };
     let mut merges: Vec<(usize, Vec<usize>)> = Vec::new();
     for (_, mut idx) in groups {
         if idx.len() <= max {
@@ -555,9 +594,16 @@ fn pace(
             pacing.merged += 1;
             let a = &actions[j];
             goals.push(
-                meta.get(&a.key)
-                    .map(|m| m.goal.clone())
-                    .unwrap_or_else(|| a.rule.clone()),
+                if meta
+                    .get(&key_hash(&a.key))
+                    .is_some_and(|m| m.rank == u32::MAX)
+                {
+                    templates::REPEAT_GOAL.to_owned()
+                } else {
+                    goal_of_rule
+                        .get(a.rule.as_str())
+                        .map_or_else(|| a.rule.clone(), |g| (*g).to_owned())
+                },
             );
             keys.push(a.key.clone());
             keys.extend(a.merged.iter().cloned());
@@ -584,8 +630,12 @@ fn pace(
             due, responsible, ..
         } = &a.op
         {
-            let m = meta.get(&a.key);
-            let desired = local_day(*due);
+            let m = meta.get(&key_hash(&a.key)).copied();
+            let desired = if task_day[i] != i64::MIN {
+                task_day[i]
+            } else {
+                local_day(*due)
+            };
             slots.push(Slot {
                 idx: i,
                 user: *responsible,
@@ -598,10 +648,10 @@ fn pace(
         }
     }
     slots.sort_by_key(|s| (s.desired, s.idx));
-    let mut load: HashMap<(UserId, i64), u32> = HashMap::new();
-    let mut busy: HashMap<(usize, i64), u32> = HashMap::new();
+    let mut load: FxHashMap<(UserId, i64), u32> = FxHashMap::default();
+    let mut busy: FxHashMap<(usize, i64), u32> = FxHashMap::default();
     // Customers by index of their first action, so the busy map needs no string per task.
-    let mut cust_id: HashMap<&str, usize> = HashMap::new();
+    let mut cust_id: FxHashMap<&str, usize> = FxHashMap::default();
     for s in &slots {
         let n = cust_id.len();
         cust_id.entry(actions[s.idx].customer.as_str()).or_insert(n);
@@ -611,11 +661,11 @@ fn pace(
             *busy.entry((*id, *d)).or_default() += n;
         }
     }
-    let user_load = |load: &HashMap<(UserId, i64), u32>, u: UserId, day: i64| {
+    let user_load = |load: &FxHashMap<(UserId, i64), u32>, u: UserId, day: i64| {
         load.get(&(u, day)).copied().unwrap_or(0) + booked.load.get(&(u, day)).copied().unwrap_or(0)
     };
-    let fits = |load: &HashMap<(UserId, i64), u32>,
-                busy: &HashMap<(usize, i64), u32>,
+    let fits = |load: &FxHashMap<(UserId, i64), u32>,
+                busy: &FxHashMap<(usize, i64), u32>,
                 s: &Slot,
                 cust: usize,
                 day: i64|
@@ -1394,12 +1444,11 @@ impl Planner<'_, '_> {
         }
         let key = format!("{}/{}/{}/{}", input.portal, task.rule, customer, t.window);
         self.metas.push(TaskMeta {
-            key: key.clone(),
+            key: key_hash(&key),
             rank: t.rank,
             value: customer_value(row),
             deadline: t.deadline,
             time: task.time,
-            goal: task.goal.clone(),
         });
         self.actions.push(Action {
             merged: Vec::new(),

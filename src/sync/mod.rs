@@ -727,8 +727,17 @@ async fn list_kind<T: Listable + Send + 'static>(
     if resumed.len() >= 2 {
         let parts = resumed.into_iter().flatten().collect();
         return run_segments(
-            store, T::KIND, parts, ip, state, report, progress, fetch, updated_at,
-            put_records::<T>, finish_listing,
+            store,
+            T::KIND,
+            parts,
+            ip,
+            state,
+            report,
+            progress,
+            fetch,
+            updated_at,
+            put_records::<T>,
+            finish_listing,
         )
         .await;
     }
@@ -797,8 +806,17 @@ async fn list_kind<T: Listable + Send + 'static>(
                     failpoint::hit("sync.after_page");
                 }
                 return run_segments(
-                    store, T::KIND, parts, ip, state, report, progress, fetch, updated_at,
-                    put_records::<T>, finish_listing,
+                    store,
+                    T::KIND,
+                    parts,
+                    ip,
+                    state,
+                    report,
+                    progress,
+                    fetch,
+                    updated_at,
+                    put_records::<T>,
+                    finish_listing,
                 )
                 .await;
             }
@@ -853,7 +871,16 @@ async fn list_product_rows(
     if resumed.len() >= 2 {
         let parts = resumed.into_iter().flatten().collect();
         return run_segments(
-            store, kind, parts, ip, state, report, progress, fetch, |_| None, put_rows,
+            store,
+            kind,
+            parts,
+            ip,
+            state,
+            report,
+            progress,
+            fetch,
+            |_| None,
+            put_rows,
             finish_rows,
         )
         .await
@@ -905,7 +932,16 @@ async fn list_product_rows(
             let parts = try_split(conn, kind, next).await;
             if !parts.is_empty() {
                 return run_segments(
-                    store, kind, parts, ip, state, report, progress, fetch, |_| None, put_rows,
+                    store,
+                    kind,
+                    parts,
+                    ip,
+                    state,
+                    report,
+                    progress,
+                    fetch,
+                    |_| None,
+                    put_rows,
                     finish_rows,
                 )
                 .await
@@ -982,7 +1018,10 @@ mod tests {
         assert!(stored.0.starts_with(SEGMENTS_PREFIX), "{stored:?}");
         assert_eq!(
             segments_of(&Some(stored)),
-            vec![Some(Cursor("id:5..10".into())), Some(Cursor("id:20".into()))]
+            vec![
+                Some(Cursor("id:5..10".into())),
+                Some(Cursor("id:20".into()))
+            ]
         );
         // One segment left is stored as itself; none left means done.
         assert_eq!(

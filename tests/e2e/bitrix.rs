@@ -1,12 +1,12 @@
 //! The sidecar on a Bitrix24 portal: sync (inbound-webhook auth), deletions found by id
 //! reconciliation, and `rebuy serve` taking an app install and events.
+use crate::support::rebuy_async;
 use rebuy::config::{Config, PortalConfig};
 use rebuy::server::{AppState, runtime};
 use rebuy::store::Store;
 use rebuy::sync::{NoProgress, SyncOptions};
 use rebuy_core::{Deal, DealState, EntityKind};
 use rebuy_emulator::bitrix24::{B24Config, B24Emulator, RunningB24};
-use crate::support::rebuy_async;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -537,7 +537,9 @@ async fn the_second_command_starts_from_the_bucket_the_first_left() {
 /// resumed run reads less than the whole portal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bitrix24_segmented_full_sync_resumes_after_a_crash() {
-    let emu = B24Emulator::spawn(b24_config(83, 1500, 8000)).await.unwrap();
+    let emu = B24Emulator::spawn(b24_config(83, 1500, 8000))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("rebuy.toml");
     std::fs::write(
@@ -579,7 +581,13 @@ async fn bitrix24_segmented_full_sync_resumes_after_a_crash() {
         .any(|c| c.0.starts_with("segments:"));
     let states: Vec<_> = [EntityKind::Deals, EntityKind::ProductRows]
         .iter()
-        .map(|k| store.sync_state(*k).unwrap().in_progress.map(|ip| ip.cursor))
+        .map(|k| {
+            store
+                .sync_state(*k)
+                .unwrap()
+                .in_progress
+                .map(|ip| ip.cursor)
+        })
         .collect();
     assert!(
         segmented,
@@ -598,13 +606,19 @@ async fn bitrix24_segmented_full_sync_resumes_after_a_crash() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let store = Store::open(&dir.path().join("data"), &"seg".into()).unwrap();
     emu.emulator.with_data(|d| {
-        assert_eq!(store.count(EntityKind::Deals).unwrap(), d.deals.len() as u64);
+        assert_eq!(
+            store.count(EntityKind::Deals).unwrap(),
+            d.deals.len() as u64
+        );
         assert_eq!(
             store.count(EntityKind::Contacts).unwrap(),
             d.contacts.len() as u64
         );
         for id in d.deals.keys() {
-            assert!(store.get::<Deal>(*id).unwrap().is_some(), "deal {id} missing");
+            assert!(
+                store.get::<Deal>(*id).unwrap().is_some(),
+                "deal {id} missing"
+            );
         }
         let rows: usize = d.deals.values().map(|x| x.products.len()).sum();
         assert_eq!(
@@ -628,7 +642,14 @@ async fn bitrix24_segmented_full_sync_resumes_after_a_crash() {
         );
     });
     for k in [EntityKind::Deals, EntityKind::ProductRows] {
-        assert!(store.sync_state(k).unwrap().in_progress.is_none(), "{k:?} done");
+        assert!(
+            store.sync_state(k).unwrap().in_progress.is_none(),
+            "{k:?} done"
+        );
     }
-    assert_eq!(emu.emulator.stats().query_limit_503, 0, "never over the bucket");
+    assert_eq!(
+        emu.emulator.stats().query_limit_503,
+        0,
+        "never over the bucket"
+    );
 }

@@ -864,7 +864,10 @@ mod tests {
             parse_segment(Some(&segment_cursor(10, Some(99)))).unwrap(),
             (10, Some(99))
         );
-        assert_eq!(parse_segment(Some(&segment_cursor(7, None))).unwrap(), (7, None));
+        assert_eq!(
+            parse_segment(Some(&segment_cursor(7, None))).unwrap(),
+            (7, None)
+        );
         assert!(parse_segment(Some(&Cursor("id:9..3".into()))).is_err());
         assert!(parse_segment(Some(&Cursor("id:9..x".into()))).is_err());
         // Where only a plain cursor makes sense, a segment is refused.

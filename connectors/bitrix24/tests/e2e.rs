@@ -902,8 +902,16 @@ async fn split_segments_cover_the_table_once() {
     assert_eq!(parts.len(), 4, "{parts:?}");
     assert!(parts[..parts.len() - 1].iter().all(|c| c.0.contains("..")));
     // A segment cannot be split again, and a plain cursor is needed for the deals' own paging.
-    assert!(client.split(EntityKind::Deals, &parts[0]).await.unwrap().is_empty());
-    let victim = run.emulator.with_data(|d| *d.deals.keys().nth(400).unwrap());
+    assert!(
+        client
+            .split(EntityKind::Deals, &parts[0])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let victim = run
+        .emulator
+        .with_data(|d| *d.deals.keys().nth(400).unwrap());
     assert!(run.emulator.delete_deal(victim));
     let mut ids: Vec<u64> = first.items.iter().map(|d| d.id.0).collect();
     for (i, part) in parts.iter().enumerate() {
@@ -952,7 +960,11 @@ async fn split_segments_cover_the_table_once() {
         rows.extend(got);
     }
     let expected: Vec<u64> = run.emulator.with_data(|d| {
-        let mut v: Vec<u64> = d.deals.values().flat_map(|x| x.products.iter().map(|r| r.id)).collect();
+        let mut v: Vec<u64> = d
+            .deals
+            .values()
+            .flat_map(|x| x.products.iter().map(|r| r.id))
+            .collect();
         v.sort_unstable();
         v
     });

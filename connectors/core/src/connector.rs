@@ -405,7 +405,11 @@ pub trait Connector: Send + Sync {
     /// segment (its pages' `next` stay within it, `None` at its end) and together they cover the
     /// rest exactly once. Empty (the default): list on one page after the other. The
     /// connector's rate limiter still decides when each request leaves.
-    async fn split(&self, kind: EntityKind, cursor: &Cursor) -> Result<Vec<Cursor>, ConnectorError> {
+    async fn split(
+        &self,
+        kind: EntityKind,
+        cursor: &Cursor,
+    ) -> Result<Vec<Cursor>, ConnectorError> {
         let _ = (kind, cursor);
         Ok(Vec::new())
     }

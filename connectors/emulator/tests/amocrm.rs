@@ -1747,7 +1747,11 @@ async fn other_http_methods_get_405_as_problem_json() {
             .send()
             .await
             .expect("send");
-        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(
+            r.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
         assert_eq!(r.headers()["content-type"], "application/problem+json");
         let allow = r.headers()["allow"].to_str().unwrap().to_owned();
         assert!(allow.contains(allowed), "{allow}");
@@ -1755,7 +1759,10 @@ async fn other_http_methods_get_405_as_problem_json() {
         assert_eq!(v["status"], 405, "{v}");
         assert_eq!(v["title"], "Method Not Allowed");
         assert_eq!(v["type"], "https://httpstatus.es/405");
-        assert!(v["detail"].as_str().unwrap().contains(method.as_str()), "{v}");
+        assert!(
+            v["detail"].as_str().unwrap().contains(method.as_str()),
+            "{v}"
+        );
     }
     // An unknown path stays a 404.
     let r = env.get("/api/v4/nothing-here").await;

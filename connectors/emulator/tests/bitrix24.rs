@@ -576,21 +576,38 @@ async fn removed_app_token_is_invalid() {
 async fn other_http_methods_get_405_in_the_rest_error_shape() {
     let run = B24Emulator::spawn(cfg()).await.unwrap();
     for (method, path) in [
-        (reqwest::Method::PUT, format!("{}crm.deal.list", run.webhook_url())),
-        (reqwest::Method::DELETE, format!("{}/rest/crm.deal.list", run.base_url)),
-        (reqwest::Method::PATCH, format!("{}/oauth/token/", run.base_url)),
+        (
+            reqwest::Method::PUT,
+            format!("{}crm.deal.list", run.webhook_url()),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("{}/rest/crm.deal.list", run.base_url),
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("{}/oauth/token/", run.base_url),
+        ),
     ] {
         let r = http().request(method.clone(), &path).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 405, "{method} {path}");
-        let allow = r.headers().get("allow").map(|h| h.to_str().unwrap().to_owned());
+        let allow = r
+            .headers()
+            .get("allow")
+            .map(|h| h.to_str().unwrap().to_owned());
         assert!(
-            allow.as_deref().is_some_and(|a| a.contains("GET") && a.contains("POST")),
+            allow
+                .as_deref()
+                .is_some_and(|a| a.contains("GET") && a.contains("POST")),
             "{allow:?}"
         );
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"], "ERROR_METHOD_NOT_ALLOWED", "{v}");
         assert!(
-            v["error_description"].as_str().unwrap().contains(method.as_str()),
+            v["error_description"]
+                .as_str()
+                .unwrap()
+                .contains(method.as_str()),
             "{v}"
         );
     }
@@ -601,13 +618,23 @@ async fn other_http_methods_get_405_in_the_rest_error_shape() {
 #[tokio::test]
 async fn start_paging_counts_exactly_by_rank() {
     let run = B24Emulator::spawn(cfg()).await.unwrap();
-    let all: Vec<u64> = run.emulator.with_data(|d| d.deals.keys().copied().collect());
+    let all: Vec<u64> = run
+        .emulator
+        .with_data(|d| d.deals.keys().copied().collect());
     assert!(all.len() > 120, "{}", all.len());
     let hook = run.webhook_url();
     let list = |params: Value| {
         let url = format!("{hook}crm.deal.list");
         async move {
-            let v: Value = http().post(url).json(&params).send().await.unwrap().json().await.unwrap();
+            let v: Value = http()
+                .post(url)
+                .json(&params)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             v
         }
     };
@@ -637,7 +664,10 @@ async fn start_paging_counts_exactly_by_rank() {
     assert_eq!(ids_of(&v), want);
     // An ID range, intersected: `>ID` and `>=ID` both given, `<ID` bounds the top.
     let (lo, hi) = (all[10], all[100]);
-    let v = list(json!({"select": ["ID"], "filter": {">ID": lo, ">=ID": all[5], "<ID": hi}, "start": 50})).await;
+    let v = list(
+        json!({"select": ["ID"], "filter": {">ID": lo, ">=ID": all[5], "<ID": hi}, "start": 50}),
+    )
+    .await;
     let inside: Vec<u64> = all.iter().copied().filter(|i| *i > lo && *i < hi).collect();
     assert_eq!(v["total"], json!(inside.len()));
     assert_eq!(ids_of(&v), inside[50..].to_vec());
@@ -645,12 +675,22 @@ async fn start_paging_counts_exactly_by_rank() {
     let v = list(json!({"filter": {">ID": hi, "<ID": lo}})).await;
     assert_eq!((v["total"].clone(), ids_of(&v).len()), (json!(0), 0));
     // Another filter pages through its cached matches and sees a change made in between.
-    let stage: String = run.emulator.with_data(|d| d.deals.values().next().unwrap().stage_id.clone());
-    let matching: Vec<u64> =
-        run.emulator.with_data(|d| d.deals.values().filter(|x| x.stage_id == stage).map(|x| x.id).collect());
+    let stage: String = run
+        .emulator
+        .with_data(|d| d.deals.values().next().unwrap().stage_id.clone());
+    let matching: Vec<u64> = run.emulator.with_data(|d| {
+        d.deals
+            .values()
+            .filter(|x| x.stage_id == stage)
+            .map(|x| x.id)
+            .collect()
+    });
     let v = list(json!({"select": ["ID"], "filter": {"STAGE_ID": stage}, "start": 0})).await;
     assert_eq!(v["total"], json!(matching.len()));
-    assert_eq!(ids_of(&v), matching.iter().take(50).copied().collect::<Vec<_>>());
+    assert_eq!(
+        ids_of(&v),
+        matching.iter().take(50).copied().collect::<Vec<_>>()
+    );
     assert!(run.emulator.delete_deal(matching[0]));
     let v = list(json!({"select": ["ID"], "filter": {"STAGE_ID": stage}, "start": 0})).await;
     assert_eq!(v["total"], json!(matching.len() - 1));

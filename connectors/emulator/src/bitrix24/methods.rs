@@ -428,7 +428,10 @@ fn id_range(conds: &[Cond]) -> Option<(std::ops::Bound<u64>, std::ops::Bound<u64
         }
     }
     let lo_n = lo.map_or(1, |(v, inc)| if inc { v } else { v.saturating_add(1) });
-    let hi_n = hi.map_or(i64::MAX, |(v, inc)| if inc { v } else { v.saturating_sub(1) });
+    let hi_n = hi.map_or(
+        i64::MAX,
+        |(v, inc)| if inc { v } else { v.saturating_sub(1) },
+    );
     let lo_n = lo_n.max(1);
     if hi_n < lo_n {
         return None;
@@ -736,10 +739,7 @@ fn product_row_list(st: &Inner, p: &Map<String, Value>) -> Result<MethodOk, ApiE
         });
     let after = filter.get(">id").and_then(as_i64).unwrap_or(0).max(0) as u64;
     // `<id`: an exclusive upper bound (how a client lists one id range of the rows).
-    let below = filter
-        .get("<id")
-        .and_then(as_i64)
-        .map(|v| v.max(0) as u64);
+    let below = filter.get("<id").and_then(as_i64).map(|v| v.max(0) as u64);
     let start = param_i64(p, "start").unwrap_or(0);
     let d = st.read();
     let mut rows = Vec::new();
