@@ -288,6 +288,23 @@ pub async fn bitrix24(
     if !ct_eq(token, &expected) {
         return Err(AppError::forbidden("wrong application token"));
     }
+    // An event the worker could not act on is refused here (400, which Bitrix24 logs), not
+    // acknowledged and then dropped.
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let ev = rebuy_bitrix24::events::parse(&body, ct)
+        .map_err(|e| AppError::bad_request(format!("malformed Bitrix24 event: {e}")))?;
+    {
+        use rebuy_bitrix24::events::EventKind as K;
+        let needs_id = !matches!(ev.kind, K::AppInstall | K::AppUninstall | K::Other(_));
+        if needs_id && ev.entity_id.is_none() {
+            return Err(AppError::bad_request(format!(
+                "malformed Bitrix24 event: {} without data[FIELDS][ID]",
+                ev.name
+            )));
+        }
+    }
     store_event(&p, "bitrix24", &headers, body).await
 }
 

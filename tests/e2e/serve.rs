@@ -193,6 +193,20 @@ async fn bad_inputs_get_their_documented_status_and_nothing_is_stored() {
             400,
         ),
         (
+            "bitrix24 deal event without an id",
+            format!("{}/hooks/bitrix24/b24", srv.url),
+            FORM,
+            "event=ONCRMDEALADD&data[FIELDS][TITLE]=x&auth[application_token]=app-token-1".into(),
+            400,
+        ),
+        (
+            "bitrix24 event with a non-numeric id",
+            format!("{}/hooks/bitrix24/b24", srv.url),
+            FORM,
+            "event=ONCRMDEALUPDATE&data[FIELDS][ID]=abc&auth[application_token]=app-token-1".into(),
+            400,
+        ),
+        (
             "bitrix24 unknown portal",
             format!("{}/hooks/bitrix24/nope", srv.url),
             FORM,
