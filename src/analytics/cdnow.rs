@@ -233,7 +233,20 @@ fn summaries_from_raw_transactions_equal_the_published_ones() {
 #[test]
 fn backtest_of_the_published_split() {
     let b = backtest::cdnow();
-    eprintln!("{}", backtest::render_table(&b));
+    let table = backtest::render_table(&b);
+    eprintln!("{table}");
+    // The table's fixed interface: MAE, MAPE and AUC columns, the chosen row marked `chosen`.
+    let header = table.lines().find(|l| l.contains("MAE")).expect("a header");
+    assert!(
+        header.contains("MAPE") && header.contains("AUC"),
+        "{header}"
+    );
+    let marked: Vec<&str> = table.lines().filter(|l| l.contains("chosen")).collect();
+    let chosen_name = &b.rows.iter().find(|r| r.chosen).expect("chosen").name;
+    assert!(
+        marked.iter().any(|l| l.contains(chosen_name.as_str())),
+        "{chosen_name} not marked:\n{table}"
+    );
     assert_eq!(b.customers, 2357);
     let actual = b.rows[0].actual;
     assert_eq!(actual, 1882.0);

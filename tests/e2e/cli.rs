@@ -437,3 +437,80 @@ async fn a_sync_without_rights_to_optional_data_warns_and_succeeds() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `rebuy backtest` gives one row per model and baseline and marks the chosen one; `rebuy
+/// report` names the driving model with the MAE and AUC of its backtest row. (Slow in debug:
+/// each backtest fits every model, about 25 s here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backtest_marks_the_chosen_model_and_report_names_the_driving_one() {
+    let env = amo_env(amo_config(34, 200, 800)).await;
+    // The generated history ends on a fixed day: the holdout is the months before it.
+    let as_of = "2026-03-01";
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &[("shop", &env.emu.base_url, TEST_RPS)]);
+    let cfg = config.to_str().unwrap().to_owned();
+    let args = |extra: &[&str]| {
+        let mut a = vec!["--config".to_owned(), cfg.clone()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    for step in [
+        &["auth", "--portal", "shop"][..],
+        &["sync", "--portal", "shop", "--quiet"],
+    ] {
+        let out = rebuy_async(args(step), vec![]).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = rebuy_async(
+        args(&[
+            "backtest", "--portal", "shop", "--as-of", as_of, "--format", "json",
+        ]),
+        vec![],
+    )
+    .await;
+    let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // (The table form's columns and `chosen` mark are unit-tested in analytics::backtest.)
+    assert_eq!(
+        b["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["chosen"] == true)
+            .count(),
+        1,
+        "one row is chosen: {b}"
+    );
+    let out = rebuy_async(
+        args(&["report", "--portal", "shop", "--as-of", as_of]),
+        vec![],
+    )
+    .await;
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{report}");
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("driving model: "))
+        .unwrap_or_else(|| panic!("no driving model line:\n{report}"));
+    let name = line["driving model: ".len()..].split(" (").next().unwrap();
+    let row = b["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("{name} is not a backtest row: {line}"));
+    let fig = |k: &str| {
+        row[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} of {row} ({line})"))
+    };
+    let mae = format!("MAE {:.3}", fig("mae"));
+    let auc = format!("AUC {:.3}", fig("auc"));
+    assert!(
+        line.contains(&mae) && line.contains(&auc),
+        "{line} vs {row}"
+    );
+}
