@@ -722,113 +722,100 @@ async fn list_kind<T: Listable + Send + 'static>(
         async move { T::fetch(&*conn, &query, Some(&c)).await }
     };
     let updated_at: fn(&T) -> Option<Timestamp> = |r| Some(T::updated_at(r));
-    // A listing interrupted while it ran in segments resumes them all.
+    // A listing interrupted while it ran in segments resumes them all; a full listing splits
+    // after its first page, when the connector can (a small table never pays for the probe).
     let resumed = segments_of(&ip.cursor);
-    if resumed.len() >= 2 {
-        let parts = resumed.into_iter().flatten().collect();
-        return run_segments(
-            store,
-            T::KIND,
-            parts,
-            ip,
-            state,
-            report,
-            progress,
-            fetch,
-            updated_at,
-            put_records::<T>,
-            finish_listing,
-        )
-        .await;
-    }
-    // A full listing splits after its first page, when the connector can (a small table never
-    // pays for the probe).
     let mut may_split = ip.full;
     let mut pending: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
-    loop {
-        let page = T::fetch(conn, &query, ip.cursor.as_ref())
-            .await
-            .map_err(ListError::Connector)?;
-        let n = page.items.len() as u64;
-        ip.records += n;
-        ip.max_updated = page
-            .items
-            .iter()
-            .map(T::updated_at)
-            .max()
-            .max(ip.max_updated);
-        ip.cursor = page.next.clone();
-        let done = page.next.is_none();
-        if done {
-            finish_listing(&mut state, &ip);
-        } else {
-            state.in_progress = Some(ip.clone());
-        }
-        // Commit in order: wait for the previous page's write, then hand this one over and
-        // fetch the next page while it is written.
-        if let Some(prev) = pending.take() {
-            prev.await
-                .map_err(|e| ListError::Store(store.err(e)))?
-                .map_err(ListError::Store)?;
-            failpoint::hit("sync.after_page");
-        }
-        let items = page.items;
-        let st = state.clone();
-        let s = store.clone();
-        // Deals of an incremental listing carry their current product rows: the separately
-        // listed ones they replace go in the same transaction.
-        let drop_rows = T::KIND == EntityKind::Deals && !ip.full && conn.lists_product_rows();
-        pending = Some(tokio::task::spawn_blocking(move || {
-            s.write(|w| {
-                if drop_rows {
-                    let ids: Vec<u64> = items.iter().map(Record::key).collect();
-                    w.drop_product_rows_of(&ids)?;
+    let segments: Option<Vec<Cursor>> = if resumed.len() >= 2 {
+        Some(resumed.into_iter().flatten().collect())
+    } else {
+        loop {
+            let page = T::fetch(conn, &query, ip.cursor.as_ref())
+                .await
+                .map_err(ListError::Connector)?;
+            let n = page.items.len() as u64;
+            ip.records += n;
+            ip.max_updated = page
+                .items
+                .iter()
+                .map(T::updated_at)
+                .max()
+                .max(ip.max_updated);
+            ip.cursor = page.next.clone();
+            let done = page.next.is_none();
+            if done {
+                finish_listing(&mut state, &ip);
+            } else {
+                state.in_progress = Some(ip.clone());
+            }
+            // Commit in order: wait for the previous page's write, then hand this one over
+            // and fetch the next page while it is written.
+            committed(store, pending.take()).await?;
+            let items = page.items;
+            let st = state.clone();
+            let s = store.clone();
+            // Deals of an incremental listing carry their current product rows: the
+            // separately listed ones they replace go in the same transaction.
+            let drop_rows = T::KIND == EntityKind::Deals && !ip.full && conn.lists_product_rows();
+            pending = Some(tokio::task::spawn_blocking(move || {
+                s.write(|w| {
+                    if drop_rows {
+                        let ids: Vec<u64> = items.iter().map(Record::key).collect();
+                        w.drop_product_rows_of(&ids)?;
+                    }
+                    w.put_all(&items)?;
+                    w.set_sync_state(T::KIND, &st)
+                })
+            }));
+            report.records += n;
+            report.pages += 1;
+            progress.page(T::KIND, n);
+            if done {
+                break None;
+            }
+            if std::mem::take(&mut may_split)
+                && let Some(next) = &page.next
+            {
+                let parts = try_split(conn, T::KIND, next).await;
+                if !parts.is_empty() {
+                    break Some(parts);
                 }
-                w.put_all(&items)?;
-                w.set_sync_state(T::KIND, &st)
-            })
-        }));
-        report.records += n;
-        report.pages += 1;
-        progress.page(T::KIND, n);
-        if done {
-            break;
-        }
-        if std::mem::take(&mut may_split)
-            && let Some(next) = &page.next
-        {
-            let parts = try_split(conn, T::KIND, next).await;
-            if !parts.is_empty() {
-                if let Some(prev) = pending.take() {
-                    prev.await
-                        .map_err(|e| ListError::Store(store.err(e)))?
-                        .map_err(ListError::Store)?;
-                    failpoint::hit("sync.after_page");
-                }
-                return run_segments(
-                    store,
-                    T::KIND,
-                    parts,
-                    ip,
-                    state,
-                    report,
-                    progress,
-                    fetch,
-                    updated_at,
-                    put_records::<T>,
-                    finish_listing,
-                )
-                .await;
             }
         }
-    }
-    if let Some(prev) = pending.take() {
+    };
+    committed(store, pending.take()).await?;
+    let Some(parts) = segments else {
+        return Ok(report);
+    };
+    run_segments(
+        store,
+        T::KIND,
+        parts,
+        ip,
+        state,
+        report,
+        progress,
+        fetch,
+        updated_at,
+        put_records::<T>,
+        finish_listing,
+    )
+    .await
+}
+
+/// Waits for the write of the previous page: pages commit in order.
+async fn committed(
+    store: &Store,
+    pending: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+) -> Result<(), ListError> {
+    if let Some(prev) = pending {
         prev.await
             .map_err(|e| ListError::Store(store.err(e)))?
             .map_err(ListError::Store)?;
         failpoint::hit("sync.after_page");
     }
-    Ok(report)
+    Ok(())
 }
 
 /// The product rows of a CRM that lists them on their own ([`Connector::lists_product_rows`]):
@@ -859,7 +846,7 @@ async fn list_product_rows(
         },
         None => return Ok(None),
     };
-    let report = KindReport {
+    let mut report = KindReport {
         full: true,
         ..Default::default()
     };
@@ -867,88 +854,77 @@ async fn list_product_rows(
         let conn = conn_arc.clone();
         async move { conn.product_rows(Some(&c)).await }
     };
-    let resumed = segments_of(&ip.cursor);
-    if resumed.len() >= 2 {
-        let parts = resumed.into_iter().flatten().collect();
-        return run_segments(
-            store,
-            kind,
-            parts,
-            ip,
-            state,
-            report,
-            progress,
-            fetch,
-            |_| None,
-            put_rows,
-            finish_rows,
-        )
-        .await
-        .map(Some);
-    }
-    let mut report = report;
     // A listing from the start replaces the table: rows deleted in the CRM go with it.
     let mut clear = ip.cursor.is_none();
     let mut may_split = true;
-    loop {
-        let page = conn
-            .product_rows(ip.cursor.as_ref())
-            .await
-            .map_err(ListError::Connector)?;
-        let n = page.items.len() as u64;
-        ip.records += n;
-        ip.cursor = page.next.clone();
-        let done = page.next.is_none();
-        if done {
-            finish_rows(&mut state, &ip);
-        } else {
-            state.in_progress = Some(ip.clone());
-        }
-        let st = state.clone();
-        let first = std::mem::take(&mut clear);
-        let items = page.items;
-        store
-            .blocking(move |s| {
-                s.write(|w| {
-                    if first {
-                        w.clear_product_rows()?;
-                    }
-                    w.put_product_rows(&items)?;
-                    w.set_sync_state(kind, &st)
-                })
-            })
-            .await
-            .map_err(ListError::Store)?;
-        failpoint::hit("sync.after_page");
-        report.records += n;
-        report.pages += 1;
-        progress.page(kind, n);
-        if done {
-            return Ok(Some(report));
-        }
-        if std::mem::take(&mut may_split)
-            && let Some(next) = &page.next
-        {
-            let parts = try_split(conn, kind, next).await;
-            if !parts.is_empty() {
-                return run_segments(
-                    store,
-                    kind,
-                    parts,
-                    ip,
-                    state,
-                    report,
-                    progress,
-                    fetch,
-                    |_| None,
-                    put_rows,
-                    finish_rows,
-                )
+    let resumed = segments_of(&ip.cursor);
+    let segments: Option<Vec<Cursor>> = if resumed.len() >= 2 {
+        Some(resumed.into_iter().flatten().collect())
+    } else {
+        loop {
+            let page = conn
+                .product_rows(ip.cursor.as_ref())
                 .await
-                .map(Some);
+                .map_err(ListError::Connector)?;
+            let n = page.items.len() as u64;
+            ip.records += n;
+            ip.cursor = page.next.clone();
+            let done = page.next.is_none();
+            if done {
+                finish_rows(&mut state, &ip);
+            } else {
+                state.in_progress = Some(ip.clone());
+            }
+            let st = state.clone();
+            let first = std::mem::take(&mut clear);
+            let items = page.items;
+            store
+                .blocking(move |s| {
+                    s.write(|w| {
+                        if first {
+                            w.clear_product_rows()?;
+                        }
+                        w.put_product_rows(&items)?;
+                        w.set_sync_state(kind, &st)
+                    })
+                })
+                .await
+                .map_err(ListError::Store)?;
+            failpoint::hit("sync.after_page");
+            report.records += n;
+            report.pages += 1;
+            progress.page(kind, n);
+            if done {
+                break None;
+            }
+            if std::mem::take(&mut may_split)
+                && let Some(next) = &page.next
+            {
+                let parts = try_split(conn, kind, next).await;
+                if !parts.is_empty() {
+                    break Some(parts);
+                }
             }
         }
-    }
+    };
+    let Some(parts) = segments else {
+        return Ok(Some(report));
+    };
+    run_segments(
+        store,
+        kind,
+        parts,
+        ip,
+        state,
+        report,
+        progress,
+        fetch,
+        |_| None,
+        put_rows,
+        finish_rows,
+    )
+    .await
+    .map(Some)
 }
 
 async fn apply_deletions(
