@@ -94,9 +94,19 @@ pub fn backtest_portal(
 ) -> Result<analytics::backtest::Backtest> {
     let data = load_dataset(store, portal)
         .with_context(|| format!("portal {}: reading the cache", portal.id))?;
+    backtest_dataset(&data, portal, as_of, holdout_days)
+}
+
+/// [`backtest_portal`] on a dataset already read from the cache.
+pub fn backtest_dataset(
+    data: &analytics::Dataset,
+    portal: &PortalConfig,
+    as_of: Option<Timestamp>,
+    holdout_days: Option<u32>,
+) -> Result<analytics::backtest::Backtest> {
     let as_of = as_of.unwrap_or_else(Timestamp::now);
     let (days, end) =
-        analytics::purchase_days(&data, &portal.analytics, as_of, portal.time_zone.clone());
+        analytics::purchase_days(data, &portal.analytics, as_of, portal.time_zone.clone());
     let first = days.iter().filter_map(|d| d.first()).min().copied();
     let Some(first) = first else {
         anyhow::bail!(
@@ -210,10 +220,11 @@ pub fn cmd_segments(
 
 /// `rebuy report`.
 pub fn cmd_report(store: &Store, portal: &PortalConfig, as_of: Option<Timestamp>) -> Result<()> {
-    let (_, analysis) = analyse_portal(store, portal, as_of)?;
+    let (data, analysis) = analyse_portal(store, portal, as_of)?;
     println!("{}", render::render_report(&analysis));
-    // Which model drives the predictions, and how it did on this portal's own history.
-    let backtest = backtest_portal(store, portal, as_of, None);
+    // Which model drives the predictions, and how it did on this portal's own history (on the
+    // dataset already read).
+    let backtest = backtest_dataset(&data, portal, as_of, None);
     println!(
         "{}",
         driving_model_line(analysis.models.driving.as_deref(), backtest.as_ref().ok())

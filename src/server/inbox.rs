@@ -68,11 +68,16 @@ pub fn retry_delay(attempts: u32) -> std::time::Duration {
     std::time::Duration::from_secs(2u64.saturating_pow(attempts.min(12)).min(3600))
 }
 
-/// Encodes an event row: the store codec (a version byte, then postcard, the body as bytes).
-fn encode_event(ev: &InboxEvent) -> Result<Vec<u8>, String> {
-    let mut buf = Vec::with_capacity(ev.body.len() + 96);
-    crate::store::codec::encode(ev, &mut buf)?;
+/// A row in the store codec (a version byte, then postcard).
+fn encoded<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    crate::store::codec::encode(v, &mut buf)?;
     Ok(buf)
+}
+
+/// Encodes an event row: the store codec, the body as bytes.
+fn encode_event(ev: &InboxEvent) -> Result<Vec<u8>, String> {
+    encoded(ev)
 }
 
 /// Decodes an event row: the codec, or the JSON rows of versions before it.
@@ -231,8 +236,7 @@ impl Store {
                     last_error: error.to_owned(),
                     dead_at: now,
                 };
-                let mut buf = Vec::new();
-                crate::store::codec::encode(&dead, &mut buf).map_err(|e| self.err(e))?;
+                let buf = encoded(&dead).map_err(|e| self.err(e))?;
                 txn.open_table(INBOX_DEAD)
                     .map_err(|e| self.err(e))?
                     .insert(seq, buf.as_slice())
@@ -245,8 +249,7 @@ impl Store {
                 last_error: error.to_owned(),
                 retry_at,
             };
-            let mut buf = Vec::new();
-            crate::store::codec::encode(&r, &mut buf).map_err(|e| self.err(e))?;
+            let buf = encoded(&r).map_err(|e| self.err(e))?;
             retry.insert(seq, buf.as_slice()).map_err(|e| self.err(e))?;
             Ok(Failed::Retry(retry_at))
         })

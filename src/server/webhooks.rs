@@ -61,6 +61,13 @@ fn field<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The account the portal's last sync cached (`None` before the first).
+fn stored_account(p: &PortalRuntime) -> Result<Option<Account>, AppError> {
+    p.store
+        .meta(KEY_ACCOUNT)
+        .map_err(|e| AppError::unavailable(e.to_string()))
+}
+
 async fn store_event(
     p: &PortalRuntime,
     crm: &str,
@@ -141,11 +148,7 @@ pub async fn amocrm(
             "malformed amoCRM webhook: {e}"
         )));
     }
-    let stored: Option<Account> = p
-        .store
-        .meta(KEY_ACCOUNT)
-        .map_err(|e| AppError::unavailable(e.to_string()))?;
-    if let Some(acc) = stored
+    if let Some(acc) = stored_account(&p)?
         && (account_id.is_some_and(|id| id != acc.id.to_string())
             || subdomain.is_some_and(|s| s != acc.domain))
     {
@@ -198,11 +201,7 @@ pub async fn amocrm_disconnect(
     }
     // The signature covers the account the hook names, so a hook signed for another account
     // (the same integration installed elsewhere) is valid: it must name this portal's.
-    let stored: Option<Account> = p
-        .store
-        .meta(KEY_ACCOUNT)
-        .map_err(|e| AppError::unavailable(e.to_string()))?;
-    if let Some(acc) = stored
+    if let Some(acc) = stored_account(&p)?
         && acc.id.to_string() != *account_id
     {
         return Err(AppError::forbidden(

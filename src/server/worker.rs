@@ -289,19 +289,7 @@ pub async fn apply_changes(
                     if deal.state == rebuy_core::DealState::Won {
                         ctx.replan.store(true, std::sync::atomic::Ordering::SeqCst);
                     }
-                    let stored = deal.clone();
-                    // The deal carries its current product rows (see Connector::deal).
-                    let drop_rows = conn.lists_product_rows();
-                    store
-                        .blocking(move |s| {
-                            s.write(|w| {
-                                if drop_rows {
-                                    w.drop_product_rows_of(&[stored.id.0])?;
-                                }
-                                w.put_all(&[stored])
-                            })
-                        })
-                        .await?;
+                    put_deal(store, conn, deal.clone()).await?;
                     // A reaction that cannot be planned (no mapping yet, cache never synced)
                     // must not hold the inbox: the cache update above is the event's effect.
                     if let Err(e) = react_to_deal(p, ctx, &deal).await {
@@ -325,17 +313,7 @@ pub async fn apply_changes(
             Change::Delete(EntityKind::Deals, id) => match conn.deal(DealId(*id)).await? {
                 Some(deal) => {
                     tracing::warn!(portal = %p.cfg.id, deal = id, "A delete event for a deal the CRM still has: kept.");
-                    let drop_rows = conn.lists_product_rows();
-                    store
-                        .blocking(move |s| {
-                            s.write(|w| {
-                                if drop_rows {
-                                    w.drop_product_rows_of(&[deal.id.0])?;
-                                }
-                                w.put_all(&[deal])
-                            })
-                        })
-                        .await?;
+                    put_deal(store, conn, deal).await?;
                 }
                 None => store.blocking(remover(EntityKind::Deals, *id)).await?,
             },
@@ -354,6 +332,26 @@ pub async fn apply_changes(
         }
     }
     Ok(())
+}
+
+/// Stores a deal as fetched; it carries its current product rows (see `Connector::deal`),
+/// which replace the cached ones where the CRM lists rows on their own.
+async fn put_deal(
+    store: &Store,
+    conn: &dyn Connector,
+    deal: rebuy_core::Deal,
+) -> Result<(), crate::store::StoreError> {
+    let drop_rows = conn.lists_product_rows();
+    store
+        .blocking(move |s| {
+            s.write(|w| {
+                if drop_rows {
+                    w.drop_product_rows_of(&[deal.id.0])?;
+                }
+                w.put_all(&[deal])
+            })
+        })
+        .await
 }
 
 fn remover(
