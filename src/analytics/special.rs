@@ -96,6 +96,13 @@ pub fn ln_hyp2f1_a_a1(a: f64, b: f64, z: f64) -> f64 {
     if z <= 0.0 {
         return 0.0;
     }
+    // For a large `a` with `z` within 1/a of 1 the continued fraction needs thousands of
+    // terms (about sqrt(a / (1 - z)) / 60: a Pareto/NBD fit wandering towards a degenerate
+    // optimum, r + s + x in the tens of thousands, spent seconds there); the transformation
+    // to 1 - z converges in a few terms there.
+    if a >= 100.0 && a * (1.0 - z) <= 1.0 && (b - b.round()).abs() >= 0.01 {
+        return ln_hyp2f1_a_a1_near_one(a, b, z);
+    }
     let bb = 1.0 - b; // the incomplete beta's second parameter
     let tiny = 1e-300;
     let qab = a + bb;
@@ -139,6 +146,43 @@ pub fn ln_hyp2f1_a_a1(a: f64, b: f64, z: f64) -> f64 {
         }
     }
     bb * (-z).ln_1p() + h.ln()
+}
+
+/// `ln 2F1(a, b; a + 1; z)` by the transformation to `y = 1 - z` (DLMF 15.8.4 with
+/// `c = a + 1`), for non-integer `b`:
+/// `2F1 = Gamma(a+1) Gamma(1-b) / Gamma(a+1-b) z^-a + y^(1-b) a / (b-1) 2F1(1, a+1-b; 2-b; y)`,
+/// whose series converges geometrically when `a y` is small.
+fn ln_hyp2f1_a_a1_near_one(a: f64, b: f64, z: f64) -> f64 {
+    let y = 1.0 - z;
+    // ln Gamma(u) - ln Gamma(u - b) for u = a + 1 >= 100 by the Stirling series, written so
+    // that the large terms cancel exactly: (w - 1/2) ln(u / w) + b ln u - b + corrections.
+    let u = a + 1.0;
+    let w = u - b;
+    let st = |x: f64| {
+        let x2 = x * x;
+        1.0 / (12.0 * x) - 1.0 / (360.0 * x * x2) + 1.0 / (1260.0 * x * x2 * x2)
+    };
+    let ln_ratio = -(w - 0.5) * (-b / u).ln_1p() + b * u.ln() - b + st(u) - st(w);
+    // Gamma(1 - b): positive for b < 1, else the sign of sin(pi (1 - b)) (reflection).
+    let g_sign = if b < 1.0 || (PI * (1.0 - b)).sin() > 0.0 {
+        1.0
+    } else {
+        -1.0
+    };
+    let l1 = ln_ratio + ln_gamma(1.0 - b) - a * (-y).ln_1p();
+    let (mut sum, mut term) = (1.0f64, 1.0f64);
+    for n in 0..10_000 {
+        let n = n as f64;
+        term *= (a + 1.0 - b + n) / (2.0 - b + n) * y;
+        sum += term;
+        if term.abs() <= 1e-17 * sum.abs() {
+            break;
+        }
+    }
+    let l2 = (1.0 - b) * y.ln() + a.ln() - (b - 1.0).abs().ln() + sum.abs().ln();
+    let s2 = (b - 1.0).signum() * sum.signum();
+    let m = l1.max(l2);
+    m + (g_sign * (l1 - m).exp() + s2 * (l2 - m).exp()).ln()
 }
 
 #[cfg(test)]
@@ -241,5 +285,18 @@ mod tests {
             assert!(close(got, want, 1e-12), "{a} {b} {z}: {got} vs {want}");
         }
         assert_eq!(ln_hyp2f1_a_a1(2.0, 3.0, 0.0), 0.0);
+        // Near z = 1 with a large a (the transformation to 1 - z), against mpmath's
+        // log(hyp2f1(a, b, a + 1, z)) at 40 digits.
+        for (a, b, z, want) in [
+            (22086.17, 0.16661, 0.99999957959, 1.7752652474025972),
+            (22088.17, 2.16661, 0.9999990982845044, 26.034618963142005),
+            (14119.7, 0.1666, 0.9999964, 1.6730939668244396),
+            (22086.17, 1.16661, 0.99999957959, 13.525096727437754),
+            (500.0, 0.3, 0.999, 1.8102302425708356),
+            (100.0, 0.5, 0.99, 2.0282955136610794),
+        ] {
+            let got = ln_hyp2f1_a_a1(a, b, z);
+            assert!(close(got, want, 1e-12), "{a} {b} {z}: {got} vs {want}");
+        }
     }
 }
