@@ -107,23 +107,8 @@ pub fn backtest_dataset(
     let as_of = as_of.unwrap_or_else(Timestamp::now);
     let (days, end) =
         analytics::purchase_days(data, &portal.analytics, as_of, portal.time_zone.clone());
-    let first = days.iter().filter_map(|d| d.first()).min().copied();
-    let Some(first) = first else {
-        anyhow::bail!(
-            "portal {}: no purchases in the cache to backtest",
-            portal.id
-        );
-    };
-    let holdout = match holdout_days {
-        Some(h) => h as i64,
-        None => 273.min((end - first) / 2).max(1),
-    };
-    Ok(analytics::backtest::backtest(
-        &days,
-        end - holdout,
-        end,
-        portal.analytics.model.as_deref(),
-    ))
+    analytics::backtest::portal(&days, end, holdout_days, portal.analytics.model.as_deref())
+        .with_context(|| format!("portal {}: no purchases in the cache to backtest", portal.id))
 }
 
 /// `rebuy backtest`.
@@ -138,9 +123,12 @@ pub fn cmd_backtest(
     let mut out = std::io::stdout().lock();
     match format {
         BacktestFormat::Table => {
+            let sample = b.sampled_from.map_or_else(String::new, |n| {
+                format!(", an evenly spread sample of the base's {n}")
+            });
             writeln!(
                 out,
-                "backtest of {}: calibration to {}, holdout {} .. {} ({} customers)",
+                "backtest of {}: calibration to {}, holdout {} .. {} ({} customers{sample})",
                 portal.id,
                 analytics::date_of_day(b.cutoff_day),
                 analytics::date_of_day(b.cutoff_day + 1),
@@ -218,50 +206,11 @@ pub fn cmd_segments(
     Ok(())
 }
 
-/// `rebuy report`.
+/// `rebuy report`: the report ends with the driving model and its backtest figures.
 pub fn cmd_report(store: &Store, portal: &PortalConfig, as_of: Option<Timestamp>) -> Result<()> {
-    let (data, analysis) = analyse_portal(store, portal, as_of)?;
+    let (_, analysis) = analyse_portal(store, portal, as_of)?;
     println!("{}", render::render_report(&analysis));
-    // Which model drives the predictions, and how it did on this portal's own history (on the
-    // dataset already read).
-    let backtest = backtest_dataset(&data, portal, as_of, None);
-    println!(
-        "{}",
-        driving_model_line(analysis.models.driving.as_deref(), backtest.as_ref().ok())
-    );
-    if let Err(e) = &backtest {
-        println!("  (no backtest: {e:#})");
-    }
     Ok(())
-}
-
-/// `driving model: Pareto/NBD (backtest on this portal: MAE 0.755, AUC 0.779, ...)`, the
-/// figures of the driving model's row of the portal's backtest.
-pub fn driving_model_line(
-    driving: Option<&str>,
-    backtest: Option<&analytics::backtest::Backtest>,
-) -> String {
-    let name = driving.unwrap_or("personal cycle (no model fits this base)");
-    let lookup = driving.unwrap_or("personal cycle");
-    let row = backtest.and_then(|b| b.rows.iter().find(|r| r.name == lookup));
-    match (row, backtest) {
-        (Some(r), Some(b)) => {
-            let chosen = b.chosen.as_deref().unwrap_or("none");
-            let mape = if r.mape_pct.is_finite() {
-                format!(", MAPE {:.2}%", r.mape_pct)
-            } else {
-                String::new()
-            };
-            format!(
-                "driving model: {name} (backtest on this portal, holdout {} .. {}: MAE {:.3}, AUC {:.3}{mape}; the backtest's choice: {chosen})",
-                analytics::date_of_day(b.cutoff_day + 1),
-                analytics::date_of_day(b.end_day),
-                r.mae,
-                r.auc,
-            )
-        }
-        _ => format!("driving model: {name} (no backtest figures)"),
-    }
 }
 
 /// The demo's closing page: the report of the synced portal.

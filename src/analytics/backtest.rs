@@ -83,6 +83,26 @@ pub struct BacktestRow {
     pub problem: Option<String>,
     /// Whether this row drives the predictions.
     pub chosen: bool,
+    /// MBG/CNBD-k's regularity k on the calibration part (the analysis refits with it).
+    pub regularity: Option<u32>,
+    /// The calibration chart: predicted holdout purchases so far by each of
+    /// [`Backtest::weeks`] (cumulative; the conditional predictions for models).
+    pub weekly_predicted: Vec<f64>,
+    /// The decile chart: customers ranked by this row's prediction, highest first, in ten
+    /// groups of (nearly) equal size.
+    pub deciles: Vec<Decile>,
+}
+
+/// One tenth of the calibration customers ranked by a prediction: its predicted and actual
+/// holdout purchases.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Decile {
+    /// Customers in the group.
+    pub customers: u64,
+    /// Their predicted holdout purchases.
+    pub predicted: f64,
+    /// Their actual holdout purchases.
+    pub actual: f64,
 }
 
 /// The whole backtest.
@@ -100,6 +120,13 @@ pub struct Backtest {
     pub chosen: Option<String>,
     /// Why it was chosen, in one sentence.
     pub reason: String,
+    /// Week ends of the holdout in days after the cutoff (the last may be a shorter week).
+    pub weeks: Vec<f64>,
+    /// Actual holdout purchases so far by each of [`Self::weeks`] (cumulative).
+    pub weekly_actual: Vec<f64>,
+    /// When the base is larger than [`SAMPLE_CUSTOMERS`]: its customer count (the backtest
+    /// ran on an evenly spread sample of them).
+    pub sampled_from: Option<u64>,
 }
 
 /// A fitted model, for predictions.
@@ -316,10 +343,11 @@ pub const BASELINES: [&str; 2] = ["hiatus", "personal cycle"];
 /// Runs the backtest on every customer's purchase days (distinct, ascending day numbers),
 /// split at `cutoff` (the last calibration day) with the holdout ending on `end`. `pin` names
 /// a model or baseline that drives the predictions whatever the figures (case-insensitive).
-pub fn backtest(days: &[Vec<i64>], cutoff: i64, end: i64, pin: Option<&str>) -> Backtest {
+pub fn backtest<D: AsRef<[i64]>>(days: &[D], cutoff: i64, end: i64, pin: Option<&str>) -> Backtest {
     let h = (end - cutoff).max(0) as f64;
-    let cal: Vec<&Vec<i64>> = days
+    let cal: Vec<&[i64]> = days
         .iter()
+        .map(AsRef::as_ref)
         .filter(|d| !d.is_empty() && d[0] <= cutoff)
         .collect();
     let summaries: Vec<(u32, f64, f64)> = cal.iter().map(|d| summary(d, cutoff)).collect();
@@ -422,6 +450,9 @@ pub fn backtest(days: &[Vec<i64>], cutoff: i64, end: i64, pin: Option<&str>) -> 
                     "{name} could not be fitted: no customer came back in the calibration period or there is no holdout."
                 )),
                 chosen: false,
+                regularity: None,
+                weekly_predicted: Vec::new(),
+                deciles: Vec::new(),
             });
             continue;
         };
@@ -473,6 +504,10 @@ pub fn backtest(days: &[Vec<i64>], cutoff: i64, end: i64, pin: Option<&str>) -> 
         let quantiles: Vec<[Option<f64>; 3]> = row_of.iter().map(|&i| waits[i as usize]).collect();
         (row.next_mdae_days, row.next_in_80) = next_figures(&quantiles, &next_wait);
         row.params = m.describe();
+        row.regularity = match m {
+            Fitted::Cnbd(p) => Some(p.k),
+            _ => None,
+        };
         row.fit_ms = fit_ms;
         row.problem = m.problem(t_max);
         rows.push(row);
@@ -627,7 +662,131 @@ pub fn backtest(days: &[Vec<i64>], cutoff: i64, end: i64, pin: Option<&str>) -> 
         chosen: Some(rows[chosen].name.clone()),
         rows,
         reason,
+        weeks,
+        weekly_actual: actual_cum,
+        sampled_from: None,
     }
+}
+
+/// The most customers a portal's backtest runs on: a larger base is backtested on an evenly
+/// spread sample of this many (by customer key), which keeps the analysis of a million
+/// customers fast while the figures stay within sampling error of the whole base's.
+pub const SAMPLE_CUSTOMERS: usize = 50_000;
+
+/// The default holdout of a portal's backtest in days: 273 (39 weeks), or half the history
+/// from `first` to `end` when that is shorter (at least 1).
+pub fn default_holdout(first: i64, end: i64) -> i64 {
+    273.min((end - first) / 2).max(1)
+}
+
+/// The backtest of a portal: every customer's purchase days (distinct, ascending, in
+/// customer-key order), the holdout ending on `end` and lasting `holdout_days` (default
+/// [`default_holdout`]), on a sample of [`SAMPLE_CUSTOMERS`] when the base is larger. `None`
+/// when there is no purchase at all.
+pub fn portal<D: AsRef<[i64]>>(
+    days: &[D],
+    end: i64,
+    holdout_days: Option<u32>,
+    pin: Option<&str>,
+) -> Option<Backtest> {
+    let first = days.iter().filter_map(|d| d.as_ref().first()).min().copied()?;
+    let holdout = holdout_days.map_or_else(|| default_holdout(first, end), i64::from);
+    let n = days.len();
+    if n <= SAMPLE_CUSTOMERS {
+        return Some(backtest(days, end - holdout, end, pin));
+    }
+    let sample: Vec<&[i64]> = (0..SAMPLE_CUSTOMERS)
+        .map(|i| days[i * n / SAMPLE_CUSTOMERS].as_ref())
+        .collect();
+    let mut b = backtest(&sample, end - holdout, end, pin);
+    b.sampled_from = Some(n as u64);
+    Some(b)
+}
+
+/// The backtest figures of the row that drives a portal's predictions, as the analysis
+/// carries them: no timings (the analysis is a pure function) and no NaN (undefined figures
+/// are `None`), so an analysis compares equal to itself.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evidence {
+    /// The row (model or baseline) the figures are of.
+    pub model: String,
+    /// The backtest's choice (differs from `model` when the chosen model's fit on the whole
+    /// history degenerated and the next one took over).
+    pub chosen: Option<String>,
+    /// Why the backtest chose it, in one sentence.
+    pub reason: String,
+    /// First and last day of the holdout.
+    pub holdout: (jiff::civil::Date, jiff::civil::Date),
+    /// Calibration customers the backtest scored.
+    pub customers: u64,
+    /// The base's customer count when the backtest ran on a sample.
+    pub sampled_from: Option<u64>,
+    /// Predicted holdout purchases.
+    pub predicted: f64,
+    /// Actual holdout purchases.
+    pub actual: f64,
+    /// Per-customer holdout MAE.
+    pub mae: Option<f64>,
+    /// AUC of "buys again in the holdout".
+    pub auc: Option<f64>,
+    /// Cumulative weekly tracking MAPE, percent (models only).
+    pub mape_pct: Option<f64>,
+    /// Tracking MAPE of the holdout purchases so far, percent.
+    pub holdout_mape_pct: Option<f64>,
+    /// Median absolute error of the next-purchase date, days.
+    pub next_mdae_days: Option<f64>,
+    /// Week ends of the holdout, days after the cutoff.
+    pub weeks: Vec<f64>,
+    /// Predicted holdout purchases so far by each week end.
+    pub weekly_predicted: Vec<f64>,
+    /// Actual holdout purchases so far by each week end.
+    pub weekly_actual: Vec<f64>,
+    /// Predicted and actual purchases by decile of the prediction.
+    pub deciles: Vec<Decile>,
+}
+
+impl Evidence {
+    /// The figures of row `name` of `b`; `None` when there is no such row.
+    pub fn of(b: &Backtest, name: &str) -> Option<Evidence> {
+        let r = b.rows.iter().find(|r| r.name == name)?;
+        let fin = |v: f64| v.is_finite().then_some(v);
+        let clean = |v: &[f64]| v.iter().map(|x| if x.is_finite() { *x } else { 0.0 }).collect();
+        Some(Evidence {
+            model: r.name.clone(),
+            chosen: b.chosen.clone(),
+            reason: b.reason.clone(),
+            holdout: (
+                super::date_of_day(b.cutoff_day + 1),
+                super::date_of_day(b.end_day),
+            ),
+            customers: b.customers,
+            sampled_from: b.sampled_from,
+            predicted: fin(r.predicted).unwrap_or(0.0),
+            actual: r.actual,
+            mae: fin(r.mae),
+            auc: fin(r.auc),
+            mape_pct: fin(r.mape_pct),
+            holdout_mape_pct: fin(r.holdout_mape_pct),
+            next_mdae_days: fin(r.next_mdae_days),
+            weeks: b.weeks.clone(),
+            weekly_predicted: clean(&r.weekly_predicted),
+            weekly_actual: b.weekly_actual.clone(),
+            deciles: r
+                .deciles
+                .iter()
+                .map(|d| Decile {
+                    predicted: fin(d.predicted).unwrap_or(0.0),
+                    ..*d
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Whether a backtest tells the models apart: some calibration customer bought in the
+/// holdout and some did not (otherwise every AUC is undefined).
+pub fn has_evidence(b: &Backtest) -> bool {
+    b.rows.iter().any(|r| r.auc.is_finite())
 }
 
 /// CDNOW's 1/10 sample (see `tests/fixtures/cdnow/README.md`), built into the binary.
@@ -727,7 +886,28 @@ fn score(
         fit_ms: 0.0,
         problem: None,
         chosen: false,
+        regularity: None,
+        weekly_predicted: pred_cum.to_vec(),
+        deciles: deciles(rank, pred, actual),
     }
+}
+
+/// Customers ranked by `rank` (highest first; ties in input order) in ten groups of nearly
+/// equal size, with the predicted and actual purchases of each (fewer groups with fewer than
+/// ten customers).
+pub fn deciles(rank: &[f64], pred: &[f64], actual: &[f64]) -> Vec<Decile> {
+    let n = rank.len();
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by(|&a, &b| rank[b].total_cmp(&rank[a]).then(a.cmp(&b)));
+    (0..10)
+        .map(|g| &idx[g * n / 10..(g + 1) * n / 10])
+        .filter(|part| !part.is_empty())
+        .map(|part| Decile {
+            customers: part.len() as u64,
+            predicted: part.iter().map(|&i| pred[i]).sum(),
+            actual: part.iter().map(|&i| actual[i]).sum(),
+        })
+        .collect()
 }
 
 /// The median absolute error in days of the predicted wait (the middle quantile) against the

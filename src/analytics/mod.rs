@@ -174,14 +174,17 @@ pub struct ModelParams {
     pub customers: u64,
     /// Distinct likelihood rows.
     pub distinct_rows: u64,
-    /// The model (or the `personal cycle` baseline) behind P(alive), expected purchases, the
-    /// next-purchase forecast and CLV: the pinned one, else the first of
-    /// [`PRODUCT_MODELS`] whose fit is sound (a degenerate fit is reported in the warnings).
+    /// The model (or baseline: `personal cycle`, `hiatus`) behind P(alive), expected
+    /// purchases, the next-purchase forecast and CLV: the pinned one, else the backtest's
+    /// choice on the portal's own history; when that model's fit on the whole history is
+    /// degenerate (reported in the warnings), the next one the backtest ranks.
     pub driving: Option<String>,
     /// The driving model's parameters in words.
     pub driving_params: String,
     /// What the expected order values come from: `Gamma-Gamma` or `shrunk per-customer mean`.
     pub order_value: Option<String>,
+    /// The driving model's figures in the backtest that chose it.
+    pub evidence: Option<backtest::Evidence>,
 }
 
 /// Everything the analytics computed for one portal at one instant.
@@ -305,8 +308,16 @@ pub fn analyse(data: &Dataset, settings: &Settings, as_of: Timestamp, tz: TimeZo
     let period = figures::Period::new(as_of_day, settings);
 
     // 1. One pass per customer: purchases, classification of its deals, per-customer facts.
+    // The purchase days are kept for the backtest that chooses the model.
     let (mut cores, mut deals, counters) = classify::pass(
-        data, settings, &ctx, as_of_s, as_of_day, &tz, &period, false,
+        data,
+        settings,
+        &ctx,
+        as_of_s,
+        as_of_day,
+        &tz,
+        &period,
+        settings.models,
     );
     deals.sort_unstable_by_key(|d| d.deal_id);
     counters.warn(data, &mut warnings);
@@ -562,28 +573,100 @@ struct Prediction {
 /// that stands in for Gamma-Gamma when its fit has no finite mean (q <= 1) or is missing.
 pub const SHRINK_ORDERS: f64 = 3.0;
 
-/// The models the predictions fall back through when none is pinned: the first whose fit is
-/// sound drives them, the personal-cycle baseline when none is.
+/// The models the predictions fall back through when the backtest cannot tell them apart
+/// (no customer bought in its holdout, or too short a history): the first whose fit is sound
+/// drives them, the personal-cycle baseline when none is.
 pub const PRODUCT_MODELS: [&str; 3] = ["BG/NBD", "MBG/NBD", "Pareto/NBD"];
 
-/// The first model of `chain` whose fit is sound, with one sentence per model passed over.
-fn choose_model(
-    chain: &[&str],
-    rows: &[bgnbd::SummaryRow],
-    gaps: mbgcnbd::GapLogs,
-    warnings: &mut Vec<String>,
-) -> Option<backtest::Fitted> {
-    let t_max = rows.iter().fold(0.0f64, |m, r| m.max(r.t));
-    for name in chain {
-        match backtest::fit_model(name, rows, gaps) {
-            Some(m) => match m.problem(t_max) {
-                None => return Some(m),
-                Some(p) => warnings.push(p),
-            },
-            None => warnings.push(format!("{name} could not be fitted on this base.")),
+/// What drives the predictions when no model does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Baseline {
+    /// Last purchase plus the customer's own mean gap.
+    PersonalCycle,
+    /// The calibration rate of customers who bought within the last `holdout` days.
+    Hiatus { holdout: f64 },
+}
+
+impl Baseline {
+    fn name(self) -> &'static str {
+        match self {
+            Baseline::PersonalCycle => "personal cycle",
+            Baseline::Hiatus { .. } => "hiatus",
         }
     }
-    None
+}
+
+/// The order the models are tried in, and the baseline after them. A pin comes first (a
+/// pinned baseline skips the models); then, when the backtest tells the models apart, the
+/// models that beat both baselines on its AUC without a degenerate fit, by holdout MAE (its
+/// choice first), then its better baseline; otherwise [`PRODUCT_MODELS`] and the personal
+/// cycle.
+fn model_chain(
+    pin: Option<&str>,
+    bt: Option<&backtest::Backtest>,
+    warnings: &mut Vec<String>,
+) -> (Vec<&'static str>, Baseline, bool) {
+    let holdout = bt.map_or(273.0, |b| (b.end_day - b.cutoff_day) as f64);
+    let baseline_of = |name: &str| {
+        if name.eq_ignore_ascii_case("hiatus") {
+            Baseline::Hiatus { holdout }
+        } else {
+            Baseline::PersonalCycle
+        }
+    };
+    if let Some(p) = pin
+        && backtest::BASELINES.iter().any(|b| b.eq_ignore_ascii_case(p))
+    {
+        return (Vec::new(), baseline_of(p), true);
+    }
+    let mut chain: Vec<&'static str> = pin
+        .and_then(|p| backtest::MODELS.iter().find(|m| m.eq_ignore_ascii_case(p)))
+        .into_iter()
+        .copied()
+        .collect();
+    let evidence = bt.filter(|b| backtest::has_evidence(b));
+    let terminal = match evidence {
+        Some(b) => {
+            let best_baseline = b
+                .rows
+                .iter()
+                .filter(|r| r.kind == backtest::Kind::Baseline && r.auc.is_finite())
+                .max_by(|a, b| a.auc.total_cmp(&b.auc));
+            let bar = best_baseline.map_or(f64::NEG_INFINITY, |r| r.auc);
+            let mut ranked: Vec<&backtest::BacktestRow> = b
+                .rows
+                .iter()
+                .filter(|r| {
+                    r.kind == backtest::Kind::Model
+                        && r.problem.is_none()
+                        && r.auc > bar
+                        && r.mae.is_finite()
+                })
+                .collect();
+            ranked.sort_by(|a, b| a.mae.total_cmp(&b.mae));
+            for r in ranked {
+                if let Some(m) = backtest::MODELS.iter().find(|m| **m == r.name)
+                    && !chain.contains(m)
+                {
+                    chain.push(m);
+                }
+            }
+            best_baseline.map_or(Baseline::PersonalCycle, |r| baseline_of(&r.name))
+        }
+        None => {
+            warnings.push(match bt {
+                Some(_) => "The backtest cannot tell the models apart on this base (every customer of its calibration period bought again in the holdout, or none did), so the first sound fit of BG/NBD, MBG/NBD, Pareto/NBD drives the predictions.".into(),
+                None => "No backtest on this base, so the first sound fit of BG/NBD, MBG/NBD, Pareto/NBD drives the predictions.".into(),
+            });
+            for m in PRODUCT_MODELS {
+                if !chain.contains(&m) {
+                    chain.push(m);
+                }
+            }
+            Baseline::PersonalCycle
+        }
+    };
+    (chain, terminal, false)
 }
 
 fn fit_models(
@@ -607,6 +690,7 @@ fn fit_models(
         driving: None,
         driving_params: String::new(),
         order_value: None,
+        evidence: None,
     };
     if !settings.models || cores.is_empty() {
         return (params, None);
@@ -621,23 +705,17 @@ fn fit_models(
         litt: cores.iter().map(|c| c.litt).sum(),
         gaps: cores.iter().map(|c| (c.n_days - 1) as f64).sum(),
     };
-    // The chain: the pinned model first (a baseline pin skips the models), then the default
-    // order. BG/NBD is always fitted: its parameters are reported.
-    let pin = settings.model.as_deref().map(str::trim);
-    let baseline_pinned = pin.is_some_and(|p| {
-        backtest::BASELINES
-            .iter()
-            .any(|b| b.eq_ignore_ascii_case(p))
-    });
-    let mut chain: Vec<&str> = Vec::new();
-    if let Some(m) = pin.and_then(|p| backtest::MODELS.iter().find(|m| m.eq_ignore_ascii_case(p))) {
-        chain.push(m);
-    }
-    for m in PRODUCT_MODELS {
-        if !chain.contains(&m) {
-            chain.push(m);
-        }
-    }
+    let pin = settings
+        .model
+        .as_deref()
+        .map(str::trim)
+        .filter(|p| !p.is_empty());
+    // The backtest on the base's own history (a sample of a big base) chooses the model.
+    let days: Vec<&[i64]> = cores.iter().map(|c| &c.days[..]).collect();
+    let bt = backtest::portal(&days, as_of_day, None, pin);
+    drop(days);
+    let (chain, terminal, baseline_pinned) = model_chain(pin, bt.as_ref(), warnings);
+    // BG/NBD is always fitted: its parameters are reported.
     let bg = bgnbd::fit(&rows);
     if let Some(bg) = bg
         && !bg.converged
@@ -647,41 +725,59 @@ fn fit_models(
         );
     }
     params.bgnbd = bg;
-    let model = if baseline_pinned {
-        None
-    } else if chain[0] == "BG/NBD" && bg.is_some() {
-        let t_max = rows.iter().fold(0.0f64, |m, r| m.max(r.t));
-        let fitted = backtest::Fitted::Bg(bg.expect("checked"));
-        match fitted.problem(t_max) {
-            None => Some(fitted),
-            Some(p) => {
-                warnings.push(p);
-                choose_model(&chain[1..], &rows, gaps, warnings)
-            }
+    let t_max = rows.iter().fold(0.0f64, |m, r| m.max(r.t));
+    let mut model: Option<backtest::Fitted> = None;
+    for name in &chain {
+        // MBG/CNBD-k keeps the regularity its backtest found (one fit instead of a search).
+        let k = bt.as_ref().and_then(|b| {
+            b.rows
+                .iter()
+                .find(|r| r.name == *name)
+                .and_then(|r| r.regularity)
+        });
+        let fitted = match (*name, k) {
+            ("BG/NBD", _) => bg.map(backtest::Fitted::Bg),
+            ("MBG/CNBD-k", Some(k)) => mbgcnbd::fit_k(&rows, gaps, k).map(backtest::Fitted::Cnbd),
+            _ => backtest::fit_model(name, &rows, gaps),
+        };
+        match fitted {
+            Some(m) => match m.problem(t_max) {
+                None => {
+                    model = Some(m);
+                    break;
+                }
+                Some(p) => warnings.push(p),
+            },
+            None => warnings.push(format!("{name} could not be fitted on this base.")),
         }
-    } else {
-        choose_model(&chain, &rows, gaps, warnings)
-    };
-    match &model {
+    }
+    let driving = match &model {
         Some(m) => {
-            params.driving = Some(m.name().to_string());
             params.driving_params = m.describe();
+            m.name()
         }
-        None => {
-            params.driving = Some("personal cycle".into());
-            if !baseline_pinned {
-                warnings.push(
-                    "No model fits this base soundly, so the personal cycle (last purchase plus the customer's own mean gap) drives the predictions, without a P(alive)."
-                        .into(),
-                );
-            }
-        }
+        None => terminal.name(),
+    };
+    params.driving = Some(driving.to_string());
+    if model.is_none() && !baseline_pinned {
+        warnings.push(if chain.is_empty() {
+            format!(
+                "No model beats the baselines in the backtest on this portal's history, so the {} baseline drives the predictions, without a P(alive).",
+                terminal.name()
+            )
+        } else {
+            format!(
+                "No model fits this base soundly, so the {} baseline drives the predictions, without a P(alive).",
+                terminal.name()
+            )
+        });
     }
     if let Some(m) = &model
         && m.name() != chain[0]
     {
         warnings.push(format!("{} drives the predictions instead.", m.name()));
     }
+    params.evidence = bt.as_ref().and_then(|b| backtest::Evidence::of(b, driving));
 
     // Order values: zbar, the mean value of the repeat purchase days (f64: a statistic for
     // the model).
@@ -830,6 +926,24 @@ fn fit_models(
                     .flat_map(|h| h.join().expect("prediction worker panicked"))
                     .collect()
             })
+        }
+        None if matches!(terminal, Baseline::Hiatus { .. }) => {
+            // The hiatus heuristic: a customer who bought within the last holdout-length of
+            // days keeps their rate so far; others predict nothing. No dates.
+            let Baseline::Hiatus { holdout } = terminal else {
+                unreachable!("matched")
+            };
+            rows.iter()
+                .map(|r| {
+                    let rate = if r.t - r.t_x <= holdout && r.t > 0.0 {
+                        r.x as f64 / r.t
+                    } else {
+                        0.0
+                    };
+                    let e: Vec<f64> = horizons.iter().map(|&h| rate * h).collect();
+                    (None, e[steps.len()], discount(&e), [None; 5])
+                })
+                .collect()
         }
         None => {
             // The personal cycle: purchases at last + n mean gaps, unless more than one

@@ -485,6 +485,7 @@ pub fn render_report(a: &Analysis) -> String {
         }
         None => s.push_str("  Gamma-Gamma: not fitted\n"),
     }
+    let _ = writeln!(s, "{}", driving_model_line(&a.models));
     let _ = writeln!(
         s,
         "\nMerged identities: {} groups (see `rebuy segments` contact_ids)",
@@ -497,6 +498,35 @@ pub fn render_report(a: &Analysis) -> String {
         }
     }
     s
+}
+
+/// `driving model: MBG/CNBD-k (backtest on this portal, holdout 2025-06-01 .. 2026-02-28:
+/// MAE 0.755, AUC 0.779, MAPE 1.33%; chosen: ...)`: the model behind the predictions with
+/// its figures in the backtest that chose it.
+pub fn driving_model_line(m: &super::ModelParams) -> String {
+    let name = m.driving.as_deref().unwrap_or("none (models are off)");
+    let Some(e) = &m.evidence else {
+        return format!("driving model: {name} (no backtest figures)");
+    };
+    let f = |v: Option<f64>, d: usize| v.map_or_else(|| "-".into(), |v| format!("{v:.d$}"));
+    let mape = e
+        .mape_pct
+        .map_or_else(String::new, |v| format!(", MAPE {v:.2}%"));
+    let sample = e
+        .sampled_from
+        .map_or_else(String::new, |n| format!(", a sample of {} of {n} customers", e.customers));
+    let why = match e.chosen.as_deref() {
+        Some(c) if c == name => e.reason.clone(),
+        Some(c) => format!("the backtest chose {c}, whose fit on the whole history is degenerate"),
+        None => "the backtest chose none".into(),
+    };
+    format!(
+        "driving model: {name} (backtest on this portal, holdout {} .. {}{sample}: MAE {}, AUC {}{mape}; {why})",
+        e.holdout.0,
+        e.holdout.1,
+        f(e.mae, 3),
+        f(e.auc, 3),
+    )
 }
 
 #[cfg(test)]
