@@ -13,8 +13,9 @@ use rust_decimal::Decimal;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// The analysis date of the synthetic portals: three years after their start.
-pub const SYNTHETIC_AS_OF: &str = "2025-01-01T00:00:00Z";
+/// The analysis date of the synthetic portals: the end of their three years of history (so
+/// the backtest has a holdout with purchases).
+pub const SYNTHETIC_AS_OF: &str = "2024-01-01T00:00:00Z";
 const START: i64 = 1_609_459_200; // 2021-01-01T00:00:00Z
 const SPAN_DAYS: i64 = 3 * 365 + 1;
 

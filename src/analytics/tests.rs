@@ -679,6 +679,32 @@ fn models_run_on_a_small_portal() {
         "{:?}",
         a.warnings
     );
+    // A pinned hiatus baseline: the rate so far of the customers who bought within the
+    // backtest's holdout, no P(alive), no dates; the report names it with its figures.
+    let pinned = Settings {
+        model: Some("Hiatus".into()),
+        ..Settings::default()
+    };
+    let (_, a) = run(&pinned, &contacts, &[], &deals, "2024-12-31");
+    assert_eq!(a.models.driving.as_deref(), Some("hiatus"), "{:?}", a.warnings);
+    let e = a.models.evidence.as_ref().expect("backtest figures");
+    assert_eq!((e.model.as_str(), e.chosen.as_deref()), ("hiatus", Some("hiatus")));
+    let holdout = (crate::analytics::day_of_date(e.holdout.1)
+        - crate::analytics::day_of_date(e.holdout.0)
+        + 1) as f64;
+    for r in &a.customers {
+        assert!(r.p_alive.is_none() && r.next_purchase_forecast.is_none());
+        let x = (r.purchases - 1) as f64;
+        let t = (crate::analytics::day_of_date(a.as_of_date)
+            - crate::analytics::day_of_date(r.first_purchase)) as f64;
+        let want = if (r.recency_days as f64) <= holdout && t > 0.0 {
+            x / t * 90.0
+        } else {
+            0.0
+        };
+        let got = r.expected_purchases_90d.unwrap();
+        assert!((got - want).abs() < 1e-9, "{got} vs {want}: {r:?}");
+    }
     // Gamma-Gamma: every order is 100, so the expected order value is 100-ish.
     let settings = Settings {
         models: false,
@@ -798,14 +824,24 @@ fn crr_counts_new_customers_who_went_to_sleep_in_neither_end_nor_new() {
     assert_eq!(f.crr, Some(0.5));
 }
 
-/// On a base that identifies the models the first sound one drives the predictions (a pin
-/// puts its model first): P(alive), expected purchases, CLV, and a next-purchase date inside
-/// its 50% interval inside its 80% interval.
+/// On a base that identifies the models the backtest's choice drives the predictions (a pin
+/// wins): P(alive), expected purchases, CLV, and a next-purchase date inside its 50% interval
+/// inside its 80% interval; the analysis carries the driving model's backtest figures.
 #[test]
-fn a_sound_model_drives_the_predictions_with_next_purchase_intervals() {
+fn the_backtests_choice_drives_the_predictions_with_next_purchase_intervals() {
     let data = crate::analytics::bench::synthetic_dataset(1_500, 6_000, 42);
     let as_of: Timestamp = crate::analytics::bench::SYNTHETIC_AS_OF.parse().unwrap();
-    for (pin, want) in [(None, "BG/NBD"), (Some("MBG/CNBD-k"), "MBG/CNBD-k")] {
+    // The backtest on its own, as `rebuy backtest` runs it.
+    let s = Settings::default();
+    let (days, end) = crate::analytics::purchase_days(&data, &s, as_of, TimeZone::UTC);
+    let b = crate::analytics::backtest::portal(&days, end, None, None).unwrap();
+    let choice = b.chosen.clone().unwrap();
+    assert!(
+        crate::analytics::backtest::MODELS.contains(&choice.as_str()),
+        "a model wins here: {}",
+        crate::analytics::backtest::render_table(&b)
+    );
+    for (pin, want) in [(None, choice.as_str()), (Some("MBG/CNBD-k"), "MBG/CNBD-k")] {
         let s = Settings {
             model: pin.map(str::to_string),
             ..Settings::default()
@@ -813,6 +849,20 @@ fn a_sound_model_drives_the_predictions_with_next_purchase_intervals() {
         let a = analyse(&data, &s, as_of, TimeZone::UTC);
         assert_eq!(a.models.driving.as_deref(), Some(want), "{:?}", a.warnings);
         assert!(!a.models.driving_params.is_empty());
+        // Its figures are the backtest's row of that model.
+        let e = a.models.evidence.as_ref().expect("backtest figures");
+        let row = b.rows.iter().find(|r| r.name == want).unwrap();
+        assert_eq!(e.model, want);
+        assert_eq!((e.mae, e.auc), (Some(row.mae), Some(row.auc)));
+        assert_eq!(e.weekly_predicted.len(), e.weeks.len());
+        assert_eq!(e.weekly_actual.len(), e.weeks.len());
+        assert_eq!(e.deciles.len(), 10);
+        let line = crate::analytics::render::driving_model_line(&a.models);
+        assert!(
+            line.starts_with(&format!("driving model: {want} (backtest on this portal"))
+                && line.contains(&format!("MAE {:.3}, AUC {:.3}", row.mae, row.auc)),
+            "{line}"
+        );
         let mut dated = 0;
         for r in &a.customers {
             let p = r.p_alive.unwrap();

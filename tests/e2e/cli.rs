@@ -502,6 +502,8 @@ async fn backtest_marks_the_chosen_model_and_report_names_the_driving_one() {
         .iter()
         .find(|r| r["name"] == name)
         .unwrap_or_else(|| panic!("{name} is not a backtest row: {line}"));
+    // One model: the backtest's choice drives the predictions.
+    assert_eq!(row["chosen"], true, "{line} vs {b}");
     let fig = |k: &str| {
         row[k]
             .as_f64()
