@@ -167,6 +167,17 @@ impl Fitted {
     pub fn expected_many(&self, horizons: &[f64], x: u32, t_x: f64, t: f64) -> Vec<f64> {
         match self {
             Fitted::Cnbd(p) => p.expected_many(horizons, x, t_x, t),
+            // P(alive) (two hypergeometric terms) once, not once per horizon.
+            Fitted::Pareto(p) => {
+                let alive = p.p_alive(x, t_x, t);
+                horizons
+                    .iter()
+                    .map(|&h| {
+                        let e = p.expected_if_alive(h, x, t) * alive;
+                        if e.is_finite() { e.max(0.0) } else { 0.0 }
+                    })
+                    .collect()
+            }
             _ => horizons
                 .iter()
                 .map(|&h| self.expected(h, x, t_x, t))
@@ -671,7 +682,7 @@ pub fn backtest<D: AsRef<[i64]>>(days: &[D], cutoff: i64, end: i64, pin: Option<
 /// The most customers a portal's backtest runs on: a larger base is backtested on an evenly
 /// spread sample of this many (by customer key), which keeps the analysis of a million
 /// customers fast while the figures stay within sampling error of the whole base's.
-pub const SAMPLE_CUSTOMERS: usize = 50_000;
+pub const SAMPLE_CUSTOMERS: usize = 20_000;
 
 /// The default holdout of a portal's backtest in days: 273 (39 weeks), or half the history
 /// from `first` to `end` when that is shorter (at least 1).
