@@ -221,6 +221,15 @@ fn summaries_from_raw_transactions_equal_the_published_ones() {
             w[3]
         );
     }
+    // The default RFM grid shows the base: every F column (1, 2, 3-4, 5-7, 8+) holds customers.
+    for f in 0..5 {
+        assert!(
+            (0..5).any(|r| a.rfm_grid.cells[r][f].customers > 0),
+            "F{} empty: {:?}",
+            f + 1,
+            a.rfm_grid
+        );
+    }
     // The engine's own fits, in days: alpha in days = alpha in weeks x 7.
     let bg = a.models.bgnbd.expect("bg/nbd fitted");
     assert_bg(&bg, 7.0, "engine, raw transactions");

@@ -60,7 +60,7 @@ pub use figures::{Concentration, Figures};
 pub use gamma_gamma::GammaGammaParams;
 pub use rfm::{GridCell, RfmGrid, RfmSegment};
 pub use settings::{
-    AmountSource, ConsumptionRule, Mode, PurchaseTime, Settings, SpendEntry, XyzMode,
+    AmountSource, ConsumptionRule, Mode, PurchaseTime, RfmScoring, Settings, SpendEntry, XyzMode,
 };
 
 use classify::Ctx;
@@ -324,16 +324,37 @@ pub fn analyse(data: &Dataset, settings: &Settings, as_of: Timestamp, tz: TimeZo
     cores.sort_by_cached_key(|c| data.groups[c.group as usize].key);
     let n = cores.len();
 
-    // 2. RFM scores.
+    // 2. RFM scores: absolute thresholds by default (a dormant base has no recent customers),
+    // quintiles when asked for.
     let recency: Vec<i64> = cores.iter().map(|c| as_of_day - c.last_day).collect();
-    let r_scores = match &settings.rfm_recency_thresholds_days {
+    let median_cycle = {
+        let mut gaps: Vec<f64> = cores.iter().filter_map(|c| c.median_gap).collect();
+        (!gaps.is_empty()).then(|| abc_xyz::median(&mut gaps))
+    };
+    let r_thresholds = match settings.rfm_recency_scoring {
+        RfmScoring::Quintiles => None,
+        RfmScoring::Thresholds => Some(
+            settings
+                .rfm_recency_thresholds_days
+                .unwrap_or_else(|| rfm::recency_thresholds_of_cycle(median_cycle)),
+        ),
+    };
+    let f_thresholds = match settings.rfm_frequency_scoring {
+        RfmScoring::Quintiles => None,
+        RfmScoring::Thresholds => Some(
+            settings
+                .rfm_frequency_thresholds
+                .unwrap_or(settings::DEFAULT_FREQUENCY_THRESHOLDS),
+        ),
+    };
+    let r_scores = match &r_thresholds {
         Some(t) => recency
             .iter()
             .map(|&d| rfm::recency_threshold_score(d, t))
             .collect(),
         None => rfm::quintile_scores(&recency.iter().map(|d| -d).collect::<Vec<_>>()),
     };
-    let f_scores = match &settings.rfm_frequency_thresholds {
+    let f_scores = match &f_thresholds {
         Some(t) => cores
             .iter()
             .map(|c| rfm::threshold_score(c.n_days, t))
@@ -361,7 +382,12 @@ pub fn analyse(data: &Dataset, settings: &Settings, as_of: Timestamp, tz: TimeZo
 
     // 4. Rows.
     let mut rows = Vec::with_capacity(n);
-    let mut grid = RfmGrid::default();
+    let mut grid = RfmGrid {
+        recency_thresholds_days: r_thresholds,
+        frequency_thresholds: f_thresholds,
+        median_cycle_days: median_cycle,
+        ..RfmGrid::default()
+    };
     let mut matrix = AbcXyzMatrix::default();
     let mut segs: Vec<SegmentSummary> = RfmSegment::ALL
         .iter()

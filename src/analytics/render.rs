@@ -393,13 +393,28 @@ pub fn render_report(a: &Analysis) -> String {
         let _ = writeln!(s, "\n!! {w}");
     }
 
-    let _ = writeln!(s, "\nRFM grid: customers / revenue (rows R, columns F)");
+    let g = &a.rfm_grid;
+    let _ = writeln!(
+        s,
+        "\nRFM grid: customers / revenue (rows R: days since the last purchase, columns F: purchases{})",
+        match (g.recency_thresholds_days, g.median_cycle_days) {
+            (None, _) => "; R by quintiles".to_string(),
+            (Some(_), Some(c)) => format!("; the base's median purchase cycle {c:.0} d"),
+            (Some(_), None) => String::new(),
+        }
+    );
     let mut header = vec!["R \\ F".to_string()];
-    header.extend((1..=5).map(|f| format!("F{f}")));
+    header.extend((1..=5).map(|f| match g.frequency_thresholds {
+        Some(_) => format!("F{f} {}", g.f_label(f)),
+        None => g.f_label(f),
+    }));
     let rows: Vec<Vec<String>> = (1..=5)
         .rev()
         .map(|r| {
-            let mut row = vec![format!("R{r}")];
+            let mut row = vec![match g.recency_thresholds_days {
+                Some(_) => format!("R{r} {}", g.r_label(r as u8)),
+                None => g.r_label(r as u8),
+            }];
             row.extend((0..5).map(|f| {
                 let c = a.rfm_grid.cells[r - 1][f];
                 format!("{} / {}", c.customers, money(c.revenue))

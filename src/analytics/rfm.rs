@@ -156,6 +156,19 @@ pub fn recency_threshold_score(days: i64, thresholds: &[u32; 4]) -> u8 {
     5 - thresholds.iter().filter(|&&t| days > t as i64).count() as u8
 }
 
+/// The default recency thresholds: 1, 2, 3 and 6 times the base's median purchase cycle in
+/// days (R 5 = within one cycle, R 3 up to three: the default churn factor), or 30, 90, 180
+/// and 365 days when no customer bought twice.
+pub fn recency_thresholds_of_cycle(cycle_days: Option<f64>) -> [u32; 4] {
+    match cycle_days {
+        Some(c) if c.is_finite() => {
+            let c = c.round().clamp(1.0, 3650.0) as u32;
+            [c, 2 * c, 3 * c, 6 * c]
+        }
+        _ => [30, 90, 180, 365],
+    }
+}
+
 /// One cell of a grid: customers and their revenue.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct GridCell {
@@ -165,11 +178,58 @@ pub struct GridCell {
     pub revenue: Decimal,
 }
 
-/// The RFM grid: `cells[r - 1][f - 1]`.
+/// The RFM grid: `cells[r - 1][f - 1]`, with the thresholds the scores came from.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct RfmGrid {
     /// Rows by R score 1..5, columns by F score 1..5.
     pub cells: [[GridCell; 5]; 5],
+    /// The recency thresholds in days (`None`: quintiles).
+    pub recency_thresholds_days: Option<[u32; 4]>,
+    /// The frequency thresholds in purchases (`None`: quintiles).
+    pub frequency_thresholds: Option<[u32; 4]>,
+    /// The base's median purchase cycle in days (the median of the repeat buyers' median
+    /// gaps; `None` without repeat buyers).
+    pub median_cycle_days: Option<f64>,
+}
+
+impl RfmGrid {
+    /// The label of R score `r` (1..5): `<= 30 d`, `31-60 d`, ..., `> 365 d`; `R{r}` for
+    /// quintiles.
+    pub fn r_label(&self, r: u8) -> String {
+        match self.recency_thresholds_days {
+            Some(t) => match r {
+                5 => format!("<= {} d", t[0]),
+                1 => format!("> {} d", t[3]),
+                _ => {
+                    let i = (5 - r) as usize;
+                    format!("{}-{} d", t[i - 1] + 1, t[i])
+                }
+            },
+            None => format!("R{r}"),
+        }
+    }
+
+    /// The label of F score `f` (1..5): `1`, `2`, `3-4`, `5-7`, `8+` purchases; `F{f}` for
+    /// quintiles.
+    pub fn f_label(&self, f: u8) -> String {
+        match self.frequency_thresholds {
+            Some(t) => {
+                let lo = if f == 1 { 1 } else { t[f as usize - 2] };
+                match f {
+                    5 => format!("{lo}+"),
+                    _ => {
+                        let hi = t[f as usize - 1] - 1;
+                        if hi == lo {
+                            lo.to_string()
+                        } else {
+                            format!("{lo}-{hi}")
+                        }
+                    }
+                }
+            }
+            None => format!("F{f}"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -218,6 +278,22 @@ mod tests {
         assert_eq!(recency_threshold_score(30, &[30, 90, 180, 365]), 5);
         assert_eq!(recency_threshold_score(31, &[30, 90, 180, 365]), 4);
         assert_eq!(recency_threshold_score(1000, &[30, 90, 180, 365]), 1);
+    }
+
+    #[test]
+    fn labels_name_the_thresholds() {
+        let g = RfmGrid {
+            recency_thresholds_days: Some(recency_thresholds_of_cycle(Some(29.6))),
+            frequency_thresholds: Some(crate::analytics::settings::DEFAULT_FREQUENCY_THRESHOLDS),
+            ..RfmGrid::default()
+        };
+        let f: Vec<String> = (1..=5).map(|f| g.f_label(f)).collect();
+        assert_eq!(f, ["1", "2", "3-4", "5-7", "8+"]);
+        let r: Vec<String> = (1..=5).rev().map(|r| g.r_label(r)).collect();
+        assert_eq!(r, ["<= 30 d", "31-60 d", "61-90 d", "91-180 d", "> 180 d"]);
+        assert_eq!(recency_thresholds_of_cycle(None), [30, 90, 180, 365]);
+        assert_eq!(RfmGrid::default().f_label(3), "F3");
+        assert_eq!(RfmGrid::default().r_label(3), "R3");
     }
 
     #[test]

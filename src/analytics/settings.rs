@@ -57,6 +57,19 @@ pub enum XyzMode {
     Cv,
 }
 
+/// How an RFM score is assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RfmScoring {
+    /// By thresholds: fixed ones (frequency), or configured or derived from the base's median
+    /// purchase cycle (recency). Absolute, so a dormant base has no recent customers.
+    #[default]
+    Thresholds,
+    /// By quintiles of the base (relative: the most recent fifth is R 5 however long ago it
+    /// bought; ties share a score, so a base of one-time buyers collapses into few columns).
+    Quintiles,
+}
+
 /// A consumption rule: a product consumed at a known rate, so the next purchase is due at
 /// `last purchase + quantity x days_per_unit`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +97,10 @@ pub struct SpendEntry {
     /// Spend in the portal currency.
     pub amount: Decimal,
 }
+
+/// The default frequency thresholds: F 1 = one purchase, 2 = two, 3 = three or four, 4 = five
+/// to seven, 5 = eight or more.
+pub const DEFAULT_FREQUENCY_THRESHOLDS: [u32; 4] = [2, 3, 5, 8];
 
 /// Analytics settings of one portal. Every field has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,11 +133,17 @@ pub struct Settings {
     pub known_contact_min_age_hours: u32,
 
     // ---- RFM ---------------------------------------------------------------------------------
+    /// How R is scored: `thresholds` (default) or `quintiles`.
+    pub rfm_recency_scoring: RfmScoring,
     /// Recency score thresholds in days, ascending: R = 5 when recency <= t[0], 4 when <= t[1],
-    /// 3 when <= t[2], 2 when <= t[3], else 1. `None`: quintiles.
+    /// 3 when <= t[2], 2 when <= t[3], else 1. `None`: 1, 2, 3 and 6 times the base's median
+    /// purchase cycle (the median of the repeat buyers' median gaps; 30, 90, 180, 365 days
+    /// without repeat buyers).
     pub rfm_recency_thresholds_days: Option<[u32; 4]>,
+    /// How F is scored: `thresholds` (default) or `quintiles`.
+    pub rfm_frequency_scoring: RfmScoring,
     /// Frequency score thresholds in purchases, ascending: F = 2 when purchases >= t[0] ... 5
-    /// when >= t[3]. `None`: quintiles.
+    /// when >= t[3]. `None`: [`DEFAULT_FREQUENCY_THRESHOLDS`] (1, 2, 3-4, 5-7, 8+).
     pub rfm_frequency_thresholds: Option<[u32; 4]>,
     /// Monetary score thresholds (portal currency), ascending, like the frequency ones.
     /// `None`: quintiles.
@@ -192,7 +215,9 @@ impl Default for Settings {
             rates: BTreeMap::new(),
             mode: Mode::B2c,
             known_contact_min_age_hours: 24,
+            rfm_recency_scoring: RfmScoring::Thresholds,
             rfm_recency_thresholds_days: None,
+            rfm_frequency_scoring: RfmScoring::Thresholds,
             rfm_frequency_thresholds: None,
             rfm_monetary_thresholds: None,
             abc_a_max_share: 0.80,
@@ -284,10 +309,24 @@ impl Settings {
             ));
         }
         if let Some(t) = self.rfm_frequency_thresholds
-            && !t.windows(2).all(|w| w[0] < w[1])
+            && (!t.windows(2).all(|w| w[0] < w[1]) || t[0] < 2)
         {
             p.push(format!(
-                "rfm_frequency_thresholds must be strictly ascending, got {t:?}"
+                "rfm_frequency_thresholds must be strictly ascending from at least 2 purchases (F 1 is one purchase), got {t:?}"
+            ));
+        }
+        if self.rfm_recency_scoring == RfmScoring::Quintiles
+            && let Some(t) = self.rfm_recency_thresholds_days
+        {
+            p.push(format!(
+                "rfm_recency_thresholds_days {t:?} is set but rfm_recency_scoring = \"quintiles\" ignores it"
+            ));
+        }
+        if self.rfm_frequency_scoring == RfmScoring::Quintiles
+            && let Some(t) = self.rfm_frequency_thresholds
+        {
+            p.push(format!(
+                "rfm_frequency_thresholds {t:?} is set but rfm_frequency_scoring = \"quintiles\" ignores it"
             ));
         }
         if let Some(t) = self.rfm_monetary_thresholds

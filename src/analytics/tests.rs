@@ -523,7 +523,12 @@ fn ladder() -> (Vec<Contact>, Vec<Deal>) {
 #[test]
 fn rfm_scores_segments_grid_abc_xyz_tiers() {
     let (contacts, deals) = ladder();
-    let (_, a) = run(&Settings::default(), &contacts, &[], &deals, "2024-12-31");
+    let quintiles = Settings {
+        rfm_recency_scoring: RfmScoring::Quintiles,
+        rfm_frequency_scoring: RfmScoring::Quintiles,
+        ..Settings::default()
+    };
+    let (_, a) = run(&quintiles, &contacts, &[], &deals, "2024-12-31");
     assert_eq!(a.customers.len(), 10);
     let by = |i: u64| row(&a, &format!("contact:{i}"));
     for i in 1..=10u64 {
@@ -575,6 +580,56 @@ fn rfm_scores_segments_grid_abc_xyz_tiers() {
     let (_, a4) = run(&s, &contacts, &[], &deals, "2024-12-31");
     assert_eq!(row(&a4, "contact:5").xyz, Xyz::X);
     assert_eq!(row(&a4, "contact:2").xyz, Xyz::Z); // one interval only
+}
+
+/// The default grid: F by purchase counts (1, 2, 3-4, 5-7, 8+), R by days since the last
+/// purchase against 1, 2, 3 and 6 times the base's median cycle (25 days on the ladder).
+#[test]
+fn rfm_thresholds_by_default_from_the_median_cycle() {
+    let (contacts, deals) = ladder();
+    let (_, a) = run(&Settings::default(), &contacts, &[], &deals, "2024-12-31");
+    let g = &a.rfm_grid;
+    assert_eq!(g.median_cycle_days, Some(25.0));
+    assert_eq!(g.recency_thresholds_days, Some([25, 50, 75, 150]));
+    assert_eq!(g.frequency_thresholds, Some([2, 3, 5, 8]));
+    let f: Vec<u8> = (1..=10).map(|i| row(&a, &format!("contact:{i}")).f).collect();
+    assert_eq!(f, [1, 2, 3, 3, 4, 4, 4, 5, 5, 5]);
+    // Customer c last bought 65 - 6c days before the analysis date.
+    let r: Vec<u8> = (1..=10).map(|i| row(&a, &format!("contact:{i}")).r).collect();
+    assert_eq!(r, [3, 3, 4, 4, 4, 4, 5, 5, 5, 5]);
+    // Every F column holds customers.
+    for f in 0..5 {
+        assert!((0..5).any(|r| g.cells[r][f].customers > 0), "F{} empty", f + 1);
+    }
+    let report = crate::analytics::render::render_report(&a);
+    assert!(
+        report.contains("F3 3-4") && report.contains("F5 8+") && report.contains("R5 <= 25 d"),
+        "{report}"
+    );
+}
+
+/// Nine months after the last purchase of anyone, nobody is recent: no champions, no loyal,
+/// no new customers (quintiles would still rank a fifth of the base as the most recent).
+#[test]
+fn a_dormant_base_shows_no_champions() {
+    let (contacts, deals) = ladder();
+    let (_, a) = run(&Settings::default(), &contacts, &[], &deals, "2025-09-30");
+    assert!(a.customers.iter().all(|c| c.r == 1), "{:?}", a.rfm_grid);
+    for seg in [
+        RfmSegment::Champions,
+        RfmSegment::Loyal,
+        RfmSegment::New,
+        RfmSegment::PotentialLoyalists,
+    ] {
+        let n = a.segments.iter().find(|s| s.segment == seg).unwrap().customers;
+        assert_eq!(n, 0, "{seg:?}");
+    }
+    let quintiles = Settings {
+        rfm_recency_scoring: RfmScoring::Quintiles,
+        ..Settings::default()
+    };
+    let (_, q) = run(&quintiles, &contacts, &[], &deals, "2025-09-30");
+    assert!(q.customers.iter().any(|c| c.rfm_segment == RfmSegment::Champions));
 }
 
 #[test]
