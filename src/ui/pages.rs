@@ -8,7 +8,7 @@
 #![allow(clippy::result_large_err)]
 use super::auth::{self, SESSION_COOKIE, Session, csrf_ok, set_cookie};
 use super::i18n::{LANG_COOKIE, Lang};
-use super::svg::{Bar, stacked_bars};
+use super::svg::{Bar, grouped_bars, line_chart, stacked_bars};
 use super::{PortalView, UiState};
 use crate::analytics::{Abc, CustomerRow, RfmSegment, Xyz, render};
 use crate::config::AuthConfig;
@@ -889,6 +889,7 @@ pub async fn overview(
         table { @for (key, label, (text, raw)) in &period { tr { th { (label) } td.n data-fig=(key) data-value=(raw) { (text) } } } }
         h2 { (l.t("All time", "За всё время")) }
         table { @for (key, label, (text, raw)) in &all { tr { th { (label) } td.n data-fig=(key) data-value=(raw) { (text) } } } }
+        (predictions(l, &a.models))
         h2 { (l.t("Revenue concentration", "Концентрация выручки")) }
         table {
             tr { th { (l.t("Top 1", "Топ-1")) } td.n { (pct(Some(conc.top1_share))) } }
@@ -906,6 +907,69 @@ pub async fn overview(
     };
     let title = format!("{} · {}", portal, l.t("Overview", "Обзор"));
     page(&ui, &c, &title, Some((&portal, "")), body)
+}
+
+/// The overview's predictions section: the driving model with its backtest figures on the
+/// portal's own history, the calibration chart (predicted vs actual cumulative purchases over
+/// the holdout weeks) and the decile chart (customers ranked by the prediction).
+fn predictions(l: Lang, m: &crate::analytics::ModelParams) -> Markup {
+    let Some(name) = m.driving.as_deref() else {
+        return html! {};
+    };
+    let fig = |v: Option<f64>, d: usize| v.map_or_else(|| "—".to_string(), |v| format!("{v:.d$}"));
+    let raw = |v: Option<f64>| v.map_or_else(String::new, |v| v.to_string());
+    let short = |x: f64| {
+        if x >= 1e4 {
+            format!("{:.0}k", x / 1e3)
+        } else {
+            format!("{x:.0}")
+        }
+    };
+    html! {
+        h2 { (l.t("Predictions", "Прогнозы")) }
+        p data-model=(name) {
+            (l.t("Driving model: ", "Модель прогнозов: ")) strong { (name) }
+            @if !m.driving_params.is_empty() { " (" (m.driving_params) ")" }
+        }
+        @if let Some(e) = &m.evidence {
+            p {
+                (l.t("Backtest on this portal's history, holdout ", "Проверка на истории портала, контрольный период "))
+                (e.holdout.0) " — " (e.holdout.1) ", "
+                (group_digits(&e.customers.to_string())) (l.t(" customers", " клиентов"))
+                @if let Some(n) = e.sampled_from {
+                    " (" (l.t("a sample of ", "выборка из ")) (group_digits(&n.to_string())) ")"
+                }
+                ". " (e.reason)
+            }
+            table {
+                tr { th { "MAE" } td.n data-fig="backtest_mae" data-value=(raw(e.mae)) { (fig(e.mae, 3)) } }
+                tr { th { "AUC" } td.n data-fig="backtest_auc" data-value=(raw(e.auc)) { (fig(e.auc, 3)) } }
+                tr { th { "MAPE" } td.n data-fig="backtest_mape" data-value=(raw(e.mape_pct)) { (fig(e.mape_pct, 2)) @if e.mape_pct.is_some() { "%" } } }
+                tr { th { (l.t("Holdout purchases: predicted / actual", "Покупки в контрольном периоде: прогноз / факт")) }
+                     td.n { (format!("{:.1}", e.predicted)) " / " (format!("{:.0}", e.actual)) } }
+                tr { th { (l.t("Next purchase date, median error", "Дата следующей покупки, медианная ошибка")) }
+                     td.n { (fig(e.next_mdae_days, 1)) @if e.next_mdae_days.is_some() { (l.t(" d", " дн.")) } } }
+            }
+            @let labels: Vec<String> = e.weeks.iter().map(|w| format!("{:.0}", (w / 7.0).ceil())).collect();
+            (line_chart(
+                l.t("Calibration: cumulative purchases in the holdout, by week", "Калибровка: покупки в контрольном периоде нарастающим итогом, по неделям"),
+                &[l.t("predicted", "прогноз"), l.t("actual", "факт")],
+                &labels,
+                &[e.weekly_predicted.clone(), e.weekly_actual.clone()],
+                short,
+            ))
+            @let bars: Vec<Bar> = e.deciles.iter().enumerate().map(|(i, d)| Bar {
+                label: (i + 1).to_string(),
+                parts: vec![d.predicted, d.actual],
+            }).collect();
+            (grouped_bars(
+                l.t("Deciles: holdout purchases by decile of the prediction (1 = highest)", "Децили: покупки в контрольном периоде по децилям прогноза (1 = высший)"),
+                &[l.t("predicted", "прогноз"), l.t("actual", "факт")],
+                &bars,
+                short,
+            ))
+        }
+    }
 }
 
 /// Background of a heat cell: blue with an opacity by share of the maximum.

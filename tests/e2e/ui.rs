@@ -388,7 +388,43 @@ async fn the_dashboard_logs_in_and_shows_the_analysis_of_the_cache() {
     assert_eq!(fig("revenue"), f.revenue.to_string());
     assert_eq!(fig("orders"), f.orders.to_string());
     assert_eq!(fig("repeat_customers"), f.repeat_customers.to_string());
-    assert_eq!(ov.body.matches("<svg").count(), 2, "two monthly charts");
+    // The driving model with its backtest figures, the calibration and the decile charts.
+    let models = &want.models;
+    let driving = models.driving.as_deref().expect("a driving model");
+    assert!(
+        ov.body.contains(&format!("data-model=\"{driving}\"")),
+        "{driving} not named"
+    );
+    let e = models.evidence.as_ref().expect("backtest figures");
+    let raw = |v: Option<f64>| v.map_or_else(String::new, |v| v.to_string());
+    assert_eq!(fig("backtest_mae"), raw(e.mae));
+    assert_eq!(fig("backtest_auc"), raw(e.auc));
+    assert_eq!(fig("backtest_mape"), raw(e.mape_pct));
+    assert_eq!(
+        ov.body.matches("<svg").count(),
+        4,
+        "two monthly charts, calibration, deciles"
+    );
+    assert_eq!(ov.body.matches("<polyline").count(), 2, "predicted and actual");
+    assert_eq!(ov.body.matches("<circle").count(), 2 * e.weeks.len());
+    let last_week = format!("{:.0}", (e.weeks.last().unwrap() / 7.0).ceil());
+    let actual_total = format!("{:.0}", e.weekly_actual.last().unwrap());
+    assert!(
+        ov.body.contains(&format!(", {last_week}: {actual_total}</title>")),
+        "the calibration chart ends at the holdout's actual purchases"
+    );
+    assert_eq!(e.deciles.len(), 10);
+    for (i, d) in e.deciles.iter().enumerate() {
+        // Predicted and actual side by side, the actual count in its title.
+        let titles = ov.body.matches(&format!("<title>{}, ", i + 1)).count();
+        assert_eq!(titles, 2, "decile {}", i + 1);
+        assert!(
+            ov.body.contains(&format!(": {:.0}</title>", d.actual)),
+            "decile {} actual {}",
+            i + 1,
+            d.actual
+        );
+    }
     assert_eq!(
         ov.body.contains("data-warning=\"concentration\""),
         f.concentration_warning.is_some()
