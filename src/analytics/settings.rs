@@ -186,8 +186,9 @@ pub struct Settings {
     /// Fit BG/NBD and Gamma-Gamma and predict P(alive), expected purchases and CLV.
     pub models: bool,
     /// The model that drives the predictions, pinned (`"Pareto/NBD"`, `"BG/NBD"`, `"MBG/NBD"`,
-    /// `"MBG/CNBD-k"`, `"hiatus"`, `"personal cycle"`); the analysis passes over a pinned
-    /// model whose fit is degenerate to the first sound one of `PRODUCT_MODELS`.
+    /// `"MBG/CNBD-k"`, `"hiatus"`, `"personal cycle"`). `None`: the backtest's choice on the
+    /// portal's own history. A model whose fit is degenerate passes to the next one the
+    /// backtest ranks (the first sound of `PRODUCT_MODELS` when it cannot tell them apart).
     pub model: Option<String>,
     /// CLV horizon in days (summed in 30-day steps).
     pub clv_horizon_days: u32,

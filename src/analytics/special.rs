@@ -100,7 +100,9 @@ pub fn ln_hyp2f1_a_a1(a: f64, b: f64, z: f64) -> f64 {
     // terms (about sqrt(a / (1 - z)) / 60: a Pareto/NBD fit wandering towards a degenerate
     // optimum, r + s + x in the tens of thousands, spent seconds there); the transformation
     // to 1 - z converges in a few terms there.
-    if a >= 100.0 && a * (1.0 - z) <= 1.0 && (b - b.round()).abs() >= 0.01 {
+    // (Also for a small `a` near b with z near 1: a Pareto/NBD fit with s running to 0.)
+    let y = 1.0 - z;
+    if y <= 0.1 && a * y <= 2.0 && (b - b.round()).abs() >= 0.05 {
         return ln_hyp2f1_a_a1_near_one(a, b, z);
     }
     let bb = 1.0 - b; // the incomplete beta's second parameter
@@ -154,7 +156,7 @@ pub fn ln_hyp2f1_a_a1(a: f64, b: f64, z: f64) -> f64 {
 /// whose series converges geometrically when `a y` is small.
 fn ln_hyp2f1_a_a1_near_one(a: f64, b: f64, z: f64) -> f64 {
     let y = 1.0 - z;
-    // ln Gamma(u) - ln Gamma(u - b) for u = a + 1 >= 100 by the Stirling series, written so
+    // ln Gamma(u) - ln Gamma(u - b), for u = a + 1 >= 31 by the Stirling series, written so
     // that the large terms cancel exactly: (w - 1/2) ln(u / w) + b ln u - b + corrections.
     let u = a + 1.0;
     let w = u - b;
@@ -162,7 +164,12 @@ fn ln_hyp2f1_a_a1_near_one(a: f64, b: f64, z: f64) -> f64 {
         let x2 = x * x;
         1.0 / (12.0 * x) - 1.0 / (360.0 * x * x2) + 1.0 / (1260.0 * x * x2 * x2)
     };
-    let ln_ratio = -(w - 0.5) * (-b / u).ln_1p() + b * u.ln() - b + st(u) - st(w);
+    // (Directly for a small u, where the two log-gammas are small.)
+    let ln_ratio = if u >= 31.0 {
+        -(w - 0.5) * (-b / u).ln_1p() + b * u.ln() - b + st(u) - st(w)
+    } else {
+        ln_gamma(u) - ln_gamma(w)
+    };
     // Gamma(1 - b): positive for b < 1, else the sign of sin(pi (1 - b)) (reflection).
     let g_sign = if b < 1.0 || (PI * (1.0 - b)).sin() > 0.0 {
         1.0
@@ -294,6 +301,13 @@ mod tests {
             (22086.17, 1.16661, 0.99999957959, 13.525096727437754),
             (500.0, 0.3, 0.999, 1.8102302425708356),
             (100.0, 0.5, 0.99, 2.0282955136610794),
+            (40.0, 0.45, 0.96, 1.2738130215178358),
+            (60.0, 2.3, 0.97, 7.3764216536484195),
+            (30.0, 1.02, 0.95, 2.670998438119547),
+            (0.15567819084939674, 0.15567669819636348, 0.9999905054113999, 0.0401797722694757),
+            (2.1556758281398096, 2.1556752115053768, 0.9999991224853552, 16.740660146700908),
+            (3.0, 2.4, 0.95, 4.8485227749838815),
+            (10.0, 0.7, 0.9, 1.273295322289164),
         ] {
             let got = ln_hyp2f1_a_a1(a, b, z);
             assert!(close(got, want, 1e-12), "{a} {b} {z}: {got} vs {want}");

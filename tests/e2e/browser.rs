@@ -381,9 +381,10 @@ async fn the_dashboard_in_headless_chromium() {
         shown,
         rebuy::ui::pages::group_digits(&f.customers_total.to_string())
     );
+    // The monthly charts, and the backtest's calibration and decile charts.
     assert_eq!(
         b.find_all(Locator::Css("svg.chart")).await.unwrap().len(),
-        2
+        if want.models.evidence.is_some() { 4 } else { 2 }
     );
     shot(&b, "03-overview").await;
 
