@@ -20,6 +20,8 @@
 //! - [`server`]: `rebuy serve`: webhooks into a durable inbox, real-time repeat routing, OAuth
 //!   endpoints, the per-portal scheduler, health and metrics.
 //! - [`ui`]: the `/ui` dashboard of `rebuy serve` (portals, figures, RFM, segments, touches).
+//! - [`holdout`]: the control groups (global and per rule, stratified by RFM cell, re-drawn
+//!   by period) and the virtual touches of held-out customers.
 //! - [`failpoint`]: named crash points for the crash-safety tests.
 //! - [`demo`], [`bench`]: the built-in demo and the benchmark commands.
 //! - [`cli`]: the command line (`rebuy sync`, `auth`, `status`, `plan`, `apply`, `mapping`, `demo`,
@@ -35,6 +37,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod failpoint;
+pub mod holdout;
 pub mod outbox;
 pub mod plan;
 pub mod playbooks;

@@ -293,10 +293,7 @@ pub async fn replan_now(
     }
     let plan =
         crate::writeback::plan_portal(&cfg, &p.store, Some(conn), playbooks_dir, now).await?;
-    let added = p
-        .store
-        .blocking(move |s| s.outbox_enqueue(plan.actions))
-        .await?;
+    let added = crate::writeback::enqueue_plan(&p.store, &plan).await?;
     Ok(added.added)
 }
 

@@ -296,6 +296,10 @@ impl Store {
                 .map_err(|e| self.err(e))?;
             txn.open_table(crate::server::inbox::INBOX)
                 .map_err(|e| self.err(e))?;
+            txn.open_table(crate::holdout::HOLDOUT_DRAWS)
+                .map_err(|e| self.err(e))?;
+            txn.open_table(crate::holdout::VIRTUAL_TOUCHES)
+                .map_err(|e| self.err(e))?;
             txn.open_table(crate::server::inbox::INBOX_SEEN)
                 .map_err(|e| self.err(e))?;
             txn.open_table(crate::server::inbox::INBOX_SEEN_AT)
