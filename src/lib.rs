@@ -22,6 +22,8 @@
 //! - [`ui`]: the `/ui` dashboard of `rebuy serve` (portals, figures, RFM, segments, touches).
 //! - [`holdout`]: the control groups (global and per rule, stratified by RFM cell, re-drawn
 //!   by period) and the virtual touches of held-out customers.
+//! - [`results`]: outcomes of the touches (task completed, purchase within the window) and
+//!   treated vs holdout per rule with 95% intervals (`rebuy results`).
 //! - [`failpoint`]: named crash points for the crash-safety tests.
 //! - [`demo`], [`bench`]: the built-in demo and the benchmark commands.
 //! - [`cli`]: the command line (`rebuy sync`, `auth`, `status`, `plan`, `apply`, `mapping`, `demo`,
@@ -42,6 +44,7 @@ pub mod outbox;
 pub mod plan;
 pub mod playbooks;
 pub mod portal;
+pub mod results;
 pub mod server;
 pub mod store;
 pub mod sync;

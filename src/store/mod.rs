@@ -300,6 +300,8 @@ impl Store {
                 .map_err(|e| self.err(e))?;
             txn.open_table(crate::holdout::VIRTUAL_TOUCHES)
                 .map_err(|e| self.err(e))?;
+            txn.open_table(crate::results::TASK_STATES)
+                .map_err(|e| self.err(e))?;
             txn.open_table(crate::server::inbox::INBOX_SEEN)
                 .map_err(|e| self.err(e))?;
             txn.open_table(crate::server::inbox::INBOX_SEEN_AT)

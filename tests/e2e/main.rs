@@ -8,6 +8,7 @@ mod security;
 mod serve;
 mod support;
 mod sync;
+mod results;
 mod ui;
 mod writeback;
 mod writeback_b24;

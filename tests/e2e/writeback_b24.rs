@@ -897,3 +897,58 @@ async fn b24_dropped_connections_after_the_write_create_no_duplicate() {
     assert_eq!(markers.len(), planned, "every to-do is there");
     assert_eq!(todos.len(), planned, "and none twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b24_completed_todos_are_read_back_on_sync() {
+    let mut env = b24_env(b24_config(62, 60, 150)).await;
+    let contact = env
+        .emulator()
+        .with_data(|d| *d.contacts.keys().next().unwrap());
+    let deal = env.emulator().add_deal(contact, 30_000, 0).unwrap();
+    win(&env, deal);
+    sync(&env, true).await;
+    let pb = write_playbook(
+        &env,
+        "care",
+        r#"
+name = "care"
+[[after_purchase]]
+id = "thanks"
+days = 1
+goal = "Поблагодарить"
+[[after_purchase]]
+id = "check"
+days = 3
+goal = "Контрольный звонок"
+"#,
+    );
+    env.portal.mapping = json!({"playbooks": [pb], "horizon_days": 10, "lookback_days": 0,
+                                "holdout_percent": 0});
+    let (plan, report) = apply_at(&env, Timestamp::now()).await;
+    assert_eq!(report.drain.failed, 0, "{report:?}");
+    let customer = format!("contact:{contact}");
+    let mine: Vec<&str> = plan
+        .actions
+        .iter()
+        .filter(|a| a.customer == customer)
+        .map(|a| a.key.as_str())
+        .collect();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    let done = |key: &str| match env.store.outbox_get(key).unwrap().unwrap().state {
+        ActionState::Done { crm_id, .. } => crm_id.unwrap(),
+        s => panic!("{s:?}"),
+    };
+    let (first, second) = (done(mine[0]), done(mine[1]));
+    // A manager closes the first to-do in the timeline.
+    assert!(env.emulator().complete_activity(first));
+    sync(&env, false).await;
+    let states = env.store.task_outcomes().unwrap();
+    assert!(states[mine[0]].completed, "{states:?}");
+    assert_eq!(states[mine[0]].crm_id, first);
+    assert!(!states[mine[1]].completed);
+    assert_eq!(states[mine[1]].crm_id, second);
+    // The open one is read again on the next sync; the completed one is not.
+    assert!(env.emulator().complete_activity(second));
+    sync(&env, false).await;
+    assert!(env.store.task_outcomes().unwrap()[mine[1]].completed);
+}

@@ -588,6 +588,20 @@ impl B24Emulator {
         found
     }
 
+    /// Marks a to-do activity done (`COMPLETED = Y`), as a manager would in the timeline.
+    /// Returns `false` when it does not exist.
+    pub fn complete_activity(&self, id: u64) -> bool {
+        let now = self.0.now();
+        match self.0.write().activities.get_mut(&id) {
+            Some(a) => {
+                a.completed = true;
+                a.last_updated = now;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Deletes a deal (fires `ONCRMDEALDELETE`). Returns `false` when it did not exist.
     pub fn delete_deal(&self, id: u64) -> bool {
         let found = self.0.write().deals.remove(&id).is_some();
