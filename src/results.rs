@@ -296,14 +296,11 @@ pub fn compare(
     let nt = treated.len() as u64;
     let nh = holdout.len() as u64;
     let n_t = Decimal::from(nt);
-    // Size for 80% power at the observed effect, or at 10% of the holdout's revenue per
-    // customer when nothing positive is observed; at the current treated/holdout ratio.
+    // Size for 80% power at the observed effect, but at least 10% of the holdout's revenue
+    // per customer (a tiny observed effect would ask for millions), at the current
+    // treated/holdout ratio.
     let (mh, _) = mean_var(holdout);
-    let effect = if diff > Decimal::ZERO {
-        diff
-    } else {
-        mh / Decimal::TEN
-    };
+    let effect = diff.max(mh / Decimal::TEN);
     let needed = if effect > Decimal::ZERO && nh > 0 && (vt + vh) > Decimal::ZERO {
         let ratio = Decimal::from(nt.max(1)) / Decimal::from(nh);
         let k = (Z_95 + Z_80) * (Z_95 + Z_80);

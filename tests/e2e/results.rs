@@ -144,6 +144,7 @@ async fn results_recover_a_simulated_uplift_and_the_holdout_gets_no_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_report_no_uplift_when_none_was_simulated() {
     let (r, _, _, _) = run_months(sim(0.0)).await;
+    eprintln!("{}", r.table());
     let o = &r.overall;
     let (lo, hi) = o.comparison.revenue_interval;
     assert!(lo <= Decimal::ZERO && Decimal::ZERO <= hi, "{}", r.table());
@@ -152,4 +153,91 @@ async fn results_report_no_uplift_when_none_was_simulated() {
         "{}",
         r.table()
     );
+}
+
+/// `rebuy plan` says how many were held out; `rebuy results` prints treated vs holdout as a
+/// table and as JSON, and names a bad period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_say_who_was_held_out_and_print_the_results() {
+    use rebuy_emulator::amocrm::AmoConfig;
+    let emu = rebuy_emulator::amocrm::AmoEmulator::spawn(amo_config(48, 160, 400))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pb = dir.path().join("spring.toml");
+    std::fs::write(
+        &pb,
+        "[[seasonal]]\nid = \"spring\"\ndate = \"03-05\"\ngoal = \"Поздравить с весной\"\n",
+    )
+    .unwrap();
+    let cfg_path = dir.path().join("rebuy.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "data_dir = {:?}\n[[portal]]\nid = \"p\"\nkind = \"amocrm\"\nbase_url = \"{}\"\nrequests_per_sec = {TEST_RPS}\nexceed_documented_limit = true\n\
+             [portal.auth]\ntype = \"oauth\"\nclient_id = \"{}\"\nclient_secret_env = \"EMULATOR_CLIENT_SECRET\"\nredirect_uri = \"{}\"\n\
+             [portal.mapping]\nplaybooks = [{:?}]\nholdout_percent = 20\n",
+            dir.path().join("data").display().to_string(),
+            emu.base_url,
+            AmoConfig::default().client_id,
+            AmoConfig::default().redirect_uri,
+            pb.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let cfg = cfg_path.display().to_string();
+    let run = |args: &[&str]| {
+        let mut a = vec!["--config".to_owned(), cfg.clone()];
+        a.extend(args.iter().map(|s| (*s).to_owned()));
+        rebuy_async(a, vec![])
+    };
+    for args in [
+        &["auth", "--portal", "p"][..],
+        &["sync", "--portal", "p", "--full", "--quiet"],
+    ] {
+        let out = run(args).await;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = run(&["plan", "--portal", "p", "--as-of", "2026-03-02", "--format", "json"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let held = &plan["held_out"];
+    assert_eq!(held["period"], "2026-03");
+    let customers = held["customers"].as_u64().unwrap();
+    let touches = held["by_rule"]["spring.spring"].as_u64().unwrap();
+    let planned = plan["actions"].as_array().unwrap().len() as u64;
+    assert!(customers > 5 && touches > 5, "{held}");
+    // About a fifth of the touched customers are held out.
+    let share = touches as f64 / (touches + planned) as f64;
+    assert!((0.1..0.3).contains(&share), "{share}");
+    let out = run(&["plan", "--portal", "p", "--as-of", "2026-03-02"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "held out (2026-03): {customers} customer(s) in the control group; {touches} touch(es)"
+        )),
+        "{text}"
+    );
+    let out = run(&["apply", "--portal", "p", "--as-of", "2026-03-02"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[
+        "results", "--portal", "p", "--as-of", "2026-04-20", "--format", "json",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["overall"]["treated"]["customers"].as_u64(), Some(planned));
+    assert_eq!(r["overall"]["holdout"]["customers"].as_u64(), Some(touches));
+    assert_eq!(r["rules"][0]["rule"], "spring.spring");
+    // Nobody bought since: no difference, and too few held out to tell.
+    assert_eq!(r["overall"]["comparison"]["revenue_diff"], "0");
+    assert_eq!(r["overall"]["comparison"]["verdict"], "not_enough_data");
+    let out = run(&["results", "--portal", "p", "--as-of", "2026-04-20", "--period", "2026-03"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("touches of 2026-03") && text.contains("overall"), "{text}");
+    assert!(text.contains("not enough data yet"), "{text}");
+    let out = run(&["results", "--portal", "p", "--period", "2026-13"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--period \"2026-13\""), "{err}");
 }

@@ -952,3 +952,52 @@ goal = "Контрольный звонок"
     sync(&env, false).await;
     assert!(env.store.task_outcomes().unwrap()[mine[1]].completed);
 }
+
+/// Two simulated months on Bitrix24: to-dos held out of half the customers, completions read
+/// back, and `results` recovering the simulated uplift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b24_results_recover_a_simulated_uplift() {
+    use rebuy_emulator::answers::AnswerSim;
+    use rust_decimal::Decimal;
+    let mut env = b24_env(b24_config(63, 420, 900)).await;
+    sync(&env, true).await;
+    let pb = write_playbook(
+        &env,
+        "proof",
+        "name = \"proof\"\n[[seasonal]]\nid = \"m1\"\ndate = \"01-04\"\ngoal = \"Новинки\"\n\
+         [[seasonal]]\nid = \"m2\"\ndate = \"02-01\"\ngoal = \"Новинки\"\n",
+    );
+    env.portal.mapping = json!({"playbooks": [pb], "horizon_days": 6, "lookback_days": 0,
+                                "holdout_percent": 50, "outcome_window_days": 25});
+    let sim = AnswerSim {
+        completion: 0.8,
+        base_probability: 0.2,
+        uplift: 0.5,
+        amount: 1000,
+        seed: 2027,
+    };
+    let tz = env.portal.time_zone.clone();
+    let mut last = Timestamp::UNIX_EPOCH;
+    for (m, d) in [(1, 4), (2, 1)] {
+        let from = jiff::civil::date(2027, m, d)
+            .to_zoned(tz.clone())
+            .unwrap()
+            .timestamp();
+        let (plan, report) = apply_at(&env, from).await;
+        assert_eq!(report.drain.failed, 0, "{report:?}");
+        assert!(plan.held_out.customers > 50, "{:?}", plan.held_out);
+        env.emulator()
+            .simulate_answers(from.as_second(), from.as_second() + 25 * 86_400, &sim);
+        sync(&env, false).await;
+        last = from;
+    }
+    let end = last + SignedDuration::from_hours(24 * 40);
+    let r = rebuy::results::portal_results(&env.store, &env.portal, end, None).unwrap();
+    eprintln!("{}", r.table());
+    let o = &r.overall;
+    assert!(o.treated.customers > 100 && o.holdout.customers > 100, "{}", r.table());
+    let truth = Decimal::from(o.treated.completed) / Decimal::from(o.treated.customers)
+        * Decimal::from(500);
+    let (lo, hi) = o.comparison.revenue_interval;
+    assert!(lo > Decimal::ZERO && lo <= truth && truth <= hi, "{truth}\n{}", r.table());
+}
