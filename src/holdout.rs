@@ -391,7 +391,9 @@ pub fn draw_for(
     {
         return Ok(Some(d));
     }
-    Ok(Some(Draw::new(portal, spec, &period, as_of_date, customers)))
+    Ok(Some(Draw::new(
+        portal, spec, &period, as_of_date, customers,
+    )))
 }
 
 #[cfg(test)]
@@ -431,7 +433,10 @@ mod tests {
         // Each cell holds out exactly its 5%: 50 of 1,000 and 10 of 200.
         let held = |d: &Draw, lo: u64, hi: u64| {
             (lo..hi)
-                .filter(|i| d.global.contains(&CustomerKey::Contact(rebuy_core::ContactId(*i)).to_string()))
+                .filter(|i| {
+                    d.global
+                        .contains(&CustomerKey::Contact(rebuy_core::ContactId(*i)).to_string())
+                })
                 .count()
         };
         assert_eq!(held(&a, 0, 1000), 50);
@@ -442,7 +447,10 @@ mod tests {
         let overlap = c.global.intersection(&a.global).count();
         assert!(overlap < 15, "a re-draw is a new sample, overlap {overlap}");
         // Another portal too.
-        assert_ne!(Draw::new("other", &spec, "2026-11", on, &rows).global, a.global);
+        assert_ne!(
+            Draw::new("other", &spec, "2026-11", on, &rows).global,
+            a.global
+        );
         // A customer newer than the draw is assigned by hash: about 5% of them.
         let newer = (5000..25_000)
             .filter(|i| {

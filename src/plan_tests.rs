@@ -1294,7 +1294,14 @@ fn held_out_customers_get_no_touch_but_a_virtual_one_and_their_repeat_leads_are_
     let mut spec = crate::holdout::HoldoutSpec::off();
     spec.percent = 10;
     let day = date(2026, 3, 3);
-    let (open, _) = run_held(&rules, day, &rows, &f, &[], &crate::holdout::HoldoutSpec::off());
+    let (open, _) = run_held(
+        &rules,
+        day,
+        &rows,
+        &f,
+        &[],
+        &crate::holdout::HoldoutSpec::off(),
+    );
     assert_eq!((open.held_out.customers, open.held_out.touches), (0, 0));
     let touched = |p: &Plan| -> BTreeSet<String> {
         p.actions
@@ -1309,7 +1316,10 @@ fn held_out_customers_get_no_touch_but_a_virtual_one_and_their_repeat_leads_are_
     assert_eq!(draw.global.len(), 20);
     let got = touched(&p);
     assert_eq!(got.len(), 180);
-    assert!(got.is_disjoint(&draw.global), "a held-out customer got a touch");
+    assert!(
+        got.is_disjoint(&draw.global),
+        "a held-out customer got a touch"
+    );
     // Each held-out customer has the virtual touch the real one would have been.
     let virt: BTreeSet<String> = p
         .virtual_touches
@@ -1380,7 +1390,11 @@ goal = "Как дела"
     assert_eq!(held.len(), 50);
     assert_eq!(by_rule("hr.thanks").len(), 50);
     assert!(by_rule("hr.thanks").is_disjoint(held));
-    assert_eq!(by_rule("hr.check").len(), 100, "other rules still touch them");
+    assert_eq!(
+        by_rule("hr.check").len(),
+        100,
+        "other rules still touch them"
+    );
     assert_eq!(p.held_out.customers, 0);
     assert_eq!(p.held_out.by_rule.len(), 1);
     assert!(p.virtual_touches.iter().all(|v| !v.global));

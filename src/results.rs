@@ -25,8 +25,8 @@ use crate::store::{Store, StoreError};
 use anyhow::{Context, Result, bail};
 use jiff::Timestamp;
 use jiff::civil::Date;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use rebuy_core::{Connector, WriteOp};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use rust_decimal::{Decimal, MathematicalOps};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -178,11 +178,19 @@ pub fn parse_period(s: &str) -> Result<Option<(Date, Date)>> {
     match s.split_once('-') {
         None => span(year(s)?, 1, 12),
         Some((y, q)) if q.starts_with(['Q', 'q']) => {
-            let q: i8 = q[1..].parse().ok().filter(|q| (1..=4).contains(q)).ok_or_else(bad)?;
+            let q: i8 = q[1..]
+                .parse()
+                .ok()
+                .filter(|q| (1..=4).contains(q))
+                .ok_or_else(bad)?;
             span(year(y)?, (q - 1) * 3 + 1, 3)
         }
         Some((y, m)) => {
-            let m: i8 = m.parse().ok().filter(|m| (1..=12).contains(m)).ok_or_else(bad)?;
+            let m: i8 = m
+                .parse()
+                .ok()
+                .filter(|m| (1..=12).contains(m))
+                .ok_or_else(bad)?;
             span(year(y)?, m, 1)
         }
     }
@@ -305,10 +313,20 @@ pub fn compare(
         let ratio = Decimal::from(nt.max(1)) / Decimal::from(nh);
         let k = (Z_95 + Z_80) * (Z_95 + Z_80);
         let nh_needed = (k * (vt / ratio + vh) / (effect * effect)).ceil();
-        let nh_needed = nh_needed.to_string().parse::<u64>().ok().map(|n| n.max(MIN_GROUP));
+        let nh_needed = nh_needed
+            .to_string()
+            .parse::<u64>()
+            .ok()
+            .map(|n| n.max(MIN_GROUP));
         nh_needed.map(|n| {
             let t = (Decimal::from(n) * ratio).ceil();
-            (t.to_string().parse::<u64>().unwrap_or(u64::MAX).max(MIN_GROUP), n)
+            (
+                t.to_string()
+                    .parse::<u64>()
+                    .unwrap_or(u64::MAX)
+                    .max(MIN_GROUP),
+                n,
+            )
         })
     } else {
         None
@@ -586,9 +604,8 @@ pub fn portal_results(
     as_of: Timestamp,
     period: Option<&str>,
 ) -> Result<Results> {
-    let mapping = crate::playbooks::mapping::parse(&portal.mapping).map_err(|(k, e)| {
-        anyhow::anyhow!("portal {}: [portal.mapping] {k}: {e}", portal.id)
-    })?;
+    let mapping = crate::playbooks::mapping::parse(&portal.mapping)
+        .map_err(|(k, e)| anyhow::anyhow!("portal {}: [portal.mapping] {k}: {e}", portal.id))?;
     if mapping.outcome_window_days == 0 {
         bail!(
             "portal {}: outcome_window_days must be at least 1",
@@ -603,12 +620,8 @@ pub fn portal_results(
     };
     let tz = &portal.time_zone;
     let (_, analysis) = crate::analyse::analyse_portal(store, portal, Some(as_of))?;
-    let (facts, _) = crate::writeback::load_facts(
-        store,
-        portal,
-        &analysis,
-        &crate::playbooks::Rules::empty(),
-    )?;
+    let (facts, _) =
+        crate::writeback::load_facts(store, portal, &analysis, &crate::playbooks::Rules::empty())?;
     let mut purchases: Purchases = HashMap::with_capacity(analysis.customers.len());
     for (row, f) in analysis.customers.iter().zip(&facts) {
         purchases.insert(
@@ -735,8 +748,12 @@ mod tests {
     #[test]
     fn a_clear_difference_is_an_uplift_and_none_is_no_uplift() {
         // 100 treated: 60 bought for 1,000. 100 held out: 20 bought for 1,000.
-        let t: Vec<Decimal> = (0..100).map(|i| if i < 60 { dec!(1000) } else { dec!(0) }).collect();
-        let h: Vec<Decimal> = (0..100).map(|i| if i < 20 { dec!(1000) } else { dec!(0) }).collect();
+        let t: Vec<Decimal> = (0..100)
+            .map(|i| if i < 60 { dec!(1000) } else { dec!(0) })
+            .collect();
+        let h: Vec<Decimal> = (0..100)
+            .map(|i| if i < 20 { dec!(1000) } else { dec!(0) })
+            .collect();
         let tb: Vec<bool> = t.iter().map(|x| *x > dec!(0)).collect();
         let hb: Vec<bool> = h.iter().map(|x| *x > dec!(0)).collect();
         let c = compare(&t, &tb, &h, &hb);
@@ -808,7 +825,10 @@ mod tests {
         // Inside contact 1's window (day 29 of 30) and one after it.
         purchases.insert(
             "contact:1".into(),
-            vec![(date(2026, 3, 31), dec!(1500)), (date(2026, 4, 1), dec!(900))],
+            vec![
+                (date(2026, 3, 31), dec!(1500)),
+                (date(2026, 4, 1), dec!(900)),
+            ],
         );
         // Before contact 2's touch: not its outcome.
         purchases.insert("contact:2".into(), vec![(date(2026, 3, 1), dec!(700))]);

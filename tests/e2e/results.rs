@@ -28,7 +28,9 @@ fn connector(env: &Env) -> Arc<dyn Connector> {
 }
 
 fn start(env: &Env, d: Date) -> Timestamp {
-    d.to_zoned(env.portal.time_zone.clone()).unwrap().timestamp()
+    d.to_zoned(env.portal.time_zone.clone())
+        .unwrap()
+        .timestamp()
 }
 
 /// Runs the months: apply at the month's start, the emulator answers, sync; returns the
@@ -91,8 +93,7 @@ async fn run_months(sim: AnswerSim) -> (Results, BTreeSet<String>, BTreeSet<Stri
             });
         }
         let to = from.as_second() + PERIOD_DAYS * 86_400;
-        env.emulator()
-            .simulate_answers(from.as_second(), to, &sim);
+        env.emulator().simulate_answers(from.as_second(), to, &sim);
         let s = sync(&env, false).await.unwrap();
         completed_read += s.task_states;
     }
@@ -122,7 +123,10 @@ async fn results_recover_a_simulated_uplift_and_the_holdout_gets_no_task() {
     // The states were read back on sync.
     assert!(read > 0);
     let o = &r.overall;
-    assert!(o.treated.customers >= 150 && o.holdout.customers >= 150, "{o:?}");
+    assert!(
+        o.treated.customers >= 150 && o.holdout.customers >= 150,
+        "{o:?}"
+    );
     // About 80% of the tasks were completed, as simulated.
     let share = o.treated.completed as f64 / o.treated.customers as f64;
     assert!((0.7..0.9).contains(&share), "{share}");
@@ -131,7 +135,11 @@ async fn results_recover_a_simulated_uplift_and_the_holdout_gets_no_task() {
     let truth = Decimal::from(o.treated.completed) / Decimal::from(o.treated.customers)
         * Decimal::from(AMOUNT / 2);
     let (lo, hi) = o.comparison.revenue_interval;
-    assert!(lo <= truth && truth <= hi, "{truth} outside [{lo}; {hi}]\n{}\n{o:#?}", r.table());
+    assert!(
+        lo <= truth && truth <= hi,
+        "{truth} outside [{lo}; {hi}]\n{}\n{o:#?}",
+        r.table()
+    );
     assert!(lo > Decimal::ZERO);
     assert_eq!(o.comparison.verdict, Verdict::Uplift, "{}", r.table());
     // Each month's rule sees it too.
@@ -196,10 +204,27 @@ async fn the_commands_say_who_was_held_out_and_print_the_results() {
         &["sync", "--portal", "p", "--full", "--quiet"],
     ] {
         let out = run(args).await;
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let out = run(&["plan", "--portal", "p", "--as-of", "2026-03-02", "--format", "json"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[
+        "plan",
+        "--portal",
+        "p",
+        "--as-of",
+        "2026-03-02",
+        "--format",
+        "json",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let held = &plan["held_out"];
     assert_eq!(held["period"], "2026-03");
@@ -219,12 +244,26 @@ async fn the_commands_say_who_was_held_out_and_print_the_results() {
         "{text}"
     );
     let out = run(&["apply", "--portal", "p", "--as-of", "2026-03-02"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(&[
-        "results", "--portal", "p", "--as-of", "2026-04-20", "--format", "json",
+        "results",
+        "--portal",
+        "p",
+        "--as-of",
+        "2026-04-20",
+        "--format",
+        "json",
     ])
     .await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["overall"]["treated"]["customers"].as_u64(), Some(planned));
     assert_eq!(r["overall"]["holdout"]["customers"].as_u64(), Some(touches));
@@ -232,9 +271,21 @@ async fn the_commands_say_who_was_held_out_and_print_the_results() {
     // Nobody bought since: no difference, and too few held out to tell.
     assert_eq!(r["overall"]["comparison"]["revenue_diff"], "0");
     assert_eq!(r["overall"]["comparison"]["verdict"], "not_enough_data");
-    let out = run(&["results", "--portal", "p", "--as-of", "2026-04-20", "--period", "2026-03"]).await;
+    let out = run(&[
+        "results",
+        "--portal",
+        "p",
+        "--as-of",
+        "2026-04-20",
+        "--period",
+        "2026-03",
+    ])
+    .await;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("touches of 2026-03") && text.contains("overall"), "{text}");
+    assert!(
+        text.contains("touches of 2026-03") && text.contains("overall"),
+        "{text}"
+    );
     assert!(text.contains("not enough data yet"), "{text}");
     let out = run(&["results", "--portal", "p", "--period", "2026-13"]).await;
     assert!(!out.status.success());

@@ -995,9 +995,17 @@ async fn b24_results_recover_a_simulated_uplift() {
     let r = rebuy::results::portal_results(&env.store, &env.portal, end, None).unwrap();
     eprintln!("{}", r.table());
     let o = &r.overall;
-    assert!(o.treated.customers > 100 && o.holdout.customers > 100, "{}", r.table());
+    assert!(
+        o.treated.customers > 100 && o.holdout.customers > 100,
+        "{}",
+        r.table()
+    );
     let truth = Decimal::from(o.treated.completed) / Decimal::from(o.treated.customers)
         * Decimal::from(500);
     let (lo, hi) = o.comparison.revenue_interval;
-    assert!(lo > Decimal::ZERO && lo <= truth && truth <= hi, "{truth}\n{}", r.table());
+    assert!(
+        lo > Decimal::ZERO && lo <= truth && truth <= hi,
+        "{truth}\n{}",
+        r.table()
+    );
 }

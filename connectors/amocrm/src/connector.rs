@@ -267,10 +267,7 @@ impl Connector for AmoClient {
 
     /// `GET /api/v4/tasks?filter[id][]=..` (up to 50 ids a request): `is_completed` and
     /// `updated_at` of each task still in the account.
-    async fn task_states(
-        &self,
-        ids: &[u64],
-    ) -> Result<Vec<rebuy_core::TaskState>, ConnectorError> {
+    async fn task_states(&self, ids: &[u64]) -> Result<Vec<rebuy_core::TaskState>, ConnectorError> {
         #[derive(serde::Deserialize, Default)]
         #[serde(default)]
         struct Tasks {
@@ -294,12 +291,14 @@ impl Connector for AmoClient {
             let Some(body) = self.get_json::<wire::ListPage<Tasks>>(url).await? else {
                 continue; // 204: none of them exists any more
             };
-            out.extend(body.embedded.tasks.into_iter().map(|t| rebuy_core::TaskState {
-                id: t.id,
-                completed: t.is_completed,
-                updated_at: t
-                    .updated_at
-                    .and_then(|s| jiff::Timestamp::from_second(s).ok()),
+            out.extend(body.embedded.tasks.into_iter().map(|t| {
+                rebuy_core::TaskState {
+                    id: t.id,
+                    completed: t.is_completed,
+                    updated_at: t
+                        .updated_at
+                        .and_then(|s| jiff::Timestamp::from_second(s).ok()),
+                }
             }));
         }
         Ok(out)

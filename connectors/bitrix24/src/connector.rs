@@ -766,10 +766,7 @@ impl Connector for B24Client {
 
     /// `crm.activity.list {filter: {ID: [..]}, select: [ID, COMPLETED, LAST_UPDATED]}` (up
     /// to 50 ids a call): whether each to-do is done.
-    async fn task_states(
-        &self,
-        ids: &[u64],
-    ) -> Result<Vec<rebuy_core::TaskState>, ConnectorError> {
+    async fn task_states(&self, ids: &[u64]) -> Result<Vec<rebuy_core::TaskState>, ConnectorError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(50) {
             let env: wire::Envelope<Vec<Value>> = self
