@@ -84,16 +84,21 @@ impl Store {
 
 /// Tasks older than this (by due time) whose state is known are not read again.
 const STATE_MAX_AGE_DAYS: i64 = 120;
+/// At most this many task states are read per sync (20 requests): a large backlog of open
+/// tasks is spread over several syncs, the least recently read first, instead of slowing
+/// every sync down.
+const STATES_PER_SYNC: usize = 1000;
 
-/// Reads back from the CRM whether the sent touch tasks were completed: every done playbook
-/// task not known completed (nor deleted), due within the last 120 days, 50 per request.
-/// Returns how many were read.
+/// Reads back from the CRM whether the sent touch tasks were completed: the done playbook
+/// tasks not known completed (nor deleted), due within the last 120 days, never read first,
+/// then the least recently read, at most 1,000 per call, 50 per request. Returns how many were
+/// read.
 pub async fn refresh_task_states(conn: &dyn Connector, store: &Store) -> Result<u64> {
     let (entries, known) = store
         .blocking(|s| Ok((s.outbox_all()?, s.task_outcomes()?)))
         .await?;
     let horizon = Timestamp::now() - jiff::SignedDuration::from_hours(24 * STATE_MAX_AGE_DAYS);
-    let mut wanted: Vec<(u64, String)> = Vec::new();
+    let mut wanted: Vec<(Option<Timestamp>, u64, String)> = Vec::new();
     for e in entries {
         let ActionState::Done {
             crm_id: Some(id), ..
@@ -112,12 +117,16 @@ pub async fn refresh_task_states(conn: &dyn Connector, store: &Store) -> Result<
             Some(_) if *due < horizon => continue,
             _ => {}
         }
-        wanted.push((id, e.action.key));
+        let last = known.get(&e.action.key).map(|k| k.checked_at);
+        wanted.push((last, id, e.action.key));
     }
     if wanted.is_empty() {
         return Ok(0);
     }
-    let ids: Vec<u64> = wanted.iter().map(|(id, _)| *id).collect();
+    // `None` (never read) sorts first.
+    wanted.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    wanted.truncate(STATES_PER_SYNC);
+    let ids: Vec<u64> = wanted.iter().map(|(_, id, _)| *id).collect();
     let states = conn
         .task_states(&ids)
         .await
@@ -126,7 +135,7 @@ pub async fn refresh_task_states(conn: &dyn Connector, store: &Store) -> Result<
     let now = Timestamp::now();
     let rows: Vec<(String, TaskOutcome)> = wanted
         .into_iter()
-        .map(|(id, key)| {
+        .map(|(_, id, key)| {
             let s = by_id.get(&id);
             (
                 key,
