@@ -25,6 +25,10 @@
 //! - [`ui`]: the `/ui` dashboard (portals, figures, RFM, segments, touches), composed with the
 //!   server's router by the binary.
 //! - [`emulated`]: portals on the built-in emulators (the demo, the benchmarks, the tests).
+//! - [`holdout`]: the control groups (global and per rule, stratified by RFM cell, re-drawn
+//!   by period) and the virtual touches of held-out customers.
+//! - [`results`]: outcomes of the touches (task completed, purchase within the window) and
+//!   treated vs holdout per rule with 95% intervals (`rebuy results`).
 //! - [`failpoint`]: named crash points for the crash-safety tests.
 //!
 //! The CRM connectors live in `connectors/` and know nothing of this crate.
@@ -36,11 +40,13 @@ pub mod analytics;
 pub mod config;
 pub mod emulated;
 pub mod failpoint;
+pub mod holdout;
 pub mod inbox;
 pub mod outbox;
 pub mod plan;
 pub mod playbooks;
 pub mod portal;
+pub mod results;
 pub mod server;
 pub mod store;
 pub mod sync;

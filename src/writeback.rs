@@ -31,6 +31,8 @@ pub struct Prepared {
     pub rules: Rules,
     /// The tasks already in the outbox (caps and customer-days count them).
     pub booked: plan::Booked,
+    /// The control groups of the plan's period (stored, or drawn now).
+    pub draw: Option<crate::holdout::Draw>,
 }
 
 /// Parses `--as-of` for planning: an RFC 3339 instant, or a date meaning the start of that day
@@ -367,12 +369,22 @@ pub async fn prepare(
         })
         .await
         .with_context(|| format!("portal {}: reading the outbox", portal.id))?;
+    let as_of_date = as_of.to_zoned(portal.time_zone.clone()).date();
+    let draw = crate::holdout::draw_for(
+        store,
+        &portal.id.0,
+        &rules.holdout,
+        as_of_date,
+        &analysis.customers,
+    )
+    .with_context(|| format!("portal {}: reading the control groups", portal.id))?;
     Ok(Prepared {
         analysis,
         facts,
         open_deals,
         rules,
         booked,
+        draw,
     })
 }
 
@@ -400,6 +412,7 @@ pub fn plan_prepared(portal: &PortalConfig, prep: &Prepared, as_of: Timestamp) -
         facts: &prep.facts,
         open_deals: &prep.open_deals,
         booked: &prep.booked,
+        holdout: prep.draw.as_ref(),
     })
 }
 
@@ -448,9 +461,18 @@ pub async fn apply_plan(
 /// Commits a plan's actions to the outbox (known keys are skipped): the first half of
 /// [`apply_plan`], alone for callers whose outbox another task drains (the dashboard's apply
 /// button wakes the server's drainer).
+/// The plan's control groups and virtual touches are kept in the cache first (for `rebuy
+/// results`).
 pub async fn enqueue_plan(store: &Store, plan: &Plan) -> Result<EnqueueReport> {
     let actions = plan.actions.clone();
-    Ok(store.blocking(move |s| s.outbox_enqueue(actions)).await?)
+    let draw = plan.draw.clone();
+    let touches = plan.virtual_touches.clone();
+    Ok(store
+        .blocking(move |s| {
+            s.holdout_record(draw.as_ref(), &touches)?;
+            s.outbox_enqueue(actions)
+        })
+        .await?)
 }
 
 /// Drains the outbox, waiting for backoffs up to `max_wait`.

@@ -72,6 +72,9 @@ pub enum Command {
     Plan(PlanArgs),
     /// Plan, commit the actions to the outbox and send them to the CRM.
     Apply(ApplyArgs),
+    /// Treated vs holdout per playbook rule and overall: purchase rate, revenue per customer,
+    /// incremental revenue with a 95% interval.
+    Results(ResultsArgs),
     /// List the CRM's pipelines, stages, users and fields and check the mapping and playbooks.
     Mapping(MappingArgs),
     /// Run the sidecar: webhooks, scheduled syncs, the outbox.
@@ -181,6 +184,25 @@ pub struct PlanArgs {
     pub portal: String,
     /// Plan instant: a date (`2026-11-23`, the start of that day in the portal's zone) or an
     /// RFC 3339 instant; now when omitted.
+    #[arg(long)]
+    pub as_of: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = plan::PlanFormat::Table)]
+    pub format: plan::PlanFormat,
+}
+
+/// `rebuy results` arguments.
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    /// Portal id.
+    #[arg(long)]
+    pub portal: String,
+    /// Touches of this period only: a month (`2026-11`), a quarter (`2026-Q4`), a year
+    /// (`2026`) or `all` (default).
+    #[arg(long)]
+    pub period: Option<String>,
+    /// Results instant: a date or an RFC 3339 instant; now when omitted. Windows not closed by
+    /// then are counted as awaiting.
     #[arg(long)]
     pub as_of: Option<String>,
     /// Output format.
@@ -370,6 +392,22 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan(a) => {
             let cfg = load_config(&cli.config)?;
             plan::cmd_plan(&cfg, &a.portal, a.as_of.as_deref(), a.format).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Results(a) => {
+            let cfg = load_config(&cli.config)?;
+            let (p, store) = portal_store(&cfg, &a.portal)?;
+            let as_of = match a.as_of.as_deref() {
+                Some(s) => rebuy::writeback::parse_plan_as_of(s, p)?,
+                None => jiff::Timestamp::now(),
+            };
+            let r = rebuy::results::portal_results(&store, p, as_of, a.period.as_deref())?;
+            match a.format {
+                plan::PlanFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&r)?)
+                }
+                plan::PlanFormat::Table => print!("{}", r.table()),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Apply(a) => {

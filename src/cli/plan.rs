@@ -48,6 +48,9 @@ pub fn print_plan(plan: &Plan, format: PlanFormat) -> Result<()> {
             for line in pacing_lines(plan) {
                 println!("\n{line}");
             }
+            for line in plan.held_out.lines() {
+                println!("\n{line}");
+            }
             if plan.funnel_without_deal > 0 {
                 println!(
                     "\nfunnel: {} customer(s) with a next purchase had no open deal in the funnel pipeline: one is created for each",

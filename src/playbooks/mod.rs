@@ -321,6 +321,10 @@ pub struct Rules {
     pub touches_per_customer_day: u32,
     /// No `before_next_purchase` touch within this many days of a purchase or an open deal.
     pub reminder_quiet_days: u32,
+    /// The control groups: the global holdout, the rules' own, the re-draw schedule.
+    pub holdout: crate::holdout::HoldoutSpec,
+    /// Days after a touch in which a purchase counts as its outcome (`rebuy results`).
+    pub outcome_window_days: u32,
 }
 
 impl Rules {
@@ -361,6 +365,8 @@ impl Rules {
             team_caps: Vec::new(),
             touches_per_customer_day: 1,
             reminder_quiet_days: 7,
+            holdout: crate::holdout::HoldoutSpec::default(),
+            outcome_window_days: 30,
         }
     }
 }
@@ -714,6 +720,23 @@ impl Resolver<'_> {
         }
         self.rules.touches_per_customer_day = m.max_touches_per_customer_per_day.max(1);
         self.rules.reminder_quiet_days = m.reminder_quiet_days;
+        if m.holdout_percent > 100 {
+            self.problem(
+                file,
+                "holdout_percent",
+                format!("{}: a share of customers is at most 100", m.holdout_percent),
+            );
+        }
+        self.rules.holdout.percent = m.holdout_percent.min(100);
+        self.rules.holdout.redraw = m.holdout_redraw;
+        if m.outcome_window_days == 0 {
+            self.problem(
+                file,
+                "outcome_window_days",
+                "0 would count no purchase as an outcome: give at least 1".into(),
+            );
+        }
+        self.rules.outcome_window_days = m.outcome_window_days.max(1);
     }
 
     fn hours(&mut self, file: &str, m: &Mapping) {
@@ -1317,6 +1340,18 @@ impl Resolver<'_> {
             self.problem(file, &format!("{key}.goal"), "empty goal".into());
         }
         let rule = format!("{}.{}", pb.name, spec.id);
+        if let Some(p) = spec.holdout_percent {
+            if p > 100 {
+                self.problem(
+                    file,
+                    &format!("{key}.holdout_percent"),
+                    format!("{p}: a share of customers is at most 100"),
+                );
+            }
+            if p > 0 {
+                self.rules.holdout.rules.insert(rule.clone(), p.min(100));
+            }
+        }
         let template = format!("{rule}{template_suffix}");
         if let Err(e) = self
             .rules
@@ -1482,6 +1517,7 @@ impl Resolver<'_> {
                     responsible: &s.responsible,
                     time: s.time.as_deref(),
                     text: s.text.as_deref(),
+                    holdout_percent: x.holdout_percent,
                 };
                 if let Some(task) = self.task(
                     file,

@@ -283,10 +283,7 @@ pub async fn replan_now(
         tracing::warn!(portal = %p.cfg.id, field = %f, "Could not create a segment field.");
     }
     let plan = crate::writeback::plan_portal(&cfg, &p.store, Some(conn), now).await?;
-    let added = p
-        .store
-        .blocking(move |s| s.outbox_enqueue(plan.actions))
-        .await?;
+    let added = crate::writeback::enqueue_plan(&p.store, &plan).await?;
     Ok(added.added)
 }
 

@@ -300,6 +300,12 @@ impl Store {
                 .map_err(|e| self.err(e))?;
             txn.open_table(tables::INBOX_RETRY)
                 .map_err(|e| self.err(e))?;
+            txn.open_table(tables::HOLDOUT_DRAWS)
+                .map_err(|e| self.err(e))?;
+            txn.open_table(tables::VIRTUAL_TOUCHES)
+                .map_err(|e| self.err(e))?;
+            txn.open_table(tables::TASK_STATES)
+                .map_err(|e| self.err(e))?;
             txn.open_table(tables::INBOX_DEAD)
                 .map_err(|e| self.err(e))?;
         }

@@ -52,3 +52,13 @@ pub const INBOX_SEEN_AT: TableDefinition<(i64, u64), &str> = TableDefinition::ne
 pub const INBOX_RETRY: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox_retry");
 /// Events that failed too often (sequence -> `inbox::DeadEvent`).
 pub const INBOX_DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox_dead");
+
+// The control groups (`crate::holdout`) and the outcomes of touches (`crate::results`).
+
+/// Draws by period (`2026-12`), JSON `holdout::Draw`.
+pub const HOLDOUT_DRAWS: TableDefinition<&str, &[u8]> = TableDefinition::new("holdout_draws");
+/// Virtual touches of held-out customers by the key the touch would have had, JSON
+/// `holdout::VirtualTouch`.
+pub const VIRTUAL_TOUCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("virtual_touches");
+/// What the CRM said of each sent touch task, by outbox key, JSON `results::TaskOutcome`.
+pub const TASK_STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("task_states");

@@ -177,6 +177,8 @@ pub struct SyncReport {
     pub elapsed: Duration,
     /// Connector traffic during this sync.
     pub traffic: StatsSnapshot,
+    /// Sent touch tasks whose state (completed or not) was read back from the CRM.
+    pub task_states: u64,
 }
 
 impl SyncReport {
@@ -393,6 +395,15 @@ pub async fn sync_portal(
             .map_err(serr)?;
     }
     report.kinds.insert(EntityKind::Deals, deals);
+    // Whether the managers completed the touch tasks rebuy sent (for `rebuy results`): read
+    // back on every sync, optional like the other extras.
+    match crate::results::refresh_task_states(&*conn, &store).await {
+        Ok(n) => report.task_states = n,
+        Err(e) => match e.downcast_ref::<ConnectorError>() {
+            Some(ConnectorError::Unsupported { .. }) => {}
+            _ => warnings.push(format!("touch task states: {e:#}")),
+        },
+    }
     let kept = SyncWarnings {
         at: Timestamp::now(),
         warnings: warnings.clone(),

@@ -478,6 +478,7 @@ pub fn router_with(ui: UiState) -> Router {
         .route("/p/{portal}/touches/retry", post(pages::retry))
         .route("/p/{portal}/plan", post(pages::dry_run))
         .route("/p/{portal}/apply", post(pages::apply))
+        .route("/p/{portal}/results", get(pages::results))
         .route("/p/{portal}/mapping", get(pages::mapping))
         .fallback(pages::not_found)
         .layer(axum::middleware::map_response(headers_layer))

@@ -4,6 +4,7 @@ mod bitrix;
 mod browser;
 mod cli;
 mod edges;
+mod results;
 mod security;
 mod serve;
 mod support;

@@ -1031,6 +1031,25 @@ async fn touches_retry_plan_apply_and_the_mapping_page() {
         "an applied plan is gone"
     );
 
+    // Results: the same figures as `rebuy results`, per rule and overall.
+    let want =
+        rebuy::results::portal_results(&store, &rt.cfg, jiff::Timestamp::now(), None).unwrap();
+    let res = c.get("/ui/p/test/results", cookie).await;
+    assert_eq!(res.status, 200);
+    assert!(res.body.contains("data-rule=\"overall\""), "{}", res.body);
+    assert_eq!(
+        attrs_of(&res.body, "data-treated"),
+        std::iter::once(&want.overall)
+            .chain(&want.rules)
+            .map(|l| l.treated.customers.to_string())
+            .collect::<Vec<_>>()
+    );
+    let res = c
+        .get("/ui/p/test/results?period=2026-13&lang=ru", cookie)
+        .await;
+    assert_eq!(res.status, 400);
+    assert!(res.body.contains("2026-13"), "{}", res.body);
+
     // Mapping, live: the CRM's pipelines, users and fields, and `rebuy mapping`'s verdict.
     let report = rebuy::writeback::mapping_report(&rt.cfg, &store, conn.as_ref(), None)
         .await

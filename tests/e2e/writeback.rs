@@ -635,7 +635,7 @@ async fn the_customers_funnel_keeps_one_amocrm_customer_per_customer_and_moves_i
     cfg.customers_mode = "periodicity".into();
     let mut env = amo_env(cfg).await;
     sync(&env, true).await.unwrap();
-    env.portal.mapping = json!({"funnel": {"entity": "customers", "stages": CUSTOMER_WINDOWS}});
+    env.portal.mapping = json!({"funnel": {"entity": "customers", "stages": CUSTOMER_WINDOWS}, "holdout_percent": 0});
     let conn = connector(&env);
     let tz = env.portal.time_zone.clone();
     let today = now.to_zoned(tz.clone()).date();

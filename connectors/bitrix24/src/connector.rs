@@ -764,6 +764,38 @@ impl Connector for B24Client {
         Ok(None)
     }
 
+    /// `crm.activity.list {filter: {ID: [..]}, select: [ID, COMPLETED, LAST_UPDATED]}` (up
+    /// to 50 ids a call): whether each to-do is done.
+    async fn task_states(&self, ids: &[u64]) -> Result<Vec<rebuy_core::TaskState>, ConnectorError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(50) {
+            let env: wire::Envelope<Vec<Value>> = self
+                .call(
+                    "crm.activity.list",
+                    json!({"filter": {"ID": chunk}, "select": ["ID", "COMPLETED", "LAST_UPDATED"],
+                           "order": {"ID": "ASC"}}),
+                )
+                .await?;
+            for a in &env.result {
+                let id = match a.get("ID") {
+                    Some(Value::String(s)) => s.parse().ok(),
+                    Some(Value::Number(n)) => n.as_u64(),
+                    _ => None,
+                };
+                let Some(id) = id else { continue };
+                out.push(rebuy_core::TaskState {
+                    id,
+                    completed: a.get("COMPLETED").and_then(Value::as_str) == Some("Y"),
+                    updated_at: a
+                        .get("LAST_UPDATED")
+                        .and_then(Value::as_str)
+                        .and_then(|s| s.parse::<jiff::Timestamp>().ok()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// `crm.{contact,company,deal}.userfield.list {filter: {LANG: "ru"}}` in one batch: the
     /// user fields (`UF_CRM_...`) with their labels (labels come only when a language is
     /// asked for).

@@ -456,6 +456,16 @@ pub trait Connector: Send + Sync {
         })
     }
 
+    /// The states of the tasks with these ids (at most 50 per call); a task deleted from the
+    /// CRM is missing from the answer. CRMs without the listing return
+    /// [`ConnectorError::Unsupported`].
+    async fn task_states(&self, ids: &[u64]) -> Result<Vec<TaskState>, ConnectorError> {
+        let _ = ids;
+        Err(ConnectorError::Unsupported {
+            what: "task states".into(),
+        })
+    }
+
     /// The customers entity: mode and statuses. CRMs without one return
     /// [`ConnectorError::Unsupported`].
     async fn customers_funnel(&self) -> Result<CustomersFunnel, ConnectorError> {

@@ -11,6 +11,8 @@
 //! - [`seed`]: the deterministic, CRM-neutral data generator ([`seed::generate`]): people with
 //!   messy phones, duplicates, companies, pipelines, three years of deals with real repeat-buying
 //!   patterns. Reused by every CRM emulator.
+//! - [`answers`]: simulated customers answering touches ([`answers::AnswerSim`]): managers
+//!   complete tasks, customers with a completed task buy more often.
 //! - [`faults`]: fault injection ([`faults::FaultConfig`]): 5xx, extra 429, slow answers,
 //!   dropped connections, truncated JSON, drawn from a seeded generator.
 //! - [`limits`]: the token bucket with escalation to a sticky block.
@@ -34,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod amocrm;
+pub mod answers;
 pub mod bitrix24;
 pub mod delivery;
 pub mod faults;

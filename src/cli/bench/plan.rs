@@ -116,9 +116,10 @@ pub fn bench_plan(customers: usize) -> Result<String> {
             deals: k as u32,
             revenue,
             recency_days: t0 - last,
-            r: 3,
-            f: 3,
-            m: 3,
+            // Spread over the 125 RFM cells, which the control group's draw is stratified by.
+            r: 1 + (i % 5) as u8,
+            f: 1 + (i / 5 % 5) as u8,
+            m: 1 + (i / 25 % 5) as u8,
             rfm_segment: RfmSegment::ALL[(next() % 11) as usize],
             abc: [Abc::A, Abc::B, Abc::C][(next() % 3) as usize],
             xyz: [Xyz::X, Xyz::Y, Xyz::Z][(next() % 3) as usize],
@@ -148,6 +149,16 @@ pub fn bench_plan(customers: usize) -> Result<String> {
         });
     }
     let gen_secs = gen_started.elapsed().as_secs_f64();
+    // The default control group (5%, stratified by RFM cell), drawn as `prepare` does.
+    let draw_started = std::time::Instant::now();
+    let draw = rebuy::holdout::Draw::new(
+        "bench",
+        &rules.holdout,
+        &rebuy::holdout::period_of(today, rules.holdout.redraw),
+        today,
+        &rows,
+    );
+    let draw_secs = draw_started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
     let plan = plan::plan(&PlanInput {
         portal: "bench",
@@ -159,6 +170,7 @@ pub fn bench_plan(customers: usize) -> Result<String> {
         facts: &facts,
         open_deals: &[],
         booked: &plan::Booked::default(),
+        holdout: Some(&draw),
     });
     let secs = started.elapsed().as_secs_f64();
     let mut out = format!(
@@ -175,6 +187,10 @@ pub fn bench_plan(customers: usize) -> Result<String> {
     for (rule, n) in plan.counts() {
         out.push_str(&format!("    {rule:<40} {n:>9}\n"));
     }
+    out.push_str(&format!(
+        "  holdout draw     {draw_secs:.2} s: {} customer(s) in the control group ({}%), {} touch(es) held out\n",
+        plan.held_out.customers, rules.holdout.percent, plan.held_out.touches
+    ));
     if let Some(rss) = crate::cli::bench::peak_rss_bytes() {
         out.push_str(&format!("  peak RSS         {:.0} MB\n", rss as f64 / 1e6));
     }

@@ -608,6 +608,126 @@ impl AmoEmulator {
         Some(id)
     }
 
+    /// Simulates the period `[from, to)` (unix seconds) of [`crate::answers::AnswerSim`]:
+    /// managers complete open tasks due in it (as a PATCH would: `task_completed` events),
+    /// customers buy (won leads in the main pipeline, dated in the period, `lead_added`
+    /// events; `updated_at` is the emulator's clock so incremental syncs see them).
+    pub fn simulate_answers(
+        &self,
+        from: i64,
+        to: i64,
+        sim: &crate::answers::AnswerSim,
+    ) -> crate::answers::AnswerReport {
+        let now = self.0.now();
+        let mut rng = crate::rng::Rng::new(sim.seed ^ from as u64);
+        let mut report = crate::answers::AnswerReport::default();
+        let mut d = self.0.write();
+        let main_contact = |d: &AmoData, lead: u64| {
+            d.leads.get(&lead).and_then(|l| {
+                l.contacts
+                    .iter()
+                    .find(|c| c.is_main)
+                    .or(l.contacts.first())
+                    .map(|c| c.id)
+            })
+        };
+        let due: Vec<u64> = d
+            .tasks
+            .values()
+            .filter(|t| !t.is_completed && t.complete_till >= from && t.complete_till < to)
+            .map(|t| t.id)
+            .collect();
+        let mut answered = std::collections::BTreeSet::new();
+        for id in due {
+            if !rng.chance(sim.completion) {
+                continue;
+            }
+            let Some(t) = d.tasks.get_mut(&id) else {
+                continue;
+            };
+            t.is_completed = true;
+            t.result_text = Some("Клиент ответил".into());
+            t.updated_at = now;
+            let (by, entity_type, entity_id) =
+                (t.responsible_user_id, t.entity_type.clone(), t.entity_id);
+            d.event(
+                "task_completed",
+                id,
+                "task",
+                by,
+                now,
+                json!([{"task_status": {"is_completed": true}}]),
+                json!([]),
+            );
+            report.completed += 1;
+            let contact = match (entity_type.as_deref(), entity_id) {
+                (Some("leads"), Some(l)) => main_contact(&d, l),
+                (Some("contacts"), Some(c)) => Some(c),
+                _ => None,
+            };
+            if let Some(c) = contact {
+                answered.insert(c);
+            }
+        }
+        report.answered = answered.len() as u64;
+        let customers: std::collections::BTreeSet<u64> = d
+            .leads
+            .values()
+            .filter(|l| l.status_id == STATUS_WON)
+            .filter_map(|l| main_contact(&d, l.id))
+            .filter(|c| d.contacts.contains_key(c))
+            .collect();
+        let Some(pipeline) = d.pipelines.values().find(|p| p.is_main).map(|p| p.id) else {
+            return report;
+        };
+        for c in customers {
+            let touched = answered.contains(&c);
+            let p = sim.base_probability + if touched { sim.uplift } else { 0.0 };
+            if !rng.chance(p) {
+                continue;
+            }
+            let at = rng.range(from, to - 1);
+            let Some(contact) = d.contacts.get(&c) else {
+                continue;
+            };
+            let (by, company_id) = (contact.responsible_user_id, contact.company_id);
+            let id = d.new_id();
+            d.insert_lead(AmoLead {
+                id,
+                name: format!("Сделка #{id}"),
+                price: sim.amount,
+                responsible_user_id: by,
+                status_id: STATUS_WON,
+                pipeline_id: pipeline,
+                created_by: by,
+                updated_by: by,
+                created_at: at,
+                updated_at: now,
+                closed_at: Some(at),
+                custom_fields: vec![],
+                tags: vec![],
+                contacts: vec![AmoLeadContact {
+                    id: c,
+                    is_main: true,
+                }],
+                company_id,
+                products: vec![],
+            });
+            d.event(
+                "lead_added",
+                id,
+                "lead",
+                by,
+                now,
+                json!([{"lead_status": {"id": STATUS_WON, "pipeline_id": pipeline}}]),
+                json!([]),
+            );
+            report.purchases += 1;
+            report.purchases_answered += u64::from(touched);
+        }
+        report
+    }
+
     /// Subscribes `destination` to the changes whose codes are in `settings` (`add_lead`,
     /// `status_lead`, ...), as `POST /api/v4/webhooks` does (the same destination again
     /// replaces its settings). Every later change is POSTed there in amoCRM's webhook format.

@@ -588,6 +588,122 @@ impl B24Emulator {
         found
     }
 
+    /// Simulates the period `[from, to)` (unix seconds) of [`crate::answers::AnswerSim`]:
+    /// managers complete open to-dos due in it, customers (contacts with a won deal) buy: won
+    /// deals in category 0 dated in the period (`DATE_MODIFY` is the emulator's clock, so
+    /// incremental syncs see them).
+    pub fn simulate_answers(
+        &self,
+        from: i64,
+        to: i64,
+        sim: &crate::answers::AnswerSim,
+    ) -> crate::answers::AnswerReport {
+        let now = self.0.now();
+        let mut rng = crate::rng::Rng::new(sim.seed ^ from as u64);
+        let mut report = crate::answers::AnswerReport::default();
+        let mut added = Vec::new();
+        {
+            let mut d = self.0.write();
+            let mut answered = std::collections::BTreeSet::new();
+            let due: Vec<u64> = d
+                .activities
+                .values()
+                .filter(|a| !a.completed && a.deadline >= from && a.deadline < to)
+                .map(|a| a.id)
+                .collect();
+            for id in due {
+                if !rng.chance(sim.completion) {
+                    continue;
+                }
+                let Some(a) = d.activities.get_mut(&id) else {
+                    continue;
+                };
+                a.completed = true;
+                a.last_updated = now;
+                let (ty, owner) = (a.owner_type_id, a.owner_id);
+                report.completed += 1;
+                let contact = match ty {
+                    2 => d.deals.get(&owner).and_then(|x| x.contact_id),
+                    3 => Some(owner),
+                    _ => None,
+                };
+                if let Some(c) = contact {
+                    answered.insert(c);
+                }
+            }
+            report.answered = answered.len() as u64;
+            let customers: std::collections::BTreeSet<u64> = d
+                .deals
+                .values()
+                .filter(|x| x.stage_semantic_id == "S")
+                .filter_map(|x| x.contact_id)
+                .filter(|c| d.contacts.contains_key(c))
+                .collect();
+            let user = self.0.admin;
+            for c in customers {
+                let touched = answered.contains(&c);
+                let p = sim.base_probability + if touched { sim.uplift } else { 0.0 };
+                if !rng.chance(p) {
+                    continue;
+                }
+                let at = rng.range(from, to - 1);
+                let id = d.deals.keys().next_back().map_or(1, |k| k + 1);
+                d.deals.insert(
+                    id,
+                    B24Deal {
+                        id,
+                        title: format!("Сделка #{id}"),
+                        category_id: 0,
+                        stage_id: "WON".into(),
+                        stage_semantic_id: "S".into(),
+                        currency_id: "RUB".into(),
+                        opportunity: rust_decimal::Decimal::from(sim.amount),
+                        contact_id: Some(c),
+                        contact_ids: vec![c],
+                        company_id: None,
+                        assigned_by_id: user,
+                        created_by_id: user,
+                        modify_by_id: user,
+                        date_create: at,
+                        date_modify: now,
+                        begindate: midnight(at),
+                        closedate: midnight(at),
+                        closed: true,
+                        is_return_customer: false,
+                        is_repeated_approach: false,
+                        source_id: None,
+                        comments: String::new(),
+                        moved_time: at,
+                        uf: BTreeMap::new(),
+                        products: Vec::new(),
+                    },
+                );
+                added.push(id);
+                report.purchases += 1;
+                report.purchases_answered += u64::from(touched);
+            }
+        }
+        for id in added {
+            self.0
+                .fire("ONCRMDEALADD", id, json!({"ID": id.to_string()}));
+        }
+        report
+    }
+
+    /// Marks a to-do activity done (`COMPLETED = Y`), as a manager would in the timeline.
+    /// Returns `false` when it does not exist.
+    pub fn complete_activity(&self, id: u64) -> bool {
+        let now = self.0.now();
+        match self.0.write().activities.get_mut(&id) {
+            Some(a) => {
+                a.completed = true;
+                a.last_updated = now;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Deletes a deal (fires `ONCRMDEALDELETE`). Returns `false` when it did not exist.
     pub fn delete_deal(&self, id: u64) -> bool {
         let found = self.0.write().deals.remove(&id).is_some();
