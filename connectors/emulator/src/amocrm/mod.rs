@@ -90,6 +90,10 @@ pub struct AmoConfig {
     pub long_lived_token: Option<String>,
     /// Outgoing webhook delivery (timeout, retry schedule, duplicates, drops, delays).
     pub delivery: DeliveryConfig,
+    /// Seconds added to the emulator's clock for data changes (records' `created_at` /
+    /// `updated_at`, events): a CRM whose clock runs ahead (positive) or behind (negative) the
+    /// client's.
+    pub clock_offset_secs: i64,
 }
 
 impl Default for AmoConfig {
@@ -110,6 +114,7 @@ impl Default for AmoConfig {
             customers_mode: "disabled".into(),
             long_lived_token: None,
             delivery: DeliveryConfig::default(),
+            clock_offset_secs: 0,
         }
     }
 }
@@ -186,11 +191,11 @@ impl Inner {
         lock(&self.cursors)
     }
 
-    /// The emulator's clock for data changes (unix seconds).
+    /// The emulator's clock for data changes (unix seconds), with the configured offset.
     fn now(&self) -> i64 {
         let wall = jiff::Timestamp::now().as_second();
         let seeded = self.cfg.seed.now.as_second() + self.started.elapsed().as_secs() as i64;
-        wall.max(seeded)
+        wall.max(seeded) + self.cfg.clock_offset_secs
     }
 
     fn record_writes(&self, f: impl FnOnce(&mut Writes)) {
@@ -336,6 +341,7 @@ impl AmoEmulator {
                     .delete(webhooks::delete),
             )
             .route("/_emulator/writes", get(inspect_writes))
+            .route("/_emulator/unblock", post(inspect_unblock))
             .route("/_emulator/stats", get(inspect_stats))
             .route(
                 "/_emulator/authorization_code",
@@ -353,6 +359,20 @@ impl AmoEmulator {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// Serves over HTTPS with `tls`'s certificate on `listener` until `shutdown` completes;
+    /// plain HTTP on that port gets nginx's "plain HTTP request was sent to HTTPS port".
+    pub async fn serve_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: &crate::tls::SelfSigned,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let listener = tls.listen(listener, crate::tls::PlainHttp::Nginx)?;
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await
@@ -422,7 +442,8 @@ impl AmoEmulator {
         s
     }
 
-    /// Lifts a block (what amoCRM support does on request) and forgets past violations.
+    /// Lifts a block (what amoCRM support does on request) and forgets past violations; also
+    /// `POST /_emulator/unblock`.
     pub fn reset_block(&self) {
         lock(&self.0.limiter).reset_block();
     }
@@ -677,14 +698,31 @@ impl Drop for RunningAmo {
 /// `rebuy emulate amocrm`: generates the data, serves on `127.0.0.1:{port}` (0 = any free
 /// port), prints the base URL, the integration's credentials and a fresh authorization code,
 /// and runs until Ctrl-C.
-pub async fn run_amocrm(cfg: AmoConfig, port: u16) -> std::io::Result<()> {
+///
+/// With `tls`, it serves HTTPS with a certificate generated now, written (PEM) to the given
+/// path, which the banner names. The user lacks access to the paths in `deny`.
+pub async fn run_amocrm(
+    cfg: AmoConfig,
+    port: u16,
+    tls: Option<&std::path::Path>,
+    deny: &[String],
+) -> std::io::Result<()> {
     let started = std::time::Instant::now();
     let emulator = AmoEmulator::new(cfg);
     let (contacts, leads) = emulator.with_data(|d| (d.contacts.len(), d.leads.len()));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     let c = emulator.config();
-    println!("amoCRM emulator listening on http://{addr}");
+    let cert = match tls {
+        Some(path) => Some((crate::tls::SelfSigned::generate()?, path)),
+        None => None,
+    };
+    let scheme = if cert.is_some() { "https" } else { "http" };
+    if !deny.is_empty() {
+        let deny: Vec<&str> = deny.iter().map(String::as_str).collect();
+        emulator.set_denied(&deny);
+    }
+    println!("amoCRM emulator listening on {scheme}://{addr}");
     println!(
         "  account:        {} ({}.amocrm.ru), id {}",
         c.subdomain, c.subdomain, c.account_id
@@ -700,21 +738,42 @@ pub async fn run_amocrm(cfg: AmoConfig, port: u16) -> std::io::Result<()> {
     println!("  redirect_uri:   {}", c.redirect_uri);
     println!("  auth code:      {}", emulator.issue_authorization_code());
     println!(
-        "                  (valid 20 min, single use; POST http://{addr}/_emulator/authorization_code for another)"
+        "                  (valid 20 min, single use; POST {scheme}://{addr}/_emulator/authorization_code for another)"
     );
     if let Some(t) = &c.long_lived_token {
         println!("  long-lived token: {t}");
     }
     println!("  customers mode: {}", c.customers_mode);
+    println!("  faults:         {}", c.faults);
+    if !deny.is_empty() {
+        println!("  denied:         {}", deny.join(", "));
+    }
+    if c.clock_offset_secs != 0 {
+        println!("  clock offset:   {:+} s", c.clock_offset_secs);
+    }
+    if let Some((cert, path)) = &cert {
+        std::fs::write(path, cert.cert_pem())?;
+        println!(
+            "  tls cert:       {} (self-signed; trust it, e.g. SSL_CERT_FILE={})",
+            path.display(),
+            path.display()
+        );
+    }
     println!(
-        "  rate limit:     {} req/s (0 = unlimited); writes at http://{addr}/_emulator/writes",
+        "  block:          after {} 429s within 60 s (0 = never); POST {scheme}://{addr}/_emulator/unblock lifts it",
+        c.block_after_violations
+    );
+    println!(
+        "  rate limit:     {} req/s (0 = unlimited); writes at {scheme}://{addr}/_emulator/writes",
         c.rate_limit_per_sec
     );
-    emulator
-        .serve(listener, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match cert {
+        Some((cert, _)) => emulator.serve_tls(listener, &cert, ctrl_c).await,
+        None => emulator.serve(listener, ctrl_c).await,
+    }
 }
 
 /// The gate every request passes (see the module docs for the order).
@@ -889,6 +948,21 @@ async fn inspect_stats(State(st): State<Arc<Inner>>) -> Response {
         StatusCode::OK,
         "application/json",
         &serde_json::to_value(s).unwrap_or_default(),
+    )
+}
+
+/// `POST /_emulator/unblock`: what amoCRM support does for a blocked integration.
+async fn inspect_unblock(State(st): State<Arc<Inner>>) -> Response {
+    let was = {
+        let mut l = lock(&st.limiter);
+        let was = l.is_blocked();
+        l.reset_block();
+        was
+    };
+    error::json_response(
+        StatusCode::OK,
+        "application/json",
+        &json!({"unblocked": was, "blocked": false}),
     )
 }
 
