@@ -26,6 +26,7 @@
 //! - Token times (`exp`, `server_time`) use the wall clock, as clients compare them with theirs.
 mod api;
 mod customers;
+mod entities;
 mod error;
 mod oauth;
 mod query;
@@ -35,10 +36,11 @@ mod webhooks;
 mod writes;
 
 pub use customers::MAX_CUSTOMERS_BATCH;
+pub use entities::NOTE_TYPES;
 pub use state::*;
 pub use writes::{
-    CustomerWrite, EntityUpdate, FieldCreated, FieldUpdate, LeadCreated, LeadMove, TagUpdate,
-    TaskCreated, TaskUpdated, Writes,
+    CustomerWrite, EntityCreated, EntityUpdate, FieldCreated, FieldUpdate, LeadCreated, LeadMove,
+    TagUpdate, TaskCreated, TaskUpdated, Writes,
 };
 
 use crate::delivery::{Delivery, DeliveryConfig, DeliveryStats};
@@ -258,8 +260,34 @@ impl AmoEmulator {
     /// The HTTP routes, with the gate (block, rate limit, faults, auth) applied.
     pub fn router(&self) -> Router {
         let st = self.0.clone();
-        Router::new()
-            .route("/oauth", get(oauth::authorize))
+        let mut r = Router::new();
+        // Notes, links and tags of every entity (static entity names: `/api/v4/leads/{id}`
+        // shares the segment).
+        for e in ["leads", "contacts", "companies", "customers"] {
+            r = r
+                .route(
+                    &format!("/api/v4/{e}/notes"),
+                    get(entities::list_notes).post(entities::create_notes),
+                )
+                .route(
+                    &format!("/api/v4/{e}/{{id}}/notes"),
+                    get(entities::list_entity_notes).post(entities::create_entity_notes),
+                )
+                .route(&format!("/api/v4/{e}/link"), post(entities::link_mass))
+                .route(
+                    &format!("/api/v4/{e}/{{id}}/link"),
+                    post(entities::link_one),
+                )
+                .route(
+                    &format!("/api/v4/{e}/{{id}}/links"),
+                    get(entities::links_of),
+                )
+                .route(
+                    &format!("/api/v4/{e}/tags"),
+                    get(entities::list_tags).post(entities::create_tags),
+                );
+        }
+        r.route("/oauth", get(oauth::authorize))
             .route("/oauth/", get(oauth::authorize))
             .route("/oauth2/access_token", post(oauth::token))
             .route(
@@ -298,6 +326,14 @@ impl AmoEmulator {
             .route("/api/v4/customers/statuses/{id}", get(customers::status))
             .route("/api/v4/customers/mode", patch(customers::set_mode))
             .route(
+                "/api/v4/customers/transactions",
+                get(customers::all_transactions),
+            )
+            .route(
+                "/api/v4/customers/{id}/transactions",
+                get(customers::transactions).post(customers::create_transactions),
+            )
+            .route(
                 "/api/v4/customers/{id}",
                 get(customers::get_one).patch(customers::patch_one),
             )
@@ -307,13 +343,16 @@ impl AmoEmulator {
                     .post(writes::create_leads)
                     .patch(writes::patch_leads),
             )
+            .route("/api/v4/leads/complex", post(writes::create_complex))
             .route(
                 "/api/v4/leads/{id}",
                 get(api::lead).patch(writes::patch_lead),
             )
             .route(
                 "/api/v4/contacts",
-                get(api::contacts).patch(writes::patch_contacts),
+                get(api::contacts)
+                    .post(entities::create_contacts)
+                    .patch(writes::patch_contacts),
             )
             .route(
                 "/api/v4/contacts/{id}",
@@ -321,7 +360,9 @@ impl AmoEmulator {
             )
             .route(
                 "/api/v4/companies",
-                get(api::companies).patch(writes::patch_companies),
+                get(api::companies)
+                    .post(entities::create_companies)
+                    .patch(writes::patch_companies),
             )
             .route("/api/v4/companies/{id}", get(api::company))
             .route("/api/v4/catalogs", get(api::catalogs))
