@@ -521,3 +521,55 @@ async fn bitrix24_over_tls_with_a_self_signed_certificate() {
     );
     assert!(stdout.contains("portal b24: synced"), "{stdout}");
 }
+
+/// `--tls` on amoCRM: HTTPS with the written certificate, `https://` links, nginx's refusal of
+/// plain HTTP.
+#[tokio::test]
+async fn amocrm_over_tls_links_stay_on_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("amo.pem");
+    let e = Emulate::start(
+        "amocrm",
+        &[
+            "--contacts",
+            "30",
+            "--leads",
+            "90",
+            "--long-lived-token",
+            "t",
+            "--tls",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+        ],
+        "rate limit",
+    );
+    let pem = std::fs::read(&cert).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let v: serde_json::Value = http
+        .get(format!("{}/api/v4/leads?limit=10", e.base_url))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let next = v["_links"]["next"]["href"].as_str().unwrap();
+    assert!(next.starts_with("https://127.0.0.1:"), "{next}");
+    let plain = e.base_url.replacen("https://", "http://", 1);
+    let r = client()
+        .get(format!("{plain}/api/v4/leads"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("plain HTTP request was sent to HTTPS port")
+    );
+}

@@ -19,6 +19,10 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 
+/// Marks requests served over TLS (links then say `https://`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Https;
+
 /// Request context: the base URL (from `Host`), the path and the parsed query.
 pub(crate) struct Ctx {
     pub base: String,
@@ -39,8 +43,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             .or_else(|| parts.uri.authority().map(|a| a.to_string()))
             .unwrap_or_else(|| "localhost".to_owned());
         let raw_query = parts.uri.query().map(str::to_owned);
+        let scheme = if parts.extensions.get::<Https>().is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Ok(Ctx {
-            base: format!("http://{host}"),
+            base: format!("{scheme}://{host}"),
             path: parts.uri.path().to_owned(),
             q: Query::parse(raw_query.as_deref()),
             raw_query,

@@ -414,7 +414,8 @@ impl AmoEmulator {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let listener = tls.listen(listener, crate::tls::PlainHttp::Nginx)?;
-        axum::serve(listener, self.router())
+        let router = self.router().layer(axum::Extension(api::Https));
+        axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await
     }
