@@ -88,6 +88,10 @@ pub struct AmoConfig {
     pub faults: FaultConfig,
     /// `customers_mode` of the account (`disabled`, `periodicity`, `segments`, `unavailable`).
     pub customers_mode: String,
+    /// In customers mode, whether the generated history holds a customer (with its purchases)
+    /// for every periodic buyer (`true` by default); `false` starts with no customers, for
+    /// tests that count the customers an integration creates.
+    pub history_customers: bool,
     /// A long-lived token (private integrations) accepted as Bearer without expiry.
     pub long_lived_token: Option<String>,
     /// Outgoing webhook delivery (timeout, retry schedule, duplicates, drops, delays).
@@ -114,6 +118,7 @@ impl Default for AmoConfig {
             block_after_violations: 20,
             faults: FaultConfig::default(),
             customers_mode: "disabled".into(),
+            history_customers: true,
             long_lived_token: None,
             delivery: DeliveryConfig::default(),
             clock_offset_secs: 0,
@@ -230,7 +235,7 @@ impl AmoEmulator {
             created_at: cfg.seed.start.as_second(),
             current_user_id: state::admin_of(&ds),
         };
-        let data = AmoData::from_dataset(&ds, account, cfg.seed.seed);
+        let data = AmoData::from_dataset(&ds, account, cfg.seed.seed, cfg.history_customers);
         let inner = Inner {
             oauth: Mutex::new(oauth::OAuthState::new(cfg.seed.seed)),
             limiter: Mutex::new(Limiter::new(

@@ -874,7 +874,12 @@ fn find_def(defs: &[AmoFieldDef], id: u64) -> &AmoFieldDef {
 
 impl AmoData {
     /// Maps a generated dataset into amoCRM records.
-    pub(crate) fn from_dataset(ds: &Dataset, account: AmoAccount, seed: u64) -> Self {
+    pub(crate) fn from_dataset(
+        ds: &Dataset,
+        account: AmoAccount,
+        seed: u64,
+        history_customers: bool,
+    ) -> Self {
         let fields = field_defs();
         let users = ds
             .users
@@ -1112,14 +1117,14 @@ impl AmoData {
         .max()
         .unwrap_or(50_000_000)
             + 1;
-        data.generate_history(ds);
+        data.generate_history(ds, history_customers);
         data
     }
 
     /// The generated history's events (oldest first) and, in customers mode, a customer with
     /// its purchases for every periodic buyer (regulars and consumable buyers with two or more
     /// won leads).
-    fn generate_history(&mut self, ds: &Dataset) {
+    fn generate_history(&mut self, ds: &Dataset, customers: bool) {
         use crate::seed::BuyerProfile;
         const DAY: i64 = 86_400;
         // (time, order within the instant, type, entity, entity type, by, after, before)
@@ -1167,10 +1172,12 @@ impl AmoData {
                 ));
             }
         }
-        if matches!(
-            self.account.customers_mode.as_str(),
-            "periodicity" | "segments"
-        ) {
+        if customers
+            && matches!(
+                self.account.customers_mode.as_str(),
+                "periodicity" | "segments"
+            )
+        {
             let status = self
                 .customer_statuses
                 .iter()
