@@ -289,3 +289,12 @@ pub fn sync_options(p: &PortalConfig, full: bool) -> crate::sync::SyncOptions {
         reconcile_every: Duration::from_secs(p.sync.reconcile_interval_hours.saturating_mul(3600)),
     }
 }
+
+/// A random OAuth `state` value.
+pub fn random_state() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..24)
+        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+        .collect()
+}

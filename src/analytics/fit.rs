@@ -24,7 +24,7 @@ pub(crate) struct Scaled {
 impl Scaled {
     /// `None` when there are no rows or no customer ever came back (the dropout process is
     /// then not identifiable).
-    pub fn new(rows: &[SummaryRow]) -> Option<Scaled> {
+    pub(crate) fn new(rows: &[SummaryRow]) -> Option<Scaled> {
         if rows.is_empty() || !rows.iter().any(|r| r.x > 0) {
             return None;
         }
@@ -52,7 +52,7 @@ impl Scaled {
 
     /// An evenly spread sample of about `size` rows when there are more than four times as
     /// many (0: never). Rows sorted by x keep every purchase count represented.
-    pub fn sample(&self, size: usize) -> Option<Vec<SummaryRow>> {
+    pub(crate) fn sample(&self, size: usize) -> Option<Vec<SummaryRow>> {
         (size > 0 && self.rows.len() > 4 * size).then(|| {
             let stride = self.rows.len() / size;
             self.rows.iter().step_by(stride).copied().collect()

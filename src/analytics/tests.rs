@@ -803,8 +803,10 @@ fn crr_counts_new_customers_who_went_to_sleep_in_neither_end_nor_new() {
 /// its 50% interval inside its 80% interval.
 #[test]
 fn a_sound_model_drives_the_predictions_with_next_purchase_intervals() {
-    let data = crate::analytics::bench::synthetic_dataset(1_500, 6_000, 42);
-    let as_of: Timestamp = crate::analytics::bench::SYNTHETIC_AS_OF.parse().unwrap();
+    let data = crate::analytics::synthetic::synthetic_dataset(1_500, 6_000, 42);
+    let as_of: Timestamp = crate::analytics::synthetic::SYNTHETIC_AS_OF
+        .parse()
+        .unwrap();
     for (pin, want) in [(None, "BG/NBD"), (Some("MBG/CNBD-k"), "MBG/CNBD-k")] {
         let s = Settings {
             model: pin.map(str::to_string),

@@ -9,6 +9,7 @@
 //! Secrets are never written in the file: it names the environment variable that holds each
 //! one (`client_secret_env = "SHOP_CLIENT_SECRET"`), and resolved secrets are
 //! `secrecy::SecretString`s.
+pub mod passwords;
 mod raw;
 mod resolve;
 
@@ -30,7 +31,21 @@ pub fn load(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, Vec<ConfigProblem>> {
     let doc = load_layers(path).map_err(|p| vec![p])?;
-    resolve(&doc, &path.display().to_string(), env)
+    let mut cfg = resolve(&doc, &path.display().to_string(), env)?;
+    let dir = playbooks_dir(path);
+    for p in &mut cfg.portals {
+        p.playbooks_dir = dir.clone();
+    }
+    Ok(cfg)
+}
+
+/// The playbooks directory of a config file: `playbooks/` beside it, when it exists.
+fn playbooks_dir(config_path: &Path) -> Option<std::path::PathBuf> {
+    let dir = config_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("playbooks");
+    dir.is_dir().then_some(dir)
 }
 
 /// Validates config given as TOML text (the demo, benchmarks and tests build portals this way,

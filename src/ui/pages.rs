@@ -114,7 +114,7 @@ fn lang_of(ui: &UiState, p: &Params, headers: &HeaderMap) -> (Lang, bool) {
 
 /// The logged-in session of a request.
 fn session(ui: &UiState, headers: &HeaderMap) -> Option<(String, Session)> {
-    let id = auth::cookie(headers, SESSION_COOKIE)?;
+    let id = crate::server::request::cookie(headers, SESSION_COOKIE)?;
     let s = ui.sessions.get(&id)?;
     s.user.is_some().then_some((id, s))
 }
@@ -380,7 +380,7 @@ pub async fn login(
     Form(f): Form<LoginForm>,
 ) -> Response {
     let lang = Lang::detect_or(None, &headers, ui.settings.default_lang);
-    let Some(nonce) = auth::cookie(&headers, auth::LOGIN_COOKIE) else {
+    let Some(nonce) = crate::server::request::cookie(&headers, auth::LOGIN_COOKIE) else {
         return (StatusCode::FORBIDDEN, "no login form: open /ui/login first").into_response();
     };
     if !ui.login.token_ok(&nonce, f.csrf.as_deref()) {
@@ -1401,7 +1401,7 @@ pub async fn touches(
             }
         }
         @match run.as_deref() {
-            Some(crate::ui::DryRun { plan: Ok(plan), id, computed_at, by_daily_run }) => {
+            Some(crate::server::DryRun { plan: Ok(plan), id, computed_at, by_daily_run }) => {
                 @if *by_daily_run {
                     p data-plan-source="daily" { (l.t("Planned by the daily run; it waits for Apply.", "Рассчитан ежедневным запуском; ждёт применения.")) }
                 }
@@ -1460,7 +1460,7 @@ pub async fn touches(
                     @if plan.actions.len() > PLAN_ROWS { p { (l.t("First 200 actions shown.", "Показаны первые 200 действий.")) } }
                 }
             }
-            Some(crate::ui::DryRun { plan: Err(e), .. }) => {
+            Some(crate::server::DryRun { plan: Err(e), .. }) => {
                 p.err data-plan-error="" { (e) }
                 form method="post" action={"/ui/p/" (portal) "/plan"} {
                     input type="hidden" name="csrf" value=(csrf);
@@ -1608,15 +1608,14 @@ pub async fn dry_run(
         &rt.cfg,
         &rt.store,
         handle.as_ref().map(|h| h.connector.as_ref()),
-        ui.app.playbooks_dir.as_deref(),
         jiff::Timestamp::now(),
     )
     .await
     .map_err(|e| format!("{e:#}"));
     ui.set_dry_run(
         &rt.cfg.id,
-        crate::ui::DryRun {
-            id: auth::random_token(),
+        crate::server::DryRun {
+            id: crate::server::request::random_token(),
             plan,
             computed_at: jiff::Timestamp::now(),
             by_daily_run: false,
@@ -1682,7 +1681,6 @@ pub async fn mapping(
                 &rt.cfg,
                 &rt.store,
                 h.connector.as_ref(),
-                ui.app.playbooks_dir.as_deref(),
                 Some(MAPPING_CRM_WAIT),
             )
             .await

@@ -209,10 +209,18 @@ async fn bitrix24_app_install_binds_handlers_and_events_update_the_cache() {
     let cfg = config(dir.path(), &emu, true, Some(&url));
     let state = AppState::new(&cfg, true).unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
-    runtime::spawn_all(&state, &cfg.server, None, cancel.clone());
+    runtime::spawn_all(&state, &cfg.server, cancel.clone());
     let st = state.clone();
     let c = cancel.clone();
-    tokio::spawn(async move { rebuy::server::serve(listener, st, c.cancelled_owned()).await });
+    tokio::spawn(async move {
+        rebuy::server::serve(
+            listener,
+            st.clone(),
+            Some(rebuy::ui::router_from_config(st)),
+            c.cancelled_owned(),
+        )
+        .await
+    });
 
     // The portal installs the app: ONAPPINSTALL carries tokens and the application token.
     let p = &cfg.portals[0];
@@ -316,7 +324,7 @@ async fn bitrix24_new_deal_of_a_past_customer_is_moved_and_tasked_within_5_s() {
     let p = cfg.portals[0].clone();
     {
         let store = Store::open(dir.path(), &p.id).unwrap();
-        rebuy::demo::authorize_automatically(&p, &store)
+        rebuy::emulated::authorize_automatically(&p, &store)
             .await
             .unwrap();
         sync(
@@ -331,10 +339,18 @@ async fn bitrix24_new_deal_of_a_past_customer_is_moved_and_tasked_within_5_s() {
     }
     let state = AppState::new(&cfg, true).unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
-    runtime::spawn_all(&state, &cfg.server, None, cancel.clone());
+    runtime::spawn_all(&state, &cfg.server, cancel.clone());
     let st = state.clone();
     let c = cancel.clone();
-    tokio::spawn(async move { rebuy::server::serve(listener, st, c.cancelled_owned()).await });
+    tokio::spawn(async move {
+        rebuy::server::serve(
+            listener,
+            st.clone(),
+            Some(rebuy::ui::router_from_config(st)),
+            c.cancelled_owned(),
+        )
+        .await
+    });
 
     // Install the app: the server stores its token and binds the handlers; from then on the
     // emulator delivers its events to the server by itself.

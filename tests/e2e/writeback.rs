@@ -31,7 +31,7 @@ fn write_playbook(env: &Env, name: &str, text: &str) -> String {
 
 async fn plan_at(env: &Env, as_of: Timestamp) -> Plan {
     let conn = connector(env);
-    writeback::plan_portal(&env.portal, &env.store, Some(conn.as_ref()), None, as_of)
+    writeback::plan_portal(&env.portal, &env.store, Some(conn.as_ref()), as_of)
         .await
         .expect("plan")
 }
@@ -455,7 +455,7 @@ responsible = "user:Никто"
 "#,
     );
     env.portal.mapping = json!({"playbooks": [pb.clone()]});
-    let err = writeback::plan_portal(&env.portal, &env.store, None, None, Timestamp::now())
+    let err = writeback::plan_portal(&env.portal, &env.store, None, Timestamp::now())
         .await
         .unwrap_err();
     let msg = format!("{err:#}");
@@ -648,7 +648,6 @@ async fn the_customers_funnel_keeps_one_amocrm_customer_per_customer_and_moves_i
                 &env.portal,
                 &env.store,
                 conn.as_ref(),
-                None,
                 as_of,
                 Duration::from_secs(10),
             )
@@ -805,7 +804,6 @@ async fn plan_at_err(env: &Env) -> String {
         &env.portal,
         &env.store,
         Some(conn.as_ref()),
-        None,
         Timestamp::now(),
     )
     .await
@@ -1042,7 +1040,7 @@ async fn inactive_managers_get_no_tasks_and_are_reported_with_their_customers() 
         "lookback_days": 0,
     });
     let conn = connector(&env);
-    let report = writeback::mapping_report(&env.portal, &env.store, conn.as_ref(), None, None)
+    let report = writeback::mapping_report(&env.portal, &env.store, conn.as_ref(), None)
         .await
         .unwrap();
     let owner = report

@@ -104,7 +104,7 @@ fn connector(env: &Env) -> Arc<dyn Connector> {
 
 async fn plan_at(env: &Env, as_of: Timestamp) -> Plan {
     let conn = connector(env);
-    writeback::plan_portal(&env.portal, &env.store, Some(conn.as_ref()), None, as_of)
+    writeback::plan_portal(&env.portal, &env.store, Some(conn.as_ref()), as_of)
         .await
         .expect("plan")
 }
@@ -115,7 +115,6 @@ async fn apply_at(env: &Env, as_of: Timestamp) -> (Plan, writeback::ApplyReport)
         &env.portal,
         &env.store,
         conn.as_ref(),
-        None,
         as_of,
         Duration::from_secs(10),
     )
@@ -553,7 +552,7 @@ responsible = "user:Никто"
 "#,
     );
     env.portal.mapping = json!({"playbooks": [pb.clone()]});
-    let err = writeback::plan_portal(&env.portal, &env.store, None, None, Timestamp::now())
+    let err = writeback::plan_portal(&env.portal, &env.store, None, Timestamp::now())
         .await
         .unwrap_err();
     let msg = format!("{err:#}");
@@ -576,7 +575,6 @@ responsible = "user:Никто"
         &env.portal,
         &env.store,
         Some(conn.as_ref()),
-        None,
         Timestamp::now(),
     )
     .await
@@ -604,7 +602,6 @@ async fn b24_segment_fields_are_created_once_and_written() {
             &env.portal,
             &env.store,
             Some(conn.as_ref()),
-            None,
             Timestamp::now(),
         )
         .await

@@ -1,12 +1,19 @@
 //! `rebuy demo`: the whole product against built-in emulators, on a fresh machine, with no
 //! configuration: start an emulated amoCRM account with generated data, authorise over OAuth,
 //! sync it fully into a fresh cache, and print what happened and what the base looks like.
-use crate::cli::{print_sync_report, random_state, sync_with_progress};
-use crate::config::{self, PortalConfig};
-use crate::portal;
-use crate::store::Store;
-use anyhow::{Context, Result, bail};
+mod amocrm;
+mod live;
+
+use crate::cli::{print_sync_report, sync_with_progress};
+use anyhow::{Context, Result};
 use clap::Args;
+use jiff::Timestamp;
+use rebuy::analyse::analyse_portal;
+use rebuy::analytics::{Analysis, render};
+use rebuy::config::PortalConfig;
+use rebuy::emulated::{authorize_automatically, emulator_b24_portal, emulator_portal};
+use rebuy::portal;
+use rebuy::store::Store;
 use rebuy_emulator::amocrm::{AmoConfig, AmoEmulator};
 use rebuy_emulator::bitrix24::{B24Config, B24Emulator};
 use rebuy_emulator::seed::SeedConfig;
@@ -49,84 +56,6 @@ pub fn history(
     }
 }
 
-/// The config of a portal pointing at an emulator (built through the real config path).
-pub fn emulator_portal(
-    id: &str,
-    base_url: &str,
-    client_id: &str,
-    redirect_uri: &str,
-    rps: u32,
-) -> Result<PortalConfig> {
-    let text = format!(
-        r#"
-        [[portal]]
-        id = "{id}"
-        kind = "amocrm"
-        base_url = "{base_url}"
-        requests_per_sec = {rps}
-        exceed_documented_limit = true
-        [portal.auth]
-        type = "oauth"
-        client_id = "{client_id}"
-        client_secret_env = "EMULATOR_CLIENT_SECRET"
-        redirect_uri = "{redirect_uri}"
-        "#
-    );
-    one_portal(
-        &text,
-        "EMULATOR_CLIENT_SECRET",
-        AmoConfig::default().client_secret,
-    )
-}
-
-/// Resolves a one-portal TOML text through the real config checks; `secret_env` holds `secret`.
-fn one_portal(text: &str, secret_env: &'static str, secret: String) -> Result<PortalConfig> {
-    let env = move |k: &str| (k == secret_env).then(|| secret.clone());
-    let cfg = config::resolve_toml(text, "<demo>", &env)
-        .map_err(|p| anyhow::anyhow!("demo config invalid:\n{}", config::format_problems(&p)))?;
-    cfg.portals
-        .into_iter()
-        .next()
-        .context("demo config has no portal")
-}
-
-/// Authorises a portal against an emulator without a person.
-pub async fn authorize_automatically(p: &PortalConfig, store: &Store) -> Result<()> {
-    let state = random_state();
-    let url = portal::authorize_url(p, &state)?;
-    let Some(code) = portal::try_automatic_code(&url, &state).await else {
-        bail!(
-            "portal {}: the CRM did not authorise automatically (not an emulator?)",
-            p.id
-        );
-    };
-    portal::exchange_code(p, store, &code).await?;
-    Ok(())
-}
-
-/// The config of a Bitrix24 portal pointing at an emulator, authorised as a local OAuth app.
-pub fn emulator_b24_portal(id: &str, base_url: &str, emu: &B24Config) -> Result<PortalConfig> {
-    let text = format!(
-        r#"
-        [[portal]]
-        id = "{id}"
-        kind = "bitrix24"
-        base_url = "{base_url}"
-        [portal.auth]
-        type = "oauth"
-        client_id = "{}"
-        client_secret_env = "EMULATOR_B24_CLIENT_SECRET"
-        redirect_uri = "{}"
-        "#,
-        emu.client_id, emu.redirect_uri
-    );
-    one_portal(
-        &text,
-        "EMULATOR_B24_CLIENT_SECRET",
-        emu.client_secret.clone(),
-    )
-}
-
 /// Authorises, syncs fully and prints the report of one demo portal.
 async fn demo_portal(p: &PortalConfig, data_dir: &std::path::Path, quiet: bool) -> Result<Store> {
     let store = Store::open(data_dir, &p.id)?;
@@ -136,7 +65,7 @@ async fn demo_portal(p: &PortalConfig, data_dir: &std::path::Path, quiet: bool) 
         p.id
     );
     let handle = portal::open(p, store.clone())?;
-    let opts = crate::portal::sync_options(p, true);
+    let opts = rebuy::portal::sync_options(p, true);
     let report = sync_with_progress(handle.connector.clone(), store.clone(), &opts, quiet).await?;
     print_sync_report(
         &p.id.0,
@@ -199,13 +128,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     )?;
     // The generated history ends at the emulators' "now": analyse as of that day.
     println!("\n== {} ==", amo_portal.id);
-    crate::analyse::demo_summary(&amo_store, &amo_portal, amo_cfg.seed.now)?;
-    crate::writeback::demo_amocrm(&amo_portal, &amo_store, &amo.emulator, amo_cfg.seed.now)
+    demo_summary(&amo_store, &amo_portal, amo_cfg.seed.now)?;
+    amocrm::demo_amocrm(&amo_portal, &amo_store, &amo.emulator, amo_cfg.seed.now)
         .await
         .context("the demo's write-back")?;
     println!("\n== {} ==", b24_portal.id);
-    crate::analyse::demo_summary(&b24_store, &b24_portal, b24_cfg.seed.now)?;
-    crate::server::demo::live_routing(
+    demo_summary(&b24_store, &b24_portal, b24_cfg.seed.now)?;
+    live::live_routing(
         &amo_portal,
         &amo_store,
         &amo.emulator,
@@ -347,4 +276,19 @@ pub async fn emulate_bitrix24(a: crate::cli::EmulateArgs) -> Result<()> {
     rebuy_emulator::bitrix24::run_bitrix24(cfg, a.port, tls.as_deref(), &deny)
         .await
         .context("running the Bitrix24 emulator")
+}
+
+/// The demo's closing page: the report of the synced portal.
+pub fn demo_summary(store: &Store, portal: &PortalConfig, as_of: Timestamp) -> Result<Analysis> {
+    let started = std::time::Instant::now();
+    let (data, analysis) = analyse_portal(store, portal, Some(as_of))?;
+    println!(
+        "\nanalysis of {} customers and {} deals in {:.2} s (as of {}):\n",
+        data.customer_count(),
+        data.deal_count(),
+        started.elapsed().as_secs_f64(),
+        analysis.as_of_date
+    );
+    println!("{}", render::render_report(&analysis));
+    Ok(analysis)
 }

@@ -1,11 +1,16 @@
 //! The command line: raw arguments (clap) and the dispatch of each command.
-use crate::config::{self, Config, PortalConfig};
-use crate::portal;
-use crate::store::Store;
-use crate::sync::{self, Progress, SyncOptions};
+mod analyse;
+mod bench;
+mod demo;
+mod plan;
+
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use rebuy::config::{self, Config, PortalConfig};
+use rebuy::portal;
+use rebuy::store::Store;
+use rebuy::sync::{self, Progress, SyncOptions};
 use rebuy_core::{Connector, EntityKind};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,7 +86,7 @@ pub enum Command {
     /// Reads the password from the first line of standard input.
     HashPassword,
     /// Run the whole product against built-in emulators and print what it did.
-    Demo(crate::demo::DemoArgs),
+    Demo(demo::DemoArgs),
     /// Run a CRM emulator.
     Emulate {
         /// Which CRM.
@@ -92,7 +97,7 @@ pub enum Command {
     Bench {
         /// Which benchmark.
         #[command(subcommand)]
-        what: crate::bench::BenchCommand,
+        what: bench::BenchCommand,
     },
 }
 
@@ -130,7 +135,7 @@ pub struct SegmentsArgs {
     pub as_of: Option<String>,
     /// Output format: table, csv or json.
     #[arg(long, default_value = "table")]
-    pub format: crate::analytics::render::Format,
+    pub format: rebuy::analytics::render::Format,
     /// Only this RFM segment (`at_risk`, "can't lose them", ...).
     #[arg(long)]
     pub segment: Option<String>,
@@ -164,8 +169,8 @@ pub struct BacktestArgs {
     #[arg(long)]
     pub as_of: Option<String>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = crate::analyse::BacktestFormat::Table)]
-    pub format: crate::analyse::BacktestFormat,
+    #[arg(long, value_enum, default_value_t = analyse::BacktestFormat::Table)]
+    pub format: analyse::BacktestFormat,
 }
 
 /// `rebuy plan` arguments.
@@ -179,8 +184,8 @@ pub struct PlanArgs {
     #[arg(long)]
     pub as_of: Option<String>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = crate::writeback::PlanFormat::Table)]
-    pub format: crate::writeback::PlanFormat,
+    #[arg(long, value_enum, default_value_t = plan::PlanFormat::Table)]
+    pub format: plan::PlanFormat,
 }
 
 /// `rebuy apply` arguments.
@@ -390,9 +395,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let as_of = a
                 .as_of
                 .as_deref()
-                .map(|s| crate::analyse::parse_as_of(s, p))
+                .map(|s| rebuy::analyse::parse_as_of(s, p))
                 .transpose()?;
-            crate::analyse::cmd_segments(
+            analyse::cmd_segments(
                 &store,
                 p,
                 as_of,
@@ -408,9 +413,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let as_of = a
                 .as_of
                 .as_deref()
-                .map(|s| crate::analyse::parse_as_of(s, p))
+                .map(|s| rebuy::analyse::parse_as_of(s, p))
                 .transpose()?;
-            crate::analyse::cmd_report(&store, p, as_of)?;
+            analyse::cmd_report(&store, p, as_of)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Backtest(a) => {
@@ -419,21 +424,19 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let as_of = a
                 .as_of
                 .as_deref()
-                .map(|s| crate::analyse::parse_as_of(s, p))
+                .map(|s| rebuy::analyse::parse_as_of(s, p))
                 .transpose()?;
-            crate::analyse::cmd_backtest(&store, p, as_of, a.holdout_days, a.format)?;
+            analyse::cmd_backtest(&store, p, as_of, a.holdout_days, a.format)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Plan(a) => {
             let cfg = load_config(&cli.config)?;
-            crate::writeback::cmd_plan(&cfg, &cli.config, &a.portal, a.as_of.as_deref(), a.format)
-                .await?;
+            plan::cmd_plan(&cfg, &a.portal, a.as_of.as_deref(), a.format).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Apply(a) => {
             let cfg = load_config(&cli.config)?;
-            let ok = crate::writeback::cmd_apply(&cfg, &cli.config, &a.portal, a.as_of.as_deref())
-                .await?;
+            let ok = plan::cmd_apply(&cfg, &a.portal, a.as_of.as_deref()).await?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -442,7 +445,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Mapping(a) => {
             let cfg = load_config(&cli.config)?;
-            let ok = crate::writeback::cmd_mapping(&cfg, &cli.config, &a.portal).await?;
+            let ok = plan::cmd_mapping(&cfg, &a.portal).await?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -488,29 +491,23 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             if password.is_empty() {
                 anyhow::bail!("empty password on standard input");
             }
-            let hash = crate::ui::auth::hash_password(password)
+            let hash = rebuy::config::passwords::hash_password(password)
                 .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
             println!("{hash}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {
             let cfg = load_config(&cli.config)?;
-            cmd_serve(cfg, &cli.config)
-                .await
-                .map(|()| ExitCode::SUCCESS)
+            cmd_serve(cfg).await.map(|()| ExitCode::SUCCESS)
         }
-        Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Demo(args) => demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Emulate {
             crm: EmulateCrm::Amocrm(a),
-        } => crate::demo::emulate_amocrm(a)
-            .await
-            .map(|()| ExitCode::SUCCESS),
+        } => demo::emulate_amocrm(a).await.map(|()| ExitCode::SUCCESS),
         Command::Emulate {
             crm: EmulateCrm::Bitrix24(a),
-        } => crate::demo::emulate_bitrix24(a)
-            .await
-            .map(|()| ExitCode::SUCCESS),
-        Command::Bench { what } => crate::bench::run(what).await.map(|()| ExitCode::SUCCESS),
+        } => demo::emulate_bitrix24(a).await.map(|()| ExitCode::SUCCESS),
+        Command::Bench { what } => bench::run(what).await.map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -539,7 +536,7 @@ fn config_check(path: &std::path::Path) -> Result<ExitCode> {
             }
             // With a cache, the managers who own customers but cannot be given work.
             for p in &cfg.portals {
-                if p.mapping.is_null() || !crate::store::portal_path(&cfg.data_dir, &p.id).exists()
+                if p.mapping.is_null() || !rebuy::store::portal_path(&cfg.data_dir, &p.id).exists()
                 {
                     continue;
                 }
@@ -550,7 +547,7 @@ fn config_check(path: &std::path::Path) -> Result<ExitCode> {
                 if users.is_empty() {
                     continue;
                 }
-                if let Ok(owners) = crate::writeback::unusable_owners(&store, p, &users) {
+                if let Ok(owners) = rebuy::writeback::unusable_owners(&store, p, &users) {
                     for o in owners {
                         println!("warning: portal {}: {} (cached users)", p.id, o.describe());
                     }
@@ -725,7 +722,7 @@ async fn cmd_sync(cfg: &Config, args: &SyncArgs) -> Result<ExitCode> {
     for p in portals {
         let p = p.clone();
         let data_dir = cfg.data_dir.clone();
-        let opts = crate::portal::sync_options(&p, args.full);
+        let opts = rebuy::portal::sync_options(&p, args.full);
         let quiet = args.quiet;
         tasks.spawn(async move {
             let id = p.id.0.clone();
@@ -775,7 +772,7 @@ async fn cmd_auth(cfg: &Config, args: &AuthArgs) -> Result<ExitCode> {
     if args.link {
         // Signed with the key `serve` checks, from the data directory; no store is opened, so
         // this works while the server runs.
-        let key = crate::server::oauth::LinkKey::load_or_create(&cfg.data_dir)
+        let key = rebuy::server::oauth::LinkKey::load_or_create(&cfg.data_dir)
             .with_context(|| format!("reading the link key in {}", cfg.data_dir.display()))?;
         let base = cfg
             .server
@@ -792,7 +789,7 @@ async fn cmd_auth(cfg: &Config, args: &AuthArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let store = Store::open(&cfg.data_dir, &p.id)?;
-    let state = random_state();
+    let state = portal::random_state();
     let url = portal::authorize_url(p, &state)?;
     let code = match &args.code {
         Some(c) => c.clone(),
@@ -834,17 +831,8 @@ async fn cmd_auth(cfg: &Config, args: &AuthArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A random OAuth `state` value.
-pub fn random_state() -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..24)
-        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
-        .collect()
-}
-
 fn cmd_status(cfg: &Config) -> Result<ExitCode> {
-    if let Some(mode) = crate::store::exposed_mode(&cfg.data_dir) {
+    if let Some(mode) = rebuy::store::exposed_mode(&cfg.data_dir) {
         println!(
             "warning: the data directory {} is open to other users (mode {mode:o}) and holds the \
              portals' tokens: chmod 700 it",
@@ -896,7 +884,7 @@ fn cmd_status(cfg: &Config) -> Result<ExitCode> {
                 }
             },
         }
-        let w = crate::sync::last_warnings(&store)?;
+        let w = rebuy::sync::last_warnings(&store)?;
         if !w.warnings.is_empty() {
             println!(
                 "  last sync ({}) went without {} optional part(s):",
@@ -917,14 +905,13 @@ fn cmd_status(cfg: &Config) -> Result<ExitCode> {
                 p.id
             );
         }
-        crate::writeback::print_outbox_status(&store)?;
+        plan::print_outbox_status(&store)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn cmd_serve(cfg: Config, config_path: &std::path::Path) -> Result<()> {
-    let mut state = crate::server::AppState::new(&cfg, true)?;
-    state.playbooks_dir = crate::writeback::playbooks_dir(config_path);
+async fn cmd_serve(cfg: Config) -> Result<()> {
+    let state = rebuy::server::AppState::new(&cfg, true)?;
     let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.server.listen))?;
@@ -935,12 +922,7 @@ async fn cmd_serve(cfg: Config, config_path: &std::path::Path) -> Result<()> {
         }
     }
     let cancel = tokio_util::sync::CancellationToken::new();
-    let tasks = crate::server::runtime::spawn_all(
-        &state,
-        &cfg.server,
-        crate::writeback::playbooks_dir(config_path),
-        cancel.clone(),
-    );
+    let tasks = rebuy::server::runtime::spawn_all(&state, &cfg.server, cancel.clone());
     let shutdown = {
         let cancel = cancel.clone();
         async move {
@@ -957,7 +939,7 @@ async fn cmd_serve(cfg: Config, config_path: &std::path::Path) -> Result<()> {
             .await
             .with_context(|| format!("listening on {addr} (server.metrics_listen)"))?;
         tracing::info!(listen = %addr, "Serving /metrics.");
-        let app = crate::server::metrics::open_router(state.clone());
+        let app = rebuy::server::metrics::open_router(state.clone());
         let stop = cancel.clone();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(metrics_listener, app)
@@ -968,7 +950,10 @@ async fn cmd_serve(cfg: Config, config_path: &std::path::Path) -> Result<()> {
             }
         });
     }
-    crate::server::serve(listener, state, shutdown)
+    // The dashboard is on when `[server.ui]` (or REBUY_UI_USER / REBUY_UI_PASSWORD) gives it a
+    // user (else /ui is 404).
+    let dashboard = rebuy::ui::router_from_config(state.clone());
+    rebuy::server::serve(listener, state, Some(dashboard), shutdown)
         .await
         .context("serving")?;
     cancel.cancel();
