@@ -5,7 +5,7 @@ mod amocrm;
 mod live;
 
 use crate::cli::{print_sync_report, sync_with_progress};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use jiff::Timestamp;
 use rebuy::analyse::analyse_portal;
