@@ -292,6 +292,11 @@ pub struct EmulateArgs {
     /// Leads / deals to generate.
     #[arg(long, default_value_t = 6000)]
     pub leads: usize,
+    /// The last day of the generated history (`YYYY-MM-DD`; the history is three years long
+    /// and ends at 00:00 UTC of that day). Default: today, so the base looks alive; pin it for
+    /// reproducible data.
+    #[arg(long, value_parser = parse_history_end)]
+    pub history_end: Option<jiff::civil::Date>,
     /// Requests per second allowed (0 = unlimited).
     #[arg(long)]
     pub rate: Option<u32>,
@@ -310,6 +315,63 @@ pub struct EmulateArgs {
     /// `batch` counts), as a real portal's database time; 0 answers at once.
     #[arg(long, default_value_t = 0)]
     pub call_time_ms: u64,
+    /// Injected faults on API calls: one share for every kind (`0.02`) or a list of
+    /// `kind=share` with the kinds `5xx`, `429`, `drop` (connection dropped, a write not
+    /// applied), `drop-after-write` (the write applied, then the connection dropped),
+    /// `malformed` (truncated JSON), `slow`, plus `slow-ms=MS`; e.g.
+    /// `--faults 5xx=0.05,drop-after-write=0.02,slow=0.1,slow-ms=3000`.
+    #[arg(long, value_parser = parse_faults)]
+    pub faults: Option<rebuy_emulator::faults::FaultConfig>,
+    /// Seconds the emulator's clock runs ahead (or, negative, behind) this machine's, for the
+    /// times of records and events it writes.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    pub clock_offset: i64,
+    /// API access the emulated user lacks, comma-separated: amoCRM path prefixes
+    /// (`/api/v4/companies` answers 403) or Bitrix24 methods (`crm.company.list` answers
+    /// `insufficient_scope`).
+    #[arg(long, value_delimiter = ',')]
+    pub deny: Vec<String>,
+    /// amoCRM only: more than this many 429s within 60 s block the integration (403 on
+    /// every call until `POST /_emulator/unblock`); 0 = never. Default 20.
+    #[arg(long)]
+    pub block_after: Option<u32>,
+    /// Bitrix24 only: the leaky bucket's capacity (50 in the cloud; Enterprise 250).
+    #[arg(long)]
+    pub bucket_capacity: Option<u32>,
+    /// Bitrix24 only: Enterprise plan limits, a bucket of 250 drained at 5 per second
+    /// (`--bucket-capacity` and `--rate` override either).
+    #[arg(long)]
+    pub enterprise: bool,
+    /// Bitrix24 only: seconds of operating time one method may use per window before it
+    /// answers 429 `OPERATION_TIME_LIMIT` (480; 0 = unlimited).
+    #[arg(long)]
+    pub operating_limit: Option<f64>,
+    /// Bitrix24 only: the operating-time window in seconds (600).
+    #[arg(long)]
+    pub operating_window: Option<f64>,
+    /// Bitrix24 only: operating time each method call counts, in milliseconds (5); with a
+    /// small `--operating-limit` it makes `OPERATION_TIME_LIMIT` reachable in a few calls.
+    #[arg(long)]
+    pub method_cost_ms: Option<u64>,
+    /// Serve HTTPS with a self-signed certificate generated at start (real CRMs speak HTTPS
+    /// only; Bitrix24 answers "Https required" to plain HTTP).
+    #[arg(long)]
+    pub tls: bool,
+    /// Where `--tls` writes its certificate (PEM) for clients to trust. Default:
+    /// `rebuy-emulator-{crm}-{port}.pem` in the temporary directory.
+    #[arg(long, requires = "tls")]
+    pub tls_cert: Option<std::path::PathBuf>,
+}
+
+/// Parses `--faults` (see [`rebuy_emulator::faults::FaultConfig`]'s `FromStr`).
+fn parse_faults(s: &str) -> Result<rebuy_emulator::faults::FaultConfig, String> {
+    s.parse()
+}
+
+/// Parses `--history-end`: a calendar date.
+pub fn parse_history_end(s: &str) -> Result<jiff::civil::Date, String> {
+    s.parse::<jiff::civil::Date>()
+        .map_err(|e| format!("expected a date like 2026-03-01: {e}"))
 }
 
 /// Sets up logging: `RUST_LOG` filters (default `info`), text or JSON lines on stderr.

@@ -4,6 +4,7 @@ mod bitrix;
 mod browser;
 mod cli;
 mod edges;
+mod emulate;
 mod results;
 mod security;
 mod serve;

@@ -633,6 +633,8 @@ async fn the_customers_funnel_keeps_one_amocrm_customer_per_customer_and_moves_i
         .clone()
         .with_now(now - SignedDuration::from_hours(48));
     cfg.customers_mode = "periodicity".into();
+    // Counts the customers rebuy creates: no generated ones.
+    cfg.history_customers = false;
     let mut env = amo_env(cfg).await;
     sync(&env, true).await.unwrap();
     env.portal.mapping = json!({"funnel": {"entity": "customers", "stages": CUSTOMER_WINDOWS}, "holdout_percent": 0});
@@ -816,6 +818,8 @@ async fn plan_at_err(env: &Env) -> String {
 async fn fields_and_customers_are_created_once_across_crashes() {
     let mut cfg = amo_config(49, 300, 900);
     cfg.customers_mode = "periodicity".into();
+    // Counts the customers rebuy creates: no generated ones.
+    cfg.history_customers = false;
     let emu = rebuy_emulator::amocrm::AmoEmulator::spawn(cfg)
         .await
         .unwrap();

@@ -15,7 +15,8 @@
 //!   complete tasks, customers with a completed task buy more often.
 //! - [`faults`]: fault injection ([`faults::FaultConfig`]): 5xx, extra 429, slow answers,
 //!   dropped connections, truncated JSON, drawn from a seeded generator.
-//! - [`limits`]: the token bucket with escalation to a sticky block.
+//! - [`limits`]: the sliding one-second window with escalation to a sticky block.
+//! - [`tls`]: HTTPS with a self-signed certificate generated at start (`--tls`).
 //! - [`delivery`]: outgoing webhooks ([`delivery::DeliveryConfig`]): a background task per
 //!   emulator POSTs every change to the registered URLs, with timeouts, retries (amoCRM) and
 //!   seeded duplicates, drops and delays.
@@ -43,3 +44,4 @@ pub mod faults;
 pub mod limits;
 mod rng;
 pub mod seed;
+pub mod tls;
