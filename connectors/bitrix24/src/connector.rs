@@ -39,6 +39,7 @@
 //! from `crm.currency.base.get` (`RUB` when empty), no time zone.
 use crate::batch::{self, Command};
 use crate::client::{B24Client, api_error, decode_value};
+use crate::prelude::Probe;
 use crate::wire::{self, HasId};
 use crate::{map, write};
 use async_trait::async_trait;
@@ -117,43 +118,48 @@ fn bad_cursor(c: Option<&Cursor>) -> ConnectorError {
 }
 
 /// `id:{after}` -> (after, None); `id:{after}..{upto}` (a segment: ids strictly between) ->
-/// (after, Some(upto)).
+/// (after, Some(upto)); `id:{after}..` (the last segment of a probed table: no upper bound,
+/// but counted like the others) -> (after, Some([`OPEN_END`])).
 pub(crate) fn parse_segment(c: Option<&Cursor>) -> Result<(u64, Option<u64>), ConnectorError> {
     let Some(text) = c else { return Ok((0, None)) };
     let rest = text.0.strip_prefix("id:").ok_or_else(|| bad_cursor(c))?;
     match rest.split_once("..") {
         None => rest.parse().map(|a| (a, None)).map_err(|_| bad_cursor(c)),
+        Some((a, "")) => a
+            .parse()
+            .map(|a| (a, Some(OPEN_END)))
+            .map_err(|_| bad_cursor(c)),
         Some((a, b)) => match (a.parse::<u64>(), b.parse::<u64>()) {
-            (Ok(a), Ok(b)) if b > a => Ok((a, Some(b))),
+            (Ok(a), Ok(b)) if b > a && b != OPEN_END => Ok((a, Some(b))),
             _ => Err(bad_cursor(c)),
         },
     }
+}
+
+/// The upper bound of a segment that has none (`id:{after}..`): its chains count like a closed
+/// segment's, so it ends without an empty request, but send no `<ID`.
+pub(crate) const OPEN_END: u64 = u64::MAX;
+
+/// The `<ID` bound to send for a segment's upper bound.
+fn id_bound(upto: Option<u64>) -> Option<u64> {
+    upto.filter(|u| *u != OPEN_END)
 }
 
 fn cursor(last: u64) -> Cursor {
     Cursor(format!("id:{last}"))
 }
 
-/// The open-ended cursor after `last` (the last segment).
-fn cursor_open(last: u64) -> Cursor {
-    cursor(last)
-}
-
 /// The cursor after `last` within a segment that ends below `upto` (or open-ended).
-fn segment_cursor(last: u64, upto: Option<u64>) -> Cursor {
+pub(crate) fn segment_cursor(last: u64, upto: Option<u64>) -> Cursor {
     match upto {
+        Some(OPEN_END) => Cursor(format!("id:{last}..")),
         Some(u) => Cursor(format!("id:{last}..{u}")),
         None => cursor(last),
     }
 }
 
-/// Rows of one probed segment: one full chain.
-fn segment_rows(batch_size: usize) -> usize {
-    batch_size * PAGE
-}
-
 /// `ID` (or `id`) of a row as Bitrix24 sends it: a string or a number.
-fn row_id(row: &Value, key: &str) -> Option<u64> {
+pub(crate) fn row_id(row: &Value, key: &str) -> Option<u64> {
     match row.get(key)? {
         Value::String(s) => s.parse().ok(),
         Value::Number(n) => n.as_u64(),
@@ -197,7 +203,7 @@ impl B24Client {
             self.inner.settings.batch_size
         };
         let mut filter = filter.clone();
-        if let Some(u) = upto {
+        if let Some(u) = id_bound(upto) {
             filter.insert("<ID".into(), Value::String(u.to_string()));
         }
         let cmds = batch::chain_list(method, after, n, select, &filter, upto.is_some());
@@ -278,55 +284,29 @@ impl B24Client {
         Ok((rows, Some(last)))
     }
 
-    /// Probes the rest of a full listing after `after` by rank (see the module doc): the ids
-    /// that start each following segment of [`segment_rows`] rows, ascending.
-    async fn probe_segments(
-        &self,
-        method: &str,
-        product_rows: bool,
-        after: u64,
-    ) -> Result<Vec<u64>, ConnectorError> {
-        let n = self.inner.settings.batch_size;
-        let step = segment_rows(n);
-        if step == 0 {
-            return Ok(Vec::new());
+    /// The account for `currency`: Bitrix24 has no account entity (see the module doc).
+    pub(crate) async fn account_of(&self, currency: rebuy_core::Currency) -> Account {
+        let mut domain = self
+            .inner
+            .settings
+            .base_url
+            .host_str()
+            .unwrap_or("")
+            .to_owned();
+        if let Some(m) = &self.inner.tokens
+            && let Ok(t) = m.tokens().await
+            && let Some(d) = t.extra.get("domain").filter(|d| !d.starts_with("oauth."))
+        {
+            domain = d.clone();
         }
-        let cmds: Vec<Command> = (1..=n)
-            .map(|k| {
-                let params = if product_rows {
-                    json!({"filter": {"=ownerType": "D", ">id": after}, "order": {"id": "ASC"}, "start": k * step})
-                } else {
-                    json!({"filter": {">ID": after}, "order": {"ID": "ASC"}, "select": ["ID"], "start": k * step})
-                };
-                batch::command(k - 1, method, &params)
-            })
-            .collect();
-        let mut res = self.batch::<Value>(&cmds, false, true).await?;
-        let mut bounds: Vec<u64> = Vec::new();
-        for c in &cmds {
-            if let Some(e) = res.result_error.get(&c.key) {
-                return Err(api_error(400, e, &format!("{method} in batch ({})", c.key)));
-            }
-            let v = res.result.remove(&c.key).unwrap_or(Value::Null);
-            let rows = if product_rows {
-                v.get("productRows").cloned().unwrap_or(Value::Null)
-            } else {
-                v
-            };
-            let first = rows
-                .as_array()
-                .and_then(|a| a.first())
-                .and_then(|r| row_id(r, if product_rows { "id" } else { "ID" }));
-            match first {
-                // Past the end: the rest are empty too.
-                None => break,
-                // Ranks that do not map to growing ids (a table changing under the probe):
-                // keep what is consistent.
-                Some(id) if id <= bounds.last().copied().unwrap_or(after) => break,
-                Some(id) => bounds.push(id),
-            }
+        Account {
+            id: 0,
+            name: domain.clone(),
+            domain,
+            currency,
+            time_zone: None,
+            customers_mode: None,
         }
-        Ok(bounds)
     }
 
     /// Product rows of `deal_ids`, by deal.
@@ -401,27 +381,11 @@ impl Connector for B24Client {
 
     async fn account(&self) -> Result<Account, ConnectorError> {
         let currency = self.currency().await?;
-        let mut domain = self
-            .inner
-            .settings
-            .base_url
-            .host_str()
-            .unwrap_or("")
-            .to_owned();
-        if let Some(m) = &self.inner.tokens
-            && let Ok(t) = m.tokens().await
-            && let Some(d) = t.extra.get("domain").filter(|d| !d.starts_with("oauth."))
-        {
-            domain = d.clone();
-        }
-        Ok(Account {
-            id: 0,
-            name: domain.clone(),
-            domain,
-            currency,
-            time_zone: None,
-            customers_mode: None,
-        })
+        Ok(self.account_of(currency).await)
+    }
+
+    async fn prelude(&self, full: &[rebuy_core::EntityKind]) -> rebuy_core::Prelude {
+        self.sync_prelude(full).await
     }
 
     async fn users(&self) -> Result<Vec<User>, ConnectorError> {
@@ -565,32 +529,17 @@ impl Connector for B24Client {
         kind: rebuy_core::EntityKind,
         cursor: &Cursor,
     ) -> Result<Vec<Cursor>, ConnectorError> {
-        use rebuy_core::EntityKind as K;
         let (after, upto) = parse_segment(Some(cursor))?;
         if upto.is_some() {
             return Ok(Vec::new());
         }
-        let (method, product_rows) = match kind {
-            K::Contacts => ("crm.contact.list", false),
-            K::Companies => ("crm.company.list", false),
-            K::Deals => ("crm.deal.list", false),
-            K::ProductRows if self.inner.settings.product_rows => {
-                ("crm.item.productrow.list", true)
-            }
-            _ => return Ok(Vec::new()),
-        };
-        let bounds = self.probe_segments(method, product_rows, after).await?;
-        if bounds.is_empty() {
+        let s = &self.inner.settings;
+        let Some(probe) = Probe::new(kind, after, s.batch_size, s.product_rows) else {
             return Ok(Vec::new());
-        }
-        let mut out = Vec::with_capacity(bounds.len() + 1);
-        let mut lo = after;
-        for b in bounds {
-            out.push(segment_cursor(lo, Some(b)));
-            lo = b - 1;
-        }
-        out.push(cursor_open(lo));
-        Ok(out)
+        };
+        let mut probes = [probe];
+        self.probe(&mut probes, &[s.batch_size]).await;
+        Ok(probes[0].segments())
     }
 
     fn lists_product_rows(&self) -> bool {
@@ -602,7 +551,12 @@ impl Connector for B24Client {
         cursor: Option<&Cursor>,
     ) -> Result<Page<DealProductRow>, ConnectorError> {
         let (after, upto) = parse_segment(cursor)?;
-        let cmds = batch::chain_product_rows(after, upto, self.inner.settings.batch_size);
+        let cmds = batch::chain_product_rows(
+            after,
+            id_bound(upto),
+            upto.is_some(),
+            self.inner.settings.batch_size,
+        );
         let (rows, next) = self
             .run_chain::<wire::ItemProductRows, _>(
                 "crm.item.productrow.list",
