@@ -10,11 +10,12 @@
 //! - fetching page N+1 overlaps with committing page N, so the rate limit, not the disk, sets
 //!   the pace.
 //!
-//! A full listing whose connector can split it ([`Connector::split`]) runs, after its first
-//! page, as several segments at once ([`SEGMENTS_IN_FLIGHT`]), so a CRM with a request burst
-//! (Bitrix24's leaky bucket) gets several requests in flight; each segment's pages are
-//! committed as above, with the cursors of all open segments, so a killed sync resumes every
-//! segment after its last committed page.
+//! A full listing whose connector can split it runs as several segments at once
+//! ([`SEGMENTS_IN_FLIGHT`]), so a CRM with a request burst (Bitrix24's leaky bucket) gets
+//! several requests in flight: from the start when the connector's [`Connector::prelude`]
+//! (account, users and pipelines asked together with the probes) cut it, else after its first
+//! page ([`Connector::split`]). Each segment's pages are committed as above, with the cursors of
+//! all open segments, so a killed sync resumes every segment after its last committed page.
 //!
 //! Incremental listings ask for records modified since the last cursor minus an overlap
 //! (`sync.overlap_secs`): CRM timestamps have one-second resolution and clocks drift, and
