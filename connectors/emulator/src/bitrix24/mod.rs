@@ -750,7 +750,15 @@ impl B24Emulator {
 
     /// Deletes a deal (fires `ONCRMDEALDELETE`). Returns `false` when it did not exist.
     pub fn delete_deal(&self, id: u64) -> bool {
-        let found = self.0.write().deals.remove(&id).is_some();
+        let found = {
+            let mut d = self.0.write();
+            let removed = d.deals.remove(&id);
+            // Its product rows go with it: the row listing never pages over rows that are gone.
+            for r in removed.iter().flat_map(|deal| &deal.products) {
+                d.product_rows.remove(&r.id);
+            }
+            removed.is_some()
+        };
         if found {
             self.0
                 .fire("ONCRMDEALDELETE", id, json!({"ID": id.to_string()}));
