@@ -4,8 +4,20 @@
 //! the rows for big bases, and Nelder-Mead when BFGS does not converge. Each model brings
 //! only its likelihood.
 #![allow(clippy::needless_range_loop)] // index loops over small fixed arrays read clearer
-use super::bgnbd::SummaryRow;
 use super::optim::{Minimum, bfgs, bfgs_from, nelder_mead};
+
+/// One aggregated row of the likelihood: `count` customers with the same summary.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SummaryRow {
+    /// Repeat purchases (purchase days after the first).
+    pub x: u32,
+    /// Time from the first to the last purchase.
+    pub t_x: f64,
+    /// Time from the first purchase to the end of observation.
+    pub t: f64,
+    /// Number of customers with this summary.
+    pub count: f64,
+}
 
 /// The rows of a fit on rescaled time, with the statistics the starting point needs.
 pub(crate) struct Scaled {

@@ -1,16 +1,21 @@
 //! The command line: raw arguments (clap) and the dispatch of each command.
 mod analyse;
+mod auth;
 mod bench;
+mod config;
 mod demo;
 mod plan;
+mod serve;
+mod status;
+mod sync;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use rebuy::config::{self, Config, PortalConfig};
+use rebuy::config::{Config, PortalConfig};
 use rebuy::portal;
 use rebuy::store::Store;
-use rebuy::sync::{self, Progress, SyncOptions};
+use rebuy::sync::{Progress, SyncOptions};
 use rebuy_core::{Connector, EntityKind};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -392,24 +397,24 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Config {
             action: ConfigAction::Check,
-        } => config_check(&cli.config),
+        } => config::config_check(&cli.config),
         Command::Config {
             action: ConfigAction::Example,
         } => {
-            print!("{}", config::EXAMPLE);
+            print!("{}", rebuy::config::EXAMPLE);
             Ok(ExitCode::SUCCESS)
         }
         Command::Sync(args) => {
             let cfg = load_config(&cli.config)?;
-            cmd_sync(&cfg, &args).await
+            sync::cmd_sync(&cfg, &args).await
         }
         Command::Auth(args) => {
             let cfg = load_config(&cli.config)?;
-            cmd_auth(&cfg, &args).await
+            auth::cmd_auth(&cfg, &args).await
         }
         Command::Status => {
             let cfg = load_config(&cli.config)?;
-            cmd_status(&cfg)
+            status::cmd_status(&cfg)
         }
         Command::Segments(a) => {
             let cfg = load_config(&cli.config)?;
@@ -536,7 +541,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Serve => {
             let cfg = load_config(&cli.config)?;
-            cmd_serve(cfg).await.map(|()| ExitCode::SUCCESS)
+            serve::cmd_serve(cfg).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Emulate {
@@ -555,50 +560,12 @@ fn env_lookup(k: &str) -> Option<String> {
 
 /// Loads and validates the config, turning problems into one error listing them all.
 pub fn load_config(path: &std::path::Path) -> Result<Config> {
-    config::load(path, &env_lookup).map_err(|p| {
+    rebuy::config::load(path, &env_lookup).map_err(|p| {
         anyhow::anyhow!(
             "invalid config:\n{}",
-            config::format_problems(&p).trim_end()
+            rebuy::config::format_problems(&p).trim_end()
         )
     })
-}
-
-fn config_check(path: &std::path::Path) -> Result<ExitCode> {
-    match config::load(path, &env_lookup) {
-        Ok(cfg) => {
-            println!("{}: ok ({} portals)", path.display(), cfg.portals.len());
-            for (user, form) in cfg.server.ui.weak_passwords() {
-                if let Some(w) = form.warning() {
-                    println!("warning: server.ui user {user:?}: {w}");
-                }
-            }
-            // With a cache, the managers who own customers but cannot be given work.
-            for p in &cfg.portals {
-                if p.mapping.is_null() || !rebuy::store::portal_path(&cfg.data_dir, &p.id).exists()
-                {
-                    continue;
-                }
-                let Ok(store) = Store::open(&cfg.data_dir, &p.id) else {
-                    continue;
-                };
-                let users: Vec<rebuy_core::User> = store.all().unwrap_or_default();
-                if users.is_empty() {
-                    continue;
-                }
-                if let Ok(owners) = rebuy::writeback::unusable_owners(&store, p, &users) {
-                    for o in owners {
-                        println!("warning: portal {}: {} (cached users)", p.id, o.describe());
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(problems) => {
-            eprintln!("{} problem(s):", problems.len());
-            eprint!("{}", config::format_problems(&problems));
-            Ok(ExitCode::from(2))
-        }
-    }
 }
 
 /// A configured portal and its opened store.
@@ -616,407 +583,5 @@ fn selected<'a>(cfg: &'a Config, portal: Option<&str>) -> Result<Vec<&'a PortalC
             format!("unknown portal {id:?}: not in the config")
         })?]),
         None => Ok(cfg.portals.iter().collect()),
-    }
-}
-
-/// Live progress of a sync: counts per kind, records/s and requests/s on one line.
-pub struct SyncProgress {
-    bar: ProgressBar,
-    counts: [AtomicU64; EntityKind::ALL.len()],
-    started: Instant,
-}
-
-impl SyncProgress {
-    /// A progress line (hidden when `quiet`).
-    pub fn new(quiet: bool, portal: &str) -> Arc<Self> {
-        let bar = if quiet {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new_spinner()
-        };
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {prefix} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        bar.set_prefix(portal.to_owned());
-        bar.enable_steady_tick(Duration::from_millis(200));
-        Arc::new(Self {
-            bar,
-            counts: Default::default(),
-            started: Instant::now(),
-        })
-    }
-
-    fn idx(kind: EntityKind) -> usize {
-        EntityKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
-    }
-
-    /// Redraws the line with the connector's request count.
-    pub fn refresh(&self, requests: u64) {
-        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let total: u64 = self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum();
-        let parts: Vec<String> = EntityKind::ALL
-            .iter()
-            .map(|k| {
-                format!(
-                    "{} {}",
-                    k.as_str(),
-                    self.counts[Self::idx(*k)].load(Ordering::Relaxed)
-                )
-            })
-            .collect();
-        self.bar.set_message(format!(
-            "{} | {:.0} records/s | {:.1} requests/s",
-            parts.join(", "),
-            total as f64 / secs,
-            requests as f64 / secs
-        ));
-    }
-
-    /// Ends the line.
-    pub fn finish(&self) {
-        self.bar.finish_and_clear();
-    }
-}
-
-impl Progress for SyncProgress {
-    fn page(&self, kind: EntityKind, records: u64) {
-        self.counts[Self::idx(kind)].fetch_add(records, Ordering::Relaxed);
-    }
-}
-
-/// Syncs one portal with a live progress line; returns the report.
-pub async fn sync_with_progress(
-    conn: Arc<dyn Connector>,
-    store: Store,
-    opts: &SyncOptions,
-    quiet: bool,
-) -> Result<sync::SyncReport, sync::SyncError> {
-    let progress = SyncProgress::new(quiet, &store.portal().0);
-    let ticker = {
-        let progress = progress.clone();
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            loop {
-                progress.refresh(conn.stats().requests);
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        })
-    };
-    let result = sync::sync_portal(conn, store, opts, progress.clone()).await;
-    ticker.abort();
-    progress.finish();
-    result
-}
-
-/// Prints a sync report.
-/// `burst` is the CRM's allowance of requests above the rate (Bitrix24's bucket: 50; amoCRM: 0):
-/// a run that fits in it is reported as such, not as a share of the per-second ceiling.
-pub fn print_sync_report(portal: &str, r: &sync::SyncReport, ceiling_rps: Option<u32>, burst: u64) {
-    let secs = r.elapsed.as_secs_f64().max(1e-3);
-    println!("portal {portal}: synced in {:.1} s", secs);
-    for (kind, k) in &r.kinds {
-        println!(
-            "  {:<10} {:>8} records {:>6} pages{}{}",
-            kind.as_str(),
-            k.records,
-            k.pages,
-            if k.deleted > 0 {
-                format!(" {:>5} deleted", k.deleted)
-            } else {
-                String::new()
-            },
-            if k.full { " (full)" } else { "" }
-        );
-    }
-    let rps = r.traffic.requests as f64 / secs;
-    print!(
-        "  {} requests ({:.2}/s), {} rate-limited, {} retries, {:.0} records/s",
-        r.traffic.requests,
-        rps,
-        r.traffic.rate_limited,
-        r.traffic.retries,
-        r.records() as f64 / secs
-    );
-    match ceiling_rps {
-        Some(_) if burst > 0 && r.traffic.requests <= burst => {
-            println!(", within the CRM's burst of {burst} requests")
-        }
-        Some(c) => println!(
-            ", {:.0}% of the {c} req/s ceiling used",
-            100.0 * rps / f64::from(c)
-        ),
-        None => println!(),
-    }
-    for w in &r.warnings {
-        println!("  warning: {w}");
-    }
-}
-
-async fn cmd_sync(cfg: &Config, args: &SyncArgs) -> Result<ExitCode> {
-    let portals = selected(cfg, args.portal.as_deref())?;
-    // Portals are independent: run them concurrently, and one failing never stops the others.
-    let mut tasks = tokio::task::JoinSet::new();
-    for p in portals {
-        let p = p.clone();
-        let data_dir = cfg.data_dir.clone();
-        let opts = rebuy::portal::sync_options(&p, args.full);
-        let quiet = args.quiet;
-        tasks.spawn(async move {
-            let id = p.id.0.clone();
-            let res: Result<()> = async {
-                let store = Store::open(&data_dir, &p.id)?;
-                let handle = portal::open(&p, store.clone())?;
-                let ceiling = portal::ceiling_rps(&p);
-                let report = sync_with_progress(handle.connector, store, &opts, quiet).await?;
-                print_sync_report(&id, &report, Some(ceiling), portal::burst_requests(&p));
-                Ok(())
-            }
-            .await;
-            (id, res)
-        });
-    }
-    let mut failed = 0;
-    while let Some(joined) = tasks.join_next().await {
-        let (id, res) = joined.context("sync task panicked")?;
-        if let Err(e) = res {
-            failed += 1;
-            eprintln!("portal {id}: sync failed: {e:#}");
-        }
-    }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-async fn cmd_auth(cfg: &Config, args: &AuthArgs) -> Result<ExitCode> {
-    let p = cfg
-        .portal(&args.portal)
-        .with_context(|| format!("unknown portal {:?}: not in the config", args.portal))?;
-    if !matches!(p.auth, config::AuthConfig::OAuth { .. }) {
-        // A long-lived token or an inbound webhook URL is already the authorisation.
-        println!(
-            "portal {}: {} needs no authorization: its credentials come from the environment",
-            p.id,
-            match p.auth {
-                config::AuthConfig::LongLivedToken { .. } => "a long-lived token",
-                _ => "an inbound webhook",
-            }
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    if args.link {
-        // Signed with the key `serve` checks, from the data directory; no store is opened, so
-        // this works while the server runs.
-        let key = rebuy::server::oauth::LinkKey::load_or_create(&cfg.data_dir)
-            .with_context(|| format!("reading the link key in {}", cfg.data_dir.display()))?;
-        let base = cfg
-            .server
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", cfg.server.listen));
-        let valid = std::time::Duration::from_secs(args.valid_hours * 3600);
-        println!(
-            "Open this link within {} hour(s) to connect portal {} (it works for anyone who has it):\n\n  {}\n",
-            args.valid_hours,
-            p.id,
-            key.start_link(&base, &p.id.0, valid)
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let store = Store::open(&cfg.data_dir, &p.id)?;
-    let state = portal::random_state();
-    let url = portal::authorize_url(p, &state)?;
-    let code = match &args.code {
-        Some(c) => c.clone(),
-        None => match portal::try_automatic_code(&url, &state).await {
-            Some(code) => {
-                println!(
-                    "authorised automatically (the CRM at {} is an emulator)",
-                    p.base_url
-                );
-                code
-            }
-            None => {
-                println!(
-                    "Open this URL, allow access, and paste the `code` parameter of the page you are sent to:\n\n  {url}\n"
-                );
-                print!("code: ");
-                use std::io::Write;
-                std::io::stdout().flush().ok();
-                let mut line = String::new();
-                std::io::stdin()
-                    .read_line(&mut line)
-                    .context("reading the code from stdin")?;
-                line.trim().to_owned()
-            }
-        },
-    };
-    if code.is_empty() {
-        bail!("no authorization code given");
-    }
-    let tokens = portal::exchange_code(p, &store, &code).await?;
-    println!(
-        "portal {}: authorised; access token valid until {}",
-        p.id,
-        tokens
-            .expires_at
-            .map(|t| t.to_string())
-            .unwrap_or_else(|| "unknown".into())
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-fn cmd_status(cfg: &Config) -> Result<ExitCode> {
-    if let Some(mode) = rebuy::store::exposed_mode(&cfg.data_dir) {
-        println!(
-            "warning: the data directory {} is open to other users (mode {mode:o}) and holds the \
-             portals' tokens: chmod 700 it",
-            cfg.data_dir.display()
-        );
-    }
-    for p in &cfg.portals {
-        println!("portal {} ({}, {})", p.id, p.kind.as_str(), p.base_url);
-        let store = match Store::open(&cfg.data_dir, &p.id) {
-            Ok(s) => s,
-            Err(e) => {
-                println!("  store: {e}");
-                continue;
-            }
-        };
-        for kind in EntityKind::ALL {
-            let n = store.count(kind)?;
-            let st = store.sync_state(kind)?;
-            println!(
-                "  {:<10} {:>8}  last sync {}{}",
-                kind.as_str(),
-                n,
-                st.last_sync_at
-                    .map(|t| t.to_string())
-                    .unwrap_or_else(|| "never".into()),
-                if st.in_progress.is_some() {
-                    "  (a listing is under way or was interrupted)"
-                } else {
-                    ""
-                }
-            );
-        }
-        match store.load_tokens()? {
-            Some(t) => println!(
-                "  token: expires {}",
-                t.expires_at
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "never (long-lived)".into())
-            ),
-            None => match p.auth {
-                config::AuthConfig::OAuth { .. } => {
-                    println!("  token: none stored (run `rebuy auth`)")
-                }
-                config::AuthConfig::LongLivedToken { .. } => {
-                    println!("  token: long-lived, from the environment")
-                }
-                config::AuthConfig::Webhook { .. } => {
-                    println!("  auth: inbound webhook URL, from the environment")
-                }
-            },
-        }
-        let w = rebuy::sync::last_warnings(&store)?;
-        if !w.warnings.is_empty() {
-            println!(
-                "  last sync ({}) went without {} optional part(s):",
-                w.at,
-                w.warnings.len()
-            );
-            for line in &w.warnings {
-                println!("    warning: {line}");
-            }
-        }
-        if let Some(r) = store.needs_reauth()? {
-            println!("  NEEDS RE-AUTHORIZATION since {}: {}", r.at, r.reason);
-        }
-        let dead = store.inbox_dead_count()?;
-        if dead > 0 {
-            println!(
-                "  WEBHOOKS GIVEN UP: {dead} in the dead-letter table (rebuy inbox dead --portal {} lists them; rebuy inbox replay puts them back)",
-                p.id
-            );
-        }
-        plan::print_outbox_status(&store)?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn cmd_serve(cfg: Config) -> Result<()> {
-    let state = rebuy::server::AppState::new(&cfg, true)?;
-    let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
-        .await
-        .with_context(|| format!("listening on {}", cfg.server.listen))?;
-    tracing::info!(listen = %cfg.server.listen, portals = cfg.portals.len(), "Serving.");
-    for (user, form) in cfg.server.ui.weak_passwords() {
-        if let Some(w) = form.warning() {
-            tracing::warn!(user = ?user, "Dashboard user: {w}.");
-        }
-    }
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let tasks = rebuy::server::runtime::spawn_all(&state, &cfg.server, cancel.clone());
-    let shutdown = {
-        let cancel = cancel.clone();
-        async move {
-            shutdown_signal().await;
-            tracing::info!(
-                "Shutting down: finishing in-flight requests; the inbox keeps the rest."
-            );
-            cancel.cancel();
-        }
-    };
-    // `/metrics` without a token on an address of its own, when configured (keep it internal).
-    if let Some(addr) = &cfg.server.metrics_listen {
-        let metrics_listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr} (server.metrics_listen)"))?;
-        tracing::info!(listen = %addr, "Serving /metrics.");
-        let app = rebuy::server::metrics::open_router(state.clone());
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(metrics_listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "The metrics listener failed.");
-            }
-        });
-    }
-    // The dashboard is on when `[server.ui]` (or REBUY_UI_USER / REBUY_UI_PASSWORD) gives it a
-    // user (else /ui is 404).
-    let dashboard = rebuy::ui::router_from_config(state.clone());
-    rebuy::server::serve(listener, state, Some(dashboard), shutdown)
-        .await
-        .context("serving")?;
-    cancel.cancel();
-    tasks.wait().await;
-    Ok(())
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }

@@ -72,3 +72,17 @@ pub fn resolve_toml(
 pub fn format_problems(problems: &[ConfigProblem]) -> String {
     problems.iter().map(|p| format!("{p}\n")).collect()
 }
+
+/// amoCRM's documented ceiling: 7 requests per second per integration.
+pub const AMOCRM_DEFAULT_RPS: u32 = 7;
+/// Bitrix24's leaky bucket drains 2 requests per second (capacity 50) on non-Enterprise plans.
+pub const BITRIX24_DEFAULT_RPS: u32 = 2;
+
+/// The CRM's documented request rate (requests/s).
+pub fn documented_rps(kind: rebuy_core::CrmKind) -> u32 {
+    use rebuy_core::CrmKind;
+    match kind {
+        CrmKind::Amocrm => AMOCRM_DEFAULT_RPS,
+        CrmKind::Bitrix24 => BITRIX24_DEFAULT_RPS,
+    }
+}

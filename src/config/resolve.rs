@@ -740,7 +740,7 @@ fn resolve_portal(
     // Over the documented limit a CRM answers 429/503, and amoCRM blocks the whole account
     // after repeated 429s: only an explicit, separate key lets a portal go there (an account
     // whose limit the CRM raised, an emulator).
-    let documented = crate::portal::documented_rps(raw.kind);
+    let documented = super::documented_rps(raw.kind);
     if let Some(r) = raw.requests_per_sec
         && r > documented
         && !raw.exceed_documented_limit

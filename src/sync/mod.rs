@@ -21,6 +21,8 @@
 //! (`sync.overlap_secs`): CRM timestamps have one-second resolution and clocks drift, and
 //! re-reading a few records is cheap while missing one is not. Deletions come from the CRM's
 //! deletion log where it has one (amoCRM `/events`).
+pub mod tasks;
+
 use crate::failpoint;
 use crate::store::{InProgress, Record, Store, StoreError, SyncState};
 use async_trait::async_trait;
@@ -443,7 +445,7 @@ pub async fn sync_portal(
     report.kinds.insert(EntityKind::Deals, deals);
     // Whether the managers completed the touch tasks rebuy sent (for `rebuy results`): read
     // back on every sync, optional like the other extras.
-    match crate::results::refresh_task_states(&*conn, &store).await {
+    match tasks::refresh_task_states(&*conn, &store).await {
         Ok(n) => report.task_states = n,
         Err(e) => match e.downcast_ref::<ConnectorError>() {
             Some(ConnectorError::Unsupported { .. }) => {}

@@ -4,7 +4,7 @@
 mod amocrm;
 mod live;
 
-use crate::cli::{print_sync_report, sync_with_progress};
+use crate::cli::sync::{print_sync_report, sync_with_progress};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use jiff::Timestamp;
