@@ -19,7 +19,8 @@
 //!   day falls in `[plan date - lookback_days, plan date + horizon_days]`; its due time is the
 //!   business-hours slot of that day in the portal's zone (or the next open slot when the day
 //!   is past).
-//! - **Segment fields**: RFM segment, ABC, XYZ, next purchase date.
+//! - **Segment fields**: RFM segment, ABC, XYZ, next purchase date; the predicted P(alive),
+//!   expected purchases in 90 days, CLV and churn band.
 //!
 //! # Idempotency keys
 //! `"{portal}/{rule}/{customer}/{window}"`, where the window is: the due day for after-purchase
@@ -1805,6 +1806,20 @@ impl Planner<'_, '_> {
                     .unwrap_or_else(|| "none".into()),
             );
             writes.push((id, v));
+        }
+        // Predicted fields; the action key carries every value, so an unchanged set is not
+        // written again (values are rounded so that daily drift below them changes nothing).
+        let predicted = crate::analytics::predicted_values(row);
+        for (id, v) in [
+            (&f.p_alive, predicted.p_alive),
+            (&f.expected_purchases_90d, predicted.expected_purchases_90d),
+            (&f.clv_12m, predicted.clv_12m),
+            (&f.churn_band, predicted.churn_band),
+        ] {
+            if let Some(id) = id {
+                window.push(v.clone().unwrap_or_else(|| "none".into()));
+                writes.push((id, v));
+            }
         }
         if writes.is_empty() {
             return; // the fields are still to be created

@@ -552,6 +552,104 @@ fn segment_fields_are_written_once_per_value_set() {
     assert_eq!(fields[1].value.as_deref(), Some("1773262800"));
 }
 
+#[test]
+fn predicted_fields_are_rounded_written_and_unchanged_sets_keep_their_key() {
+    let pl = pipelines();
+    let us = users();
+    let def = |id: &str, name: &str, ty: &str| rebuy_core::FieldDef {
+        entity: rebuy_core::EntityKind::Contacts,
+        id: id.into(),
+        name: name.into(),
+        code: None,
+        field_type: ty.into(),
+    };
+    let fields = vec![
+        def("301", "P(alive)", "numeric"),
+        def("302", "Покупок за 90 дней", "numeric"),
+        def("303", "CLV 12 мес", "numeric"),
+    ];
+    let mapping = serde_json::json!({"fields": {
+        "p_alive": "P(alive)", "expected_purchases_90d": "Покупок за 90 дней",
+        "clv_12m": "CLV 12 мес", "churn_band": "Риск оттока", "create_missing": true,
+    }});
+    let facts_of = |pl, us, fields| CrmFacts {
+        crm: CrmKind::Amocrm,
+        pipelines: pl,
+        users: us,
+        fields: Some(fields),
+        customers: None,
+        company_customers: false,
+    };
+    // The churn band is missing: it is to be created as a select of the three bands, and the
+    // numbers are written meanwhile.
+    let rules = playbooks::resolve("shop", &mapping, None, facts_of(&pl, &us, &fields)).unwrap();
+    assert_eq!(rules.missing_fields.len(), 1);
+    assert_eq!(rules.missing_fields[0].key, "fields.churn_band");
+    assert_eq!(
+        rules.missing_fields[0].kind,
+        rebuy_core::FieldKind::Select(vec!["low".into(), "medium".into(), "high".into()])
+    );
+    let days = [date(2026, 1, 10), date(2026, 2, 10)];
+    let mut r = row(7, &days, None);
+    r.p_alive = Some(0.678_912);
+    r.expected_purchases_90d = Some(0.1 + 0.2);
+    r.clv = Some(dec!(12345.67));
+    let f = [facts(7, &days, &[])];
+    let values = |p: &Plan| -> Vec<(String, Option<String>)> {
+        let [a] = p.actions.as_slice() else {
+            panic!("one action: {:?}", p.actions)
+        };
+        let WriteOp::UpdateFields { fields, .. } = &a.op else {
+            panic!("{:?}", a.op)
+        };
+        fields
+            .iter()
+            .map(|w| (w.field_id.clone(), w.value.clone()))
+            .collect()
+    };
+    let p = run(&rules, morning(date(2026, 3, 2)), &[r.clone()], &f, &[]);
+    assert_eq!(
+        values(&p),
+        [
+            ("301".to_owned(), Some("0.68".to_owned())),
+            ("302".to_owned(), Some("0.3".to_owned())),
+            ("303".to_owned(), Some("12346".to_owned())),
+        ]
+    );
+    // Created: the band is written too.
+    let mut all = fields.clone();
+    all.push(def("304", "Риск оттока", "select"));
+    let rules = playbooks::resolve("shop", &mapping, None, facts_of(&pl, &us, &all)).unwrap();
+    assert!(rules.missing_fields.is_empty());
+    let first = run(&rules, morning(date(2026, 3, 2)), &[r.clone()], &f, &[]);
+    assert_eq!(
+        values(&first)[3],
+        ("304".to_owned(), Some("medium".to_owned()))
+    );
+    assert_eq!(
+        first.actions[0].key,
+        "shop/fields/contact:7/0.68-0.3-12346-medium"
+    );
+    // A drift below the rounding keeps the key: the outbox writes nothing new.
+    r.p_alive = Some(0.681);
+    r.clv = Some(dec!(12345.9));
+    let again = run(&rules, morning(date(2026, 3, 3)), &[r.clone()], &f, &[]);
+    assert_eq!(again.actions[0].key, first.actions[0].key);
+    // A visible change is a new key; 0.695 shows as 0.7, whose band is low.
+    r.p_alive = Some(0.695);
+    let moved = run(&rules, morning(date(2026, 3, 4)), &[r.clone()], &f, &[]);
+    assert_eq!(
+        moved.actions[0].key,
+        "shop/fields/contact:7/0.7-0.3-12346-low"
+    );
+    // No model prediction (the personal-cycle baseline drives): the fields are cleared.
+    r.p_alive = None;
+    r.expected_purchases_90d = None;
+    r.clv = None;
+    let none = run(&rules, morning(date(2026, 3, 5)), &[r], &f, &[]);
+    assert!(values(&none).iter().all(|(_, v)| v.is_none()));
+}
+
 /// Every built-in playbook's `[[test]]` cases, through the planner with default windows.
 #[test]
 fn built_in_playbooks_pass_their_own_cases() {

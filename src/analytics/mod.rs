@@ -44,6 +44,7 @@ pub mod mbgnbd;
 pub mod optim;
 pub mod pareto_nbd;
 pub mod periodic;
+pub mod predicted;
 pub mod render;
 pub mod rfm;
 pub mod settings;
@@ -58,6 +59,7 @@ pub use classify::{DealClass, DealClassification, classify_deal};
 pub use dataset::{CustomerKey, Dataset, DatasetBuilder, MergedGroup};
 pub use figures::{Concentration, Figures};
 pub use gamma_gamma::GammaGammaParams;
+pub use predicted::{ChurnBand, PredictedValues, predicted_values};
 pub use rfm::{GridCell, RfmGrid, RfmSegment};
 pub use settings::{
     AmountSource, ConsumptionRule, Mode, PurchaseTime, Settings, SpendEntry, XyzMode,

@@ -305,6 +305,7 @@ pub async fn cmd_mapping(cfg: &Config, portal: &str) -> Result<bool> {
             m.key,
             match &m.kind {
                 rebuy_core::FieldKind::Text => "text".to_owned(),
+                rebuy_core::FieldKind::Numeric => "numeric".to_owned(),
                 rebuy_core::FieldKind::Date => "date".to_owned(),
                 rebuy_core::FieldKind::Select(v) => format!("select of {}", v.len()),
             }

@@ -40,6 +40,9 @@
 //! rfm_segment = "Сегмент"
 //! next_purchase = "Дата следующей покупки"
 //! # abc = "ABC", xyz = "XYZ"
+//! # p_alive = "Вероятность активности"        # predicted fields (numbers; churn_band: low |
+//! # expected_purchases_90d = "Покупок за 90 дней" # medium | high), refreshed by each plan
+//! # clv_12m = "CLV 12 мес", churn_band = "Риск оттока"
 //! # create_missing = false                     # create fields named here that the CRM lacks
 //! ```
 //!
@@ -326,8 +329,19 @@ pub struct FieldsMapping {
     pub xyz: Option<NameOrId>,
     /// Expected next purchase (date).
     pub next_purchase: Option<NameOrId>,
+    /// The driving model's probability that the customer is still buying (number 0..1, two
+    /// decimals).
+    pub p_alive: Option<NameOrId>,
+    /// The driving model's expected purchases in the next 90 days (number, two decimals).
+    pub expected_purchases_90d: Option<NameOrId>,
+    /// Predicted CLV over the analysis' `clv_horizon_days` (default 365), whole currency
+    /// units (number).
+    pub clv_12m: Option<NameOrId>,
+    /// Churn band from P(alive): `low` (>= 0.7), `medium` (>= 0.3), `high` (text).
+    pub churn_band: Option<NameOrId>,
     /// Create the fields named here that the CRM does not have (amoCRM: select for the
-    /// segments, date for the next purchase; Bitrix24: string and date user fields).
+    /// segments and the churn band, date for the next purchase, numeric for the predicted
+    /// numbers; Bitrix24: string, date and double user fields).
     #[serde(default)]
     pub create_missing: bool,
 }

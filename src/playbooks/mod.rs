@@ -262,6 +262,14 @@ pub struct SegmentFields {
     pub xyz: Option<String>,
     /// Next purchase field id and its format.
     pub next_purchase: Option<(String, DateFormat)>,
+    /// P(alive) field id.
+    pub p_alive: Option<String>,
+    /// Expected purchases in 90 days field id.
+    pub expected_purchases_90d: Option<String>,
+    /// CLV field id.
+    pub clv_12m: Option<String>,
+    /// Churn band field id.
+    pub churn_band: Option<String>,
     /// The same fields on companies, for company customers (B2B) when the mapping names the
     /// fields on contacts: found by name, or created with `create_missing`.
     pub companies: Option<Box<SegmentFields>>,
@@ -1081,6 +1089,13 @@ impl Resolver<'_> {
                     .unwrap_or_else(|| format!("REBUY_{}", slot.to_ascii_uppercase()));
                 let kind_of = match slot {
                     "next_purchase" => FieldKind::Date,
+                    "p_alive" | "expected_purchases_90d" | "clv_12m" => FieldKind::Numeric,
+                    "churn_band" => FieldKind::Select(
+                        crate::analytics::ChurnBand::ALL
+                            .iter()
+                            .map(|b| b.as_str().to_owned())
+                            .collect(),
+                    ),
                     "abc" => FieldKind::Select(vec!["A".into(), "B".into(), "C".into()]),
                     "xyz" => FieldKind::Select(vec!["X".into(), "Y".into(), "Z".into()]),
                     _ => FieldKind::Select(
@@ -1160,6 +1175,10 @@ impl Resolver<'_> {
                 abc: by_name(&f.abc),
                 xyz: by_name(&f.xyz),
                 next_purchase: by_name(&f.next_purchase),
+                p_alive: by_name(&f.p_alive),
+                expected_purchases_90d: by_name(&f.expected_purchases_90d),
+                clv_12m: by_name(&f.clv_12m),
+                churn_band: by_name(&f.churn_band),
                 create_missing: f.create_missing,
             };
             self.on_companies = true;
@@ -1184,6 +1203,10 @@ impl Resolver<'_> {
                     abc: None,
                     xyz: None,
                     next_purchase: None,
+                    p_alive: None,
+                    expected_purchases_90d: None,
+                    clv_12m: None,
+                    churn_band: None,
                     companies,
                 });
             }
@@ -1191,7 +1214,11 @@ impl Resolver<'_> {
                 let none_named = f.rfm_segment.is_none()
                     && f.abc.is_none()
                     && f.xyz.is_none()
-                    && f.next_purchase.is_none();
+                    && f.next_purchase.is_none()
+                    && f.p_alive.is_none()
+                    && f.expected_purchases_90d.is_none()
+                    && f.clv_12m.is_none()
+                    && f.churn_band.is_none();
                 // Every field still to be created is not a problem.
                 if none_named && !all_missing {
                     self.problem(file, "fields", "no field named".into());
@@ -1230,7 +1257,23 @@ impl Resolver<'_> {
                     (id, fmt)
                 })
         });
-        if rfm.is_none() && abc.is_none() && xyz.is_none() && next.is_none() {
+        let mut plain = |key: &str, x: &Option<NameOrId>| {
+            x.as_ref()
+                .and_then(|x| self.field(file, key, e, x).map(|v| v.0))
+        };
+        let p_alive = plain("fields.p_alive", &f.p_alive);
+        let expected = plain("fields.expected_purchases_90d", &f.expected_purchases_90d);
+        let clv = plain("fields.clv_12m", &f.clv_12m);
+        let churn = plain("fields.churn_band", &f.churn_band);
+        if rfm.is_none()
+            && abc.is_none()
+            && xyz.is_none()
+            && next.is_none()
+            && p_alive.is_none()
+            && expected.is_none()
+            && clv.is_none()
+            && churn.is_none()
+        {
             return None;
         }
         Some(SegmentFields {
@@ -1239,6 +1282,10 @@ impl Resolver<'_> {
             abc,
             xyz,
             next_purchase: next,
+            p_alive,
+            expected_purchases_90d: expected,
+            clv_12m: clv,
+            churn_band: churn,
             companies: None,
         })
     }

@@ -1871,6 +1871,16 @@ fn mapping_body(
                 (&f.rfm_segment, l.t("RFM segment", "RFM-сегмент")),
                 (&f.abc, "ABC"),
                 (&f.xyz, "XYZ"),
+                (&f.p_alive, "P(alive)"),
+                (
+                    &f.expected_purchases_90d,
+                    l.t(
+                        "expected purchases, 90 days",
+                        "ожидаемые покупки за 90 дней",
+                    ),
+                ),
+                (&f.clv_12m, "CLV"),
+                (&f.churn_band, l.t("churn band", "риск оттока")),
             ] {
                 if let Some(id) = id {
                     field_use.entry(id.clone()).or_default().push(what);

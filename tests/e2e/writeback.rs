@@ -1190,3 +1190,102 @@ async fn the_cap_and_one_touch_a_day_hold_in_the_crm_across_runs() {
         "weekend tasks"
     );
 }
+
+/// The predicted fields (P(alive), expected purchases in 90 days, CLV 12 months, churn band)
+/// are created on contacts (numeric, numeric, numeric, select of the bands), written as plain
+/// decimals the numeric fields accept, and a second run writes nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predicted_fields_are_created_written_and_not_rewritten() {
+    let mut env = amo_env(amo_config(53, 60, 200)).await;
+    sync(&env, true).await.unwrap();
+    env.portal.mapping = json!({"fields": {
+        "p_alive": "Вероятность активности", "expected_purchases_90d": "Покупок за 90 дней",
+        "clv_12m": "CLV 12 мес", "churn_band": "Риск оттока", "create_missing": true,
+    }});
+    let apply = |env: &Env, as_of: Timestamp| {
+        let conn = connector(env);
+        let (portal, store) = (env.portal.clone(), env.store.clone());
+        async move {
+            let (plan, _, report) = writeback::apply_portal(
+                &portal,
+                &store,
+                conn.as_ref(),
+                as_of,
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("apply");
+            (plan, report)
+        }
+    };
+    let (plan, report) = apply(&env, Timestamp::now()).await;
+    assert_eq!(report.drain.failed, 0, "{report:?}");
+    let w = env.emulator().writes();
+    let mut created: Vec<(String, String, Vec<String>)> = w
+        .fields_created
+        .iter()
+        .map(|f| (f.name.clone(), f.field_type.clone(), f.enums.clone()))
+        .collect();
+    created.sort();
+    assert_eq!(
+        created,
+        [
+            ("CLV 12 мес".into(), "numeric".into(), vec![]),
+            ("Вероятность активности".into(), "numeric".into(), vec![]),
+            ("Покупок за 90 дней".into(), "numeric".into(), vec![]),
+            (
+                "Риск оттока".into(),
+                "select".into(),
+                vec!["low".into(), "medium".into(), "high".into()]
+            ),
+        ]
+    );
+    let id_of = |name: &str| w.fields_created.iter().find(|f| f.name == name).unwrap().id;
+    let (p_alive, clv, band) = (
+        id_of("Вероятность активности"),
+        id_of("CLV 12 мес"),
+        id_of("Риск оттока"),
+    );
+    let written = plan.actions.iter().filter(|a| a.rule == "fields").count();
+    assert!(written > 0, "{:?}", plan.actions);
+    // Every customer's card holds the values, as plain decimals with at most 2 decimals.
+    let cards = env.emulator().with_data(|d| {
+        d.contacts
+            .values()
+            .filter_map(|c| {
+                let get = |id: u64| {
+                    c.custom_fields
+                        .iter()
+                        .find(|f| f.field_id == id)
+                        .map(|f| f.values[0].value.as_str().unwrap_or_default().to_owned())
+                };
+                Some((get(p_alive)?, get(clv), get(band)?))
+            })
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(cards.len(), written, "{cards:?}");
+    for (p, clv, band) in &cards {
+        let x: f64 = p.parse().unwrap();
+        assert!((0.0..=1.0).contains(&x), "{p}");
+        assert!(p.split('.').nth(1).is_none_or(|d| d.len() <= 2), "{p}");
+        let want = if x >= 0.7 {
+            "low"
+        } else if x >= 0.3 {
+            "medium"
+        } else {
+            "high"
+        };
+        assert_eq!(band, want, "{p}");
+        if let Some(clv) = clv {
+            assert!(clv.parse::<u64>().is_ok(), "whole units: {clv}");
+        }
+    }
+    // The next run (after a sync, an hour later) creates and writes nothing new.
+    let updates = env.emulator().writes().field_updates.len();
+    sync(&env, false).await.unwrap();
+    let (_, report) = apply(&env, Timestamp::now() + SignedDuration::from_hours(1)).await;
+    assert_eq!(report.drain.failed, 0, "{report:?}");
+    let w = env.emulator().writes();
+    assert_eq!(w.fields_created.len(), 4);
+    assert_eq!(w.field_updates.len(), updates, "nothing rewritten");
+}

@@ -202,6 +202,8 @@ pub enum FieldKind {
     Text,
     /// A date.
     Date,
+    /// A number, written as a plain decimal with '.' (amoCRM `numeric`, Bitrix24 `double`).
+    Numeric,
     /// One of a list of values (amoCRM `select`; CRMs that write list items by id get text).
     Select(Vec<String>),
 }
