@@ -1,16 +1,14 @@
 //! Runs the analytics on a portal's cache: streams the cached companies, contacts and deals
 //! into a [`DatasetBuilder`] (one record decoded at a time), then calls the pure
-//! [`analytics::analyse`]. Also the `rebuy segments` and `rebuy report` commands.
+//! [`analytics::analyse`]; also the backtest of a portal's own history.
 //!
 //! Flow position: pull -> cache -> **analyse** -> plan -> outbox -> CRM.
-use crate::analytics::{self, Analysis, Dataset, DatasetBuilder, render};
+use crate::analytics::{self, Analysis, Dataset, DatasetBuilder};
 use crate::config::PortalConfig;
 use crate::store::{Store, StoreError};
 use anyhow::{Context, Result};
 use jiff::Timestamp;
 use rebuy_core::{Company, Contact, Deal};
-use std::io::Write;
-use std::path::PathBuf;
 
 /// Builds the analytics dataset of a portal from its cache.
 pub fn load_dataset(store: &Store, portal: &PortalConfig) -> Result<Dataset, StoreError> {
@@ -75,15 +73,6 @@ pub fn analyse_portal(
     Ok((data, analysis))
 }
 
-/// `rebuy backtest` output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BacktestFormat {
-    /// A terminal table.
-    Table,
-    /// JSON.
-    Json,
-}
-
 /// The backtest of a portal's cached history: the holdout ends at `as_of` (now when `None`)
 /// and lasts `holdout_days` (default 273, or half the history when it is shorter).
 pub fn backtest_portal(
@@ -111,40 +100,6 @@ pub fn backtest_dataset(
         .with_context(|| format!("portal {}: no purchases in the cache to backtest", portal.id))
 }
 
-/// `rebuy backtest`.
-pub fn cmd_backtest(
-    store: &Store,
-    portal: &PortalConfig,
-    as_of: Option<Timestamp>,
-    holdout_days: Option<u32>,
-    format: BacktestFormat,
-) -> Result<()> {
-    let b = backtest_portal(store, portal, as_of, holdout_days)?;
-    let mut out = std::io::stdout().lock();
-    match format {
-        BacktestFormat::Table => {
-            let sample = b.sampled_from.map_or_else(String::new, |n| {
-                format!(", an evenly spread sample of the base's {n}")
-            });
-            writeln!(
-                out,
-                "backtest of {}: calibration to {}, holdout {} .. {} ({} customers{sample})",
-                portal.id,
-                analytics::date_of_day(b.cutoff_day),
-                analytics::date_of_day(b.cutoff_day + 1),
-                analytics::date_of_day(b.end_day),
-                b.customers
-            )?;
-            write!(out, "{}", analytics::backtest::render_table(&b))?;
-        }
-        BacktestFormat::Json => {
-            serde_json::to_writer_pretty(&mut out, &b)?;
-            writeln!(out)?;
-        }
-    }
-    Ok(())
-}
-
 /// Parses `--as-of`: a date (`2026-11-23`, end of that day in the portal's zone) or an
 /// RFC 3339 instant.
 pub fn parse_as_of(s: &str, portal: &PortalConfig) -> Result<Timestamp> {
@@ -161,69 +116,3 @@ pub fn parse_as_of(s: &str, portal: &PortalConfig) -> Result<Timestamp> {
     Ok(end.timestamp())
 }
 
-/// `rebuy segments`.
-pub fn cmd_segments(
-    store: &Store,
-    portal: &PortalConfig,
-    as_of: Option<Timestamp>,
-    format: render::Format,
-    segment: Option<&str>,
-    out: Option<&PathBuf>,
-) -> Result<()> {
-    let (_, analysis) = analyse_portal(store, portal, as_of)?;
-    let wanted = match segment {
-        Some(name) => Some(analytics::RfmSegment::parse(name).with_context(|| {
-            let known: Vec<&str> = analytics::RfmSegment::ALL
-                .iter()
-                .map(|s| s.as_str())
-                .collect();
-            format!(
-                "unknown segment {name:?}: expected one of {}",
-                known.join(", ")
-            )
-        })?),
-        None => None,
-    };
-    let rows = analysis
-        .customers
-        .iter()
-        .filter(|c| wanted.is_none_or(|w| c.rfm_segment == w));
-    match out {
-        Some(path) => {
-            let mut f = std::io::BufWriter::new(
-                std::fs::File::create(path)
-                    .with_context(|| format!("creating {}", path.display()))?,
-            );
-            render::write_segments(rows, format, &mut f)?;
-            f.flush()?;
-        }
-        None => {
-            let stdout = std::io::stdout();
-            let mut lock = stdout.lock();
-            render::write_segments(rows, format, &mut lock)?;
-        }
-    }
-    Ok(())
-}
-
-/// `rebuy report`: the report ends with the driving model and its backtest figures.
-pub fn cmd_report(store: &Store, portal: &PortalConfig, as_of: Option<Timestamp>) -> Result<()> {
-    let (_, analysis) = analyse_portal(store, portal, as_of)?;
-    println!("{}", render::render_report(&analysis));
-    Ok(())
-}
-
-/// The demo's closing page: the report of the synced portal.
-pub fn demo_summary(store: &Store, portal: &PortalConfig, as_of: Timestamp) -> Result<Analysis> {
-    let started = std::time::Instant::now();
-    let (data, analysis) = analyse_portal(store, portal, Some(as_of))?;
-    println!(
-        "\nanalysis of {} customers and {} deals in {:.2} s (as of {}):\n",
-        data.customer_count(),
-        data.deal_count(),
-        started.elapsed().as_secs_f64(),
-        analysis.as_of_date
-    );
-    println!("{}", render::render_report(&analysis));
-    Ok(analysis)
-}

@@ -27,7 +27,7 @@ pub fn hit(name: &str) {
     if let Some(left) = t.get_mut(name) {
         *left = left.saturating_sub(1);
         if *left == 0 {
-            eprintln!("failpoint {name}: aborting");
+            tracing::error!(failpoint = name, "failpoint {name}: aborting the process");
             std::process::abort();
         }
     }

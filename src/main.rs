@@ -1,10 +1,15 @@
 //! The `rebuy` binary: parses the command line and runs it. Errors are printed with their
 //! whole context chain (`{:#}`) and turn into a non-zero exit code.
+//!
+//! The binary owns the terminal: every command, the printing, the progress bars, the demo and
+//! the benchmarks live in [`cli`]; the `rebuy` library never prints and reaches no CLI code.
 use clap::Parser;
 
+mod cli;
+
 fn main() -> std::process::ExitCode {
-    let cli = rebuy::cli::Cli::parse();
-    rebuy::cli::init_tracing(&cli);
+    let cli = cli::Cli::parse();
+    cli::init_tracing(&cli);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -15,7 +20,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(rebuy::cli::run(cli)) {
+    match rt.block_on(cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rebuy: {e:#}");

@@ -19,7 +19,8 @@
 //!   day falls in `[plan date - lookback_days, plan date + horizon_days]`; its due time is the
 //!   business-hours slot of that day in the portal's zone (or the next open slot when the day
 //!   is past).
-//! - **Segment fields**: RFM segment, ABC, XYZ, next purchase date.
+//! - **Segment fields**: RFM segment, ABC, XYZ, next purchase date; the predicted P(alive),
+//!   expected purchases in 90 days, CLV and churn band.
 //!
 //! # Idempotency keys
 //! `"{portal}/{rule}/{customer}/{window}"`, where the window is: the due day for after-purchase
@@ -169,6 +170,8 @@ pub struct PlanInput<'a> {
     pub open_deals: &'a [OpenDeal],
     /// Tasks already in the outbox.
     pub booked: &'a Booked,
+    /// The period's control groups ([`crate::holdout`]); `None`: nobody is held out.
+    pub holdout: Option<&'a crate::holdout::Draw>,
 }
 
 /// Something the planner wanted to do and could not, with the reason.
@@ -200,6 +203,15 @@ pub struct Plan {
     pub funnel_without_deal: u64,
     /// What the pacing rules merged, suppressed and deferred.
     pub pacing: Pacing,
+    /// How many customers and touches the control groups held out.
+    pub held_out: crate::holdout::HeldOut,
+    /// The touches held-out customers would have had (kept with the committed plan, for
+    /// `rebuy results`), sorted by key.
+    #[serde(skip)]
+    pub virtual_touches: Vec<crate::holdout::VirtualTouch>,
+    /// The draw the plan used (kept in the cache with the committed plan).
+    #[serde(skip)]
+    pub draw: Option<crate::holdout::Draw>,
 }
 
 impl Plan {
@@ -285,6 +297,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             metas: Vec::new(),
             suppressed: 0,
             open_since: &open_since,
+            held: Held::default(),
+            global_held: false,
+            lost_touch: false,
         };
         for i in range.0..range.1 {
             p.customer(i, &input.customers[i], &input.facts[i]);
@@ -297,6 +312,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             funnel_without_deal: p.funnel_without_deal,
             metas: p.metas,
             suppressed: p.suppressed,
+            held: p.held,
         }
     };
     let results: Vec<ChunkResult> = if threads <= 1 {
@@ -321,6 +337,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     };
     let mut skipped = Vec::new();
     let mut funnel_without_deal = 0;
+    let mut held = Held::default();
     // Keys are unique by construction (one action per rule, customer and window). Every run
     // is sorted (the routing actions here, the chunks on their threads): one k-way merge moves
     // each action once, where a sort of the concatenation would merge the runs level by level.
@@ -332,11 +349,13 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         funnel_without_deal += r.funnel_without_deal;
         metas.extend(r.metas);
         pacing.suppressed += r.suppressed;
+        held.add(r.held);
     }
     let mut actions = merge_sorted_runs(runs);
     actions.dedup_by(|a, b| a.key == b.key);
     pace(input, today, &mut actions, metas, &mut pacing, &mut skipped);
     skipped.sort_by(|a, b| (&a.rule, &a.customer).cmp(&(&b.rule, &b.customer)));
+    held.touches.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     Plan {
         portal: input.portal.to_owned(),
         as_of: input.as_of,
@@ -345,6 +364,46 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         skipped,
         funnel_without_deal,
         pacing,
+        held_out: held.summary(input.holdout),
+        virtual_touches: held.touches,
+        draw: input.holdout.cloned(),
+    }
+}
+
+/// What a chunk's control groups held out.
+#[derive(Default)]
+struct Held {
+    /// Customers of the base in the global holdout.
+    customers: u64,
+    /// Customers who lost at least one touch.
+    touched_customers: u64,
+    /// Customers whose funnel was left alone.
+    funnel: u64,
+    /// The virtual touches.
+    touches: Vec<crate::holdout::VirtualTouch>,
+}
+
+impl Held {
+    fn add(&mut self, o: Held) {
+        self.customers += o.customers;
+        self.touched_customers += o.touched_customers;
+        self.funnel += o.funnel;
+        self.touches.extend(o.touches);
+    }
+
+    fn summary(&self, draw: Option<&crate::holdout::Draw>) -> crate::holdout::HeldOut {
+        let mut by_rule: BTreeMap<String, u64> = BTreeMap::new();
+        for t in &self.touches {
+            *by_rule.entry(t.rule.clone()).or_default() += 1;
+        }
+        crate::holdout::HeldOut {
+            period: draw.map(|d| d.period.clone()).unwrap_or_default(),
+            customers: self.customers,
+            touches: self.touches.len() as u64,
+            touched_customers: self.touched_customers,
+            funnel: self.funnel,
+            by_rule,
+        }
     }
 }
 
@@ -428,6 +487,7 @@ struct ChunkResult {
     funnel_without_deal: u64,
     metas: Vec<TaskMeta>,
     suppressed: u64,
+    held: Held,
 }
 
 /// What the pacing pass needs to know of a planned task beyond its action. Plain data (no
@@ -1072,6 +1132,12 @@ struct Planner<'a, 'b> {
     suppressed: u64,
     /// Local day of each customer's newest open deal.
     open_since: &'b HashMap<CustomerKey, i64>,
+    /// What the control groups held out.
+    held: Held,
+    /// Whether the current customer is in the global holdout.
+    global_held: bool,
+    /// Whether the current customer lost a touch to a holdout.
+    lost_touch: bool,
 }
 
 /// Where and for whom a touch is.
@@ -1104,6 +1170,14 @@ impl Planner<'_, '_> {
         let Some(last) = facts.sales.last() else {
             return;
         };
+        self.global_held = self
+            .input
+            .holdout
+            .is_some_and(|d| d.global_held(&self.cust, row.first_purchase));
+        self.lost_touch = false;
+        if self.global_held {
+            self.held.customers += 1;
+        }
         let last_day = day_number(row.last_purchase);
         let next_day = row.next_purchase.map(day_number);
         let funnel_entity = facts
@@ -1369,7 +1443,17 @@ impl Planner<'_, '_> {
                 }
             }
         }
-        self.funnel(row, facts);
+        if self.lost_touch {
+            self.held.touched_customers += 1;
+        }
+        if self.global_held {
+            // No funnel move either: a deal in "time to buy" is a prompt to call.
+            if rules.funnel.is_some() && row.next_purchase.is_some() {
+                self.held.funnel += 1;
+            }
+        } else {
+            self.funnel(row, facts);
+        }
         self.fields(row, facts);
     }
 
@@ -1400,6 +1484,21 @@ impl Planner<'_, '_> {
         let input = self.input;
         let rules = input.rules;
         let customer = self.cust.clone();
+        if let Some(draw) = input.holdout
+            && (self.global_held || draw.rule_held(&task.rule, &customer, row.first_purchase))
+        {
+            // Held out: the touch is not made; its virtual twin marks when it would have been.
+            self.lost_touch = true;
+            self.held.touches.push(crate::holdout::VirtualTouch {
+                key: format!("{}/{}/{}/{}", input.portal, task.rule, customer, t.window),
+                rule: task.rule.clone(),
+                customer,
+                day: from_day_number(t.day.max(self.today)),
+                global: self.global_held,
+                period: draw.period.clone(),
+            });
+            return;
+        }
         let Some(responsible) = self.responsible(&task.responsible, t.manager, ordinal, &task.rule)
         else {
             let reason = match t.manager {
@@ -1708,6 +1807,20 @@ impl Planner<'_, '_> {
             );
             writes.push((id, v));
         }
+        // Predicted fields; the action key carries every value, so an unchanged set is not
+        // written again (values are rounded so that daily drift below them changes nothing).
+        let predicted = crate::analytics::predicted_values(row);
+        for (id, v) in [
+            (&f.p_alive, predicted.p_alive),
+            (&f.expected_purchases_90d, predicted.expected_purchases_90d),
+            (&f.clv_12m, predicted.clv_12m),
+            (&f.churn_band, predicted.churn_band),
+        ] {
+            if let Some(id) = id {
+                window.push(v.clone().unwrap_or_else(|| "none".into()));
+                writes.push((id, v));
+            }
+        }
         if writes.is_empty() {
             return; // the fields are still to be created
         }
@@ -1829,6 +1942,7 @@ pub fn run_playbook_tests(
             facts: std::slice::from_ref(&facts),
             open_deals: &[],
             booked: &Booked::default(),
+            holdout: None,
         });
         let mut got: Vec<String> = Vec::new();
         for a in &p.actions {

@@ -6,6 +6,7 @@ use crate::playbooks::{self, CrmFacts};
 use jiff::civil::date;
 use rebuy_core::{ContactId, Pipeline, Stage, StageKind, User};
 use rust_decimal_macros::dec;
+use std::collections::BTreeSet;
 
 pub(crate) fn msk() -> TimeZone {
     TimeZone::get("Europe/Moscow").unwrap()
@@ -178,6 +179,7 @@ fn run(
         facts: f,
         open_deals: deals,
         booked: &Booked::default(),
+        holdout: None,
     })
 }
 
@@ -550,6 +552,104 @@ fn segment_fields_are_written_once_per_value_set() {
     assert_eq!(fields[1].value.as_deref(), Some("1773262800"));
 }
 
+#[test]
+fn predicted_fields_are_rounded_written_and_unchanged_sets_keep_their_key() {
+    let pl = pipelines();
+    let us = users();
+    let def = |id: &str, name: &str, ty: &str| rebuy_core::FieldDef {
+        entity: rebuy_core::EntityKind::Contacts,
+        id: id.into(),
+        name: name.into(),
+        code: None,
+        field_type: ty.into(),
+    };
+    let fields = vec![
+        def("301", "P(alive)", "numeric"),
+        def("302", "Покупок за 90 дней", "numeric"),
+        def("303", "CLV 12 мес", "numeric"),
+    ];
+    let mapping = serde_json::json!({"fields": {
+        "p_alive": "P(alive)", "expected_purchases_90d": "Покупок за 90 дней",
+        "clv_12m": "CLV 12 мес", "churn_band": "Риск оттока", "create_missing": true,
+    }});
+    let facts_of = |pl, us, fields| CrmFacts {
+        crm: CrmKind::Amocrm,
+        pipelines: pl,
+        users: us,
+        fields: Some(fields),
+        customers: None,
+        company_customers: false,
+    };
+    // The churn band is missing: it is to be created as a select of the three bands, and the
+    // numbers are written meanwhile.
+    let rules = playbooks::resolve("shop", &mapping, None, facts_of(&pl, &us, &fields)).unwrap();
+    assert_eq!(rules.missing_fields.len(), 1);
+    assert_eq!(rules.missing_fields[0].key, "fields.churn_band");
+    assert_eq!(
+        rules.missing_fields[0].kind,
+        rebuy_core::FieldKind::Select(vec!["low".into(), "medium".into(), "high".into()])
+    );
+    let days = [date(2026, 1, 10), date(2026, 2, 10)];
+    let mut r = row(7, &days, None);
+    r.p_alive = Some(0.678_912);
+    r.expected_purchases_90d = Some(0.1 + 0.2);
+    r.clv = Some(dec!(12345.67));
+    let f = [facts(7, &days, &[])];
+    let values = |p: &Plan| -> Vec<(String, Option<String>)> {
+        let [a] = p.actions.as_slice() else {
+            panic!("one action: {:?}", p.actions)
+        };
+        let WriteOp::UpdateFields { fields, .. } = &a.op else {
+            panic!("{:?}", a.op)
+        };
+        fields
+            .iter()
+            .map(|w| (w.field_id.clone(), w.value.clone()))
+            .collect()
+    };
+    let p = run(&rules, morning(date(2026, 3, 2)), &[r.clone()], &f, &[]);
+    assert_eq!(
+        values(&p),
+        [
+            ("301".to_owned(), Some("0.68".to_owned())),
+            ("302".to_owned(), Some("0.3".to_owned())),
+            ("303".to_owned(), Some("12346".to_owned())),
+        ]
+    );
+    // Created: the band is written too.
+    let mut all = fields.clone();
+    all.push(def("304", "Риск оттока", "select"));
+    let rules = playbooks::resolve("shop", &mapping, None, facts_of(&pl, &us, &all)).unwrap();
+    assert!(rules.missing_fields.is_empty());
+    let first = run(&rules, morning(date(2026, 3, 2)), &[r.clone()], &f, &[]);
+    assert_eq!(
+        values(&first)[3],
+        ("304".to_owned(), Some("medium".to_owned()))
+    );
+    assert_eq!(
+        first.actions[0].key,
+        "shop/fields/contact:7/0.68-0.3-12346-medium"
+    );
+    // A drift below the rounding keeps the key: the outbox writes nothing new.
+    r.p_alive = Some(0.681);
+    r.clv = Some(dec!(12345.9));
+    let again = run(&rules, morning(date(2026, 3, 3)), &[r.clone()], &f, &[]);
+    assert_eq!(again.actions[0].key, first.actions[0].key);
+    // A visible change is a new key; 0.695 shows as 0.7, whose band is low.
+    r.p_alive = Some(0.695);
+    let moved = run(&rules, morning(date(2026, 3, 4)), &[r.clone()], &f, &[]);
+    assert_eq!(
+        moved.actions[0].key,
+        "shop/fields/contact:7/0.7-0.3-12346-low"
+    );
+    // No model prediction (the personal-cycle baseline drives): the fields are cleared.
+    r.p_alive = None;
+    r.expected_purchases_90d = None;
+    r.clv = None;
+    let none = run(&rules, morning(date(2026, 3, 5)), &[r], &f, &[]);
+    assert!(values(&none).iter().all(|(_, v)| v.is_none()));
+}
+
 /// Every built-in playbook's `[[test]]` cases, through the planner with default windows.
 #[test]
 fn built_in_playbooks_pass_their_own_cases() {
@@ -881,6 +981,7 @@ fn run_booked(
         facts: f,
         open_deals: &[],
         booked,
+        holdout: None,
     })
 }
 
@@ -1248,4 +1349,176 @@ fn many_leads_of_one_customer_make_one_repeat_lead_task() {
             .key
     };
     assert_eq!(k(&deals[0]), k(&deals[1]));
+}
+
+/// A plan of `rows` with control groups drawn by `spec` at `as_of` (08:00 on `day`).
+fn run_held(
+    rules: &Rules,
+    day: Date,
+    rows: &[CustomerRow],
+    f: &[CustomerFacts],
+    deals: &[OpenDeal],
+    spec: &crate::holdout::HoldoutSpec,
+) -> (Plan, crate::holdout::Draw) {
+    let tz = msk();
+    let draw = crate::holdout::Draw::new("shop", spec, "2026-03", day, rows);
+    let p = plan(&PlanInput {
+        portal: "shop",
+        crm: CrmKind::Amocrm,
+        as_of: morning(day),
+        tz: &tz,
+        rules,
+        customers: rows,
+        facts: f,
+        open_deals: deals,
+        booked: &Booked::default(),
+        holdout: Some(&draw),
+    });
+    (p, draw)
+}
+
+#[test]
+fn held_out_customers_get_no_touch_but_a_virtual_one_and_their_repeat_leads_are_routed() {
+    let rules = rules_for(serde_json::json!({
+        "playbooks": ["car_dealer"],
+        "repeat_pipeline": "Повторные продажи",
+        "horizon_days": 10,
+        "lookback_days": 0,
+    }));
+    // 200 customers who bought on Monday 2026-03-02: each is due the +7 satisfaction call.
+    let buy = date(2026, 3, 2);
+    let rows: Vec<CustomerRow> = (1..=200).map(|c| row(c, &[buy], None)).collect();
+    let f: Vec<CustomerFacts> = (1..=200).map(|c| facts(c, &[buy], &[])).collect();
+    let mut spec = crate::holdout::HoldoutSpec::off();
+    spec.percent = 10;
+    let day = date(2026, 3, 3);
+    let (open, _) = run_held(
+        &rules,
+        day,
+        &rows,
+        &f,
+        &[],
+        &crate::holdout::HoldoutSpec::off(),
+    );
+    assert_eq!((open.held_out.customers, open.held_out.touches), (0, 0));
+    let touched = |p: &Plan| -> BTreeSet<String> {
+        p.actions
+            .iter()
+            .filter(|a| a.rule == "car_dealer.satisfaction")
+            .map(|a| a.customer.clone())
+            .collect()
+    };
+    assert_eq!(touched(&open).len(), 200);
+    let (p, draw) = run_held(&rules, day, &rows, &f, &[], &spec);
+    // One cell of 200 customers: exactly 10% held out.
+    assert_eq!(draw.global.len(), 20);
+    let got = touched(&p);
+    assert_eq!(got.len(), 180);
+    assert!(
+        got.is_disjoint(&draw.global),
+        "a held-out customer got a touch"
+    );
+    // Each held-out customer has the virtual touch the real one would have been.
+    let virt: BTreeSet<String> = p
+        .virtual_touches
+        .iter()
+        .filter(|v| v.rule == "car_dealer.satisfaction")
+        .map(|v| v.customer.clone())
+        .collect();
+    assert_eq!(virt, draw.global.iter().cloned().collect());
+    let v = &p.virtual_touches[0];
+    assert_eq!(v.day, date(2026, 3, 9));
+    assert!(v.global);
+    assert_eq!(
+        v.key,
+        format!("shop/car_dealer.satisfaction/{}/2026-03-09", v.customer)
+    );
+    assert_eq!(p.held_out.customers, 20);
+    assert_eq!(p.held_out.touched_customers, 20);
+    assert_eq!(p.held_out.touches, p.virtual_touches.len() as u64);
+    assert_eq!(p.held_out.by_rule["car_dealer.satisfaction"], 20);
+    assert_eq!(p.held_out.period, "2026-03");
+    // A held-out customer's own repeat lead is still routed and tasked.
+    let held: u64 = draw.global.iter().next().unwrap()["contact:".len()..]
+        .parse()
+        .unwrap();
+    let deals = [repeat_deal(9000, held, morning(day), Some(101))];
+    let (p, _) = run_held(&rules, day, &rows, &f, &deals, &spec);
+    let routed: Vec<&str> = p
+        .actions
+        .iter()
+        .filter(|a| a.customer == format!("contact:{held}"))
+        .map(|a| a.rule.as_str())
+        .collect();
+    assert_eq!(routed, vec!["repeat_flag", "repeat_route", "repeat_task"]);
+}
+
+#[test]
+fn a_rule_holdout_holds_out_only_that_rule() {
+    let (_dir, rules) = playbook_rules(
+        r#"
+name = "hr"
+[[after_purchase]]
+id = "thanks"
+days = 1
+goal = "Спасибо"
+holdout_percent = 50
+[[after_purchase]]
+id = "check"
+days = 2
+goal = "Как дела"
+"#,
+        serde_json::json!({"horizon_days": 10, "lookback_days": 0, "max_touches_per_customer_per_day": 2}),
+    );
+    assert_eq!(rules.holdout.rules.get("hr.thanks"), Some(&50));
+    let buy = date(2026, 3, 2);
+    let rows: Vec<CustomerRow> = (1..=100).map(|c| row(c, &[buy], None)).collect();
+    let f: Vec<CustomerFacts> = (1..=100).map(|c| facts(c, &[buy], &[])).collect();
+    let mut spec = rules.holdout.clone();
+    spec.percent = 0;
+    let (p, draw) = run_held(&rules, buy, &rows, &f, &[], &spec);
+    let by_rule = |r: &str| -> BTreeSet<String> {
+        p.actions
+            .iter()
+            .filter(|a| a.rule == r)
+            .map(|a| a.customer.clone())
+            .collect()
+    };
+    let held = &draw.rules["hr.thanks"];
+    assert_eq!(held.len(), 50);
+    assert_eq!(by_rule("hr.thanks").len(), 50);
+    assert!(by_rule("hr.thanks").is_disjoint(held));
+    assert_eq!(
+        by_rule("hr.check").len(),
+        100,
+        "other rules still touch them"
+    );
+    assert_eq!(p.held_out.customers, 0);
+    assert_eq!(p.held_out.by_rule.len(), 1);
+    assert!(p.virtual_touches.iter().all(|v| !v.global));
+}
+
+#[test]
+fn a_holdout_percent_over_100_is_refused() {
+    let p = [];
+    let u = users();
+    let e = playbooks::resolve(
+        "shop",
+        &serde_json::json!({"holdout_percent": 120}),
+        None,
+        CrmFacts {
+            crm: CrmKind::Amocrm,
+            pipelines: &p,
+            users: &u,
+            fields: None,
+            customers: None,
+            company_customers: false,
+        },
+    )
+    .unwrap_err();
+    assert!(
+        e.iter()
+            .any(|p| p.key == "holdout_percent" && p.reason.contains("at most 100")),
+        "{e:?}"
+    );
 }

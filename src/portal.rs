@@ -1,5 +1,6 @@
 //! Builds a portal's connector from its config and store: the auth (OAuth tokens kept in the
 //! store, a long-lived token, or a webhook URL), the rate ceiling and the retry policy.
+pub use crate::config::{AMOCRM_DEFAULT_RPS, BITRIX24_DEFAULT_RPS, documented_rps};
 use crate::config::{AuthConfig, PortalConfig};
 use crate::store::Store;
 use crate::store::tokens::StoreTokens;
@@ -7,19 +8,6 @@ use rebuy_amocrm::AmoSettings;
 use rebuy_core::{Connector, ConnectorError, CrmKind, TokenManager, TokenSet};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// amoCRM's documented ceiling: 7 requests per second per integration.
-pub const AMOCRM_DEFAULT_RPS: u32 = 7;
-/// Bitrix24's leaky bucket drains 2 requests per second (capacity 50) on non-Enterprise plans.
-pub const BITRIX24_DEFAULT_RPS: u32 = 2;
-
-/// The CRM's documented request rate (requests/s).
-pub fn documented_rps(kind: CrmKind) -> u32 {
-    match kind {
-        CrmKind::Amocrm => AMOCRM_DEFAULT_RPS,
-        CrmKind::Bitrix24 => BITRIX24_DEFAULT_RPS,
-    }
-}
 
 /// The request ceiling of a portal (requests/s): the override or the CRM's documented limit.
 pub fn ceiling_rps(p: &PortalConfig) -> u32 {
@@ -288,4 +276,13 @@ pub fn sync_options(p: &PortalConfig, full: bool) -> crate::sync::SyncOptions {
         concurrency: p.sync.concurrency,
         reconcile_every: Duration::from_secs(p.sync.reconcile_interval_hours.saturating_mul(3600)),
     }
+}
+
+/// A random OAuth `state` value.
+pub fn random_state() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..24)
+        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+        .collect()
 }

@@ -15,18 +15,7 @@ use super::fit;
 use super::special::{digamma, hyp2f1, hyp2f1_multi, ln_gamma};
 use serde::Serialize;
 
-/// One aggregated row of the likelihood: `count` customers with the same summary.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SummaryRow {
-    /// Repeat purchases (purchase days after the first).
-    pub x: u32,
-    /// Time from the first to the last purchase.
-    pub t_x: f64,
-    /// Time from the first purchase to the end of observation.
-    pub t: f64,
-    /// Number of customers with this summary.
-    pub count: f64,
-}
+pub use super::fit::SummaryRow;
 
 /// Fitted BG/NBD parameters. `alpha` is in the time unit of the data (days for portals).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

@@ -63,7 +63,7 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(data: &Dataset, s: &Settings, warnings: &mut Vec<String>) -> Ctx {
+    pub(super) fn new(data: &Dataset, s: &Settings, warnings: &mut Vec<String>) -> Ctx {
         let mut sale_stage = vec![false; data.stages.len()];
         for st in &s.sale_stages {
             match data.stage_index.get(st) {
@@ -133,7 +133,7 @@ impl Ctx {
         ctx
     }
 
-    pub fn is_sale(&self, d: &DealRec) -> bool {
+    pub(super) fn is_sale(&self, d: &DealRec) -> bool {
         super::settings::sale_rule(
             self.won,
             d.state,
@@ -142,7 +142,7 @@ impl Ctx {
         )
     }
 
-    pub fn purchase_ts(&self, d: &DealRec) -> i64 {
+    pub(super) fn purchase_ts(&self, d: &DealRec) -> i64 {
         match self.purchase_time {
             PurchaseTime::Closed if d.closed_at != i64::MIN => d.closed_at,
             _ => d.created_at,
@@ -181,7 +181,7 @@ impl Counters {
         self.no_amount += o.no_amount;
     }
 
-    pub fn warn(&self, data: &Dataset, warnings: &mut Vec<String>) {
+    pub(super) fn warn(&self, data: &Dataset, warnings: &mut Vec<String>) {
         let mut by_code: Vec<(String, u64)> = Vec::new();
         for (i, &n) in self.left_out.iter().enumerate() {
             if n > 0 {

@@ -91,7 +91,7 @@ pub(crate) struct DealRec {
 
 impl DealRec {
     /// The amount, `None` when the CRM has none.
-    pub fn amount(&self) -> Option<Decimal> {
+    pub(crate) fn amount(&self) -> Option<Decimal> {
         self.has_amount.then_some(self.amount)
     }
 }
@@ -151,6 +151,16 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// The pipeline ids the deals use, in first-seen order.
+    pub fn pipeline_ids(&self) -> &[u64] {
+        &self.pipelines
+    }
+
+    /// The stage ids the deals use, in first-seen order.
+    pub fn stage_ids(&self) -> &[String] {
+        &self.stages
+    }
+
     /// Number of customers (identity groups), buyers or not.
     pub fn customer_count(&self) -> usize {
         self.groups.len()

@@ -33,7 +33,7 @@ pub(crate) struct Period {
 }
 
 impl Period {
-    pub fn new(as_of_day: i64, s: &Settings) -> Period {
+    pub(crate) fn new(as_of_day: i64, s: &Settings) -> Period {
         Period {
             before: as_of_day - s.period_days as i64,
             end: as_of_day,

@@ -4,8 +4,20 @@
 //! the rows for big bases, and Nelder-Mead when BFGS does not converge. Each model brings
 //! only its likelihood.
 #![allow(clippy::needless_range_loop)] // index loops over small fixed arrays read clearer
-use super::bgnbd::SummaryRow;
 use super::optim::{Minimum, bfgs, bfgs_from, nelder_mead};
+
+/// One aggregated row of the likelihood: `count` customers with the same summary.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SummaryRow {
+    /// Repeat purchases (purchase days after the first).
+    pub x: u32,
+    /// Time from the first to the last purchase.
+    pub t_x: f64,
+    /// Time from the first purchase to the end of observation.
+    pub t: f64,
+    /// Number of customers with this summary.
+    pub count: f64,
+}
 
 /// The rows of a fit on rescaled time, with the statistics the starting point needs.
 pub(crate) struct Scaled {
@@ -24,7 +36,7 @@ pub(crate) struct Scaled {
 impl Scaled {
     /// `None` when there are no rows or no customer ever came back (the dropout process is
     /// then not identifiable).
-    pub fn new(rows: &[SummaryRow]) -> Option<Scaled> {
+    pub(crate) fn new(rows: &[SummaryRow]) -> Option<Scaled> {
         if rows.is_empty() || !rows.iter().any(|r| r.x > 0) {
             return None;
         }
@@ -52,7 +64,7 @@ impl Scaled {
 
     /// An evenly spread sample of about `size` rows when there are more than four times as
     /// many (0: never). Rows sorted by x keep every purchase count represented.
-    pub fn sample(&self, size: usize) -> Option<Vec<SummaryRow>> {
+    pub(crate) fn sample(&self, size: usize) -> Option<Vec<SummaryRow>> {
         (size > 0 && self.rows.len() > 4 * size).then(|| {
             let stride = self.rows.len() / size;
             self.rows.iter().step_by(stride).copied().collect()

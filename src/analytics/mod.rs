@@ -31,7 +31,6 @@
 //! - The model time unit is the day (`alpha` is in days).
 pub mod abc_xyz;
 pub mod backtest;
-pub mod bench;
 pub mod bgnbd;
 #[cfg(test)]
 mod cdnow;
@@ -45,10 +44,12 @@ pub mod mbgnbd;
 pub mod optim;
 pub mod pareto_nbd;
 pub mod periodic;
+pub mod predicted;
 pub mod render;
 pub mod rfm;
 pub mod settings;
 pub mod special;
+pub mod synthetic;
 #[cfg(test)]
 mod tests;
 
@@ -58,6 +59,7 @@ pub use classify::{DealClass, DealClassification, classify_deal};
 pub use dataset::{CustomerKey, Dataset, DatasetBuilder, MergedGroup};
 pub use figures::{Concentration, Figures};
 pub use gamma_gamma::GammaGammaParams;
+pub use predicted::{ChurnBand, PredictedValues, predicted_values};
 pub use rfm::{GridCell, RfmGrid, RfmSegment};
 pub use settings::{
     AmountSource, ConsumptionRule, Mode, PurchaseTime, RfmScoring, Settings, SpendEntry, XyzMode,
@@ -261,7 +263,7 @@ pub fn date_of_day(z: i64) -> Date {
 }
 
 /// The day number of a civil date.
-pub(crate) fn day_of_date(d: Date) -> i64 {
+pub fn day_of_date(d: Date) -> i64 {
     let (y, m, dd) = (d.year() as i64, d.month() as i64, d.day() as i64);
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);

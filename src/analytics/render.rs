@@ -609,11 +609,13 @@ mod xlsx_cell_tests {
     /// The typed cells are the CSV's cells, column by column.
     #[test]
     fn typed_cells_match_the_csv_cells() {
-        let data = crate::analytics::bench::synthetic_dataset(400, 2_000, 7);
+        let data = crate::analytics::synthetic::synthetic_dataset(400, 2_000, 7);
         let a = crate::analytics::analyse(
             &data,
             &crate::analytics::Settings::default(),
-            crate::analytics::bench::SYNTHETIC_AS_OF.parse().unwrap(),
+            crate::analytics::synthetic::SYNTHETIC_AS_OF
+                .parse()
+                .unwrap(),
             jiff::tz::TimeZone::UTC,
         );
         assert!(a.customers.len() > 100);

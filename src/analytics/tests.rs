@@ -884,8 +884,8 @@ fn crr_counts_new_customers_who_went_to_sleep_in_neither_end_nor_new() {
 /// inside its 80% interval; the analysis carries the driving model's backtest figures.
 #[test]
 fn the_backtests_choice_drives_the_predictions_with_next_purchase_intervals() {
-    let data = crate::analytics::bench::synthetic_dataset(1_500, 6_000, 42);
-    let as_of: Timestamp = crate::analytics::bench::SYNTHETIC_AS_OF.parse().unwrap();
+    let data = crate::analytics::synthetic::synthetic_dataset(1_500, 6_000, 42);
+    let as_of: Timestamp = crate::analytics::synthetic::SYNTHETIC_AS_OF.parse().unwrap();
     // The backtest on its own, as `rebuy backtest` runs it.
     let s = Settings::default();
     let (days, end) = crate::analytics::purchase_days(&data, &s, as_of, TimeZone::UTC);

@@ -9,6 +9,7 @@
 //! Secrets are never written in the file: it names the environment variable that holds each
 //! one (`client_secret_env = "SHOP_CLIENT_SECRET"`), and resolved secrets are
 //! `secrecy::SecretString`s.
+pub mod passwords;
 mod raw;
 mod resolve;
 
@@ -30,7 +31,21 @@ pub fn load(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, Vec<ConfigProblem>> {
     let doc = load_layers(path).map_err(|p| vec![p])?;
-    resolve(&doc, &path.display().to_string(), env)
+    let mut cfg = resolve(&doc, &path.display().to_string(), env)?;
+    let dir = playbooks_dir(path);
+    for p in &mut cfg.portals {
+        p.playbooks_dir = dir.clone();
+    }
+    Ok(cfg)
+}
+
+/// The playbooks directory of a config file: `playbooks/` beside it, when it exists.
+fn playbooks_dir(config_path: &Path) -> Option<std::path::PathBuf> {
+    let dir = config_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("playbooks");
+    dir.is_dir().then_some(dir)
 }
 
 /// Validates config given as TOML text (the demo, benchmarks and tests build portals this way,
@@ -56,4 +71,18 @@ pub fn resolve_toml(
 /// Formats problems one per line.
 pub fn format_problems(problems: &[ConfigProblem]) -> String {
     problems.iter().map(|p| format!("{p}\n")).collect()
+}
+
+/// amoCRM's documented ceiling: 7 requests per second per integration.
+pub const AMOCRM_DEFAULT_RPS: u32 = 7;
+/// Bitrix24's leaky bucket drains 2 requests per second (capacity 50) on non-Enterprise plans.
+pub const BITRIX24_DEFAULT_RPS: u32 = 2;
+
+/// The CRM's documented request rate (requests/s).
+pub fn documented_rps(kind: rebuy_core::CrmKind) -> u32 {
+    use rebuy_core::CrmKind;
+    match kind {
+        CrmKind::Amocrm => AMOCRM_DEFAULT_RPS,
+        CrmKind::Bitrix24 => BITRIX24_DEFAULT_RPS,
+    }
 }

@@ -138,6 +138,9 @@ pub struct PortalConfig {
     pub sync: SyncSettings,
     /// Analytics settings (sale definition, thresholds).
     pub analytics: AnalyticsSettings,
+    /// Where playbook names are looked up when the mapping sets no `playbooks_dir`: the
+    /// `playbooks/` directory beside the config file, when it exists (set by [`super::load`]).
+    pub playbooks_dir: Option<std::path::PathBuf>,
     /// The raw `[portal.mapping]` table, read by the playbooks and write-back.
     pub mapping: serde_json::Value,
     /// amoCRM: the secret path segment of this portal's webhook URL
@@ -258,8 +261,10 @@ pub struct UiConfig {
 impl UiConfig {
     /// Users whose password is not an argon2 hash (plain text or unsalted `sha256:`), with
     /// what to tell the operator.
-    pub fn weak_passwords(&self) -> Vec<(String, crate::ui::auth::PasswordForm)> {
-        crate::ui::auth::weak_passwords(self.users.iter().map(|u| (u.name.as_str(), &u.password)))
+    pub fn weak_passwords(&self) -> Vec<(String, crate::config::passwords::PasswordForm)> {
+        crate::config::passwords::weak_passwords(
+            self.users.iter().map(|u| (u.name.as_str(), &u.password)),
+        )
     }
 }
 
@@ -397,7 +402,8 @@ fn resolve_ui(
             continue;
         };
         use secrecy::ExposeSecret;
-        if let Err(why) = crate::ui::auth::check_stored_password(password.expose_secret()) {
+        if let Err(why) = crate::config::passwords::check_stored_password(password.expose_secret())
+        {
             cx.problem(
                 &format!("{key}.password_env"),
                 format!("environment variable {var} {why}"),
@@ -734,7 +740,7 @@ fn resolve_portal(
     // Over the documented limit a CRM answers 429/503, and amoCRM blocks the whole account
     // after repeated 429s: only an explicit, separate key lets a portal go there (an account
     // whose limit the CRM raised, an emulator).
-    let documented = crate::portal::documented_rps(raw.kind);
+    let documented = super::documented_rps(raw.kind);
     if let Some(r) = raw.requests_per_sec
         && r > documented
         && !raw.exceed_documented_limit
@@ -868,6 +874,7 @@ fn resolve_portal(
         auth: auth?,
         sync: sync?,
         analytics: analytics?,
+        playbooks_dir: None,
         mapping: raw.mapping.unwrap_or(serde_json::Value::Null),
         webhook_secret,
         application_token,
@@ -881,7 +888,8 @@ fn resolve_portal(
 }
 
 /// The default of `max_answer_mib`.
-pub const DEFAULT_MAX_ANSWER_MIB: u64 = (rebuy_core::body::DEFAULT_MAX_ANSWER_BYTES >> 20) as u64;
+pub(super) const DEFAULT_MAX_ANSWER_MIB: u64 =
+    (rebuy_core::body::DEFAULT_MAX_ANSWER_BYTES >> 20) as u64;
 
 /// Whether an `allowed_hosts` entry is a bare `host` or `host:port` (no scheme, path or
 /// credentials).

@@ -18,11 +18,6 @@
 mod queue;
 mod worker;
 
-/// The outbox's table definitions (created with the store).
-pub(crate) mod queue_tables {
-    pub(crate) use super::queue::{OUTBOX, OUTBOX_PENDING};
-}
-
 pub use queue::{
     Action, ActionState, EnqueueReport, Entry, OutboxCounts, RetryOutcome, marker_for,
 };

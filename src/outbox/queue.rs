@@ -1,8 +1,9 @@
 //! The outbox tables and their transactions.
+use crate::store::tables::{OUTBOX, OUTBOX_PENDING};
 use crate::store::{Store, StoreError};
 use jiff::Timestamp;
 use rebuy_core::WriteOp;
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
 // Entries are JSON: `WriteOp` is an internally tagged enum (readable in `plan --format json`),
@@ -14,12 +15,6 @@ fn encode<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<(), String> {
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }
-
-/// Entries by idempotency key.
-pub(crate) const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
-/// Entries still to send (pending or in flight), by enqueue sequence -> key.
-pub(crate) const OUTBOX_PENDING: TableDefinition<u64, &str> =
-    TableDefinition::new("outbox_pending");
 
 /// One planned write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,6 +18,9 @@
 //! max_tasks_per_manager_per_day = 40           # capacity (default: no cap); the rest waits
 //! max_touches_per_customer_per_day = 1         # competing touches merge into one task
 //! reminder_quiet_days = 7                      # no "runs out" reminder this soon after a purchase
+//! holdout_percent = 5                          # control group (stratified by RFM cell); 0 = off
+//! holdout_redraw = "monthly"                   # never | monthly | quarterly | yearly
+//! outcome_window_days = 30                     # a purchase this soon after a touch is its outcome
 //! holidays = ["2027-01-01", "2027-01-07"]
 //! [portal.mapping.business_hours]
 //! start = "10:00"
@@ -37,6 +40,9 @@
 //! rfm_segment = "Сегмент"
 //! next_purchase = "Дата следующей покупки"
 //! # abc = "ABC", xyz = "XYZ"
+//! # p_alive = "Вероятность активности"        # predicted fields (numbers; churn_band: low |
+//! # expected_purchases_90d = "Покупок за 90 дней" # medium | high), refreshed by each plan
+//! # clv_12m = "CLV 12 мес", churn_band = "Риск оттока"
 //! # create_missing = false                     # create fields named here that the CRM lacks
 //! ```
 //!
@@ -159,6 +165,22 @@ pub struct Mapping {
     /// shorter than a typical consumption cycle, so the reminders of a normal cycle stay).
     #[serde(default = "d7")]
     pub reminder_quiet_days: u32,
+    /// The global control group: this percent of the customers (stratified by RFM cell) gets
+    /// no touch and no funnel move, so `rebuy results` can compare (default 5; 0 = off). See
+    /// [`crate::holdout`].
+    #[serde(default = "d5")]
+    pub holdout_percent: u32,
+    /// How often the control groups are drawn anew (default monthly).
+    #[serde(default)]
+    pub holdout_redraw: crate::holdout::Redraw,
+    /// A purchase within this many days of a touch (or of a held-out customer's virtual
+    /// touch) is its outcome (default 30).
+    #[serde(default = "d30")]
+    pub outcome_window_days: u32,
+}
+
+fn d5() -> u32 {
+    5
 }
 
 fn one() -> u32 {
@@ -208,6 +230,9 @@ impl Default for Mapping {
             max_tasks_per_team_per_day: BTreeMap::new(),
             max_touches_per_customer_per_day: 1,
             reminder_quiet_days: 7,
+            holdout_percent: 5,
+            holdout_redraw: crate::holdout::Redraw::default(),
+            outcome_window_days: 30,
         }
     }
 }
@@ -304,8 +329,19 @@ pub struct FieldsMapping {
     pub xyz: Option<NameOrId>,
     /// Expected next purchase (date).
     pub next_purchase: Option<NameOrId>,
+    /// The driving model's probability that the customer is still buying (number 0..1, two
+    /// decimals).
+    pub p_alive: Option<NameOrId>,
+    /// The driving model's expected purchases in the next 90 days (number, two decimals).
+    pub expected_purchases_90d: Option<NameOrId>,
+    /// Predicted CLV over the analysis' `clv_horizon_days` (default 365), whole currency
+    /// units (number).
+    pub clv_12m: Option<NameOrId>,
+    /// Churn band from P(alive): `low` (>= 0.7), `medium` (>= 0.3), `high` (text).
+    pub churn_band: Option<NameOrId>,
     /// Create the fields named here that the CRM does not have (amoCRM: select for the
-    /// segments, date for the next purchase; Bitrix24: string and date user fields).
+    /// segments and the churn band, date for the next purchase, numeric for the predicted
+    /// numbers; Bitrix24: string, date and double user fields).
     #[serde(default)]
     pub create_missing: bool,
 }

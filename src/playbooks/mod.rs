@@ -262,6 +262,14 @@ pub struct SegmentFields {
     pub xyz: Option<String>,
     /// Next purchase field id and its format.
     pub next_purchase: Option<(String, DateFormat)>,
+    /// P(alive) field id.
+    pub p_alive: Option<String>,
+    /// Expected purchases in 90 days field id.
+    pub expected_purchases_90d: Option<String>,
+    /// CLV field id.
+    pub clv_12m: Option<String>,
+    /// Churn band field id.
+    pub churn_band: Option<String>,
     /// The same fields on companies, for company customers (B2B) when the mapping names the
     /// fields on contacts: found by name, or created with `create_missing`.
     pub companies: Option<Box<SegmentFields>>,
@@ -321,6 +329,10 @@ pub struct Rules {
     pub touches_per_customer_day: u32,
     /// No `before_next_purchase` touch within this many days of a purchase or an open deal.
     pub reminder_quiet_days: u32,
+    /// The control groups: the global holdout, the rules' own, the re-draw schedule.
+    pub holdout: crate::holdout::HoldoutSpec,
+    /// Days after a touch in which a purchase counts as its outcome (`rebuy results`).
+    pub outcome_window_days: u32,
 }
 
 impl Rules {
@@ -361,6 +373,8 @@ impl Rules {
             team_caps: Vec::new(),
             touches_per_customer_day: 1,
             reminder_quiet_days: 7,
+            holdout: crate::holdout::HoldoutSpec::default(),
+            outcome_window_days: 30,
         }
     }
 }
@@ -714,6 +728,23 @@ impl Resolver<'_> {
         }
         self.rules.touches_per_customer_day = m.max_touches_per_customer_per_day.max(1);
         self.rules.reminder_quiet_days = m.reminder_quiet_days;
+        if m.holdout_percent > 100 {
+            self.problem(
+                file,
+                "holdout_percent",
+                format!("{}: a share of customers is at most 100", m.holdout_percent),
+            );
+        }
+        self.rules.holdout.percent = m.holdout_percent.min(100);
+        self.rules.holdout.redraw = m.holdout_redraw;
+        if m.outcome_window_days == 0 {
+            self.problem(
+                file,
+                "outcome_window_days",
+                "0 would count no purchase as an outcome: give at least 1".into(),
+            );
+        }
+        self.rules.outcome_window_days = m.outcome_window_days.max(1);
     }
 
     fn hours(&mut self, file: &str, m: &Mapping) {
@@ -1058,6 +1089,13 @@ impl Resolver<'_> {
                     .unwrap_or_else(|| format!("REBUY_{}", slot.to_ascii_uppercase()));
                 let kind_of = match slot {
                     "next_purchase" => FieldKind::Date,
+                    "p_alive" | "expected_purchases_90d" | "clv_12m" => FieldKind::Numeric,
+                    "churn_band" => FieldKind::Select(
+                        crate::analytics::ChurnBand::ALL
+                            .iter()
+                            .map(|b| b.as_str().to_owned())
+                            .collect(),
+                    ),
                     "abc" => FieldKind::Select(vec!["A".into(), "B".into(), "C".into()]),
                     "xyz" => FieldKind::Select(vec!["X".into(), "Y".into(), "Z".into()]),
                     _ => FieldKind::Select(
@@ -1137,6 +1175,10 @@ impl Resolver<'_> {
                 abc: by_name(&f.abc),
                 xyz: by_name(&f.xyz),
                 next_purchase: by_name(&f.next_purchase),
+                p_alive: by_name(&f.p_alive),
+                expected_purchases_90d: by_name(&f.expected_purchases_90d),
+                clv_12m: by_name(&f.clv_12m),
+                churn_band: by_name(&f.churn_band),
                 create_missing: f.create_missing,
             };
             self.on_companies = true;
@@ -1161,6 +1203,10 @@ impl Resolver<'_> {
                     abc: None,
                     xyz: None,
                     next_purchase: None,
+                    p_alive: None,
+                    expected_purchases_90d: None,
+                    clv_12m: None,
+                    churn_band: None,
                     companies,
                 });
             }
@@ -1168,7 +1214,11 @@ impl Resolver<'_> {
                 let none_named = f.rfm_segment.is_none()
                     && f.abc.is_none()
                     && f.xyz.is_none()
-                    && f.next_purchase.is_none();
+                    && f.next_purchase.is_none()
+                    && f.p_alive.is_none()
+                    && f.expected_purchases_90d.is_none()
+                    && f.clv_12m.is_none()
+                    && f.churn_band.is_none();
                 // Every field still to be created is not a problem.
                 if none_named && !all_missing {
                     self.problem(file, "fields", "no field named".into());
@@ -1207,7 +1257,23 @@ impl Resolver<'_> {
                     (id, fmt)
                 })
         });
-        if rfm.is_none() && abc.is_none() && xyz.is_none() && next.is_none() {
+        let mut plain = |key: &str, x: &Option<NameOrId>| {
+            x.as_ref()
+                .and_then(|x| self.field(file, key, e, x).map(|v| v.0))
+        };
+        let p_alive = plain("fields.p_alive", &f.p_alive);
+        let expected = plain("fields.expected_purchases_90d", &f.expected_purchases_90d);
+        let clv = plain("fields.clv_12m", &f.clv_12m);
+        let churn = plain("fields.churn_band", &f.churn_band);
+        if rfm.is_none()
+            && abc.is_none()
+            && xyz.is_none()
+            && next.is_none()
+            && p_alive.is_none()
+            && expected.is_none()
+            && clv.is_none()
+            && churn.is_none()
+        {
             return None;
         }
         Some(SegmentFields {
@@ -1216,6 +1282,10 @@ impl Resolver<'_> {
             abc,
             xyz,
             next_purchase: next,
+            p_alive,
+            expected_purchases_90d: expected,
+            clv_12m: clv,
+            churn_band: churn,
             companies: None,
         })
     }
@@ -1317,6 +1387,18 @@ impl Resolver<'_> {
             self.problem(file, &format!("{key}.goal"), "empty goal".into());
         }
         let rule = format!("{}.{}", pb.name, spec.id);
+        if let Some(p) = spec.holdout_percent {
+            if p > 100 {
+                self.problem(
+                    file,
+                    &format!("{key}.holdout_percent"),
+                    format!("{p}: a share of customers is at most 100"),
+                );
+            }
+            if p > 0 {
+                self.rules.holdout.rules.insert(rule.clone(), p.min(100));
+            }
+        }
         let template = format!("{rule}{template_suffix}");
         if let Err(e) = self
             .rules
@@ -1482,6 +1564,7 @@ impl Resolver<'_> {
                     responsible: &s.responsible,
                     time: s.time.as_deref(),
                     text: s.text.as_deref(),
+                    holdout_percent: x.holdout_percent,
                 };
                 if let Some(task) = self.task(
                     file,

@@ -23,6 +23,9 @@
 //!
 //! Most rules take the filters `segments` (RFM segment names) and `products` (substrings of
 //! product names the customer bought, case-insensitive).
+//!
+//! Every rule may take `holdout_percent`: its own control group, that share of the customers it
+//! would touch gets no touch of this rule (see [`crate::holdout`]).
 use rebuy_core::TaskKind;
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -83,6 +86,9 @@ pub struct TaskSpec<'a> {
     pub time: Option<&'a str>,
     /// Text template (the default one when `None`).
     pub text: Option<&'a str>,
+    /// This rule's own control group, percent of the customers it would touch (see
+    /// [`crate::holdout`]); `None`: only the mapping's global holdout.
+    pub holdout_percent: Option<u32>,
 }
 
 macro_rules! task_spec {
@@ -97,6 +103,7 @@ macro_rules! task_spec {
                     responsible: &self.responsible,
                     time: self.time.as_deref(),
                     text: self.text.as_deref(),
+                    holdout_percent: self.holdout_percent,
                 }
             }
         }
@@ -129,6 +136,8 @@ pub struct AfterPurchase {
     /// Only when the purchase had a product matching one of these.
     #[serde(default)]
     pub products: Vec<String>,
+    /// This rule's own control group: percent of customers held out of it (0-100).
+    pub holdout_percent: Option<u32>,
 }
 task_spec!(AfterPurchase);
 
@@ -158,6 +167,8 @@ pub struct BeforeNext {
     /// Only customers who bought a matching product.
     #[serde(default)]
     pub products: Vec<String>,
+    /// This rule's own control group: percent of customers held out of it (0-100).
+    pub holdout_percent: Option<u32>,
 }
 task_spec!(BeforeNext);
 
@@ -190,6 +201,8 @@ pub struct Seasonal {
     /// Only customers who bought a matching product.
     #[serde(default)]
     pub products: Vec<String>,
+    /// This rule's own control group: percent of customers held out of it (0-100).
+    pub holdout_percent: Option<u32>,
 }
 task_spec!(Seasonal);
 
@@ -217,6 +230,8 @@ pub struct ProductChain {
     pub time: Option<String>,
     /// Text template.
     pub text: Option<String>,
+    /// This rule's own control group: percent of customers held out of it (0-100).
+    pub holdout_percent: Option<u32>,
 }
 task_spec!(ProductChain);
 
@@ -252,6 +267,8 @@ pub struct Reactivation {
     pub segments: Vec<String>,
     /// The soft touches, in order.
     pub steps: Vec<ReactivationStep>,
+    /// This chain's own control group: percent of customers held out of every step (0-100).
+    pub holdout_percent: Option<u32>,
 }
 
 fn default_spread() -> u32 {
@@ -314,6 +331,8 @@ pub struct Reward {
     pub time: Option<String>,
     /// Text template.
     pub text: Option<String>,
+    /// This rule's own control group: percent of customers held out of it (0-100).
+    pub holdout_percent: Option<u32>,
 }
 task_spec!(Reward);
 

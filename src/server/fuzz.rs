@@ -175,7 +175,7 @@ pub fn run(bodies: u64, seed: u64) -> FuzzReport {
                 .is_ok();
             let mut worker_ok = false;
             for crm in ["amocrm", "bitrix24"] {
-                let event = super::inbox::InboxEvent {
+                let event = crate::inbox::InboxEvent {
                     seq: 0,
                     crm: crm.into(),
                     received_at: jiff::Timestamp::UNIX_EPOCH,

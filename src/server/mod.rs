@@ -7,23 +7,22 @@
 //!
 //! `router(state)` builds the whole app without a socket (tests call it directly); `serve`
 //! runs it on a listener until the shutdown future resolves, then finishes in-flight requests.
-pub mod demo;
 pub mod error;
 pub mod fuzz;
-pub mod inbox;
 pub mod listen;
 pub mod metrics;
 pub mod oauth;
+pub mod request;
 pub mod runtime;
 mod webhooks;
 pub mod worker;
 
 use crate::config::{Config, PortalConfig};
+use crate::inbox::InboxWriter;
 use crate::store::Store;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use inbox::InboxWriter;
 use rebuy_core::PortalId;
 use std::collections::HashMap;
 use std::future::Future;
@@ -49,7 +48,7 @@ pub struct PortalRuntime {
     pub drain_now: Arc<Notify>,
     /// The plan waiting for the dashboard's Apply: the last dry run a person asked for, or the
     /// daily run's plan when it only plans (`auto_apply` off), whichever is newer.
-    waiting_plan: Arc<std::sync::Mutex<Option<Arc<crate::ui::DryRun>>>>,
+    waiting_plan: Arc<std::sync::Mutex<Option<Arc<crate::server::DryRun>>>>,
     /// Its connector, opened once and shared by the scheduler and the dashboard (one rate
     /// limiter and one token refresher per portal).
     handle: Arc<std::sync::Mutex<Option<crate::portal::PortalHandle>>>,
@@ -72,7 +71,7 @@ impl PortalRuntime {
     }
 
     /// The plan waiting for Apply, if any.
-    pub fn waiting_plan(&self) -> Option<Arc<crate::ui::DryRun>> {
+    pub fn waiting_plan(&self) -> Option<Arc<crate::server::DryRun>> {
         self.waiting_plan
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -80,12 +79,12 @@ impl PortalRuntime {
     }
 
     /// Keeps a plan for Apply, replacing the previous one.
-    pub fn set_waiting_plan(&self, run: crate::ui::DryRun) {
+    pub fn set_waiting_plan(&self, run: crate::server::DryRun) {
         *self.waiting_plan.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(run));
     }
 
     /// Takes the waiting plan if its id is `plan_id` (an apply consumes it).
-    pub fn take_waiting_plan(&self, plan_id: &str) -> Option<Arc<crate::ui::DryRun>> {
+    pub fn take_waiting_plan(&self, plan_id: &str) -> Option<Arc<crate::server::DryRun>> {
         let mut slot = self.waiting_plan.lock().unwrap_or_else(|e| e.into_inner());
         match slot.as_ref() {
             Some(r) if r.id == plan_id => slot.take(),
@@ -114,9 +113,6 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// The dashboard's `[server.ui]` settings.
     pub ui: crate::config::UiConfig,
-    /// The playbooks directory beside the config file, if any (the dashboard's mapping and
-    /// plan pages read it as `rebuy mapping` and `rebuy plan` do).
-    pub playbooks_dir: Option<std::path::PathBuf>,
     /// The bearer token `/metrics` asks for on the main listener (`[server]
     /// metrics_token_env`); `None`: `/metrics` is 404 there.
     pub metrics_token: Option<secrecy::SecretString>,
@@ -144,7 +140,6 @@ impl AppState {
             portals: Arc::new(portals),
             metrics: metrics::Metrics::new(),
             ui: cfg.server.ui.clone(),
-            playbooks_dir: None,
             metrics_token: cfg.server.metrics_token.clone(),
             limits: cfg.server.limits(),
             oauth: Arc::default(),
@@ -182,25 +177,65 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router(state)` and the dashboard under `/ui` on `listener` until `shutdown`
-/// resolves, under the state's [`listen::Limits`]; in-flight requests finish within the
-/// shutdown grace period.
+/// Serves `router(state)` on `listener` until `shutdown` resolves, under the state's
+/// [`listen::Limits`], with `dashboard` (when given) nested under `/ui`: the request timeout
+/// covers the server's own routes, not the dashboard's (its dry runs may take longer); the
+/// body timeout covers both. In-flight requests finish within the shutdown grace period.
+///
+/// The server does not know the dashboard: the binary composes the two (`crate::ui` builds its
+/// router over the same [`AppState`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    dashboard: Option<Router>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The dashboard is on when `[server.ui]` (or REBUY_UI_USER / REBUY_UI_PASSWORD) gives it a
-    // user (else /ui is 404).
     let limits = state.limits.clone();
-    let app = router(state.clone())
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            limits.request_timeout,
-        ))
-        .nest("/ui", crate::ui::router_from_config(state))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            limits.body_timeout,
-        ));
+    let mut app = router(state).layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        limits.request_timeout,
+    ));
+    if let Some(ui) = dashboard {
+        app = app.nest("/ui", ui);
+    }
+    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        limits.body_timeout,
+    ));
     listen::run(listener, app, limits, shutdown).await
+}
+
+impl AppState {
+    /// A state over stores the caller already opened (a redb file opens once per process).
+    pub fn from_stores(portals: Vec<(PortalConfig, Store)>, durable_inbox: bool) -> Self {
+        let mut map = std::collections::HashMap::new();
+        for (cfg, store) in portals {
+            map.insert(
+                cfg.id.clone(),
+                PortalRuntime::new(cfg, store, durable_inbox),
+            );
+        }
+        Self {
+            portals: std::sync::Arc::new(map),
+            metrics: metrics::Metrics::new(),
+            ui: crate::config::UiConfig::default(),
+            metrics_token: None,
+            limits: Default::default(),
+            oauth: Default::default(),
+            link_key: None,
+        }
+    }
+}
+
+/// A dry-run plan computed by the touches page or by the server's daily run (when it only
+/// plans), kept until it is applied or replaced.
+#[derive(Debug)]
+pub struct DryRun {
+    /// Random id the apply form carries, so an apply is of the plan the person saw.
+    pub id: String,
+    /// The plan, or why it could not be made.
+    pub plan: Result<crate::plan::Plan, String>,
+    /// When it was computed.
+    pub computed_at: jiff::Timestamp,
+    /// Made by the server's daily run (`auto_apply` off), not by a person's Plan button.
+    pub by_daily_run: bool,
 }

@@ -125,8 +125,8 @@ pub struct PendingStates {
 impl PendingStates {
     /// Starts a flow for `portal`: its state and the nonce for the starter's cookie.
     pub fn issue(&self, portal: &str) -> (String, String) {
-        let state = crate::ui::auth::random_token();
-        let nonce = crate::ui::auth::random_token();
+        let state = crate::server::request::random_token();
+        let nonce = crate::server::request::random_token();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         map.retain(|_, p| now.duration_since(p.issued) < STATE_TTL);
@@ -279,7 +279,7 @@ pub async fn callback(
             "The CRM did not send a code and a state.",
         ));
     };
-    let nonce = crate::ui::auth::cookie(&headers, FLOW_COOKIE);
+    let nonce = crate::server::request::cookie(&headers, FLOW_COOKIE);
     if !state.oauth.take(&st, &portal, nonce.as_deref()) {
         tracing::warn!(portal = %portal, "OAuth callback with an unknown, expired, replayed or foreign state refused.");
         return Ok(page(

@@ -16,7 +16,6 @@ use tokio_util::task::TaskTracker;
 pub fn spawn_all(
     state: &AppState,
     settings: &ServerSettings,
-    playbooks_dir: Option<std::path::PathBuf>,
     cancel: CancellationToken,
 ) -> TaskTracker {
     let tracker = TaskTracker::new();
@@ -35,7 +34,6 @@ pub fn spawn_all(
                 .public_url
                 .as_ref()
                 .map(|u| format!("{}/hooks/bitrix24/{}", u.trim_end_matches('/'), p.cfg.id)),
-            playbooks_dir: playbooks_dir.clone(),
             reactor: Arc::default(),
             replan: Arc::default(),
             inbox_max_attempts: settings.inbox_max_attempts,
@@ -49,7 +47,6 @@ pub fn spawn_all(
             handle.tokens,
             replan,
             settings.clone(),
-            playbooks_dir.clone(),
             cancel.clone(),
         ));
     }
@@ -155,9 +152,8 @@ pub async fn daily_planning(
     p: &PortalRuntime,
     conn: &dyn Connector,
     s: &ServerSettings,
-    playbooks_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<bool> {
-    let r = daily_planning_at(p, conn, s, playbooks_dir, jiff::Timestamp::now()).await?;
+    let r = daily_planning_at(p, conn, s, jiff::Timestamp::now()).await?;
     Ok(r != DailyRun::NotDue)
 }
 
@@ -171,7 +167,6 @@ pub async fn daily_planning_at(
     p: &PortalRuntime,
     conn: &dyn Connector,
     s: &ServerSettings,
-    playbooks_dir: Option<&std::path::Path>,
     now: jiff::Timestamp,
 ) -> anyhow::Result<DailyRun> {
     if p.cfg.mapping.is_null() {
@@ -190,7 +185,7 @@ pub async fn daily_planning_at(
     let since = auto_apply_since(p, auto, today)?;
     let run = match auto_apply_lookback(p, now) {
         Some(lookback_days) => {
-            let added = replan_now(p, conn, playbooks_dir, now, Some(lookback_days)).await?;
+            let added = replan_now(p, conn, now, Some(lookback_days)).await?;
             tracing::info!(portal = %p.cfg.id, new = added, lookback_days, "Daily run: planned and committed to the outbox (auto_apply).");
             DailyRun::Applied {
                 added,
@@ -198,12 +193,10 @@ pub async fn daily_planning_at(
             }
         }
         _ => {
-            let plan =
-                crate::writeback::plan_portal(&p.cfg, &p.store, Some(conn), playbooks_dir, now)
-                    .await?;
+            let plan = crate::writeback::plan_portal(&p.cfg, &p.store, Some(conn), now).await?;
             let actions = plan.actions.len();
-            p.set_waiting_plan(crate::ui::DryRun {
-                id: crate::ui::auth::random_token(),
+            p.set_waiting_plan(crate::server::DryRun {
+                id: crate::server::request::random_token(),
                 plan: Ok(plan),
                 computed_at: jiff::Timestamp::now(),
                 by_daily_run: true,
@@ -277,7 +270,6 @@ pub fn auto_apply_lookback(p: &PortalRuntime, now: jiff::Timestamp) -> Option<u3
 pub async fn replan_now(
     p: &PortalRuntime,
     conn: &dyn Connector,
-    playbooks_dir: Option<&std::path::Path>,
     now: jiff::Timestamp,
     lookback_days: Option<u32>,
 ) -> anyhow::Result<u64> {
@@ -286,17 +278,12 @@ pub async fn replan_now(
         m.insert("lookback_days".into(), serde_json::json!(n));
     }
     // Segment fields the mapping allows to create exist before anything is planned into them.
-    let fields =
-        crate::writeback::create_missing_fields(&cfg, &p.store, conn, playbooks_dir).await?;
+    let fields = crate::writeback::create_missing_fields(&cfg, &p.store, conn).await?;
     for f in &fields.failed {
         tracing::warn!(portal = %p.cfg.id, field = %f, "Could not create a segment field.");
     }
-    let plan =
-        crate::writeback::plan_portal(&cfg, &p.store, Some(conn), playbooks_dir, now).await?;
-    let added = p
-        .store
-        .blocking(move |s| s.outbox_enqueue(plan.actions))
-        .await?;
+    let plan = crate::writeback::plan_portal(&cfg, &p.store, Some(conn), now).await?;
+    let added = crate::writeback::enqueue_plan(&p.store, &plan).await?;
     Ok(added.added)
 }
 
@@ -306,7 +293,6 @@ async fn schedule_loop(
     tokens: Arc<rebuy_core::TokenManager>,
     replan: Arc<std::sync::atomic::AtomicBool>,
     s: ServerSettings,
-    playbooks_dir: Option<std::path::PathBuf>,
     cancel: CancellationToken,
 ) {
     let sync_every = Duration::from_secs(s.sync_interval_mins.max(1) * 60);
@@ -341,15 +327,7 @@ async fn schedule_loop(
             && let Some(lookback) = auto_apply_lookback(&p, jiff::Timestamp::now())
         {
             last_replan = Some(tokio::time::Instant::now());
-            match replan_now(
-                &p,
-                conn.as_ref(),
-                playbooks_dir.as_deref(),
-                jiff::Timestamp::now(),
-                Some(lookback),
-            )
-            .await
-            {
+            match replan_now(&p, conn.as_ref(), jiff::Timestamp::now(), Some(lookback)).await {
                 Ok(n) => {
                     tracing::info!(portal = %p.cfg.id, new = n, "Re-planned after a won deal.")
                 }
@@ -360,7 +338,7 @@ async fn schedule_loop(
         }
         // The daily planning follows a sync of this process, so it plans on fresh data.
         if synced_once {
-            if let Err(e) = daily_planning(&p, conn.as_ref(), &s, playbooks_dir.as_deref()).await {
+            if let Err(e) = daily_planning(&p, conn.as_ref(), &s).await {
                 tracing::warn!(portal = %p.cfg.id, error = %format!("{e:#}"), "Daily planning failed.");
             }
         }

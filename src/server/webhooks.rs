@@ -2,8 +2,8 @@
 //! the credentials (401 missing / 403 wrong), the body (400 with the reason; 413 above 1 MiB is
 //! the body-limit layer's), then commits the raw body to the portal's inbox and answers.
 use super::error::AppError;
-use super::inbox::{Accepted, InboxEvent, dedup_key};
 use super::{AppState, PortalRuntime};
+use crate::inbox::{Accepted, InboxEvent, dedup_key};
 use crate::store::tables::KEY_ACCOUNT;
 use axum::Json;
 use axum::body::Bytes;
@@ -17,9 +17,9 @@ use std::collections::HashMap;
 use subtle::ConstantTimeEq;
 
 /// Meta key of the Bitrix24 application token received at install.
-pub const KEY_APP_TOKEN: &str = "bitrix24_application_token";
+pub(super) const KEY_APP_TOKEN: &str = "bitrix24_application_token";
 /// Meta key of "the CRM disconnected the integration".
-pub const KEY_DISCONNECTED: &str = "disconnected";
+pub(super) const KEY_DISCONNECTED: &str = "disconnected";
 
 fn ct_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
@@ -113,7 +113,7 @@ async fn store_event(
 
 /// `POST /hooks/amocrm/{portal}/{secret}`. amoCRM signs nothing: the secret in the path and the
 /// account the payload names must both match the portal.
-pub async fn amocrm(
+pub(super) async fn amocrm(
     State(state): State<AppState>,
     Path((portal, secret)): Path<(String, String)>,
     headers: HeaderMap,
@@ -162,7 +162,7 @@ pub async fn amocrm(
 /// `GET /hooks/amocrm/{portal}/disconnect?account_id=..&client_uuid=..&signature=..`: amoCRM's
 /// "integration disconnected" hook, signed with HMAC-SHA256(client_uuid|account_id,
 /// client_secret).
-pub async fn amocrm_disconnect(
+pub(super) async fn amocrm_disconnect(
     State(state): State<AppState>,
     Path(portal): Path<String>,
     Query(q): Query<HashMap<String, String>>,
@@ -251,7 +251,7 @@ pub async fn amocrm_disconnect(
 /// `POST /hooks/bitrix24/{portal}`: events and app install/uninstall. Every event carries
 /// `auth[application_token]`, compared in constant time with the one stored at install (or
 /// configured for an outgoing webhook). An install is checked by [`b24_install`].
-pub async fn bitrix24(
+pub(super) async fn bitrix24(
     State(state): State<AppState>,
     Path(portal): Path<String>,
     headers: HeaderMap,
@@ -454,7 +454,7 @@ async fn b24_install(
 }
 
 /// `GET /readyz`: every portal's store answers.
-pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, AppError> {
+pub(super) async fn readyz(State(state): State<AppState>) -> Result<&'static str, AppError> {
     for p in state.portals.values() {
         p.store
             .inbox_depth()

@@ -6,7 +6,7 @@
 //! committed) and the effects are idempotent (upserts and deletes by id), so a crash between
 //! the two repeats work but never loses or doubles it.
 use super::PortalRuntime;
-use super::inbox::InboxEvent;
+use crate::inbox::InboxEvent;
 use crate::store::Store;
 use rebuy_core::{Connector, ConnectorError, ContactId, DealId, EntityKind};
 use std::sync::Arc;
@@ -117,14 +117,9 @@ impl Reactor {
         {
             return Ok(prep.clone());
         }
-        let rules = crate::writeback::resolve_rules(
-            &p.cfg,
-            &p.store,
-            Some(ctx.conn.as_ref()),
-            ctx.playbooks_dir.as_deref(),
-        )
-        .await
-        .map_err(ProcessError::Plan)?;
+        let rules = crate::writeback::resolve_rules(&p.cfg, &p.store, Some(ctx.conn.as_ref()))
+            .await
+            .map_err(ProcessError::Plan)?;
         let (store, cfg) = (p.store.clone(), p.cfg.clone());
         let (data, analysis) =
             tokio::task::spawn_blocking(move || crate::analyse::analyse_portal(&store, &cfg, None))
@@ -240,8 +235,6 @@ pub struct WorkerCtx {
     /// This portal's Bitrix24 event handler URL (`{public_url}/hooks/bitrix24/{portal}`), when
     /// the server knows its public URL.
     pub handler_url: Option<String>,
-    /// Where the portal's playbooks live (`playbooks/` beside the config file).
-    pub playbooks_dir: Option<std::path::PathBuf>,
     /// Real-time routing state.
     pub reactor: Arc<Reactor>,
     /// Set when a deal was won: the scheduler re-plans the portal's touches within seconds
@@ -419,12 +412,12 @@ pub async fn process_once(p: &PortalRuntime, ctx: &WorkerCtx) -> Result<usize, P
                     .blocking(move |s| s.inbox_failed(seq, &msg, max, jiff::Timestamp::now()))
                     .await?;
                 match failed {
-                    super::inbox::Failed::Dead => {
+                    crate::inbox::Failed::Dead => {
                         gave_up += 1;
                         metrics::counter!("rebuy_inbox_dead_letters_total", "portal" => p.cfg.id.0.clone()).increment(1);
                         tracing::error!(portal = %p.cfg.id, seq, error = %e, "A webhook failed {max} times: moved to the dead-letter table (rebuy inbox replay puts it back).");
                     }
-                    super::inbox::Failed::Retry(at) => {
+                    crate::inbox::Failed::Retry(at) => {
                         tracing::warn!(portal = %p.cfg.id, seq, error = %e, retry_at = %at, "A webhook failed; it is retried later and the events behind it go on.");
                     }
                 }

@@ -290,19 +290,23 @@ impl Store {
             }
             txn.open_table(SYNC).map_err(|e| self.err(e))?;
             txn.open_table(PRODUCT_ROWS).map_err(|e| self.err(e))?;
-            txn.open_table(crate::outbox::queue_tables::OUTBOX)
+            txn.open_table(tables::OUTBOX).map_err(|e| self.err(e))?;
+            txn.open_table(tables::OUTBOX_PENDING)
                 .map_err(|e| self.err(e))?;
-            txn.open_table(crate::outbox::queue_tables::OUTBOX_PENDING)
+            txn.open_table(tables::INBOX).map_err(|e| self.err(e))?;
+            txn.open_table(tables::INBOX_SEEN)
                 .map_err(|e| self.err(e))?;
-            txn.open_table(crate::server::inbox::INBOX)
+            txn.open_table(tables::INBOX_SEEN_AT)
                 .map_err(|e| self.err(e))?;
-            txn.open_table(crate::server::inbox::INBOX_SEEN)
+            txn.open_table(tables::INBOX_RETRY)
                 .map_err(|e| self.err(e))?;
-            txn.open_table(crate::server::inbox::INBOX_SEEN_AT)
+            txn.open_table(tables::HOLDOUT_DRAWS)
                 .map_err(|e| self.err(e))?;
-            txn.open_table(crate::server::inbox::INBOX_RETRY)
+            txn.open_table(tables::VIRTUAL_TOUCHES)
                 .map_err(|e| self.err(e))?;
-            txn.open_table(crate::server::inbox::INBOX_DEAD)
+            txn.open_table(tables::TASK_STATES)
+                .map_err(|e| self.err(e))?;
+            txn.open_table(tables::INBOX_DEAD)
                 .map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))

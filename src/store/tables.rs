@@ -32,3 +32,33 @@ pub const KEY_TOKENS: &str = "tokens";
 pub const KEY_NEEDS_REAUTH: &str = "needs_reauth";
 /// Meta key of the CRM account document.
 pub const KEY_ACCOUNT: &str = "account";
+
+// The outbox (`crate::outbox`): planned CRM writes.
+
+/// Entries by idempotency key.
+pub const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
+/// Entries still to send (pending or in flight), by enqueue sequence -> key.
+pub const OUTBOX_PENDING: TableDefinition<u64, &str> = TableDefinition::new("outbox_pending");
+
+// The webhook inbox (`crate::inbox`): events stored before the CRM gets its answer.
+
+/// Events to process, by arrival sequence.
+pub const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
+/// Dedup keys of events seen (key -> sequence), so a redelivered webhook has one effect.
+pub const INBOX_SEEN: TableDefinition<&str, u64> = TableDefinition::new("inbox_seen");
+/// When each dedup key was stored ((unix seconds, sequence) -> key), for pruning.
+pub const INBOX_SEEN_AT: TableDefinition<(i64, u64), &str> = TableDefinition::new("inbox_seen_at");
+/// Failed attempts of events still in the inbox (sequence -> `inbox::Retry`).
+pub const INBOX_RETRY: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox_retry");
+/// Events that failed too often (sequence -> `inbox::DeadEvent`).
+pub const INBOX_DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox_dead");
+
+// The control groups (`crate::holdout`) and the outcomes of touches (`crate::results`).
+
+/// Draws by period (`2026-12`), JSON `holdout::Draw`.
+pub const HOLDOUT_DRAWS: TableDefinition<&str, &[u8]> = TableDefinition::new("holdout_draws");
+/// Virtual touches of held-out customers by the key the touch would have had, JSON
+/// `holdout::VirtualTouch`.
+pub const VIRTUAL_TOUCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("virtual_touches");
+/// What the CRM said of each sent touch task, by outbox key, JSON `results::TaskOutcome`.
+pub const TASK_STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("task_states");

@@ -10,16 +10,19 @@
 //! - fetching page N+1 overlaps with committing page N, so the rate limit, not the disk, sets
 //!   the pace.
 //!
-//! A full listing whose connector can split it ([`Connector::split`]) runs, after its first
-//! page, as several segments at once ([`SEGMENTS_IN_FLIGHT`]), so a CRM with a request burst
-//! (Bitrix24's leaky bucket) gets several requests in flight; each segment's pages are
-//! committed as above, with the cursors of all open segments, so a killed sync resumes every
-//! segment after its last committed page.
+//! A full listing whose connector can split it runs as several segments at once
+//! ([`SEGMENTS_IN_FLIGHT`]), so a CRM with a request burst (Bitrix24's leaky bucket) gets
+//! several requests in flight: from the start when the connector's [`Connector::prelude`]
+//! (account, users and pipelines asked together with the probes) cut it, else after its first
+//! page ([`Connector::split`]). Each segment's pages are committed as above, with the cursors of
+//! all open segments, so a killed sync resumes every segment after its last committed page.
 //!
 //! Incremental listings ask for records modified since the last cursor minus an overlap
 //! (`sync.overlap_secs`): CRM timestamps have one-second resolution and clocks drift, and
 //! re-reading a few records is cheap while missing one is not. Deletions come from the CRM's
 //! deletion log where it has one (amoCRM `/events`).
+pub mod tasks;
+
 use crate::failpoint;
 use crate::store::{InProgress, Record, Store, StoreError, SyncState};
 use async_trait::async_trait;
@@ -177,6 +180,8 @@ pub struct SyncReport {
     pub elapsed: Duration,
     /// Connector traffic during this sync.
     pub traffic: StatsSnapshot,
+    /// Sent touch tasks whose state (completed or not) was read back from the CRM.
+    pub task_states: u64,
 }
 
 impl SyncReport {
@@ -282,10 +287,27 @@ pub async fn sync_portal(
     // real accounts do (an amoCRM user without rights to companies, a Bitrix24 webhook without
     // a scope, a method an API implementation does not have).
     let mut warnings = Vec::new();
-    let account = optional(conn.account().await, "account details", &mut warnings)
-        .map_err(cerr("account"))?;
-    let users = conn.users().await.map_err(cerr("users"))?;
-    let pipelines = conn.pipelines().await.map_err(cerr("pipelines"))?;
+    // Full listings start no later than the requests that probe them.
+    let started_at = Timestamp::now();
+    let mut full_kinds = Vec::new();
+    for kind in [
+        EntityKind::Companies,
+        EntityKind::Contacts,
+        EntityKind::Deals,
+    ] {
+        if starts_full(&store, kind, opts).map_err(serr)? {
+            full_kinds.push(kind);
+        }
+    }
+    if conn.lists_product_rows() && rows_start_full(&store, opts).map_err(serr)? {
+        full_kinds.push(EntityKind::ProductRows);
+    }
+    let prelude = conn.prelude(&full_kinds).await;
+    let mut initial = prelude.segments;
+    let account =
+        optional(prelude.account, "account details", &mut warnings).map_err(cerr("account"))?;
+    let users = prelude.users.map_err(cerr("users"))?;
+    let pipelines = prelude.pipelines.map_err(cerr("pipelines"))?;
     let (nu, np) = (users.len() as u64, pipelines.len() as u64);
     store
         .blocking(move |s| {
@@ -331,11 +353,39 @@ pub async fn sync_portal(
 
     // The big listings run concurrently so the shared rate limiter always has a request ready.
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
+    let mut start = |kind| Start {
+        at: started_at,
+        segments: initial.remove(&kind),
+    };
     let (companies, contacts, deals, rows) = tokio::join!(
-        guarded(&sem, list_kind::<Company>(&conn, &store, opts, &*progress)),
-        guarded(&sem, list_kind::<Contact>(&conn, &store, opts, &*progress)),
-        guarded(&sem, list_kind::<Deal>(&conn, &store, opts, &*progress)),
-        guarded(&sem, list_product_rows(&conn, &store, opts, &*progress)),
+        guarded(
+            &sem,
+            list_kind::<Company>(
+                &conn,
+                &store,
+                opts,
+                &*progress,
+                start(EntityKind::Companies)
+            )
+        ),
+        guarded(
+            &sem,
+            list_kind::<Contact>(&conn, &store, opts, &*progress, start(EntityKind::Contacts))
+        ),
+        guarded(
+            &sem,
+            list_kind::<Deal>(&conn, &store, opts, &*progress, start(EntityKind::Deals))
+        ),
+        guarded(
+            &sem,
+            list_product_rows(
+                &conn,
+                &store,
+                opts,
+                &*progress,
+                start(EntityKind::ProductRows)
+            )
+        ),
     );
     let rows = optional_list(rows, "product rows", &mut warnings);
     if let Some(rows) = rows
@@ -393,6 +443,15 @@ pub async fn sync_portal(
             .map_err(serr)?;
     }
     report.kinds.insert(EntityKind::Deals, deals);
+    // Whether the managers completed the touch tasks rebuy sent (for `rebuy results`): read
+    // back on every sync, optional like the other extras.
+    match tasks::refresh_task_states(&*conn, &store).await {
+        Ok(n) => report.task_states = n,
+        Err(e) => match e.downcast_ref::<ConnectorError>() {
+            Some(ConnectorError::Unsupported { .. }) => {}
+            _ => warnings.push(format!("touch task states: {e:#}")),
+        },
+    }
     let kept = SyncWarnings {
         at: Timestamp::now(),
         warnings: warnings.clone(),
@@ -411,6 +470,26 @@ pub async fn sync_portal(
         transient: after.transient - before.transient,
     };
     Ok(report)
+}
+
+/// How a listing that starts afresh starts: when, and the segments the connector's prelude
+/// cut it into (a full listing from the start only).
+struct Start {
+    at: Timestamp,
+    segments: Option<Vec<Cursor>>,
+}
+
+/// Whether `kind`'s listing this run is a full one from the start (no listing to resume).
+fn starts_full(store: &Store, kind: EntityKind, opts: &SyncOptions) -> Result<bool, StoreError> {
+    let state = store.sync_state(kind)?;
+    let resumable = state.in_progress.is_some_and(|ip| ip.full || !opts.full);
+    Ok(!resumable && (opts.full || state.updated_from.is_none()))
+}
+
+/// Whether the product rows are listed in full from the start this run.
+fn rows_start_full(store: &Store, opts: &SyncOptions) -> Result<bool, StoreError> {
+    let state = store.sync_state(EntityKind::ProductRows)?;
+    Ok(state.in_progress.is_none() && (opts.full || state.last_full_at.is_none()))
 }
 
 /// Meta key of the last sync's [`SyncWarnings`].
@@ -687,17 +766,19 @@ async fn list_kind<T: Listable + Send + 'static>(
     store: &Store,
     opts: &SyncOptions,
     progress: &dyn Progress,
+    start: Start,
 ) -> Result<KindReport, ListError> {
     let mut state = store.sync_state(T::KIND).map_err(ListError::Store)?;
     // Resume a listing under way; an interrupted full listing is finished before any
     // incremental one (its records are not all there yet).
     let resumable = state.in_progress.take().filter(|ip| ip.full || !opts.full);
     let never_synced = state.updated_from.is_none();
+    let fresh = resumable.is_none();
     let mut ip = resumable.unwrap_or_else(|| {
         let full = opts.full || never_synced;
         InProgress {
             full,
-            started_at: Timestamp::now(),
+            started_at: start.at,
             updated_from: if full {
                 None
             } else {
@@ -722,12 +803,16 @@ async fn list_kind<T: Listable + Send + 'static>(
         async move { T::fetch(&*conn, &query, Some(&c)).await }
     };
     let updated_at: fn(&T) -> Option<Timestamp> = |r| Some(T::updated_at(r));
-    // A listing interrupted while it ran in segments resumes them all; a full listing splits
+    // A full listing from the start runs in the segments the prelude cut it into; one
+    // interrupted while it ran in segments resumes them all; any other full listing splits
     // after its first page, when the connector can (a small table never pays for the probe).
     let resumed = segments_of(&ip.cursor);
     let mut may_split = ip.full;
     let mut pending: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
-    let segments: Option<Vec<Cursor>> = if resumed.len() >= 2 {
+    let initial = start.segments.filter(|p| fresh && ip.full && !p.is_empty());
+    let segments: Option<Vec<Cursor>> = if initial.is_some() {
+        initial
+    } else if resumed.len() >= 2 {
         Some(resumed.into_iter().flatten().collect())
     } else {
         loop {
@@ -827,6 +912,7 @@ async fn list_product_rows(
     store: &Store,
     opts: &SyncOptions,
     progress: &dyn Progress,
+    start: Start,
 ) -> Result<Option<KindReport>, ListError> {
     let conn: &dyn Connector = &**conn_arc;
     if !conn.lists_product_rows() {
@@ -838,7 +924,7 @@ async fn list_product_rows(
         Some(ip) => ip,
         None if opts.full || state.last_full_at.is_none() => InProgress {
             full: true,
-            started_at: Timestamp::now(),
+            started_at: start.at,
             updated_from: None,
             cursor: None,
             records: 0,
@@ -858,7 +944,25 @@ async fn list_product_rows(
     let mut clear = ip.cursor.is_none();
     let mut may_split = true;
     let resumed = segments_of(&ip.cursor);
-    let segments: Option<Vec<Cursor>> = if resumed.len() >= 2 {
+    let initial = start.segments.filter(|p| clear && !p.is_empty());
+    let segments: Option<Vec<Cursor>> = if let Some(parts) = initial {
+        // The table is replaced: emptied together with the segments' cursor, so a sync killed
+        // before their first page resumes them instead of starting over.
+        let mut st = state.clone();
+        let mut under_way = ip.clone();
+        under_way.cursor = segments_cursor(&parts.iter().cloned().map(Some).collect::<Vec<_>>());
+        st.in_progress = Some(under_way);
+        store
+            .blocking(move |s| {
+                s.write(|w| {
+                    w.clear_product_rows()?;
+                    w.set_sync_state(kind, &st)
+                })
+            })
+            .await
+            .map_err(ListError::Store)?;
+        Some(parts)
+    } else if resumed.len() >= 2 {
         Some(resumed.into_iter().flatten().collect())
     } else {
         loop {

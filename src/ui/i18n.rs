@@ -51,7 +51,9 @@ impl Lang {
         if let Some(l) = query.and_then(Lang::parse) {
             return l;
         }
-        if let Some(l) = super::auth::cookie(headers, LANG_COOKIE).and_then(|v| Lang::parse(&v)) {
+        if let Some(l) =
+            crate::server::request::cookie(headers, LANG_COOKIE).and_then(|v| Lang::parse(&v))
+        {
             return l;
         }
         let accept = headers

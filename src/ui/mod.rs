@@ -26,6 +26,7 @@ pub use auth::UiSettings;
 
 use crate::analytics::{Analysis, Dataset};
 use crate::server::AppState;
+use crate::server::DryRun;
 use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
@@ -229,20 +230,6 @@ pub struct UiState {
     pub login: Arc<auth::LoginGuard>,
     cache: Arc<Mutex<HashMap<PortalId, Arc<Cached<PortalView>>>>>,
     outboxes: Arc<Mutex<HashMap<PortalId, Arc<Cached<OutboxSnapshot>>>>>,
-}
-
-/// A dry-run plan computed by the touches page or by the server's daily run (when it only
-/// plans), kept until it is applied or replaced.
-#[derive(Debug)]
-pub struct DryRun {
-    /// Random id the apply form carries, so an apply is of the plan the person saw.
-    pub id: String,
-    /// The plan, or why it could not be made.
-    pub plan: Result<crate::plan::Plan, String>,
-    /// When it was computed.
-    pub computed_at: jiff::Timestamp,
-    /// Made by the server's daily run (`auto_apply` off), not by a person's Plan button.
-    pub by_daily_run: bool,
 }
 
 impl UiState {
@@ -491,6 +478,7 @@ pub fn router_with(ui: UiState) -> Router {
         .route("/p/{portal}/touches/retry", post(pages::retry))
         .route("/p/{portal}/plan", post(pages::dry_run))
         .route("/p/{portal}/apply", post(pages::apply))
+        .route("/p/{portal}/results", get(pages::results))
         .route("/p/{portal}/mapping", get(pages::mapping))
         .fallback(pages::not_found)
         .layer(axum::middleware::map_response(headers_layer))

@@ -54,6 +54,8 @@ pub struct Params {
     pub already: Option<String>,
     /// After a retry: the requeued action's key.
     pub retried: Option<String>,
+    /// Results: touches of this period (`2026-11`, `2026-Q4`, `2026`, `all`).
+    pub period: Option<String>,
 }
 
 /// Customer rows on one page of a list (the exports have them all).
@@ -114,7 +116,7 @@ fn lang_of(ui: &UiState, p: &Params, headers: &HeaderMap) -> (Lang, bool) {
 
 /// The logged-in session of a request.
 fn session(ui: &UiState, headers: &HeaderMap) -> Option<(String, Session)> {
-    let id = auth::cookie(headers, SESSION_COOKIE)?;
+    let id = crate::server::request::cookie(headers, SESSION_COOKIE)?;
     let s = ui.sessions.get(&id)?;
     s.user.is_some().then_some((id, s))
 }
@@ -186,7 +188,7 @@ fn layout(c: &Ctx, title: &str, portal: Option<(&str, &str)>, body: Markup) -> M
                     a href="/ui" { (l.t("Portals", "Порталы")) }
                     @if let Some((id, cur)) = portal {
                         span { "›" }
-                        @for (slug, name) in [("", l.t("Overview", "Обзор")), ("/rfm", l.t("RFM and ABC/XYZ", "RFM и ABC/XYZ")), ("/segments", l.t("Segments", "Сегменты")), ("/touches", l.t("Touches", "Касания")), ("/mapping", l.t("Mapping", "Сопоставление"))] {
+                        @for (slug, name) in [("", l.t("Overview", "Обзор")), ("/rfm", l.t("RFM and ABC/XYZ", "RFM и ABC/XYZ")), ("/segments", l.t("Segments", "Сегменты")), ("/touches", l.t("Touches", "Касания")), ("/results", l.t("Results", "Результаты")), ("/mapping", l.t("Mapping", "Сопоставление"))] {
                             a href={"/ui/p/" (id) (slug)} class=[(cur == slug).then_some("cur")] { (name) }
                         }
                     }
@@ -380,7 +382,7 @@ pub async fn login(
     Form(f): Form<LoginForm>,
 ) -> Response {
     let lang = Lang::detect_or(None, &headers, ui.settings.default_lang);
-    let Some(nonce) = auth::cookie(&headers, auth::LOGIN_COOKIE) else {
+    let Some(nonce) = crate::server::request::cookie(&headers, auth::LOGIN_COOKIE) else {
         return (StatusCode::FORBIDDEN, "no login form: open /ui/login first").into_response();
     };
     if !ui.login.token_ok(&nonce, f.csrf.as_deref()) {
@@ -1465,7 +1467,7 @@ pub async fn touches(
             }
         }
         @match run.as_deref() {
-            Some(crate::ui::DryRun { plan: Ok(plan), id, computed_at, by_daily_run }) => {
+            Some(crate::server::DryRun { plan: Ok(plan), id, computed_at, by_daily_run }) => {
                 @if *by_daily_run {
                     p data-plan-source="daily" { (l.t("Planned by the daily run; it waits for Apply.", "Рассчитан ежедневным запуском; ждёт применения.")) }
                 }
@@ -1524,7 +1526,7 @@ pub async fn touches(
                     @if plan.actions.len() > PLAN_ROWS { p { (l.t("First 200 actions shown.", "Показаны первые 200 действий.")) } }
                 }
             }
-            Some(crate::ui::DryRun { plan: Err(e), .. }) => {
+            Some(crate::server::DryRun { plan: Err(e), .. }) => {
                 p.err data-plan-error="" { (e) }
                 form method="post" action={"/ui/p/" (portal) "/plan"} {
                     input type="hidden" name="csrf" value=(csrf);
@@ -1672,15 +1674,14 @@ pub async fn dry_run(
         &rt.cfg,
         &rt.store,
         handle.as_ref().map(|h| h.connector.as_ref()),
-        ui.app.playbooks_dir.as_deref(),
         jiff::Timestamp::now(),
     )
     .await
     .map_err(|e| format!("{e:#}"));
     ui.set_dry_run(
         &rt.cfg.id,
-        crate::ui::DryRun {
-            id: auth::random_token(),
+        crate::server::DryRun {
+            id: crate::server::request::random_token(),
             plan,
             computed_at: jiff::Timestamp::now(),
             by_daily_run: false,
@@ -1725,6 +1726,114 @@ pub async fn apply(
     }
 }
 
+/// `GET /ui/p/{portal}/results[?period=2026-11]`: what the touches brought, treated against
+/// the control groups per rule and overall ([`crate::results::portal_results`], as `rebuy
+/// results` prints it).
+pub async fn results(
+    State(ui): State<UiState>,
+    Path(portal): Path<String>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    let (c, rt) = match portal_runtime(&ui, &headers, &p, &portal) {
+        Ok((c, rt)) => (c, rt.clone()),
+        Err(r) => return r,
+    };
+    let l = c.lang;
+    let period = p
+        .period
+        .clone()
+        .filter(|s| !s.trim().is_empty() && s.trim() != "all");
+    let q = period.clone();
+    let computed = tokio::task::spawn_blocking(move || {
+        crate::results::portal_results(&rt.store, &rt.cfg, jiff::Timestamp::now(), q.as_deref())
+    })
+    .await;
+    let r = match computed {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let status = if period.is_some() && format!("{e}").contains("--period") {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            return error_page(&c, status, &format!("{e:#}"));
+        }
+        Err(e) => return error_page(&c, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let share = |d: Decimal| format!("{:.1}%", d * Decimal::ONE_HUNDRED);
+    let money = |d: Decimal, _: &str| crate::playbooks::templates::group_money(d, '\u{202f}', '.');
+    let verdict = |v: &crate::results::Verdict| -> String {
+        use crate::results::Verdict;
+        match v {
+            Verdict::Uplift => l.t("uplift", "есть прирост").to_owned(),
+            Verdict::NoUplift => l.t("no uplift", "прироста нет").to_owned(),
+            Verdict::Negative => l.t("negative", "отрицательный").to_owned(),
+            Verdict::NotEnoughData {
+                treated_needed: Some(t),
+                holdout_needed: Some(h),
+            } => format!(
+                "{} ({t} / {h})",
+                l.t(
+                    "not enough data yet: needs treated / holdout",
+                    "пока мало данных: нужно с касанием / контроль"
+                )
+            ),
+            Verdict::NotEnoughData { .. } => {
+                l.t("not enough data yet", "пока мало данных").to_owned()
+            }
+        }
+    };
+    let body = html! {
+        p { (l.t(
+            "Customers who got a touch against the control group, who got none. A purchase within the outcome window of a touch (or of the day it would have been) is its outcome; the interval is 95%.",
+            "Клиенты, получившие касание, против контрольной группы без касаний. Итог касания — покупка в окне после него (или после дня, когда оно было бы); интервал 95%."
+        )) " " (l.t("Outcome window", "Окно итога")) ": " (r.window_days) " " (l.t("days", "дн.")) "." }
+        form.filters method="get" {
+            label { (l.t("Period (2026-11, 2026-Q4, 2026 or all)", "Период (2026-11, 2026-Q4, 2026 или all)"))
+                input type="text" name="period" value=(period.as_deref().unwrap_or("all")); }
+            button type="submit" { (l.t("Show", "Показать")) }
+        }
+        table data-period=(r.period) {
+            tr {
+                th { (l.t("Rule", "Правило")) }
+                th { (l.t("Treated", "С касанием")) }
+                th { (l.t("Holdout", "Контроль")) }
+                th { (l.t("Bought, treated", "Купили, с касанием")) }
+                th { (l.t("Bought, holdout", "Купили, контроль")) }
+                th { (l.t("Revenue per customer, treated", "Выручка на клиента, с касанием")) }
+                th { (l.t("Revenue per customer, holdout", "Выручка на клиента, контроль")) }
+                th { (l.t("Incremental per customer (95%)", "Прирост на клиента (95%)")) }
+                th { (l.t("Incremental revenue (95%)", "Дополнительная выручка (95%)")) }
+                th { (l.t("Tasks completed", "Задач выполнено")) }
+                th { (l.t("Verdict", "Вывод")) }
+            }
+            @for line in std::iter::once(&r.overall).chain(&r.rules) {
+                @let cmp = &line.comparison;
+                tr data-rule=(line.rule) data-treated=(line.treated.customers) data-holdout=(line.holdout.customers) {
+                    td { @if line.rule == "overall" { (l.t("overall", "всего")) } @else { (line.rule) } }
+                    td.num { (line.treated.customers) }
+                    td.num { (line.holdout.customers) }
+                    td.num { (share(line.treated.purchase_rate)) }
+                    td.num { (share(line.holdout.purchase_rate)) }
+                    td.num { (money(line.treated.revenue_per_customer, "")) }
+                    td.num { (money(line.holdout.revenue_per_customer, "")) }
+                    td.num { (money(cmp.revenue_diff, "")) " [" (money(cmp.revenue_interval.0, "")) "; " (money(cmp.revenue_interval.1, "")) "]" }
+                    td.num { (money(cmp.incremental_revenue, "")) " [" (money(cmp.incremental_interval.0, "")) "; " (money(cmp.incremental_interval.1, "")) "]" }
+                    td.num { (line.treated.completed) }
+                    td { (verdict(&cmp.verdict)) }
+                }
+            }
+        }
+        @let awaiting = r.overall.treated.awaiting + r.overall.holdout.awaiting;
+        @if awaiting > 0 {
+            p { (awaiting) " " (l.t("customer-months are still inside their outcome window and not counted yet.", "клиенто-месяцев ещё в окне итога и пока не учтены.")) }
+        }
+    };
+    let title = format!("{} · {}", portal, l.t("Results", "Результаты"));
+    page(&ui, &c, &title, Some((&portal, "/results")), body)
+}
+
 /// `GET /ui/p/{portal}/mapping`: the CRM's pipelines, stages, users and fields, which of them
 /// the mapping and playbooks use, and the problems `rebuy mapping` finds (the same
 /// [`crate::writeback::mapping_report`]). When the CRM cannot be reached, the cached pipelines
@@ -1746,7 +1855,6 @@ pub async fn mapping(
                 &rt.cfg,
                 &rt.store,
                 h.connector.as_ref(),
-                ui.app.playbooks_dir.as_deref(),
                 Some(MAPPING_CRM_WAIT),
             )
             .await
@@ -1827,6 +1935,16 @@ fn mapping_body(
                 (&f.rfm_segment, l.t("RFM segment", "RFM-сегмент")),
                 (&f.abc, "ABC"),
                 (&f.xyz, "XYZ"),
+                (&f.p_alive, "P(alive)"),
+                (
+                    &f.expected_purchases_90d,
+                    l.t(
+                        "expected purchases, 90 days",
+                        "ожидаемые покупки за 90 дней",
+                    ),
+                ),
+                (&f.clv_12m, "CLV"),
+                (&f.churn_band, l.t("churn band", "риск оттока")),
             ] {
                 if let Some(id) = id {
                     field_use.entry(id.clone()).or_default().push(what);

@@ -247,7 +247,7 @@ fn config(data_dir: &Path, base_url: &str) -> Config {
         _ => None,
     };
     let mut cfg = rebuy::config::resolve_toml(&text, "browser.toml", &env).unwrap();
-    cfg.portals[0].mapping = rebuy::writeback::demo_mapping();
+    cfg.portals[0].mapping = rebuy::emulated::demo_mapping();
     cfg
 }
 
@@ -282,9 +282,17 @@ async fn the_dashboard_in_headless_chromium() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let cancel = CancellationToken::new();
-    runtime::spawn_all(&state, &cfg.server, None, cancel.clone());
+    runtime::spawn_all(&state, &cfg.server, cancel.clone());
     let (st, c) = (state.clone(), cancel.clone());
-    tokio::spawn(async move { rebuy::server::serve(listener, st, c.cancelled_owned()).await });
+    tokio::spawn(async move {
+        rebuy::server::serve(
+            listener,
+            st.clone(),
+            Some(rebuy::ui::router_from_config(st)),
+            c.cancelled_owned(),
+        )
+        .await
+    });
 
     // A touch that failed earlier (the stage was closed then) and can be sent now.
     let (lead, pipeline, stage) = emu.with_data(|d| {
@@ -517,7 +525,6 @@ async fn the_dashboard_in_headless_chromium() {
         &cfg.portals[0],
         &store,
         Some(conn.as_ref()),
-        None,
         jiff::Timestamp::now(),
     )
     .await
@@ -570,10 +577,9 @@ async fn the_dashboard_in_headless_chromium() {
     // Mapping: the CRM's pipelines, and `rebuy mapping`'s verdict.
     b.goto(&format!("{base}/ui/p/test/mapping")).await.unwrap();
     wait_for(&b, "[data-mapping]").await;
-    let report =
-        rebuy::writeback::mapping_report(&cfg.portals[0], &store, conn.as_ref(), None, None)
-            .await
-            .unwrap();
+    let report = rebuy::writeback::mapping_report(&cfg.portals[0], &store, conn.as_ref(), None)
+        .await
+        .unwrap();
     assert_eq!(
         attr(&b, "[data-mapping]", "data-mapping").await,
         if report.ok() { "ok" } else { "problems" }

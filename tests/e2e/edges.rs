@@ -23,8 +23,15 @@ async fn run(cfg: &Config) -> Running {
     let addr = listener.local_addr().unwrap();
     let cancel = CancellationToken::new();
     let (st, c) = (state.clone(), cancel.clone());
-    let done =
-        tokio::spawn(async move { rebuy::server::serve(listener, st, c.cancelled_owned()).await });
+    let done = tokio::spawn(async move {
+        rebuy::server::serve(
+            listener,
+            st.clone(),
+            Some(rebuy::ui::router_from_config(st)),
+            c.cancelled_owned(),
+        )
+        .await
+    });
     Running {
         url: format!("http://{addr}"),
         addr,
@@ -509,7 +516,15 @@ async fn the_link_of_rebuy_auth_starts_the_flow_on_the_server_sharing_its_data_d
     let state = AppState::new(&cfg, true).unwrap();
     let cancel = CancellationToken::new();
     let (st, c) = (state.clone(), cancel.clone());
-    tokio::spawn(async move { rebuy::server::serve(listener, st, c.cancelled_owned()).await });
+    tokio::spawn(async move {
+        rebuy::server::serve(
+            listener,
+            st.clone(),
+            Some(rebuy::ui::router_from_config(st)),
+            c.cancelled_owned(),
+        )
+        .await
+    });
     let http = crate::serve::no_redirects();
     let start = http.get(&link).send().await.unwrap();
     assert_eq!(start.status(), 302);

@@ -4,6 +4,8 @@ mod bitrix;
 mod browser;
 mod cli;
 mod edges;
+mod emulate;
+mod results;
 mod security;
 mod serve;
 mod support;

@@ -69,9 +69,17 @@ async fn start(dir: &std::path::Path, emu: &RunningB24) -> (Server, Config) {
     let cfg = config(dir, emu, true, Some(&url));
     let state = AppState::new(&cfg, true).unwrap();
     let cancel = CancellationToken::new();
-    runtime::spawn_all(&state, &cfg.server, None, cancel.clone());
+    runtime::spawn_all(&state, &cfg.server, cancel.clone());
     let (st, c) = (state.clone(), cancel.clone());
-    tokio::spawn(async move { rebuy::server::serve(listener, st, c.cancelled_owned()).await });
+    tokio::spawn(async move {
+        rebuy::server::serve(
+            listener,
+            st.clone(),
+            Some(rebuy::ui::router_from_config(st)),
+            c.cancelled_owned(),
+        )
+        .await
+    });
     (
         Server {
             hook: format!("{url}/hooks/bitrix24/b24"),

@@ -79,11 +79,19 @@ pub(crate) async fn start_server(cfg: &Config, background: bool) -> Server {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let cancel = CancellationToken::new();
     if background {
-        runtime::spawn_all(&state, &cfg.server, None, cancel.clone());
+        runtime::spawn_all(&state, &cfg.server, cancel.clone());
     }
     let st = state.clone();
     let c = cancel.clone();
-    tokio::spawn(async move { rebuy::server::serve(listener, st, c.cancelled_owned()).await });
+    tokio::spawn(async move {
+        rebuy::server::serve(
+            listener,
+            st.clone(),
+            Some(rebuy::ui::router_from_config(st)),
+            c.cancelled_owned(),
+        )
+        .await
+    });
     Server { url, cancel, state }
 }
 
@@ -815,17 +823,16 @@ async fn serve_without_auto_apply_only_plans_and_writes_nothing() {
     let now = jiff::Timestamp::now();
     // Three daily runs on three days: each plans, none writes.
     for day in 0..3 {
-        let run = runtime::daily_planning_at(&p, conn.as_ref(), &cfg.server, None, now + DAY * day)
+        let run = runtime::daily_planning_at(&p, conn.as_ref(), &cfg.server, now + DAY * day)
             .await
             .unwrap();
         let runtime::DailyRun::Planned { actions } = run else {
             panic!("day {day}: without auto_apply the daily run only plans, got {run:?}");
         };
         assert!(actions > 0, "the playbooks plan something on this base");
-        let again =
-            runtime::daily_planning_at(&p, conn.as_ref(), &cfg.server, None, now + DAY * day)
-                .await
-                .unwrap();
+        let again = runtime::daily_planning_at(&p, conn.as_ref(), &cfg.server, now + DAY * day)
+            .await
+            .unwrap();
         assert_eq!(again, runtime::DailyRun::NotDue, "once per local day");
     }
     let waiting = p
@@ -868,7 +875,7 @@ async fn auto_apply_writes_from_the_next_days_run_without_catching_up() {
     let conn = p.handle().unwrap().connector;
     let now = jiff::Timestamp::now();
     // The day auto-apply is first seen on: its run still only plans.
-    let first = runtime::daily_planning_at(&p, conn.as_ref(), &cfg.server, None, now)
+    let first = runtime::daily_planning_at(&p, conn.as_ref(), &cfg.server, now)
         .await
         .unwrap();
     assert!(
@@ -879,7 +886,7 @@ async fn auto_apply_writes_from_the_next_days_run_without_catching_up() {
     assert_eq!(env.emu.emulator.writes().requests_applied, 0);
     // The next day's run writes, looking back no further than that day.
     let day1 = now + DAY;
-    let run = runtime::daily_planning_at(&p, conn.as_ref(), &cfg.server, None, day1)
+    let run = runtime::daily_planning_at(&p, conn.as_ref(), &cfg.server, day1)
         .await
         .unwrap();
     let runtime::DailyRun::Applied {
@@ -896,10 +903,9 @@ async fn auto_apply_writes_from_the_next_days_run_without_catching_up() {
     assert!(added > 0, "the playbooks plan something on this base");
     let mut no_lookback = cfg.portals[0].clone();
     no_lookback.mapping["lookback_days"] = serde_json::json!(0);
-    let expected =
-        rebuy::writeback::plan_portal(&no_lookback, &p.store, Some(conn.as_ref()), None, day1)
-            .await
-            .unwrap();
+    let expected = rebuy::writeback::plan_portal(&no_lookback, &p.store, Some(conn.as_ref()), day1)
+        .await
+        .unwrap();
     assert_eq!(
         added,
         expected.actions.len() as u64,
@@ -928,7 +934,7 @@ async fn auto_apply_writes_from_the_next_days_run_without_catching_up() {
         );
     }
     // The day after, the lookback may reach back to the first writing day.
-    let run = runtime::daily_planning_at(&p, conn.as_ref(), &cfg.server, None, day1 + DAY)
+    let run = runtime::daily_planning_at(&p, conn.as_ref(), &cfg.server, day1 + DAY)
         .await
         .unwrap();
     assert!(
@@ -958,7 +964,7 @@ async fn a_deal_won_by_webhook_gets_its_after_purchase_touches_within_seconds() 
         let p = srv.state.portal("test").unwrap();
         let conn = p.handle().unwrap().connector;
         let yesterday = jiff::Timestamp::now() - DAY;
-        let run = runtime::daily_planning_at(p, conn.as_ref(), &cfg.server, None, yesterday)
+        let run = runtime::daily_planning_at(p, conn.as_ref(), &cfg.server, yesterday)
             .await
             .unwrap();
         assert!(matches!(run, runtime::DailyRun::Planned { .. }), "{run:?}");

@@ -47,7 +47,7 @@ pub async fn amo_env(cfg: AmoConfig) -> Env {
         .await
         .expect("emulator starts");
     let dir = tempfile::tempdir().unwrap();
-    let portal = rebuy::demo::emulator_portal(
+    let portal = rebuy::emulated::emulator_portal(
         "test",
         &emu.base_url,
         &cfg.client_id,
@@ -56,7 +56,7 @@ pub async fn amo_env(cfg: AmoConfig) -> Env {
     )
     .unwrap();
     let store = Store::open(dir.path(), &portal.id).unwrap();
-    rebuy::demo::authorize_automatically(&portal, &store)
+    rebuy::emulated::authorize_automatically(&portal, &store)
         .await
         .expect("automatic OAuth against the emulator");
     Env {

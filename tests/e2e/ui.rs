@@ -648,10 +648,15 @@ async fn logins_are_rate_limited_and_a_flood_logs_nobody_out() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "http://127.0.0.1:9");
     let state = AppState::new(&cfg, true).unwrap();
-    let mut s = UiSettings::single(USER, &rebuy::ui::auth::hash_password(PASSWORD).unwrap());
+    let mut s = UiSettings::single(
+        USER,
+        &rebuy::config::passwords::hash_password(PASSWORD).unwrap(),
+    );
     for u in ["anna", "boris"] {
-        s.users
-            .push((u.into(), rebuy::ui::auth::hash_password(u).unwrap().into()));
+        s.users.push((
+            u.into(),
+            rebuy::config::passwords::hash_password(u).unwrap().into(),
+        ));
     }
     s.cookie_secure = false;
     s.client_ip_header = Some("x-real-ip".into());
@@ -861,7 +866,7 @@ async fn touches_retry_plan_apply_and_the_mapping_page() {
     let env = amo_env(account).await;
     sync(&env, true).await.unwrap();
     let mut cfg = config(env.dir.path(), &env.emu.base_url);
-    cfg.portals[0].mapping = rebuy::writeback::demo_mapping();
+    cfg.portals[0].mapping = rebuy::emulated::demo_mapping();
     // A second portal whose CRM is down (nothing listens on port 1), with the first one's
     // cache of pipelines and users and its tokens; its mapping names a pipeline that is not
     // there.
@@ -977,15 +982,10 @@ async fn touches_retry_plan_apply_and_the_mapping_page() {
     let r = c.post("/ui/p/test/plan", cookie, &[("csrf", &csrf)]).await;
     assert_eq!((r.status, r.location()), (303, "/ui/p/test/touches#plan"));
     let conn = rt.handle().unwrap().connector;
-    let want = rebuy::writeback::plan_portal(
-        &rt.cfg,
-        &store,
-        Some(conn.as_ref()),
-        None,
-        jiff::Timestamp::now(),
-    )
-    .await
-    .unwrap();
+    let want =
+        rebuy::writeback::plan_portal(&rt.cfg, &store, Some(conn.as_ref()), jiff::Timestamp::now())
+            .await
+            .unwrap();
     assert!(
         !want.actions.is_empty(),
         "the demo playbooks plan something"
@@ -1071,8 +1071,27 @@ async fn touches_retry_plan_apply_and_the_mapping_page() {
         "an applied plan is gone"
     );
 
+    // Results: the same figures as `rebuy results`, per rule and overall.
+    let want =
+        rebuy::results::portal_results(&store, &rt.cfg, jiff::Timestamp::now(), None).unwrap();
+    let res = c.get("/ui/p/test/results", cookie).await;
+    assert_eq!(res.status, 200);
+    assert!(res.body.contains("data-rule=\"overall\""), "{}", res.body);
+    assert_eq!(
+        attrs_of(&res.body, "data-treated"),
+        std::iter::once(&want.overall)
+            .chain(&want.rules)
+            .map(|l| l.treated.customers.to_string())
+            .collect::<Vec<_>>()
+    );
+    let res = c
+        .get("/ui/p/test/results?period=2026-13&lang=ru", cookie)
+        .await;
+    assert_eq!(res.status, 400);
+    assert!(res.body.contains("2026-13"), "{}", res.body);
+
     // Mapping, live: the CRM's pipelines, users and fields, and `rebuy mapping`'s verdict.
-    let report = rebuy::writeback::mapping_report(&rt.cfg, &store, conn.as_ref(), None, None)
+    let report = rebuy::writeback::mapping_report(&rt.cfg, &store, conn.as_ref(), None)
         .await
         .unwrap();
     let m = c.get("/ui/p/test/mapping", cookie).await;
@@ -1123,7 +1142,7 @@ async fn touches_retry_plan_apply_and_the_mapping_page() {
     );
     for pb in attrs_of(&m.body, "data-playbook") {
         assert!(
-            rebuy::writeback::demo_mapping()["playbooks"]
+            rebuy::emulated::demo_mapping()["playbooks"]
                 .as_array()
                 .unwrap()
                 .iter()
@@ -1150,7 +1169,6 @@ async fn touches_retry_plan_apply_and_the_mapping_page() {
         &drt.cfg,
         &drt.store,
         drt.handle().unwrap().connector.as_ref(),
-        None,
         Some(rebuy::ui::pages::MAPPING_CRM_WAIT),
     )
     .await

@@ -31,7 +31,7 @@ fn write_playbook(env: &Env, name: &str, text: &str) -> String {
 
 async fn plan_at(env: &Env, as_of: Timestamp) -> Plan {
     let conn = connector(env);
-    writeback::plan_portal(&env.portal, &env.store, Some(conn.as_ref()), None, as_of)
+    writeback::plan_portal(&env.portal, &env.store, Some(conn.as_ref()), as_of)
         .await
         .expect("plan")
 }
@@ -455,7 +455,7 @@ responsible = "user:Никто"
 "#,
     );
     env.portal.mapping = json!({"playbooks": [pb.clone()]});
-    let err = writeback::plan_portal(&env.portal, &env.store, None, None, Timestamp::now())
+    let err = writeback::plan_portal(&env.portal, &env.store, None, Timestamp::now())
         .await
         .unwrap_err();
     let msg = format!("{err:#}");
@@ -633,9 +633,11 @@ async fn the_customers_funnel_keeps_one_amocrm_customer_per_customer_and_moves_i
         .clone()
         .with_now(now - SignedDuration::from_hours(48));
     cfg.customers_mode = "periodicity".into();
+    // Counts the customers rebuy creates: no generated ones.
+    cfg.history_customers = false;
     let mut env = amo_env(cfg).await;
     sync(&env, true).await.unwrap();
-    env.portal.mapping = json!({"funnel": {"entity": "customers", "stages": CUSTOMER_WINDOWS}});
+    env.portal.mapping = json!({"funnel": {"entity": "customers", "stages": CUSTOMER_WINDOWS}, "holdout_percent": 0});
     let conn = connector(&env);
     let tz = env.portal.time_zone.clone();
     let today = now.to_zoned(tz.clone()).date();
@@ -646,7 +648,6 @@ async fn the_customers_funnel_keeps_one_amocrm_customer_per_customer_and_moves_i
                 &env.portal,
                 &env.store,
                 conn.as_ref(),
-                None,
                 as_of,
                 Duration::from_secs(10),
             )
@@ -803,7 +804,6 @@ async fn plan_at_err(env: &Env) -> String {
         &env.portal,
         &env.store,
         Some(conn.as_ref()),
-        None,
         Timestamp::now(),
     )
     .await
@@ -818,6 +818,8 @@ async fn plan_at_err(env: &Env) -> String {
 async fn fields_and_customers_are_created_once_across_crashes() {
     let mut cfg = amo_config(49, 300, 900);
     cfg.customers_mode = "periodicity".into();
+    // Counts the customers rebuy creates: no generated ones.
+    cfg.history_customers = false;
     let emu = rebuy_emulator::amocrm::AmoEmulator::spawn(cfg)
         .await
         .unwrap();
@@ -1038,7 +1040,7 @@ async fn inactive_managers_get_no_tasks_and_are_reported_with_their_customers() 
         "lookback_days": 0,
     });
     let conn = connector(&env);
-    let report = writeback::mapping_report(&env.portal, &env.store, conn.as_ref(), None, None)
+    let report = writeback::mapping_report(&env.portal, &env.store, conn.as_ref(), None)
         .await
         .unwrap();
     let owner = report
@@ -1187,4 +1189,103 @@ async fn the_cap_and_one_touch_a_day_hold_in_the_crm_across_runs() {
             .all(|t| !matches!(t.1.weekday(), Weekday::Saturday | Weekday::Sunday)),
         "weekend tasks"
     );
+}
+
+/// The predicted fields (P(alive), expected purchases in 90 days, CLV 12 months, churn band)
+/// are created on contacts (numeric, numeric, numeric, select of the bands), written as plain
+/// decimals the numeric fields accept, and a second run writes nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predicted_fields_are_created_written_and_not_rewritten() {
+    let mut env = amo_env(amo_config(53, 60, 200)).await;
+    sync(&env, true).await.unwrap();
+    env.portal.mapping = json!({"fields": {
+        "p_alive": "Вероятность активности", "expected_purchases_90d": "Покупок за 90 дней",
+        "clv_12m": "CLV 12 мес", "churn_band": "Риск оттока", "create_missing": true,
+    }});
+    let apply = |env: &Env, as_of: Timestamp| {
+        let conn = connector(env);
+        let (portal, store) = (env.portal.clone(), env.store.clone());
+        async move {
+            let (plan, _, report) = writeback::apply_portal(
+                &portal,
+                &store,
+                conn.as_ref(),
+                as_of,
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("apply");
+            (plan, report)
+        }
+    };
+    let (plan, report) = apply(&env, Timestamp::now()).await;
+    assert_eq!(report.drain.failed, 0, "{report:?}");
+    let w = env.emulator().writes();
+    let mut created: Vec<(String, String, Vec<String>)> = w
+        .fields_created
+        .iter()
+        .map(|f| (f.name.clone(), f.field_type.clone(), f.enums.clone()))
+        .collect();
+    created.sort();
+    assert_eq!(
+        created,
+        [
+            ("CLV 12 мес".into(), "numeric".into(), vec![]),
+            ("Вероятность активности".into(), "numeric".into(), vec![]),
+            ("Покупок за 90 дней".into(), "numeric".into(), vec![]),
+            (
+                "Риск оттока".into(),
+                "select".into(),
+                vec!["low".into(), "medium".into(), "high".into()]
+            ),
+        ]
+    );
+    let id_of = |name: &str| w.fields_created.iter().find(|f| f.name == name).unwrap().id;
+    let (p_alive, clv, band) = (
+        id_of("Вероятность активности"),
+        id_of("CLV 12 мес"),
+        id_of("Риск оттока"),
+    );
+    let written = plan.actions.iter().filter(|a| a.rule == "fields").count();
+    assert!(written > 0, "{:?}", plan.actions);
+    // Every customer's card holds the values, as plain decimals with at most 2 decimals.
+    let cards = env.emulator().with_data(|d| {
+        d.contacts
+            .values()
+            .filter_map(|c| {
+                let get = |id: u64| {
+                    c.custom_fields
+                        .iter()
+                        .find(|f| f.field_id == id)
+                        .map(|f| f.values[0].value.as_str().unwrap_or_default().to_owned())
+                };
+                Some((get(p_alive)?, get(clv), get(band)?))
+            })
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(cards.len(), written, "{cards:?}");
+    for (p, clv, band) in &cards {
+        let x: f64 = p.parse().unwrap();
+        assert!((0.0..=1.0).contains(&x), "{p}");
+        assert!(p.split('.').nth(1).is_none_or(|d| d.len() <= 2), "{p}");
+        let want = if x >= 0.7 {
+            "low"
+        } else if x >= 0.3 {
+            "medium"
+        } else {
+            "high"
+        };
+        assert_eq!(band, want, "{p}");
+        if let Some(clv) = clv {
+            assert!(clv.parse::<u64>().is_ok(), "whole units: {clv}");
+        }
+    }
+    // The next run (after a sync, an hour later) creates and writes nothing new.
+    let updates = env.emulator().writes().field_updates.len();
+    sync(&env, false).await.unwrap();
+    let (_, report) = apply(&env, Timestamp::now() + SignedDuration::from_hours(1)).await;
+    assert_eq!(report.drain.failed, 0, "{report:?}");
+    let w = env.emulator().writes();
+    assert_eq!(w.fields_created.len(), 4);
+    assert_eq!(w.field_updates.len(), updates, "nothing rewritten");
 }

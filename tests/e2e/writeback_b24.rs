@@ -104,7 +104,7 @@ fn connector(env: &Env) -> Arc<dyn Connector> {
 
 async fn plan_at(env: &Env, as_of: Timestamp) -> Plan {
     let conn = connector(env);
-    writeback::plan_portal(&env.portal, &env.store, Some(conn.as_ref()), None, as_of)
+    writeback::plan_portal(&env.portal, &env.store, Some(conn.as_ref()), as_of)
         .await
         .expect("plan")
 }
@@ -115,7 +115,6 @@ async fn apply_at(env: &Env, as_of: Timestamp) -> (Plan, writeback::ApplyReport)
         &env.portal,
         &env.store,
         conn.as_ref(),
-        None,
         as_of,
         Duration::from_secs(10),
     )
@@ -553,7 +552,7 @@ responsible = "user:Никто"
 "#,
     );
     env.portal.mapping = json!({"playbooks": [pb.clone()]});
-    let err = writeback::plan_portal(&env.portal, &env.store, None, None, Timestamp::now())
+    let err = writeback::plan_portal(&env.portal, &env.store, None, Timestamp::now())
         .await
         .unwrap_err();
     let msg = format!("{err:#}");
@@ -576,7 +575,6 @@ responsible = "user:Никто"
         &env.portal,
         &env.store,
         Some(conn.as_ref()),
-        None,
         Timestamp::now(),
     )
     .await
@@ -604,7 +602,6 @@ async fn b24_segment_fields_are_created_once_and_written() {
             &env.portal,
             &env.store,
             Some(conn.as_ref()),
-            None,
             Timestamp::now(),
         )
         .await
@@ -896,4 +893,116 @@ async fn b24_dropped_connections_after_the_write_create_no_duplicate() {
     markers.dedup();
     assert_eq!(markers.len(), planned, "every to-do is there");
     assert_eq!(todos.len(), planned, "and none twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b24_completed_todos_are_read_back_on_sync() {
+    let mut env = b24_env(b24_config(62, 60, 150)).await;
+    let contact = env
+        .emulator()
+        .with_data(|d| *d.contacts.keys().next().unwrap());
+    let deal = env.emulator().add_deal(contact, 30_000, 0).unwrap();
+    win(&env, deal);
+    sync(&env, true).await;
+    let pb = write_playbook(
+        &env,
+        "care",
+        r#"
+name = "care"
+[[after_purchase]]
+id = "thanks"
+days = 1
+goal = "Поблагодарить"
+[[after_purchase]]
+id = "check"
+days = 3
+goal = "Контрольный звонок"
+"#,
+    );
+    env.portal.mapping = json!({"playbooks": [pb], "horizon_days": 10, "lookback_days": 0,
+                                "holdout_percent": 0});
+    let (plan, report) = apply_at(&env, Timestamp::now()).await;
+    assert_eq!(report.drain.failed, 0, "{report:?}");
+    let customer = format!("contact:{contact}");
+    let mine: Vec<&str> = plan
+        .actions
+        .iter()
+        .filter(|a| a.customer == customer)
+        .map(|a| a.key.as_str())
+        .collect();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    let done = |key: &str| match env.store.outbox_get(key).unwrap().unwrap().state {
+        ActionState::Done { crm_id, .. } => crm_id.unwrap(),
+        s => panic!("{s:?}"),
+    };
+    let (first, second) = (done(mine[0]), done(mine[1]));
+    // A manager closes the first to-do in the timeline.
+    assert!(env.emulator().complete_activity(first));
+    sync(&env, false).await;
+    let states = env.store.task_outcomes().unwrap();
+    assert!(states[mine[0]].completed, "{states:?}");
+    assert_eq!(states[mine[0]].crm_id, first);
+    assert!(!states[mine[1]].completed);
+    assert_eq!(states[mine[1]].crm_id, second);
+    // The open one is read again on the next sync; the completed one is not.
+    assert!(env.emulator().complete_activity(second));
+    sync(&env, false).await;
+    assert!(env.store.task_outcomes().unwrap()[mine[1]].completed);
+}
+
+/// Two simulated months on Bitrix24: to-dos held out of half the customers, completions read
+/// back, and `results` recovering the simulated uplift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b24_results_recover_a_simulated_uplift() {
+    use rebuy_emulator::answers::AnswerSim;
+    use rust_decimal::Decimal;
+    let mut env = b24_env(b24_config(63, 420, 900)).await;
+    sync(&env, true).await;
+    let pb = write_playbook(
+        &env,
+        "proof",
+        "name = \"proof\"\n[[seasonal]]\nid = \"m1\"\ndate = \"01-04\"\ngoal = \"Новинки\"\n\
+         [[seasonal]]\nid = \"m2\"\ndate = \"02-01\"\ngoal = \"Новинки\"\n",
+    );
+    env.portal.mapping = json!({"playbooks": [pb], "horizon_days": 6, "lookback_days": 0,
+                                "holdout_percent": 50, "outcome_window_days": 25});
+    let sim = AnswerSim {
+        completion: 0.8,
+        base_probability: 0.2,
+        uplift: 0.5,
+        amount: 1000,
+        seed: 2027,
+    };
+    let tz = env.portal.time_zone.clone();
+    let mut last = Timestamp::UNIX_EPOCH;
+    for (m, d) in [(1, 4), (2, 1)] {
+        let from = jiff::civil::date(2027, m, d)
+            .to_zoned(tz.clone())
+            .unwrap()
+            .timestamp();
+        let (plan, report) = apply_at(&env, from).await;
+        assert_eq!(report.drain.failed, 0, "{report:?}");
+        assert!(plan.held_out.customers > 50, "{:?}", plan.held_out);
+        env.emulator()
+            .simulate_answers(from.as_second(), from.as_second() + 25 * 86_400, &sim);
+        sync(&env, false).await;
+        last = from;
+    }
+    let end = last + SignedDuration::from_hours(24 * 40);
+    let r = rebuy::results::portal_results(&env.store, &env.portal, end, None).unwrap();
+    eprintln!("{}", r.table());
+    let o = &r.overall;
+    assert!(
+        o.treated.customers > 100 && o.holdout.customers > 100,
+        "{}",
+        r.table()
+    );
+    let truth = Decimal::from(o.treated.completed) / Decimal::from(o.treated.customers)
+        * Decimal::from(500);
+    let (lo, hi) = o.comparison.revenue_interval;
+    assert!(
+        lo > Decimal::ZERO && lo <= truth && truth <= hi,
+        "{truth}\n{}",
+        r.table()
+    );
 }

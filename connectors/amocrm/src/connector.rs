@@ -265,6 +265,45 @@ impl Connector for AmoClient {
         Ok(None)
     }
 
+    /// `GET /api/v4/tasks?filter[id][]=..` (up to 50 ids a request): `is_completed` and
+    /// `updated_at` of each task still in the account.
+    async fn task_states(&self, ids: &[u64]) -> Result<Vec<rebuy_core::TaskState>, ConnectorError> {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Tasks {
+            tasks: Vec<TaskRow>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct TaskRow {
+            id: u64,
+            is_completed: bool,
+            updated_at: Option<i64>,
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(50) {
+            let texts: Vec<String> = chunk.iter().map(u64::to_string).collect();
+            let limit = chunk.len().to_string();
+            let mut query: Vec<(&str, &str)> =
+                texts.iter().map(|t| ("filter[id][]", t.as_str())).collect();
+            query.push(("limit", &limit));
+            let url = self.url("api/v4/tasks", &query)?;
+            let Some(body) = self.get_json::<wire::ListPage<Tasks>>(url).await? else {
+                continue; // 204: none of them exists any more
+            };
+            out.extend(body.embedded.tasks.into_iter().map(|t| {
+                rebuy_core::TaskState {
+                    id: t.id,
+                    completed: t.is_completed,
+                    updated_at: t
+                        .updated_at
+                        .and_then(|s| jiff::Timestamp::from_second(s).ok()),
+                }
+            }));
+        }
+        Ok(out)
+    }
+
     /// `GET /api/v4/account` (`customers_mode`) and, in periodicity mode,
     /// `GET /api/v4/customers/statuses`.
     async fn customers_funnel(&self) -> Result<rebuy_core::CustomersFunnel, ConnectorError> {

@@ -15,7 +15,7 @@
 //!   responsible_user_id, _embedded: {contacts: [{id, is_main: true}], companies}}`;
 //! - `UpdateCustomer` -> `PATCH /api/v4/customers` items `{id, status_id, next_date, next_price}`;
 //! - `CreateField` -> `POST /api/v4/{contacts|companies|leads|customers}/custom_fields` items
-//!   `{name, type: text|date|select, enums: [{value, sort}]}`, sent before the other ops.
+//!   `{name, type: text|date|numeric|select, enums: [{value, sort}]}`, sent before the other ops.
 //!
 //! Ops of one kind (and entity) go together, [`MAX_BATCH`] per request. Every item carries its
 //! op's index as `request_id`, and answers are matched back by it. amoCRM rejects a whole
@@ -238,6 +238,7 @@ pub(crate) async fn apply(client: &AmoClient, ops: &[WriteOp]) -> Vec<OpResult> 
                 let (field_type, enums) = match kind {
                     FieldKind::Text => ("text", Vec::new()),
                     FieldKind::Date => ("date", Vec::new()),
+                    FieldKind::Numeric => ("numeric", Vec::new()),
                     FieldKind::Select(values) => (
                         "select",
                         values

@@ -11,5 +11,5 @@ async fn main() -> std::io::Result<()> {
         seed: SeedConfig::new(1, n(2, 100_000), n(3, 300_000)),
         ..B24Config::default()
     };
-    run_bitrix24(cfg, n(1, 8899) as u16).await
+    run_bitrix24(cfg, n(1, 8899) as u16, None, &[]).await
 }

@@ -111,9 +111,13 @@ pub fn chain_list(
 /// Up to `n` chained `crm.item.productrow.list` calls of deal rows (`ownerType` `D`) after row
 /// `after` (and below row `upto`, when given), ordered by `id`: like [`chain_list`], but this
 /// method answers `{"productRows": [...]}` with camelCase fields, so the reference reaches one
-/// level deeper. With an upper bound the last command counts (`start=0`), as in
-/// [`chain_list`].
-pub fn chain_product_rows(after: u64, upto: Option<u64>, n: usize) -> Vec<Command> {
+/// level deeper. With `count_last` the last command counts (`start=0`), as in [`chain_list`].
+pub fn chain_product_rows(
+    after: u64,
+    upto: Option<u64>,
+    count_last: bool,
+    n: usize,
+) -> Vec<Command> {
     let n = n.max(1);
     (0..n)
         .map(|i| {
@@ -126,7 +130,7 @@ pub fn chain_product_rows(after: u64, upto: Option<u64>, n: usize) -> Vec<Comman
             if let Some(u) = upto {
                 filter["<id"] = Value::String(u.to_string());
             }
-            let start = if upto.is_some() && i + 1 == n { 0 } else { -1 };
+            let start = if count_last && i + 1 == n { 0 } else { -1 };
             let params = serde_json::json!({
                 "filter": filter,
                 "order": {"id": "ASC"},
@@ -191,7 +195,7 @@ mod tests {
         assert!(c[2].line.contains("start=-1"));
         let c = chain_list("crm.deal.list", 10, 3, &["ID"], &Default::default(), true);
         assert!(c[1].line.contains("start=-1") && c[2].line.contains("start=0"));
-        let r = chain_product_rows(7, Some(99), 2);
+        let r = chain_product_rows(7, Some(99), true, 2);
         assert!(r[0].line.contains("filter%5B%3Cid%5D=99") && r[0].line.contains("start=-1"));
         assert!(r[1].line.contains("start=0"), "{}", r[1].line);
     }

@@ -9,20 +9,24 @@
 //! wrong never yields duplicates or gaps silently). The [`Cursor`] is `id:{last id}`, so a sync
 //! that crashed resumes after the last committed page.
 //!
-//! **Segments** ([`Connector::split`]). A full listing may run as several chains at once, so
-//! that the leaky bucket's burst carries several requests in flight instead of one after the
-//! other. One `batch` probes the table by rank: command *k* asks the `ID` of the row at
-//! `start = k x 2,500` after the cursor. Each segment is the id range between two probed ids,
-//! cursor `id:{after}..{upto}`, listed by the same chains with `<ID upto` added, whose last
-//! command counts (`start=0`): its `total` says whether rows remain after the chain, so a
-//! segment of 2,500 rows takes exactly one request (ids only grow, so a closed range never
-//! gains rows; one deleted during the probe may leave a row more, which the count reveals).
-//! The last segment is open-ended. Rows outside a segment's range end it, so a portal that
-//! ignored `<ID` would not make segments overlap for ever.
+//! **Segments** ([`Connector::prelude`], [`Connector::split`]). A full listing may run as
+//! several chains at once, so that the leaky bucket's burst carries several requests in flight
+//! instead of one after the other. Rank probes (see the `prelude` module) find the last id of
+//! each 2,500-row chunk; each segment is the id range of one chunk, cursor `id:{after}..{upto}`,
+//! listed by the same chains with `<ID upto` added, whose last command counts (`start=0`): its
+//! `total` says whether rows remain after the chain, so a segment of 2,500 rows takes exactly
+//! one request (ids only grow, so a closed range never gains rows; one deleted during the probe
+//! may leave a row more, which the count reveals). The rest after the last full chunk is
+//! `id:{after}..` (counted, no `<ID`) when the probe saw the table end, else open (`id:{after}`).
+//! Rows outside a segment's range end it, so a portal that ignored `<ID` would not make segments
+//! overlap for ever. A sync's prelude probes its full listings from the start, together with the
+//! account, users and funnels, in one or two `batch` requests.
 //!
 //! **Incremental.** [`ListQuery::updated_from`] becomes `>=DATE_MODIFY` (inclusive, so the
 //! boundary second is read again: a one-second overlap that upserts absorb), `updated_to`
-//! `<=DATE_MODIFY`; the chain by `ID` stays the same.
+//! `<=DATE_MODIFY`; the chain by `ID` stays the same, but its first page is one list call and
+//! the last call of each page counts what is left: the next chain is as long as that needs
+//! (cursor `id:{after}/{left}`) and none follows the last rows.
 //!
 //! **Product rows** (when [`B24Settings::product_rows`](crate::B24Settings)): a full sync lists
 //! them as a stream of their own, `crm.item.productrow.list` of `ownerType` `D` chained by `>id`
@@ -39,6 +43,7 @@
 //! from `crm.currency.base.get` (`RUB` when empty), no time zone.
 use crate::batch::{self, Command};
 use crate::client::{B24Client, api_error, decode_value};
+use crate::prelude::Probe;
 use crate::wire::{self, HasId};
 use crate::{map, write};
 use async_trait::async_trait;
@@ -117,43 +122,68 @@ fn bad_cursor(c: Option<&Cursor>) -> ConnectorError {
 }
 
 /// `id:{after}` -> (after, None); `id:{after}..{upto}` (a segment: ids strictly between) ->
-/// (after, Some(upto)).
+/// (after, Some(upto)); `id:{after}..` (the last segment of a probed table: no upper bound,
+/// but counted like the others) -> (after, Some([`OPEN_END`])).
 pub(crate) fn parse_segment(c: Option<&Cursor>) -> Result<(u64, Option<u64>), ConnectorError> {
     let Some(text) = c else { return Ok((0, None)) };
     let rest = text.0.strip_prefix("id:").ok_or_else(|| bad_cursor(c))?;
+    let rest = match rest.split_once('/') {
+        Some((r, left)) if left.parse::<u64>().is_ok() => r,
+        Some(_) => return Err(bad_cursor(c)),
+        None => rest,
+    };
     match rest.split_once("..") {
         None => rest.parse().map(|a| (a, None)).map_err(|_| bad_cursor(c)),
+        Some((a, "")) => a
+            .parse()
+            .map(|a| (a, Some(OPEN_END)))
+            .map_err(|_| bad_cursor(c)),
         Some((a, b)) => match (a.parse::<u64>(), b.parse::<u64>()) {
-            (Ok(a), Ok(b)) if b > a => Ok((a, Some(b))),
+            (Ok(a), Ok(b)) if b > a && b != OPEN_END => Ok((a, Some(b))),
             _ => Err(bad_cursor(c)),
         },
     }
+}
+
+/// The rows an incremental listing counted as left after the page its cursor follows
+/// (`id:{after}/{left}`): the next chain is sized to them.
+fn left_of(c: Option<&Cursor>) -> Option<u64> {
+    c?.0.rsplit_once('/')?.1.parse().ok()
+}
+
+/// The cursor of the next page: within its segment, or (outside segments) with the rows the
+/// chain counted as left.
+fn next_cursor(last: u64, upto: Option<u64>, left: Option<u64>) -> Cursor {
+    match (upto, left) {
+        (None, Some(l)) => Cursor(format!("id:{last}/{l}")),
+        _ => segment_cursor(last, upto),
+    }
+}
+
+/// The upper bound of a segment that has none (`id:{after}..`): its chains count like a closed
+/// segment's, so it ends without an empty request, but send no `<ID`.
+pub(crate) const OPEN_END: u64 = u64::MAX;
+
+/// The `<ID` bound to send for a segment's upper bound.
+fn id_bound(upto: Option<u64>) -> Option<u64> {
+    upto.filter(|u| *u != OPEN_END)
 }
 
 fn cursor(last: u64) -> Cursor {
     Cursor(format!("id:{last}"))
 }
 
-/// The open-ended cursor after `last` (the last segment).
-fn cursor_open(last: u64) -> Cursor {
-    cursor(last)
-}
-
 /// The cursor after `last` within a segment that ends below `upto` (or open-ended).
-fn segment_cursor(last: u64, upto: Option<u64>) -> Cursor {
+pub(crate) fn segment_cursor(last: u64, upto: Option<u64>) -> Cursor {
     match upto {
+        Some(OPEN_END) => Cursor(format!("id:{last}..")),
         Some(u) => Cursor(format!("id:{last}..{u}")),
         None => cursor(last),
     }
 }
 
-/// Rows of one probed segment: one full chain.
-fn segment_rows(batch_size: usize) -> usize {
-    batch_size * PAGE
-}
-
 /// `ID` (or `id`) of a row as Bitrix24 sends it: a string or a number.
-fn row_id(row: &Value, key: &str) -> Option<u64> {
+pub(crate) fn row_id(row: &Value, key: &str) -> Option<u64> {
     match row.get(key)? {
         Value::String(s) => s.parse().ok(),
         Value::Number(n) => n.as_u64(),
@@ -177,8 +207,8 @@ fn query_filter(q: &ListQuery) -> Map<String, Value> {
 }
 
 impl B24Client {
-    /// One page of a chained listing: rows after `after`, and the id to continue from (`None`
-    /// at the end).
+    /// One page of a chained listing: rows after `after`, the id to continue from (`None` at
+    /// the end) and, when the chain counted, the rows left after it.
     pub(crate) async fn chained<W: DeserializeOwned + HasId>(
         &self,
         method: &str,
@@ -186,22 +216,26 @@ impl B24Client {
         filter: &Map<String, Value>,
         after: u64,
         upto: Option<u64>,
-    ) -> Result<(Vec<W>, Option<u64>), ConnectorError> {
+        left: Option<u64>,
+    ) -> Result<(Vec<W>, Option<u64>, Option<u64>), ConnectorError> {
         // An incremental listing usually finds a handful of changed records: its first page
         // asks one list call, not a chain of 50 that would spend 49 calls' operating time on
-        // empty answers. A full first page means there is more, and the chain takes over.
-        let incremental_start = after == 0 && filter.keys().any(|k| k.ends_with("DATE_MODIFY"));
-        let n = if incremental_start {
-            1
-        } else {
-            self.inner.settings.batch_size
+        // empty answers. Its last call counts what is left, so each later chain is as long
+        // as the changed records need and none is sent once they are all read.
+        let incremental = filter.keys().any(|k| k.ends_with("DATE_MODIFY"));
+        let full = self.inner.settings.batch_size;
+        let n = match (incremental, left) {
+            (true, Some(l)) => (l as usize).div_ceil(PAGE).clamp(1, full),
+            (true, None) if after == 0 => 1,
+            _ => full,
         };
+        let counted = upto.is_some() || incremental;
         let mut filter = filter.clone();
-        if let Some(u) = upto {
+        if let Some(u) = id_bound(upto) {
             filter.insert("<ID".into(), Value::String(u.to_string()));
         }
-        let cmds = batch::chain_list(method, after, n, select, &filter, upto.is_some());
-        self.run_chain::<Vec<W>, W>(method, &cmds, after, upto, |rows| rows)
+        let cmds = batch::chain_list(method, after, n, select, &filter, counted);
+        self.run_chain::<Vec<W>, W>(method, &cmds, after, upto, counted, |rows| rows)
             .await
     }
 
@@ -215,8 +249,9 @@ impl B24Client {
         cmds: &[Command],
         after: u64,
         upto: Option<u64>,
+        counted: bool,
         rows_of: impl Fn(R) -> Vec<W>,
-    ) -> Result<(Vec<W>, Option<u64>), ConnectorError> {
+    ) -> Result<(Vec<W>, Option<u64>, Option<u64>), ConnectorError> {
         let mut res = self.batch::<R>(cmds, true, true).await?;
         let mut rows = Vec::with_capacity(cmds.len() * PAGE);
         let mut last = after;
@@ -255,78 +290,54 @@ impl B24Client {
                 && last >= u
             {
                 rows.extend(page.into_iter().filter(|r| r.id() < u));
-                return Ok((rows, None));
+                return Ok((rows, None, None));
             }
             rows.extend(page);
             if n < PAGE {
-                return Ok((rows, None));
+                return Ok((rows, None, None));
             }
         }
-        // A segment's last command counted what its filter held: no more than it returned
-        // means the segment is done.
-        if upto.is_some()
-            && let Some(c) = cmds.last()
-            && let Some(total) = res.result_total.get(&c.key).and_then(|t| match t {
+        // A counted chain's last command counted what its filter held from there on: no more
+        // than it returned means the listing (or segment) is done.
+        let total = cmds
+            .last()
+            .filter(|_| counted)
+            .and_then(|c| res.result_total.get(&c.key))
+            .and_then(|t| match t {
                 Value::Number(n) => n.as_u64(),
                 Value::String(s) => s.parse().ok(),
                 _ => None,
-            })
-            && total <= PAGE as u64
-        {
-            return Ok((rows, None));
+            });
+        match total {
+            Some(t) if t <= PAGE as u64 => Ok((rows, None, None)),
+            Some(t) => Ok((rows, Some(last), Some(t - PAGE as u64))),
+            None => Ok((rows, Some(last), None)),
         }
-        Ok((rows, Some(last)))
     }
 
-    /// Probes the rest of a full listing after `after` by rank (see the module doc): the ids
-    /// that start each following segment of [`segment_rows`] rows, ascending.
-    async fn probe_segments(
-        &self,
-        method: &str,
-        product_rows: bool,
-        after: u64,
-    ) -> Result<Vec<u64>, ConnectorError> {
-        let n = self.inner.settings.batch_size;
-        let step = segment_rows(n);
-        if step == 0 {
-            return Ok(Vec::new());
+    /// The account for `currency`: Bitrix24 has no account entity (see the module doc).
+    pub(crate) async fn account_of(&self, currency: rebuy_core::Currency) -> Account {
+        let mut domain = self
+            .inner
+            .settings
+            .base_url
+            .host_str()
+            .unwrap_or("")
+            .to_owned();
+        if let Some(m) = &self.inner.tokens
+            && let Ok(t) = m.tokens().await
+            && let Some(d) = t.extra.get("domain").filter(|d| !d.starts_with("oauth."))
+        {
+            domain = d.clone();
         }
-        let cmds: Vec<Command> = (1..=n)
-            .map(|k| {
-                let params = if product_rows {
-                    json!({"filter": {"=ownerType": "D", ">id": after}, "order": {"id": "ASC"}, "start": k * step})
-                } else {
-                    json!({"filter": {">ID": after}, "order": {"ID": "ASC"}, "select": ["ID"], "start": k * step})
-                };
-                batch::command(k - 1, method, &params)
-            })
-            .collect();
-        let mut res = self.batch::<Value>(&cmds, false, true).await?;
-        let mut bounds: Vec<u64> = Vec::new();
-        for c in &cmds {
-            if let Some(e) = res.result_error.get(&c.key) {
-                return Err(api_error(400, e, &format!("{method} in batch ({})", c.key)));
-            }
-            let v = res.result.remove(&c.key).unwrap_or(Value::Null);
-            let rows = if product_rows {
-                v.get("productRows").cloned().unwrap_or(Value::Null)
-            } else {
-                v
-            };
-            let first = rows
-                .as_array()
-                .and_then(|a| a.first())
-                .and_then(|r| row_id(r, if product_rows { "id" } else { "ID" }));
-            match first {
-                // Past the end: the rest are empty too.
-                None => break,
-                // Ranks that do not map to growing ids (a table changing under the probe):
-                // keep what is consistent.
-                Some(id) if id <= bounds.last().copied().unwrap_or(after) => break,
-                Some(id) => bounds.push(id),
-            }
+        Account {
+            id: 0,
+            name: domain.clone(),
+            domain,
+            currency,
+            time_zone: None,
+            customers_mode: None,
         }
-        Ok(bounds)
     }
 
     /// Product rows of `deal_ids`, by deal.
@@ -401,27 +412,11 @@ impl Connector for B24Client {
 
     async fn account(&self) -> Result<Account, ConnectorError> {
         let currency = self.currency().await?;
-        let mut domain = self
-            .inner
-            .settings
-            .base_url
-            .host_str()
-            .unwrap_or("")
-            .to_owned();
-        if let Some(m) = &self.inner.tokens
-            && let Ok(t) = m.tokens().await
-            && let Some(d) = t.extra.get("domain").filter(|d| !d.starts_with("oauth."))
-        {
-            domain = d.clone();
-        }
-        Ok(Account {
-            id: 0,
-            name: domain.clone(),
-            domain,
-            currency,
-            time_zone: None,
-            customers_mode: None,
-        })
+        Ok(self.account_of(currency).await)
+    }
+
+    async fn prelude(&self, full: &[rebuy_core::EntityKind]) -> rebuy_core::Prelude {
+        self.sync_prelude(full).await
     }
 
     async fn users(&self) -> Result<Vec<User>, ConnectorError> {
@@ -482,18 +477,19 @@ impl Connector for B24Client {
         cursor: Option<&Cursor>,
     ) -> Result<Page<Contact>, ConnectorError> {
         let (after, upto) = parse_segment(cursor)?;
-        let (rows, next) = self
+        let (rows, next, left) = self
             .chained::<wire::Contact>(
                 "crm.contact.list",
                 CONTACT_SELECT,
                 &query_filter(query),
                 after,
                 upto,
+                left_of(cursor),
             )
             .await?;
         Ok(Page {
             items: rows.into_iter().map(map::contact).collect(),
-            next: next.map(|l| segment_cursor(l, upto)),
+            next: next.map(|l| next_cursor(l, upto, left)),
         })
     }
 
@@ -503,18 +499,19 @@ impl Connector for B24Client {
         cursor: Option<&Cursor>,
     ) -> Result<Page<Company>, ConnectorError> {
         let (after, upto) = parse_segment(cursor)?;
-        let (rows, next) = self
+        let (rows, next, left) = self
             .chained::<wire::Company>(
                 "crm.company.list",
                 COMPANY_SELECT,
                 &query_filter(query),
                 after,
                 upto,
+                left_of(cursor),
             )
             .await?;
         Ok(Page {
             items: rows.into_iter().map(map::company).collect(),
-            next: next.map(|l| segment_cursor(l, upto)),
+            next: next.map(|l| next_cursor(l, upto, left)),
         })
     }
 
@@ -525,13 +522,14 @@ impl Connector for B24Client {
     ) -> Result<Page<Deal>, ConnectorError> {
         let (after, upto) = parse_segment(cursor)?;
         let currency = self.default_currency().await?;
-        let (rows, next) = self
+        let (rows, next, left) = self
             .chained::<wire::Deal>(
                 "crm.deal.list",
                 DEAL_SELECT,
                 &query_filter(query),
                 after,
                 upto,
+                left_of(cursor),
             )
             .await?;
         // Full listings leave products to the separate row stream ([`Connector::product_rows`]);
@@ -556,7 +554,7 @@ impl Connector for B24Client {
             .collect();
         Ok(Page {
             items,
-            next: next.map(|l| segment_cursor(l, upto)),
+            next: next.map(|l| next_cursor(l, upto, left)),
         })
     }
 
@@ -565,32 +563,17 @@ impl Connector for B24Client {
         kind: rebuy_core::EntityKind,
         cursor: &Cursor,
     ) -> Result<Vec<Cursor>, ConnectorError> {
-        use rebuy_core::EntityKind as K;
         let (after, upto) = parse_segment(Some(cursor))?;
         if upto.is_some() {
             return Ok(Vec::new());
         }
-        let (method, product_rows) = match kind {
-            K::Contacts => ("crm.contact.list", false),
-            K::Companies => ("crm.company.list", false),
-            K::Deals => ("crm.deal.list", false),
-            K::ProductRows if self.inner.settings.product_rows => {
-                ("crm.item.productrow.list", true)
-            }
-            _ => return Ok(Vec::new()),
-        };
-        let bounds = self.probe_segments(method, product_rows, after).await?;
-        if bounds.is_empty() {
+        let s = &self.inner.settings;
+        let Some(probe) = Probe::new(kind, after, s.batch_size, s.product_rows) else {
             return Ok(Vec::new());
-        }
-        let mut out = Vec::with_capacity(bounds.len() + 1);
-        let mut lo = after;
-        for b in bounds {
-            out.push(segment_cursor(lo, Some(b)));
-            lo = b - 1;
-        }
-        out.push(cursor_open(lo));
-        Ok(out)
+        };
+        let mut probes = [probe];
+        self.probe(&mut probes, &[s.batch_size]).await;
+        Ok(probes[0].segments())
     }
 
     fn lists_product_rows(&self) -> bool {
@@ -602,13 +585,19 @@ impl Connector for B24Client {
         cursor: Option<&Cursor>,
     ) -> Result<Page<DealProductRow>, ConnectorError> {
         let (after, upto) = parse_segment(cursor)?;
-        let cmds = batch::chain_product_rows(after, upto, self.inner.settings.batch_size);
-        let (rows, next) = self
+        let cmds = batch::chain_product_rows(
+            after,
+            id_bound(upto),
+            upto.is_some(),
+            self.inner.settings.batch_size,
+        );
+        let (rows, next, _) = self
             .run_chain::<wire::ItemProductRows, _>(
                 "crm.item.productrow.list",
                 &cmds,
                 after,
                 upto,
+                upto.is_some(),
                 |r| r.product_rows,
             )
             .await?;
@@ -682,8 +671,8 @@ impl Connector for B24Client {
 
     async fn deal_ids(&self, cursor: Option<&Cursor>) -> Result<Page<DealId>, ConnectorError> {
         let after = parse_cursor(cursor)?;
-        let (rows, next) = self
-            .chained::<wire::IdOnly>("crm.deal.list", &["ID"], &Map::new(), after, None)
+        let (rows, next, _) = self
+            .chained::<wire::IdOnly>("crm.deal.list", &["ID"], &Map::new(), after, None, None)
             .await?;
         Ok(Page {
             items: rows.into_iter().map(|r| DealId(r.ID)).collect(),
@@ -762,6 +751,38 @@ impl Connector for B24Client {
             }
         }
         Ok(None)
+    }
+
+    /// `crm.activity.list {filter: {ID: [..]}, select: [ID, COMPLETED, LAST_UPDATED]}` (up
+    /// to 50 ids a call): whether each to-do is done.
+    async fn task_states(&self, ids: &[u64]) -> Result<Vec<rebuy_core::TaskState>, ConnectorError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(50) {
+            let env: wire::Envelope<Vec<Value>> = self
+                .call(
+                    "crm.activity.list",
+                    json!({"filter": {"ID": chunk}, "select": ["ID", "COMPLETED", "LAST_UPDATED"],
+                           "order": {"ID": "ASC"}}),
+                )
+                .await?;
+            for a in &env.result {
+                let id = match a.get("ID") {
+                    Some(Value::String(s)) => s.parse().ok(),
+                    Some(Value::Number(n)) => n.as_u64(),
+                    _ => None,
+                };
+                let Some(id) = id else { continue };
+                out.push(rebuy_core::TaskState {
+                    id,
+                    completed: a.get("COMPLETED").and_then(Value::as_str) == Some("Y"),
+                    updated_at: a
+                        .get("LAST_UPDATED")
+                        .and_then(Value::as_str)
+                        .and_then(|s| s.parse::<jiff::Timestamp>().ok()),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// `crm.{contact,company,deal}.userfield.list {filter: {LANG: "ru"}}` in one batch: the

@@ -17,6 +17,8 @@
 //! - [`batch`]: `batch` commands, PHP query encoding, the `$result[..]`-chained list pages.
 //! - `connector` (private): the [`rebuy_core::Connector`] impl and the cursors.
 //! - `write` (private): [`rebuy_core::WriteOp`]s -> batch commands.
+//! - `prelude` (private): a sync's metadata and the rank probes that cut full listings into
+//!   segments, in as few `batch` requests as they fit.
 //! - [`wire`]: Bitrix24's records in its own names, read leniently (strings for numbers,
 //!   `[]` for empty maps), decoded with `serde_path_to_error`.
 //! - [`map`]: wire -> domain.
@@ -36,6 +38,7 @@ mod connector;
 pub mod events;
 pub mod limits;
 pub mod map;
+mod prelude;
 pub mod wire;
 mod write;
 

@@ -7,7 +7,7 @@
 //! | `CreateTask` | `crm.activity.todo.add {ownerTypeId, ownerId, deadline, title, description, responsibleId}` |
 //! | `UpdateFields` | `crm.deal.update` / `crm.contact.update` / `crm.company.update` with `fields: {UF_CRM_...: value}` |
 //! | `FlagRepeat` | `crm.deal.update {id, fields: {IS_RETURN_CUSTOMER: "Y"}}` |
-//! | `CreateField` | `crm.{contact,company,deal}.userfield.add {fields: {FIELD_NAME, USER_TYPE_ID: string/date, LABEL}}` |
+//! | `CreateField` | `crm.{contact,company,deal}.userfield.add {fields: {FIELD_NAME, USER_TYPE_ID: string/date/double, LABEL}}` |
 //! | `CreateCustomer`, `UpdateCustomer` | none: `Unsupported` (amoCRM only) |
 //!
 //! Why a to-do and not `tasks.task.add`: the docs make `crm.activity.todo.add` the current way
@@ -140,6 +140,7 @@ pub(crate) fn command_of(i: usize, op: &WriteOp) -> Option<Command> {
             // select-like segment fields are created as strings holding the segment's name.
             let ty = match kind {
                 FieldKind::Date => "date",
+                FieldKind::Numeric => "double",
                 FieldKind::Text | FieldKind::Select(_) => "string",
             };
             let field_name = code.clone().unwrap_or_else(|| "REBUY_FIELD".into());

@@ -383,7 +383,9 @@ async fn incremental_listing_by_date_modify() {
     // rows), not a chain of 50.
     assert_eq!(run.emulator.stats().batch_commands, 2);
 
-    // Many changed records still come whole, the chain taking over after the first page.
+    // Many changed records still come whole, the chain taking over after the first page, as
+    // long as the first call counted: 120 = 50, then a chain of 2 calls for the 70 left, and
+    // no empty request after them.
     let since = ts(run.emulator.now());
     let ids: Vec<u64> = run
         .emulator
@@ -391,6 +393,15 @@ async fn incremental_listing_by_date_modify() {
     for id in &ids {
         assert!(run.emulator.update_deal(*id, |d| d.title.push('!')));
     }
+    let lists = |run: &RunningB24| {
+        run.emulator
+            .stats()
+            .by_method
+            .get("crm.deal.list")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = lists(&run);
     let deals = all_deals(
         &client,
         &ListQuery {
@@ -401,6 +412,7 @@ async fn incremental_listing_by_date_modify() {
     .await
     .unwrap();
     assert_eq!(deals.iter().map(|d| d.id.0).collect::<Vec<_>>(), ids);
+    assert_eq!(lists(&run) - before, 3, "list calls for 120 changed deals");
 }
 
 #[tokio::test]

@@ -202,6 +202,8 @@ pub enum FieldKind {
     Text,
     /// A date.
     Date,
+    /// A number, written as a plain decimal with '.' (amoCRM `numeric`, Bitrix24 `double`).
+    Numeric,
     /// One of a list of values (amoCRM `select`; CRMs that write list items by id get text).
     Select(Vec<String>),
 }
@@ -334,6 +336,21 @@ impl SaverSlot {
     }
 }
 
+/// What [`Connector::prelude`] found: each part fails on its own.
+#[derive(Debug)]
+pub struct Prelude {
+    /// The account behind the portal.
+    pub account: Result<Account, ConnectorError>,
+    /// All users.
+    pub users: Result<Vec<User>, ConnectorError>,
+    /// All pipelines with their stages.
+    pub pipelines: Result<Vec<Pipeline>, ConnectorError>,
+    /// Per kind: consecutive segments that together cover its whole listing once (see
+    /// [`Connector::split`]; the first starts at the table's start). Kinds not here are listed
+    /// from the start page after page.
+    pub segments: std::collections::BTreeMap<EntityKind, Vec<Cursor>>,
+}
+
 /// A CRM, as the sidecar sees it.
 #[async_trait]
 pub trait Connector: Send + Sync {
@@ -358,6 +375,22 @@ pub trait Connector: Send + Sync {
 
     /// All pipelines with their stages.
     async fn pipelines(&self) -> Result<Vec<Pipeline>, ConnectorError>;
+
+    /// What a sync asks before its listings, in as few requests as the CRM allows: the
+    /// account, the users, the pipelines and, for each kind of `full` (kinds about to be listed
+    /// in full from the start), the segments of that listing as [`Connector::split`] would cut
+    /// it, but from the very start. A kind left out of [`Prelude::segments`] is listed page
+    /// after page. The default asks [`Connector::account`], [`Connector::users`] and
+    /// [`Connector::pipelines`] one after the other and splits nothing.
+    async fn prelude(&self, full: &[EntityKind]) -> Prelude {
+        let _ = full;
+        Prelude {
+            account: self.account().await,
+            users: self.users().await,
+            pipelines: self.pipelines().await,
+            segments: Default::default(),
+        }
+    }
 
     /// One page of contacts.
     async fn contacts(
@@ -453,6 +486,16 @@ pub trait Connector: Send + Sync {
         let _ = (entity, marker);
         Err(ConnectorError::Unsupported {
             what: "task lookup".into(),
+        })
+    }
+
+    /// The states of the tasks with these ids (at most 50 per call); a task deleted from the
+    /// CRM is missing from the answer. CRMs without the listing return
+    /// [`ConnectorError::Unsupported`].
+    async fn task_states(&self, ids: &[u64]) -> Result<Vec<TaskState>, ConnectorError> {
+        let _ = ids;
+        Err(ConnectorError::Unsupported {
+            what: "task states".into(),
         })
     }
 

@@ -33,8 +33,8 @@ pub mod timestamp;
 pub use auth::{TokenManager, TokenRefresher, TokenSet, TokenStore};
 pub use connector::{
     Connector, CrmCustomer, Cursor, CustomersFunnel, EntityRef, FieldDef, FieldEntityKind,
-    FieldKind, FieldWrite, LimiterSaver, LimiterState, ListQuery, Page, SaverSlot, TaskKind,
-    WriteOp, WriteOutcome,
+    FieldKind, FieldWrite, LimiterSaver, LimiterState, ListQuery, Page, Prelude, SaverSlot,
+    TaskKind, WriteOp, WriteOutcome,
 };
 pub use error::ConnectorError;
 pub use ids::*;

@@ -292,3 +292,15 @@ pub struct Deletion {
     /// When it was deleted, when the CRM says.
     pub at: Option<Timestamp>,
 }
+
+/// What the CRM says of a task (amoCRM task, Bitrix24 to-do activity) rebuy created: read back
+/// so that `rebuy results` knows which touches a manager carried out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskState {
+    /// The task's id.
+    pub id: u64,
+    /// Whether it is closed as done.
+    pub completed: bool,
+    /// When the CRM last changed it (for a completed task: about when it was done).
+    pub updated_at: Option<jiff::Timestamp>,
+}

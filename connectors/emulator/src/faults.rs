@@ -71,6 +71,105 @@ impl FaultConfig {
     }
 }
 
+impl std::str::FromStr for FaultConfig {
+    type Err = String;
+
+    /// Parses `rebuy emulate --faults`: either one share for every kind (`0.05`, as
+    /// [`FaultConfig::uniform`]) or a comma-separated list of `kind=share` with the kinds `5xx`,
+    /// `429`, `drop`, `drop-after-write`, `malformed`, `slow`, and `slow-ms=MILLISECONDS` (the
+    /// delay of a slow answer, 200 by default). Shares lie in `0..=1` and add up to at most 1.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let share = |k: &str, v: &str| -> Result<f64, String> {
+            let x: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("fault share {k}={v:?} is not a number"))?;
+            if !(0.0..=1.0).contains(&x) {
+                return Err(format!("fault share {k}={x} is outside 0..=1"));
+            }
+            Ok(x)
+        };
+        let s = s.trim();
+        if !s.contains('=') {
+            let x = share("all", s)?;
+            if x * 6.0 > 1.0 {
+                return Err(format!(
+                    "a uniform fault share of {x} on six kinds adds up to more than 1 (at most 0.16)"
+                ));
+            }
+            return Ok(Self::uniform(x));
+        }
+        let mut f = Self {
+            slow_ms: 200,
+            ..Self::default()
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("fault {part:?} is not kind=share"))?;
+            let k = k.trim();
+            match k {
+                "5xx" => f.error_5xx_rate = share(k, v)?,
+                "429" => f.extra_429_rate = share(k, v)?,
+                "drop" => f.drop_rate = share(k, v)?,
+                "drop-after-write" => f.drop_after_write_rate = share(k, v)?,
+                "malformed" => f.malformed_rate = share(k, v)?,
+                "slow" => f.slow_rate = share(k, v)?,
+                "slow-ms" => {
+                    f.slow_ms = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("slow-ms={v:?} is not a number of milliseconds"))?
+                }
+                other => {
+                    return Err(format!(
+                        "unknown fault kind {other:?} (known: 5xx, 429, drop, drop-after-write, malformed, slow, slow-ms)"
+                    ));
+                }
+            }
+        }
+        let sum = f.error_5xx_rate
+            + f.extra_429_rate
+            + f.drop_rate
+            + f.drop_after_write_rate
+            + f.malformed_rate
+            + f.slow_rate;
+        if sum > 1.0 + 1e-9 {
+            return Err(format!("fault shares add up to {sum}, more than 1"));
+        }
+        Ok(f)
+    }
+}
+
+impl std::fmt::Display for FaultConfig {
+    /// The `--faults` form of this mix (`none` when no fault can happen).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.is_active() {
+            return f.write_str("none");
+        }
+        let parts = [
+            ("5xx", self.error_5xx_rate),
+            ("429", self.extra_429_rate),
+            ("drop", self.drop_rate),
+            ("drop-after-write", self.drop_after_write_rate),
+            ("malformed", self.malformed_rate),
+            ("slow", self.slow_rate),
+        ];
+        let mut first = true;
+        for (k, v) in parts.iter().filter(|(_, v)| *v > 0.0) {
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            write!(f, "{k}={v}")?;
+        }
+        if self.slow_rate > 0.0 {
+            write!(f, ",slow-ms={}", self.slow_ms)?;
+        }
+        Ok(())
+    }
+}
+
 /// One drawn fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -149,6 +248,40 @@ impl FaultPicker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_flag_form_parses_round_trips_and_refuses_nonsense() {
+        let f: FaultConfig = "5xx=0.1, drop-after-write=0.05,slow=0.2,slow-ms=1500"
+            .parse()
+            .unwrap();
+        assert_eq!(f.error_5xx_rate, 0.1);
+        assert_eq!(f.drop_after_write_rate, 0.05);
+        assert_eq!((f.slow_rate, f.slow_ms), (0.2, 1500));
+        assert_eq!(f.drop_rate, 0.0);
+        assert_eq!(f.to_string().parse::<FaultConfig>().unwrap(), f);
+        assert_eq!(
+            "0.05".parse::<FaultConfig>().unwrap(),
+            FaultConfig::uniform(0.05)
+        );
+        assert_eq!("0".parse::<FaultConfig>().unwrap().to_string(), "none");
+        for bad in [
+            "0.5",
+            "5xx=2",
+            "drop=x",
+            "teapot=0.1",
+            "5xx=0.6,429=0.6",
+            "drop",
+        ] {
+            let e = bad.parse::<FaultConfig>().unwrap_err();
+            assert!(!e.is_empty(), "{bad}");
+        }
+        assert!(
+            "teapot=0.1"
+                .parse::<FaultConfig>()
+                .unwrap_err()
+                .contains("teapot")
+        );
+    }
 
     #[test]
     fn no_config_no_faults() {

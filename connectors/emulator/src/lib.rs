@@ -11,9 +11,12 @@
 //! - [`seed`]: the deterministic, CRM-neutral data generator ([`seed::generate`]): people with
 //!   messy phones, duplicates, companies, pipelines, three years of deals with real repeat-buying
 //!   patterns. Reused by every CRM emulator.
+//! - [`answers`]: simulated customers answering touches ([`answers::AnswerSim`]): managers
+//!   complete tasks, customers with a completed task buy more often.
 //! - [`faults`]: fault injection ([`faults::FaultConfig`]): 5xx, extra 429, slow answers,
 //!   dropped connections, truncated JSON, drawn from a seeded generator.
-//! - [`limits`]: the token bucket with escalation to a sticky block.
+//! - [`limits`]: the sliding one-second window with escalation to a sticky block.
+//! - [`tls`]: HTTPS with a self-signed certificate generated at start (`--tls`).
 //! - [`delivery`]: outgoing webhooks ([`delivery::DeliveryConfig`]): a background task per
 //!   emulator POSTs every change to the registered URLs, with timeouts, retries (amoCRM) and
 //!   seeded duplicates, drops and delays.
@@ -34,9 +37,11 @@
 #![warn(missing_docs)]
 
 pub mod amocrm;
+pub mod answers;
 pub mod bitrix24;
 pub mod delivery;
 pub mod faults;
 pub mod limits;
 mod rng;
 pub mod seed;
+pub mod tls;

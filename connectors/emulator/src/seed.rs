@@ -20,8 +20,9 @@
 //! - three pipelines: the main sales funnel, a repeat-sales funnel and a wholesale funnel;
 //! - about three years of deals with real buying patterns ([`BuyerProfile`]): most people buy
 //!   once; regulars buy on their own cycle (and some of them fall asleep); seasonal buyers come in
-//!   spring and autumn (tyres); consumable buyers order water in 19 l bottles, and the interval
-//!   between orders follows the quantity they bought;
+//!   spring and autumn (tyres); consumable buyers order water in 19 l bottles: the mean interval
+//!   between orders follows the quantity they buy, and the gaps are Erlang-k distributed with a
+//!   regularity `k` of their own ([`Contact::gap_shape`]), some of them stopped ordering;
 //! - won (~80% of closed), lost and open deals (open ones are recent), amounts in whole roubles
 //!   (`i64`, never `f64`), product rows (name, price, quantity) on most deals.
 //!
@@ -78,8 +79,25 @@ impl SeedConfig {
         format!("{} .. {}{note}", day(self.start), day(self.now))
     }
 
+    /// A config with the given seed and sizes, 8 users, and three years of history ending
+    /// today ([`today`]): what `rebuy emulate` and `rebuy demo` generate unless an end date is
+    /// pinned. The data is the same all day and changes at the next UTC midnight.
+    pub fn ending_today(seed: u64, contacts: usize, deals: usize) -> Self {
+        Self::new(seed, contacts, deals).with_now(today())
+    }
+
+    /// The same config with the history ending at the start (00:00 UTC) of `date`, three years
+    /// long: a pinned end for reproducible runs (`rebuy emulate --history-end DATE`).
+    pub fn ending_on(self, date: civil::Date) -> Self {
+        let end = date
+            .to_zoned(TimeZone::UTC)
+            .map(|z| z.timestamp())
+            .unwrap_or(ts(DEFAULT_NOW_SECS));
+        self.with_now(end)
+    }
+
     /// A config with the given seed and sizes, 8 users, and three years of history ending at the
-    /// fixed [`DEFAULT_NOW_SECS`].
+    /// fixed [`DEFAULT_NOW_SECS`] (pinned, so tests are reproducible on any date).
     pub fn new(seed: u64, contacts: usize, deals: usize) -> Self {
         let now = ts(DEFAULT_NOW_SECS);
         Self {
@@ -98,6 +116,11 @@ impl SeedConfig {
         self.start = ts(now.as_second() - 3 * 365 * DAY);
         self
     }
+}
+
+/// The start (00:00 UTC) of the current day: the end of a history that ends today.
+pub fn today() -> Timestamp {
+    ts(Timestamp::now().as_second().div_euclid(DAY) * DAY)
 }
 
 /// Everything the generator produced. All vectors are sorted by id.
@@ -208,6 +231,10 @@ pub struct Contact {
     pub profile: BuyerProfile,
     /// The personal purchase cycle in days (regulars and consumable buyers).
     pub cycle_days: Option<u32>,
+    /// Consumable buyers: the shape `k` of the Erlang-k distribution of the gaps between their
+    /// orders (mean `cycle_days`); the larger, the more regular (the gaps' coefficient of
+    /// variation is `1/sqrt(k)`). Varies across buyers, so a model must estimate it.
+    pub gap_shape: Option<u32>,
     /// When this contact reuses the phone of an earlier contact: that contact's id.
     pub duplicate_of: Option<u64>,
 }
@@ -845,6 +872,7 @@ pub fn generate(cfg: &SeedConfig) -> Dataset {
             updated_at: ts(updated_at),
             profile,
             cycle_days,
+            gap_shape: None,
             duplicate_of,
         });
     }
@@ -1263,21 +1291,43 @@ fn gen_deals(
                     times.push(first + rng.below(avail as u64) as i64);
                 }
             }
-            BuyerProfile::Regular | BuyerProfile::Consumable => {
-                let mut cycle = match c.profile {
-                    BuyerProfile::Regular => c.cycle_days.unwrap_or(30) as i64 * DAY,
-                    _ => {
-                        let per_unit = c.cycle_days.unwrap_or(3) as i64;
-                        let q = rng.range(2, 8);
-                        qty_per_order = Some((q, per_unit));
-                        q * per_unit * DAY
-                    }
+            BuyerProfile::Consumable => {
+                // Periodic buyers: Erlang-k gaps around the cycle the quantity sets, k varying
+                // across buyers (2: irregular, 12: nearly clockwork).
+                let per_unit = c.cycle_days.unwrap_or(3) as i64;
+                let q = rng.range(2, 8);
+                let shape = *rng.pick(&[2u32, 3, 4, 6, 8, 12]).unwrap_or(&4);
+                let mean = (q * per_unit * DAY) as f64;
+                let mut gaps: Vec<f64> = (0..k).map(|_| erlang(rng, shape, mean)).collect();
+                let used: f64 = gaps.iter().sum();
+                let mut cycle = mean;
+                if used > avail as f64 {
+                    // Too many orders for the time this contact has: shorter gaps, same shape.
+                    let scale = avail as f64 / used;
+                    gaps.iter_mut().for_each(|g| *g *= scale);
+                    cycle *= scale;
+                }
+                let used = gaps.iter().sum::<f64>() as i64;
+                // Active buyers are due again about now; the others stopped ("sleeping").
+                let begin = if used < avail * 8 / 10 && rng.chance(0.6) {
+                    horizon - used
+                } else {
+                    first
                 };
+                let mut t = begin as f64;
+                for g in &gaps {
+                    times.push((t as i64).clamp(first, horizon));
+                    t += g;
+                }
+                let cycle_days = (cycle / DAY as f64).round().max(1.0) as i64;
+                qty_per_order = Some(((cycle_days / per_unit).max(1), per_unit));
+                c.cycle_days = Some(cycle_days as u32);
+                c.gap_shape = Some(shape);
+            }
+            BuyerProfile::Regular => {
+                let mut cycle = c.cycle_days.unwrap_or(30) as i64 * DAY;
                 if cycle * k as i64 > avail {
                     cycle = (avail / k as i64).max(DAY);
-                    if let Some((_, per_unit)) = qty_per_order {
-                        qty_per_order = Some(((cycle / DAY / per_unit).max(1), per_unit));
-                    }
                 }
                 // Active customers end near "now"; the others stopped buying ("sleeping").
                 let used = cycle * k as i64;
@@ -1290,10 +1340,7 @@ fn gen_deals(
                     let jitter = rng.range(-(cycle * 15 / 100), cycle * 15 / 100);
                     times.push((begin + j * cycle + jitter).clamp(first, horizon));
                 }
-                c.cycle_days = Some(match qty_per_order {
-                    Some((q, per_unit)) => (q * per_unit) as u32,
-                    None => (cycle / DAY) as u32,
-                });
+                c.cycle_days = Some((cycle / DAY) as u32);
             }
             BuyerProfile::Seasonal => {
                 let windows = season_windows(first, horizon);
@@ -1464,6 +1511,15 @@ fn gen_deals(
             })
         })
         .collect()
+}
+
+/// One Erlang-`k` draw with the given mean: the sum of `k` exponential draws of mean `mean / k`.
+fn erlang(rng: &mut Rng, k: u32, mean: f64) -> f64 {
+    let k = k.max(1);
+    let rate_mean = mean / f64::from(k);
+    (0..k)
+        .map(|_| -(1.0 - rng.unit()).max(f64::MIN_POSITIVE).ln() * rate_mean)
+        .sum()
 }
 
 /// Product rows (catalog index, quantity) of a deal, or an amount without rows.

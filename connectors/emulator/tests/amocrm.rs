@@ -499,15 +499,8 @@ async fn limit_is_capped_at_250_and_defaults_to_50() {
     assert_eq!(v["_embedded"]["leads"].as_array().map(Vec::len), Some(250));
     let v = env.get_json("/api/v4/leads").await;
     assert_eq!(v["_embedded"]["leads"].as_array().map(Vec::len), Some(50));
-    // Events: at most 100 per page.
-    assert_eq!(env.get("/api/v4/events?limit=500").await.status(), 204);
-    let ids: Vec<u64> = env
-        .run
-        .emulator
-        .with_data(|d| d.leads.keys().take(120).copied().collect());
-    for id in ids {
-        assert!(env.run.emulator.update_lead(id, Some(1), None));
-    }
+    // Events (the generated history has hundreds): at most 100 per page.
+    assert!(env.run.emulator.with_data(|d| d.events.len()) > 100);
     let v = env.get_json("/api/v4/events?limit=500").await;
     assert_eq!(v["_embedded"]["events"].as_array().map(Vec::len), Some(100));
 }
@@ -1131,7 +1124,14 @@ async fn patch_contacts_and_create_lead() {
 async fn events_after_mutations_and_delete() {
     let env = Env::new(cfg()).await;
     let emu = &env.run.emulator;
-    assert_eq!(env.get("/api/v4/events").await.status(), 204);
+    // The generated history's events all lie before now.
+    let since = emu.now();
+    assert_eq!(
+        env.get(&format!("/api/v4/events?filter[created_at][from]={since}"))
+            .await
+            .status(),
+        204
+    );
     let (a, b, contact) = emu.with_data(|d| {
         let mut it = d.leads.keys();
         (
@@ -1140,7 +1140,6 @@ async fn events_after_mutations_and_delete() {
             *d.contacts.keys().next().expect("c"),
         )
     });
-    let since = emu.now();
     assert!(emu.delete_lead(a));
     assert!(!emu.delete_lead(a), "already deleted");
     let pipeline = emu.with_data(|d| d.leads[&b].pipeline_id);
@@ -1175,10 +1174,10 @@ async fn events_after_mutations_and_delete() {
     }
     // A list of types, as comma list and as array.
     let v = env
-        .get_json("/api/v4/events?filter[type]=lead_deleted,lead_status_changed,lead_added")
+        .get_json(&format!("/api/v4/events?filter[type]=lead_deleted,lead_status_changed,lead_added&filter[created_at][from]={since}"))
         .await;
     assert_eq!(v["_embedded"]["events"].as_array().map(Vec::len), Some(3));
-    let v = env.get_json("/api/v4/events?filter[type][]=lead_deleted&filter[type][]=lead_added&order[created_at]=asc").await;
+    let v = env.get_json(&format!("/api/v4/events?filter[type][]=lead_deleted&filter[type][]=lead_added&order[created_at]=asc&filter[created_at][from]={since}")).await;
     let types: Vec<&str> = v["_embedded"]["events"]
         .as_array()
         .expect("e")
@@ -1767,4 +1766,439 @@ async fn other_http_methods_get_405_as_problem_json() {
     // An unknown path stays a 404.
     let r = env.get("/api/v4/nothing-here").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+fn errors_paths(v: &Value) -> Vec<String> {
+    v["validation-errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|e| e["errors"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["path"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn contacts_and_companies_are_created_with_validation() {
+    let env = Env::new(cfg()).await;
+    let post = reqwest::Method::POST;
+    let (s, v) = env
+        .send(
+            post.clone(),
+            "/api/v4/companies",
+            &json!([{"name": "ООО «Тест»"}]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let company = v["_embedded"]["companies"][0]["id"].as_u64().unwrap();
+    let body = json!([{
+        "first_name": "Иван", "last_name": "Петров", "request_id": "c1",
+        "custom_fields_values": [{"field_code": "PHONE", "values": [{"value": "+79001234567", "enum_code": "MOB"}]}],
+        "_embedded": {"companies": [{"id": company}], "tags": [{"name": "vip"}]}
+    }]);
+    let (s, v) = env.send(post.clone(), "/api/v4/contacts", &body).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["_embedded"]["contacts"][0]["request_id"], "c1");
+    let id = v["_embedded"]["contacts"][0]["id"].as_u64().unwrap();
+    let c = env.get_json(&format!("/api/v4/contacts/{id}")).await;
+    assert_eq!(c["name"], "Иван Петров");
+    assert_eq!(c["_embedded"]["companies"][0]["id"], company);
+    assert_eq!(c["_embedded"]["tags"][0]["name"], "vip");
+    assert_eq!(
+        c["custom_fields_values"][0]["values"][0]["value"],
+        "+79001234567"
+    );
+    let events = env
+        .get_json(&format!(
+            "/api/v4/events?filter[entity_id]={id}&filter[type]=contact_added"
+        ))
+        .await;
+    assert_eq!(events["_embedded"]["events"].as_array().unwrap().len(), 1);
+    // A batch with one bad item is refused whole, naming each problem.
+    let before = env
+        .run
+        .emulator
+        .with_data(|d| (d.contacts.len(), d.companies.len()));
+    let (s, v) = env
+        .send(
+            post.clone(),
+            "/api/v4/contacts",
+            &json!([
+                {"name": "ok"},
+                {"name": "bad", "responsible_user_id": 1, "_embedded": {"companies": [{"id": 1}]}},
+                {"id": 5, "name": "no ids on create"}
+            ]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let paths = errors_paths(&v);
+    for p in ["responsible_user_id", "_embedded.companies.0.id", "id"] {
+        assert!(paths.contains(&p.to_owned()), "{p} in {paths:?}");
+    }
+    let (s, v) = env
+        .send(post.clone(), "/api/v4/companies", &json!([{"name": "  "}]))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(errors_paths(&v), ["name"]);
+    let (s, _) = env
+        .send(post, "/api/v4/contacts", &json!({"name": "not an array"}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        before,
+        env.run
+            .emulator
+            .with_data(|d| (d.contacts.len(), d.companies.len()))
+    );
+}
+
+#[tokio::test]
+async fn notes_links_and_tags() {
+    let env = Env::new(cfg()).await;
+    let post = reqwest::Method::POST;
+    let (lead, contact) = env.run.emulator.with_data(|d| {
+        let lead = *d.leads.keys().next().unwrap();
+        let contact = d
+            .contacts
+            .keys()
+            .copied()
+            .find(|c| !d.leads[&lead].contacts.iter().any(|x| x.id == *c))
+            .unwrap();
+        (lead, contact)
+    });
+    // Notes.
+    let (s, v) = env
+        .send(
+            post.clone(),
+            &format!("/api/v4/leads/{lead}/notes"),
+            &json!([{"note_type": "common", "params": {"text": "позвонить"}, "request_id": "n1"}]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["_embedded"]["notes"][0]["request_id"], "n1");
+    let notes = env.get_json(&format!("/api/v4/leads/{lead}/notes")).await;
+    assert_eq!(
+        notes["_embedded"]["notes"][0]["params"]["text"],
+        "позвонить"
+    );
+    let by_type = env
+        .get_json("/api/v4/leads/notes?filter[note_type]=common")
+        .await;
+    assert_eq!(by_type["_embedded"]["notes"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        env.get(&format!("/api/v4/contacts/{contact}/notes"))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    let (s, v) = env
+        .send(post.clone(), "/api/v4/leads/notes", &json!([
+            {"note_type": "teapot", "entity_id": lead, "params": {}},
+            {"note_type": "common", "entity_id": lead, "params": {"text": " "}},
+            {"note_type": "call_in", "entity_id": lead, "params": {"phone": "+7900", "duration": "long"}},
+            {"note_type": "common", "params": {"text": "x"}},
+            {"note_type": "common", "entity_id": 1, "params": {"text": "x"}}
+        ]))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let paths = errors_paths(&v);
+    for p in ["note_type", "params.text", "params.duration", "entity_id"] {
+        assert!(paths.contains(&p.to_owned()), "{p} in {paths:?}");
+    }
+    assert_eq!(
+        env.get("/api/v4/leads/notes?filter[text]=x").await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    let (s, _) = env
+        .send(
+            post.clone(),
+            "/api/v4/leads/1/notes",
+            &json!([{"note_type": "common", "params": {"text": "x"}}]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Links, both ways.
+    let (s, v) = env
+        .send(post.clone(), &format!("/api/v4/leads/{lead}/link"),
+              &json!([{"to_entity_id": contact, "to_entity_type": "contacts", "metadata": {"is_main": false}}]))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let links = env
+        .get_json(&format!(
+            "/api/v4/leads/{lead}/links?filter[to_entity_type]=contacts"
+        ))
+        .await;
+    let linked: Vec<u64> = links["_embedded"]["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["to_entity_id"].as_u64().unwrap())
+        .collect();
+    assert!(linked.contains(&contact), "{links}");
+    let back = env
+        .get_json(&format!(
+            "/api/v4/contacts/{contact}/links?filter[to_entity_type]=leads"
+        ))
+        .await;
+    assert!(
+        back["_embedded"]["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["to_entity_id"] == lead)
+    );
+    let company = env
+        .run
+        .emulator
+        .with_data(|d| *d.companies.keys().next().unwrap());
+    let (s, _) = env
+        .send(
+            post.clone(),
+            "/api/v4/companies/link",
+            &json!([{"entity_id": company, "to_entity_id": contact, "to_entity_type": "contacts"}]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        env.run
+            .emulator
+            .with_data(|d| d.contacts[&contact].company_id),
+        Some(company)
+    );
+    let (s, v) = env
+        .send(post.clone(), &format!("/api/v4/leads/{lead}/link"), &json!([
+            {"to_entity_id": contact, "to_entity_type": "tasks"},
+            {"to_entity_id": 1, "to_entity_type": "contacts"},
+            {"to_entity_id": 900_001, "to_entity_type": "catalog_elements", "metadata": {"catalog_id": 1}}
+        ]))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let paths = errors_paths(&v);
+    for p in ["to_entity_type", "to_entity_id", "metadata.catalog_id"] {
+        assert!(paths.contains(&p.to_owned()), "{p} in {paths:?}");
+    }
+    // Tags: an existing name answers its tag; a new one is listed with its colour.
+    let existing = env.run.emulator.with_data(|d| {
+        d.leads
+            .values()
+            .find_map(|l| l.tags.first().cloned())
+            .expect("a tagged lead")
+    });
+    let (s, v) = env
+        .send(post.clone(), "/api/v4/leads/tags", &json!([
+            {"name": existing.name}, {"name": "новый тег", "color": "FF0000", "request_id": "t2"}
+        ]))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["_embedded"]["tags"][0]["id"], existing.id);
+    assert_eq!(v["_embedded"]["tags"][1]["request_id"], "t2");
+    let listed = env
+        .get_json("/api/v4/leads/tags?filter[name]=новый тег")
+        .await;
+    assert_eq!(listed["_embedded"]["tags"][0]["color"], "FF0000");
+    assert_eq!(
+        env.get("/api/v4/contacts/tags?filter[name]=новый тег")
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    let (s, v) = env
+        .send(
+            post,
+            "/api/v4/leads/tags",
+            &json!([{"name": ""}, {"name": "x", "color": "red"}]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(errors_paths(&v), ["name", "color"]);
+}
+
+#[tokio::test]
+async fn complex_leads_create_the_lead_its_contact_and_company() {
+    let env = Env::new(cfg()).await;
+    let post = reqwest::Method::POST;
+    let (s, v) = env
+        .send(post.clone(), "/api/v4/leads/complex", &json!([{
+            "name": "Комплексная", "price": 5000,
+            "_embedded": {"contacts": [{"first_name": "Анна"}], "companies": [{"name": "ООО «Б»"}],
+                          "tags": [{"name": "сайт"}]}
+        }]))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let r = &v[0];
+    assert_eq!(
+        (r["request_id"].clone(), r["merged"].clone()),
+        (json!(["0"]), json!(false))
+    );
+    let (id, contact, company) = (
+        r["id"].as_u64().unwrap(),
+        r["contact_id"].as_u64().unwrap(),
+        r["company_id"].as_u64().unwrap(),
+    );
+    let lead = env
+        .get_json(&format!("/api/v4/leads/{id}?with=contacts"))
+        .await;
+    assert_eq!(lead["price"], 5000);
+    assert_eq!(lead["_embedded"]["contacts"][0]["id"], contact);
+    assert_eq!(lead["_embedded"]["companies"][0]["id"], company);
+    assert_eq!(
+        env.run
+            .emulator
+            .with_data(|d| d.contacts[&contact].company_id),
+        Some(company)
+    );
+    let too_many: Vec<Value> = (0..51).map(|i| json!({"name": format!("l{i}")})).collect();
+    let (s, _) = env
+        .send(post.clone(), "/api/v4/leads/complex", &json!(too_many))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = env
+        .send(post, "/api/v4/leads/complex", &json!([{
+            "price": -1,
+            "_embedded": {"contacts": [{"name": "a"}, {"name": "b"}], "companies": [{"name": ""}]}
+        }]))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let paths = errors_paths(&v);
+    for p in ["price", "_embedded.contacts", "_embedded.companies.0.name"] {
+        assert!(paths.contains(&p.to_owned()), "{p} in {paths:?}");
+    }
+}
+
+#[tokio::test]
+async fn customers_mode_history_has_customers_with_purchases_and_transactions_are_written() {
+    let env = Env::new(AmoConfig {
+        customers_mode: "periodicity".into(),
+        ..cfg()
+    })
+    .await;
+    let (customer, purchases) = env.run.emulator.with_data(|d| {
+        assert!(!d.customers.is_empty(), "periodic buyers are customers");
+        let (id, txs) = d.transactions.iter().next().expect("purchases");
+        (*id, txs.len())
+    });
+    assert!(purchases >= 2);
+    let c = env.get_json(&format!("/api/v4/customers/{customer}")).await;
+    assert_eq!(c["purchases_count"], purchases);
+    let txs = env
+        .get_json(&format!("/api/v4/customers/{customer}/transactions"))
+        .await;
+    assert_eq!(
+        txs["_embedded"]["transactions"].as_array().unwrap().len(),
+        purchases
+    );
+    let all = env
+        .get_json("/api/v4/customers/transactions?limit=250")
+        .await;
+    assert!(
+        !all["_embedded"]["transactions"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let added = env
+        .get_json("/api/v4/events?filter[type]=customer_added&limit=1")
+        .await;
+    assert_eq!(added["_embedded"]["events"][0]["type"], "customer_added");
+
+    let post = reqwest::Method::POST;
+    let next = c["next_date"].as_i64().unwrap() + 86_400;
+    let (s, v) = env
+        .send(post.clone(), &format!("/api/v4/customers/{customer}/transactions?accrue_bonus=false"),
+              &json!([{"price": 1500, "comment": "вода", "next_date": next, "next_price": 1600,
+                       "_embedded": {"catalog_elements": [{"id": 900_001, "metadata": {"catalog_id": 5_001, "quantity": 5}}]}}]))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let c = env.get_json(&format!("/api/v4/customers/{customer}")).await;
+    assert_eq!(c["purchases_count"], purchases + 1);
+    assert_eq!(
+        (c["next_date"].as_i64(), c["next_price"].as_i64()),
+        (Some(next), Some(1600))
+    );
+    let (s, v) = env
+        .send(post.clone(), &format!("/api/v4/customers/{customer}/transactions"),
+              &json!([{"comment": "no price"}, {"price": 1, "_embedded": {"catalog_elements": [{"id": 1, "metadata": {"catalog_id": 5_001}}]}}]))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let paths = errors_paths(&v);
+    assert!(
+        paths.contains(&"price".to_owned())
+            && paths.contains(&"_embedded.catalog_elements.0.id".to_owned()),
+        "{paths:?}"
+    );
+    let (s, _) = env
+        .send(
+            post.clone(),
+            &format!("/api/v4/customers/{customer}/transactions?accrue_bonus=maybe"),
+            &json!([{"price": 1}]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = env
+        .send(
+            post,
+            "/api/v4/customers/1/transactions",
+            &json!([{"price": 1}]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // The generated history's events are there too, oldest first when asked.
+    let first = env
+        .get_json("/api/v4/events?order[created_at]=asc&limit=1")
+        .await;
+    assert_eq!(first["_embedded"]["events"][0]["type"], "contact_added");
+}
+
+#[tokio::test]
+async fn without_customers_mode_the_history_has_no_customers() {
+    let env = Env::new(cfg()).await;
+    env.run.emulator.with_data(|d| {
+        assert!(d.customers.is_empty() && d.transactions.is_empty());
+        assert!(
+            d.events
+                .iter()
+                .any(|e| e.event_type == "lead_status_changed")
+        );
+        assert!(
+            d.events
+                .windows(2)
+                .all(|w| w[0].created_at <= w[1].created_at)
+        );
+    });
+}
+
+#[tokio::test]
+async fn unknown_filters_on_tasks_events_and_customers_are_refused() {
+    let env = Env::new(AmoConfig {
+        customers_mode: "periodicity".into(),
+        ..cfg()
+    })
+    .await;
+    for path in [
+        "/api/v4/tasks?filter[text]=x",
+        "/api/v4/tasks?filter[entity_id]=1",
+        "/api/v4/tasks?filter[entity_type]=deals",
+        "/api/v4/events?filter[value_after][leads_statuses][0][status_id]=142",
+        "/api/v4/customers?filter[name]=x",
+        "/api/v4/customers/transactions?filter[price]=1",
+    ] {
+        let r = env.get(path).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["detail"].as_str().unwrap_or("").contains("filter"),
+            "{path}: {v}"
+        );
+    }
+    for path in [
+        "/api/v4/tasks?filter[entity_type]=leads&filter[entity_id]=1",
+        "/api/v4/events?filter[type]=lead_added&limit=1",
+        "/api/v4/customers?filter[id]=1",
+    ] {
+        let s = env.get(path).await.status();
+        assert!(
+            s == StatusCode::OK || s == StatusCode::NO_CONTENT,
+            "{path}: {s}"
+        );
+    }
 }

@@ -697,3 +697,37 @@ async fn start_paging_counts_exactly_by_rank() {
     let v = list(json!({"select": ["ID"], "start": 0})).await;
     assert_eq!(v["total"], json!(all.len() - 1));
 }
+
+/// A filter date the portal cannot read is an error, not a filter that matches nothing.
+#[tokio::test]
+async fn unparseable_filter_dates_are_an_error() {
+    let run = B24Emulator::spawn(cfg()).await.expect("spawn");
+    let c = run.emulator.config().clone();
+    let hook = format!(
+        "{}/rest/{}/{}/",
+        run.base_url, c.webhook_user_id, c.webhook_secret
+    );
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{hook}crm.deal.list"))
+        .json(&json!({"filter": {">DATE_MODIFY": "yesterday-ish"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("DATE_MODIFY"),
+        "{v}"
+    );
+    let r = http
+        .post(format!("{hook}crm.deal.list"))
+        .json(&json!({"filter": {">DATE_MODIFY": "2024-01-01T00:00:00+03:00"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

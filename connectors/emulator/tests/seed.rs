@@ -306,3 +306,75 @@ fn the_banner_names_the_period_and_how_old_it_is() {
         assert!(line.contains("days before today"), "{line}");
     }
 }
+
+#[test]
+fn history_ends_today_unless_an_end_is_pinned() {
+    let cfg = SeedConfig::ending_today(4, 300, 900);
+    let now = jiff::Timestamp::now();
+    assert!(cfg.now <= now, "{} > {now}", cfg.now);
+    assert!(now.duration_since(cfg.now) < jiff::SignedDuration::from_hours(24));
+    let today = now.to_zoned(TimeZone::UTC).date().to_string();
+    let line = cfg.period_line();
+    assert!(line.ends_with(&format!(".. {today}")), "{line}");
+    let d = seed::generate(&cfg);
+    let last = d.deals.iter().map(|x| x.created_at).max().unwrap();
+    assert!(
+        last <= cfg.now && cfg.now.duration_since(last) < jiff::SignedDuration::from_hours(24 * 14)
+    );
+
+    let pinned = SeedConfig::new(4, 300, 900).ending_on(jiff::civil::date(2025, 6, 1));
+    assert!(pinned.period_line().starts_with("2022-06-02 .. 2025-06-01"));
+    assert_eq!(seed::generate(&pinned), seed::generate(&pinned));
+    assert!(
+        seed::generate(&pinned)
+            .deals
+            .iter()
+            .all(|x| x.created_at <= pinned.now)
+    );
+}
+
+/// Consumable buyers order with Erlang-k gaps, k of their own: the gaps of the regular ones
+/// (large k) vary far less than those of the irregular ones, as `1/sqrt(k)` says.
+#[test]
+fn consumable_buyers_are_periodic_with_a_regularity_of_their_own() {
+    let d = data();
+    let mut times: HashMap<u64, Vec<i64>> = HashMap::new();
+    for deal in &d.deals {
+        times
+            .entry(deal.contact_id)
+            .or_default()
+            .push(deal.created_at.as_second());
+    }
+    let mut cv_by_shape: HashMap<u32, Vec<f64>> = HashMap::new();
+    for c in &d.contacts {
+        match c.profile {
+            BuyerProfile::Consumable => {}
+            _ => {
+                assert_eq!(c.gap_shape, None);
+                continue;
+            }
+        }
+        let k = c.gap_shape.expect("every consumable buyer has a gap shape");
+        let t = &times[&c.id];
+        if t.len() < 8 {
+            continue;
+        }
+        let gaps: Vec<f64> = t.windows(2).map(|w| (w[1] - w[0]) as f64).collect();
+        let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+        let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64;
+        cv_by_shape.entry(k).or_default().push(var.sqrt() / mean);
+    }
+    assert!(
+        cv_by_shape.len() >= 4,
+        "shapes seen: {:?}",
+        cv_by_shape.keys()
+    );
+    let avg = |k: u32| {
+        let v = &cv_by_shape[&k];
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let (irregular, regular) = (avg(2), avg(12));
+    // Erlang-2 gaps: CV about 0.71; Erlang-12: about 0.29 (plus a day's rounding).
+    assert!((0.5..0.9).contains(&irregular), "k=2: {irregular}");
+    assert!(regular < 0.42, "k=12: {regular}");
+}

@@ -19,6 +19,10 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 
+/// Marks requests served over TLS (links then say `https://`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Https;
+
 /// Request context: the base URL (from `Host`), the path and the parsed query.
 pub(crate) struct Ctx {
     pub base: String,
@@ -39,8 +43,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             .or_else(|| parts.uri.authority().map(|a| a.to_string()))
             .unwrap_or_else(|| "localhost".to_owned());
         let raw_query = parts.uri.query().map(str::to_owned);
+        let scheme = if parts.extensions.get::<Https>().is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Ok(Ctx {
-            base: format!("http://{host}"),
+            base: format!("{scheme}://{host}"),
             path: parts.uri.path().to_owned(),
             q: Query::parse(raw_query.as_deref()),
             raw_query,
@@ -597,7 +606,7 @@ pub(crate) async fn leads(State(st): State<Arc<Inner>>, ctx: Ctx) -> Result<Resp
     let created = q.range("created_at")?;
     let closed = q.range("closed_at")?;
     let price = q.num_range(&["filter", "price"])?;
-    let names: Option<Vec<String>> = q.strings(&["filter", "name"]);
+    let names: Option<Vec<String>> = q.texts(&["filter", "name"]);
     let created_by: Option<HashSet<u64>> = q
         .ids(&["filter", "created_by"])?
         .map(|v| v.into_iter().collect());
@@ -709,7 +718,7 @@ pub(crate) async fn contacts(State(st): State<Arc<Inner>>, ctx: Ctx) -> Result<R
     let responsible: Option<HashSet<u64>> = q
         .ids(&["filter", "responsible_user_id"])?
         .map(|v| v.into_iter().collect());
-    let names: Option<Vec<String>> = q.strings(&["filter", "name"]);
+    let names: Option<Vec<String>> = q.texts(&["filter", "name"]);
     let search = Search::new(q);
     let order = q.order(ENTITY_ORDERS)?.unwrap_or((OrderBy::Id, false));
     let with = With::from(&q.with());
@@ -877,6 +886,20 @@ pub(crate) async fn catalog_elements(
 /// `GET /api/v4/tasks`.
 pub(crate) async fn tasks(State(st): State<Arc<Inner>>, ctx: Ctx) -> Result<Response, ApiError> {
     let q = &ctx.q;
+    q.only_filters(&[
+        "id",
+        "updated_at",
+        "responsible_user_id",
+        "task_type",
+        "entity_type",
+        "entity_id",
+        "is_completed",
+    ])?;
+    if q.has(&["filter", "entity_id"]) && !q.has(&["filter", "entity_type"]) {
+        return Err(ApiError::BadRequest(
+            "filter[entity_id] needs filter[entity_type]".into(),
+        ));
+    }
     let (page, limit) = q.paging(250)?;
     let ids = sorted(q.ids(&["filter", "id"])?);
     let updated = q.range("updated_at")?;
@@ -887,6 +910,13 @@ pub(crate) async fn tasks(State(st): State<Arc<Inner>>, ctx: Ctx) -> Result<Resp
         .ids(&["filter", "task_type"])?
         .map(|v| v.into_iter().collect());
     let entity_type = q.get(&["filter", "entity_type"]).map(str::to_owned);
+    if let Some(t) = &entity_type
+        && !["leads", "contacts", "companies", "customers"].contains(&t.as_str())
+    {
+        return Err(ApiError::BadRequest(format!(
+            "invalid value {t:?} of query parameter filter[entity_type]"
+        )));
+    }
     let entity_ids: Option<HashSet<u64>> = q
         .ids(&["filter", "entity_id"])?
         .map(|v| v.into_iter().collect());
@@ -961,6 +991,14 @@ pub(crate) async fn task(
 /// `GET /api/v4/events`: limit at most 100, newest first unless `order[created_at]=asc`.
 pub(crate) async fn events(State(st): State<Arc<Inner>>, ctx: Ctx) -> Result<Response, ApiError> {
     let q = &ctx.q;
+    q.only_filters(&[
+        "id",
+        "type",
+        "entity",
+        "entity_id",
+        "created_by",
+        "created_at",
+    ])?;
     let (page, limit) = q.paging(100)?;
     let ids: Option<HashSet<String>> = q
         .strings(&["filter", "id"])

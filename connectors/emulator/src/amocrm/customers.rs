@@ -135,6 +135,7 @@ pub(crate) async fn status(
 /// `filter[updated_at][from|to]`, `with=contacts`; ordered by id; 204 when empty.
 pub(crate) async fn list(State(st): State<Arc<Inner>>, ctx: Ctx) -> Result<Response, ApiError> {
     let q = &ctx.q;
+    q.only_filters(&["id", "updated_at"])?;
     let (page, limit) = q.paging(250)?;
     let ids = q.ids(&["filter", "id"])?;
     let updated = q.range("updated_at")?;
@@ -714,4 +715,238 @@ pub(crate) async fn create_fields(
         "_links": {"self": {"href": format!("{}/api/v4/{entity}/custom_fields", ctx.base)}},
         "_embedded": {"custom_fields": out},
     })))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transactions (purchases), `docs/amocrm.md` §4.6
+
+fn list_transactions_of(
+    st: &Inner,
+    ctx: &Ctx,
+    customer: Option<u64>,
+) -> Result<Response, ApiError> {
+    let q = &ctx.q;
+    q.only_filters(&["id"])?;
+    let (page, limit) = q.paging(250)?;
+    let ids = q.ids(&["filter", "id"])?;
+    let d = st.read();
+    check_enabled(&d)?;
+    if let Some(c) = customer
+        && !d.customers.contains_key(&c)
+    {
+        return Err(ApiError::NoContent);
+    }
+    let mut all: Vec<&AmoTransaction> = match customer {
+        Some(c) => d.transactions.get(&c).into_iter().flatten().collect(),
+        None => d.transactions.values().flatten().collect(),
+    };
+    all.sort_by_key(|t| t.id);
+    let items: Vec<Value> = all
+        .into_iter()
+        .filter(|t| ids.as_ref().is_none_or(|v| v.contains(&t.id)))
+        .skip((page.saturating_sub(1) as usize).saturating_mul(limit as usize))
+        .take(limit as usize)
+        .map(|t| render::transaction(&d, t, &ctx.base))
+        .collect();
+    if items.is_empty() {
+        return Err(ApiError::NoContent);
+    }
+    let href = |p: u64| {
+        let mut parts: Vec<String> = ctx
+            .raw_query
+            .as_deref()
+            .unwrap_or("")
+            .split('&')
+            .filter(|x| !x.is_empty() && !x.starts_with("page="))
+            .map(str::to_owned)
+            .collect();
+        parts.push(format!("page={p}"));
+        format!("{}{}?{}", ctx.base, ctx.path, parts.join("&"))
+    };
+    let mut links = json!({"self": {"href": href(page)}});
+    if items.len() >= limit as usize {
+        links["next"] = json!({"href": href(page + 1)});
+    }
+    Ok(hal(&json!({
+        "_page": page,
+        "_links": links,
+        "_embedded": {"transactions": items},
+    })))
+}
+
+/// `GET /api/v4/customers/transactions`: every customer's purchases, by id.
+pub(crate) async fn all_transactions(
+    State(st): State<Arc<Inner>>,
+    ctx: Ctx,
+) -> Result<Response, ApiError> {
+    list_transactions_of(&st, &ctx, None)
+}
+
+/// `GET /api/v4/customers/{id}/transactions`.
+pub(crate) async fn transactions(
+    State(st): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    ctx: Ctx,
+) -> Result<Response, ApiError> {
+    let id: u64 = id.parse().map_err(|_| ApiError::NotFound)?;
+    list_transactions_of(&st, &ctx, Some(id))
+}
+
+/// A validated purchase: (request id, price, comment, completed_at, next date, next price,
+/// catalog elements).
+type TxChange = (
+    String,
+    i64,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Vec<(u64, u32)>,
+);
+
+fn validate_transaction(d: &AmoData, item: &Value, index: usize) -> Result<TxChange, Value> {
+    let rid = request_id(item, index);
+    let mut errs = Errs::default();
+    if !item.is_object() {
+        errs.invalid_type("", "object");
+        return Err(item_errors(&rid, errs.0));
+    }
+    if item.get("id").is_some_and(|v| !v.is_null()) {
+        errs.push(
+            "NotSupported",
+            "id",
+            "Transactions cannot be updated; create a new one.",
+        );
+    }
+    let price = get_i64(item, "price", &mut errs, Some(0));
+    if item.get("price").is_none_or(Value::is_null) {
+        errs.blank("price");
+    }
+    let comment = get_str(item, "comment", &mut errs);
+    let completed_at = get_i64(item, "completed_at", &mut errs, Some(0));
+    let next_date = get_i64(item, "next_date", &mut errs, Some(0));
+    let next_price = get_i64(item, "next_price", &mut errs, Some(0));
+    let mut elements = Vec::new();
+    if let Some(emb) = item.get("_embedded")
+        && let Some(list) = emb.get("catalog_elements")
+    {
+        match list.as_array() {
+            None => errs.invalid_type("_embedded.catalog_elements", "array"),
+            Some(list) => {
+                for (k, e) in list.iter().enumerate() {
+                    let p = format!("_embedded.catalog_elements.{k}");
+                    let id = e.get("id").and_then(Value::as_u64);
+                    match id {
+                        Some(id) if d.catalog.elements.contains_key(&id) => {}
+                        Some(_) => errs.push("NotFound", &format!("{p}.id"), "Entity not found."),
+                        None => errs.invalid_type(&format!("{p}.id"), "int"),
+                    }
+                    let meta = e.get("metadata");
+                    if meta
+                        .and_then(|m| m.get("catalog_id"))
+                        .and_then(Value::as_u64)
+                        != Some(d.catalog.id)
+                    {
+                        errs.choice(&format!("{p}.metadata.catalog_id"));
+                    }
+                    let quantity = match meta.and_then(|m| m.get("quantity")) {
+                        None | Some(Value::Null) => 1,
+                        Some(q) => match q.as_u64() {
+                            Some(q) if q > 0 => q as u32,
+                            _ => {
+                                errs.invalid_type(
+                                    &format!("{p}.metadata.quantity"),
+                                    "positive int",
+                                );
+                                1
+                            }
+                        },
+                    };
+                    elements.push((id.unwrap_or_default(), quantity));
+                }
+            }
+        }
+    }
+    if !errs.0.is_empty() {
+        return Err(item_errors(&rid, errs.0));
+    }
+    Ok((
+        rid,
+        price.unwrap_or_default(),
+        comment,
+        completed_at,
+        next_date,
+        next_price,
+        elements,
+    ))
+}
+
+/// `POST /api/v4/customers/{id}/transactions[?accrue_bonus=true|false]`: purchases of one
+/// customer; `next_date` / `next_price` of an item move the customer's.
+pub(crate) async fn create_transactions(
+    State(st): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    ctx: Ctx,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let id: u64 = id.parse().map_err(|_| ApiError::NotFound)?;
+    match ctx.q.get(&["accrue_bonus"]) {
+        None | Some("true" | "false") => {}
+        Some(v) => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid value {v:?} of query parameter accrue_bonus (true or false)"
+            )));
+        }
+    }
+    let items = parse_batch(&body)?;
+    if items.len() > MAX_CUSTOMERS_BATCH {
+        return Err(ApiError::BadRequest(format!(
+            "too many transactions in one request: {} (at most {MAX_CUSTOMERS_BATCH})",
+            items.len()
+        )));
+    }
+    let now = st.now();
+    let mut d = st.write();
+    check_enabled(&d)?;
+    if !d.customers.contains_key(&id) {
+        return Err(ApiError::NotFound);
+    }
+    let by = d.account.current_user_id;
+    let txs = validate_all(&items, |item, i| validate_transaction(&d, item, i))
+        .map_err(|errors| reject(&st, errors))?;
+    let mut out = Vec::new();
+    for (rid, price, comment, completed_at, next_date, next_price, elements) in txs {
+        let tid = d.new_id();
+        d.transactions.entry(id).or_default().push(AmoTransaction {
+            id: tid,
+            customer_id: id,
+            price,
+            comment,
+            completed_at: completed_at.unwrap_or(now),
+            created_by: by,
+            created_at: now,
+            catalog_elements: elements,
+        });
+        if let Some(c) = d.customers.get_mut(&id) {
+            if let Some(n) = next_date {
+                c.next_date = n;
+            }
+            if let Some(p) = next_price {
+                c.next_price = p;
+            }
+            c.updated_at = now.max(c.created_at);
+            c.updated_by = by;
+        }
+        st.record_writes(|w| {
+            w.entities_created.push(super::writes::EntityCreated {
+                entity_type: "customers/transactions".into(),
+                id: tid,
+                request_id: rid.clone(),
+            })
+        });
+        out.push(json!({"id": tid, "customer_id": id, "request_id": rid,
+            "_links": {"self": {"href": format!("{}/api/v4/customers/transactions/{tid}", ctx.base)}}}));
+    }
+    st.record_writes(|w| w.requests_applied += 1);
+    Ok(batch_response(&ctx, "transactions", out))
 }

@@ -26,6 +26,7 @@
 //! - Token times (`exp`, `server_time`) use the wall clock, as clients compare them with theirs.
 mod api;
 mod customers;
+mod entities;
 mod error;
 mod oauth;
 mod query;
@@ -35,10 +36,11 @@ mod webhooks;
 mod writes;
 
 pub use customers::MAX_CUSTOMERS_BATCH;
+pub use entities::NOTE_TYPES;
 pub use state::*;
 pub use writes::{
-    CustomerWrite, EntityUpdate, FieldCreated, FieldUpdate, LeadCreated, LeadMove, TagUpdate,
-    TaskCreated, TaskUpdated, Writes,
+    CustomerWrite, EntityCreated, EntityUpdate, FieldCreated, FieldUpdate, LeadCreated, LeadMove,
+    TagUpdate, TaskCreated, TaskUpdated, Writes,
 };
 
 use crate::delivery::{Delivery, DeliveryConfig, DeliveryStats};
@@ -86,10 +88,18 @@ pub struct AmoConfig {
     pub faults: FaultConfig,
     /// `customers_mode` of the account (`disabled`, `periodicity`, `segments`, `unavailable`).
     pub customers_mode: String,
+    /// In customers mode, whether the generated history holds a customer (with its purchases)
+    /// for every periodic buyer (`true` by default); `false` starts with no customers, for
+    /// tests that count the customers an integration creates.
+    pub history_customers: bool,
     /// A long-lived token (private integrations) accepted as Bearer without expiry.
     pub long_lived_token: Option<String>,
     /// Outgoing webhook delivery (timeout, retry schedule, duplicates, drops, delays).
     pub delivery: DeliveryConfig,
+    /// Seconds added to the emulator's clock for data changes (records' `created_at` /
+    /// `updated_at`, events): a CRM whose clock runs ahead (positive) or behind (negative) the
+    /// client's.
+    pub clock_offset_secs: i64,
 }
 
 impl Default for AmoConfig {
@@ -108,8 +118,10 @@ impl Default for AmoConfig {
             block_after_violations: 20,
             faults: FaultConfig::default(),
             customers_mode: "disabled".into(),
+            history_customers: true,
             long_lived_token: None,
             delivery: DeliveryConfig::default(),
+            clock_offset_secs: 0,
         }
     }
 }
@@ -186,11 +198,11 @@ impl Inner {
         lock(&self.cursors)
     }
 
-    /// The emulator's clock for data changes (unix seconds).
+    /// The emulator's clock for data changes (unix seconds), with the configured offset.
     fn now(&self) -> i64 {
         let wall = jiff::Timestamp::now().as_second();
         let seeded = self.cfg.seed.now.as_second() + self.started.elapsed().as_secs() as i64;
-        wall.max(seeded)
+        wall.max(seeded) + self.cfg.clock_offset_secs
     }
 
     fn record_writes(&self, f: impl FnOnce(&mut Writes)) {
@@ -223,7 +235,7 @@ impl AmoEmulator {
             created_at: cfg.seed.start.as_second(),
             current_user_id: state::admin_of(&ds),
         };
-        let data = AmoData::from_dataset(&ds, account, cfg.seed.seed);
+        let data = AmoData::from_dataset(&ds, account, cfg.seed.seed, cfg.history_customers);
         let inner = Inner {
             oauth: Mutex::new(oauth::OAuthState::new(cfg.seed.seed)),
             limiter: Mutex::new(Limiter::new(
@@ -253,8 +265,34 @@ impl AmoEmulator {
     /// The HTTP routes, with the gate (block, rate limit, faults, auth) applied.
     pub fn router(&self) -> Router {
         let st = self.0.clone();
-        Router::new()
-            .route("/oauth", get(oauth::authorize))
+        let mut r = Router::new();
+        // Notes, links and tags of every entity (static entity names: `/api/v4/leads/{id}`
+        // shares the segment).
+        for e in ["leads", "contacts", "companies", "customers"] {
+            r = r
+                .route(
+                    &format!("/api/v4/{e}/notes"),
+                    get(entities::list_notes).post(entities::create_notes),
+                )
+                .route(
+                    &format!("/api/v4/{e}/{{id}}/notes"),
+                    get(entities::list_entity_notes).post(entities::create_entity_notes),
+                )
+                .route(&format!("/api/v4/{e}/link"), post(entities::link_mass))
+                .route(
+                    &format!("/api/v4/{e}/{{id}}/link"),
+                    post(entities::link_one),
+                )
+                .route(
+                    &format!("/api/v4/{e}/{{id}}/links"),
+                    get(entities::links_of),
+                )
+                .route(
+                    &format!("/api/v4/{e}/tags"),
+                    get(entities::list_tags).post(entities::create_tags),
+                );
+        }
+        r.route("/oauth", get(oauth::authorize))
             .route("/oauth/", get(oauth::authorize))
             .route("/oauth2/access_token", post(oauth::token))
             .route(
@@ -293,6 +331,14 @@ impl AmoEmulator {
             .route("/api/v4/customers/statuses/{id}", get(customers::status))
             .route("/api/v4/customers/mode", patch(customers::set_mode))
             .route(
+                "/api/v4/customers/transactions",
+                get(customers::all_transactions),
+            )
+            .route(
+                "/api/v4/customers/{id}/transactions",
+                get(customers::transactions).post(customers::create_transactions),
+            )
+            .route(
                 "/api/v4/customers/{id}",
                 get(customers::get_one).patch(customers::patch_one),
             )
@@ -302,13 +348,16 @@ impl AmoEmulator {
                     .post(writes::create_leads)
                     .patch(writes::patch_leads),
             )
+            .route("/api/v4/leads/complex", post(writes::create_complex))
             .route(
                 "/api/v4/leads/{id}",
                 get(api::lead).patch(writes::patch_lead),
             )
             .route(
                 "/api/v4/contacts",
-                get(api::contacts).patch(writes::patch_contacts),
+                get(api::contacts)
+                    .post(entities::create_contacts)
+                    .patch(writes::patch_contacts),
             )
             .route(
                 "/api/v4/contacts/{id}",
@@ -316,7 +365,9 @@ impl AmoEmulator {
             )
             .route(
                 "/api/v4/companies",
-                get(api::companies).patch(writes::patch_companies),
+                get(api::companies)
+                    .post(entities::create_companies)
+                    .patch(writes::patch_companies),
             )
             .route("/api/v4/companies/{id}", get(api::company))
             .route("/api/v4/catalogs", get(api::catalogs))
@@ -336,6 +387,7 @@ impl AmoEmulator {
                     .delete(webhooks::delete),
             )
             .route("/_emulator/writes", get(inspect_writes))
+            .route("/_emulator/unblock", post(inspect_unblock))
             .route("/_emulator/stats", get(inspect_stats))
             .route(
                 "/_emulator/authorization_code",
@@ -354,6 +406,21 @@ impl AmoEmulator {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// Serves over HTTPS with `tls`'s certificate on `listener` until `shutdown` completes;
+    /// plain HTTP on that port gets nginx's "plain HTTP request was sent to HTTPS port".
+    pub async fn serve_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: &crate::tls::SelfSigned,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let listener = tls.listen(listener, crate::tls::PlainHttp::Nginx)?;
+        let router = self.router().layer(axum::Extension(api::Https));
+        axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await
     }
@@ -422,7 +489,8 @@ impl AmoEmulator {
         s
     }
 
-    /// Lifts a block (what amoCRM support does on request) and forgets past violations.
+    /// Lifts a block (what amoCRM support does on request) and forgets past violations; also
+    /// `POST /_emulator/unblock`.
     pub fn reset_block(&self) {
         lock(&self.0.limiter).reset_block();
     }
@@ -608,6 +676,126 @@ impl AmoEmulator {
         Some(id)
     }
 
+    /// Simulates the period `[from, to)` (unix seconds) of [`crate::answers::AnswerSim`]:
+    /// managers complete open tasks due in it (as a PATCH would: `task_completed` events),
+    /// customers buy (won leads in the main pipeline, dated in the period, `lead_added`
+    /// events; `updated_at` is the emulator's clock so incremental syncs see them).
+    pub fn simulate_answers(
+        &self,
+        from: i64,
+        to: i64,
+        sim: &crate::answers::AnswerSim,
+    ) -> crate::answers::AnswerReport {
+        let now = self.0.now();
+        let mut rng = crate::rng::Rng::new(sim.seed ^ from as u64);
+        let mut report = crate::answers::AnswerReport::default();
+        let mut d = self.0.write();
+        let main_contact = |d: &AmoData, lead: u64| {
+            d.leads.get(&lead).and_then(|l| {
+                l.contacts
+                    .iter()
+                    .find(|c| c.is_main)
+                    .or(l.contacts.first())
+                    .map(|c| c.id)
+            })
+        };
+        let due: Vec<u64> = d
+            .tasks
+            .values()
+            .filter(|t| !t.is_completed && t.complete_till >= from && t.complete_till < to)
+            .map(|t| t.id)
+            .collect();
+        let mut answered = std::collections::BTreeSet::new();
+        for id in due {
+            if !rng.chance(sim.completion) {
+                continue;
+            }
+            let Some(t) = d.tasks.get_mut(&id) else {
+                continue;
+            };
+            t.is_completed = true;
+            t.result_text = Some("Клиент ответил".into());
+            t.updated_at = now;
+            let (by, entity_type, entity_id) =
+                (t.responsible_user_id, t.entity_type.clone(), t.entity_id);
+            d.event(
+                "task_completed",
+                id,
+                "task",
+                by,
+                now,
+                json!([{"task_status": {"is_completed": true}}]),
+                json!([]),
+            );
+            report.completed += 1;
+            let contact = match (entity_type.as_deref(), entity_id) {
+                (Some("leads"), Some(l)) => main_contact(&d, l),
+                (Some("contacts"), Some(c)) => Some(c),
+                _ => None,
+            };
+            if let Some(c) = contact {
+                answered.insert(c);
+            }
+        }
+        report.answered = answered.len() as u64;
+        let customers: std::collections::BTreeSet<u64> = d
+            .leads
+            .values()
+            .filter(|l| l.status_id == STATUS_WON)
+            .filter_map(|l| main_contact(&d, l.id))
+            .filter(|c| d.contacts.contains_key(c))
+            .collect();
+        let Some(pipeline) = d.pipelines.values().find(|p| p.is_main).map(|p| p.id) else {
+            return report;
+        };
+        for c in customers {
+            let touched = answered.contains(&c);
+            let p = sim.base_probability + if touched { sim.uplift } else { 0.0 };
+            if !rng.chance(p) {
+                continue;
+            }
+            let at = rng.range(from, to - 1);
+            let Some(contact) = d.contacts.get(&c) else {
+                continue;
+            };
+            let (by, company_id) = (contact.responsible_user_id, contact.company_id);
+            let id = d.new_id();
+            d.insert_lead(AmoLead {
+                id,
+                name: format!("Сделка #{id}"),
+                price: sim.amount,
+                responsible_user_id: by,
+                status_id: STATUS_WON,
+                pipeline_id: pipeline,
+                created_by: by,
+                updated_by: by,
+                created_at: at,
+                updated_at: now,
+                closed_at: Some(at),
+                custom_fields: vec![],
+                tags: vec![],
+                contacts: vec![AmoLeadContact {
+                    id: c,
+                    is_main: true,
+                }],
+                company_id,
+                products: vec![],
+            });
+            d.event(
+                "lead_added",
+                id,
+                "lead",
+                by,
+                now,
+                json!([{"lead_status": {"id": STATUS_WON, "pipeline_id": pipeline}}]),
+                json!([]),
+            );
+            report.purchases += 1;
+            report.purchases_answered += u64::from(touched);
+        }
+        report
+    }
+
     /// Subscribes `destination` to the changes whose codes are in `settings` (`add_lead`,
     /// `status_lead`, ...), as `POST /api/v4/webhooks` does (the same destination again
     /// replaces its settings). Every later change is POSTed there in amoCRM's webhook format.
@@ -677,14 +865,31 @@ impl Drop for RunningAmo {
 /// `rebuy emulate amocrm`: generates the data, serves on `127.0.0.1:{port}` (0 = any free
 /// port), prints the base URL, the integration's credentials and a fresh authorization code,
 /// and runs until Ctrl-C.
-pub async fn run_amocrm(cfg: AmoConfig, port: u16) -> std::io::Result<()> {
+///
+/// With `tls`, it serves HTTPS with a certificate generated now, written (PEM) to the given
+/// path, which the banner names. The user lacks access to the paths in `deny`.
+pub async fn run_amocrm(
+    cfg: AmoConfig,
+    port: u16,
+    tls: Option<&std::path::Path>,
+    deny: &[String],
+) -> std::io::Result<()> {
     let started = std::time::Instant::now();
     let emulator = AmoEmulator::new(cfg);
     let (contacts, leads) = emulator.with_data(|d| (d.contacts.len(), d.leads.len()));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     let c = emulator.config();
-    println!("amoCRM emulator listening on http://{addr}");
+    let cert = match tls {
+        Some(path) => Some((crate::tls::SelfSigned::generate()?, path)),
+        None => None,
+    };
+    let scheme = if cert.is_some() { "https" } else { "http" };
+    if !deny.is_empty() {
+        let deny: Vec<&str> = deny.iter().map(String::as_str).collect();
+        emulator.set_denied(&deny);
+    }
+    println!("amoCRM emulator listening on {scheme}://{addr}");
     println!(
         "  account:        {} ({}.amocrm.ru), id {}",
         c.subdomain, c.subdomain, c.account_id
@@ -700,21 +905,42 @@ pub async fn run_amocrm(cfg: AmoConfig, port: u16) -> std::io::Result<()> {
     println!("  redirect_uri:   {}", c.redirect_uri);
     println!("  auth code:      {}", emulator.issue_authorization_code());
     println!(
-        "                  (valid 20 min, single use; POST http://{addr}/_emulator/authorization_code for another)"
+        "                  (valid 20 min, single use; POST {scheme}://{addr}/_emulator/authorization_code for another)"
     );
     if let Some(t) = &c.long_lived_token {
         println!("  long-lived token: {t}");
     }
     println!("  customers mode: {}", c.customers_mode);
+    println!("  faults:         {}", c.faults);
+    if !deny.is_empty() {
+        println!("  denied:         {}", deny.join(", "));
+    }
+    if c.clock_offset_secs != 0 {
+        println!("  clock offset:   {:+} s", c.clock_offset_secs);
+    }
+    if let Some((cert, path)) = &cert {
+        std::fs::write(path, cert.cert_pem())?;
+        println!(
+            "  tls cert:       {} (self-signed; trust it, e.g. SSL_CERT_FILE={})",
+            path.display(),
+            path.display()
+        );
+    }
     println!(
-        "  rate limit:     {} req/s (0 = unlimited); writes at http://{addr}/_emulator/writes",
+        "  block:          after {} 429s within 60 s (0 = never); POST {scheme}://{addr}/_emulator/unblock lifts it",
+        c.block_after_violations
+    );
+    println!(
+        "  rate limit:     {} req/s (0 = unlimited); writes at {scheme}://{addr}/_emulator/writes",
         c.rate_limit_per_sec
     );
-    emulator
-        .serve(listener, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match cert {
+        Some((cert, _)) => emulator.serve_tls(listener, &cert, ctrl_c).await,
+        None => emulator.serve(listener, ctrl_c).await,
+    }
 }
 
 /// The gate every request passes (see the module docs for the order).
@@ -889,6 +1115,21 @@ async fn inspect_stats(State(st): State<Arc<Inner>>) -> Response {
         StatusCode::OK,
         "application/json",
         &serde_json::to_value(s).unwrap_or_default(),
+    )
+}
+
+/// `POST /_emulator/unblock`: what amoCRM support does for a blocked integration.
+async fn inspect_unblock(State(st): State<Arc<Inner>>) -> Response {
+    let was = {
+        let mut l = lock(&st.limiter);
+        let was = l.is_blocked();
+        l.reset_block();
+        was
+    };
+    error::json_response(
+        StatusCode::OK,
+        "application/json",
+        &json!({"unblocked": was, "blocked": false}),
     )
 }
 

@@ -171,6 +171,25 @@ impl Query {
         Ok(Some(out))
     }
 
+    /// Whole values of a text parameter (`filter[name]=a`, `filter[name][]=a`): never split on
+    /// commas, which names may contain; `None` when absent.
+    pub fn texts(&self, path: &[&str]) -> Option<Vec<String>> {
+        self.has(path).then(|| {
+            self.pairs
+                .iter()
+                .filter(|(k, _)| {
+                    Self::matches(k, path)
+                        || (k.len() == path.len() + 1
+                            && k.iter().zip(path).all(|(a, b)| a == b)
+                            && k.last().is_some_and(|l| {
+                                l.is_empty() || l.bytes().all(|b| b.is_ascii_digit())
+                            }))
+                })
+                .map(|(_, v)| v.clone())
+                .collect()
+        })
+    }
+
     /// A list of strings (`filter[type]`); `None` when absent.
     pub fn strings(&self, path: &[&str]) -> Option<Vec<String>> {
         self.has(path)

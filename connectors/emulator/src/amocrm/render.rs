@@ -574,6 +574,8 @@ pub(crate) fn customer_status(d: &AmoData, s: &AmoCustomerStatus, base: &str) ->
 
 /// A customer as API v4 shows it; `with_contacts` embeds its contacts.
 pub(crate) fn customer(d: &AmoData, c: &AmoCustomer, base: &str, with_contacts: bool) -> Value {
+    let txs = d.transactions.get(&c.id).map_or(&[][..], Vec::as_slice);
+    let (ltv, purchases) = (txs.iter().map(|t| t.price).sum::<i64>(), txs.len() as i64);
     let mut embedded = json!({
         "tags": tags(&c.tags),
         "segments": [],
@@ -605,11 +607,39 @@ pub(crate) fn customer(d: &AmoData, c: &AmoCustomer, base: &str, with_contacts: 
         "closest_task_at": null,
         "is_deleted": false,
         "custom_fields_values": custom_fields(&c.custom_fields),
-        "ltv": 0,
-        "purchases_count": 0,
-        "average_check": 0,
+        "ltv": ltv,
+        "purchases_count": purchases,
+        "average_check": if purchases > 0 { ltv / purchases } else { 0 },
         "account_id": d.account.id,
         "_links": self_link(base, &format!("/api/v4/customers/{}", c.id)),
         "_embedded": embedded,
+    })
+}
+
+/// A customer's purchase as `/api/v4/customers/transactions` shows it.
+pub(crate) fn transaction(d: &AmoData, t: &AmoTransaction, base: &str) -> Value {
+    let elements: Vec<Value> = t
+        .catalog_elements
+        .iter()
+        .map(|(id, q)| json!({"id": id, "metadata": {"catalog_id": d.catalog.id, "quantity": q}}))
+        .collect();
+    json!({
+        "id": t.id,
+        "price": t.price,
+        "comment": t.comment,
+        "completed_at": t.completed_at,
+        "customer_id": t.customer_id,
+        "created_by": t.created_by,
+        "updated_by": t.created_by,
+        "created_at": t.created_at,
+        "updated_at": t.created_at,
+        "is_deleted": false,
+        "account_id": d.account.id,
+        "_links": self_link(base, &format!("/api/v4/customers/transactions/{}", t.id)),
+        "_embedded": {
+            "customer": {"id": t.customer_id,
+                "_links": self_link(base, &format!("/api/v4/customers/{}", t.customer_id))},
+            "catalog_elements": elements,
+        },
     })
 }

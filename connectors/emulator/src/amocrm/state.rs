@@ -554,6 +554,54 @@ pub struct AmoEvent {
     pub value_before: Value,
 }
 
+/// A note on a lead, contact, company or customer (`/api/v4/{entity}/notes`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoNote {
+    /// Id.
+    pub id: u64,
+    /// The entity type in API paths (`leads`, `contacts`, `companies`, `customers`).
+    pub entity_type: String,
+    /// The entity's id.
+    pub entity_id: u64,
+    /// `common`, `call_in`, ...
+    pub note_type: String,
+    /// The type's parameters (`{"text": ..}` for `common`).
+    pub params: Value,
+    /// Responsible user.
+    pub responsible_user_id: u64,
+    /// Creator.
+    pub created_by: u64,
+    /// Last editor.
+    pub updated_by: u64,
+    /// Created (unix s).
+    pub created_at: i64,
+    /// Updated (unix s).
+    pub updated_at: i64,
+    /// Pinned on the card.
+    pub is_pinned: bool,
+}
+
+/// A purchase of a customer (`/api/v4/customers/{id}/transactions`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmoTransaction {
+    /// Id.
+    pub id: u64,
+    /// The customer.
+    pub customer_id: u64,
+    /// Amount in whole units.
+    pub price: i64,
+    /// Comment.
+    pub comment: Option<String>,
+    /// When the purchase was made (unix s).
+    pub completed_at: i64,
+    /// Creator.
+    pub created_by: u64,
+    /// Created (unix s).
+    pub created_at: i64,
+    /// Catalog elements bought: (element id, quantity).
+    pub catalog_elements: Vec<(u64, u32)>,
+}
+
 /// A webhook subscription (`/api/v4/webhooks` model): every change whose code is in
 /// `settings` is POSTed to `destination` (see [`crate::delivery`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -610,8 +658,9 @@ pub struct AmoData {
     pub fields: AmoFields,
     /// Tasks by id.
     pub tasks: BTreeMap<u64, AmoTask>,
-    /// The event log, oldest first. The generated history has no events; every change made
-    /// through the emulator adds them.
+    /// The event log, oldest first: the generated history's (`contact_added`, `lead_added`,
+    /// `lead_status_changed` when a lead closed, and in customers mode `customer_added` and
+    /// `transaction_added`), then every change made through the emulator.
     pub events: Vec<AmoEvent>,
     /// Registered webhooks.
     pub webhooks: Vec<AmoWebhook>,
@@ -620,6 +669,14 @@ pub struct AmoData {
     pub customers: BTreeMap<u64, AmoCustomer>,
     /// The customers funnel's statuses (periodicity mode).
     pub customer_statuses: Vec<AmoCustomerStatus>,
+    /// Notes by id.
+    pub notes: BTreeMap<u64, AmoNote>,
+    /// Purchases by customer id, oldest first.
+    pub transactions: BTreeMap<u64, Vec<AmoTransaction>>,
+    /// Tags created through `POST /api/v4/{entity}/tags`, by entity type.
+    pub created_tags: BTreeMap<String, BTreeSet<u64>>,
+    /// Tag colours given on creation.
+    pub tag_colors: BTreeMap<u64, String>,
     #[serde(skip)]
     pub(crate) idx: Indexes,
     #[serde(skip)]
@@ -817,7 +874,12 @@ fn find_def(defs: &[AmoFieldDef], id: u64) -> &AmoFieldDef {
 
 impl AmoData {
     /// Maps a generated dataset into amoCRM records.
-    pub(crate) fn from_dataset(ds: &Dataset, account: AmoAccount, seed: u64) -> Self {
+    pub(crate) fn from_dataset(
+        ds: &Dataset,
+        account: AmoAccount,
+        seed: u64,
+        history_customers: bool,
+    ) -> Self {
         let fields = field_defs();
         let users = ds
             .users
@@ -986,6 +1048,10 @@ impl AmoData {
             webhooks: Vec::new(),
             customers: BTreeMap::new(),
             customer_statuses: default_customer_statuses(),
+            notes: BTreeMap::new(),
+            transactions: BTreeMap::new(),
+            created_tags: BTreeMap::new(),
+            tag_colors: BTreeMap::new(),
             changes: ChangeLog::default(),
             idx: Indexes::default(),
             next_id: 0,
@@ -1051,7 +1117,161 @@ impl AmoData {
         .max()
         .unwrap_or(50_000_000)
             + 1;
+        data.generate_history(ds, history_customers);
         data
+    }
+
+    /// The generated history's events (oldest first) and, in customers mode, a customer with
+    /// its purchases for every periodic buyer (regulars and consumable buyers with two or more
+    /// won leads).
+    fn generate_history(&mut self, ds: &Dataset, customers: bool) {
+        use crate::seed::BuyerProfile;
+        const DAY: i64 = 86_400;
+        // (time, order within the instant, type, entity, entity type, by, after, before)
+        type Ev = (i64, u8, &'static str, u64, &'static str, u64, Value, Value);
+        let mut evs: Vec<Ev> = Vec::with_capacity(self.contacts.len() + 2 * self.leads.len());
+        for c in self.contacts.values() {
+            evs.push((
+                c.created_at,
+                0,
+                "contact_added",
+                c.id,
+                "contact",
+                c.created_by,
+                json!([]),
+                json!([]),
+            ));
+        }
+        for l in self.leads.values() {
+            let first = self
+                .pipelines
+                .get(&l.pipeline_id)
+                .and_then(AmoPipeline::first_open_status)
+                .unwrap_or(l.status_id);
+            let at_first = json!([{"lead_status": {"id": first, "pipeline_id": l.pipeline_id}}]);
+            evs.push((
+                l.created_at,
+                1,
+                "lead_added",
+                l.id,
+                "lead",
+                l.created_by,
+                at_first.clone(),
+                json!([]),
+            ));
+            if let Some(t) = l.closed_at {
+                evs.push((
+                    t,
+                    2,
+                    "lead_status_changed",
+                    l.id,
+                    "lead",
+                    l.responsible_user_id,
+                    json!([{"lead_status": {"id": l.status_id, "pipeline_id": l.pipeline_id}}]),
+                    at_first,
+                ));
+            }
+        }
+        if customers
+            && matches!(
+                self.account.customers_mode.as_str(),
+                "periodicity" | "segments"
+            )
+        {
+            let status = self
+                .customer_statuses
+                .iter()
+                .find(|s| s.is_default)
+                .or(self.customer_statuses.first())
+                .map_or(0, |s| s.id);
+            let mut made: Vec<(AmoCustomer, Vec<AmoTransaction>)> = Vec::new();
+            for c in &ds.contacts {
+                if !matches!(c.profile, BuyerProfile::Regular | BuyerProfile::Consumable) {
+                    continue;
+                }
+                let mut won: Vec<&AmoLead> = self
+                    .leads_of_contact(c.id)
+                    .iter()
+                    .filter_map(|id| self.leads.get(id))
+                    .filter(|l| l.status_id == STATUS_WON && l.closed_at.is_some())
+                    .collect();
+                if won.len() < 2 {
+                    continue;
+                }
+                won.sort_by_key(|l| (l.closed_at, l.id));
+                let Some(contact) = self.contacts.get(&c.id) else {
+                    continue;
+                };
+                let (first, last) = (
+                    won.first().and_then(|l| l.closed_at).unwrap_or_default(),
+                    won.last().and_then(|l| l.closed_at).unwrap_or_default(),
+                );
+                let total: i64 = won.iter().map(|l| l.price).sum();
+                let cycle = i64::from(c.cycle_days.unwrap_or(30));
+                let customer = AmoCustomer {
+                    id: 0,
+                    name: contact.name.clone(),
+                    next_price: total / won.len() as i64,
+                    next_date: last + cycle * DAY,
+                    responsible_user_id: contact.responsible_user_id,
+                    status_id: status,
+                    periodicity: cycle,
+                    created_by: contact.responsible_user_id,
+                    updated_by: contact.responsible_user_id,
+                    created_at: first,
+                    updated_at: last,
+                    custom_fields: Vec::new(),
+                    tags: Vec::new(),
+                    contacts: vec![AmoLeadContact {
+                        id: c.id,
+                        is_main: true,
+                    }],
+                    company_id: contact.company_id,
+                };
+                let txs = won
+                    .iter()
+                    .map(|l| AmoTransaction {
+                        id: 0,
+                        customer_id: 0,
+                        price: l.price,
+                        comment: Some(format!("Сделка #{}", l.id)),
+                        completed_at: l.closed_at.unwrap_or_default(),
+                        created_by: l.responsible_user_id,
+                        created_at: l.closed_at.unwrap_or_default(),
+                        catalog_elements: l
+                            .products
+                            .iter()
+                            .map(|p| (p.element_id, p.quantity))
+                            .collect(),
+                    })
+                    .collect();
+                made.push((customer, txs));
+            }
+            made.sort_by_key(|(c, _)| c.created_at);
+            for (mut c, mut txs) in made {
+                c.id = self.new_id();
+                for t in &mut txs {
+                    t.id = self.new_id();
+                    t.customer_id = c.id;
+                }
+                evs.push((
+                    c.created_at,
+                    3,
+                    "customer_added",
+                    c.id,
+                    "customer",
+                    c.created_by,
+                    json!([]),
+                    json!([]),
+                ));
+                self.transactions.insert(c.id, txs);
+                self.customers.insert(c.id, c);
+            }
+        }
+        evs.sort_by_key(|e| (e.0, e.1, e.3));
+        for (at, _, ty, id, entity, by, after, before) in evs {
+            self.event(ty, id, entity, by, at, after, before);
+        }
     }
 
     fn rebuild_indexes(&mut self) {

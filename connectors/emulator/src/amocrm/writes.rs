@@ -172,6 +172,17 @@ pub struct FieldCreated {
     pub request_id: String,
 }
 
+/// A contact, company, note or transaction created through the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EntityCreated {
+    /// `contacts`, `companies`, `leads/notes`, `customers/transactions`, ...
+    pub entity_type: String,
+    /// New id.
+    pub id: u64,
+    /// The item's request id as echoed.
+    pub request_id: String,
+}
+
 /// Everything written through the API, in order (also served at `GET /_emulator/writes`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Writes {
@@ -197,6 +208,10 @@ pub struct Writes {
     pub fields_created: Vec<FieldCreated>,
     /// Customers mode switches (`PATCH /api/v4/customers/mode`): the account's mode after.
     pub customers_mode_changes: Vec<String>,
+    /// Contacts, companies, notes and transactions created.
+    pub entities_created: Vec<EntityCreated>,
+    /// Links made through `/link`.
+    pub links_created: u64,
     /// Write requests applied.
     pub requests_applied: u64,
     /// Write requests rejected with 400 (nothing applied).
@@ -560,7 +575,7 @@ pub(super) fn resolve_tags(d: &mut AmoData, specs: &[TagSpec]) -> Vec<AmoTag> {
 }
 
 /// A validated lead write.
-struct LeadChange {
+pub(super) struct LeadChange {
     id: u64,
     request_id: String,
     keys: Vec<String>,
@@ -639,7 +654,7 @@ pub(super) fn changed_keys(item: &Value, emb: Option<&Value>) -> Vec<String> {
     keys
 }
 
-fn validate_lead(
+pub(super) fn validate_lead(
     d: &AmoData,
     item: &Value,
     index: usize,
@@ -964,6 +979,22 @@ pub(crate) async fn create_leads(
         .map_err(|errors| reject(&st, errors))?;
     let mut out = Vec::new();
     for ch in changes {
+        let id = insert_new_lead(&st, &mut d, &ch, now, by);
+        out.push(json!({"id": id, "request_id": ch.request_id, "_links": {"self": {"href": format!("{}/api/v4/leads/{id}", ctx.base)}}}));
+    }
+    st.record_writes(|w| w.requests_applied += 1);
+    Ok(batch_response(&ctx, "leads", out))
+}
+
+/// Inserts a validated new lead, records `lead_added` and the write; returns its id.
+pub(super) fn insert_new_lead(
+    st: &Inner,
+    d: &mut AmoData,
+    ch: &LeadChange,
+    now: i64,
+    by: u64,
+) -> u64 {
+    {
         let id = d.new_id();
         let (pipeline_id, status_id) = ch.target.unwrap_or_default();
         let mut custom_fields = Vec::new();
@@ -973,7 +1004,7 @@ pub(crate) async fn create_leads(
         let tags = ch
             .tags
             .as_ref()
-            .map(|s| resolve_tags(&mut d, s))
+            .map(|s| resolve_tags(d, s))
             .unwrap_or_default();
         let closed = status_id == STATUS_WON || status_id == STATUS_LOST;
         let company_id = ch.company.or_else(|| {
@@ -1022,10 +1053,138 @@ pub(crate) async fn create_leads(
                 request_id: ch.request_id.clone(),
             })
         });
-        out.push(json!({"id": id, "request_id": ch.request_id, "_links": {"self": {"href": format!("{}/api/v4/leads/{id}", ctx.base)}}}));
+        id
+    }
+}
+
+/// Most leads in one `POST /api/v4/leads/complex` request.
+pub const MAX_COMPLEX_BATCH: usize = 50;
+/// Most custom field values per entity of a complex lead.
+const MAX_COMPLEX_FIELDS: usize = 40;
+
+/// `POST /api/v4/leads/complex`: each lead with at most one new contact and one new company
+/// in `_embedded` (`docs/amocrm.md` §4.1); the answer is a plain array
+/// `[{id, contact_id, company_id, request_id: [..], merged: false}]`. The emulator runs no
+/// duplicate control (`merged` is always `false`).
+pub(crate) async fn create_complex(
+    State(st): State<Arc<Inner>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let items = parse_batch(&body)?;
+    if items.len() > MAX_COMPLEX_BATCH {
+        return Err(ApiError::BadRequest(format!(
+            "too many leads in one complex request: {} (at most {MAX_COMPLEX_BATCH})",
+            items.len()
+        )));
+    }
+    let now = st.now();
+    let mut d = st.write();
+    let by = d.account.current_user_id;
+    let validated = validate_all(&items, |item, i| {
+        let rid = request_id(item, i);
+        let mut errs = Errs::default();
+        let emb = item.get("_embedded");
+        let one = |key: &str, errs: &mut Errs| -> Option<Value> {
+            let v = emb.and_then(|e| e.get(key))?;
+            match v.as_array() {
+                Some(a) if a.len() > 1 => {
+                    errs.push(
+                        "TooMany",
+                        &format!("_embedded.{key}"),
+                        "A complex lead takes at most one.",
+                    );
+                    None
+                }
+                Some(a) => a.first().cloned(),
+                None => {
+                    errs.invalid_type(&format!("_embedded.{key}"), "array");
+                    None
+                }
+            }
+        };
+        let contact = one("contacts", &mut errs);
+        let company = one("companies", &mut errs);
+        for (path, v) in [
+            ("custom_fields_values", item.get("custom_fields_values")),
+            (
+                "_embedded.contacts.0.custom_fields_values",
+                contact.as_ref().and_then(|c| c.get("custom_fields_values")),
+            ),
+            (
+                "_embedded.companies.0.custom_fields_values",
+                company.as_ref().and_then(|c| c.get("custom_fields_values")),
+            ),
+        ] {
+            if v.and_then(Value::as_array)
+                .is_some_and(|a| a.len() > MAX_COMPLEX_FIELDS)
+            {
+                errs.push(
+                    "TooMany",
+                    path,
+                    &format!("At most {MAX_COMPLEX_FIELDS} custom field values per entity."),
+                );
+            }
+        }
+        // The lead itself, without the new entities its `_embedded` carries.
+        let mut lead = item.clone();
+        if let Some(e) = lead.get_mut("_embedded").and_then(Value::as_object_mut) {
+            e.remove("contacts");
+            e.remove("companies");
+        }
+        let lead = match validate_lead(&d, &lead, i, true) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                if let Some(list) = e.get("errors").and_then(Value::as_array) {
+                    errs.0.extend(list.iter().cloned());
+                }
+                None
+            }
+        };
+        let contact = contact.and_then(|c| {
+            super::entities::validate_complex_card(&d, &c, false, "_embedded.contacts.0", &mut errs)
+        });
+        let company = company.and_then(|c| {
+            super::entities::validate_complex_card(&d, &c, true, "_embedded.companies.0", &mut errs)
+        });
+        match lead {
+            Some(lead) if errs.0.is_empty() => Ok((rid, lead, contact, company)),
+            _ => Err(item_errors(&rid, errs.0)),
+        }
+    })
+    .map_err(|errors| reject(&st, errors))?;
+    let mut out = Vec::new();
+    for (rid, mut lead, contact, company) in validated {
+        let company_id = company.map(|c| c.insert(&st, &mut d, true, now, by));
+        let contact_id = contact.map(|c| c.insert(&st, &mut d, false, now, by));
+        if let (Some(contact), Some(company)) = (contact_id, company_id)
+            && let Some(c) = d.contacts.get_mut(&contact)
+        {
+            c.company_id = Some(company);
+            d.idx
+                .company_contacts
+                .entry(company)
+                .or_default()
+                .push(contact);
+        }
+        if let Some(c) = contact_id {
+            lead.contacts = vec![AmoLeadContact {
+                id: c,
+                is_main: true,
+            }];
+        }
+        lead.company = company_id;
+        let id = insert_new_lead(&st, &mut d, &lead, now, by);
+        out.push(
+            json!({"id": id, "contact_id": contact_id, "company_id": company_id,
+            "request_id": [rid], "merged": false}),
+        );
     }
     st.record_writes(|w| w.requests_applied += 1);
-    Ok(batch_response(&ctx, "leads", out))
+    Ok(super::error::json_response(
+        axum::http::StatusCode::OK,
+        super::error::HAL_JSON,
+        &Value::Array(out),
+    ))
 }
 
 /// A validated contact write.

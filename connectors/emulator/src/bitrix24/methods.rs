@@ -1461,6 +1461,8 @@ fn todo_add(st: &Inner, p: &Map<String, Value>, caller: &Caller) -> Result<Metho
                 deadline: parse_time(&deadline).unwrap_or_default(),
                 responsible_id: responsible,
                 created: st.now(),
+                completed: false,
+                last_updated: st.now(),
             },
         );
         id
@@ -1470,7 +1472,7 @@ fn todo_add(st: &Inner, p: &Map<String, Value>, caller: &Caller) -> Result<Metho
     Ok(MethodOk::of(result))
 }
 
-/// `crm.activity.list {filter: {OWNER_TYPE_ID, OWNER_ID, RESPONSIBLE_ID}, select, start}`:
+/// `crm.activity.list {filter: {ID, OWNER_TYPE_ID, OWNER_ID, RESPONSIBLE_ID}, select, start}`:
 /// activities by id ascending, 50 per page (`next` / `total`). Values are strings, as in the
 /// legacy CRM lists; `select` narrows the fields (`ID` is always present).
 fn activity_list(st: &Inner, p: &Map<String, Value>) -> Result<MethodOk, ApiErr> {
@@ -1479,6 +1481,14 @@ fn activity_list(st: &Inner, p: &Map<String, Value>) -> Result<MethodOk, ApiErr>
         _ => Map::new(),
     };
     let want = |k: &str| filter.get(k).and_then(as_i64);
+    // `ID` takes one id or a list (IN), as the legacy list filters do.
+    let ids: Option<Vec<u64>> = filter.get("ID").map(|v| {
+        list_of(v)
+            .into_iter()
+            .filter_map(as_i64)
+            .map(|i| i as u64)
+            .collect()
+    });
     let (owner_type, owner, responsible) = (
         want("OWNER_TYPE_ID"),
         want("OWNER_ID"),
@@ -1498,6 +1508,7 @@ fn activity_list(st: &Inner, p: &Map<String, Value>) -> Result<MethodOk, ApiErr>
         .filter(|a| owner_type.is_none_or(|t| t as u64 == a.owner_type_id))
         .filter(|a| owner.is_none_or(|o| o as u64 == a.owner_id))
         .filter(|a| responsible.is_none_or(|r| r as u64 == a.responsible_id))
+        .filter(|a| ids.as_ref().is_none_or(|ids| ids.contains(&a.id)))
         .collect();
     let total = all.len();
     let page: Vec<Value> = all
@@ -1511,7 +1522,8 @@ fn activity_list(st: &Inner, p: &Map<String, Value>) -> Result<MethodOk, ApiErr>
                 "PROVIDER_ID": "CRM_TODO", "PROVIDER_TYPE_ID": "TODO",
                 "SUBJECT": a.subject, "DESCRIPTION": a.description, "DESCRIPTION_TYPE": "1",
                 "DEADLINE": iso(a.deadline), "RESPONSIBLE_ID": a.responsible_id.to_string(),
-                "COMPLETED": "N", "CREATED": iso(a.created),
+                "COMPLETED": if a.completed { "Y" } else { "N" }, "CREATED": iso(a.created),
+                "LAST_UPDATED": iso(a.last_updated),
             });
             if select.is_empty() || select.iter().any(|s| s == "*") {
                 return full;

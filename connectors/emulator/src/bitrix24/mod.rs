@@ -110,6 +110,9 @@ pub struct B24Config {
     /// Event delivery to online handlers (duplicates, drops, delays; the retry schedule is
     /// ignored: Bitrix24 never retries).
     pub delivery: DeliveryConfig,
+    /// Seconds added to the emulator's clock for data changes (`DATE_CREATE`, `DATE_MODIFY`,
+    /// events): a portal whose clock runs ahead (positive) or behind (negative) the client's.
+    pub clock_offset_secs: i64,
 }
 
 impl Default for B24Config {
@@ -134,6 +137,7 @@ impl Default for B24Config {
             call_time_ms: 0,
             faults: FaultConfig::default(),
             delivery: DeliveryConfig::default(),
+            clock_offset_secs: 0,
         }
     }
 }
@@ -267,7 +271,7 @@ impl Inner {
     pub(crate) fn now(&self) -> i64 {
         let wall = jiff::Timestamp::now().as_second();
         let seeded = self.cfg.seed.now.as_second() + self.started.elapsed().as_secs() as i64;
-        wall.max(seeded)
+        wall.max(seeded) + self.cfg.clock_offset_secs
     }
 
     pub(crate) fn app_installed(&self) -> bool {
@@ -448,9 +452,49 @@ impl B24Emulator {
             .await
     }
 
+    /// Serves over HTTPS with `tls`'s certificate on `listener` until `shutdown` completes; a
+    /// plain-HTTP request on that port gets Bitrix24's 400 `INVALID_REQUEST` "Https required.".
+    pub async fn serve_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: &crate::tls::SelfSigned,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        if let Ok(addr) = listener.local_addr() {
+            *lock(&self.0.base_url) = Some(format!("https://{addr}"));
+        }
+        let listener = tls.listen(listener, crate::tls::PlainHttp::Bitrix24)?;
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
     /// Generates the data, binds `127.0.0.1:0` and serves in a background task.
     pub async fn spawn(cfg: B24Config) -> std::io::Result<RunningB24> {
         Self::new(cfg).start().await
+    }
+
+    /// Binds `127.0.0.1:0` and serves this emulator over HTTPS (`tls`'s certificate) in a
+    /// background task; the base URL is `https://127.0.0.1:{port}`.
+    pub async fn start_tls(self, tls: &crate::tls::SelfSigned) -> std::io::Result<RunningB24> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let emulator = self.clone();
+        let tls = tls.clone();
+        let task = tokio::spawn(async move {
+            self.serve_tls(listener, &tls, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        Ok(RunningB24 {
+            base_url: format!("https://{addr}"),
+            addr,
+            emulator,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
     }
 
     /// Binds `127.0.0.1:0` and serves this emulator in a background task.
@@ -588,9 +632,133 @@ impl B24Emulator {
         found
     }
 
+    /// Simulates the period `[from, to)` (unix seconds) of [`crate::answers::AnswerSim`]:
+    /// managers complete open to-dos due in it, customers (contacts with a won deal) buy: won
+    /// deals in category 0 dated in the period (`DATE_MODIFY` is the emulator's clock, so
+    /// incremental syncs see them).
+    pub fn simulate_answers(
+        &self,
+        from: i64,
+        to: i64,
+        sim: &crate::answers::AnswerSim,
+    ) -> crate::answers::AnswerReport {
+        let now = self.0.now();
+        let mut rng = crate::rng::Rng::new(sim.seed ^ from as u64);
+        let mut report = crate::answers::AnswerReport::default();
+        let mut added = Vec::new();
+        {
+            let mut d = self.0.write();
+            let mut answered = std::collections::BTreeSet::new();
+            let due: Vec<u64> = d
+                .activities
+                .values()
+                .filter(|a| !a.completed && a.deadline >= from && a.deadline < to)
+                .map(|a| a.id)
+                .collect();
+            for id in due {
+                if !rng.chance(sim.completion) {
+                    continue;
+                }
+                let Some(a) = d.activities.get_mut(&id) else {
+                    continue;
+                };
+                a.completed = true;
+                a.last_updated = now;
+                let (ty, owner) = (a.owner_type_id, a.owner_id);
+                report.completed += 1;
+                let contact = match ty {
+                    2 => d.deals.get(&owner).and_then(|x| x.contact_id),
+                    3 => Some(owner),
+                    _ => None,
+                };
+                if let Some(c) = contact {
+                    answered.insert(c);
+                }
+            }
+            report.answered = answered.len() as u64;
+            let customers: std::collections::BTreeSet<u64> = d
+                .deals
+                .values()
+                .filter(|x| x.stage_semantic_id == "S")
+                .filter_map(|x| x.contact_id)
+                .filter(|c| d.contacts.contains_key(c))
+                .collect();
+            let user = self.0.admin;
+            for c in customers {
+                let touched = answered.contains(&c);
+                let p = sim.base_probability + if touched { sim.uplift } else { 0.0 };
+                if !rng.chance(p) {
+                    continue;
+                }
+                let at = rng.range(from, to - 1);
+                let id = d.deals.keys().next_back().map_or(1, |k| k + 1);
+                d.deals.insert(
+                    id,
+                    B24Deal {
+                        id,
+                        title: format!("Сделка #{id}"),
+                        category_id: 0,
+                        stage_id: "WON".into(),
+                        stage_semantic_id: "S".into(),
+                        currency_id: "RUB".into(),
+                        opportunity: rust_decimal::Decimal::from(sim.amount),
+                        contact_id: Some(c),
+                        contact_ids: vec![c],
+                        company_id: None,
+                        assigned_by_id: user,
+                        created_by_id: user,
+                        modify_by_id: user,
+                        date_create: at,
+                        date_modify: now,
+                        begindate: midnight(at),
+                        closedate: midnight(at),
+                        closed: true,
+                        is_return_customer: false,
+                        is_repeated_approach: false,
+                        source_id: None,
+                        comments: String::new(),
+                        moved_time: at,
+                        uf: BTreeMap::new(),
+                        products: Vec::new(),
+                    },
+                );
+                added.push(id);
+                report.purchases += 1;
+                report.purchases_answered += u64::from(touched);
+            }
+        }
+        for id in added {
+            self.0
+                .fire("ONCRMDEALADD", id, json!({"ID": id.to_string()}));
+        }
+        report
+    }
+
+    /// Marks a to-do activity done (`COMPLETED = Y`), as a manager would in the timeline.
+    /// Returns `false` when it does not exist.
+    pub fn complete_activity(&self, id: u64) -> bool {
+        let now = self.0.now();
+        match self.0.write().activities.get_mut(&id) {
+            Some(a) => {
+                a.completed = true;
+                a.last_updated = now;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Deletes a deal (fires `ONCRMDEALDELETE`). Returns `false` when it did not exist.
     pub fn delete_deal(&self, id: u64) -> bool {
-        let found = self.0.write().deals.remove(&id).is_some();
+        let found = {
+            let mut d = self.0.write();
+            let removed = d.deals.remove(&id);
+            // Its product rows go with it: the row listing never pages over rows that are gone.
+            for r in removed.iter().flat_map(|deal| &deal.products) {
+                d.product_rows.remove(&r.id);
+            }
+            removed.is_some()
+        };
         if found {
             self.0
                 .fire("ONCRMDEALDELETE", id, json!({"ID": id.to_string()}));
@@ -735,14 +903,31 @@ impl Drop for RunningB24 {
 /// `rebuy emulate bitrix24`: generates the data, serves on `127.0.0.1:{port}` (0 = any free
 /// port), prints the portal URL, the app credentials, a fresh authorization code and the
 /// inbound webhook URL, and runs until Ctrl-C.
-pub async fn run_bitrix24(cfg: B24Config, port: u16) -> std::io::Result<()> {
+///
+/// With `tls`, it serves HTTPS with a certificate generated now, written (PEM) to the given
+/// path, which the banner names. The user lacks access to the methods in `deny`.
+pub async fn run_bitrix24(
+    cfg: B24Config,
+    port: u16,
+    tls: Option<&std::path::Path>,
+    deny: &[String],
+) -> std::io::Result<()> {
     let started = std::time::Instant::now();
     let emulator = B24Emulator::new(cfg);
     let (contacts, deals) = emulator.with_data(|d| (d.contacts.len(), d.deals.len()));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     let c = emulator.config();
-    println!("Bitrix24 emulator listening on http://{addr}");
+    let cert = match tls {
+        Some(path) => Some((crate::tls::SelfSigned::generate()?, path)),
+        None => None,
+    };
+    let scheme = if cert.is_some() { "https" } else { "http" };
+    if !deny.is_empty() {
+        let deny: Vec<&str> = deny.iter().map(String::as_str).collect();
+        emulator.set_denied(&deny);
+    }
+    println!("Bitrix24 emulator listening on {scheme}://{addr}");
     println!("  portal:         {} (member_id {})", c.domain, c.member_id);
     println!(
         "  data:           {contacts} contacts, {deals} deals (seed {}, generated in {:.1?})",
@@ -755,21 +940,42 @@ pub async fn run_bitrix24(cfg: B24Config, port: u16) -> std::io::Result<()> {
     println!("  redirect_uri:   {}", c.redirect_uri);
     println!("  auth code:      {}", emulator.issue_authorization_code());
     println!(
-        "                  (valid 30 s, single use; POST http://{addr}/_emulator/authorization_code for another)"
+        "                  (valid 30 s, single use; POST {scheme}://{addr}/_emulator/authorization_code for another)"
     );
     println!(
-        "  webhook:        http://{addr}/rest/{}/{}/",
+        "  webhook:        {scheme}://{addr}/rest/{}/{}/",
         c.webhook_user_id, c.webhook_secret
     );
+    println!("  faults:         {}", c.faults);
+    if !deny.is_empty() {
+        println!("  denied:         {}", deny.join(", "));
+    }
+    if c.clock_offset_secs != 0 {
+        println!("  clock offset:   {:+} s", c.clock_offset_secs);
+    }
+    if let Some((cert, path)) = &cert {
+        std::fs::write(path, cert.cert_pem())?;
+        println!(
+            "  tls cert:       {} (self-signed; trust it, e.g. SSL_CERT_FILE={})",
+            path.display(),
+            path.display()
+        );
+    }
     println!(
-        "  limits:         bucket {} drained {}/s, operating {} s per {} s; writes at http://{addr}/_emulator/writes",
-        c.bucket_capacity, c.drain_per_sec, c.operating_limit_secs, c.operating_window_secs
+        "  limits:         bucket {} drained {}/s, operating {} s per {} s, {} ms per call; writes at {scheme}://{addr}/_emulator/writes",
+        c.bucket_capacity,
+        c.drain_per_sec,
+        c.operating_limit_secs,
+        c.operating_window_secs,
+        c.method_cost_ms
     );
-    emulator
-        .serve(listener, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match cert {
+        Some((cert, _)) => emulator.serve_tls(listener, &cert, ctrl_c).await,
+        None => emulator.serve(listener, ctrl_c).await,
+    }
 }
 
 // -------------------------------------------------------------------------------------------------

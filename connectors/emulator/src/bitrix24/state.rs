@@ -389,6 +389,10 @@ pub struct B24Activity {
     pub responsible_id: u64,
     /// `CREATED` (unix s).
     pub created: i64,
+    /// `COMPLETED` (`Y` when true).
+    pub completed: bool,
+    /// `LAST_UPDATED` (unix s).
+    pub last_updated: i64,
 }
 
 /// The seeded multiple string user field of deals carrying the seed's tags.

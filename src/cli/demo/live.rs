@@ -1,10 +1,10 @@
 //! The live part of `rebuy demo`: the server runs against both emulated CRMs, each emulator
 //! delivers its webhooks to it, a new lead of an existing customer is created in each CRM, and
 //! the demo shows it routed to the repeat funnel with a manager task, with the time it took.
-use super::{AppState, runtime};
-use crate::config::{Config, PortalConfig, ServerSettings};
-use crate::store::Store;
 use anyhow::{Context, Result, bail};
+use rebuy::config::{Config, PortalConfig, ServerSettings};
+use rebuy::server::{AppState, runtime};
+use rebuy::store::Store;
 use rebuy_emulator::amocrm::AmoEmulator;
 use rebuy_emulator::bitrix24::B24Emulator;
 use secrecy::SecretString;
@@ -12,29 +12,6 @@ use std::time::{Duration, Instant};
 
 /// The repeat pipeline (amoCRM) / category (Bitrix24) of the emulators' generated accounts.
 const REPEAT: &str = "Повторные продажи";
-
-impl AppState {
-    /// A state over stores the caller already opened (a redb file opens once per process).
-    pub fn from_stores(portals: Vec<(PortalConfig, Store)>, durable_inbox: bool) -> Self {
-        let mut map = std::collections::HashMap::new();
-        for (cfg, store) in portals {
-            map.insert(
-                cfg.id.clone(),
-                super::PortalRuntime::new(cfg, store, durable_inbox),
-            );
-        }
-        Self {
-            portals: std::sync::Arc::new(map),
-            metrics: super::metrics::Metrics::new(),
-            ui: crate::config::UiConfig::default(),
-            playbooks_dir: None,
-            metrics_token: None,
-            limits: Default::default(),
-            oauth: Default::default(),
-            link_key: None,
-        }
-    }
-}
 
 async fn wait_for(
     what: &str,
@@ -62,7 +39,7 @@ pub async fn live_routing(
     b24: &B24Emulator,
 ) -> Result<()> {
     println!("\n== rebuy serve: webhooks and real-time repeat routing ==");
-    let secret = crate::cli::random_state();
+    let secret = rebuy::portal::random_state();
     let mut amo_cfg = amo_portal.clone();
     amo_cfg.mapping = serde_json::json!({"repeat_pipeline": REPEAT});
     amo_cfg.webhook_secret = Some(SecretString::from(secret.clone()));
@@ -89,10 +66,18 @@ pub async fn live_routing(
         true,
     );
     let cancel = tokio_util::sync::CancellationToken::new();
-    let tasks = runtime::spawn_all(&state, &cfg.server, None, cancel.clone());
+    let tasks = runtime::spawn_all(&state, &cfg.server, cancel.clone());
     let c = cancel.clone();
     let st = state.clone();
-    tokio::spawn(async move { super::serve(listener, st, c.cancelled_owned()).await });
+    tokio::spawn(async move {
+        rebuy::server::serve(
+            listener,
+            st.clone(),
+            Some(rebuy::ui::router_from_config(st)),
+            c.cancelled_owned(),
+        )
+        .await
+    });
     println!("  server at {url}");
 
     // Subscriptions, as an integrator sets them up: amoCRM webhooks to the secret URL, the
@@ -101,11 +86,11 @@ pub async fn live_routing(
         &format!("{url}/hooks/amocrm/{}/{secret}", amo_cfg.id),
         &["add_lead", "update_lead", "status_lead"],
     );
-    let b24_conn = crate::portal::open(&b24_cfg, b24_store.clone())?.connector;
+    let b24_conn = rebuy::portal::open(&b24_cfg, b24_store.clone())?.connector;
     b24_conn
         .subscribe(
             &format!("{url}/hooks/bitrix24/{}", b24_cfg.id),
-            &super::worker::B24_EVENTS,
+            &rebuy::server::worker::B24_EVENTS,
         )
         .await
         .context("binding the Bitrix24 event handlers")?;

@@ -11,23 +11,12 @@
 //! the dead-letter table, shown by `rebuy status`, the dashboard and `/metrics`, and put back
 //! by `rebuy inbox replay`. Dedup keys are pruned after `[server] inbox_dedupe_days`; events
 //! are stored in the compact store codec (JSON rows of older versions are still read).
+use crate::store::tables::{INBOX, INBOX_DEAD, INBOX_RETRY, INBOX_SEEN, INBOX_SEEN_AT};
 use crate::store::{Store, StoreError};
 use jiff::Timestamp;
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
-
-/// Events to process, by arrival sequence.
-pub(crate) const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
-/// Dedup keys of events seen (key -> sequence), so a redelivered webhook has one effect.
-pub(crate) const INBOX_SEEN: TableDefinition<&str, u64> = TableDefinition::new("inbox_seen");
-/// When each dedup key was stored ((unix seconds, sequence) -> key), for pruning.
-pub(crate) const INBOX_SEEN_AT: TableDefinition<(i64, u64), &str> =
-    TableDefinition::new("inbox_seen_at");
-/// Failed attempts of events still in the inbox (sequence -> [`Retry`]).
-pub(crate) const INBOX_RETRY: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox_retry");
-/// Events that failed too often (sequence -> [`DeadEvent`]).
-pub(crate) const INBOX_DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox_dead");
 
 /// The failed attempts of one event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
