@@ -97,7 +97,12 @@ pub fn backtest_dataset(
     let (days, end) =
         analytics::purchase_days(data, &portal.analytics, as_of, portal.time_zone.clone());
     analytics::backtest::portal(&days, end, holdout_days, portal.analytics.model.as_deref())
-        .with_context(|| format!("portal {}: no purchases in the cache to backtest", portal.id))
+        .with_context(|| {
+            format!(
+                "portal {}: no purchases in the cache to backtest",
+                portal.id
+            )
+        })
 }
 
 /// Parses `--as-of`: a date (`2026-11-23`, end of that day in the portal's zone) or an
@@ -115,4 +120,3 @@ pub fn parse_as_of(s: &str, portal: &PortalConfig) -> Result<Timestamp> {
         .with_context(|| format!("--as-of {s:?}"))?;
     Ok(end.timestamp())
 }
-

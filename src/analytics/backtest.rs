@@ -700,7 +700,11 @@ pub fn portal<D: AsRef<[i64]>>(
     holdout_days: Option<u32>,
     pin: Option<&str>,
 ) -> Option<Backtest> {
-    let first = days.iter().filter_map(|d| d.as_ref().first()).min().copied()?;
+    let first = days
+        .iter()
+        .filter_map(|d| d.as_ref().first())
+        .min()
+        .copied()?;
     let holdout = holdout_days.map_or_else(|| default_holdout(first, end), i64::from);
     let n = days.len();
     if n <= SAMPLE_CUSTOMERS {
@@ -761,7 +765,11 @@ impl Evidence {
     pub fn of(b: &Backtest, name: &str) -> Option<Evidence> {
         let r = b.rows.iter().find(|r| r.name == name)?;
         let fin = |v: f64| v.is_finite().then_some(v);
-        let clean = |v: &[f64]| v.iter().map(|x| if x.is_finite() { *x } else { 0.0 }).collect();
+        let clean = |v: &[f64]| {
+            v.iter()
+                .map(|x| if x.is_finite() { *x } else { 0.0 })
+                .collect()
+        };
         Some(Evidence {
             model: r.name.clone(),
             chosen: b.chosen.clone(),

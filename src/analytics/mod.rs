@@ -643,7 +643,9 @@ fn model_chain(
         }
     };
     if let Some(p) = pin
-        && backtest::BASELINES.iter().any(|b| b.eq_ignore_ascii_case(p))
+        && backtest::BASELINES
+            .iter()
+            .any(|b| b.eq_ignore_ascii_case(p))
     {
         return (Vec::new(), baseline_of(p), true);
     }

@@ -527,9 +527,9 @@ pub fn driving_model_line(m: &super::ModelParams) -> String {
     let mape = e
         .mape_pct
         .map_or_else(String::new, |v| format!(", MAPE {v:.2}%"));
-    let sample = e
-        .sampled_from
-        .map_or_else(String::new, |n| format!(", a sample of {} of {n} customers", e.customers));
+    let sample = e.sampled_from.map_or_else(String::new, |n| {
+        format!(", a sample of {} of {n} customers", e.customers)
+    });
     let why = match e.chosen.as_deref() {
         Some(c) if c == name => e.reason.clone(),
         Some(c) => format!("the backtest chose {c}, whose fit on the whole history is degenerate"),

@@ -592,14 +592,22 @@ fn rfm_thresholds_by_default_from_the_median_cycle() {
     assert_eq!(g.median_cycle_days, Some(25.0));
     assert_eq!(g.recency_thresholds_days, Some([25, 50, 75, 150]));
     assert_eq!(g.frequency_thresholds, Some([2, 3, 5, 8]));
-    let f: Vec<u8> = (1..=10).map(|i| row(&a, &format!("contact:{i}")).f).collect();
+    let f: Vec<u8> = (1..=10)
+        .map(|i| row(&a, &format!("contact:{i}")).f)
+        .collect();
     assert_eq!(f, [1, 2, 3, 3, 4, 4, 4, 5, 5, 5]);
     // Customer c last bought 65 - 6c days before the analysis date.
-    let r: Vec<u8> = (1..=10).map(|i| row(&a, &format!("contact:{i}")).r).collect();
+    let r: Vec<u8> = (1..=10)
+        .map(|i| row(&a, &format!("contact:{i}")).r)
+        .collect();
     assert_eq!(r, [3, 3, 4, 4, 4, 4, 5, 5, 5, 5]);
     // Every F column holds customers.
     for f in 0..5 {
-        assert!((0..5).any(|r| g.cells[r][f].customers > 0), "F{} empty", f + 1);
+        assert!(
+            (0..5).any(|r| g.cells[r][f].customers > 0),
+            "F{} empty",
+            f + 1
+        );
     }
     let report = crate::analytics::render::render_report(&a);
     assert!(
@@ -621,7 +629,12 @@ fn a_dormant_base_shows_no_champions() {
         RfmSegment::New,
         RfmSegment::PotentialLoyalists,
     ] {
-        let n = a.segments.iter().find(|s| s.segment == seg).unwrap().customers;
+        let n = a
+            .segments
+            .iter()
+            .find(|s| s.segment == seg)
+            .unwrap()
+            .customers;
         assert_eq!(n, 0, "{seg:?}");
     }
     let quintiles = Settings {
@@ -629,7 +642,11 @@ fn a_dormant_base_shows_no_champions() {
         ..Settings::default()
     };
     let (_, q) = run(&quintiles, &contacts, &[], &deals, "2025-09-30");
-    assert!(q.customers.iter().any(|c| c.rfm_segment == RfmSegment::Champions));
+    assert!(
+        q.customers
+            .iter()
+            .any(|c| c.rfm_segment == RfmSegment::Champions)
+    );
 }
 
 #[test]
@@ -741,9 +758,17 @@ fn models_run_on_a_small_portal() {
         ..Settings::default()
     };
     let (_, a) = run(&pinned, &contacts, &[], &deals, "2024-12-31");
-    assert_eq!(a.models.driving.as_deref(), Some("hiatus"), "{:?}", a.warnings);
+    assert_eq!(
+        a.models.driving.as_deref(),
+        Some("hiatus"),
+        "{:?}",
+        a.warnings
+    );
     let e = a.models.evidence.as_ref().expect("backtest figures");
-    assert_eq!((e.model.as_str(), e.chosen.as_deref()), ("hiatus", Some("hiatus")));
+    assert_eq!(
+        (e.model.as_str(), e.chosen.as_deref()),
+        ("hiatus", Some("hiatus"))
+    );
     let holdout = (crate::analytics::day_of_date(e.holdout.1)
         - crate::analytics::day_of_date(e.holdout.0)
         + 1) as f64;
@@ -885,7 +910,9 @@ fn crr_counts_new_customers_who_went_to_sleep_in_neither_end_nor_new() {
 #[test]
 fn the_backtests_choice_drives_the_predictions_with_next_purchase_intervals() {
     let data = crate::analytics::synthetic::synthetic_dataset(1_500, 6_000, 42);
-    let as_of: Timestamp = crate::analytics::synthetic::SYNTHETIC_AS_OF.parse().unwrap();
+    let as_of: Timestamp = crate::analytics::synthetic::SYNTHETIC_AS_OF
+        .parse()
+        .unwrap();
     // The backtest on its own, as `rebuy backtest` runs it.
     let s = Settings::default();
     let (days, end) = crate::analytics::purchase_days(&data, &s, as_of, TimeZone::UTC);

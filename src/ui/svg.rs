@@ -250,8 +250,8 @@ mod tests {
                 parts: vec![1.0, 0.0],
             },
         ];
-        let s = grouped_bars("t", &["predicted", "actual"], &bars, |v| format!("{v:.0}"))
-            .into_string();
+        let s =
+            grouped_bars("t", &["predicted", "actual"], &bars, |v| format!("{v:.0}")).into_string();
         assert_eq!(s.matches("<rect").count(), 4 + 2, "bars and legend: {s}");
         assert!(s.contains("<title>1, actual: 4</title>"), "{s}");
     }

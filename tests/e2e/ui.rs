@@ -405,12 +405,17 @@ async fn the_dashboard_logs_in_and_shows_the_analysis_of_the_cache() {
         4,
         "two monthly charts, calibration, deciles"
     );
-    assert_eq!(ov.body.matches("<polyline").count(), 2, "predicted and actual");
+    assert_eq!(
+        ov.body.matches("<polyline").count(),
+        2,
+        "predicted and actual"
+    );
     assert_eq!(ov.body.matches("<circle").count(), 2 * e.weeks.len());
     let last_week = format!("{:.0}", (e.weeks.last().unwrap() / 7.0).ceil());
     let actual_total = format!("{:.0}", e.weekly_actual.last().unwrap());
     assert!(
-        ov.body.contains(&format!(", {last_week}: {actual_total}</title>")),
+        ov.body
+            .contains(&format!(", {last_week}: {actual_total}</title>")),
         "the calibration chart ends at the holdout's actual purchases"
     );
     assert_eq!(e.deciles.len(), 10);
