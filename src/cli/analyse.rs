@@ -8,27 +8,18 @@ use rebuy::store::Store;
 use std::io::Write;
 use std::path::PathBuf;
 
-/// `rebuy backtest` output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BacktestFormat {
-    /// A terminal table.
-    Table,
-    /// JSON.
-    Json,
-}
-
 /// `rebuy backtest`.
 pub fn cmd_backtest(
     store: &Store,
     portal: &PortalConfig,
     as_of: Option<Timestamp>,
     holdout_days: Option<u32>,
-    format: BacktestFormat,
+    format: crate::cli::OutputFormat,
 ) -> Result<()> {
     let b = backtest_portal(store, portal, as_of, holdout_days)?;
     let mut out = std::io::stdout().lock();
     match format {
-        BacktestFormat::Table => {
+        crate::cli::OutputFormat::Table => {
             let sample = b.sampled_from.map_or_else(String::new, |n| {
                 format!(", an evenly spread sample of the base's {n}")
             });
@@ -43,7 +34,7 @@ pub fn cmd_backtest(
             )?;
             write!(out, "{}", analytics::backtest::render_table(&b))?;
         }
-        BacktestFormat::Json => {
+        crate::cli::OutputFormat::Json => {
             serde_json::to_writer_pretty(&mut out, &b)?;
             writeln!(out)?;
         }

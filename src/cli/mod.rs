@@ -163,6 +163,15 @@ pub struct ReportArgs {
     pub as_of: Option<String>,
 }
 
+/// Output format of `rebuy plan`, `results` and `backtest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A terminal table.
+    Table,
+    /// JSON.
+    Json,
+}
+
 /// `rebuy backtest` arguments.
 #[derive(Debug, Args)]
 pub struct BacktestArgs {
@@ -177,8 +186,8 @@ pub struct BacktestArgs {
     #[arg(long)]
     pub as_of: Option<String>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = analyse::BacktestFormat::Table)]
-    pub format: analyse::BacktestFormat,
+    #[arg(long, value_enum, default_value_t = crate::cli::OutputFormat::Table)]
+    pub format: crate::cli::OutputFormat,
 }
 
 /// `rebuy plan` arguments.
@@ -192,8 +201,8 @@ pub struct PlanArgs {
     #[arg(long)]
     pub as_of: Option<String>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = plan::PlanFormat::Table)]
-    pub format: plan::PlanFormat,
+    #[arg(long, value_enum, default_value_t = crate::cli::OutputFormat::Table)]
+    pub format: crate::cli::OutputFormat,
 }
 
 /// `rebuy results` arguments.
@@ -211,8 +220,8 @@ pub struct ResultsArgs {
     #[arg(long)]
     pub as_of: Option<String>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = plan::PlanFormat::Table)]
-    pub format: plan::PlanFormat,
+    #[arg(long, value_enum, default_value_t = crate::cli::OutputFormat::Table)]
+    pub format: crate::cli::OutputFormat,
 }
 
 /// `rebuy apply` arguments.
@@ -470,10 +479,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let r = rebuy::results::portal_results(&store, p, as_of, a.period.as_deref())?;
             match a.format {
-                plan::PlanFormat::Json => {
+                crate::cli::OutputFormat::Json => {
                     println!("{}", serde_json::to_string_pretty(&r)?)
                 }
-                plan::PlanFormat::Table => print!("{}", r.table()),
+                crate::cli::OutputFormat::Table => print!("{}", r.table()),
             }
             Ok(ExitCode::SUCCESS)
         }

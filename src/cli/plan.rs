@@ -13,22 +13,13 @@ use rebuy::writeback::{
 };
 use std::time::Duration;
 
-/// Output format of `rebuy plan`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PlanFormat {
-    /// One line per action.
-    Table,
-    /// The plan as JSON.
-    Json,
-}
-
 /// Prints a plan.
-pub fn print_plan(plan: &Plan, format: PlanFormat) -> Result<()> {
+pub fn print_plan(plan: &Plan, format: crate::cli::OutputFormat) -> Result<()> {
     match format {
-        PlanFormat::Json => {
+        crate::cli::OutputFormat::Json => {
             println!("{}", serde_json::to_string_pretty(plan)?);
         }
-        PlanFormat::Table => {
+        crate::cli::OutputFormat::Table => {
             println!(
                 "portal {}: plan as of {} ({}): {} action(s), nothing written",
                 plan.portal,
@@ -120,7 +111,7 @@ pub async fn cmd_plan(
     cfg: &Config,
     portal: &str,
     as_of: Option<&str>,
-    format: PlanFormat,
+    format: crate::cli::OutputFormat,
 ) -> Result<()> {
     let (p, store) = crate::cli::portal_store(cfg, portal)?;
     let as_of = match as_of {
@@ -135,7 +126,7 @@ pub async fn cmd_plan(
     let prep = prepare(p, &store, conn.as_deref(), as_of).await?;
     let plan = plan_prepared(p, &prep, as_of);
     print_plan(&plan, format)?;
-    if format == PlanFormat::Table {
+    if format == crate::cli::OutputFormat::Table {
         for m in prep.rules.missing_fields.iter().filter(|m| m.create) {
             println!(
                 "\nfield {} {:?} ({}) is missing: `rebuy apply` creates it first, then writes it",
